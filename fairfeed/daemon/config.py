@@ -1,0 +1,300 @@
+"""Configuration: TOML validated once at load into frozen dataclasses.
+
+Every setting is declared once below, with its type and default; the loader rejects unknown
+keys and wrong types with a message naming the file and the dotted key, so a typo stops the
+daemon at start instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fairfeed.hotpath.records import CLASS_CODES
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    workers: int = 2
+    heartbeat_interval: float = 0.2  # seconds between a child's beats
+    heartbeat_timeout: float = 5.0  # a child silent this long is killed and restarted
+    stop_timeout: float = 15.0  # graceful-stop deadline, seconds
+    max_boot_failures: int = 5  # consecutive failures before the supervisor halts
+    restart_backoff_base: float = 0.05
+    restart_backoff_cap: float = 5.0
+    shm_prefix: str = "fairfeed"
+    live_view: str = "auto"  # auto (when stdout is a terminal) | on | off
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    capacity: int = 1 << 16  # records per ingest worker ring, power of two
+    block_timeout_ms: float = 50.0  # producer waits this long for room, then drops (counted)
+    read_batch: int = 4096  # compute reads at most this many records per ring per pass
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str = ""  # empty: start a local broker (Tansu) for this run
+    ticks_topic: str = "fairfeed.ticks"
+    fair_topic: str = "fairfeed.fair"
+    linger_ms: float = 5.0
+    queue_max_messages: int = 100_000
+    buffer_full_timeout_ms: float = 1000.0  # retry a full local queue this long, then drop
+    flush_timeout: float = 10.0  # seconds to flush at stop
+    client_id: str = "fairfeed"
+
+
+@dataclass(frozen=True)
+class FairConfig:
+    method: str = "median"
+    inputs: str = "trades"  # trades | quotes | both
+    stale_after: float = 10.0  # seconds; older sources are left out of the fair price
+    min_interval: float = 0.05  # seconds between two fair prices of one instrument
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """A local simulated provider server started by the daemon (`[providers.serve]`)."""
+
+    prices: dict[str, float] = field(default_factory=dict)  # instrument -> start price
+    rate: float = 1000.0  # events per second over all instruments, 0 = as fast as possible
+    batch: int = 1  # events per frame
+    quote_ratio: float = 0.5  # share of events that are quotes
+    price_offset_bps: float = 0.0  # this provider's prices sit this far from the others
+    volatility_bps: float = 1.0  # random-walk step, basis points
+    heartbeat_interval: float = 1.0
+    max_events: int = 0  # stop emitting after this many events (0 = never)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: str  # simulator
+    venue: str = ""
+    url: str = ""  # empty when `serve` starts a local server
+    serve: SimulatorConfig | None = None
+    data_class: str = "spot"
+
+
+@dataclass(frozen=True)
+class SubscriptionConfig:
+    provider: str
+    instruments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = DaemonConfig()
+    ring: RingConfig = RingConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    fair: FairConfig = FairConfig()
+    providers: tuple[ProviderConfig, ...] = ()
+    subscriptions: tuple[SubscriptionConfig, ...] = ()
+    source: str = "<embedded default>"  # where this configuration was read from
+
+    def provider(self, name: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+PROVIDER_KINDS = ("simulator",)
+FAIR_METHODS = ("median",)
+FAIR_INPUTS = ("trades", "quotes", "both")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Load and validate ``path``, or the embedded default when ``path`` is None."""
+    if path is None:
+        text = resources.files("fairfeed.daemon").joinpath("default.toml").read_text()
+        return loads(text, "<embedded default>")
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from exc
+    return loads(text, str(p))
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """Parse and validate TOML text; ``source`` names it in error messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
+    data["source"] = source
+    cfg = _build(Config, data, source, "")
+    _check(cfg)
+    return cfg
+
+
+def _build(cls: type, data: Any, source: str, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where or 'top level'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            allowed = ", ".join(sorted(n for n in names if n != "source"))
+            raise ConfigError(
+                f"{source}: unknown key {_join(where, key)!r} (allowed here: {allowed})"
+            )
+    kwargs = {
+        key: _value(hints[key], value, source, _join(where, key)) for key, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        raise ConfigError(
+            f"{source}: {where or 'top level'}: missing required key(s) {', '.join(missing)}"
+        ) from exc
+
+
+def _value(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _value(args[0], value, source, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected an array, got {_tname(value)}")
+        return tuple(_value(item, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        kt, vt = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}: expected a table, got {_tname(value)}")
+        return {
+            _value(kt, k, source, key): _value(vt, v, source, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {key}: expected a number, got {_tname(value)}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}: expected an integer, got {_tname(value)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}: expected true or false, got {_tname(value)}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key}: expected a string, got {_tname(value)}")
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported setting type {hint}")  # pragma: no cover
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules that a type alone cannot express."""
+    src = cfg.source
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{src}: {key}: {msg}")
+
+    d = cfg.daemon
+    if d.workers < 1:
+        fail("daemon.workers", f"must be >= 1, got {d.workers}")
+    for key in ("heartbeat_interval", "heartbeat_timeout", "stop_timeout"):
+        if getattr(d, key) <= 0:
+            fail(f"daemon.{key}", "must be > 0")
+    if d.heartbeat_timeout <= 2 * d.heartbeat_interval:
+        fail("daemon.heartbeat_timeout", "must exceed twice daemon.heartbeat_interval")
+    if d.max_boot_failures < 1:
+        fail("daemon.max_boot_failures", "must be >= 1")
+    if d.live_view not in ("auto", "on", "off"):
+        fail("daemon.live_view", f"must be auto, on or off, got {d.live_view!r}")
+    if d.log_level.upper() not in LOG_LEVELS:
+        fail("daemon.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    cap = cfg.ring.capacity
+    if cap < 64 or cap & (cap - 1):
+        fail("ring.capacity", f"must be a power of two >= 64, got {cap}")
+    if cfg.ring.read_batch < 1:
+        fail("ring.read_batch", "must be >= 1")
+    if cfg.ring.block_timeout_ms < 0:
+        fail("ring.block_timeout_ms", "must be >= 0")
+    if cfg.fair.method not in FAIR_METHODS:
+        fail("fair.method", f"must be one of {', '.join(FAIR_METHODS)}, got {cfg.fair.method!r}")
+    if cfg.fair.inputs not in FAIR_INPUTS:
+        fail("fair.inputs", f"must be one of {', '.join(FAIR_INPUTS)}, got {cfg.fair.inputs!r}")
+    if cfg.fair.stale_after <= 0:
+        fail("fair.stale_after", "must be > 0")
+    if not cfg.kafka.ticks_topic or not cfg.kafka.fair_topic:
+        fail("kafka", "topic names must not be empty")
+    seen: set[str] = set()
+    for i, p in enumerate(cfg.providers):
+        key = f"providers[{i}]"
+        if p.name in seen:
+            fail(f"{key}.name", f"duplicate provider name {p.name!r}")
+        seen.add(p.name)
+        if p.kind not in PROVIDER_KINDS:
+            fail(
+                f"{key}.kind",
+                f"unknown provider kind {p.kind!r} (known: {', '.join(PROVIDER_KINDS)})",
+            )
+        if p.data_class not in CLASS_CODES:
+            fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
+        if not p.venue:
+            fail(f"{key}.venue", "must name the venue this provider's data comes from")
+        if not p.url and p.serve is None:
+            fail(f"{key}.url", "is required unless [providers.serve] starts a local server")
+        if p.serve is not None:
+            s = p.serve
+            if s.rate < 0 or s.batch < 1 or not 0 <= s.quote_ratio <= 1 or s.max_events < 0:
+                fail(
+                    f"{key}.serve", "rate >= 0, batch >= 1, 0 <= quote_ratio <= 1, max_events >= 0"
+                )
+            if not s.prices:
+                fail(f"{key}.serve.prices", "must give a start price for at least one instrument")
+    for i, s in enumerate(cfg.subscriptions):
+        key = f"subscriptions[{i}]"
+        if s.provider not in seen:
+            fail(f"{key}.provider", f"unknown provider {s.provider!r}")
+        if not s.instruments:
+            fail(f"{key}.instruments", "must list at least one instrument")
+        served = cfg.provider(s.provider).serve
+        if served is not None:
+            for inst in s.instruments:
+                if inst not in served.prices:
+                    fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _tname(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)

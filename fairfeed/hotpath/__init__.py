@@ -1,0 +1,1 @@
+"""Hot path: the record dtype and the Numba kernels that run over record arrays."""

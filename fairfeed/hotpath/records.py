@@ -1,0 +1,69 @@
+"""The normalized event record: one 64-byte aligned numpy structured dtype used by every stage.
+
+Adapters write it, rings carry it, kernels read it and the sink encodes it. Codes for the small
+enumerations (kind, data class, side) are module constants so Numba kernels can use them as
+compile-time integers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Event kinds. A top-of-book quote is written as one BID and one ASK record with the same
+# timestamps and sequence: a combined quote would not fit both prices and sizes in 64 bytes.
+KIND_TRADE = 1
+KIND_BID = 2
+KIND_ASK = 3
+KIND_NAMES = {KIND_TRADE: "trade", KIND_BID: "bid", KIND_ASK: "ask"}
+
+# Data classes (instrument classes).
+CLASS_SPOT = 1
+CLASS_FUTURE = 2
+CLASS_PERPETUAL = 3
+CLASS_OPTION = 4
+CLASS_NAMES = {
+    CLASS_SPOT: "spot",
+    CLASS_FUTURE: "future",
+    CLASS_PERPETUAL: "perpetual",
+    CLASS_OPTION: "option",
+}
+CLASS_CODES = {name: code for code, name in CLASS_NAMES.items()}
+
+# Taker side of a trade (for quotes: SIDE_UNKNOWN).
+SIDE_UNKNOWN = 0
+SIDE_BUY = 1
+SIDE_SELL = 2
+SIDE_NAMES = {SIDE_UNKNOWN: "unknown", SIDE_BUY: "buy", SIDE_SELL: "sell"}
+
+# Sequence value for venues that do not number their messages.
+SEQ_NONE = -1
+
+# Field order puts 8-byte fields first so every field is naturally aligned without padding
+# holes; `reserved` fills the record to exactly one 64-byte cache line.
+RECORD_DTYPE = np.dtype(
+    [
+        ("ts_exchange", np.int64),  # ns since epoch at the venue, 0 = unknown
+        ("ts_provider", np.int64),  # ns since epoch at the provider, 0 = unknown
+        ("ts_receive", np.int64),  # ns since epoch when our socket read the frame
+        ("price", np.float64),
+        ("size", np.float64),  # base-currency amount
+        ("sequence", np.int64),  # venue sequence or trade id, SEQ_NONE if none
+        ("instrument", np.uint32),
+        ("provider", np.uint16),
+        ("venue", np.uint16),
+        ("kind", np.uint8),
+        ("data_class", np.uint8),
+        ("side", np.uint8),
+        ("flags", np.uint8),
+        ("reserved", np.uint32),
+    ],
+    align=True,
+)
+
+RECORD_SIZE = RECORD_DTYPE.itemsize
+assert RECORD_SIZE == 64, RECORD_SIZE
+
+
+def empty_records(n: int) -> np.ndarray:
+    """A zeroed record array of length ``n``."""
+    return np.zeros(n, dtype=RECORD_DTYPE)

@@ -1,0 +1,186 @@
+"""Single-producer single-consumer ring of records in POSIX shared memory.
+
+Layout: a 256-byte header, then ``capacity`` records. The header holds monotonic 64-bit
+counters, each on its own cache line so producer and consumer never write the same line:
+
+====  ======================================================  ========
+line  counter                                                 written by
+====  ======================================================  ========
+0     ``head``: records ever published (= records written)    producer
+1     ``tail``: records ever consumed (= records read)        consumer
+2     ``dropped``: records refused because the ring was full  producer
+3     ``capacity`` and a magic number, set at creation        creator
+====  ======================================================  ========
+
+Indexes are ``counter & (capacity - 1)``. The producer copies records in, then stores ``head``;
+the consumer reads ``head``, copies records out, then stores ``tail``. Each counter is an aligned
+8-byte store by a single writer, and x86-64 keeps stores (and loads) in program order, so no
+lock is needed. (On weakly ordered CPUs this needs release/acquire fences: not supported yet.)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from fairfeed.hotpath.records import RECORD_DTYPE, RECORD_SIZE
+from fairfeed.ipc.shm import attach_segment, create_segment
+
+HEADER_BYTES = 256
+_U64_PER_LINE = 8  # 64-byte cache line / 8-byte counters
+_HEAD = 0
+_TAIL = 1 * _U64_PER_LINE
+_DROPPED = 2 * _U64_PER_LINE
+_CAPACITY = 3 * _U64_PER_LINE
+_MAGIC = _CAPACITY + 1
+MAGIC = 0x66666565_64726E67  # "ffeedrng"
+
+
+class RingError(RuntimeError):
+    """A ring could not be created or attached (bad capacity, wrong segment)."""
+
+
+@dataclass(frozen=True)
+class OverflowPolicy:
+    """What a producer does when the ring is full.
+
+    It waits up to ``block_timeout`` seconds for the consumer to make room (sleeping
+    ``poll_interval`` between checks), then writes what fits and drops the rest, counting
+    every dropped record. ``block_timeout=0`` drops at once.
+    """
+
+    block_timeout: float = 0.05
+    poll_interval: float = 0.0002
+
+
+def segment_size(capacity: int) -> int:
+    """Bytes needed for a ring of ``capacity`` records."""
+    return HEADER_BYTES + capacity * RECORD_SIZE
+
+
+class Ring:
+    """One SPSC ring. Use :meth:`create` in the supervisor and :meth:`attach` elsewhere.
+
+    A forked child may keep using the parent's ``Ring`` object: the mapping is inherited.
+    """
+
+    def __init__(self, shm: shared_memory.SharedMemory, *, owner: bool) -> None:
+        self._shm = shm
+        self.owner = owner
+        self.name = shm.name
+        self._hdr = np.ndarray((HEADER_BYTES // 8,), dtype=np.uint64, buffer=shm.buf)
+        if int(self._hdr[_MAGIC]) != MAGIC:
+            raise RingError(f"shared-memory segment {shm.name!r} is not a fairfeed ring")
+        self.capacity = int(self._hdr[_CAPACITY])
+        self._mask = self.capacity - 1
+        self._data = np.ndarray(
+            (self.capacity,), dtype=RECORD_DTYPE, buffer=shm.buf, offset=HEADER_BYTES
+        )
+
+    @classmethod
+    def create(cls, name: str, capacity: int) -> Ring:
+        """Create and own a new ring; ``capacity`` must be a power of two ≥ 2."""
+        if capacity < 2 or capacity & (capacity - 1):
+            raise RingError(f"ring capacity must be a power of two >= 2, got {capacity}")
+        shm = create_segment(name, segment_size(capacity))
+        hdr = np.ndarray((HEADER_BYTES // 8,), dtype=np.uint64, buffer=shm.buf)
+        hdr[:] = 0
+        hdr[_CAPACITY] = capacity
+        hdr[_MAGIC] = MAGIC
+        del hdr
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Ring:
+        """Attach to a ring created by another process, without taking ownership."""
+        return cls(attach_segment(name), owner=False)
+
+    # -- counters -------------------------------------------------------------------------
+    @property
+    def written(self) -> int:
+        """Records ever published."""
+        return int(self._hdr[_HEAD])
+
+    @property
+    def read_count(self) -> int:
+        """Records ever consumed."""
+        return int(self._hdr[_TAIL])
+
+    @property
+    def dropped(self) -> int:
+        """Records refused because the ring stayed full beyond the overflow policy."""
+        return int(self._hdr[_DROPPED])
+
+    def fill(self) -> int:
+        """Records published and not yet consumed."""
+        return int(self._hdr[_HEAD]) - int(self._hdr[_TAIL])
+
+    # -- producer -------------------------------------------------------------------------
+    def write(self, records: np.ndarray, policy: OverflowPolicy = OverflowPolicy()) -> int:
+        """Publish ``records`` (a RECORD_DTYPE array); returns how many were written.
+
+        Writes in as few copies as the wraparound allows. If the ring stays full beyond
+        ``policy.block_timeout``, the records that do not fit are dropped and counted.
+        """
+        n = len(records)
+        if n == 0:
+            return 0
+        hdr = self._hdr
+        head = int(hdr[_HEAD])
+        free = self.capacity - (head - int(hdr[_TAIL]))
+        if free < n and policy.block_timeout > 0:
+            deadline = time.monotonic() + policy.block_timeout
+            while free < n and time.monotonic() < deadline:
+                time.sleep(policy.poll_interval)
+                free = self.capacity - (head - int(hdr[_TAIL]))
+        k = min(n, free)
+        if k:
+            self._copy_in(head, records[:k] if k < n else records)
+            hdr[_HEAD] = head + k
+        if k < n:
+            hdr[_DROPPED] = int(hdr[_DROPPED]) + (n - k)
+        return k
+
+    def _copy_in(self, head: int, records: np.ndarray) -> None:
+        start = head & self._mask
+        first = min(len(records), self.capacity - start)
+        self._data[start : start + first] = records[:first]
+        if first < len(records):
+            self._data[: len(records) - first] = records[first:]
+
+    # -- consumer -------------------------------------------------------------------------
+    def read_into(self, out: np.ndarray) -> int:
+        """Consume up to ``len(out)`` records into ``out``; returns how many."""
+        hdr = self._hdr
+        tail = int(hdr[_TAIL])
+        k = min(len(out), int(hdr[_HEAD]) - tail)
+        if k <= 0:
+            return 0
+        start = tail & self._mask
+        first = min(k, self.capacity - start)
+        out[:first] = self._data[start : start + first]
+        if first < k:
+            out[first:k] = self._data[: k - first]
+        hdr[_TAIL] = tail + k
+        return k
+
+    def read(self, max_records: int) -> np.ndarray:
+        """Consume up to ``max_records`` records and return them as a new array."""
+        out = np.empty(min(max_records, self.capacity), dtype=RECORD_DTYPE)
+        return out[: self.read_into(out)]
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Drop this process's mapping (views first, or the buffer cannot be released)."""
+        self._data = None  # type: ignore[assignment]
+        self._hdr = None  # type: ignore[assignment]
+        self._shm.close()
+
+    def unlink(self) -> None:
+        """Remove the segment; only the owner may do this."""
+        if not self.owner:
+            raise RingError(f"ring {self.name!r} is not owned by this process")
+        self._shm.unlink()
