@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make run` and `make test`. Both create (or reuse) .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test bench lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+## run: the daemon on its embedded default (simulated providers + a local broker)
+run: $(STAMP)
+	$(BIN)/fairfeed run
+
+## test: lint, then the whole test suite
+test: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+## bench: micro-benchmarks and the end-to-end daemon-vs-baseline run
+bench: $(STAMP)
+	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(BIN)/python -m bench.e2e
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .benchmarks .hypothesis build *.egg-info

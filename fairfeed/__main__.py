@@ -1,0 +1,5 @@
+import sys
+
+from fairfeed.cli import main
+
+sys.exit(main())

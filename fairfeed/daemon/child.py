@@ -1,0 +1,72 @@
+"""What every forked child does first, and the exit codes children report to the supervisor."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import time
+
+from fairfeed.ipc.control import ControlBlock, Slot
+
+# Exit codes with a meaning for the supervisor (gunicorn reserves such codes too).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BOOT_ERROR = 3  # the child could not even start: restarting will not help
+
+_PR_SET_PDEATHSIG = 1
+
+
+def prepare_child(name: str, log_level: str) -> None:
+    """Reset the supervisor's signal setup in a fresh child and tie its life to the parent.
+
+    Ctrl-C in a terminal sends SIGINT to the whole process group; children ignore it and stop
+    only when the supervisor sends SIGTERM, so the stop order stays the supervisor's.
+    """
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGHUP, signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the orphan check below still applies
+        pass
+    configure_logging(name, log_level)
+
+
+def configure_logging(name: str, level: str) -> None:
+    """One stderr handler with the process role and pid in every line."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s [{name} %(process)d] %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+class Heartbeat:
+    """Bumps the child's heartbeat counter; the supervisor restarts a child that stops beating.
+
+    Also notices when the supervisor is gone (the parent pid changed) so an orphan stops.
+    """
+
+    def __init__(self, control: ControlBlock, slot: int, interval: float) -> None:
+        self._control = control
+        self._slot = slot
+        self._interval = interval
+        self._ppid = os.getppid()
+        self._next = 0.0
+
+    def beat(self) -> bool:
+        """Beat if due; returns False when the supervisor has died."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            self._control.add(self._slot, Slot.HEARTBEAT)
+            return os.getppid() == self._ppid
+        return True

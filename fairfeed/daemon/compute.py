@@ -1,0 +1,133 @@
+"""Compute + sink process: drain every ring in batches, run the kernels, publish to Kafka."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.config import Config
+from fairfeed.daemon.counters import SlotCounters
+from fairfeed.daemon.encode import TickEncoder
+from fairfeed.daemon.registry import Registry
+from fairfeed.daemon.sink import KafkaSink
+from fairfeed.hotpath.fairprice import FairState
+from fairfeed.hotpath.records import RECORD_DTYPE
+from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.ring import Ring
+
+log = logging.getLogger("fairfeed.compute")
+
+IDLE_SLEEP = 0.0005  # seconds to sleep when every ring was empty
+
+
+@dataclass
+class ComputeWorker:
+    """The compute + sink child; built by the supervisor before fork."""
+
+    slot: int
+    cfg: Config
+    registry: Registry
+    rings: list[Ring]
+    control: ControlBlock
+    name: str = "compute"
+
+    def main(self) -> int:
+        """Child entry point (runs after fork)."""
+        prepare_child(self.name, self.cfg.daemon.log_level)
+        self.control.set(self.slot, Slot.PID, os.getpid())
+        stopping = False
+
+        def on_term(_sig: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        counters = SlotCounters(self.control, self.slot)
+        sink = KafkaSink(self.cfg.kafka, counters)
+        pipeline = Pipeline(self.cfg, self.registry, sink, self.control, counters)
+        heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
+        self.control.set(self.slot, Slot.READY, 1)
+        log.info("reading %d rings, publishing to %s", len(self.rings), self.cfg.kafka.bootstrap)
+        buf = np.empty(self.cfg.ring.read_batch, dtype=RECORD_DTYPE)
+        while True:
+            if not heartbeat.beat():
+                log.error("supervisor is gone: stopping")
+                break
+            got = 0
+            for ring in self.rings:
+                k = ring.read_into(buf)
+                if k:
+                    pipeline.process(buf[:k])
+                    got += k
+            pipeline.emit_fair(time.time_ns())
+            sink.poll()
+            if not got:
+                # Stop only once the rings are empty: the supervisor stops the ingest workers
+                # first, so nothing more arrives after SIGTERM reached us.
+                if stopping:
+                    break
+                time.sleep(IDLE_SLEEP)
+        pipeline.emit_fair(time.time_ns(), final=True)
+        remaining = sink.flush(self.cfg.kafka.flush_timeout)
+        if remaining:
+            log.error("%d Kafka messages not delivered at stop", remaining)
+        log.info(
+            "stopped: %d records in, %d fair prices, %d Kafka messages delivered",
+            counters[Slot.RECORDS_IN],
+            counters[Slot.FAIR_OUT],
+            counters[Slot.KAFKA_DELIVERED],
+        )
+        return EXIT_OK
+
+
+class Pipeline:
+    """Records → state → ticks and fair prices on Kafka; one instance per compute process."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        registry: Registry,
+        sink: KafkaSink,
+        control: ControlBlock,
+        counters: SlotCounters,
+    ) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.control = control
+        self.counters = counters
+        self.encoder = TickEncoder(registry)
+        self.state = FairState.from_registry(registry, cfg.fair.inputs)
+        self.ticks_topic = cfg.kafka.ticks_topic
+        self.fair_topic = cfg.kafka.fair_topic
+
+    def process(self, records: np.ndarray) -> None:
+        """Update the fair-price state and publish the records as ticks."""
+        self.counters.add(Slot.RECORDS_IN, len(records))
+        self.state.update(records)
+        produce = self.sink.produce
+        topic = self.ticks_topic
+        for key, value in self.encoder.ticks(records):
+            produce(topic, key, value)
+        self.counters.add(Slot.RECORDS_OUT, len(records))
+
+    def emit_fair(self, now_ns: int, final: bool = False) -> None:
+        """Publish the fair prices that are due (all pending ones when ``final``)."""
+        fair = self.cfg.fair
+        out = self.state.compute(now_ns, fair.stale_after, 0.0 if final else fair.min_interval)
+        if not len(out.instrument):
+            return
+        for key, value in self.encoder.fair(
+            out.instrument, out.price, out.sources, out.oldest_age_ns, now_ns, fair.method
+        ):
+            self.sink.produce(self.fair_topic, key, value)
+        board = out.instrument.astype(np.intp)
+        self.control.fair_price[board] = out.price
+        self.control.fair_ts[board] = now_ns
+        self.control.fair_sources[board] = out.sources
+        self.counters.add(Slot.FAIR_OUT, len(out.instrument))

@@ -1,0 +1,22 @@
+"""Counters backed by a child's slot in the shared control block."""
+
+from __future__ import annotations
+
+from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.providers.base import Counters
+
+
+class SlotCounters(Counters):
+    """Counts into ``control.slots[slot]``; the supervisor reads them for status and metrics."""
+
+    def __init__(self, control: ControlBlock, slot: int) -> None:
+        self._row = control.slots[slot]
+
+    def add(self, field: Slot, n: int = 1) -> None:
+        self._row[field] += n
+
+    def set(self, field: Slot, value: int) -> None:
+        self._row[field] = value
+
+    def __getitem__(self, field: Slot) -> int:
+        return int(self._row[field])

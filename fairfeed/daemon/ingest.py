@@ -1,0 +1,112 @@
+"""Ingest worker: one process, one asyncio loop, the provider connections of one partition."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+import numpy as np
+
+from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.config import Config
+from fairfeed.daemon.counters import SlotCounters
+from fairfeed.daemon.registry import Registry
+from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.ring import OverflowPolicy, Ring
+from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.catalog import adapter_class
+
+log = logging.getLogger("fairfeed.ingest")
+
+
+@dataclass
+class IngestWorker:
+    """Everything one ingest worker needs; built by the supervisor before fork."""
+
+    index: int
+    slot: int
+    cfg: Config
+    registry: Registry
+    ring: Ring
+    control: ControlBlock
+    assignments: dict[str, tuple[str, ...]]  # provider -> instruments of this partition
+    urls: dict[str, str]  # provider -> resolved endpoint
+
+    @property
+    def name(self) -> str:
+        return f"ingest-{self.index}"
+
+    def main(self) -> int:
+        """Child entry point (runs after fork)."""
+        prepare_child(self.name, self.cfg.daemon.log_level)
+        self.control.set(self.slot, Slot.PID, os.getpid())
+        return asyncio.run(self._run())
+
+    async def _run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        counters = SlotCounters(self.control, self.slot)
+        policy = OverflowPolicy(block_timeout=self.cfg.ring.block_timeout_ms / 1000)
+        ring = self.ring
+
+        def emit(records: np.ndarray) -> None:
+            written = ring.write(records, policy)
+            counters.add(Slot.RECORDS_OUT, written)
+            if written < len(records):
+                counters.add(Slot.RING_DROPPED, len(records) - written)
+
+        adapters: list[Adapter] = []
+        for provider, instruments in self.assignments.items():
+            pcfg = self.cfg.provider(provider)
+            ctx = IngestContext(
+                provider=pcfg,
+                url=self.urls[provider],
+                instruments=instruments,
+                registry=self.registry,
+                emit=emit,
+                counters=counters,
+            )
+            adapters.append(adapter_class(pcfg.kind)(ctx))
+        tasks = [
+            asyncio.create_task(a.run(), name=f"{self.name}:{a.ctx.provider.name}")
+            for a in adapters
+        ]
+        heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
+        self.control.set(self.slot, Slot.READY, 1)
+        log.info(
+            "serving %s",
+            ", ".join(f"{p}: {len(i)} instruments" for p, i in self.assignments.items())
+            or "nothing",
+        )
+        status = EXIT_OK
+        stop_wait = asyncio.create_task(stop.wait())
+        while not stop.is_set():
+            if not heartbeat.beat():
+                log.error("supervisor is gone: stopping")
+                break
+            done, _ = await asyncio.wait(
+                [stop_wait, *tasks],
+                timeout=self.cfg.daemon.heartbeat_interval / 2,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            failed = [t for t in done if t is not stop_wait]
+            if failed:
+                for t in failed:
+                    exc = t.exception() if not t.cancelled() else None
+                    log.error("adapter %s ended unexpectedly: %r", t.get_name(), exc)
+                status = EXIT_ERROR
+                break
+        for adapter in adapters:
+            try:
+                await asyncio.wait_for(adapter.close(), timeout=5)
+            except Exception:
+                log.exception("closing %s failed", adapter.ctx.provider.name)
+        for t in (*tasks, stop_wait):
+            t.cancel()
+        await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+        log.info("stopped: %d records written to the ring", counters[Slot.RECORDS_OUT])
+        return status

@@ -1,0 +1,151 @@
+"""`fairfeed run`: build the registry, shared memory and children, then supervise them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+
+from fairfeed.daemon.broker import LocalBroker, ensure_topics, free_port
+from fairfeed.daemon.child import configure_logging
+from fairfeed.daemon.compute import ComputeWorker
+from fairfeed.daemon.config import Config
+from fairfeed.daemon.ingest import IngestWorker
+from fairfeed.daemon.liveview import LiveView
+from fairfeed.daemon.partition import partition
+from fairfeed.daemon.registry import Registry
+from fairfeed.daemon.simulators import SimulatorHost
+from fairfeed.daemon.supervisor import ChildSpec, Supervisor
+from fairfeed.hotpath.records import CLASS_CODES
+from fairfeed.hotpath.warmup import warm_up
+from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.ring import Ring
+from fairfeed.ipc.shm import SHM_DIR, list_segments
+
+log = logging.getLogger("fairfeed")
+
+TOPIC_PARTITIONS = 3
+
+
+def build_registry(cfg: Config) -> Registry:
+    """Ids for every subscribed instrument and every (provider, venue) source."""
+    instruments: list[tuple[str, int]] = []
+    for sub in cfg.subscriptions:
+        code = CLASS_CODES[cfg.provider(sub.provider).data_class]
+        instruments.extend((name, code) for name in sub.instruments)
+    seen: dict[str, int] = {}
+    for name, code in instruments:
+        if seen.setdefault(name, code) != code:
+            raise ValueError(f"instrument {name!r} is subscribed with two data classes")
+    sources = [(p.name, p.venue) for p in cfg.providers]
+    return Registry.build(instruments, sources)
+
+
+def sweep_stale_segments(prefix: str) -> list[str]:
+    """Unlink segments left by a daemon that was killed (its pid is in the name and gone)."""
+    removed = []
+    for name in list_segments(f"{prefix}-"):
+        parts = name.split("-")
+        if len(parts) < 3 or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def run(cfg: Config, *, live_view: bool | None = None) -> int:
+    """Run the daemon until SIGTERM / SIGINT; returns the exit status."""
+    configure_logging("supervisor", cfg.daemon.log_level)
+    registry = build_registry(cfg)
+    for name in sweep_stale_segments(cfg.daemon.shm_prefix):
+        log.warning("removed shared-memory segment %s left by a dead daemon", name)
+    compile_s = warm_up()
+    log.info("kernels ready in %.2fs", compile_s)
+
+    broker: LocalBroker | None = None
+    rings: list[Ring] = []
+    control: ControlBlock | None = None
+    try:
+        if not cfg.kafka.bootstrap:
+            broker = LocalBroker().start()
+            cfg = dataclasses.replace(
+                cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap=broker.bootstrap)
+            )
+        ensure_topics(
+            cfg.kafka.bootstrap, [cfg.kafka.ticks_topic, cfg.kafka.fair_topic], TOPIC_PARTITIONS
+        )
+        ports = {p.name: free_port() for p in cfg.providers if p.serve is not None}
+        urls = {p.name: p.url or f"ws://127.0.0.1:{ports[p.name]}" for p in cfg.providers}
+
+        n_workers = cfg.daemon.workers
+        serving = bool(ports)
+        n_slots = n_workers + 1 + int(serving)
+        prefix = f"{cfg.daemon.shm_prefix}-{os.getpid()}"
+        control = ControlBlock.create(f"{prefix}-control", n_slots, len(registry.instruments))
+        rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
+
+        subs: dict[str, tuple[str, ...]] = {}
+        for sub in cfg.subscriptions:
+            subs[sub.provider] = tuple(dict.fromkeys(subs.get(sub.provider, ()) + sub.instruments))
+        parts = partition(subs, n_workers)
+        children: list[ChildSpec] = []
+        slot = 0
+        if serving:
+            host = SimulatorHost(slot, cfg, control, ports)
+            children.append(ChildSpec(host.name, slot, host.main, stop_phase=1))
+            slot += 1
+        ingest_slots = []
+        for i in range(n_workers):
+            w = IngestWorker(i, slot, cfg, registry, rings[i], control, parts[i], urls)
+            children.append(ChildSpec(w.name, slot, w.main, stop_phase=0))
+            ingest_slots.append(slot)
+            slot += 1
+        comp = ComputeWorker(slot, cfg, registry, rings, control)
+        children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2))
+
+        _announce(cfg, registry, urls, broker, prefix)
+        if live_view is None:
+            live_view = cfg.daemon.live_view == "on" or (
+                cfg.daemon.live_view == "auto" and sys.stdout.isatty()
+            )
+        view = LiveView(registry, ingest_slots, slot) if live_view else None
+        return Supervisor(cfg.daemon, control, children, on_tick=view).run()
+    finally:
+        for ring in rings:
+            ring.close()
+            ring.unlink()
+        if control is not None:
+            control.close()
+            control.unlink()
+        if broker is not None:
+            broker.stop()
+        log.info("stopped; shared memory unlinked%s", ", broker stopped" if broker else "")
+
+
+def _announce(
+    cfg: Config,
+    registry: Registry,
+    urls: dict[str, str],
+    broker: LocalBroker | None,
+    prefix: str,
+) -> None:
+    where = "local Tansu broker started for this run" if broker else "configured"
+    print(
+        f"fairfeed {os.getpid()}: config {cfg.source}\n"
+        f"  kafka      {cfg.kafka.bootstrap} ({where}); topics {cfg.kafka.ticks_topic}, "
+        f"{cfg.kafka.fair_topic}\n"
+        f"  providers  "
+        + ", ".join(f"{name} {url}" for name, url in urls.items())
+        + f"\n  instruments {', '.join(registry.instruments)}\n"
+        f"  workers    {cfg.daemon.workers} ingest + 1 compute;"
+        f" shared memory {SHM_DIR}/{prefix}-*\n"
+        "  Ctrl-C stops everything.",
+        flush=True,
+    )

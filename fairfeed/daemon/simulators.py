@@ -1,0 +1,63 @@
+"""The child that hosts the embedded default's simulated provider servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.config import Config, ProviderConfig
+from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.providers.simulator.server import SimulatorServer
+
+log = logging.getLogger("fairfeed.simulators")
+
+
+@dataclass
+class SimulatorHost:
+    """Serves every provider that has a ``[providers.serve]`` table, on ports fixed up front.
+
+    Ports are chosen by the supervisor before the first fork, so a restarted host comes back
+    on the same port and the adapters simply reconnect.
+    """
+
+    slot: int
+    cfg: Config
+    control: ControlBlock
+    ports: dict[str, int]  # provider name -> port
+    name: str = "simulators"
+
+    def served(self) -> list[ProviderConfig]:
+        return [p for p in self.cfg.providers if p.serve is not None]
+
+    def main(self) -> int:
+        """Child entry point (runs after fork)."""
+        prepare_child(self.name, self.cfg.daemon.log_level)
+        self.control.set(self.slot, Slot.PID, os.getpid())
+        return asyncio.run(self._run())
+
+    async def _run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        servers = []
+        for p in self.served():
+            assert p.serve is not None
+            server = SimulatorServer(p.name, p.serve, host="127.0.0.1", port=self.ports[p.name])
+            await server.start()
+            servers.append(server)
+        self.control.set(self.slot, Slot.READY, 1)
+        heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
+        while not stop.is_set():
+            if not heartbeat.beat():
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), self.cfg.daemon.heartbeat_interval / 2)
+            except TimeoutError:
+                pass
+        for server in servers:
+            await server.stop()
+        return EXIT_OK

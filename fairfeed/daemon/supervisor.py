@@ -1,0 +1,308 @@
+"""The supervisor: forks the children, watches them, restarts them, stops them in order.
+
+Modelled on gunicorn's arbiter: signal handlers only enqueue the signal and wake the loop; one
+loop dispatches ``handle_<signal>``, reaps children, checks heartbeats, spawns what is missing
+and refreshes the live view. Restarts use capped, jittered backoff; a child that cannot even
+boot ``max_boot_failures`` times in a row halts the supervisor instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fairfeed.backoff import Backoff
+from fairfeed.daemon.child import EXIT_BOOT_ERROR, EXIT_ERROR, EXIT_OK
+from fairfeed.daemon.config import DaemonConfig
+from fairfeed.ipc.control import ControlBlock, Slot
+
+log = logging.getLogger("fairfeed.supervisor")
+
+HEALTHY_AFTER = 10.0  # seconds up before a child's restart backoff is reset
+EXIT_HALTED = 3  # the supervisor's own exit code when a child cannot boot
+EXIT_STOP_TIMEOUT = 4  # children had to be killed at the stop deadline
+
+
+class HaltServer(BaseException):
+    """Stop the supervisor now; derives from BaseException so no ``except Exception`` eats it."""
+
+    def __init__(self, reason: str, exit_status: int = EXIT_HALTED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_status = exit_status
+
+
+@dataclass
+class ChildSpec:
+    """One child process the supervisor keeps alive.
+
+    ``target`` runs in the forked child and returns its exit code. Children stop in order of
+    ``stop_phase`` (ingest workers before the compute process, so rings are drained last).
+    """
+
+    name: str
+    slot: int
+    target: Callable[[], int]
+    stop_phase: int = 0
+    pid: int = 0
+    started: float = 0.0
+    restarts: int = 0
+    boot_failures: int = 0
+    next_start: float = 0.0
+    last_beat: int = 0
+    last_beat_change: float = 0.0
+    last_status: str = ""
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+def describe_status(status: int) -> str:
+    """A waitpid status in words."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by {signal.Signals(sig).name}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+class Supervisor:
+    """Runs ``children`` until SIGTERM / SIGINT (graceful stop) or a halt."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+    TICK = 0.1
+
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        control: ControlBlock,
+        children: list[ChildSpec],
+        on_tick: Callable[[Supervisor], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.control = control
+        self.children = children
+        self.on_tick = on_tick
+        self.stopping = False
+        self._signals: list[int] = []
+        self._pipe_r = self._pipe_w = -1
+        for child in children:
+            child.backoff = Backoff(base=cfg.restart_backoff_base, cap=cfg.restart_backoff_cap)
+
+    # -- signals --------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._pipe_r, self._pipe_w = os.pipe()
+        os.set_blocking(self._pipe_r, False)
+        os.set_blocking(self._pipe_w, False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+        try:
+            os.write(self._pipe_w, b".")
+        except OSError:  # pipe full: the loop is awake anyway
+            pass
+
+    def _sleep(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._pipe_r], [], [], timeout)
+            if ready:
+                while os.read(self._pipe_r, 512):
+                    pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def handle_sigterm(self) -> None:
+        log.info("SIGTERM: graceful stop")
+        self.stopping = True
+
+    def handle_sigint(self) -> None:
+        log.info("SIGINT: graceful stop")
+        self.stopping = True
+
+    def handle_sighup(self) -> None:
+        log.warning("SIGHUP: configuration reload is not supported yet; ignored")
+
+    def handle_sigchld(self) -> None:
+        pass  # reaping happens every tick
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Supervise until stopped; returns the process exit status."""
+        self._install_signals()
+        status = EXIT_OK
+        try:
+            for child in self.children:
+                self.spawn(child)
+            while not self.stopping:
+                while self._signals:
+                    name = signal.Signals(self._signals.pop(0)).name.lower()
+                    getattr(self, f"handle_{name}")()
+                if self.stopping:
+                    break
+                self.reap_children()
+                self.check_heartbeats()
+                self.manage_children()
+                if self.on_tick is not None:
+                    self.on_tick(self)
+                self._sleep(self.TICK)
+        except HaltServer as halt:
+            log.error("halting: %s", halt.reason)
+            print(f"fairfeed: halting: {halt.reason}", file=sys.stderr, flush=True)
+            status = halt.exit_status
+        finally:
+            stop_status = self.stop_children()
+        return status if status != EXIT_OK else stop_status
+
+    def spawn(self, child: ChildSpec) -> None:
+        """Fork ``child``; in the child run its target and never return."""
+        self.control.reset_slot(child.slot)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through its exit code
+            code = EXIT_ERROR
+            try:
+                os.close(self._pipe_r)
+                os.close(self._pipe_w)
+                code = child.target()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
+            except BaseException:
+                traceback.print_exc()
+                code = EXIT_ERROR
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        now = time.monotonic()
+        child.pid = pid
+        child.started = now
+        child.last_beat = 0
+        child.last_beat_change = now
+        log.info("started %s (pid %d)", child.name, pid)
+
+    def reap_children(self) -> None:
+        """Collect exited children and schedule their restart (or halt)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self._by_pid(pid)
+            if child is None:
+                continue
+            self._on_exit(child, status)
+
+    def _on_exit(self, child: ChildSpec, status: int) -> None:
+        now = time.monotonic()
+        was_ready = self.control.get(child.slot, Slot.READY) == 1
+        child.pid = 0
+        child.last_status = describe_status(status)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if code == EXIT_BOOT_ERROR or not was_ready:
+            child.boot_failures += 1
+            if child.boot_failures >= self.cfg.max_boot_failures:
+                raise HaltServer(
+                    f"{child.name} failed to boot {child.boot_failures} times in a row "
+                    f"(last: {child.last_status}); see its log lines above"
+                )
+        else:
+            child.boot_failures = 0
+        if now - child.started >= HEALTHY_AFTER:
+            child.backoff.reset()
+        delay = child.backoff.next_delay()
+        child.next_start = now + delay
+        child.restarts += 1
+        log.warning(
+            "%s (pid %d) died: %s; restarting in %.2fs",
+            child.name,
+            self.control.get(child.slot, Slot.PID) or 0,
+            child.last_status,
+            delay,
+        )
+
+    def check_heartbeats(self) -> None:
+        """Kill a child whose heartbeat counter has not moved for ``heartbeat_timeout``."""
+        now = time.monotonic()
+        for child in self.children:
+            if not child.pid:
+                continue
+            beat = self.control.get(child.slot, Slot.HEARTBEAT)
+            if beat != child.last_beat:
+                child.last_beat = beat
+                child.last_beat_change = now
+            elif now - child.last_beat_change > self.cfg.heartbeat_timeout:
+                log.error(
+                    "%s (pid %d) missed heartbeats for %.1fs: killing it",
+                    child.name,
+                    child.pid,
+                    now - child.last_beat_change,
+                )
+                self._kill(child.pid, signal.SIGKILL)
+                child.last_beat_change = now  # reap restarts it; do not kill twice
+
+    def manage_children(self) -> None:
+        """Spawn children that are down and whose backoff delay has passed."""
+        now = time.monotonic()
+        for child in self.children:
+            if not child.pid and now >= child.next_start:
+                self.spawn(child)
+
+    # -- stop -----------------------------------------------------------------------------
+    def stop_children(self) -> int:
+        """Stop children phase by phase within ``stop_timeout``; kill what is left at the end."""
+        deadline = time.monotonic() + self.cfg.stop_timeout
+        forced = False
+        for phase in sorted({c.stop_phase for c in self.children}):
+            group = [c for c in self.children if c.stop_phase == phase and c.pid]
+            for child in group:
+                self._kill(child.pid, signal.SIGTERM)
+            while any(c.pid for c in group) and time.monotonic() < deadline:
+                self._reap_quietly()
+                if any(c.pid for c in group):
+                    self._sleep(0.02)
+        for child in self.children:
+            if child.pid:
+                log.error("%s (pid %d) did not stop in time: killing it", child.name, child.pid)
+                self._kill(child.pid, signal.SIGKILL)
+                forced = True
+        while any(c.pid for c in self.children):
+            self._reap_quietly(block=True)
+        return EXIT_STOP_TIMEOUT if forced else EXIT_OK
+
+    def _reap_quietly(self, block: bool = False) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                for c in self.children:
+                    c.pid = 0
+                return
+            if pid == 0:
+                return
+            child = self._by_pid(pid)
+            if child is not None:
+                child.pid = 0
+                child.last_status = describe_status(status)
+                if status != 0:
+                    log.warning("%s stopped: %s", child.name, child.last_status)
+            if block:
+                return
+
+    def _by_pid(self, pid: int) -> ChildSpec | None:
+        return next((c for c in self.children if c.pid == pid), None)
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
