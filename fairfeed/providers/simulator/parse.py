@@ -1,0 +1,173 @@
+"""Simulator frame → RECORD_DTYPE records.
+
+Measured choice (bench/test_bench_parse.py): msgspec typed decode (tagged unions, so type
+checking happens in C while decoding) and one ``struct.pack_into`` per record into a byte view
+of the preallocated record buffer. That beat orjson → dicts, structured-array item assignment,
+per-column lists and ``np.array(list_of_tuples)`` at every batch size we tried.
+
+A frame is the unit of success or failure: a malformed frame writes no records (anything written
+at ``out[start:]`` before the error is garbage the caller ignores) and returns
+:data:`PARSE_ERROR`; :meth:`FrameParser.parse` never raises for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import msgspec
+import numpy as np
+
+from fairfeed.hotpath.records import (
+    CLASS_CODES,
+    KIND_ASK,
+    KIND_BID,
+    KIND_TRADE,
+    RECORD_DTYPE,
+    SIDE_BUY,
+    SIDE_SELL,
+    SIDE_UNKNOWN,
+)
+from fairfeed.providers.simulator.wire import (
+    SERVER_FRAME_DECODER,
+    Batch,
+    Heartbeat,
+    Trade,
+)
+
+if TYPE_CHECKING:
+    from fairfeed.providers.base import IngestContext
+
+# Result codes of FrameParser.parse (a result >= 0 is the number of records written).
+HEARTBEAT = -1  # a heartbeat frame: the connection is alive, no records
+CONTROL = -2  # a subscribed / unsubscribed / error answer, in FrameParser.control
+PARSE_ERROR = -3  # malformed frame; the reason is in FrameParser.error
+NEED_SPACE = -4  # the batch needs FrameParser.needed free records from `start`
+
+# The record layout as a little-endian struct, field for field (no padding: the dtype has none).
+_RECORD = struct.Struct("<qqqddqIHHBBBBI")
+assert _RECORD.size == RECORD_DTYPE.itemsize
+_SIDES = {"buy": SIDE_BUY, "sell": SIDE_SELL}
+
+
+class FrameParser:
+    """Parses one server frame at a time into a caller-owned record buffer.
+
+    ``symbols`` maps wire symbols to instrument ids; the provider id, venue id and data class
+    are the same for every record of one provider connection.
+    """
+
+    __slots__ = (
+        "_out",
+        "_u8",
+        "control",
+        "data_class",
+        "error",
+        "needed",
+        "provider",
+        "symbols",
+        "venue",
+    )
+
+    def __init__(
+        self, symbols: Mapping[str, int], provider: int, venue: int, data_class: int
+    ) -> None:
+        self.symbols = dict(symbols)
+        self.provider = provider
+        self.venue = venue
+        self.data_class = data_class
+        self.error = ""  # reason of the last PARSE_ERROR
+        self.control: object = None  # the last CONTROL message (a wire Struct)
+        self.needed = 0  # records the last NEED_SPACE batch needs
+        self._out: np.ndarray | None = None
+        self._u8: np.ndarray | None = None
+
+    @classmethod
+    def for_context(cls, ctx: IngestContext) -> FrameParser:
+        reg = ctx.registry
+        return cls(
+            {name: reg.instrument_id(name) for name in ctx.instruments},
+            reg.provider_id(ctx.provider.name),
+            reg.venue_id(ctx.provider.venue),
+            CLASS_CODES[ctx.provider.data_class],
+        )
+
+    def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
+        """Parse ``data`` (bytes-like) into ``out[start:]``; records written or a result code."""
+        try:
+            frame = SERVER_FRAME_DECODER.decode(data)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            self.error = str(exc)
+            return PARSE_ERROR
+        if type(frame) is not Batch:
+            if type(frame) is Heartbeat:
+                return HEARTBEAT
+            self.control = frame
+            return CONTROL
+        events = frame.events
+        if start + 2 * len(events) > len(out):
+            # Exact count only when the cheap upper bound does not fit.
+            need = sum(1 if type(e) is Trade else 2 for e in events)
+            if start + need > len(out):
+                self.needed = need
+                return NEED_SPACE
+        if out is not self._out:
+            self._out = out
+            self._u8 = out.view(np.uint8)
+        buf = self._u8
+        pack = _RECORD.pack_into
+        syms = self.symbols
+        prov = self.provider
+        venue = self.venue
+        dc = self.data_class
+        off = start << 6
+        try:
+            for e in events:
+                inst = syms[e.s]
+                if type(e) is Trade:
+                    pack(buf, off, e.T, e.P, ts_receive, e.p, e.q, e.seq, inst, prov, venue,
+                         KIND_TRADE, dc, _SIDES[e.side], 0, 0)  # fmt: skip
+                    off += 64
+                else:
+                    t = e.T
+                    p = e.P
+                    s = e.seq
+                    pack(buf, off, t, p, ts_receive, e.bp, e.bq, s, inst, prov, venue,
+                         KIND_BID, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
+                    pack(buf, off + 64, t, p, ts_receive, e.ap, e.aq, s, inst, prov, venue,
+                         KIND_ASK, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
+                    off += 128
+        except KeyError:
+            self.error = f"unknown symbol {e.s!r}"
+            return PARSE_ERROR
+        except struct.error as exc:  # an integer outside int64
+            self.error = f"value out of range in {e.s!r} event: {exc}"
+            return PARSE_ERROR
+        return (off >> 6) - start
+
+
+class ErrorLog:
+    """Logs at most one line per ``interval`` seconds, with how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, what: str, interval: float = 1.0) -> None:
+        self.logger = logger
+        self.what = what
+        self.interval = interval
+        self.suppressed = 0
+        self._next = 0.0
+
+    def __call__(self, reason: str, frame: bytes | str = b"", limit: int = 200) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self.interval
+        extra = f" (+{self.suppressed} suppressed)" if self.suppressed else ""
+        self.suppressed = 0
+        shown = bytes(frame[:limit]) if not isinstance(frame, str) else frame[:limit]
+        more = "…" if len(frame) > limit else ""
+        self.logger.warning("%s: %s%s; frame %r%s", self.what, reason, extra, shown, more)
+        return True
