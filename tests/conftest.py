@@ -39,8 +39,11 @@ def consume_all(
 ) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every message of ``topic`` as ``(partition, key, value)``, in partition then offset order.
 
-    Uses ``assign()`` to all partitions from the beginning (no group join) and reads until each
-    partition's high watermark taken at the start; raises on timeout or a consumer error.
+    Uses ``assign()`` to all partitions from the beginning (no group join) and reads each
+    partition until its end. The end is the partition-EOF event (the high watermark of the fetch
+    response), not ``get_watermark_offsets``: Tansu 0.6 answers ListOffsets(latest) with the base
+    offset of the last record batch + 1, which undercounts batched topics. Call it after the
+    producer's flush; raises on timeout or a consumer error.
     """
     consumer = Consumer(
         {
@@ -48,9 +51,9 @@ def consume_all(
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
             "fetch.queue.backoff.ms": 10,
             "fetch.wait.max.ms": 50,
-            "enable.partition.eof": False,
         }
     )
     try:
@@ -58,31 +61,23 @@ def consume_all(
         tmd = md.topics.get(topic)
         if tmd is None or tmd.error is not None:
             raise KafkaException(tmd.error if tmd is not None else f"no topic {topic}")
-        high: dict[int, int] = {}
-        for p in sorted(tmd.partitions):
-            _low, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if hi > 0:
-                high[p] = hi
-        out: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {p: [] for p in high}
-        if not high:
-            return []
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in high])
+        out: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {
+            p: [] for p in sorted(tmd.partitions)
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in out])
         deadline = time.monotonic() + timeout
-        pending = set(high)
+        pending = set(out)
         while pending:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"consume_all({topic}): partitions {sorted(pending)} unread")
+                raise TimeoutError(f"consume_all({topic}): partitions {sorted(pending)} unfinished")
             for msg in consumer.consume(1000, timeout=0.1):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
                         continue
                     raise KafkaException(err)
-                p = msg.partition()
-                if p in pending and msg.offset() < high[p]:
-                    out[p].append((p, msg.key(), msg.value()))
-                    if msg.offset() + 1 >= high[p]:
-                        pending.discard(p)
+                out[msg.partition()].append((msg.partition(), msg.key(), msg.value()))
         return [m for p in sorted(out) for m in out[p]]
     finally:
         consumer.close()

@@ -142,7 +142,7 @@ class LocalBroker:
         cmd = self.command()
         if not Path(cmd[0]).is_file():
             raise BrokerError(f"broker binary not found: {cmd[0]}")
-        self._log = tempfile.TemporaryFile(prefix="fairfeed-tansu-")
+        self._log = tempfile.TemporaryFile(prefix="fairfeed-tansu-")  # noqa: SIM115 - kept open
         try:
             self.process = subprocess.Popen(
                 cmd,

@@ -1,0 +1,226 @@
+"""Kafka message encoding: RECORD_DTYPE batches → columnar JSON messages, without a Python
+object per record.
+
+Ticks: a batch is grouped by (instrument, provider, venue) with one stable argsort on a packed
+64-bit key; each group becomes one message keyed by the instrument name, whose value holds the
+group's columns as JSON arrays (``orjson`` serializes the contiguous numpy slices directly).
+Order inside a group is the order in the batch, and groups of one instrument are emitted in
+batch order, so per-instrument order holds end to end (same key → same partition).
+
+Fair prices: one message per output, keyed by instrument.
+
+The wire format is documented in ``docs/kafka-schema.md``; :data:`SCHEMA_VERSION` changes only
+for breaking changes (added fields keep it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.records import CLASS_CODES, CLASS_NAMES, RECORD_DTYPE
+
+SCHEMA_VERSION = 1
+
+# Columns published for each tick, in value order; all other record fields (flags, reserved)
+# are internal and not published.
+TICK_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "price",
+    "size",
+    "side",
+    "sequence",
+    "ts_exchange",
+    "ts_provider",
+    "ts_receive",
+)
+
+# A ticks value stays well under Kafka's default 1 MB message limit: about 100 bytes of JSON
+# per tick, so at most ~400 kB. Larger groups are split into consecutive messages, in order.
+DEFAULT_MAX_RECORDS = 4096
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+Message = tuple[bytes, bytes]  # (key, value)
+
+
+class TickEncoder:
+    """Encoder bound to one registry (names are looked up and encoded once per id)."""
+
+    def __init__(self, registry: Registry, max_records: int = DEFAULT_MAX_RECORDS) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
+        self.registry = registry
+        self.max_records = max_records
+        self._keys = [name.encode() for name in registry.instruments]
+
+    def key(self, instrument: int) -> bytes:
+        return self._keys[instrument]
+
+    # -- ticks -------------------------------------------------------------------------------
+    def ticks(self, batch: np.ndarray) -> list[Message]:
+        """One ``(key, value)`` per (instrument, provider, venue) group of ``batch``."""
+        n = len(batch)
+        if n == 0:
+            return []
+        if batch.dtype != RECORD_DTYPE:
+            raise TypeError(f"expected RECORD_DTYPE records, got {batch.dtype}")
+        key = (
+            (batch["instrument"].astype(np.uint64) << np.uint64(32))
+            | (batch["provider"].astype(np.uint64) << np.uint64(16))
+            | batch["venue"].astype(np.uint64)
+        )
+        if n == 1 or not np.any(key[1:] != key[:-1]):
+            order = None  # one group: no gather needed
+            skey = key
+        else:
+            order = np.argsort(key, kind="stable")
+            skey = key[order]
+        dclass = batch["data_class"] if order is None else batch["data_class"][order]
+        # Group boundaries: where the key changes; a data class changing inside a group (it
+        # should not: it belongs to the instrument) splits it too, so nothing is lost.
+        change = (skey[1:] != skey[:-1]) | (dclass[1:] != dclass[:-1])
+        starts = np.concatenate(([0], np.flatnonzero(change) + 1, [n]))
+        cols = {
+            name: np.ascontiguousarray(batch[name] if order is None else batch[name][order])
+            for name in TICK_COLUMNS
+        }
+        reg = self.registry
+        out: list[Message] = []
+        step = self.max_records
+        starts_l = starts.tolist()
+        for g in range(len(starts_l) - 1):
+            a, end = starts_l[g], starts_l[g + 1]
+            k = int(skey[a])
+            inst, prov, venue = k >> 32, (k >> 16) & 0xFFFF, k & 0xFFFF
+            head: dict[str, Any] = {
+                "schema": SCHEMA_VERSION,
+                "type": "ticks",
+                "instrument": reg.instruments[inst],
+                "provider": reg.providers[prov],
+                "venue": reg.venues[venue],
+                "data_class": CLASS_NAMES.get(int(dclass[a]), "unknown"),
+            }
+            kb = self._keys[inst]
+            while a < end:
+                b = min(end, a + step)
+                msg = dict(head)
+                msg["count"] = b - a
+                for name in TICK_COLUMNS:
+                    msg[name] = cols[name][a:b]
+                out.append((kb, orjson.dumps(msg, option=_OPTS)))
+                a = b
+        return out
+
+    # -- fair prices -------------------------------------------------------------------------
+    def fair(
+        self,
+        instruments: np.ndarray | Sequence[int],
+        prices: np.ndarray | Sequence[float],
+        sources: np.ndarray | Sequence[int],
+        oldest_age_ns: np.ndarray | Sequence[int],
+        ts: np.ndarray | Sequence[int] | int,
+        method: str = "median",
+    ) -> list[Message]:
+        """One ``(key, value)`` per fair-price output (arrays of equal length; ``ts`` may be one
+        timestamp for all)."""
+        inst = np.asarray(instruments).tolist()
+        n = len(inst)
+        px = np.asarray(prices, dtype=np.float64).tolist()
+        src = np.asarray(sources).tolist()
+        age = np.asarray(oldest_age_ns).tolist()
+        tsv = np.broadcast_to(np.asarray(ts, dtype=np.int64), (n,)).tolist()
+        if not (len(px) == len(src) == len(age) == n):
+            raise ValueError("fair-price arrays must have the same length")
+        names = self.registry.instruments
+        keys = self._keys
+        out: list[Message] = []
+        for i in range(n):
+            p = px[i]
+            value = orjson.dumps(
+                {
+                    "schema": SCHEMA_VERSION,
+                    "type": "fair",
+                    "instrument": names[inst[i]],
+                    "price": p if p == p and abs(p) != float("inf") else None,
+                    "method": method,
+                    "sources": src[i],
+                    "oldest_age_ns": age[i],
+                    "ts": tsv[i],
+                }
+            )
+            out.append((keys[inst[i]], value))
+        return out
+
+
+def encode_ticks(
+    batch: np.ndarray, registry: Registry, max_records: int = DEFAULT_MAX_RECORDS
+) -> list[Message]:
+    """Convenience wrapper around :meth:`TickEncoder.ticks` (build the encoder once in loops)."""
+    return TickEncoder(registry, max_records).ticks(batch)
+
+
+def encode_fair(
+    registry: Registry,
+    instruments: np.ndarray | Sequence[int],
+    prices: np.ndarray | Sequence[float],
+    sources: np.ndarray | Sequence[int],
+    oldest_age_ns: np.ndarray | Sequence[int],
+    ts: np.ndarray | Sequence[int] | int,
+    method: str = "median",
+) -> list[Message]:
+    """Convenience wrapper around :meth:`TickEncoder.fair`."""
+    return TickEncoder(registry).fair(instruments, prices, sources, oldest_age_ns, ts, method)
+
+
+# -- decoding (tests, tools) -----------------------------------------------------------------
+_COLUMN_DTYPES = {name: RECORD_DTYPE.fields[name][0] for name in TICK_COLUMNS}
+
+
+def decode_ticks(value: bytes) -> dict[str, Any]:
+    """Parse a ticks value: header fields as they are, tick columns as numpy arrays of the
+    record dtypes (``null`` prices/sizes become NaN)."""
+    msg = orjson.loads(value)
+    if msg.get("type") != "ticks":
+        raise ValueError(f"not a ticks message: type={msg.get('type')!r}")
+    if msg.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported ticks schema {msg.get('schema')!r}")
+    for name, dtype in _COLUMN_DTYPES.items():
+        msg[name] = np.array(msg[name], dtype=np.float64 if dtype.kind == "f" else dtype)
+        if len(msg[name]) != msg["count"]:
+            raise ValueError(f"column {name} has {len(msg[name])} values, count={msg['count']}")
+    return msg
+
+
+def ticks_to_records(msg: dict[str, Any], registry: Registry) -> np.ndarray:
+    """RECORD_DTYPE array from a :func:`decode_ticks` result (ids from ``registry``; flags and
+    reserved are zero)."""
+    out = np.zeros(msg["count"], dtype=RECORD_DTYPE)
+    out["instrument"] = registry.instrument_id(msg["instrument"])
+    out["provider"] = registry.provider_id(msg["provider"])
+    out["venue"] = registry.venue_id(msg["venue"])
+    out["data_class"] = CLASS_CODES.get(msg["data_class"], 0)
+    for name in TICK_COLUMNS:
+        out[name] = msg[name]
+    return out
+
+
+def decode_ticks_records(value: bytes, registry: Registry) -> np.ndarray:
+    """``ticks_to_records(decode_ticks(value), registry)``."""
+    return ticks_to_records(decode_ticks(value), registry)
+
+
+def decode_fair(value: bytes) -> dict[str, Any]:
+    """Parse a fair-price value (a plain dict; ``null`` price becomes NaN)."""
+    msg = orjson.loads(value)
+    if msg.get("type") != "fair":
+        raise ValueError(f"not a fair message: type={msg.get('type')!r}")
+    if msg.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported fair schema {msg.get('schema')!r}")
+    if msg["price"] is None:
+        msg["price"] = float("nan")
+    return msg
