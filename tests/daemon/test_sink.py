@@ -128,7 +128,7 @@ def test_fair_messages_round_trip(kafka_broker: LocalBroker, consume_topic) -> N
 
 def test_full_queue_retries_then_drops(kafka_broker: LocalBroker, caplog) -> None:
     cfg = cfg_for(
-        kafka_broker.bootstrap, linger_ms=60_000, queue_max_messages=1, buffer_full_timeout_ms=50
+        kafka_broker.bootstrap, linger_ms=60_000, queue_max_messages=1, buffer_full_timeout_ms=200
     )
     counters = DictCounters()
     sink = KafkaSink(cfg, counters)
@@ -137,14 +137,14 @@ def test_full_queue_retries_then_drops(kafka_broker: LocalBroker, caplog) -> Non
     t0 = time.monotonic()
     assert not sink.produce("sink-full", b"k", b"second")
     waited = time.monotonic() - t0
-    assert 0.04 <= waited < 1.0
+    assert 0.19 <= waited < 2.0
     assert counters[Slot.KAFKA_RETRIES] >= 2
     assert counters[Slot.KAFKA_DROPPED] == 1
     assert "local queue full" in caplog.text and "sink-full" in caplog.text
     # saturated: the next drop is immediate instead of one more bounded wait
     t0 = time.monotonic()
     assert not sink.produce("sink-full", b"k", b"third")
-    assert time.monotonic() - t0 < 0.04
+    assert time.monotonic() - t0 < 0.1
     assert counters[Slot.KAFKA_DROPPED] == 2
     sink.poll()
     assert counters[Slot.KAFKA_QUEUE] == 1
