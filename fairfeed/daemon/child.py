@@ -47,6 +47,9 @@ def configure_logging(name: str, level: str) -> None:
     )
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Library chatter (every connect / disconnect) would drown our own lines at INFO.
+    for noisy in ("websockets", "picows"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 class Heartbeat:

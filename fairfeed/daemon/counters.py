@@ -13,7 +13,10 @@ class SlotCounters(Counters):
         self._row = control.slots[slot]
 
     def add(self, field: Slot, n: int = 1) -> None:
-        self._row[field] += n
+        if n >= 0:
+            self._row[field] += n
+        else:  # uint64 words: subtract rather than add a negative Python int
+            self._row[field] -= -n
 
     def set(self, field: Slot, value: int) -> None:
         self._row[field] = value

@@ -129,6 +129,7 @@ class SimulatorAdapter(Adapter):
         self._sub_id = 0
         self._last_rx = 0.0
         self._transport: WSTransport | None = None
+        self._counted_up = False  # whether this adapter is counted in Slot.CONNECTED
         self._closed = False
         self._stop = asyncio.Event()
         self._parse_log = ErrorLog(log, f"{ctx.provider.name}: malformed frame", log_interval)
@@ -221,13 +222,13 @@ class SimulatorAdapter(Adapter):
                 await self._pause()
                 continue
             self.connections += 1
-            ctx.counters.set(Slot.CONNECTED, 1)
+            self._mark_connected(True)
             try:
                 await self._watch(transport)
             finally:
                 self._flush()
                 self._transport = None
-                ctx.counters.set(Slot.CONNECTED, 0)
+                self._mark_connected(False)
             if not self._stop.is_set():
                 self._conn_log(f"disconnected from {ctx.url}")
                 await self._pause()
@@ -272,4 +273,10 @@ class SimulatorAdapter(Adapter):
                 t.disconnect()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(t.wait_disconnected(), 2.0)
-        self.ctx.counters.set(Slot.CONNECTED, 0)
+        self._mark_connected(False)
+
+    def _mark_connected(self, up: bool) -> None:
+        # CONNECTED counts the worker's open connections; several adapters share the slot.
+        if up != self._counted_up:
+            self._counted_up = up
+            self.ctx.counters.add(Slot.CONNECTED, 1 if up else -1)
