@@ -67,6 +67,17 @@ class ComputeWorker:
                     got += k
             pipeline.emit_fair(time.time_ns())
             sink.poll()
+            if sink.stalled(self.cfg.kafka.stall_timeout):
+                # An idempotent producer never recovers from a broker that lost its state
+                # (FIELD-NOTES): give up what it holds (counted as dropped) and start afresh.
+                log.error(
+                    "kafka: nothing delivered for %.0fs with %d messages waiting: "
+                    "recreating the producer",
+                    self.cfg.kafka.stall_timeout,
+                    len(sink),
+                )
+                sink.close(timeout=1.0)
+                sink = pipeline.sink = KafkaSink(self.cfg.kafka, counters)
             if not got:
                 # Stop only once the rings are empty: the supervisor stops the ingest workers
                 # first, so nothing more arrives after SIGTERM reached us.
@@ -74,9 +85,9 @@ class ComputeWorker:
                     break
                 time.sleep(IDLE_SLEEP)
         pipeline.emit_fair(time.time_ns(), final=True)
-        remaining = sink.flush(self.cfg.kafka.flush_timeout)
+        remaining = sink.close(self.cfg.kafka.flush_timeout)
         if remaining:
-            log.error("%d Kafka messages not delivered at stop", remaining)
+            log.error("%d Kafka messages not delivered at stop (counted as dropped)", remaining)
         log.info(
             "stopped: %d records in, %d fair prices, %d Kafka messages delivered",
             counters[Slot.RECORDS_IN],

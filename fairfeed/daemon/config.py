@@ -53,6 +53,7 @@ class KafkaConfig:
     queue_max_messages: int = 100_000
     buffer_full_timeout_ms: float = 1000.0  # retry a full local queue this long, then drop
     flush_timeout: float = 10.0  # seconds to flush at stop
+    stall_timeout: float = 30.0  # nothing delivered this long with messages waiting: new producer
     client_id: str = "fairfeed"
 
 
