@@ -71,5 +71,9 @@ class Heartbeat:
         if now >= self._next:
             self._next = now + self._interval
             self._control.add(self._slot, Slot.HEARTBEAT)
-            return os.getppid() == self._ppid
+            return not self.orphaned()
         return True
+
+    def orphaned(self) -> bool:
+        """Whether the supervisor is gone (this process was re-parented)."""
+        return os.getppid() != self._ppid

@@ -85,7 +85,9 @@ class ComputeWorker:
                     break
                 time.sleep(IDLE_SLEEP)
         pipeline.emit_fair(time.time_ns(), final=True)
-        remaining = sink.close(self.cfg.kafka.flush_timeout)
+        # Orphaned, the broker may well have died with the supervisor: do not linger.
+        flush = min(2.0, self.cfg.kafka.flush_timeout) if heartbeat.orphaned() else None
+        remaining = sink.close(self.cfg.kafka.flush_timeout if flush is None else flush)
         if remaining:
             log.error("%d Kafka messages not delivered at stop (counted as dropped)", remaining)
         log.info(

@@ -206,3 +206,22 @@ def test_embedded_default_shows_fair_prices_and_stops_cleanly(tmp_path: Path) ->
     finally:
         if daemon.proc.poll() is None:
             daemon.kill()
+
+
+def test_sigkilled_supervisor_leaves_no_child_segment_or_broker(tmp_path: Path) -> None:
+    """Even the hardest stop cleans up: children and the broker die with the supervisor
+    (PDEATHSIG), and the resource tracker unlinks the segments the supervisor created."""
+    daemon = DaemonProcess(tmp_path, None, live=True)
+    try:
+        wait_for(lambda: "sources 3" in daemon.stdout(), 60, "fair prices")
+        port = daemon.stdout().split("kafka", 1)[1].split()[0].rsplit(":", 1)[1]
+        kids = daemon.note_children()
+        assert len(kids) >= 4  # simulators, 2 ingest workers, compute (+ tracker, broker)
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(10)
+        assert daemon.leftovers(grace=10.0) == []
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
