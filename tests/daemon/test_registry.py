@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from fairfeed.daemon import config
+from fairfeed.daemon.registry import Registry, RegistryError
+from fairfeed.daemon.run import build_registry
+from fairfeed.hotpath.records import CLASS_PERPETUAL, CLASS_SPOT
+
+
+def test_ids_are_dense_and_lookups_round_trip() -> None:
+    reg = Registry.build(
+        [("BTC-USD", CLASS_SPOT), ("BTC-PERP", CLASS_PERPETUAL), ("BTC-USD", CLASS_SPOT)],
+        [("kaiko", "CBSE"), ("kaiko", "BNCE"), ("coinbase", "CBSE")],
+    )
+    assert reg.instruments == ("BTC-USD", "BTC-PERP")
+    assert reg.instrument_classes == (CLASS_SPOT, CLASS_PERPETUAL)
+    assert reg.providers == ("kaiko", "coinbase") and reg.venues == ("CBSE", "BNCE")
+    assert reg.instrument_id("BTC-PERP") == 1 and reg.provider_id("coinbase") == 1
+    assert reg.venue_id("BNCE") == 1
+    table = reg.source_table()
+    assert table.tolist() == [[0, 1], [2, -1]] and table.dtype == np.int32
+    assert reg.source_name(2) == "coinbase/CBSE"
+
+
+def test_unknown_names_raise_a_clear_error() -> None:
+    reg = Registry.build([("X", CLASS_SPOT)], [("p", "v")])
+    with pytest.raises(RegistryError, match="unknown instrument 'Y'"):
+        reg.instrument_id("Y")
+    with pytest.raises(RegistryError, match="unknown provider"):
+        reg.provider_id("q")
+
+
+def test_registry_of_the_embedded_default() -> None:
+    reg = build_registry(config.load())
+    assert set(reg.instruments) == {"BTC-USD", "ETH-USD", "SOL-USD"}
+    assert len(reg.sources) == 3 and (reg.source_table() >= 0).sum() == 3
