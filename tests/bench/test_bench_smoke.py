@@ -1,0 +1,40 @@
+"""Keeps the end-to-end benchmark from rotting: both pipelines on a tiny workload."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `bench` is a top-level package of the repository, not installed
+    sys.path.insert(0, str(REPO))
+
+from bench.e2e import Workload, run_e2e  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_e2e_tiny_workload(tmp_path):
+    wl = Workload(events=30_000, seconds=30.0)
+    report = run_e2e(wl, repeat=1, out_dir=tmp_path, echo=False)
+
+    assert Path(report["path"]).is_file()
+    by_kind = {r["pipeline"]: r for r in report["results"]}
+    assert set(by_kind) == {"daemon", "baseline"}
+    for kind, r in by_kind.items():
+        assert r["completed"], (kind, r["notes"])
+        assert r["connections"] == wl.connections(), (kind, r["notes"])
+        assert r["events"] == wl.connections() * wl.per_connection(), (kind, r["notes"])
+        assert r["expected_records"] >= r["events"], (kind, r["notes"])
+        assert r["missing"] == 0, (kind, r["notes"])
+        assert r["duplicates"] == 0, (kind, r["notes"])
+        assert r["records"] == r["expected_records"], (kind, r["notes"])
+        assert r["exit_code"] == 0, (kind, r["notes"])
+        assert r["fair_messages"] > 0, kind
+        assert r["records_per_s"] > 0 and r["wall_s"] > 0, kind
+        assert r["cpu_us_per_record"] > 0, kind
+    ratio = report["summary"]["ratio"]
+    assert ratio["records_per_s"] > 0 and ratio["cpu_us_per_record"] > 0
+    assert report["leftovers"] == []
