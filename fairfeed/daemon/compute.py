@@ -17,7 +17,7 @@ from fairfeed.daemon.encode import TickEncoder
 from fairfeed.daemon.registry import Registry
 from fairfeed.daemon.sink import KafkaSink
 from fairfeed.hotpath.fairprice import FairState
-from fairfeed.hotpath.records import RECORD_DTYPE
+from fairfeed.hotpath.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.ipc.control import ControlBlock, Slot
 from fairfeed.ipc.ring import Ring
 
@@ -123,6 +123,10 @@ class Pipeline:
         """Update the fair-price state and publish the records as ticks."""
         self.counters.add(Slot.RECORDS_IN, len(records))
         self.state.update(records)
+        kinds = records["kind"]
+        if kinds.max() > MAX_MARKET_KIND:
+            # Health events (gaps, heartbeats, status) feed the detectors, not the ticks topic.
+            records = records[kinds <= MAX_MARKET_KIND]
         produce = self.sink.produce
         topic = self.ticks_topic
         for key, value in self.encoder.ticks(records):

@@ -14,7 +14,32 @@ import numpy as np
 KIND_TRADE = 1
 KIND_BID = 2
 KIND_ASK = 3
-KIND_NAMES = {KIND_TRADE: "trade", KIND_BID: "bid", KIND_ASK: "ask"}
+# Health events travel through the rings too, so ordering against the data is kept:
+KIND_GAP = 16  # sequence gap: `sequence` = first number after the gap, `size` = numbers missed
+KIND_HEARTBEAT = 17  # provider heartbeat (liveness without data); `ts_provider` = its time
+KIND_STATUS = 18  # connection status change; `flags` = one of the STATUS_* codes
+KIND_NAMES = {
+    KIND_TRADE: "trade",
+    KIND_BID: "bid",
+    KIND_ASK: "ask",
+    KIND_GAP: "gap",
+    KIND_HEARTBEAT: "heartbeat",
+    KIND_STATUS: "status",
+}
+MAX_MARKET_KIND = KIND_ASK  # kinds <= this are market data (published as ticks)
+
+# STATUS record codes (in `flags`).
+STATUS_CONNECTED = 1  # connected and subscribed: data may flow
+STATUS_DISCONNECTED = 2  # the connection ended (a reconnect follows unless stopping)
+STATUS_SUBSCRIBE_ERROR = 3  # the provider refused a subscription (rate limit, unknown symbol)
+STATUS_NAMES = {
+    STATUS_CONNECTED: "connected",
+    STATUS_DISCONNECTED: "disconnected",
+    STATUS_SUBSCRIBE_ERROR: "subscribe_error",
+}
+
+# Instrument id of records about a whole connection or provider (heartbeats, status).
+NO_INSTRUMENT = 0xFFFFFFFF
 
 # Data classes (instrument classes).
 CLASS_SPOT = 1

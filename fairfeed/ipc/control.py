@@ -33,9 +33,16 @@ class Slot(enum.IntEnum):
     KAFKA_DROPPED = 13  # messages given up after the BufferError retry bound
     CONNECTED = 14  # ingest: open provider connections
     KAFKA_QUEUE = 15  # messages waiting in librdkafka's local queue
+    GAPS = 16  # sequence gaps detected by adapters
+    MISSED = 17  # messages missed in those gaps
+    HEARTBEATS = 18  # provider heartbeats received
+    DISCONNECTS = 19  # provider connections lost (not counting our own closes)
+    SUBSCRIBE_ERRORS = 20  # subscriptions refused by a provider
+    DEAD_LETTERS = 21  # malformed frames forwarded to the dead-letter topic
+    DEAD_LETTERS_DROPPED = 22  # malformed frames not forwarded (dead-letter ring full)
 
 
-SLOT_WORDS = 16
+SLOT_WORDS = 32
 _BOARD_FIELDS = 3  # price (f64 bits), ts_ns, n_sources
 
 

@@ -44,7 +44,11 @@ def test_required_fields_present():
 
 
 def test_codes_are_distinct_and_named():
-    kinds = [r.KIND_TRADE, r.KIND_BID, r.KIND_ASK]
+    kinds = [r.KIND_TRADE, r.KIND_BID, r.KIND_ASK, r.KIND_GAP, r.KIND_HEARTBEAT, r.KIND_STATUS]
+    assert all(k <= r.MAX_MARKET_KIND for k in kinds[:3])
+    assert all(k > r.MAX_MARKET_KIND for k in kinds[3:])
+    statuses = list(r.STATUS_NAMES)
+    assert len(set(statuses)) == len(statuses) and 0 not in statuses
     classes = [r.CLASS_SPOT, r.CLASS_FUTURE, r.CLASS_PERPETUAL, r.CLASS_OPTION]
     sides = [r.SIDE_UNKNOWN, r.SIDE_BUY, r.SIDE_SELL]
     for codes, names in ((kinds, r.KIND_NAMES), (classes, r.CLASS_NAMES), (sides, r.SIDE_NAMES)):

@@ -1,0 +1,1 @@
+"""Local servers that speak providers' real wire protocols, for tests and the embedded default."""
