@@ -305,7 +305,9 @@ async def _adapter_events(url: str) -> tuple[float, float]:
     reg = Registry.build([("BTC-USD", CLASS_SPOT), ("ETH-USD", CLASS_SPOT)], [("bench", "v")])
     prov = ProviderConfig(name="bench", kind="simulator", venue="v", url=url)
     counters = DictCounters()
-    ctx = IngestContext(prov, url, ("BTC-USD", "ETH-USD"), reg, lambda r: None, counters)
+    ctx = IngestContext.for_instruments(
+        prov, url, ("BTC-USD", "ETH-USD"), reg, lambda r: None, counters
+    )
     adapter = SimulatorAdapter(ctx)
     task = asyncio.create_task(adapter.run())
     while counters[Slot.RECORDS_IN] == 0:

@@ -83,17 +83,27 @@ class SimulatorConfig:
 @dataclass(frozen=True)
 class ProviderConfig:
     name: str
-    kind: str  # simulator
-    venue: str = ""
-    url: str = ""  # empty when `serve` starts a local server
+    kind: str  # one of PROVIDER_KINDS
+    venue: str = ""  # default venue of its subscriptions (exchanges: the exchange itself)
+    url: str = ""  # endpoint; empty when `serve` starts a local server
     serve: SimulatorConfig | None = None
-    data_class: str = "spot"
+    data_class: str = "spot"  # default data class of its subscriptions
+    feed: str = ""  # protocol variant, e.g. coinbase "exchange" | "advanced"; "" = default
+    api_key_env: str = ""  # environment variable holding the API key (never the key itself)
+    tls: bool = True  # gRPC: TLS channel (real endpoints); false for local plaintext servers
+    stale_after: float = 0.0  # no data and no heartbeat this long: reconnect (0 = protocol default)
+    max_streams_per_connection: int = 0  # 0 = protocol limit (e.g. Binance 1024)
+    subscribe_batch: int = 0  # streams per subscribe request (0 = protocol default)
+    subscribe_interval: float = 0.25  # seconds between two subscribe requests (staggering)
+    max_connection_age: float = 0.0  # reconnect proactively after this long (0 = protocol default)
 
 
 @dataclass(frozen=True)
 class SubscriptionConfig:
     provider: str
     instruments: tuple[str, ...]
+    venue: str = ""  # default: the provider's venue (vendors carry many venues)
+    data_class: str = ""  # default: the provider's data class
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,20 @@ class Config:
                 return p
         raise KeyError(name)
 
+    def subscription_keys(self) -> list[tuple[str, str, str, str]]:
+        """Every subscribed ``(provider, venue, instrument, data class)``, defaults applied,
+        without duplicates, in configuration order."""
+        keys: dict[tuple[str, str, str, str], None] = {}
+        for sub in self.subscriptions:
+            p = self.provider(sub.provider)
+            venue = sub.venue or p.venue
+            dclass = sub.data_class or p.data_class
+            for inst in sub.instruments:
+                keys[(p.name, venue, inst, dclass)] = None
+        return list(keys)
 
-PROVIDER_KINDS = ("simulator",)
+
+PROVIDER_KINDS = ("simulator", "kaiko", "coinapi", "coinbase", "binance", "kraken", "replay")
 FAIR_METHODS = ("median",)
 FAIR_INPUTS = ("trades", "quotes", "both")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -261,8 +283,13 @@ def _check(cfg: Config) -> None:
             )
         if p.data_class not in CLASS_CODES:
             fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
-        if not p.venue:
+        if p.kind == "simulator" and not p.venue:
             fail(f"{key}.venue", "must name the venue this provider's data comes from")
+        for num in ("stale_after", "subscribe_interval", "max_connection_age"):
+            if getattr(p, num) < 0:
+                fail(f"{key}.{num}", "must be >= 0")
+        if p.max_streams_per_connection < 0 or p.subscribe_batch < 0:
+            fail(key, "max_streams_per_connection and subscribe_batch must be >= 0")
         if not p.url and p.serve is None:
             fail(f"{key}.url", "is required unless [providers.serve] starts a local server")
         if p.serve is not None:
@@ -279,7 +306,12 @@ def _check(cfg: Config) -> None:
             fail(f"{key}.provider", f"unknown provider {s.provider!r}")
         if not s.instruments:
             fail(f"{key}.instruments", "must list at least one instrument")
-        served = cfg.provider(s.provider).serve
+        p = cfg.provider(s.provider)
+        if not (s.venue or p.venue):
+            fail(f"{key}.venue", f"is required: provider {p.name!r} has no default venue")
+        if s.data_class and s.data_class not in CLASS_CODES:
+            fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
+        served = p.serve
         if served is not None:
             for inst in s.instruments:
                 if inst not in served.prices:

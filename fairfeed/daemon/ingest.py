@@ -16,7 +16,7 @@ from fairfeed.daemon.counters import SlotCounters
 from fairfeed.daemon.registry import Registry
 from fairfeed.ipc.control import ControlBlock, Slot
 from fairfeed.ipc.ring import OverflowPolicy, Ring
-from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.base import Adapter, IngestContext, Subscription
 from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed.ingest")
@@ -32,7 +32,7 @@ class IngestWorker:
     registry: Registry
     ring: Ring
     control: ControlBlock
-    assignments: dict[str, tuple[str, ...]]  # provider -> instruments of this partition
+    assignments: dict[str, tuple[Subscription, ...]]  # provider -> its subscriptions here
     urls: dict[str, str]  # provider -> resolved endpoint
 
     @property
@@ -60,12 +60,12 @@ class IngestWorker:
                 counters.add(Slot.RING_DROPPED, len(records) - written)
 
         adapters: list[Adapter] = []
-        for provider, instruments in self.assignments.items():
+        for provider, subs in self.assignments.items():
             pcfg = self.cfg.provider(provider)
             ctx = IngestContext(
                 provider=pcfg,
                 url=self.urls[provider],
-                instruments=instruments,
+                subscriptions=subs,
                 registry=self.registry,
                 emit=emit,
                 counters=counters,
@@ -79,7 +79,7 @@ class IngestWorker:
         self.control.set(self.slot, Slot.READY, 1)
         log.info(
             "serving %s",
-            ", ".join(f"{p}: {len(i)} instruments" for p, i in self.assignments.items())
+            ", ".join(f"{p}: {len(i)} subscriptions" for p, i in self.assignments.items())
             or "nothing",
         )
         status = EXIT_OK

@@ -18,14 +18,3 @@ def worker_for(provider: str, instrument: str, workers: int) -> int:
     """Index of the ingest worker that owns subscription (provider, instrument)."""
     key = f"{provider}:{instrument}"
     return max(range(workers), key=lambda w: _weight(key, w))
-
-
-def partition(
-    subscriptions: dict[str, tuple[str, ...]], workers: int
-) -> list[dict[str, tuple[str, ...]]]:
-    """Split ``{provider: instruments}`` into one such mapping per worker."""
-    parts: list[dict[str, list[str]]] = [{} for _ in range(workers)]
-    for provider, instruments in subscriptions.items():
-        for inst in instruments:
-            parts[worker_for(provider, inst, workers)].setdefault(provider, []).append(inst)
-    return [{p: tuple(i) for p, i in part.items()} for part in parts]

@@ -10,10 +10,10 @@ import sys
 from fairfeed.daemon.broker import LocalBroker, ensure_topics, free_port
 from fairfeed.daemon.child import configure_logging
 from fairfeed.daemon.compute import ComputeWorker
-from fairfeed.daemon.config import Config
+from fairfeed.daemon.config import Config, ConfigError
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
-from fairfeed.daemon.partition import partition
+from fairfeed.daemon.partition import worker_for
 from fairfeed.daemon.registry import Registry
 from fairfeed.daemon.simulators import SimulatorHost
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
@@ -22,6 +22,7 @@ from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
+from fairfeed.providers.base import Subscription
 
 log = logging.getLogger("fairfeed")
 
@@ -30,16 +31,29 @@ TOPIC_PARTITIONS = 3
 
 def build_registry(cfg: Config) -> Registry:
     """Ids for every subscribed instrument and every (provider, venue) source."""
-    instruments: list[tuple[str, int]] = []
-    for sub in cfg.subscriptions:
-        code = CLASS_CODES[cfg.provider(sub.provider).data_class]
-        instruments.extend((name, code) for name in sub.instruments)
-    seen: dict[str, int] = {}
-    for name, code in instruments:
-        if seen.setdefault(name, code) != code:
-            raise ValueError(f"instrument {name!r} is subscribed with two data classes")
-    sources = [(p.name, p.venue) for p in cfg.providers]
+    keys = cfg.subscription_keys()
+    seen: dict[str, str] = {}
+    for _p, _v, inst, dclass in keys:
+        if seen.setdefault(inst, dclass) != dclass:
+            raise ConfigError(
+                f"{cfg.source}: instrument {inst!r} is subscribed as {seen[inst]} and as "
+                f"{dclass}: give derivatives their own names (e.g. {inst}-PERP)"
+            )
+    instruments = [(inst, CLASS_CODES[dclass]) for inst, dclass in seen.items()]
+    sources = [(p, v) for p, v, _i, _c in keys]
     return Registry.build(instruments, sources)
+
+
+def assign_subscriptions(
+    cfg: Config, registry: Registry, workers: int
+) -> list[dict[str, tuple[Subscription, ...]]]:
+    """Per ingest worker: provider -> its subscriptions there (rendezvous hashing)."""
+    parts: list[dict[str, list[Subscription]]] = [{} for _ in range(workers)]
+    for provider, venue, inst, dclass in cfg.subscription_keys():
+        sub = Subscription.resolve(registry, provider, venue, inst, dclass)
+        w = worker_for(provider, f"{venue}:{inst}", workers)
+        parts[w].setdefault(provider, []).append(sub)
+    return [{p: tuple(subs) for p, subs in part.items()} for part in parts]
 
 
 def sweep_stale_segments(prefix: str) -> list[str]:
@@ -91,10 +105,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         control = ControlBlock.create(f"{prefix}-control", n_slots, len(registry.instruments))
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
 
-        subs: dict[str, tuple[str, ...]] = {}
-        for sub in cfg.subscriptions:
-            subs[sub.provider] = tuple(dict.fromkeys(subs.get(sub.provider, ()) + sub.instruments))
-        parts = partition(subs, n_workers)
+        parts = assign_subscriptions(cfg, registry, n_workers)
         children: list[ChildSpec] = []
         slot = 0
         if serving:

@@ -16,6 +16,7 @@ import numpy as np
 
 from fairfeed.daemon.config import ProviderConfig
 from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.records import CLASS_CODES
 from fairfeed.ipc.control import Slot
 
 
@@ -45,16 +46,72 @@ class DictCounters(Counters):
         return self.values.get(field, 0)
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """One (provider, venue, instrument) stream, with the ids its records carry."""
+
+    provider: str
+    venue: str
+    instrument: str  # canonical name, e.g. "BTC-USD"
+    data_class: str  # "spot", "future", "perpetual", "option"
+    provider_id: int
+    venue_id: int
+    instrument_id: int
+    class_code: int
+
+    @classmethod
+    def resolve(
+        cls, registry: Registry, provider: str, venue: str, instrument: str, data_class: str
+    ) -> Subscription:
+        return cls(
+            provider,
+            venue,
+            instrument,
+            data_class,
+            registry.provider_id(provider),
+            registry.venue_id(venue),
+            registry.instrument_id(instrument),
+            CLASS_CODES[data_class],
+        )
+
+
 @dataclass
 class IngestContext:
-    """What the worker gives an adapter."""
+    """What the worker gives an adapter.
+
+    ``emit`` must be called from the worker's event-loop thread only: it writes to a
+    single-producer ring. An adapter that runs a client in another thread hands its batches
+    to the loop (``loop.call_soon_threadsafe``) instead of calling ``emit`` there.
+    """
 
     provider: ProviderConfig
     url: str  # resolved endpoint (a served simulator's port is known only at start)
-    instruments: tuple[str, ...]  # canonical instrument names this adapter subscribes to
+    subscriptions: tuple[Subscription, ...]  # what this adapter streams
     registry: Registry
     emit: Callable[[np.ndarray], None]  # publish a batch of records (copied before return)
     counters: Counters
+
+    @classmethod
+    def for_instruments(
+        cls,
+        provider: ProviderConfig,
+        url: str,
+        instruments: tuple[str, ...] | list[str],
+        registry: Registry,
+        emit: Callable[[np.ndarray], None],
+        counters: Counters,
+    ) -> IngestContext:
+        """A context subscribing ``instruments`` at the provider's own venue and data class."""
+        subs = tuple(
+            Subscription.resolve(registry, provider.name, provider.venue, i, provider.data_class)
+            for i in instruments
+        )
+        return cls(provider, url, subs, registry, emit, counters)
+
+    @property
+    def instruments(self) -> tuple[str, ...]:
+        """Canonical instrument names of the subscriptions, in order, without duplicates."""
+        return tuple(dict.fromkeys(s.instrument for s in self.subscriptions))
 
 
 class Adapter(abc.ABC):

@@ -1,4 +1,6 @@
-from fairfeed.daemon.partition import partition, worker_for
+from fairfeed.daemon import config
+from fairfeed.daemon.partition import worker_for
+from fairfeed.daemon.run import assign_subscriptions, build_registry
 
 
 def test_assignment_is_stable_and_in_range() -> None:
@@ -19,8 +21,15 @@ def test_adding_a_worker_moves_few_subscriptions() -> None:
     assert len(set(before)) == 4  # every worker gets some
 
 
-def test_partition_covers_every_subscription_once() -> None:
-    subs = {"a": ("X", "Y", "Z"), "b": ("X", "W")}
-    parts = partition(subs, 3)
-    seen = sorted((p, i) for part in parts for p, insts in part.items() for i in insts)
-    assert seen == sorted((p, i) for p, insts in subs.items() for i in insts)
+def test_every_subscription_goes_to_exactly_one_worker() -> None:
+    cfg = config.load()
+    reg = build_registry(cfg)
+    parts = assign_subscriptions(cfg, reg, 3)
+    seen = sorted(
+        (s.provider, s.venue, s.instrument)
+        for part in parts
+        for subs in part.values()
+        for s in subs
+    )
+    assert seen == sorted((p, v, i) for p, v, i, _c in cfg.subscription_keys())
+    assert len(seen) == len(set(seen)) == 9

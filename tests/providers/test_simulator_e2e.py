@@ -55,7 +55,7 @@ def make_adapter(url: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw
         name="sim", kind="simulator", venue="simx", serve=cfg, data_class="future"
     )
     sink, counters = Sink(), DictCounters()
-    ctx = IngestContext(provider, url, tuple(instruments), REGISTRY, sink, counters)
+    ctx = IngestContext.for_instruments(provider, url, tuple(instruments), REGISTRY, sink, counters)
     kw.setdefault("backoff", Backoff(base=0.02, cap=0.1))
     return SimulatorAdapter(ctx, **kw), sink, counters
 
