@@ -16,6 +16,7 @@ import numpy as np
 
 from fairfeed.hotpath import fairprice
 from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.hotpath.sequence import SequenceTracker
 
 _warm_seconds: float | None = None
 
@@ -39,6 +40,9 @@ def warm_up() -> float:
     state.update(recs)
     out = state.compute(2, 1.0, 0.0)
     assert len(out.price) == 1 and out.price[0] == 100.0, out
+    recs["sequence"] = (1, 3, 3)
+    tracker = SequenceTracker(2, (KIND_TRADE, KIND_BID, KIND_ASK), max_gaps=4)
+    assert len(tracker.check(recs, 0, 3)) == 1
     _warm_seconds = time.perf_counter() - start
     return _warm_seconds
 
