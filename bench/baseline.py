@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect
 
 from fairfeed.daemon import config as config_mod
 from fairfeed.daemon.config import Config
-from fairfeed.daemon.partition import partition
+from fairfeed.daemon.run import assign_subscriptions, build_registry
 from fairfeed.daemon.sink import producer_config
 
 
@@ -77,16 +77,14 @@ class Baseline:
 
     def connections(self) -> list[tuple[str, str, tuple[str, ...]]]:
         """(provider, url, instruments) per connection, mirroring the daemon's partitioning."""
-        subs: dict[str, tuple[str, ...]] = {}
-        for sub in self.cfg.subscriptions:
-            subs[sub.provider] = tuple(dict.fromkeys(subs.get(sub.provider, ()) + sub.instruments))
+        registry = build_registry(self.cfg)
         out = []
-        for part in partition(subs, self.cfg.daemon.workers):
-            for provider, instruments in part.items():
+        for part in assign_subscriptions(self.cfg, registry, self.cfg.daemon.workers):
+            for provider, subs in part.items():
                 p = self.cfg.provider(provider)
                 if not p.url:
                     raise ValueError(f"provider {provider}: the baseline needs a url")
-                out.append((provider, p.url, instruments))
+                out.append((provider, p.url, tuple(s.instrument for s in subs)))
         return out
 
     def _on_delivery(self, err, _msg) -> None:

@@ -57,7 +57,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from fairfeed.daemon.broker import LocalBroker, ensure_topics
 from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.daemon.partition import partition
+from fairfeed.daemon.partition import worker_for
 from fairfeed.daemon.run import TOPIC_PARTITIONS
 from fairfeed.ipc.control import ControlBlock, Slot
 from fairfeed.ipc.shm import list_segments
@@ -90,7 +90,13 @@ class Workload:
 
     def connections(self) -> int:
         """Connections either pipeline opens: one per (provider, ingest partition)."""
-        return sum(len(part) for part in partition(self.subscriptions(), self.workers))
+        return len(
+            {
+                (p, worker_for(p, f"{venue}:{inst}", self.workers))
+                for p, venue, *_ in PROVIDERS
+                for inst in INSTRUMENTS
+            }
+        )
 
     def per_connection(self) -> int:
         n = max(1, math.ceil(self.events / self.connections()))
