@@ -1,0 +1,1 @@
+"""Coinbase parsers: Exchange feed (ws-feed) and Advanced Trade (docs/providers/coinbase.md)."""

@@ -1,0 +1,497 @@
+"""Coinbase frames → RECORD_DTYPE records: Exchange feed (ws-feed) and Advanced Trade.
+
+Same interface as :class:`fairfeed.providers.simulator.parse.FrameParser`:
+``parse(data, out, start, ts_receive)`` writes records into ``out[start:]`` and returns how many,
+or one of the result codes :data:`HEARTBEAT`, :data:`CONTROL`, :data:`PARSE_ERROR`,
+:data:`NEED_SPACE` (reason in ``.error``, control message in ``.control``, room needed in
+``.needed``). It never raises for bad input; a malformed frame writes nothing the caller keeps.
+
+How (measured in bench/test_bench_coinbase.py): one msgspec typed decode per frame into a Struct
+holding only the fields we use (unknown fields, such as level-2 arrays, are skipped in C),
+``strict=False`` so Coinbase's string numbers (``"14.7775"``, ``"1068572090"``) become float and
+int in C while decoding, exactly as ``float(str)``; one ``struct.pack_into`` per record.
+Timestamps go through :func:`iso_to_ns`, exact to the nanosecond (no float on the way).
+
+Semantics (details and the evidence in docs/providers/coinbase.md):
+
+* Exchange feed: ``match``/``last_match`` → one TRADE; ``side`` is the maker's, the taker is the
+  opposite. ``sequence`` → record ``sequence`` (the per-product venue sequence), ``trade_id`` →
+  ``reserved`` (low 32 bits); with ``trade_sequence=True`` the trade id goes to ``sequence``
+  instead (contiguous per product: what a gap tracker wants when only ``matches`` is
+  subscribed, since the venue sequence also counts order-book messages we do not receive).
+  ``ticker`` → BID + ASK with the ticker's ``sequence``. ``heartbeat`` → one HEARTBEAT record
+  for its product (sequence = venue sequence, reserved = ``last_trade_id``). ``time`` is the
+  only clock on this feed: ``ts_exchange``; ``ts_provider`` stays 0 except on heartbeats.
+* Advanced Trade: ``market_trades`` → TRADEs (``side`` is the maker's here too: measured on the
+  capture), in trade order (the wire lists newest first), ``sequence`` = ``trade_id``;
+  ``snapshot`` events (recent history sent on subscribe) are skipped unless
+  ``snapshot_trades=True``. ``ticker``/``ticker_batch`` → BID + ASK, ``sequence`` =
+  ``sequence_num``. ``heartbeats`` → one HEARTBEAT record (NO_INSTRUMENT, sequence =
+  ``heartbeat_counter``). Trade ``time`` → ``ts_exchange``; the message ``timestamp`` →
+  ``ts_provider``. ``sequence_num`` numbers every message of one connection (all channels): a
+  jump yields a GAP record (NO_INSTRUMENT, ``sequence`` = first number after the gap, ``size``
+  = numbers missed) ahead of the message's own records. Call :meth:`reset` on reconnect.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+import numpy as np
+
+from fairfeed.hotpath.records import (
+    CLASS_CODES,
+    KIND_ASK,
+    KIND_BID,
+    KIND_GAP,
+    KIND_HEARTBEAT,
+    KIND_TRADE,
+    NO_INSTRUMENT,
+    RECORD_DTYPE,
+    SEQ_NONE,
+    SIDE_BUY,
+    SIDE_SELL,
+    SIDE_UNKNOWN,
+)
+from fairfeed.providers.coinbase.symbols import to_product_id
+from fairfeed.providers.simulator.parse import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR
+
+if TYPE_CHECKING:
+    from fairfeed.providers.base import IngestContext
+
+__all__ = [
+    "CONTROL",
+    "HEARTBEAT",
+    "NEED_SPACE",
+    "PARSE_ERROR",
+    "AdvancedTradeParser",
+    "ExchangeFeedParser",
+    "iso_to_ns",
+]
+
+_RECORD = struct.Struct("<qqqddqIHHBBBBI")
+assert _RECORD.size == RECORD_DTYPE.itemsize
+_INF = math.inf
+_U32 = 0xFFFFFFFF
+
+# --- timestamps ------------------------------------------------------------------------------
+
+_POW10 = tuple(10 ** (9 - k) for k in range(10))  # scale of a fraction with k digits
+_MINUTE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}", re.ASCII)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_minutes: dict[str, int] = {}
+
+
+def _minute_ns(prefix: str) -> int:
+    if _MINUTE_RE.fullmatch(prefix) is None:
+        raise ValueError(f"bad timestamp {prefix!r}")
+    dt = datetime(
+        int(prefix[0:4]), int(prefix[5:7]), int(prefix[8:10]), int(prefix[11:13]),
+        int(prefix[14:16]), tzinfo=UTC,
+    )  # fmt: skip
+    ns = (dt - _EPOCH).days * 86_400_000_000_000 + (dt - _EPOCH).seconds * 1_000_000_000
+    if len(_minutes) >= 4096:
+        _minutes.clear()
+    _minutes[prefix] = ns
+    return ns
+
+
+def iso_to_ns(s: str) -> int:
+    """``YYYY-MM-DDTHH:MM:SS[.f…]Z`` (0 to 9 fractional digits) → ns since epoch, exact.
+
+    The date and minute are converted once per distinct minute (cached); seconds and fraction
+    are integer arithmetic on the digits. Raises ValueError for anything else.
+    """
+    ns = _minutes.get(s[:16])
+    if ns is None:
+        ns = _minute_ns(s[:16])
+    n = len(s)
+    sec = s[17:19]
+    if s[16] != ":" or n < 20 or s[-1] != "Z" or not (sec.isdigit() and sec.isascii()):
+        raise ValueError(f"bad timestamp {s!r}")
+    ns += int(sec) * 1_000_000_000
+    if n == 20:
+        return ns
+    frac = s[20:-1]
+    k = len(frac)
+    if s[19] != "." or k > 9 or not (frac.isdigit() and frac.isascii()):
+        raise ValueError(f"bad timestamp {s!r}")
+    return ns + int(frac) * _POW10[k]
+
+
+def go_time_to_ns(s: str) -> int:
+    """Go's ``time.Time`` text (``2026-08-09 21:05:48.854840045 +0000 UTC m=+…``) → ns, UTC only."""
+    end = s.find(" ", 11)
+    if len(s) < 19 or s[10] != " " or end < 0 or not s.startswith(" +0000", end):
+        raise ValueError(f"bad time {s[:40]!r}")
+    return iso_to_ns(f"{s[:10]}T{s[11:end]}Z")
+
+
+# --- Exchange feed (ws-feed) -----------------------------------------------------------------
+
+
+class _ExMsg(msgspec.Struct, gc=False):
+    """Every ws-feed message type in one Struct: only the fields we read; the rest is skipped."""
+
+    type: str
+    product_id: str = ""
+    sequence: int = -1
+    trade_id: int = -1
+    side: str = ""
+    price: float = -1.0
+    size: float = -1.0
+    time: str = ""
+    best_bid: float = -1.0
+    best_ask: float = -1.0
+    best_bid_size: float = 0.0
+    best_ask_size: float = 0.0
+    last_trade_id: int = -1
+    message: str = ""
+    reason: str = ""
+
+
+_EX_DECODER = msgspec.json.Decoder(_ExMsg, strict=False)
+# Exchange feed `side` is the maker's: the taker is the other side.
+_EX_TAKER = {"buy": SIDE_SELL, "sell": SIDE_BUY}
+_EX_CONTROL = frozenset(("subscriptions", "error"))
+
+
+class _Base:
+    __slots__ = ("_out", "_u8", "control", "data_class", "error", "needed", "provider",
+                 "symbols", "venue")  # fmt: skip
+
+    def __init__(
+        self, symbols: Mapping[str, int], provider: int, venue: int, data_class: int
+    ) -> None:
+        self.symbols = dict(symbols)  # Coinbase product id → instrument id
+        self.provider = provider
+        self.venue = venue
+        self.data_class = data_class
+        self.error = ""  # reason of the last PARSE_ERROR
+        self.control: object = None  # the last CONTROL message (a decoded Struct)
+        self.needed = 0  # records the last NEED_SPACE frame needs
+        self._out: np.ndarray | None = None
+        self._u8: np.ndarray | None = None
+
+    @classmethod
+    def for_context(cls, ctx: IngestContext, **options):
+        """A parser for the context's subscriptions (one venue and data class per connection)."""
+        subs = ctx.subscriptions
+        if subs:
+            venues = {(s.provider_id, s.venue_id, s.class_code) for s in subs}
+            if len(venues) > 1:
+                raise ValueError(f"one Coinbase connection serves one venue and class: {venues}")
+            provider, venue, data_class = venues.pop()
+        else:
+            reg = ctx.registry
+            provider = reg.provider_id(ctx.provider.name)
+            venue = reg.venue_id(ctx.provider.venue)
+            data_class = CLASS_CODES[ctx.provider.data_class]
+        symbols = {to_product_id(s.instrument): s.instrument_id for s in subs}
+        return cls(symbols, provider, venue, data_class, **options)
+
+    def _buffer(self, out: np.ndarray) -> np.ndarray:
+        if out is not self._out:
+            self._out = out
+            self._u8 = out.view(np.uint8)
+        return self._u8
+
+
+class ExchangeFeedParser(_Base):
+    """Coinbase Exchange feed (``wss://ws-feed.exchange.coinbase.com``) frames → records."""
+
+    __slots__ = ("trade_sequence",)
+
+    def __init__(
+        self,
+        symbols: Mapping[str, int],
+        provider: int,
+        venue: int,
+        data_class: int,
+        trade_sequence: bool = False,
+    ) -> None:
+        super().__init__(symbols, provider, venue, data_class)
+        self.trade_sequence = trade_sequence
+
+    def reset(self) -> None:
+        """Nothing is kept across messages on this feed (kept for interface symmetry)."""
+
+    def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
+        """Parse ``data`` (bytes-like or str) into ``out[start:]``; records or a result code."""
+        try:
+            m = _EX_DECODER.decode(data)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            self.error = str(exc)
+            return PARSE_ERROR
+        t = m.type
+        if t == "match" or t == "last_match":
+            kind = KIND_TRADE
+        elif t == "ticker":
+            kind = KIND_BID
+        elif t == "heartbeat":
+            kind = KIND_HEARTBEAT
+        elif t in _EX_CONTROL:
+            self.control = m
+            return CONTROL
+        else:
+            return 0  # level2, snapshot, l2update, status, full-channel messages...: not ours
+        need = 2 if kind == KIND_BID else 1
+        if start + need > len(out):
+            self.needed = need
+            return NEED_SPACE
+        inst = self.symbols.get(m.product_id)
+        if inst is None:
+            self.error = f"{t}: unknown product {m.product_id!r}"
+            return PARSE_ERROR
+        seq = m.sequence
+        if seq < 0:
+            self.error = f"{t}: missing sequence"
+            return PARSE_ERROR
+        try:
+            ts = iso_to_ns(m.time)
+        except ValueError:
+            self.error = f"{t}: bad time {m.time!r}"
+            return PARSE_ERROR
+        buf = self._buffer(out)
+        off = start << 6
+        prov, venue, dc = self.provider, self.venue, self.data_class
+        try:
+            if kind == KIND_TRADE:
+                side = _EX_TAKER.get(m.side)
+                price = m.price
+                size = m.size
+                tid = m.trade_id
+                if side is None or not 0.0 < price < _INF or not 0.0 <= size < _INF or tid < 0:
+                    self.error = f"{t}: bad side, price, size or trade_id"
+                    return PARSE_ERROR
+                if self.trade_sequence:
+                    _RECORD.pack_into(buf, off, ts, 0, ts_receive, price, size, tid, inst, prov,
+                                      venue, KIND_TRADE, dc, side, 0, seq & _U32)  # fmt: skip
+                else:
+                    _RECORD.pack_into(buf, off, ts, 0, ts_receive, price, size, seq, inst, prov,
+                                      venue, KIND_TRADE, dc, side, 0, tid & _U32)  # fmt: skip
+                return 1
+            if kind == KIND_BID:
+                bp, ap, bq, aq = m.best_bid, m.best_ask, m.best_bid_size, m.best_ask_size
+                if not (0.0 < bp < _INF and 0.0 < ap < _INF and 0.0 <= bq < _INF
+                        and 0.0 <= aq < _INF):  # fmt: skip
+                    self.error = "ticker: bad best_bid/best_ask or sizes"
+                    return PARSE_ERROR
+                tid = m.trade_id & _U32 if m.trade_id >= 0 else 0
+                _RECORD.pack_into(buf, off, ts, 0, ts_receive, bp, bq, seq, inst, prov, venue,
+                                  KIND_BID, dc, SIDE_UNKNOWN, 0, tid)  # fmt: skip
+                _RECORD.pack_into(buf, off + 64, ts, 0, ts_receive, ap, aq, seq, inst, prov,
+                                  venue, KIND_ASK, dc, SIDE_UNKNOWN, 0, tid)  # fmt: skip
+                return 2
+            last = m.last_trade_id & _U32 if m.last_trade_id >= 0 else 0
+            _RECORD.pack_into(buf, off, ts, ts, ts_receive, 0.0, 0.0, seq, inst, prov, venue,
+                              KIND_HEARTBEAT, dc, SIDE_UNKNOWN, 0, last)  # fmt: skip
+            return 1
+        except struct.error as exc:  # an integer outside int64
+            self.error = f"{t}: value out of range: {exc}"
+            return PARSE_ERROR
+
+
+# --- Advanced Trade --------------------------------------------------------------------------
+
+
+class _AtTrade(msgspec.Struct, gc=False):
+    product_id: str
+    trade_id: int
+    price: float
+    size: float
+    time: str
+    side: str
+
+
+class _AtTicker(msgspec.Struct, gc=False):
+    product_id: str
+    best_bid: float
+    best_ask: float
+    best_bid_quantity: float = 0.0
+    best_ask_quantity: float = 0.0
+
+
+class _AtEvent(msgspec.Struct, gc=False):
+    type: str = ""
+    trades: list[_AtTrade] = []
+    tickers: list[_AtTicker] = []
+    current_time: str = ""
+    heartbeat_counter: int = -1
+
+
+class _AtMsg(msgspec.Struct, gc=False):
+    channel: str = ""
+    timestamp: str = ""
+    sequence_num: int = -1
+    events: list[_AtEvent] = []
+    type: str = ""  # only error answers have it (and no channel)
+    message: str = ""
+
+
+_AT_DECODER = msgspec.json.Decoder(_AtMsg, strict=False)
+_AT_MAKER_TAKER = {"BUY": SIDE_SELL, "SELL": SIDE_BUY}  # `side` is the maker's
+_AT_AS_IS = {"BUY": SIDE_BUY, "SELL": SIDE_SELL}
+_AT_TICKER = frozenset(("ticker", "ticker_batch"))
+
+
+class AdvancedTradeParser(_Base):
+    """Coinbase Advanced Trade market data (``wss://advanced-trade-ws.coinbase.com``) → records.
+
+    ``side_is_maker`` (default True, measured on the capture: see docs/providers/coinbase.md)
+    says the wire ``side`` is the maker's, so the taker side is its opposite.
+    """
+
+    __slots__ = ("_last_seq", "_pending", "_sides", "snapshot_trades")
+
+    def __init__(
+        self,
+        symbols: Mapping[str, int],
+        provider: int,
+        venue: int,
+        data_class: int,
+        snapshot_trades: bool = False,
+        side_is_maker: bool = True,
+    ) -> None:
+        super().__init__(symbols, provider, venue, data_class)
+        self.snapshot_trades = snapshot_trades
+        self._sides = _AT_MAKER_TAKER if side_is_maker else _AT_AS_IS
+        self._last_seq = -1  # last sequence_num of this connection, -1 = none yet
+        self._pending: tuple[int, int] | None = None  # (seq after, missed) not yet written
+
+    def reset(self) -> None:
+        """Forget the connection's sequence_num: call on every (re)connect."""
+        self._last_seq = -1
+        self._pending = None
+
+    def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
+        """Parse ``data`` (bytes-like or str) into ``out[start:]``; records or a result code."""
+        try:
+            m = _AT_DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            self.error = str(exc)
+            return PARSE_ERROR
+        ch = m.channel
+        # Gap check over every message of the connection, whatever its channel.
+        seq = m.sequence_num
+        last = self._last_seq
+        gap = self._pending
+        if last >= 0 and seq > last + 1:
+            gap = (seq, seq - last - 1 + (gap[1] if gap else 0))
+        if ch == "market_trades":
+            kind = KIND_TRADE
+        elif ch in _AT_TICKER:
+            kind = KIND_BID
+        elif ch == "heartbeats":
+            kind = KIND_HEARTBEAT
+        elif ch == "subscriptions" or (not ch and m.type == "error"):
+            self.control = m
+            self._advance(seq, gap)
+            return CONTROL
+        elif not ch:
+            self.error = "no channel"
+            return PARSE_ERROR
+        else:
+            self._advance(seq, gap)  # l2_data, candles, status, ...: not ours
+            if gap is None:
+                return 0
+            kind = 0
+        try:
+            ts_prov = iso_to_ns(m.timestamp)
+        except ValueError:
+            self.error = f"{ch}: bad timestamp {m.timestamp!r}"
+            return PARSE_ERROR
+        events = m.events
+        # Room: exact count (cheap: lengths only).
+        need = 0 if gap is None else 1
+        if kind == KIND_TRADE:
+            snap = self.snapshot_trades
+            for e in events:
+                if snap or e.type != "snapshot":
+                    need += len(e.trades)
+        elif kind == KIND_BID:
+            for e in events:
+                need += 2 * len(e.tickers)
+        elif kind == KIND_HEARTBEAT:
+            need += len(events)
+        if start + need > len(out):
+            self.needed = need
+            return NEED_SPACE
+        buf = self._buffer(out)
+        pack = _RECORD.pack_into
+        prov, venue, dc = self.provider, self.venue, self.data_class
+        syms = self.symbols
+        off = start << 6
+        try:
+            if gap is not None:
+                g_seq, g_missed = gap
+                pack(buf, off, 0, ts_prov, ts_receive, 0.0, float(g_missed), g_seq, NO_INSTRUMENT,
+                     prov, venue, KIND_GAP, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
+                off += 64
+            if kind == KIND_TRADE:
+                sides = self._sides
+                for e in events:
+                    if e.type == "snapshot" and not snap:
+                        continue
+                    for tr in reversed(e.trades):  # the wire lists the newest first
+                        inst = syms.get(tr.product_id)
+                        side = sides.get(tr.side)
+                        price = tr.price
+                        size = tr.size
+                        if (inst is None or side is None or not 0.0 < price < _INF
+                                or not 0.0 <= size < _INF or tr.trade_id < 0):  # fmt: skip
+                            self.error = (f"market_trades: bad product, side, price, size or "
+                                          f"trade_id in {tr!r}")  # fmt: skip
+                            return PARSE_ERROR
+                        t_ex = iso_to_ns(tr.time)
+                        pack(buf, off, t_ex, ts_prov, ts_receive, price, size, tr.trade_id,
+                             inst, prov, venue, KIND_TRADE, dc, side, 0, 0)  # fmt: skip
+                        off += 64
+            elif kind == KIND_BID:
+                for e in events:
+                    for tk in e.tickers:
+                        inst = syms.get(tk.product_id)
+                        bp, ap = tk.best_bid, tk.best_ask
+                        bq, aq = tk.best_bid_quantity, tk.best_ask_quantity
+                        ok = 0.0 < bp < _INF and 0.0 < ap < _INF
+                        if inst is None or not (ok and 0.0 <= bq < _INF and 0.0 <= aq < _INF):
+                            self.error = f"{ch}: bad product, best_bid/best_ask or sizes in {tk!r}"
+                            return PARSE_ERROR
+                        pack(buf, off, 0, ts_prov, ts_receive, bp, bq, seq, inst, prov, venue,
+                             KIND_BID, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
+                        pack(buf, off + 64, 0, ts_prov, ts_receive, ap, aq, seq, inst, prov,
+                             venue, KIND_ASK, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
+                        off += 128
+            elif kind == KIND_HEARTBEAT:
+                for e in events:
+                    try:
+                        ts_ex = go_time_to_ns(e.current_time) if e.current_time else 0
+                    except ValueError:
+                        ts_ex = 0  # liveness matters, not this clock
+                    hb = e.heartbeat_counter if e.heartbeat_counter >= 0 else SEQ_NONE
+                    pack(buf, off, ts_ex, ts_prov, ts_receive, 0.0, 0.0, hb, NO_INSTRUMENT, prov,
+                         venue, KIND_HEARTBEAT, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
+                    off += 64
+        except ValueError as exc:  # a bad trade time
+            self.error = f"{ch}: {exc}"
+            return PARSE_ERROR
+        except struct.error as exc:  # an integer outside int64
+            self.error = f"{ch}: value out of range: {exc}"
+            return PARSE_ERROR
+        if kind:
+            self._advance(seq, None)
+        else:
+            self._pending = None
+        return (off >> 6) - start
+
+    def _advance(self, seq: int, gap: tuple[int, int] | None) -> None:
+        """Accept ``seq`` as the connection's last number; keep an unwritten gap for later."""
+        if seq >= 0:
+            self._last_seq = seq  # lower than before = the server restarted numbering: accept
+        self._pending = gap

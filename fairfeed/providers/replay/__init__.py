@@ -1,0 +1,1 @@
+"""Replay of recorded WebSocket traffic (docs/providers/replay.md)."""
