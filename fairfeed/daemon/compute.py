@@ -18,6 +18,7 @@ from fairfeed.daemon.registry import Registry
 from fairfeed.daemon.sink import KafkaSink
 from fairfeed.hotpath.fairprice import FairState
 from fairfeed.hotpath.records import MAX_MARKET_KIND, RECORD_DTYPE
+from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock, Slot
 from fairfeed.ipc.ring import Ring
 
@@ -34,6 +35,7 @@ class ComputeWorker:
     cfg: Config
     registry: Registry
     rings: list[Ring]
+    dead_letters: list[BlobRing]
     control: ControlBlock
     name: str = "compute"
 
@@ -65,6 +67,9 @@ class ComputeWorker:
                 if k:
                     pipeline.process(buf[:k])
                     got += k
+            for blobs in self.dead_letters:
+                if blobs.used():
+                    pipeline.dead_letters(blobs.read())
             pipeline.emit_fair(time.time_ns())
             sink.poll()
             if sink.stalled(self.cfg.kafka.stall_timeout):
@@ -84,6 +89,8 @@ class ComputeWorker:
                 if stopping:
                     break
                 time.sleep(IDLE_SLEEP)
+        for blobs in self.dead_letters:
+            pipeline.dead_letters(blobs.read(1 << 30))
         pipeline.emit_fair(time.time_ns(), final=True)
         # Orphaned, the broker may well have died with the supervisor: do not linger.
         flush = min(2.0, self.cfg.kafka.flush_timeout) if heartbeat.orphaned() else None
@@ -132,6 +139,13 @@ class Pipeline:
         for key, value in self.encoder.ticks(records):
             produce(topic, key, value)
         self.counters.add(Slot.RECORDS_OUT, len(records))
+
+    def dead_letters(self, blobs: list[bytes]) -> None:
+        """Publish malformed provider messages (``provider NUL value``) keyed by provider."""
+        topic = self.cfg.kafka.dead_letter_topic
+        for blob in blobs:
+            key, _, value = blob.partition(b"\0")
+            self.sink.produce(topic, key, value)
 
     def emit_fair(self, now_ns: int, final: bool = False) -> None:
         """Publish the fair prices that are due (all pending ones when ``final``)."""

@@ -42,6 +42,7 @@ class RingConfig:
     capacity: int = 1 << 16  # records per ingest worker ring, power of two
     block_timeout_ms: float = 50.0  # producer waits this long for room, then drops (counted)
     read_batch: int = 4096  # compute reads at most this many records per ring per pass
+    dead_letter_bytes: int = 1 << 20  # per worker ring of malformed frames (power of two)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class KafkaConfig:
     bootstrap: str = ""  # empty: start a local broker (Tansu) for this run
     ticks_topic: str = "fairfeed.ticks"
     fair_topic: str = "fairfeed.fair"
+    dead_letter_topic: str = "fairfeed.deadletter"  # malformed provider messages, with errors
     linger_ms: float = 5.0
     queue_max_messages: int = 100_000
     buffer_full_timeout_ms: float = 1000.0  # retry a full local queue this long, then drop
@@ -258,6 +260,9 @@ def _check(cfg: Config) -> None:
     cap = cfg.ring.capacity
     if cap < 64 or cap & (cap - 1):
         fail("ring.capacity", f"must be a power of two >= 64, got {cap}")
+    dl = cfg.ring.dead_letter_bytes
+    if dl < 4096 or dl & (dl - 1):
+        fail("ring.dead_letter_bytes", f"must be a power of two >= 4096, got {dl}")
     if cfg.ring.read_batch < 1:
         fail("ring.read_batch", "must be >= 1")
     if cfg.ring.block_timeout_ms < 0:
@@ -268,7 +273,7 @@ def _check(cfg: Config) -> None:
         fail("fair.inputs", f"must be one of {', '.join(FAIR_INPUTS)}, got {cfg.fair.inputs!r}")
     if cfg.fair.stale_after <= 0:
         fail("fair.stale_after", "must be > 0")
-    if not cfg.kafka.ticks_topic or not cfg.kafka.fair_topic:
+    if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic):
         fail("kafka", "topic names must not be empty")
     seen: set[str] = set()
     for i, p in enumerate(cfg.providers):

@@ -15,6 +15,7 @@ for breaking changes (added fields keep it).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -224,3 +225,26 @@ def decode_fair(value: bytes) -> dict[str, Any]:
     if msg["price"] is None:
         msg["price"] = float("nan")
     return msg
+
+
+# -- dead letters ----------------------------------------------------------------------------
+DEAD_LETTER_MAX_FRAME = 64 * 1024  # bytes of the frame kept in a dead letter
+
+
+def encode_dead_letter(provider: str, error: str, frame: bytes, ts_receive: int) -> bytes:
+    """The dead-letter value for one malformed provider message (docs/kafka-schema.md)."""
+    kept = frame[:DEAD_LETTER_MAX_FRAME]
+    msg: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "type": "dead_letter",
+        "provider": provider,
+        "error": error,
+        "ts_receive": ts_receive,
+        "size": len(frame),
+        "truncated": len(kept) < len(frame),
+    }
+    try:
+        msg["frame"] = kept.decode()
+    except UnicodeDecodeError:
+        msg["frame_base64"] = base64.b64encode(kept).decode()
+    return orjson.dumps(msg)

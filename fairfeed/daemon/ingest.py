@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +15,9 @@ import numpy as np
 from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, prepare_child
 from fairfeed.daemon.config import Config
 from fairfeed.daemon.counters import SlotCounters
+from fairfeed.daemon.encode import encode_dead_letter
 from fairfeed.daemon.registry import Registry
+from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock, Slot
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.providers.base import Adapter, IngestContext, Subscription
@@ -34,6 +38,7 @@ class IngestWorker:
     control: ControlBlock
     assignments: dict[str, tuple[Subscription, ...]]  # provider -> its subscriptions here
     urls: dict[str, str]  # provider -> resolved endpoint
+    dead_letters: BlobRing  # malformed frames for the dead-letter topic
 
     @property
     def name(self) -> str:
@@ -59,6 +64,18 @@ class IngestWorker:
             if written < len(records):
                 counters.add(Slot.RING_DROPPED, len(records) - written)
 
+        def dead_letter_for(provider: str) -> Callable[[str, bytes], None]:
+            key = provider.encode() + b"\0"
+
+            def dead_letter(error: str, frame: bytes) -> None:
+                value = encode_dead_letter(provider, error, frame, time.time_ns())
+                if self.dead_letters.write(key + value):
+                    counters.add(Slot.DEAD_LETTERS)
+                else:
+                    counters.add(Slot.DEAD_LETTERS_DROPPED)
+
+            return dead_letter
+
         adapters: list[Adapter] = []
         for provider, subs in self.assignments.items():
             pcfg = self.cfg.provider(provider)
@@ -69,6 +86,7 @@ class IngestWorker:
                 registry=self.registry,
                 emit=emit,
                 counters=counters,
+                dead_letter=dead_letter_for(provider),
             )
             adapters.append(adapter_class(pcfg.kind)(ctx))
         tasks = [

@@ -19,6 +19,7 @@ from fairfeed.daemon.simulators import SimulatorHost
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
 from fairfeed.hotpath.records import CLASS_CODES
 from fairfeed.hotpath.warmup import warm_up
+from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
@@ -85,6 +86,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
 
     broker: LocalBroker | None = None
     rings: list[Ring] = []
+    blobs: list[BlobRing] = []
     control: ControlBlock | None = None
     try:
         if not cfg.kafka.bootstrap:
@@ -92,8 +94,9 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             cfg = dataclasses.replace(
                 cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap=broker.bootstrap)
             )
+        k = cfg.kafka
         ensure_topics(
-            cfg.kafka.bootstrap, [cfg.kafka.ticks_topic, cfg.kafka.fair_topic], TOPIC_PARTITIONS
+            k.bootstrap, [k.ticks_topic, k.fair_topic, k.dead_letter_topic], TOPIC_PARTITIONS
         )
         ports = {p.name: free_port() for p in cfg.providers if p.serve is not None}
         urls = {p.name: p.url or f"ws://127.0.0.1:{ports[p.name]}" for p in cfg.providers}
@@ -104,6 +107,10 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         prefix = f"{cfg.daemon.shm_prefix}-{os.getpid()}"
         control = ControlBlock.create(f"{prefix}-control", n_slots, len(registry.instruments))
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
+        blobs = [
+            BlobRing.create(f"{prefix}-dead{i}", cfg.ring.dead_letter_bytes)
+            for i in range(n_workers)
+        ]
 
         parts = assign_subscriptions(cfg, registry, n_workers)
         children: list[ChildSpec] = []
@@ -114,11 +121,11 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             slot += 1
         ingest_slots = []
         for i in range(n_workers):
-            w = IngestWorker(i, slot, cfg, registry, rings[i], control, parts[i], urls)
+            w = IngestWorker(i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i])
             children.append(ChildSpec(w.name, slot, w.main, stop_phase=0))
             ingest_slots.append(slot)
             slot += 1
-        comp = ComputeWorker(slot, cfg, registry, rings, control)
+        comp = ComputeWorker(slot, cfg, registry, rings, blobs, control)
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2))
 
         _announce(cfg, registry, urls, broker, prefix)
@@ -129,7 +136,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         view = LiveView(registry, ingest_slots, slot) if live_view else None
         return Supervisor(cfg.daemon, control, children, on_tick=view).run()
     finally:
-        for ring in rings:
+        for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
         if control is not None:

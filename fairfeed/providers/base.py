@@ -90,6 +90,8 @@ class IngestContext:
     registry: Registry
     emit: Callable[[np.ndarray], None]  # publish a batch of records (copied before return)
     counters: Counters
+    # forward a malformed message with its error to the dead-letter topic (bounded, may drop)
+    dead_letter: Callable[[str, bytes], None] = lambda error, frame: None
 
     @classmethod
     def for_instruments(

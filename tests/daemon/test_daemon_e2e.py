@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from fairfeed.daemon.config import SimulatorConfig
 from fairfeed.daemon.encode import decode_ticks
@@ -66,8 +67,18 @@ def _config(tmp_path: Path, sims: SimulatorThread, bootstrap: str, tag: str) -> 
     return path
 
 
+def _messages(bootstrap: str, topic: str) -> list[bytes]:
+    """Every value of ``topic``; none while the daemon has not created it yet."""
+    try:
+        return [v for _p, _k, v in consume_all(bootstrap, topic, timeout=20)]
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return []
+        raise
+
+
 def _tick_groups(bootstrap: str, topic: str) -> list[dict]:
-    return [decode_ticks(v) for _p, _k, v in consume_all(bootstrap, topic, timeout=20)]
+    return [decode_ticks(v) for v in _messages(bootstrap, topic)]
 
 
 def _count(groups: list[dict]) -> int:
@@ -225,3 +236,33 @@ def test_sigkilled_supervisor_leaves_no_child_segment_or_broker(tmp_path: Path) 
     finally:
         if daemon.proc.poll() is None:
             daemon.kill()
+
+
+def test_malformed_frames_reach_the_dead_letter_topic_and_data_keeps_flowing(
+    tmp_path: Path, kafka_broker
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    sims = _simulators(rate=600, max_events=0)
+    daemon = DaemonProcess(tmp_path, _config(tmp_path, sims, bootstrap, "dlq"))
+    try:
+        wait_for(lambda: _count(_tick_groups(bootstrap, "dlq.ticks")) > 0, 30, "first ticks")
+        bad = ['{"type":"batch","events":[{"e":"trade","s":"BTC-USD"}]}', "not json at all"]
+        for raw in bad:
+            assert sims.inject(raw, 1) >= 1  # sim-b, on every connection it has
+        letters = wait_for(
+            lambda: [orjson.loads(v) for v in _messages(bootstrap, "fairfeed.deadletter")],
+            20,
+            "dead letters",
+        )
+        before = _count(_tick_groups(bootstrap, "dlq.ticks"))
+        wait_for(lambda: _count(_tick_groups(bootstrap, "dlq.ticks")) > before, 10, "more ticks")
+        assert daemon.stop() == 0, daemon.stderr()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        sims.stop()
+    frames = {m["frame"] for m in letters}
+    assert set(bad) <= frames
+    for m in letters:
+        assert m["schema"] == 1 and m["type"] == "dead_letter" and m["provider"] == "sim-b"
+        assert m["error"] and m["size"] == len(m["frame"]) and m["truncated"] is False

@@ -17,6 +17,7 @@ from fairfeed.hotpath.records import (
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,
+    MAX_MARKET_KIND,
     RECORD_DTYPE,
     SIDE_BUY,
     SIDE_SELL,
@@ -35,11 +36,15 @@ REGISTRY = Registry.build(
 
 class Sink:
     def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []
+        self.batches: list[np.ndarray] = []  # market data
+        self.health: list[np.ndarray] = []  # status, heartbeat and gap records
 
     def __call__(self, records: np.ndarray) -> None:
         assert records.dtype == RECORD_DTYPE
-        self.batches.append(records.copy())
+        market = records["kind"] <= MAX_MARKET_KIND
+        self.health.append(records[~market].copy())
+        if market.any():
+            self.batches.append(records[market].copy())
 
     @property
     def n(self) -> int:
@@ -191,7 +196,7 @@ def test_reconnects_and_resubscribes_after_drop_and_restart():
         return first, server2.stats, sink, adapter
 
     first, second, sink, adapter = asyncio.run(main())
-    assert adapter.connections == 3
+    assert sum(c.opened for c in adapter.connections) == 3
     r = sink.records
     assert len(r) == r.size
     # the dropped connection may lose what was in flight, never more than it sent
@@ -232,12 +237,12 @@ def test_malformed_frames_are_counted_and_logged_once(caplog):
             await task
             return sink, errors, connected
 
-    with caplog.at_level(logging.WARNING, logger="fairfeed.providers.simulator.adapter"):
+    with caplog.at_level(logging.WARNING, logger="fairfeed.providers.wsbase"):
         sink, errors, connected = asyncio.run(main())
     assert errors == len(bad)
     assert connected == 1  # bad frames do not cost the connection
     assert sink.records[-1]["price"] == 150.1 and sink.records[-1]["sequence"] == 99
-    lines = [r for r in caplog.records if "malformed frame" in r.getMessage()]
+    lines = [r for r in caplog.records if "malformed message" in r.getMessage()]
     assert len(lines) == 1  # rate-limited: one line per second
     assert "not json" in lines[0].getMessage()
 

@@ -12,9 +12,7 @@ at ``out[start:]`` before the error is garbage the caller ignores) and returns
 
 from __future__ import annotations
 
-import logging
 import struct
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -26,10 +24,16 @@ from fairfeed.hotpath.records import (
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,
-    RECORD_DTYPE,
     SIDE_BUY,
     SIDE_SELL,
     SIDE_UNKNOWN,
+)
+from fairfeed.providers.parsing import (
+    CONTROL,
+    HEARTBEAT,
+    NEED_SPACE,
+    PARSE_ERROR,
+    RECORD_STRUCT,
 )
 from fairfeed.providers.simulator.wire import (
     SERVER_FRAME_DECODER,
@@ -41,15 +45,8 @@ from fairfeed.providers.simulator.wire import (
 if TYPE_CHECKING:
     from fairfeed.providers.base import IngestContext
 
-# Result codes of FrameParser.parse (a result >= 0 is the number of records written).
-HEARTBEAT = -1  # a heartbeat frame: the connection is alive, no records
-CONTROL = -2  # a subscribed / unsubscribed / error answer, in FrameParser.control
-PARSE_ERROR = -3  # malformed frame; the reason is in FrameParser.error
-NEED_SPACE = -4  # the batch needs FrameParser.needed free records from `start`
-
-# The record layout as a little-endian struct, field for field (no padding: the dtype has none).
-_RECORD = struct.Struct("<qqqddqIHHBBBBI")
-assert _RECORD.size == RECORD_DTYPE.itemsize
+# The codes and the record layout are shared by every provider parser.
+_RECORD = RECORD_STRUCT
 _SIDES = {"buy": SIDE_BUY, "sell": SIDE_SELL}
 
 
@@ -147,27 +144,3 @@ class FrameParser:
             self.error = f"value out of range in {e.s!r} event: {exc}"
             return PARSE_ERROR
         return (off >> 6) - start
-
-
-class ErrorLog:
-    """Logs at most one line per ``interval`` seconds, with how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, what: str, interval: float = 1.0) -> None:
-        self.logger = logger
-        self.what = what
-        self.interval = interval
-        self.suppressed = 0
-        self._next = 0.0
-
-    def __call__(self, reason: str, frame: bytes | str = b"", limit: int = 200) -> bool:
-        now = time.monotonic()
-        if now < self._next:
-            self.suppressed += 1
-            return False
-        self._next = now + self.interval
-        extra = f" (+{self.suppressed} suppressed)" if self.suppressed else ""
-        self.suppressed = 0
-        shown = bytes(frame[:limit]) if not isinstance(frame, str) else frame[:limit]
-        more = "…" if len(frame) > limit else ""
-        self.logger.warning("%s: %s%s; frame %r%s", self.what, reason, extra, shown, more)
-        return True

@@ -1,0 +1,503 @@
+"""The connection machinery every WebSocket provider adapter shares.
+
+A protocol subclass of :class:`WsAdapter` says *what* to send and how to read it (a parser, the
+subscribe messages, what a control message means); this module does the rest, the same way for
+every provider:
+
+* **Connections.** The subscriptions are split over as many connections as the protocol's
+  per-connection stream limit needs; each connection runs its own reconnect loop (a picows
+  client: about 20x cheaper per frame than ``websockets``).
+* **Batching.** Records parsed from every frame of one socket read are handed to ``ctx.emit``
+  once, when picows marks the read's last frame (``frame.last_in_buffer``).
+* **Reconnects** with capped, jittered backoff (:class:`~fairfeed.backoff.Backoff`, reset only
+  once a subscription is acknowledged), re-subscription on every connect, subscribe requests
+  staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
+  the backoff keeps growing), and a planned reconnect before a protocol's maximum connection age
+  or when the provider announces one.
+* **Liveness.** Data and heartbeats are tracked apart. A connection that delivers neither data,
+  heartbeats nor pings for ``stale_after`` is dead and is replaced; one that only heartbeats is
+  alive but silent (a quiet market, or a provider that stopped sending: the anomaly detectors
+  tell them apart from the heartbeat records). picows' idle pings catch a dead TCP path.
+* **Health records** travel through the ring in order with the data: KIND_STATUS on connect,
+  disconnect and refused subscriptions, KIND_HEARTBEAT at most once per second per connection,
+  and KIND_GAP when a sequenced venue skips numbers (reset on reconnect, so a reconnect is never
+  reported as a gap).
+* **Bad input** never stops anything: a malformed frame is counted (Slot.PARSE_ERRORS), logged at
+  a bounded rate and forwarded to the dead-letter channel with its error.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from fairfeed.backoff import Backoff
+from fairfeed.hotpath.records import (
+    KIND_HEARTBEAT,
+    KIND_STATUS,
+    NO_INSTRUMENT,
+    RECORD_DTYPE,
+    SEQ_NONE,
+    STATUS_CONNECTED,
+    STATUS_DISCONNECTED,
+    STATUS_SUBSCRIBE_ERROR,
+)
+from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.ipc.control import Slot
+from fairfeed.providers.base import Adapter, IngestContext, Subscription
+from fairfeed.providers.parsing import (
+    CONTROL,
+    HEARTBEAT,
+    NEED_SPACE,
+    PARSE_ERROR,
+    RECORD_STRUCT,
+    ErrorLog,
+    Parser,
+)
+
+log = logging.getLogger(__name__)
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CLOSE = WSMsgType.CLOSE
+_CONT = WSMsgType.CONTINUATION
+_PING = WSMsgType.PING
+_HEADROOM = 4  # records kept free after a flush threshold so one more small frame fits
+HEARTBEAT_RECORD_INTERVAL = 1.0  # seconds between two heartbeat records of one connection
+
+
+class WsConnection:
+    """One WebSocket connection of an adapter and the subscriptions it carries."""
+
+    def __init__(self, adapter: WsAdapter, index: int, subs: tuple[Subscription, ...]) -> None:
+        self.adapter = adapter
+        self.index = index
+        self.subs = subs
+        self.name = f"{adapter.ctx.provider.name}#{index}"
+        self.parser: Parser = adapter.make_parser(subs)
+        self.buf = np.zeros(adapter.buffer_records, RECORD_DTYPE)
+        self.u8 = self.buf.view(np.uint8)
+        self.event = np.zeros(1, RECORD_DTYPE)  # one health record
+        self.event_u8 = self.event.view(np.uint8)
+        self.cap = adapter.buffer_records
+        self.n = 0  # records buffered
+        self.ts = 0  # ts_receive of the current read burst (0 = none yet)
+        self.frames = 0  # frames not yet counted
+        self.frag: bytearray | None = None
+        self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
+        self.backoff = Backoff(base=adapter.backoff_base, cap=adapter.backoff_cap)
+        self.transport: WSTransport | None = None
+        self.subscribed = False
+        self.connects = 0  # connection attempts
+        self.opened = 0  # successful handshakes
+        self.opened_at = 0.0
+        self.last_data = 0.0  # monotonic time of the last data frame
+        self.last_alive = 0.0  # last data, heartbeat or ping
+        self.next_heartbeat_record = 0.0
+        self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
+        self.planned = ""  # reason of a planned reconnect (no backoff, not a failure)
+        self.counted_up = False
+        first = subs[0] if subs else None
+        self.provider_id = first.provider_id if first else 0
+        self.venue_id = first.venue_id if first else 0
+        self.class_code = first.class_code if first else 0
+
+    # -- called by the protocol --------------------------------------------------------------
+    def send(self, payload: bytes | str) -> None:
+        """Send one text message on the open connection (dropped if it is not open)."""
+        t = self.transport
+        if t is not None and not t.is_disconnected:
+            t.send(_TEXT, payload.encode() if isinstance(payload, str) else payload)
+
+    def acknowledge(self) -> None:
+        """The provider confirmed our subscriptions: data may flow; reset the backoff."""
+        if not self.subscribed:
+            self.subscribed = True
+            self.backoff.reset()
+            self.status(STATUS_CONNECTED)
+            log.info("%s: subscribed %d streams", self.name, len(self.subs))
+
+    def refuse(self, reason: str, retry_after: float = 0.0) -> None:
+        """The provider refused a subscription (rate limit, bad symbol...): reconnect later."""
+        a = self.adapter
+        a.subscribe_errors += 1
+        a.ctx.counters.add(Slot.SUBSCRIBE_ERRORS)
+        self.status(STATUS_SUBSCRIBE_ERROR)
+        a.conn_log(f"{self.name}: subscription refused: {reason}")
+        self.retry_after = max(self.retry_after, retry_after)
+        self.disconnect()
+
+    def reconnect_soon(self, reason: str) -> None:
+        """A planned reconnect (provider notice, maximum connection age): no backoff."""
+        if not self.planned:
+            self.planned = reason
+            log.info("%s: reconnecting: %s", self.name, reason)
+            self.disconnect()
+
+    def disconnect(self) -> None:
+        t = self.transport
+        if t is not None:
+            t.disconnect()
+
+    # -- records -----------------------------------------------------------------------------
+    def status(self, code: int) -> None:
+        self._event(KIND_STATUS, code)
+
+    def _event(self, kind: int, flags: int) -> None:
+        """Emit one health record after the data buffered so far (not counted as data)."""
+        self.flush()
+        RECORD_STRUCT.pack_into(
+            self.event_u8, 0, 0, 0, time.time_ns(), 0.0, 0.0, SEQ_NONE, NO_INSTRUMENT,
+            self.provider_id, self.venue_id, kind, self.class_code, 0, flags, 0,
+        )  # fmt: skip
+        try:
+            self.adapter.ctx.emit(self.event)
+        except Exception:
+            log.exception("%s: emit failed, a %s record lost", self.name, kind)
+
+    def flush(self) -> None:
+        """Hand the buffered burst to the ring (gap records first checked and appended)."""
+        n = self.n
+        a = self.adapter
+        c = a.ctx.counters
+        if n:
+            self.n = 0
+            gaps = self.gaps.check(self.buf, 0, n)
+            try:
+                a.ctx.emit(self.buf[:n])
+                if len(gaps):
+                    c.add(Slot.GAPS, len(gaps))
+                    c.add(Slot.MISSED, int(gaps["size"].sum()))
+                    a.gap_log(f"{self.name}: {len(gaps)} sequence gap(s), "
+                              f"{int(gaps['size'].sum())} messages missed")  # fmt: skip
+                    a.ctx.emit(gaps)
+            except Exception:
+                log.exception("%s: emit failed, %d records lost", self.name, n)
+            c.add(Slot.RECORDS_IN, n)
+        if self.frames:
+            c.add(Slot.FRAMES_IN, self.frames)
+            self.frames = 0
+        self.ts = 0
+
+    # -- frames ------------------------------------------------------------------------------
+    def on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        mt = frame.msg_type
+        if (mt is _TEXT or mt is _BINARY) and frame.fin and self.frag is None:
+            payload = frame.get_payload_as_memoryview()
+        elif mt is _PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+            self.last_alive = time.monotonic()
+            return
+        elif mt is _CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            self.flush()
+            return
+        elif mt is _TEXT or mt is _BINARY or mt is _CONT:
+            payload = self._fragment(frame)
+            if payload is None:
+                if frame.last_in_buffer:
+                    self.flush()
+                return
+        else:  # pong
+            self.last_alive = time.monotonic()
+            return
+        if not self.ts:
+            self.ts = time.time_ns()
+        n = self.n
+        if n and n + len(payload) // self.adapter.min_record_bytes + _HEADROOM > self.cap:
+            self.flush()
+            n = 0
+        r = self.parser.parse(payload, self.buf, n, self.ts)
+        self.frames += 1
+        if r > 0:
+            self.n = n + r
+            self.last_data = self.last_alive = time.monotonic()
+        elif r < 0:
+            self._special(r, payload)
+        if frame.last_in_buffer:
+            self.flush()
+
+    def _special(self, r: int, payload: bytes | memoryview) -> None:
+        a = self.adapter
+        if r == HEARTBEAT:
+            now = time.monotonic()
+            self.last_alive = now
+            a.ctx.counters.add(Slot.HEARTBEATS)
+            if now >= self.next_heartbeat_record:
+                self.next_heartbeat_record = now + HEARTBEAT_RECORD_INTERVAL
+                self._event(KIND_HEARTBEAT, 0)
+        elif r == CONTROL:
+            self.last_alive = time.monotonic()
+            a.on_control(self, self.parser.control)
+        elif r == PARSE_ERROR:
+            a.malformed(self, self.parser.error, bytes(payload))
+        elif r == NEED_SPACE:  # one message bigger than the whole buffer
+            self.flush()
+            big = np.zeros(self.parser.needed, RECORD_DTYPE)
+            n = self.parser.parse(payload, big, 0, self.ts or time.time_ns())
+            if n > 0:
+                self.last_data = self.last_alive = time.monotonic()
+                a.ctx.emit(big[:n])
+                a.ctx.counters.add(Slot.RECORDS_IN, n)
+            elif n == PARSE_ERROR:
+                a.malformed(self, self.parser.error, bytes(payload))
+
+    def _fragment(self, frame: WSFrame) -> bytes | None:
+        """Reassemble a fragmented message; the whole payload once its last part arrived."""
+        if frame.msg_type is not _CONT:
+            self.frag = bytearray()
+        elif self.frag is None:  # a continuation without a start: ignore it
+            return None
+        self.frag += frame.get_payload_as_memoryview()
+        if not frame.fin:
+            return None
+        payload, self.frag = bytes(self.frag), None
+        return payload
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def on_connected(self, transport: WSTransport) -> None:
+        now = time.monotonic()
+        self.transport = transport
+        self.frag = None
+        self.subscribed = False
+        self.planned = ""
+        self.retry_after = 0.0
+        self.opened_at = self.last_alive = self.last_data = now
+        self.gaps.reset()
+        self.opened += 1
+        if not self.counted_up:
+            self.counted_up = True
+            self.adapter.ctx.counters.add(Slot.CONNECTED, 1)
+
+    def on_disconnected(self) -> None:
+        self.flush()
+        self.transport = None
+        if self.counted_up:
+            self.counted_up = False
+            self.adapter.ctx.counters.add(Slot.CONNECTED, -1)
+
+    async def run(self) -> None:
+        """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
+        a = self.adapter
+        ctx = a.ctx
+        while not a.stopping.is_set():
+            if self.connects:
+                ctx.counters.add(Slot.RECONNECTS)
+            self.connects += 1
+            url = a.url_for(self.subs)
+            try:
+                transport, _ = await ws_connect(
+                    lambda: _Listener(self),
+                    url,
+                    ssl_context=a.ssl_context(url),
+                    websocket_handshake_timeout=a.handshake_timeout,
+                    enable_auto_ping=True,
+                    auto_ping_idle_timeout=max(1.0, a.stale_after / 2),
+                    auto_ping_reply_timeout=max(1.0, a.stale_after / 2),
+                    enable_auto_pong=False,
+                    extra_headers=a.extra_headers(),
+                )
+            except (TimeoutError, OSError, WSError) as exc:
+                a.conn_log(f"{self.name}: cannot connect to {url}: {exc!r}")
+                await a.pause(self.backoff.next_delay())
+                continue
+            sender = asyncio.create_task(self._subscribe())
+            try:
+                await self._watch(transport)
+            finally:
+                sender.cancel()
+                self.on_disconnected()
+            if sender.done() and not sender.cancelled() and sender.exception() is not None:
+                log.error("%s: subscribing failed", self.name, exc_info=sender.exception())
+            if a.stopping.is_set():
+                break
+            self.status(STATUS_DISCONNECTED)
+            if self.planned:
+                continue  # planned: reconnect at once, the backoff is not touched
+            ctx.counters.add(Slot.DISCONNECTS)
+            a.conn_log(f"{self.name}: disconnected from {url}")
+            await a.pause(max(self.retry_after, self.backoff.next_delay()))
+
+    async def _subscribe(self) -> None:
+        """Send the protocol's subscribe messages, ``subscribe_interval`` apart."""
+        a = self.adapter
+        requests = a.subscribe_messages(self, self.subs)
+        for i, msg in enumerate(requests):
+            if i:
+                await asyncio.sleep(a.subscribe_interval)
+            self.send(msg)
+        if not a.acknowledges_subscriptions:
+            self.acknowledge()
+
+    async def _watch(self, transport: WSTransport) -> None:
+        """Return when the connection ends; end it when it is dead or too old."""
+        a = self.adapter
+        done = asyncio.ensure_future(transport.wait_disconnected())
+        tick = min(0.5, a.stale_after / 4, a.subscribe_timeout / 4)
+        try:
+            while not done.done():
+                await asyncio.wait([done], timeout=tick)
+                if done.done():
+                    break
+                now = time.monotonic()
+                if a.stopping.is_set():
+                    with contextlib.suppress(Exception):
+                        transport.send_close(WSCloseCode.OK)
+                    transport.disconnect()
+                elif not self.subscribed and now - self.opened_at > a.subscribe_timeout:
+                    a.conn_log(f"{self.name}: subscription not acknowledged, reconnecting")
+                    transport.disconnect()
+                elif now - self.last_alive > a.stale_after:
+                    a.conn_log(
+                        f"{self.name}: no data, heartbeat or ping for "
+                        f"{now - self.last_alive:.1f}s, reconnecting"
+                    )
+                    transport.disconnect()
+                elif a.max_connection_age and now - self.opened_at > a.max_connection_age:
+                    self.reconnect_soon(f"connection older than {a.max_connection_age:.0f}s")
+            await done
+        finally:
+            done.cancel()
+
+
+class _Listener(WSListener):
+    def __init__(self, conn: WsConnection) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.conn.on_connected(transport)
+        self.conn.adapter.on_open(self.conn)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.conn.flush()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if not self.conn.adapter.closed:
+            self.conn.on_frame(transport, frame)
+
+
+class WsAdapter(Adapter):
+    """Base of every WebSocket provider adapter; subclasses implement the protocol hooks."""
+
+    # Protocol defaults; the provider's configuration overrides the ones it names.
+    max_streams_per_connection = 1024
+    subscribe_batch = 100  # streams per subscribe message
+    stale_after = 30.0
+    max_connection_age = 0.0  # seconds; 0 = no planned reconnect
+    acknowledges_subscriptions = True  # False: consider subscribed once the requests are sent
+    subscribe_timeout = 10.0
+    handshake_timeout = 10.0
+    gap_kinds: tuple[int, ...] = ()  # record kinds whose `sequence` is contiguous per instrument
+    min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
+    buffer_records = 8192
+    backoff_base = 0.25
+    backoff_cap = 30.0
+    log_interval = 1.0
+
+    def __init__(self, ctx: IngestContext, **overrides: object) -> None:
+        """``overrides`` set any of the protocol defaults above (tests shorten timeouts)."""
+        super().__init__(ctx)
+        for key, value in overrides.items():
+            if key.startswith("_") or not hasattr(WsAdapter, key):
+                raise TypeError(f"{type(self).__name__}: unknown setting {key!r}")
+            setattr(self, key, value)
+        p = ctx.provider
+        if p.stale_after:
+            self.stale_after = p.stale_after
+        if p.max_streams_per_connection:
+            self.max_streams_per_connection = p.max_streams_per_connection
+        if p.subscribe_batch:
+            self.subscribe_batch = p.subscribe_batch
+        if p.max_connection_age:
+            self.max_connection_age = p.max_connection_age
+        self.subscribe_interval = p.subscribe_interval
+        self.stopping = asyncio.Event()
+        self.closed = False
+        self.subscribe_errors = 0
+        self.conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
+        self.parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
+        self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
+        step = self.max_streams_per_connection
+        subs = ctx.subscriptions
+        self.connections = [
+            WsConnection(self, i, subs[k : k + step])
+            for i, k in enumerate(range(0, len(subs), step))
+        ]
+        self._tasks: list[asyncio.Task] = []
+
+    # -- protocol hooks ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def make_parser(self, subs: tuple[Subscription, ...]) -> Parser:
+        """A parser for one connection carrying ``subs``."""
+
+    @abc.abstractmethod
+    def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
+        """The messages to send after connecting (batched by ``subscribe_batch``)."""
+
+    def on_control(self, conn: WsConnection, msg: object) -> None:
+        """A control message the parser recognized (acks, errors, notices). Default: ignore."""
+
+    def on_open(self, conn: WsConnection) -> None:
+        """Called when the WebSocket handshake completed, before subscribing."""
+
+    def url_for(self, subs: tuple[Subscription, ...]) -> str:
+        """The endpoint for a connection carrying ``subs`` (some protocols put streams in it)."""
+        return self.ctx.url
+
+    def extra_headers(self) -> dict[str, str] | None:
+        return None
+
+    def ssl_context(self, url: str) -> ssl.SSLContext | None:
+        return ssl.create_default_context() if url.startswith("wss:") else None
+
+    # -- shared behaviour --------------------------------------------------------------------
+    @staticmethod
+    def batches(items: Sequence, size: int) -> list:
+        """``items`` cut into lists of at most ``size``."""
+        return [list(items[i : i + size]) for i in range(0, len(items), max(1, size))]
+
+    def malformed(self, conn: WsConnection, error: str, frame: bytes) -> None:
+        """Count, log (bounded) and dead-letter one malformed message."""
+        self.ctx.counters.add(Slot.PARSE_ERRORS)
+        self.parse_log(f"{conn.name}: {error}", frame)
+        self.ctx.dead_letter(error, frame)
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless the adapter is closed meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def run(self) -> None:
+        self._tasks = [asyncio.create_task(c.run()) for c in self.connections]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for t in self._tasks:
+                t.cancel()
+
+    async def close(self) -> None:
+        """Close every connection cleanly and flush what is buffered."""
+        self.stopping.set()
+        for c in self.connections:
+            if c.transport is not None:
+                with contextlib.suppress(Exception):
+                    c.transport.send_close(WSCloseCode.OK)
+                    c.transport.disconnect()
+        for c in self.connections:
+            if c.transport is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.transport.wait_disconnected(), 2.0)
+            c.flush()
+        self.closed = True
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
