@@ -6,7 +6,8 @@ or one of the result codes :data:`HEARTBEAT`, :data:`CONTROL`, :data:`PARSE_ERRO
 :data:`NEED_SPACE` (reason in ``.error``, control message in ``.control``, room needed in
 ``.needed``). It never raises for bad input; a malformed frame writes nothing the caller keeps.
 
-How (measured in bench/test_bench_coinbase.py): one msgspec typed decode per frame into a Struct
+How (the simulator parser's measured choice, bench/test_bench_parse.py; Coinbase costs in
+bench/test_bench_coinbase.py): one msgspec typed decode per frame into a Struct
 holding only the fields we use (unknown fields, such as level-2 arrays, are skipped in C),
 ``strict=False`` so Coinbase's string numbers (``"14.7775"``, ``"1068572090"``) become float and
 int in C while decoding, exactly as ``float(str)``; one ``struct.pack_into`` per record.
