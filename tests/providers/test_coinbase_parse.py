@@ -438,3 +438,21 @@ def test_deltas_not_float_rounded():
     assert a == (base - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000 + (
         228568804
     )
+
+
+def test_for_context_uses_subscriptions():
+    from types import SimpleNamespace
+
+    from fairfeed.providers.base import Subscription
+
+    subs = tuple(
+        Subscription("coinbase", "coinbase", name, "spot", 4, 8, iid, CLASS_SPOT)
+        for name, iid in (("BTC-USD", 11), ("ETH-USD", 12))
+    )
+    ctx = SimpleNamespace(subscriptions=subs)
+    for cls in (ExchangeFeedParser, AdvancedTradeParser):
+        p = cls.for_context(ctx)
+        assert p.symbols == {"BTC-USD": 11, "ETH-USD": 12}
+        assert (p.provider, p.venue, p.data_class) == (4, 8, CLASS_SPOT)
+    p = ExchangeFeedParser.for_context(ctx, trade_sequence=True)
+    assert p.trade_sequence
