@@ -1,0 +1,121 @@
+"""CoinAPI market-data WebSocket v1 adapter on the shared WebSocket machinery.
+
+Connections, batching, liveness, backoff and bad frames live in
+:mod:`fairfeed.providers.wsbase`; this module says how to subscribe and what CoinAPI's answers
+mean (details in docs/providers/coinapi.md):
+
+* after connecting we send one ``hello`` (API key, ``heartbeat: true``, data types trade and
+  quote, every subscription as an exact ``subscribe_filter_symbol_id`` entry ``SYMBOL$``); a
+  ``hello`` replaces the whole scope, so further batches of one connection go as ``subscribe``;
+* CoinAPI acknowledges nothing, so a connection counts as subscribed once the requests are sent;
+* ``reconnect`` notice → reconnect at once (planned, no backoff), well before its deadline;
+* ``error`` is permanent (the server closes after it: bad API key, quota, bad request) → counted
+  as a refused subscription and retried after ``error_retry_after`` seconds, doubling per
+  consecutive error up to ``error_retry_cap`` — never a hot loop;
+* a heartbeat arrives after every second of silence, so ``stale_after`` (default 10 s) catches a
+  dead connection while a quiet market stays connected.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fairfeed.backoff import Backoff
+from fairfeed.ipc.control import Slot
+from fairfeed.providers.base import IngestContext, Subscription
+from fairfeed.providers.coinapi.parse import CoinApiParser
+from fairfeed.providers.coinapi.symbols import to_symbol_id
+from fairfeed.providers.coinapi.wire import Error, Hello, Reconnect, Subscribe, encode, exact
+from fairfeed.providers.wsbase import WsAdapter, WsConnection
+
+DATA_TYPES = ("trade", "quote")
+
+
+class CoinApiAdapter(WsAdapter):
+    """Streams trades and quotes of ``ctx.subscriptions`` (any venue and class) from CoinAPI."""
+
+    acknowledges_subscriptions = False  # CoinAPI sends no subscription acknowledgement
+    max_streams_per_connection = 100_000  # no documented limit; one connection carries all
+    subscribe_batch = 10_000  # symbol filters per hello / subscribe message
+    stale_after = 10.0  # heartbeats come after each second of silence
+    min_record_bytes = 80  # a trade message is ~250 bytes for 1 record, a quote ~280 for 2
+    gap_kinds = ()  # sequence gaps are checked by the parser per (type, symbol id)
+
+    def __init__(
+        self,
+        ctx: IngestContext,
+        *,
+        backoff: Backoff | None = None,
+        error_retry_after: float = 60.0,
+        error_retry_cap: float = 900.0,
+        check_gaps: bool = True,
+        **overrides: object,
+    ) -> None:
+        p = ctx.provider
+        if not p.api_key_env:
+            raise ValueError(
+                f"provider {p.name!r} (coinapi): set api_key_env to the name of the environment "
+                "variable holding the CoinAPI API key"
+            )
+        key = os.environ.get(p.api_key_env, "")
+        if not key:
+            raise ValueError(
+                f"provider {p.name!r} (coinapi): environment variable {p.api_key_env} is not set "
+                "or empty; it must hold the CoinAPI API key"
+            )
+        if backoff is not None:
+            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
+        super().__init__(ctx, **overrides)
+        self.api_key = key
+        self.error_retry_after = error_retry_after
+        self.error_retry_cap = error_retry_cap
+        self.check_gaps = check_gaps
+        self.errors = 0  # error messages received
+        self.notices = 0  # reconnect notices received
+        self._consecutive: dict[int, int] = {}  # connection index -> errors in a row
+        for s in ctx.subscriptions:  # fail at start on a name CoinAPI cannot express
+            to_symbol_id(s.venue, s.instrument, s.data_class)
+
+    def make_parser(self, subs: tuple[Subscription, ...]) -> CoinApiParser:
+        return CoinApiParser.for_subscriptions(subs, check_gaps=self.check_gaps, on_gap=self._gap)
+
+    def _gap(self, missed: int) -> None:
+        c = self.ctx.counters
+        c.add(Slot.GAPS)
+        c.add(Slot.MISSED, missed)
+        self.gap_log(f"sequence gap, {missed} messages missed")
+
+    def on_open(self, conn: WsConnection) -> None:
+        conn.parser.reset()  # CoinAPI numbers messages per connection
+
+    def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
+        filters = [exact(to_symbol_id(s.venue, s.instrument, s.data_class)) for s in subs]
+        out = []
+        for i, batch in enumerate(self.batches(filters, self.subscribe_batch)):
+            cls = Hello if i == 0 else Subscribe
+            out.append(
+                encode(
+                    cls(
+                        apikey=self.api_key,
+                        heartbeat=True,
+                        subscribe_data_type=list(DATA_TYPES),
+                        subscribe_filter_symbol_id=batch,
+                    )
+                )
+            )
+        return out
+
+    def on_control(self, conn: WsConnection, msg: object) -> None:
+        if isinstance(msg, Reconnect):
+            self.notices += 1
+            conn.reconnect_soon(
+                f"CoinAPI reconnect notice (within {msg.within_seconds:g}s, "
+                f"before {msg.before_time or '?'})"
+            )
+        elif isinstance(msg, Error):
+            self.errors += 1
+            # Errors in a row grow the wait; a connection that delivered data starts afresh.
+            k = 0 if conn.last_data > conn.opened_at else self._consecutive.get(conn.index, 0)
+            self._consecutive[conn.index] = k + 1
+            delay = min(self.error_retry_cap, self.error_retry_after * 2**k)
+            conn.refuse(f"CoinAPI error: {msg.message}", retry_after=delay)
