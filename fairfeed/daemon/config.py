@@ -83,12 +83,23 @@ class SimulatorConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """Recorded traffic played by a local server started by the daemon (`[providers.replay]`)."""
+
+    capture: str  # a capture file (formats: docs/providers/replay.md)
+    speed: float = 1.0  # 1 = original timing, 2 = twice as fast, 0 = as fast as possible
+    connection: str = ""  # which recorded connection to play ("" = the first)
+    keep_open: bool = True  # after the last frame keep the socket open (silent) or close it
+
+
+@dataclass(frozen=True)
 class ProviderConfig:
     name: str
     kind: str  # one of PROVIDER_KINDS
     venue: str = ""  # default venue of its subscriptions (exchanges: the exchange itself)
     url: str = ""  # endpoint; empty when `serve` starts a local server
-    serve: SimulatorConfig | None = None
+    serve: SimulatorConfig | None = None  # start a local server of this kind's protocol
+    replay: ReplayConfig | None = None  # start a local server replaying a capture
     data_class: str = "spot"  # default data class of its subscriptions
     feed: str = ""  # protocol variant, e.g. coinbase "exchange" | "advanced"; "" = default
     api_key_env: str = ""  # environment variable holding the API key (never the key itself)
@@ -295,8 +306,18 @@ def _check(cfg: Config) -> None:
                 fail(f"{key}.{num}", "must be >= 0")
         if p.max_streams_per_connection < 0 or p.subscribe_batch < 0:
             fail(key, "max_streams_per_connection and subscribe_batch must be >= 0")
-        if not p.url and p.serve is None:
-            fail(f"{key}.url", "is required unless [providers.serve] starts a local server")
+        if p.serve is not None and p.replay is not None:
+            fail(key, "[providers.serve] and [providers.replay] exclude each other")
+        if not p.url and p.serve is None and p.replay is None:
+            fail(
+                f"{key}.url",
+                "is required unless [providers.serve] or [providers.replay] starts a local server",
+            )
+        if p.replay is not None:
+            if p.replay.speed < 0:
+                fail(f"{key}.replay.speed", "must be >= 0")
+            if not Path(p.replay.capture).is_file():
+                fail(f"{key}.replay.capture", f"no such file: {p.replay.capture}")
         if p.serve is not None:
             s = p.serve
             if s.rate < 0 or s.batch < 1 or not 0 <= s.quote_ratio <= 1 or s.max_events < 0:
