@@ -58,9 +58,9 @@ def iso7(ns: int) -> str:
 
 def iso_to_ns_reference(s: str) -> int:
     """Slow, obviously-correct oracle of the parser's timestamp conversion (tests)."""
-    head, frac = s.rstrip("Z").split(".")
+    head, _, frac = s.rstrip("Z").partition(".")
     sec = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-    return sec * 1_000_000_000 + int(frac.ljust(9, "0"))
+    return sec * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
 
 
 class CoinApiServer(LocalWsServer):
