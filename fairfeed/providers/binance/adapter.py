@@ -1,0 +1,126 @@
+"""Binance spot adapter: combined market streams on the shared WebSocket machinery.
+
+Per instrument two streams: ``<symbol>@trade`` (or ``@aggTrade`` with ``feed = "aggTrade"``)
+and ``<symbol>@bookTicker``. By default the adapter connects to ``<url>/stream`` and sends
+``SUBSCRIBE`` requests (``subscribe_batch`` streams each, ``subscribe_interval`` apart: Binance
+drops a connection that sends more than 5 messages per second) and waits for every request's
+``{"result":null,"id":n}``; with ``url_streams=True`` the streams go in the URL instead
+(``/stream?streams=a/b/c``, nothing to acknowledge).
+
+Binance-specific behaviour, the rest being :mod:`fairfeed.providers.wsbase`:
+
+* at most 1024 streams per connection (``max_streams_per_connection`` counts *streams*, as
+  Binance does; with two streams per instrument a connection carries 512 instruments);
+* the server pings every 20 s and drops a client that does not pong within a minute: pings are
+  answered by the base at once, and they count as liveness (``stale_after`` default 60 s);
+* a connection lives at most 24 hours: we reconnect by plan before that
+  (``max_connection_age`` default 23 h 50 min), so the cut never comes as a surprise;
+* an error answer to one of our requests (code -1003 = rate limited, or an invalid request)
+  refuses the connection's subscription: counted, a STATUS record, reconnect with backoff.
+"""
+
+from __future__ import annotations
+
+import itertools
+from urllib.parse import urlsplit, urlunsplit
+
+from fairfeed.hotpath.records import KIND_TRADE
+from fairfeed.providers.base import IngestContext, Subscription
+from fairfeed.providers.binance.parse import BinanceParser
+from fairfeed.providers.binance.symbols import stream_name
+from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, Ack, Error, subscribe
+from fairfeed.providers.wsbase import WsAdapter, WsConnection
+
+FEEDS = ("trade", "aggTrade")
+MAX_STREAMS = 1024  # Binance's limit per connection
+MAX_AGE = 24 * 3600.0  # Binance closes a connection after 24 hours
+
+
+class BinanceAdapter(WsAdapter):
+    """Streams trades (or aggregate trades) and book tickers of ``ctx.subscriptions``."""
+
+    gap_kinds = (KIND_TRADE,)  # trade ids (aggregate ids) are contiguous per symbol
+    max_streams_per_connection = MAX_STREAMS
+    subscribe_batch = 200  # streams per SUBSCRIBE request
+    stale_after = 60.0  # pings every 20 s, data or not
+    max_connection_age = MAX_AGE - 600.0
+    min_record_bytes = 60
+    rate_limit_pause = 1.0  # seconds to wait at least after a rate-limit answer (-1003)
+
+    def __init__(
+        self, ctx: IngestContext, *, url_streams: bool = False, **overrides: object
+    ) -> None:
+        feed = ctx.provider.feed or "trade"
+        if feed not in FEEDS:
+            raise ValueError(f"{ctx.provider.name}: unknown Binance feed {feed!r} (known: {FEEDS})")
+        self.feed = feed
+        self.url_streams = url_streams
+        super().__init__(ctx, **overrides)
+        if url_streams:
+            self.acknowledges_subscriptions = False
+        # The base splits *subscriptions*; Binance limits *streams* (two per instrument).
+        per_conn = max(1, self.max_streams_per_connection // len(self.kinds))
+        subs = ctx.subscriptions
+        self.connections = [
+            WsConnection(self, i, subs[k : k + per_conn])
+            for i, k in enumerate(range(0, len(subs), per_conn))
+        ]
+        self._ids = itertools.count(1)
+        self._pending: dict[int, set[int]] = {}  # connection index -> unanswered request ids
+
+    @property
+    def kinds(self) -> tuple[str, str]:
+        return (self.feed, "bookTicker")
+
+    def streams(self, subs: tuple[Subscription, ...]) -> list[str]:
+        """Stream names of ``subs``, in order (trade stream, then book ticker, per instrument)."""
+        return [stream_name(s.instrument, k) for s in subs for k in self.kinds]
+
+    # -- protocol hooks ------------------------------------------------------------------------
+    def make_parser(self, subs: tuple[Subscription, ...]) -> BinanceParser:
+        p = self.ctx.provider
+        reg = self.ctx.registry
+        first = subs[0] if subs else None
+        streams = {stream_name(s.instrument, k): s.instrument_id for s in subs for k in self.kinds}
+        return BinanceParser(
+            streams,
+            first.provider_id if first else reg.provider_id(p.name),
+            first.venue_id if first else 0,
+            first.class_code if first else 0,
+            agg=self.feed == "aggTrade",
+        )
+
+    def url_for(self, subs: tuple[Subscription, ...]) -> str:
+        scheme, netloc, path, _, _ = urlsplit(self.ctx.url)
+        path = path.rstrip("/")
+        if not path.endswith("/stream"):
+            path = path + "/stream"
+        query = "streams=" + "/".join(self.streams(subs)) if self.url_streams else ""
+        return urlunsplit((scheme, netloc, path, query, ""))
+
+    def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
+        if self.url_streams:
+            self._pending[conn.index] = set()
+            return []
+        msgs = []
+        ids = set()
+        for batch in self.batches(self.streams(subs), self.subscribe_batch):
+            rid = next(self._ids)
+            ids.add(rid)
+            msgs.append(subscribe(batch, rid))
+        self._pending[conn.index] = ids
+        return msgs
+
+    def on_control(self, conn: WsConnection, msg: object) -> None:
+        pending = self._pending.get(conn.index)
+        if type(msg) is Ack:
+            if pending is not None and msg.id in pending:
+                pending.discard(msg.id)
+                if not pending:
+                    conn.acknowledge()
+        elif type(msg) is Error:
+            ours = pending is not None and msg.id in pending
+            if msg.id is not None and not ours:
+                return  # an answer to an older connection's request
+            wait = self.rate_limit_pause if msg.code == RATE_LIMIT_CODE else 0.0
+            conn.refuse(f"request {msg.id}: error {msg.code}: {msg.msg}", retry_after=wait)

@@ -1,0 +1,166 @@
+"""Binance spot combined-stream frames → RECORD_DTYPE records.
+
+The parser contract of :mod:`fairfeed.providers.parsing`: ``parse(data, out, start,
+ts_receive)`` writes records at ``out[start:]`` and returns how many, or a negative code
+(:data:`CONTROL` with the answer in ``.control``, :data:`PARSE_ERROR` with the reason in
+``.error``, :data:`NEED_SPACE`). It never raises for bad input.
+
+Mapping (details in docs/providers/binance.md):
+
+* ``trade`` → one TRADE: price ``p``, size ``q`` (base asset), ``sequence`` = trade id ``t``
+  (contiguous per symbol: gaps are tracked on it), taker side SELL when ``m`` (buyer is maker)
+  else BUY, ``ts_exchange`` = ``T`` (trade time), ``ts_provider`` = ``E`` (event time), ms → ns.
+* ``aggTrade`` → one TRADE per aggregate: same fields, ``sequence`` = aggregate id ``a``, which
+  is contiguous per symbol too, so a gap counts the *aggregates* (messages) missed. ``f``/``l``
+  (the underlying trade ids) are not needed for that and are not stored.
+* ``bookTicker`` → BID + ASK with ``sequence`` = update id ``u`` (not contiguous: it numbers
+  every book change, the ticker shows only top-of-book ones, so it is not gap-tracked); spot
+  book tickers carry no time: ``ts_exchange`` = ``ts_provider`` = 0 (unknown).
+* ``{"result":…,"id":n}`` → CONTROL :class:`~.wire.Ack`; errors → CONTROL :class:`~.wire.Error`.
+
+Prices must be finite and > 0 (book prices >= 0), sizes finite and >= 0: anything else (a
+``"nan"`` string, a missing field) is a PARSE_ERROR, never a record.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+
+import msgspec
+import numpy as np
+
+from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from fairfeed.providers.binance.symbols import split_stream
+from fairfeed.providers.binance.wire import (
+    AGG_FRAME_DECODER,
+    TRADE_FRAME_DECODER,
+    Ack,
+    Error,
+)
+from fairfeed.providers.parsing import CONTROL, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
+
+_INF = math.inf
+_MS = 1_000_000
+_pack = RECORD_STRUCT.pack_into
+
+
+class BinanceParser:
+    """Parses one combined-stream frame at a time for one connection's streams.
+
+    ``streams`` maps stream names (``"btcusdt@trade"``, ``"btcusdt@bookTicker"``...) to
+    instrument ids; ``agg`` selects the ``aggTrade`` feed's decoding.
+    """
+
+    __slots__ = (
+        "_book",
+        "_decoder",
+        "_out",
+        "_u8",
+        "agg",
+        "control",
+        "data_class",
+        "error",
+        "needed",
+        "provider",
+        "streams",
+        "venue",
+    )
+
+    def __init__(
+        self,
+        streams: Mapping[str, int],
+        provider: int,
+        venue: int,
+        data_class: int,
+        *,
+        agg: bool = False,
+    ) -> None:
+        self.streams = {s: int(i) for s, i in streams.items()}
+        self._book = {s: split_stream(s)[1] == "bookTicker" for s in self.streams}
+        self.provider = provider
+        self.venue = venue
+        self.data_class = data_class
+        self.agg = agg
+        self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
+        self.error = ""
+        self.control: object = None
+        self.needed = 0
+        self._out: np.ndarray | None = None
+        self._u8: np.ndarray | None = None
+
+    def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
+        try:
+            f = self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            self.error = str(exc)
+            return PARSE_ERROR
+        d = f.data
+        if d is None:
+            return self._control(f)
+        inst = self.streams.get(f.stream)
+        if inst is None:
+            self.error = f"unknown stream {f.stream!r}"
+            return PARSE_ERROR
+        if start + 2 > len(out):
+            self.needed = 2
+            return NEED_SPACE
+        if out is not self._out:
+            self._out = out
+            self._u8 = out.view(np.uint8)
+        off = start << 6
+        try:
+            if self._book[f.stream]:
+                b, bq, bs, aq = d.b, d.B, d.a, d.A
+                if type(bs) is str:  # the aggTrade feed's Struct keeps `a` as text
+                    bs = float(bs)
+                if (
+                    not (
+                        0.0 <= b < _INF
+                        and 0.0 <= bs < _INF
+                        and 0.0 <= bq < _INF
+                        and 0.0 <= aq < _INF
+                    )
+                    or d.u < 0
+                ):
+                    self.error = "book ticker without valid b/B/a/A/u"
+                    return PARSE_ERROR
+                u8 = self._u8
+                seq = d.u
+                _pack(u8, off, 0, 0, ts_receive, b, bq, seq, inst, self.provider, self.venue,
+                      KIND_BID, self.data_class, 0, 0, 0)  # fmt: skip
+                _pack(u8, off + 64, 0, 0, ts_receive, bs, aq, seq, inst, self.provider,
+                      self.venue, KIND_ASK, self.data_class, 0, 0, 0)  # fmt: skip
+                return 2
+            p = d.p
+            q = d.q
+            seq = d.a if self.agg else d.t
+            if not (0.0 < p < _INF and 0.0 <= q < _INF) or type(seq) is not int or seq < 0:
+                self.error = "trade without valid p/q/id"
+                return PARSE_ERROR
+            _pack(self._u8, off, d.T * _MS, d.E * _MS, ts_receive, p, q, seq, inst,
+                  self.provider, self.venue, KIND_TRADE, self.data_class,
+                  SIDE_SELL if d.m else SIDE_BUY, 0, 0)  # fmt: skip
+            return 1
+        except ValueError as exc:  # a non-numeric ask price text (aggTrade feed)
+            self.error = f"bad number: {exc}"
+            return PARSE_ERROR
+        except struct.error as exc:  # a timestamp or id outside int64
+            self.error = f"value out of range: {exc}"
+            return PARSE_ERROR
+
+    def _control(self, f) -> int:
+        if f.stream:
+            self.error = f"stream {f.stream!r} without data"
+            return PARSE_ERROR
+        if f.error is not None:
+            self.control = Error(f.id, f.error.code, f.error.msg)
+        elif f.code is not None:
+            self.control = Error(f.id, f.code, f.msg or "")
+        elif f.id is not None:
+            self.control = Ack(f.id)
+        else:
+            self.error = "neither a stream message nor an answer"
+            return PARSE_ERROR
+        return CONTROL

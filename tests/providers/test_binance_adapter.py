@@ -1,0 +1,394 @@
+"""BinanceAdapter against BinanceServer over real sockets on 127.0.0.1 (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from picows import WSListener, WSMsgType, ws_connect
+
+from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
+from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.records import (
+    CLASS_SPOT,
+    KIND_ASK,
+    KIND_BID,
+    KIND_GAP,
+    KIND_STATUS,
+    KIND_TRADE,
+    MAX_MARKET_KIND,
+    RECORD_DTYPE,
+    SIDE_BUY,
+    SIDE_SELL,
+    STATUS_CONNECTED,
+    STATUS_SUBSCRIBE_ERROR,
+)
+from fairfeed.ipc.control import Slot
+from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+from fairfeed.providers.binance import BinanceAdapter, BinanceServer
+from fairfeed.providers.local.faults import Fault
+
+PRICES = {"BTC-USDT": 64000.0, "ETH-USDT": 3000.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5,
+          "ADA-USDT": 0.4, "DOGE-USDT": 0.1, "BNB-USDT": 550.0}  # fmt: skip
+REGISTRY = Registry.build(
+    [("OTHER-USD", CLASS_SPOT)] + [(s, CLASS_SPOT) for s in PRICES],
+    [("x", "y"), ("binance", "binance")],
+)
+pytestmark = pytest.mark.timeout(30)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+        self.health: list[np.ndarray] = []
+
+    def __call__(self, records: np.ndarray) -> None:
+        assert records.dtype == RECORD_DTYPE
+        market = records["kind"] <= MAX_MARKET_KIND
+        if (~market).any():
+            self.health.append(records[~market].copy())
+        if market.any():
+            self.batches.append(records[market].copy())
+
+    @property
+    def n(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    @property
+    def records(self) -> np.ndarray:
+        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
+
+    @property
+    def events(self) -> np.ndarray:
+        return np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
+
+    def status(self, code: int) -> int:
+        e = self.events
+        return int(((e["kind"] == KIND_STATUS) & (e["flags"] == code)).sum())
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or cond}"
+        await asyncio.sleep(0.005)
+
+
+def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams: int = 0,
+         batch: int = 0, interval: float = 0.0, age: float = 0.0, stale: float = 2.0,
+         url_streams: bool = False, **kw):  # fmt: skip
+    provider = ProviderConfig(
+        name="binance", kind="binance", venue="binance", url=url, feed=feed,
+        max_streams_per_connection=max_streams, subscribe_batch=batch,
+        subscribe_interval=interval, max_connection_age=age, stale_after=stale,
+    )  # fmt: skip
+    sink, counters, dead = Sink(), DictCounters(), []
+    subs = tuple(
+        Subscription.resolve(REGISTRY, "binance", "binance", i, "spot") for i in instruments
+    )
+    ctx = IngestContext(
+        provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
+        counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)),
+    )  # fmt: skip
+    kw.setdefault("backoff_base", 0.02)
+    kw.setdefault("backoff_cap", 0.1)
+    adapter = BinanceAdapter(ctx, url_streams=url_streams, **kw)
+    return adapter, sink, counters, dead
+
+
+def expected(sent: list[str]) -> list[tuple]:
+    """Records implied by the server's messages, decoded independently with json."""
+    out = []
+    for text in sent:
+        m = json.loads(text)
+        sym, kind = m["stream"].split("@")
+        inst = next(REGISTRY.instrument_id(s) for s in PRICES if s.replace("-", "").lower() == sym)
+        d = m["data"]
+        if kind == "bookTicker":
+            for k, p, q in ((KIND_BID, "b", "B"), (KIND_ASK, "a", "A")):
+                out.append((inst, k, 0, float(d[p]), float(d[q]), d["u"], 0, 0))
+        else:
+            side = SIDE_SELL if d["m"] else SIDE_BUY
+            seq = d["t"] if kind == "trade" else d["a"]
+            out.append((inst, KIND_TRADE, side, float(d["p"]), float(d["q"]), seq,
+                        d["T"] * 1_000_000, d["E"] * 1_000_000))  # fmt: skip
+    return out
+
+
+def as_tuples(r: np.ndarray) -> list[tuple]:
+    cols = ("instrument", "kind", "side", "price", "size", "sequence", "ts_exchange", "ts_provider")
+    return list(zip(*(r[c].tolist() for c in cols), strict=True))
+
+
+@pytest.mark.parametrize("feed", ["", "aggTrade"])
+def test_exact_records(feed):
+    cfg = SimulatorConfig(prices=PRICES, rate=0, max_events=2000, quote_ratio=0.4, seed=1)
+
+    async def main():
+        async with BinanceServer("binance", cfg, keep_log=True) as server:
+            adapter, sink, counters, _ = make(server.url, feed=feed)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.stats.events == 2000, what="all events")
+            want = expected(server.sent)
+            await wait_for(lambda: sink.n >= len(want), what="all records")
+            await asyncio.sleep(0.05)
+            await adapter.close()
+            await task
+            return server, want, sink, counters
+
+    t0 = time.time_ns()
+    server, want, sink, counters = asyncio.run(main())
+    r = sink.records
+    assert len(want) > 1000
+    assert as_tuples(r) == want
+    kinds = {json.loads(t)["stream"].split("@")[1] for t in server.sent}
+    assert kinds == {"aggTrade" if feed else "trade", "bookTicker"}
+    trades = r[r["kind"] == KIND_TRADE]
+    assert set(trades["side"].tolist()) == {SIDE_BUY, SIDE_SELL}
+    assert (trades["ts_provider"] > trades["ts_exchange"]).all()  # E after T
+    assert (r["ts_receive"] >= t0).all() and (r["ts_receive"] <= time.time_ns()).all()
+    assert (r["provider"] == REGISTRY.provider_id("binance")).all()
+    assert (r["venue"] == REGISTRY.venue_id("binance")).all()
+    assert (r["data_class"] == CLASS_SPOT).all()
+    assert counters[Slot.RECORDS_IN] == len(r)
+    assert counters[Slot.PARSE_ERRORS] == counters[Slot.GAPS] == counters[Slot.RECONNECTS] == 0
+    assert sink.status(STATUS_CONNECTED) == 1
+
+
+def test_stream_limit_splits_connections_and_url_streams():
+    cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.5)
+
+    async def main():
+        async with BinanceServer("binance", cfg, max_streams=4) as server:
+            # 7 instruments x 2 streams, 4 streams per connection -> 4 connections
+            adapter, sink, counters, _ = make(server.url, tuple(PRICES), max_streams=4)
+            assert [len(c.subs) for c in adapter.connections] == [2, 2, 2, 1]
+            task = asyncio.create_task(adapter.run())
+            ids = {REGISTRY.instrument_id(s) for s in PRICES}
+            await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="all")
+            assert server.connections() == 4 and counters[Slot.CONNECTED] == 4
+            assert all(len(c.state["streams"]) <= 4 for c in server._conns.values())
+            assert server.limit_errors == 0 and sink.status(STATUS_CONNECTED) == 4
+            await adapter.close()
+            await task
+            # the streams in the URL instead of SUBSCRIBE requests
+            before = len(server.requests)
+            adapter, sink, counters, _ = make(server.url, tuple(PRICES), max_streams=4,
+                                              url_streams=True)  # fmt: skip
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="url")
+            assert len(server.requests) == before and server.connections() == 4
+            await adapter.close()
+            await task
+            # a connection asking more than the server allows is refused (error code 2)
+            adapter, sink, counters, _ = make(server.url, tuple(PRICES)[:3], max_streams=6)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 1, what="refusal")
+            assert server.limit_errors >= 1 and sink.status(STATUS_SUBSCRIBE_ERROR) >= 1
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_pings_answered_and_planned_reconnect_before_max_age():
+    cfg = SimulatorConfig(prices=PRICES, rate=300, seed=2)
+
+    async def main():
+        async with BinanceServer(
+            "binance", cfg, ping_interval=0.1, ping_timeout=0.3, max_connection_age=1.2
+        ) as server:
+            adapter, sink, counters, _ = make(server.url, age=0.4, stale=1.0)
+            task = asyncio.create_task(adapter.run())
+            await asyncio.sleep(1.8)
+            assert server.pings >= 8 and server.pongs >= 6 and server.pong_timeouts == 0
+            assert server.age_closes == 0  # we always left before the server's cut
+            assert server.stats.connections_total >= 3
+            assert counters[Slot.RECONNECTS] >= 2 and counters[Slot.DISCONNECTS] == 0
+            assert counters[Slot.GAPS] == 0  # a reconnect is not a gap
+            n = sink.n
+            await wait_for(lambda: sink.n > n + 20, what="data after reconnects")
+            await adapter.close()
+            await task
+            # without the planned reconnect the server cuts at its age; we come back
+            adapter, sink, counters, _ = make(server.url, age=100.0, stale=1.0)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.age_closes >= 1, timeout=3, what="age close")
+            await wait_for(lambda: counters[Slot.RECONNECTS] >= 1, what="reconnect")
+            n = sink.n
+            await wait_for(lambda: sink.n > n + 20, what="data after the cut")
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_a_client_that_does_not_pong_is_dropped():
+    cfg = SimulatorConfig(prices=PRICES, rate=100)
+
+    class Deaf(WSListener):
+        frames = 0
+
+        def on_ws_frame(self, transport, frame) -> None:
+            if frame.msg_type is not WSMsgType.PING:
+                Deaf.frames += 1
+
+    async def main():
+        async with BinanceServer("binance", cfg, ping_interval=0.1, ping_timeout=0.2) as server:
+            url = server.url + "/stream?streams=btcusdt@trade"
+            transport, _ = await ws_connect(Deaf, url, enable_auto_pong=False)
+            await asyncio.wait_for(transport.wait_disconnected(), 2.0)
+            assert server.pong_timeouts == 1 and Deaf.frames > 0
+
+    asyncio.run(main())
+
+
+def test_stall_reconnects_after_stale_after():
+    cfg = SimulatorConfig(prices=PRICES, rate=400)
+
+    async def main():
+        async with BinanceServer("binance", cfg, ping_interval=0.1) as server:
+            adapter, sink, counters, _ = make(server.url, stale=0.5, subscribe_timeout=0.6)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.n > 20)
+            await server.inject(Fault.STALL)
+            t0 = time.monotonic()
+            await wait_for(lambda: server.stats.connections_total >= 2, what="reconnect")
+            assert 0.4 <= time.monotonic() - t0 < 2.0
+            server.clear()
+            n = sink.n
+            await wait_for(lambda: sink.n > n + 20, timeout=5, what="data after the stall")
+            assert counters[Slot.DISCONNECTS] >= 1
+            # heartbeats-only (Binance: pings without data) keeps the connection
+            await server.inject(Fault.HEARTBEATS_ONLY)
+            total = server.stats.connections_total
+            await asyncio.sleep(1.2)
+            assert server.stats.connections_total == total
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_disconnect_resubscribes_and_is_not_a_gap():
+    cfg = SimulatorConfig(prices=PRICES, rate=400)
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            adapter, sink, counters, _ = make(server.url)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.n > 20)
+            assert await server.inject(Fault.DISCONNECT) == 1
+            server.market.events([0, 1, 2], 300)  # trades we miss while away
+            n = sink.n
+            await wait_for(lambda: sink.n > n + 50, what="data after reconnect")
+            subs = [r for r in server.requests if r[2] == "SUBSCRIBE"]
+            assert len(subs) == 2 and server.stats.connections_total == 2
+            assert counters[Slot.RECONNECTS] == 1 and counters[Slot.DISCONNECTS] == 1
+            assert counters[Slot.GAPS] == 0 and counters[Slot.CONNECTED] == 1
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_sequence_gap_records():
+    cfg = SimulatorConfig(prices=PRICES, rate=300, quote_ratio=0.3)
+
+    async def main():
+        async with BinanceServer("binance", cfg, keep_log=True) as server:
+            adapter, sink, counters, _ = make(server.url, ("ETH-USDT",))
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.n > 20)
+            await server.inject(Fault.SEQUENCE_GAP, 5)
+            await wait_for(lambda: counters[Slot.GAPS] == 1, what="gap")
+            await asyncio.sleep(0.1)
+            await adapter.close()
+            await task
+            return server, sink, counters
+
+    server, sink, counters = asyncio.run(main())
+    assert counters[Slot.GAPS] == 1 and counters[Slot.MISSED] == 5
+    gaps = sink.events[sink.events["kind"] == KIND_GAP]
+    ids = [json.loads(t)["data"]["t"] for t in server.sent if "@trade" in t]
+    after = next(b for a, b in itertools.pairwise(ids) if b != a + 1)
+    assert len(gaps) == 1 and gaps["size"][0] == 5.0 and gaps["sequence"][0] == after
+    assert gaps["instrument"][0] == REGISTRY.instrument_id("ETH-USDT")
+
+
+def test_rate_limited_subscribe_backs_off_then_recovers():
+    cfg = SimulatorConfig(prices=PRICES, rate=300)
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            await server.inject(Fault.REJECT_SUBSCRIBE)
+            adapter, sink, counters, _ = make(server.url, backoff_base=0.05, backoff_cap=0.3)
+            adapter.rate_limit_pause = 0.1
+            task = asyncio.create_task(adapter.run())
+            await asyncio.sleep(1.5)
+            rejected = server.stats.rejected
+            assert 3 <= rejected <= 12  # retried, with growing pauses: bounded
+            assert (
+                counters[Slot.SUBSCRIBE_ERRORS] == rejected == sink.status(STATUS_SUBSCRIBE_ERROR)
+            )
+            assert sink.n == 0 and sink.status(STATUS_CONNECTED) == 0
+            server.clear()
+            await wait_for(lambda: sink.n > 20, timeout=3, what="data after the limit")
+            assert sink.status(STATUS_CONNECTED) == 1
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_malformed_frames_counted_and_dead_lettered():
+    cfg = SimulatorConfig(prices=PRICES, rate=300)
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            adapter, sink, counters, dead = make(server.url)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.n > 10)
+            await server.inject(Fault.MALFORMED, 3)
+            await wait_for(lambda: counters[Slot.PARSE_ERRORS] == 3, what="3 errors")
+            n = sink.n
+            await wait_for(lambda: sink.n > n + 10, what="data goes on")
+            assert len(dead) == 3 and all(f == server.malformed_message().encode() for _, f in dead)
+            assert counters[Slot.RECONNECTS] == 0
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_staggered_subscribe_requests():
+    cfg = SimulatorConfig(prices=PRICES, rate=1000)
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            # 7 instruments -> 14 streams, 5 per request -> 3 requests, 0.25 s apart (< 5/s)
+            adapter, sink, _, _ = make(server.url, tuple(PRICES), batch=5, interval=0.25)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.status(STATUS_CONNECTED) == 1, what="acknowledged")
+            reqs = [r for r in server.requests if r[2] == "SUBSCRIBE"]
+            assert [r[3] for r in reqs] == [5, 5, 4]
+            gaps = np.diff([r[0] for r in reqs])
+            assert (gaps >= 0.2).all() and (gaps < 0.5).all()
+            assert server.rate_closes == 0
+            ids = {REGISTRY.instrument_id(s) for s in PRICES}
+            await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="all")
+            await adapter.close()
+            await task
+            # no stagger: 14 requests at once break the 5 messages/s limit; Binance closes
+            adapter, sink, _counters, _ = make(server.url, tuple(PRICES), batch=1)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.rate_closes >= 1, what="rate close")
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
