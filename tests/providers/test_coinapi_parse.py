@@ -206,8 +206,8 @@ def test_sequence_gaps_per_type_and_symbol_and_reset() -> None:
 
 _VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
-    st.sampled_from(list(SYMBOLS) + ["BUY", "SELL_ESTIMATED", "2022-03-26T04:08:37.7090941Z",
-                                     "2022-03-26T04:08:37.Z", "9999-99-99T99:99:99Z"]),
+    st.sampled_from([*SYMBOLS, "BUY", "SELL_ESTIMATED", "2022-03-26T04:08:37.7090941Z",
+                     "2022-03-26T04:08:37.Z", "9999-99-99T99:99:99Z"]),
 )  # fmt: skip
 _KEYS = st.sampled_from(["type", "symbol_id", "sequence", "time_exchange", "time_coinapi",
                          "price", "size", "taker_side", "ask_price", "ask_size", "bid_price",

@@ -65,11 +65,11 @@ class CoinApiAdapter(WsAdapter):
             )
         if backoff is not None:
             overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
-        super().__init__(ctx, **overrides)
         self.api_key = key
         self.error_retry_after = error_retry_after
         self.error_retry_cap = error_retry_cap
-        self.check_gaps = check_gaps
+        self.check_gaps = check_gaps  # read by make_parser, which the base __init__ calls
+        super().__init__(ctx, **overrides)
         self.errors = 0  # error messages received
         self.notices = 0  # reconnect notices received
         self._consecutive: dict[int, int] = {}  # connection index -> errors in a row
