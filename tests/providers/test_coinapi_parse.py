@@ -171,7 +171,8 @@ def test_heartbeats_both_spellings_and_control_messages() -> None:
     "frame",
     [b"", b"{", b"[]", b'{"type":"book"}', b'{"type":"trade"}', trade(sym="BITSTAMP_SPOT_BTC_USD"),
      trade(tx="2022-03-26 04:08:37Z"), trade(tx="2022-03-26T04:08"), trade(tp="2022-03-26T04:08:3"),
-     trade(tx="2022-13-26T04:08:37.1Z"), trade(price="abc"), trade(seq=2**63)],
+     trade(tx="2022-13-26T04:08:37.1Z"), trade(tp="2022-03-26T04:08:37.70909x1Z"),
+     trade(price="abc"), trade(seq=2**63)],
 )  # fmt: skip
 def test_malformed_messages_are_parse_errors(frame) -> None:
     p = CoinApiParser(SYMBOLS, 0)

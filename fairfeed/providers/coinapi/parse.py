@@ -67,8 +67,8 @@ class CoinApiParser:
     ``on_gap(missed)`` is called once per gap found (the adapter counts them).
     """
 
-    __slots__ = ("_last", "_out", "_symbols", "_u8", "check_gaps", "control", "error",
-                 "needed", "on_gap", "provider")  # fmt: skip
+    __slots__ = ("_last", "_out", "_seconds", "_symbols", "_u8", "check_gaps", "control",
+                 "error", "needed", "on_gap", "provider")  # fmt: skip
 
     def __init__(
         self,
@@ -92,6 +92,7 @@ class CoinApiParser:
         self.needed = 0
         self._out: np.ndarray | None = None
         self._u8: np.ndarray | None = None
+        self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> ns (a bounded cache)
 
     @classmethod
     def for_subscriptions(cls, subs: Iterable[Subscription], **options) -> CoinApiParser:
@@ -118,6 +119,22 @@ class CoinApiParser:
         """Forget the sequence numbers (a new connection numbers from scratch)."""
         self._last = [-1] * len(self._last)
 
+    def _ns(self, s: str) -> int:
+        """ISO-8601 text → ns, exact. CoinAPI's own shape (``…:SS.fffffffZ``, 28 characters)
+        takes a fast path: the whole second comes from a cache, the 7 digits are an int."""
+        if len(s) == 28:
+            base = self._seconds.get(s[:19])
+            if base is not None:
+                frac = s[20:27]
+                if s[19] == "." and s[27] == "Z" and frac.isdigit() and frac.isascii():
+                    return base + int(frac) * 100
+        ns = iso_to_ns(s)  # validates; ValueError or IndexError if malformed
+        if len(s) == 28 and s[19] == ".":
+            if len(self._seconds) >= 4096:
+                self._seconds.clear()
+            self._seconds[s[:19]] = ns - int(s[20:27]) * 100
+        return ns
+
     def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
         """Parse one message into ``out[start:]``; records written or a result code."""
         try:
@@ -140,8 +157,8 @@ class CoinApiParser:
             self.error = f"unknown symbol_id {msg.symbol_id!r}"
             return PARSE_ERROR
         try:
-            tx = iso_to_ns(msg.time_exchange)
-            tp = iso_to_ns(msg.time_coinapi)
+            tx = self._ns(msg.time_exchange)
+            tp = self._ns(msg.time_coinapi)
         except (ValueError, IndexError) as exc:
             self.error = f"{msg.symbol_id}: {exc}"
             return PARSE_ERROR
