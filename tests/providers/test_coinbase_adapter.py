@@ -1,0 +1,475 @@
+"""CoinbaseAdapter (Exchange feed and Advanced Trade) against the local CoinbaseServer and the
+replayed real captures: real WebSockets over loopback, no mocks.
+
+Expected records are derived here independently of the parsers: the server logs every frame
+it sent (``keep_log``), and this file decodes them with plain ``json`` and numpy's ISO-8601
+parser, exactly as ``test_coinbase_replay`` does for the captures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fairfeed.backoff import Backoff
+from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
+from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.records import (
+    CLASS_CODES,
+    KIND_ASK,
+    KIND_BID,
+    KIND_GAP,
+    KIND_HEARTBEAT,
+    KIND_STATUS,
+    KIND_TRADE,
+    NO_INSTRUMENT,
+    RECORD_DTYPE,
+    SIDE_BUY,
+    SIDE_SELL,
+    SIDE_UNKNOWN,
+    STATUS_CONNECTED,
+    STATUS_DISCONNECTED,
+    STATUS_SUBSCRIBE_ERROR,
+)
+from fairfeed.ipc.control import Slot
+from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
+from fairfeed.providers.coinbase.server import CoinbaseServer
+from fairfeed.providers.local.faults import Fault
+from fairfeed.providers.replay.capture import received
+from fairfeed.providers.replay.server import ReplayServer
+
+PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
+CAPTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "captures"
+EXCHANGE_CAPTURE = CAPTURES / "COINBASE.ws.28.0"
+ADVANCED_CAPTURE = CAPTURES / "COINBASE.jsonl.zst"
+EXCHANGE_PRODUCTS = ("SKL-USD", "SKL-BTC", "BAND-GBP", "NMR-EUR", "BAND-BTC", "YFI-BTC",
+                     "DASH-BTC", "NU-GBP", "CRV-EUR", "SKL-GBP")  # fmt: skip
+SPOT = CLASS_CODES["spot"]
+REGISTRY = Registry.build(
+    [("XRP-USD", SPOT), *((s, SPOT) for s in PRICES), *((s, SPOT) for s in EXCHANGE_PRODUCTS)],
+    [("other", "KRAKEN"), ("coinbase", "COINBASE")],
+)
+PROV = REGISTRY.provider_id("coinbase")
+VENUE = REGISTRY.venue_id("COINBASE")
+IDS = {s: REGISTRY.instrument_id(s) for s in (*PRICES, *EXCHANGE_PRODUCTS)}
+FIELDS = ("ts_exchange", "ts_provider", "price", "size", "sequence", "instrument", "provider",
+          "venue", "kind", "data_class", "side", "flags", "reserved")  # fmt: skip
+FEEDS = ("exchange", "advanced")
+
+
+# --- independent expectations ----------------------------------------------------------------
+
+
+def ns(text: str) -> int:
+    assert text.endswith("Z")
+    return int(np.datetime64(text[:-1], "ns").astype(np.int64))
+
+
+def go_ns(text: str) -> int:  # "2026-08-09 21:05:48.854840045 +0000 UTC m=+..."
+    return ns(text.split(" +0000")[0].replace(" ", "T") + "Z")
+
+
+def rec(ts_ex, ts_prov, price, size, seq, inst, kind, side, reserved=0):
+    return (ts_ex, ts_prov, price, size, seq, inst, PROV, VENUE, kind, SPOT, side, 0, reserved)
+
+
+def expect(feed: str, texts: list[str]) -> tuple[list[tuple], int, int]:
+    """Records the adapter must emit for ``texts`` (in order), the subscriptions answers and
+    the heartbeats among them. Exchange trades carry trade_id in ``sequence`` (the adapter's
+    ``trade_sequence=True``), the venue sequence's low 32 bits in ``reserved``."""
+    out: list[tuple] = []
+    acks = beats = 0
+    for text in texts:
+        try:
+            m = json.loads(text)
+        except ValueError:
+            continue  # malformed on purpose
+        if feed == "exchange":
+            t = m.get("type")
+            if t in ("match", "last_match"):
+                taker = SIDE_BUY if m["side"] == "sell" else SIDE_SELL  # side is the maker's
+                out.append(rec(ns(m["time"]), 0, float(m["price"]), float(m["size"]),
+                               m["trade_id"], IDS[m["product_id"]], KIND_TRADE, taker,
+                               m["sequence"] & 0xFFFFFFFF))  # fmt: skip
+            elif t == "ticker":
+                c = (ns(m["time"]), 0)
+                i, s, tid = IDS[m["product_id"]], m["sequence"], m.get("trade_id", 0)
+                out.append(rec(*c, float(m["best_bid"]), float(m.get("best_bid_size", 0)), s, i,
+                               KIND_BID, SIDE_UNKNOWN, tid))  # fmt: skip
+                out.append(rec(*c, float(m["best_ask"]), float(m.get("best_ask_size", 0)), s, i,
+                               KIND_ASK, SIDE_UNKNOWN, tid))  # fmt: skip
+            elif t == "heartbeat":
+                beats += 1
+                ts = ns(m["time"])
+                out.append(rec(ts, ts, 0.0, 0.0, m["sequence"], IDS[m["product_id"]],
+                               KIND_HEARTBEAT, SIDE_UNKNOWN, m["last_trade_id"]))  # fmt: skip
+            elif t == "subscriptions":
+                acks += 1
+            continue
+        ch = m.get("channel")
+        if ch is None:
+            continue  # an error answer
+        tp = ns(m["timestamp"])
+        for ev in m["events"]:
+            if ch == "market_trades" and ev["type"] == "update":
+                for tr in sorted(ev["trades"], key=lambda x: int(x["trade_id"])):
+                    taker = SIDE_BUY if tr["side"] == "SELL" else SIDE_SELL
+                    out.append(rec(ns(tr["time"]), tp, float(tr["price"]), float(tr["size"]),
+                                   int(tr["trade_id"]), IDS[tr["product_id"]], KIND_TRADE,
+                                   taker))  # fmt: skip
+            elif ch == "ticker":
+                for tk in ev["tickers"]:
+                    i, s = IDS[tk["product_id"]], m["sequence_num"]
+                    out.append(rec(0, tp, float(tk["best_bid"]), float(tk["best_bid_quantity"]),
+                                   s, i, KIND_BID, SIDE_UNKNOWN))  # fmt: skip
+                    out.append(rec(0, tp, float(tk["best_ask"]), float(tk["best_ask_quantity"]),
+                                   s, i, KIND_ASK, SIDE_UNKNOWN))  # fmt: skip
+            elif ch == "heartbeats":
+                beats += 1
+                out.append(rec(go_ns(ev["current_time"]), tp, 0.0, 0.0,
+                               int(ev["heartbeat_counter"]), NO_INSTRUMENT, KIND_HEARTBEAT,
+                               SIDE_UNKNOWN))  # fmt: skip
+        if ch == "subscriptions":
+            acks += 1
+    return out, acks, beats
+
+
+# --- harness ---------------------------------------------------------------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+        self.dead: list[tuple[str, bytes]] = []
+
+    def __call__(self, records: np.ndarray) -> None:
+        assert records.dtype == RECORD_DTYPE
+        self.batches.append(records.copy())
+
+    @property
+    def all(self) -> np.ndarray:
+        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
+
+    @property
+    def parsed(self) -> np.ndarray:
+        """What the parser wrote (market data, heartbeats, its gap records), in order."""
+        r = self.all
+        return r[r["kind"] != KIND_STATUS]
+
+    def kind(self, kind: int) -> np.ndarray:
+        r = self.all
+        return r[r["kind"] == kind]
+
+    @property
+    def statuses(self) -> list[int]:
+        return self.kind(KIND_STATUS)["flags"].tolist()
+
+
+def tuples(records: np.ndarray) -> list[tuple]:
+    return [tuple(r[f].item() for f in FIELDS) for r in records]
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def context(feed: str, url: str, instruments, sink: Sink, counters: DictCounters) -> IngestContext:
+    provider = ProviderConfig(name="coinbase", kind="coinbase", venue="COINBASE", url=url,
+                              feed=feed, subscribe_interval=0.01)  # fmt: skip
+    subs = tuple(Subscription.resolve(REGISTRY, "coinbase", "COINBASE", i, "spot")
+                 for i in instruments)  # fmt: skip
+    return IngestContext(provider, url, subs, REGISTRY, sink, counters,
+                         dead_letter=lambda e, f: sink.dead.append((e, f)))  # fmt: skip
+
+
+class Harness:
+    def __init__(self, feed: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw) -> None:
+        self.feed = feed
+        self.server = CoinbaseServer(cfg, feed, keep_log=True)
+        self.instruments = instruments
+        self.kw = kw
+        self.sink = Sink()
+        self.counters = DictCounters()
+
+    async def __aenter__(self) -> Harness:
+        await self.server.start()
+        ctx = context(self.feed, self.server.url, self.instruments, self.sink, self.counters)
+        self.kw.setdefault("backoff", Backoff(base=0.05, cap=0.2))
+        self.kw.setdefault("stale_after", 2.0)
+        self.kw.setdefault("rate_limit_delay", 0.1)
+        self.adapter = CoinbaseAdapter(ctx, **self.kw)
+        self.task = asyncio.create_task(self.adapter.run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.adapter.close()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.server.stop()
+
+    def trades(self, since: int = 0) -> np.ndarray:
+        r = self.sink.all[since:]
+        return r[r["kind"] == KIND_TRADE]
+
+    @property
+    def n(self) -> int:
+        return sum(len(b) for b in self.sink.batches)
+
+    def sent(self) -> list[str]:
+        return [t for _, t in self.server.sent_log]
+
+
+# --- exact records against the local server --------------------------------------------------
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_local_server_records_exact(feed):
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=3000, max_events=900, heartbeat_interval=0.1,
+                              seed=11)  # fmt: skip
+        async with Harness(feed, cfg) as h:
+            await wait_for(lambda: h.server.stats.events == 900)
+            await asyncio.sleep(0.35)  # a few heartbeats once the market is quiet
+            await h.server.stop()  # closes after what was sent: nothing is in flight afterwards
+            expected, acks, beats = expect(feed, h.sent())
+            await wait_for(lambda: len(h.sink.parsed) == len(expected))
+            got = h.sink.parsed
+            c = h.counters
+        assert acks == (1 if feed == "exchange" else 3)
+        assert len({i for i, _ in h.server.sent_log}) == 1  # one connection
+        assert beats >= 3 and c[Slot.HEARTBEATS] == beats
+        exp_trades = sum(s.trades for s in h.server.stats.symbols.values())
+        assert sum(1 for e in expected if e[8] == KIND_TRADE) == exp_trades
+        assert tuples(got) == expected
+        assert (got["ts_receive"] > 0).all() and (np.diff(got["ts_receive"]) >= 0).all()
+        # Sides: the taker is the opposite of the maker side the wire prints.
+        trades = got[got["kind"] == KIND_TRADE]
+        assert set(trades["side"].tolist()) == {SIDE_BUY, SIDE_SELL}
+        assert c[Slot.RECORDS_IN] == len(got)
+        assert c[Slot.PARSE_ERRORS] == c[Slot.GAPS] == c[Slot.SUBSCRIBE_ERRORS] == 0
+        assert h.sink.statuses[0] == STATUS_CONNECTED
+        # Per product, trades are contiguous: the gap tracker had nothing to say.
+        for inst in IDS.values():
+            seq = trades[trades["instrument"] == inst]["sequence"]
+            assert (np.diff(seq) == 1).all()
+
+    asyncio.run(main())
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_disconnect_reconnects_and_resubscribes_without_a_gap(feed):
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000, heartbeat_interval=0.2, seed=5)
+        async with Harness(feed, cfg) as h:
+            await wait_for(lambda: len(h.trades()) > 50)
+            subscribes = h.server.subscribes
+            assert await h.server.inject(Fault.DISCONNECT) == 1
+            n = h.n
+            await wait_for(lambda: h.server.stats.connections_total == 2)
+            await wait_for(lambda: len(h.trades(n)) > 50)
+            assert h.server.subscribes == 2 * subscribes  # everything subscribed again
+            assert h.counters[Slot.RECONNECTS] == 1 and h.counters[Slot.DISCONNECTS] == 1
+            st = h.sink.statuses
+            assert st[:3] == [STATUS_CONNECTED, STATUS_DISCONNECTED, STATUS_CONNECTED]
+            assert h.counters[Slot.GAPS] == 0 and not len(h.sink.kind(KIND_GAP))
+            assert h.counters[Slot.CONNECTED] == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_stall_is_stale_and_replaced_heartbeats_only_is_alive(feed):
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=1000, heartbeat_interval=0.1, seed=6)
+        async with Harness(feed, cfg, stale_after=0.5) as h:
+            await wait_for(lambda: len(h.trades()) > 20)
+            # Heartbeats only: a quiet market, not a dead connection.
+            await h.server.inject(Fault.HEARTBEATS_ONLY)
+            await asyncio.sleep(0.2)
+            n_trades, beats = len(h.trades()), h.counters[Slot.HEARTBEATS]
+            await asyncio.sleep(1.2)  # > 2 x stale_after
+            assert len(h.trades()) == n_trades
+            assert h.counters[Slot.HEARTBEATS] >= beats + 8
+            assert len(h.sink.kind(KIND_HEARTBEAT)) >= 8
+            assert h.counters[Slot.RECONNECTS] == 0 and h.server.stats.connections_total == 1
+            h.server.clear()
+            await wait_for(lambda: len(h.trades()) > n_trades + 20)
+            # Stall: socket open, nothing sent: stale after stale_after, replaced.
+            await h.server.inject(Fault.STALL)
+            t0 = time.monotonic()
+            await wait_for(lambda: h.counters[Slot.DISCONNECTS] == 1, 3.0)
+            assert 0.4 < time.monotonic() - t0 < 1.5
+            h.server.clear()
+            n = h.n
+            await wait_for(lambda: len(h.trades(n)) > 20, 5.0)
+            assert h.counters[Slot.CONNECTED] == 1 and h.counters[Slot.RECONNECTS] >= 1
+
+    asyncio.run(main())
+
+
+def test_exchange_sequence_gap_is_a_gap_record_per_product():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.3, seed=8)
+        async with Harness("exchange", cfg) as h:
+            await wait_for(lambda: len(h.trades()) > 60)
+            await h.server.inject(Fault.SEQUENCE_GAP, 7)
+            await wait_for(lambda: len(h.sink.kind(KIND_GAP)) >= 1)
+            await asyncio.sleep(0.2)
+            gaps = h.sink.kind(KIND_GAP)
+            trades = h.trades()
+        # Independently: jumps in each product's trade ids as received.
+        jumps = []
+        for inst in {int(i) for i in trades["instrument"]}:
+            tid = trades[trades["instrument"] == inst]["sequence"]
+            d = np.diff(tid)
+            jumps += [(inst, int(tid[k + 1]), int(d[k] - 1)) for k in np.flatnonzero(d > 1)]
+        got = sorted((int(g["instrument"]), int(g["sequence"]), int(g["size"])) for g in gaps)
+        assert got == sorted(jumps) and all(missed == 7 for _, _, missed in got)
+        assert h.counters[Slot.GAPS] == len(got) and h.counters[Slot.MISSED] == 7 * len(got)
+
+    asyncio.run(main())
+
+
+def test_advanced_sequence_gap_is_one_connection_gap_record():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=1000, heartbeat_interval=0.1, seed=9)
+        async with Harness("advanced", cfg) as h:
+            await wait_for(lambda: len(h.trades()) > 30)
+            assert await h.server.inject(Fault.SEQUENCE_GAP, 5) == 1
+            await wait_for(lambda: len(h.sink.kind(KIND_GAP)) == 1)
+            await asyncio.sleep(0.2)
+            [gap] = h.sink.kind(KIND_GAP)
+            assert gap["size"] == 5 and gap["instrument"] == NO_INSTRUMENT
+            # the gap sits right before the message whose sequence_num jumped
+            nums = [json.loads(t)["sequence_num"] for t in h.sent() if '"sequence_num"' in t]
+            jumps = [b for a, b in itertools.pairwise(nums) if b != a + 1]
+            assert jumps == [int(gap["sequence"])]
+            assert h.counters[Slot.GAPS] == 1 and h.counters[Slot.MISSED] == 5
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_exchange_delay_and_price_offset_are_visible(feed):
+    async def main():
+        cfg = SimulatorConfig(prices={"BTC-USD": 64000.0}, rate=1000, quote_ratio=0.2, seed=3)
+        async with Harness(feed, cfg, instruments=("BTC-USD",)) as h:
+            await wait_for(lambda: len(h.trades()) > 30)
+            before = h.trades()
+            assert (before["ts_receive"] - before["ts_exchange"] < 100e6).all()
+            await h.server.inject(Fault.EXCHANGE_DELAY, 400)
+            await asyncio.sleep(0.05)
+            n = h.n
+            await wait_for(lambda: len(h.trades(n)) > 30)
+            lag = h.trades(n)["ts_receive"] - h.trades(n)["ts_exchange"]
+            assert (lag >= 400e6).all() and (lag < 500e6).all()
+            h.server.clear()
+            p0 = float(h.trades()["price"][-1])
+            await h.server.inject(Fault.PRICE_OFFSET, 500)
+            await asyncio.sleep(0.05)
+            n = h.n
+            await wait_for(lambda: len(h.trades(n)) > 30)
+            ratio = h.trades(n)["price"] / p0
+            assert (ratio > 1.045).all() and (ratio < 1.055).all()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_malformed_frames_are_counted_and_dead_lettered(feed):
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=500, seed=4)
+        async with Harness(feed, cfg) as h:
+            await wait_for(lambda: len(h.trades()) > 10)
+            await h.server.inject(Fault.MALFORMED, 3)
+            await wait_for(lambda: h.counters[Slot.PARSE_ERRORS] == 3)
+            n = h.n
+            await wait_for(lambda: len(h.trades(n)) > 10)  # the stream goes on
+            assert h.counters[Slot.PARSE_ERRORS] == 3 and h.counters[Slot.RECONNECTS] == 0
+            assert [f for _, f in h.sink.dead] == [h.server.malformed_message().encode()] * 3
+            assert all(err for err, _ in h.sink.dead)
+            # Coinbase has no reconnect notice: the fault sends nothing.
+            assert await h.server.inject(Fault.RECONNECT_NOTICE) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("feed", FEEDS)
+def test_rate_limit_refusal_backs_off_with_bounded_attempts(feed):
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=500, seed=2)
+        kw = {"backoff": Backoff(base=0.1, cap=0.4), "rate_limit_delay": 0.25}
+        async with Harness(feed, cfg, **kw) as h:
+            await wait_for(lambda: len(h.trades()) > 10)
+            await h.server.inject(Fault.REJECT_SUBSCRIBE)
+            await h.server.inject(Fault.DISCONNECT)
+            t0 = time.monotonic()
+            await asyncio.sleep(1.5)
+            refused = h.server.stats.rejected
+            attempts = h.server.stats.connections_total - 1
+            # each attempt waits >= max(rate_limit_delay, backoff): at most 1.5 / 0.25 = 6
+            assert 2 <= attempts <= 6 and refused == attempts
+            assert h.counters[Slot.SUBSCRIBE_ERRORS] == refused
+            assert h.sink.statuses.count(STATUS_SUBSCRIBE_ERROR) == refused
+            h.server.clear()
+            n = h.n
+            await wait_for(lambda: len(h.trades(n)) > 10, 3.0)
+            assert time.monotonic() - t0 < 3.5
+
+    asyncio.run(main())
+
+
+# --- the real captures through the adapters ----------------------------------------------------
+
+
+@pytest.mark.skipif(not EXCHANGE_CAPTURE.exists(), reason="captures not available")
+@pytest.mark.parametrize(
+    ("feed", "path", "products"),
+    [("exchange", EXCHANGE_CAPTURE, EXCHANGE_PRODUCTS), ("advanced", ADVANCED_CAPTURE,
+                                                         ("BTC-USD", "ETH-USD"))],
+)  # fmt: skip
+def test_capture_replayed_through_the_adapter_exact(feed, path, products):
+    _, frames = received(path)
+    expected, acks, beats = expect(feed, [t for _, t in frames])
+    kinds = [e[8] for e in expected]
+    # The captures, counted independently (docs/providers/coinbase.md).
+    if feed == "exchange":
+        assert (kinds.count(KIND_TRADE), kinds.count(KIND_BID), beats, acks) == (107, 107, 0, 3)
+    else:
+        assert (kinds.count(KIND_TRADE), kinds.count(KIND_BID), beats, acks) == (79, 160, 25, 5)
+
+    async def main():
+        sink, counters = Sink(), DictCounters()
+        async with ReplayServer(path, speed=0, keep_open=True) as srv:
+            ctx = context(feed, srv.url, products, sink, counters)
+            adapter = CoinbaseAdapter(ctx, stale_after=5.0)
+            task = asyncio.create_task(adapter.run())
+            try:
+                await wait_for(lambda: len(sink.parsed) >= len(expected), 10)
+                await asyncio.sleep(0.05)
+            finally:
+                await adapter.close()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        return sink, counters
+
+    sink, counters = asyncio.run(main())
+    got = sink.parsed
+    assert tuples(got) == expected
+    assert counters[Slot.PARSE_ERRORS] == 0 and counters[Slot.GAPS] == 0
+    assert counters[Slot.HEARTBEATS] == beats and counters[Slot.FRAMES_IN] == len(frames)
+    assert sink.statuses[0] == STATUS_CONNECTED  # acknowledged by the recorded answers
