@@ -120,7 +120,9 @@ class BinanceAdapter(WsAdapter):
                     conn.acknowledge()
         elif type(msg) is Error:
             ours = pending is not None and msg.id in pending
-            if msg.id is not None and not ours:
-                return  # an answer to an older connection's request
+            if not ours and (msg.id is not None or not pending):
+                return  # an answer to an older attempt's request, or nothing outstanding
             wait = self.rate_limit_pause if msg.code == RATE_LIMIT_CODE else 0.0
+            if pending is not None:
+                pending.clear()  # one refusal per attempt: later answers are stale
             conn.refuse(f"request {msg.id}: error {msg.code}: {msg.msg}", retry_after=wait)
