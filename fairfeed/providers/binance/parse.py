@@ -78,7 +78,8 @@ class BinanceParser:
         agg: bool = False,
     ) -> None:
         self.streams = {s: int(i) for s, i in streams.items()}
-        self._book = {s: split_stream(s)[1] == "bookTicker" for s in self.streams}
+        # stream -> (instrument id, is a book ticker): one lookup per message
+        self._book = {s: (i, split_stream(s)[1] == "bookTicker") for s, i in self.streams.items()}
         self.provider = provider
         self.venue = venue
         self.data_class = data_class
@@ -99,10 +100,11 @@ class BinanceParser:
         d = f.data
         if d is None:
             return self._control(f)
-        inst = self.streams.get(f.stream)
-        if inst is None:
+        entry = self._book.get(f.stream)
+        if entry is None:
             self.error = f"unknown stream {f.stream!r}"
             return PARSE_ERROR
+        inst, book = entry
         if start + 2 > len(out):
             self.needed = 2
             return NEED_SPACE
@@ -111,7 +113,7 @@ class BinanceParser:
             self._u8 = out.view(np.uint8)
         off = start << 6
         try:
-            if self._book[f.stream]:
+            if book:
                 b, bq, bs, aq = d.b, d.B, d.a, d.A
                 if type(bs) is str:  # the aggTrade feed's Struct keeps `a` as text
                     bs = float(bs)

@@ -1,0 +1,175 @@
+"""BinanceParser: exact records, control answers, errors, and hypothesis fuzz."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fairfeed.hotpath.records import (
+    CLASS_SPOT,
+    KIND_ASK,
+    KIND_BID,
+    KIND_TRADE,
+    SIDE_BUY,
+    SIDE_SELL,
+    empty_records,
+)
+from fairfeed.providers.binance.parse import BinanceParser
+from fairfeed.providers.binance.symbols import (
+    split_stream,
+    stream_name,
+    to_stream_symbol,
+    to_symbol,
+)
+from fairfeed.providers.binance.wire import Ack, Error
+from fairfeed.providers.parsing import CONTROL, NEED_SPACE, PARSE_ERROR
+
+TS = 1_700_000_000_123_456_789
+STREAMS = {"btcusdt@trade": 3, "btcusdt@bookTicker": 3, "ethusdt@trade": 4, "ethusdt@bookTicker": 4}
+AGG = {"btcusdt@aggTrade": 3, "btcusdt@bookTicker": 3}
+
+
+def parser(agg: bool = False) -> BinanceParser:
+    return BinanceParser(AGG if agg else STREAMS, 1, 2, CLASS_SPOT, agg=agg)
+
+
+def trade(t=12345, p="64000.12000000", q="0.00100000", m=True, T=1672515782136, E=1672515782140):
+    return json.dumps({"stream": "btcusdt@trade", "data": {
+        "e": "trade", "E": E, "s": "BTCUSDT", "t": t, "p": p, "q": q, "T": T, "m": m, "M": True,
+    }}).encode()  # fmt: skip
+
+
+def test_symbols():
+    assert to_symbol("BTC-USDT") == "BTCUSDT" and to_stream_symbol("btc-usdt") == "btcusdt"
+    assert stream_name("ETH-BTC", "aggTrade") == "ethbtc@aggTrade"
+    assert split_stream("ethbtc@bookTicker") == ("ethbtc", "bookTicker")
+    for bad in ("BTCUSDT", "BTC-", "-USD", "BTC-US-D", "BT C-USD"):
+        try:
+            to_symbol(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
+def test_trade_exact_and_taker_side():
+    p = parser()
+    out = empty_records(4)
+    assert p.parse(trade(), out, 1, TS) == 1
+    r = out[1]
+    assert r["price"] == 64000.12 and r["size"] == 0.001 and r["sequence"] == 12345
+    assert r["ts_exchange"] == 1672515782136 * 10**6 and r["ts_provider"] == 1672515782140 * 10**6
+    assert r["ts_receive"] == TS and r["kind"] == KIND_TRADE and r["side"] == SIDE_SELL
+    assert (r["instrument"], r["provider"], r["venue"], r["data_class"]) == (3, 1, 2, CLASS_SPOT)
+    assert p.parse(trade(m=False), out, 0, TS) == 1 and out[0]["side"] == SIDE_BUY
+
+
+def test_agg_trade_and_book_ticker():
+    p = parser(agg=True)
+    out = empty_records(4)
+    msg = {"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": 2, "s": "BTCUSDT",
+           "a": 26129, "p": "0.01633102", "q": "4.70443515", "f": 27781, "l": 27781, "T": 1,
+           "m": False, "M": True}}  # fmt: skip
+    assert p.parse(json.dumps(msg).encode(), out, 0, TS) == 1
+    assert out[0]["sequence"] == 26129 and out[0]["price"] == 0.01633102
+    assert out[0]["side"] == SIDE_BUY and out[0]["ts_exchange"] == 10**6
+    data = {"u": 400900217, "s": "BTCUSDT", "b": "25.35190000", "B": "31.21000000"}
+    book = {"stream": "btcusdt@bookTicker", "data": {**data, "a": "25.36520000", "A": "40.66"}}
+    for agg in (True, False):
+        assert parser(agg).parse(json.dumps(book).encode(), out, 1, TS) == 2
+        assert out[1]["kind"] == KIND_BID and out[2]["kind"] == KIND_ASK
+        assert (out[1]["price"], out[1]["size"], out[2]["price"], out[2]["size"]) == (
+            25.3519,
+            31.21,
+            25.3652,
+            40.66,
+        )
+        assert out[1]["sequence"] == out[2]["sequence"] == 400900217
+        assert out[1]["ts_exchange"] == out[1]["ts_provider"] == 0 and out[2]["ts_receive"] == TS
+
+
+def test_answers_and_errors():
+    p = parser()
+    out = empty_records(2)
+    assert p.parse(b'{"result":null,"id":7}', out, 0, TS) == CONTROL and p.control == Ack(7)
+    assert p.parse(b'{"result":["btcusdt@trade"],"id":8}', out, 0, TS) == CONTROL
+    nested = b'{"error":{"code":-1003,"msg":"Too many requests"},"id":9}'
+    assert p.parse(nested, out, 0, TS) == CONTROL
+    assert p.control == Error(9, -1003, "Too many requests")
+    flat = b'{"code":2,"msg":"Invalid request: too many parameters","id":1}'
+    assert p.parse(flat, out, 0, TS) == CONTROL and p.control.code == 2
+    for bad in (
+        b"{", b"[]", b"{}", b'{"stream":"btcusdt@trade"}',
+        b'{"stream":"dogeusdt@trade","data":{"t":1,"p":"1","q":"1"}}',
+        trade(p="nan"), trade(p="0"), trade(q="-1"), trade(p="abc"), trade(t=-5),
+        trade(T=2**62),
+        b'{"stream":"btcusdt@bookTicker","data":{"u":1,"b":"1","B":"1","a":"inf","A":"1"}}',
+    ):  # fmt: skip
+        assert p.parse(bad, out, 0, TS) == PARSE_ERROR, bad
+        assert p.error
+    agg_bad = b'{"stream":"btcusdt@bookTicker","data":{"u":1,"b":"1","B":"1","a":"x","A":"1"}}'
+    assert parser(True).parse(agg_bad, out, 0, TS) == PARSE_ERROR
+    assert p.parse(trade(), out, 1, TS) == NEED_SPACE and p.needed == 2
+
+
+_dec = st.decimals(min_value="0.00000001", max_value="99999999", places=8, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    price=_dec, qty=_dec, t=st.integers(0, 2**62), T=st.integers(0, 2**43),
+    E=st.integers(0, 2**43), m=st.booleans(), agg=st.booleans(),
+)  # fmt: skip
+def test_valid_trades_are_exact(price, qty, t, T, E, m, agg):
+    p = parser(agg)
+    out = empty_records(2)
+    data = {"e": "trade", "E": E, "s": "BTCUSDT", "p": str(price), "q": str(qty), "T": T,
+            "m": m, "M": True}  # fmt: skip
+    data.update({"a": t, "f": 1, "l": 2} if agg else {"t": t})
+    stream = "btcusdt@aggTrade" if agg else "btcusdt@trade"
+    msg = json.dumps({"stream": stream, "data": data}).encode()
+    assert p.parse(msg, out, 0, TS) == 1, p.error
+    r = out[0]
+    assert r["price"] == float(str(price)) and r["size"] == float(str(qty))
+    assert r["sequence"] == t and r["ts_exchange"] == T * 10**6 and r["ts_provider"] == E * 10**6
+    assert r["side"] == (SIDE_SELL if m else SIDE_BUY)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=4),
+    max_leaves=12,
+)
+_field = st.one_of(
+    st.integers(-(2**65), 2**65),
+    st.floats(),
+    st.text(max_size=10),
+    st.booleans(),
+    st.none(),
+    _dec.map(str),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    stream=st.sampled_from([*STREAMS, "x@trade", "", "btcusdt@aggTrade"]),
+    data=st.dictionaries(st.sampled_from([*list("eEstpqTmMubBaAfl"), "id"]), _field, max_size=12),
+    junk=_json, raw=st.binary(max_size=64), agg=st.booleans(),
+)  # fmt: skip
+def test_fuzz_never_raises(stream, data, junk, raw, agg):
+    p = parser(agg)
+    out = empty_records(4)
+    for msg in (
+        json.dumps({"stream": stream, "data": data}).encode(),
+        json.dumps(junk).encode(),
+        raw,
+    ):
+        r = p.parse(msg, out, 1, TS)
+        assert r in (CONTROL, PARSE_ERROR, 1, 2), r
+        if r > 0:
+            got = out[1 : 1 + r]
+            assert np.isfinite(got["price"]).all() and (got["price"] >= 0).all()
+            assert np.isfinite(got["size"]).all() and (got["size"] >= 0).all()
+            assert (got["ts_receive"] == TS).all() and (got["sequence"] >= 0).all()
