@@ -1,0 +1,188 @@
+"""Kaiko Stream response messages (serialized protobuf) → RECORD_DTYPE records.
+
+The adapter receives each gRPC message as raw bytes (no response deserializer on the call) and
+hands them here: decoding with the generated ``kaikosdk`` types happens inside
+:meth:`KaikoParser.parse_trade` / :meth:`KaikoParser.parse_update`, so a frame that does not
+decode is a counted parse error instead of an exception that ends the gRPC call. Records are
+written with one ``struct.pack_into`` into a byte view of the caller's preallocated buffer; the
+only per-message Python objects are the ones protobuf creates.
+
+Field by field (``kaikosdk`` 1.x):
+
+* ``price`` and ``amount`` are doubles on the wire (early Kaiko SDKs sent decimal strings; this
+  version does not). A non-finite or non-positive price, or a negative / non-finite amount, is a
+  malformed frame.
+* ``amount`` is the exchange's quantity; see :mod:`.symbols` for the per-instrument unit, turned
+  into a base-currency size here.
+* ``id`` (the exchange's trade id) is a string: when it is a decimal integer that fits in int64 it
+  becomes ``sequence``, otherwise ``sequence`` = SEQ_NONE. ``sequence_id`` is Kaiko's own event id,
+  sortable but not contiguous, so it cannot reveal gaps and is not used.
+* ``ts_exchange`` (nullable: some venues give no time) → ``ts_exchange``; ``ts_collection`` (when
+  Kaiko received the event from the venue, falling back to ``ts_event``) → ``ts_provider``; both
+  exact to the nanosecond (``seconds * 10**9 + nanos``, integer arithmetic). ``ts_receive`` is ours.
+* Trades: ``side`` BUY / SELL / UNKNOWN → taker side. Market updates: ``BEST_BID`` / ``BEST_ASK``
+  (top-of-book commodity) → one BID / ASK record; ``TRADE_*`` → a trade; order-book updates and
+  snapshots (full-book commodity, not requested) are skipped without error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
+from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
+
+from fairfeed.hotpath.records import (
+    KIND_ASK,
+    KIND_BID,
+    KIND_TRADE,
+    SEQ_NONE,
+    SIDE_BUY,
+    SIDE_SELL,
+    SIDE_UNKNOWN,
+)
+from fairfeed.providers.kaiko.symbols import UNIT_BASE, UNIT_CONTRACTS, UNIT_QUOTE
+from fairfeed.providers.parsing import PARSE_ERROR, RECORD_STRUCT
+
+_RECORD = RECORD_STRUCT
+_INT64_MAX = (1 << 63) - 1
+_NS = 1_000_000_000
+_isfinite = math.isfinite
+
+_U = StreamMarketUpdateResponseV1
+# update_type -> (record kind, side); None = skipped (order-book traffic)
+_UPDATE_KINDS: dict[int, tuple[int, int] | None] = {
+    _U.TRADE_BUY: (KIND_TRADE, SIDE_BUY),
+    _U.TRADE_SELL: (KIND_TRADE, SIDE_SELL),
+    _U.TRADE_UNKNOWN: (KIND_TRADE, SIDE_UNKNOWN),
+    _U.BEST_BID: (KIND_BID, SIDE_UNKNOWN),
+    _U.BEST_ASK: (KIND_ASK, SIDE_UNKNOWN),
+    _U.UPDATED_BID: None,
+    _U.UPDATED_ASK: None,
+    _U.SNAPSHOT: None,
+    _U.FORCE_SNAPSHOT: None,
+}
+_TRADE_SIDES = {
+    StreamTradesResponseV1.BUY: SIDE_BUY,
+    StreamTradesResponseV1.SELL: SIDE_SELL,
+    StreamTradesResponseV1.UNKNOWN: SIDE_UNKNOWN,
+}
+
+
+class _Malformed(Exception):
+    pass
+
+
+def trade_sequence(trade_id: str) -> int:
+    """The exchange trade id as ``sequence`` when it is a decimal int64, else SEQ_NONE."""
+    if trade_id and trade_id.isascii() and trade_id.isdigit():
+        v = int(trade_id)
+        if v <= _INT64_MAX:
+            return v
+    return SEQ_NONE
+
+
+def _ts(wrapper) -> int:
+    """ns of a google.protobuf.Timestamp (0 = unset); raises _Malformed when out of range."""
+    v = wrapper.seconds * _NS + wrapper.nanos
+    if v < 0 or v > _INT64_MAX or not 0 <= wrapper.nanos < _NS:
+        raise _Malformed(f"timestamp out of range ({wrapper.seconds}, {wrapper.nanos})")
+    return v
+
+
+class KaikoParser:
+    """Parses one Kaiko message at a time into a caller-owned record buffer.
+
+    ``instruments`` maps ``(exchange, kaiko class, code)`` to ``(instrument id, venue id,
+    class code, amount unit, contract size)``; anything else in a response is a parse error
+    (the adapter subscribes exactly these instruments).
+    """
+
+    __slots__ = ("_out", "_u8", "error", "instruments", "provider")
+
+    def __init__(
+        self,
+        instruments: dict[tuple[str, str, str], tuple[int, int, int, int, float]],
+        provider: int,
+    ) -> None:
+        self.instruments = dict(instruments)
+        self.provider = provider
+        self.error = ""
+        self._out: np.ndarray | None = None
+        self._u8: np.ndarray | None = None
+
+    @classmethod
+    def build(
+        cls,
+        entries: Iterable[tuple[tuple[str, str, str], tuple[int, int, int, int, float]]],
+        provider: int,
+    ) -> KaikoParser:
+        return cls(dict(entries), provider)
+
+    def _view(self, out: np.ndarray) -> np.ndarray:
+        if out is not self._out:
+            self._out = out
+            self._u8 = out.view(np.uint8)
+        return self._u8  # type: ignore[return-value]
+
+    def parse_trade(self, data: bytes, out: np.ndarray, start: int, ts_receive: int) -> int:
+        """A serialized ``StreamTradesResponseV1`` → 1 record at ``out[start]``, or PARSE_ERROR."""
+        try:
+            m = StreamTradesResponseV1.FromString(data)
+            side = _TRADE_SIDES.get(m.side)
+            if side is None:
+                raise _Malformed(f"unknown trade side {m.side}")
+            return self._write(m, KIND_TRADE, side, out, start, ts_receive)
+        except _Malformed as exc:
+            self.error = str(exc)
+        except Exception as exc:  # DecodeError, struct.error, anything protobuf raises
+            self.error = f"{type(exc).__name__}: {exc}"
+        return PARSE_ERROR
+
+    def parse_update(self, data: bytes, out: np.ndarray, start: int, ts_receive: int) -> int:
+        """One serialized ``StreamMarketUpdateResponseV1`` → 0 or 1 record, or PARSE_ERROR."""
+        try:
+            m = StreamMarketUpdateResponseV1.FromString(data)
+            what = _UPDATE_KINDS.get(m.update_type, False)
+            if what is None:
+                return 0
+            if what is False:
+                raise _Malformed(f"unknown update type {m.update_type}")
+            return self._write(m, what[0], what[1], out, start, ts_receive)  # type: ignore[index]
+        except _Malformed as exc:
+            self.error = str(exc)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        return PARSE_ERROR
+
+    def _write(self, m, kind: int, side: int, out, start: int, ts_receive: int) -> int:
+        key = (m.exchange, getattr(m, "class"), m.code)
+        inst = self.instruments.get(key)
+        if inst is None:
+            raise _Malformed(f"unsubscribed or unnamed instrument {':'.join(key)!r}")
+        price = m.price
+        amount = m.amount
+        if not (_isfinite(price) and price > 0.0):
+            raise _Malformed(f"bad price {price!r}")
+        if not (_isfinite(amount) and amount >= 0.0):
+            raise _Malformed(f"bad amount {amount!r}")
+        inst_id, venue, dclass, unit, csize = inst
+        if unit != UNIT_BASE:
+            if unit == UNIT_QUOTE:
+                amount = amount / price
+            elif unit == UNIT_CONTRACTS:
+                amount = amount * csize
+        t_ex = _ts(m.ts_exchange.value) if m.HasField("ts_exchange") else 0
+        if m.HasField("ts_collection"):
+            t_pr = _ts(m.ts_collection.value)
+        else:
+            t_pr = _ts(m.ts_event) if m.HasField("ts_event") else 0
+        if start >= len(out):
+            raise _Malformed("record buffer full")  # the caller sizes its buffer; never expected
+        _RECORD.pack_into(
+            self._view(out), start << 6, t_ex, t_pr, ts_receive, price, amount,
+            trade_sequence(m.id), inst_id, self.provider, venue, kind, dclass, side, 0, 0,
+        )  # fmt: skip
+        return 1

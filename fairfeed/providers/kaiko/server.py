@@ -1,0 +1,449 @@
+"""A local Kaiko Stream server: the generated ``kaikosdk`` servicers fed by the local market.
+
+``StreamTradesServiceV1`` and ``StreamMarketUpdateServiceV1`` (top-of-book and trade
+commodities) stream random-walk events from :class:`fairfeed.providers.local.market.Market`
+for the instruments an ``InstrumentCriteria`` selects: comma-separated lists and ``*`` in each of
+exchange, class and code, as on Kaiko (the cartesian product of the lists). Every call must carry
+``authorization: Bearer <api key>`` metadata (Kaiko's scheme), else UNAUTHENTICATED.
+
+The servicers subclass the ``kaikosdk`` base classes but are registered with a response
+serializer that also passes raw ``bytes`` through, so the malformed-frame fault can put bytes on
+the wire that are not a valid message (the generated ``add_..._to_server`` helpers cannot).
+
+Faults (:meth:`KaikoServer.inject`), as Kaiko's protocol can express them:
+
+* ``DISCONNECT`` — the server is stopped with no grace and restarted on the same port: every
+  HTTP/2 connection is closed (clients see UNAVAILABLE), one-shot.
+* ``RECONNECT_NOTICE`` — Kaiko has no reconnect message; the HTTP/2 equivalent is GOAWAY, sent by
+  a graceful restart (0.5 s grace), one-shot.
+* ``STALL`` — streams stay open and send nothing.
+* ``HEARTBEATS_ONLY`` — Kaiko Stream has no application heartbeat, so this is the same as STALL
+  for a client (HTTP/2 keepalive pings are still answered by the transport either way).
+* ``SEQUENCE_GAP`` — the next event of each instrument skips ``amount`` numbers: trade ids (the
+  exchange ``id``) jump. Kaiko's own ``sequence_id`` is not contiguous, so a client cannot tell
+  a gap from it; only venues with numeric trade ids show the jump, in ``sequence``.
+* ``EXCHANGE_DELAY`` — ``ts_exchange`` lags by ``amount`` ms.
+* ``PRICE_OFFSET`` — prices move by ``amount`` basis points.
+* ``MALFORMED`` — each open stream sends ``amount`` bad messages (one-shot), cycling through:
+  bytes that are not protobuf, NaN price, missing instrument (empty class and code), negative
+  amount, missing price (0), an unknown update type (market updates only).
+* ``REJECT_SUBSCRIBE`` — new calls end at once with RESOURCE_EXHAUSTED (Kaiko's rate limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from kaikosdk import sdk_pb2_grpc
+from kaikosdk.stream.market_update_v1 import commodity_pb2
+from kaikosdk.stream.market_update_v1.request_pb2 import StreamMarketUpdateRequestV1
+from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
+from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
+from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
+
+from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.providers.kaiko.symbols import KaikoSymbols, guess_data_class
+from fairfeed.providers.local.faults import Fault, FaultState
+from fairfeed.providers.local.market import Market
+
+log = logging.getLogger(__name__)
+
+TRADES_SERVICE = "kaikosdk.StreamTradesServiceV1"
+MARKET_UPDATE_SERVICE = "kaikosdk.StreamMarketUpdateServiceV1"
+_FAST_CHUNK = 1024  # events generated per pass when rate = 0
+_MAX_CHUNK = 8192
+_TRADE = StreamTradesResponseV1
+_UPDATE = StreamMarketUpdateResponseV1
+_TOB = commodity_pb2.SMUC_TOP_OF_BOOK
+_TRADES = commodity_pb2.SMUC_TRADE
+
+
+@dataclass
+class InstrumentStats:
+    """What the server sent for one instrument (``exchange:class:code``), over all streams."""
+
+    trades: int = 0  # trade messages (trades service and trade market updates)
+    quotes: int = 0  # top-of-book events (each is a BEST_BID and a BEST_ASK message)
+    # (price, amount, side 1=buy 2=sell, trade id, ts_exchange ns, ts_collection ns)
+    last_trade: tuple[float, float, int, int, int, int] | None = None
+    # (bid, bid amount, ask, ask amount, ts_exchange ns, ts_collection ns)
+    last_quote: tuple[float, float, float, float, int, int] | None = None
+
+
+@dataclass(eq=False)
+class _Stream:
+    malformed: int = 0  # malformed messages still to send
+
+
+def _serialize(msg) -> bytes:
+    return msg if type(msg) is bytes else msg.SerializeToString()
+
+
+def _match(pattern: str, value: str) -> bool:
+    return any(p == "*" or p == value for p in pattern.split(",")) if pattern else False
+
+
+@dataclass
+class _Instrument:
+    venue_index: int
+    symbol: int  # index into that venue's Market
+    exchange: str
+    kclass: str
+    code: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.kclass}:{self.code}"
+
+
+class _Trades(sdk_pb2_grpc.StreamTradesServiceV1Servicer):
+    def __init__(self, server: KaikoServer) -> None:
+        self.s = server
+
+    async def Subscribe(self, request, context):
+        async for msg in self.s._stream(request, context, trades=True, quotes=False):
+            yield msg
+
+
+class _MarketUpdates(sdk_pb2_grpc.StreamMarketUpdateServiceV1Servicer):
+    def __init__(self, server: KaikoServer) -> None:
+        self.s = server
+
+    async def Subscribe(self, request, context):
+        commodities = set(request.commodities)
+        async for msg in self.s._stream(
+            request, context, trades=_TRADES in commodities, quotes=_TOB in commodities
+        ):
+            yield msg
+
+
+class KaikoServer:
+    """Kaiko Stream on ``host:port`` (0 = a free port) for the instruments of ``cfg.prices``
+    (canonical names; ``-PERP`` names are perpetuals) at each venue of ``venues``.
+
+    ``cfg.rate`` is events per second per venue over all instruments (each instrument gets
+    ``rate / len(prices)``; a call receives its instruments' share, trades and quotes split by
+    ``cfg.quote_ratio``); ``rate = 0`` is as fast as possible; ``cfg.max_events`` caps the
+    events of one call. Each venue has its own random walk (seed + venue index).
+    """
+
+    def __init__(
+        self,
+        cfg: SimulatorConfig,
+        *,
+        api_key: str = "test-key",
+        venues: tuple[str, ...] = ("COINBASE",),
+        symbols: KaikoSymbols | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.api_key = api_key
+        self.host = host
+        self._port = port
+        self.symbols = symbols or KaikoSymbols()
+        self.markets = [
+            Market(dataclasses.replace(cfg, seed=cfg.seed + i)) for i in range(len(venues))
+        ]
+        self.instruments: list[_Instrument] = []
+        for vi, venue in enumerate(venues):
+            for si, name in enumerate(cfg.prices):
+                ex, kc, code = self.symbols.criteria(venue, guess_data_class(name), name)
+                self.instruments.append(_Instrument(vi, si, ex, kc, code))
+        self.faults = FaultState()
+        self.stats: dict[str, InstrumentStats] = {
+            i.key: InstrumentStats() for i in self.instruments
+        }
+        self.subscribes = 0  # calls accepted
+        self.rejected = 0  # calls refused (bad key, rate limit, nothing matched)
+        self.malformed_sent = 0
+        self.restarts = 0
+        self._streams: set[_Stream] = set()
+        self._server: grpc.aio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self._port}"
+
+    @property
+    def streams(self) -> int:
+        """Calls currently streaming."""
+        return len(self._streams)
+
+    def _make_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        trades, updates = _Trades(self), _MarketUpdates(self)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    TRADES_SERVICE,
+                    {
+                        "Subscribe": grpc.unary_stream_rpc_method_handler(
+                            trades.Subscribe,
+                            request_deserializer=StreamTradesRequestV1.FromString,
+                            response_serializer=_serialize,
+                        )
+                    },
+                ),
+                grpc.method_handlers_generic_handler(
+                    MARKET_UPDATE_SERVICE,
+                    {
+                        "Subscribe": grpc.unary_stream_rpc_method_handler(
+                            updates.Subscribe,
+                            request_deserializer=StreamMarketUpdateRequestV1.FromString,
+                            response_serializer=_serialize,
+                        )
+                    },
+                ),
+            )
+        )
+        port = server.add_insecure_port(f"{self.host}:{self._port}")
+        if not port:
+            raise OSError(f"cannot bind {self.host}:{self._port}")
+        self._port = port
+        return server
+
+    async def start(self) -> None:
+        self._server = self._make_server()
+        await self._server.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop(grace)
+
+    async def _restart(self, grace: float | None) -> None:
+        old = self._server
+        if old is None:
+            return
+        await old.stop(grace)
+        self.restarts += 1
+        self._server = self._make_server()
+        await self._server.start()
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def inject(self, fault: Fault, amount: float = 0) -> None:
+        """Turn ``fault`` on (persistent faults) or perform it now (one-shot faults)."""
+        f = self.faults
+        if fault is Fault.DISCONNECT:
+            self._spawn(self._restart(None))
+        elif fault is Fault.RECONNECT_NOTICE:
+            self._spawn(self._restart(0.5))
+        elif fault is Fault.STALL:
+            f.stall = True
+        elif fault is Fault.HEARTBEATS_ONLY:
+            f.heartbeats_only = True
+        elif fault is Fault.SEQUENCE_GAP:
+            for m in self.markets:
+                m.skip_sequence = int(amount)
+        elif fault is Fault.EXCHANGE_DELAY:
+            f.exchange_delay_ms = float(amount)
+            for m in self.markets:
+                m.exchange_delay_ns = int(amount * 1e6)
+        elif fault is Fault.PRICE_OFFSET:
+            f.price_offset_bps = float(amount)
+            for m in self.markets:
+                m.extra_offset_bps = float(amount)
+        elif fault is Fault.MALFORMED:
+            for s in self._streams:
+                s.malformed += int(amount) or 1
+        elif fault is Fault.REJECT_SUBSCRIBE:
+            f.reject_subscribe = True
+        else:  # pragma: no cover
+            raise ValueError(f"unknown fault {fault!r}")
+
+    def clear(self) -> None:
+        """End every persistent fault."""
+        self.faults.clear()
+        for m in self.markets:
+            m.exchange_delay_ns = 0
+            m.extra_offset_bps = 0.0
+            m.skip_sequence = 0
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- streaming ---------------------------------------------------------------------------
+
+    def _select(self, criteria) -> list[_Instrument]:
+        return [
+            i
+            for i in self.instruments
+            if _match(criteria.exchange, i.exchange)
+            and _match(criteria.instrument_class, i.kclass)
+            and _match(criteria.code, i.code)
+        ]
+
+    async def _stream(self, request, context, *, trades: bool, quotes: bool):
+        md = dict(context.invocation_metadata() or ())
+        if md.get("authorization") != f"Bearer {self.api_key}":
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing API key")
+        if self.faults.reject_subscribe:
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
+        selected = self._select(request.instrument_criteria)
+        if not selected or not (trades or quotes):
+            self.rejected += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no instrument matches")
+        self.subscribes += 1
+        await context.send_initial_metadata(())
+        state = _Stream()
+        self._streams.add(state)
+        try:
+            async for msg in self._generate(state, selected, trades, quotes):
+                yield msg
+        finally:
+            self._streams.discard(state)
+
+    async def _generate(self, state: _Stream, selected: list[_Instrument], trades, quotes):
+        cfg = self.cfg
+        per_venue: dict[int, list[_Instrument]] = {}
+        for inst in selected:
+            per_venue.setdefault(inst.venue_index, []).append(inst)
+        rate = cfg.rate * len(selected) / len(cfg.prices) if cfg.rate > 0 else 0.0
+        cap = cfg.max_events
+        generated = 0
+        t0 = time.monotonic()
+        base = 0  # events due before t0
+        kinds = 0
+        while True:
+            f = self.faults
+            if state.malformed:
+                n, state.malformed = state.malformed, 0
+                for _ in range(n):
+                    yield self._malformed(kinds, selected[0], trades and not quotes)
+                    kinds += 1
+                    self.malformed_sent += 1
+            if f.stall or f.heartbeats_only or (cap and generated >= cap):
+                await asyncio.sleep(0.02)
+                t0, base = time.monotonic(), generated
+                continue
+            if rate:
+                due = base + int((time.monotonic() - t0) * rate) - generated
+                if due <= 0:
+                    await asyncio.sleep(max(0.001, min(0.05, 1.0 / rate)))
+                    continue
+                n = min(due, _MAX_CHUNK)
+            else:
+                n = _FAST_CHUNK
+            if cap:
+                n = min(n, cap - generated)
+            generated += n
+            # split n over venues in proportion to their instruments
+            left = n
+            groups = list(per_venue.items())
+            for gi, (vi, insts) in enumerate(groups):
+                k = left if gi == len(groups) - 1 else n * len(insts) // len(selected)
+                left -= k
+                if k <= 0:
+                    continue
+                for msg in self._messages(vi, insts, k, trades, quotes):
+                    yield msg
+            if not rate:
+                await asyncio.sleep(0)
+
+    def _messages(self, vi: int, insts: list[_Instrument], n: int, trades: bool, quotes: bool):
+        """Messages for ``n`` events of venue ``vi``'s instruments ``insts``."""
+        ev = self.markets[vi].events([i.symbol for i in insts], n)
+        by_symbol = {i.symbol: i for i in insts}
+        now = time.time_ns()
+        msgs: list = []
+        sym = ev.symbol.tolist()
+        isq = ev.is_quote.tolist()
+        price, size, buy = ev.price.tolist(), ev.size.tolist(), ev.taker_buy.tolist()
+        bid, bsz, ask, asz = (
+            ev.bid.tolist(),
+            ev.bid_size.tolist(),
+            ev.ask.tolist(),
+            ev.ask_size.tolist(),
+        )
+        tid, tex, tpr = ev.trade_id.tolist(), ev.ts_exchange.tolist(), ev.ts_provider.tolist()
+        for j in range(n):
+            inst = by_symbol[sym[j]]
+            st = self.stats[inst.key]
+            if isq[j]:
+                if not quotes:
+                    continue
+                for side, p, a in (
+                    (_UPDATE.BEST_BID, bid[j], bsz[j]),
+                    (_UPDATE.BEST_ASK, ask[j], asz[j]),
+                ):
+                    m = _UPDATE(
+                        commodity=_TOB, amount=a, exchange=inst.exchange, code=inst.code,
+                        price=p, update_type=side, sequence_id=f"{tpr[j]:x}{j}",
+                    )  # fmt: skip
+                    setattr(m, "class", inst.kclass)
+                    _stamp(m, tex[j], tpr[j], now)
+                    msgs.append(m)
+                st.quotes += 1
+                st.last_quote = (bid[j], bsz[j], ask[j], asz[j], tex[j], tpr[j])
+            else:
+                if not trades:
+                    continue
+                side = 1 if buy[j] else 2
+                if quotes:  # a trade on the market-update service
+                    m = _UPDATE(
+                        commodity=_TRADES,
+                        update_type=_UPDATE.TRADE_BUY if side == 1 else _UPDATE.TRADE_SELL,
+                    )
+                else:
+                    m = _TRADE(side=side)
+                m.amount = size[j]
+                m.price = price[j]
+                m.exchange = inst.exchange
+                m.code = inst.code
+                m.id = str(tid[j])
+                m.sequence_id = f"{tpr[j]:x}{j}"
+                setattr(m, "class", inst.kclass)
+                _stamp(m, tex[j], tpr[j], now)
+                msgs.append(m)
+                st.trades += 1
+                st.last_trade = (price[j], size[j], side, tid[j], tex[j], tpr[j])
+        return msgs
+
+    def _malformed(self, i: int, inst: _Instrument, trades_only: bool):
+        variants = 5 if trades_only else 6
+        v = i % variants
+        if v == 0:
+            return b"\xff\xff\xff\xff\x0f"  # not a protobuf message
+        m = _TRADE(side=1) if trades_only else _UPDATE(update_type=_UPDATE.BEST_BID)
+        m.price, m.amount, m.exchange, m.code = 100.0, 1.0, inst.exchange, inst.code
+        setattr(m, "class", inst.kclass)
+        now = time.time_ns()
+        _stamp(m, now, now, now)
+        if v == 1:
+            m.price = float("nan")
+        elif v == 2:
+            m.code = ""
+            m.ClearField("class")
+        elif v == 3:
+            m.amount = -1.0
+        elif v == 4:
+            m.ClearField("price")
+        else:
+            m.update_type = 42  # type: ignore[assignment]
+        return m
+
+
+def _stamp(m, ts_exchange: int, ts_collection: int, ts_event: int) -> None:
+    m.ts_exchange.value.FromNanoseconds(ts_exchange)
+    m.ts_collection.value.FromNanoseconds(ts_collection)
+    m.ts_event.FromNanoseconds(ts_event)

@@ -1,0 +1,309 @@
+"""KaikoAdapter against the local KaikoServer: real gRPC over loopback, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+from kaikosdk import sdk_pb2_grpc
+
+from fairfeed.backoff import Backoff
+from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
+from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.records import (
+    CLASS_CODES,
+    KIND_ASK,
+    KIND_BID,
+    KIND_STATUS,
+    KIND_TRADE,
+    MAX_MARKET_KIND,
+    NO_INSTRUMENT,
+    RECORD_DTYPE,
+    STATUS_CONNECTED,
+    STATUS_DISCONNECTED,
+    STATUS_SUBSCRIBE_ERROR,
+)
+from fairfeed.ipc.control import Slot
+from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
+from fairfeed.providers.kaiko.server import KaikoServer
+from fairfeed.providers.local.faults import Fault
+
+PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
+SUBS = [
+    ("COINBASE", "BTC-USD", "spot"),
+    ("COINBASE", "ETH-USD", "spot"),
+    ("BINANCE", "BTC-USDT-PERP", "perpetual"),
+]
+REGISTRY = Registry.build(
+    [("XRP-USD", CLASS_CODES["spot"]), ("BTC-USD", 1), ("ETH-USD", 1), ("BTC-USDT-PERP", 3)],
+    [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE")],
+)
+KEY = "secret-key"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data: list[np.ndarray] = []
+        self.health: list[np.ndarray] = []
+        self.dead: list[tuple[str, bytes]] = []
+
+    def __call__(self, records: np.ndarray) -> None:
+        assert records.dtype == RECORD_DTYPE
+        market = records["kind"] <= MAX_MARKET_KIND
+        if market.any():
+            self.data.append(records[market].copy())
+        if (~market).any():
+            self.health.append(records[~market].copy())
+
+    @property
+    def records(self) -> np.ndarray:
+        return np.concatenate(self.data) if self.data else np.zeros(0, RECORD_DTYPE)
+
+    @property
+    def statuses(self) -> list[int]:
+        h = np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
+        return h[h["kind"] == KIND_STATUS]["flags"].tolist()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class Harness:
+    def __init__(self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, **kw) -> None:
+        self.server = KaikoServer(cfg, api_key=KEY, venues=("COINBASE", "BINANCE"))
+        self.api_key = api_key
+        self.subs = subs
+        self.kw = kw
+        self.sink = Sink()
+        self.counters = DictCounters()
+
+    async def __aenter__(self) -> Harness:
+        await self.server.start()
+        provider = ProviderConfig(
+            name="kaiko", kind="kaiko", url=self.server.target, tls=False, api_key_env="X"
+        )
+        subs = tuple(Subscription.resolve(REGISTRY, "kaiko", v, i, c) for v, i, c in self.subs)
+        ctx = IngestContext(
+            provider, self.server.target, subs, REGISTRY, self.sink, self.counters,
+            dead_letter=lambda e, f: self.sink.dead.append((e, f)),
+        )  # fmt: skip
+        self.kw.setdefault("backoff", Backoff(base=0.05, cap=0.2))
+        self.kw.setdefault("stale_after", 2.0)
+        self.adapter = KaikoAdapter(ctx, api_key=self.api_key, **self.kw)
+        self.task = asyncio.create_task(self.adapter.run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.adapter.close()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.server.stop(0)
+
+    @property
+    def n(self) -> int:
+        return sum(len(b) for b in self.sink.data)
+
+    def expected_records(self) -> int:
+        return sum(s.trades + 2 * s.quotes for s in self.server.stats.values())
+
+
+def test_method_paths_match_generated_stubs():
+    class Channel:
+        def unary_stream(self, path, **kw):
+            return path
+
+    assert sdk_pb2_grpc.StreamTradesServiceV1Stub(Channel()).Subscribe == TRADES_METHOD
+    assert sdk_pb2_grpc.StreamMarketUpdateServiceV1Stub(Channel()).Subscribe == MARKET_UPDATE_METHOD
+
+
+def test_trades_and_top_of_book_arrive_as_records():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=6000, max_events=300, seed=7)
+        async with Harness(cfg) as h:
+            await wait_for(lambda: h.n and h.n == h.expected_records(), 10)
+            await asyncio.sleep(0.4)  # every call has reached max_events by now
+            await wait_for(lambda: h.n == h.expected_records(), 10)
+            assert h.counters[Slot.CONNECTED] == 1
+            stats = h.server.stats
+            recs = h.sink.records
+        assert h.counters[Slot.CONNECTED] == 0
+        assert h.counters[Slot.RECORDS_IN] == len(recs)
+        assert h.counters[Slot.FRAMES_IN] == len(recs)  # one message per trade / book side
+        assert h.counters[Slot.PARSE_ERRORS] == 0
+        assert h.server.subscribes == 4  # (cbse, spot) and (binc, perpetual-future) x 2 services
+        for venue, inst, dclass in SUBS:
+            sub = Subscription.resolve(REGISTRY, "kaiko", venue, inst, dclass)
+            mine = recs[(recs["instrument"] == sub.instrument_id) & (recs["venue"] == sub.venue_id)]
+            assert len(mine) and (mine["provider"] == sub.provider_id).all()
+            assert (mine["data_class"] == sub.class_code).all()
+            ex = {"COINBASE": "cbse", "BINANCE": "binc"}[venue]
+            kc = "spot" if dclass == "spot" else "perpetual-future"
+            st = stats[f"{ex}:{kc}:{inst.removesuffix('-PERP').lower()}"]
+            trades = mine[mine["kind"] == KIND_TRADE]
+            assert len(trades) == st.trades
+            price, amount, side, tid, t_ex, t_pr = st.last_trade
+            last = trades[-1]
+            assert (last["price"], last["size"], last["side"]) == (price, amount, side)
+            assert last["sequence"] == tid  # numeric exchange trade id
+            assert (last["ts_exchange"], last["ts_provider"]) == (t_ex, t_pr)  # exact ns
+            assert t_pr % 1000 != 0 or t_ex % 1000 != 0  # really ns, not µs rounded
+            assert (np.diff(trades["sequence"]) >= 1).all()  # quote calls use ids too
+            bids, asks = mine[mine["kind"] == KIND_BID], mine[mine["kind"] == KIND_ASK]
+            assert len(bids) == len(asks) == st.quotes
+            bid, bsz, ask, asz, q_ex, q_pr = st.last_quote
+            assert (bids[-1]["price"], bids[-1]["size"], asks[-1]["price"], asks[-1]["size"]) == (
+                bid, bsz, ask, asz,
+            )  # fmt: skip
+            assert (asks[-1]["ts_exchange"], asks[-1]["ts_provider"]) == (q_ex, q_pr)
+            assert (bids["price"] < asks["price"]).all()
+        now = time.time_ns()
+        assert (recs["ts_receive"] >= recs["ts_provider"]).all()
+        assert (recs["ts_provider"] > recs["ts_exchange"]).all()
+        assert (now - recs["ts_receive"] < 30e9).all()
+        health = np.concatenate(h.sink.health)
+        assert (health["instrument"] == NO_INSTRUMENT).all()
+        assert h.sink.statuses == [STATUS_CONNECTED] * 2 + [STATUS_DISCONNECTED] * 2  # per venue
+
+    asyncio.run(main())
+
+
+def test_wrong_api_key_is_a_counted_subscribe_error_without_hot_loop():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=1000)
+        async with Harness(cfg, api_key="wrong", backoff=Backoff(base=0.2, cap=0.4)) as h:
+            await asyncio.sleep(1.2)
+            assert h.counters[Slot.SUBSCRIBE_ERRORS] >= 1
+            assert h.server.rejected <= 4 * 5  # <= 5 sessions of 4 calls in 1.2 s
+            assert h.server.subscribes == 0
+            assert h.counters[Slot.CONNECTED] == 0
+            assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
+            assert STATUS_CONNECTED not in h.sink.statuses
+            assert h.n == 0
+
+    asyncio.run(main())
+
+
+def test_disconnect_reconnects_and_resubscribes():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000)
+        async with Harness(cfg) as h:
+            await wait_for(lambda: h.n > 100)
+            h.server.inject(Fault.DISCONNECT)
+            await wait_for(lambda: h.counters[Slot.DISCONNECTS] >= 1)
+            await wait_for(lambda: h.server.subscribes >= 8 and h.counters[Slot.CONNECTED] == 1)
+            n = h.n
+            await wait_for(lambda: h.n > n + 100)
+            assert h.counters[Slot.RECONNECTS] >= 1
+            assert h.sink.statuses[:4] == [STATUS_CONNECTED] * 2 + [STATUS_DISCONNECTED] * 2
+            assert h.sink.statuses[4:6] == [STATUS_CONNECTED] * 2
+            assert h.server.restarts == 1
+
+    asyncio.run(main())
+
+
+def test_stall_and_heartbeats_only_are_detected_as_stale():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000)
+        async with Harness(cfg, stale_after=0.4) as h:
+            for fault in (Fault.STALL, Fault.HEARTBEATS_ONLY):
+                await wait_for(lambda: h.n > 100 and h.counters[Slot.CONNECTED] == 1)
+                before = h.adapter.stale_reconnects
+                h.server.inject(fault)
+                await wait_for(lambda: h.adapter.stale_reconnects > before)  # noqa: B023
+                h.server.clear()
+                n = h.n
+                await wait_for(lambda: h.n > n + 100)  # noqa: B023
+            assert h.counters[Slot.DISCONNECTS] >= 2
+            assert h.counters[Slot.RECONNECTS] >= 2
+
+    asyncio.run(main())
+
+
+def _trades_since(h: Harness, start: int) -> np.ndarray:
+    r = h.sink.records[start:]
+    return r[r["kind"] == KIND_TRADE]
+
+
+def test_price_offset_exchange_delay_and_sequence_gap_are_visible():
+    async def main():
+        cfg = SimulatorConfig(prices={"BTC-USD": 64000.0}, rate=2000, quote_ratio=0.0)
+        subs = [("COINBASE", "BTC-USD", "spot")]
+        async with Harness(cfg, subs=subs, quotes=False) as h:
+            await wait_for(lambda: h.n > 200)
+            base = _trades_since(h, 0)
+            assert (base["ts_receive"] - base["ts_exchange"] < 200e6).all()
+            mark = h.n
+            h.server.inject(Fault.PRICE_OFFSET, 500)  # +5 %
+            h.server.inject(Fault.EXCHANGE_DELAY, 400)  # 400 ms
+            await wait_for(lambda: len(_trades_since(h, mark)) > 300)
+            after = _trades_since(h, mark)[100:]  # skip what was in flight
+            assert abs(after["price"].mean() / base["price"].mean() - 1.05) < 0.01
+            lag = after["ts_receive"] - after["ts_exchange"]
+            assert (lag >= 400e6).all() and (lag < 1e9).all()
+            assert (after["ts_receive"] - after["ts_provider"] < 200e6).all()
+            h.server.clear()
+            mark = h.n
+            h.server.inject(Fault.SEQUENCE_GAP, 1000)
+            await wait_for(lambda: len(_trades_since(h, mark)) > 50)
+            seq = h.sink.records["sequence"][h.sink.records["kind"] == KIND_TRADE]
+            assert np.diff(seq).max() == 1001
+
+    asyncio.run(main())
+
+
+def test_malformed_messages_are_counted_and_never_stop_the_stream():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000)
+        async with Harness(cfg) as h:
+            await wait_for(lambda: h.n > 100)
+            h.server.inject(Fault.MALFORMED, 12)  # 12 per open call: 48
+            await wait_for(lambda: h.counters[Slot.PARSE_ERRORS] == 48)
+            n = h.n
+            await wait_for(lambda: h.n > n + 100)
+            assert h.server.malformed_sent == 48
+            assert h.counters[Slot.RECONNECTS] == 0
+            assert h.counters[Slot.FRAMES_IN] >= h.counters[Slot.RECORDS_IN] + 48
+            assert len(h.sink.dead) == 48
+            errors = " ".join(e for e, _ in h.sink.dead)
+            for reason in ("DecodeError", "bad price", "bad amount", "unnamed instrument"):
+                assert reason in errors
+            assert "unknown update type" in errors
+
+    asyncio.run(main())
+
+
+def test_rate_limit_backs_off_longer_without_hot_loop():
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=1000)
+        async with Harness(
+            cfg,
+            backoff=Backoff(base=0.02, cap=0.05),
+            rate_limit_backoff=Backoff(base=0.6, cap=0.6),
+        ) as h:
+            await wait_for(lambda: h.n > 50)
+            h.server.inject(Fault.REJECT_SUBSCRIBE)
+            h.server.inject(Fault.DISCONNECT)
+            await wait_for(lambda: h.adapter.rate_limits >= 1)
+            t0 = time.monotonic()
+            rejected = h.server.rejected
+            await asyncio.sleep(1.0)
+            # with the normal schedule (<= 50 ms) there would be ~20 more sessions
+            assert h.server.rejected - rejected <= 2 * 4
+            assert h.adapter.rate_limits <= 3
+            assert h.counters[Slot.SUBSCRIBE_ERRORS] == h.adapter.subscribe_errors >= 1
+            h.server.clear()
+            subs = h.server.subscribes
+            await wait_for(lambda: h.server.subscribes >= subs + 4, 3)
+            assert time.monotonic() - t0 >= 0.3
+            n = h.n
+            await wait_for(lambda: h.n > n + 50)
+            assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
+
+    asyncio.run(main())
