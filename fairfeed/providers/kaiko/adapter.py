@@ -199,7 +199,9 @@ class KaikoAdapter(Adapter):
     ``stale_after`` defaults to ``provider.stale_after`` or else 30 s (5 s for a served
     simulator); ``backoff`` is the reconnect schedule and ``rate_limit_backoff`` the one after
     RESOURCE_EXHAUSTED; ``trades`` / ``quotes`` choose the services; ``buffer_records`` bounds the
-    records waiting for the loop.
+    records waiting for the loop; ``batch_delay`` (seconds) is how long the loop lets records
+    gather after the first one before it emits them (one wake-up per batch instead of one per
+    message: the main CPU saving over a plain client; 0 = emit at once).
     """
 
     def __init__(
@@ -217,6 +219,7 @@ class KaikoAdapter(Adapter):
         subscribe_timeout: float = 10.0,
         log_interval: float = 1.0,
         channel_options: list[tuple[str, object]] | None = None,
+        batch_delay: float = 0.0005,
     ) -> None:
         super().__init__(ctx)
         p = ctx.provider
@@ -235,6 +238,7 @@ class KaikoAdapter(Adapter):
             )
         self.stale_after = stale_after
         self.subscribe_timeout = subscribe_timeout
+        self.batch_delay = batch_delay
         self.channel_options = [
             *(channel_options or []),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
@@ -333,8 +337,15 @@ class KaikoAdapter(Adapter):
                     self._dead_dropped += 1
             if not self._signaled:
                 self._signaled = True
-                _post(self._loop, self._drain)
+                _post(self._loop, self._drain_later)
         return True
+
+    def _drain_later(self) -> None:
+        """Loop: the readers have records; let a batch gather for ``batch_delay`` first."""
+        if self.batch_delay > 0 and not self._closed:
+            self._loop.call_later(self.batch_delay, self._drain)  # type: ignore[union-attr]
+        else:
+            self._drain()
 
     def _drain(self) -> None:
         """Loop: emit what the readers buffered."""
