@@ -338,7 +338,7 @@ def _check(cfg: Config) -> None:
         if s.data_class and s.data_class not in CLASS_CODES:
             fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
         served = p.serve
-        if served is not None:
+        if served is not None and p.kind == "simulator":  # other servers name symbols their way
             for inst in s.instruments:
                 if inst not in served.prices:
                     fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")

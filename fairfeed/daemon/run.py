@@ -24,6 +24,7 @@ from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
 from fairfeed.providers.base import Subscription
+from fairfeed.providers.catalog import local_url, prepare_local_keys
 
 log = logging.getLogger("fairfeed")
 
@@ -98,8 +99,12 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         ensure_topics(
             k.bootstrap, [k.ticks_topic, k.fair_topic, k.dead_letter_topic], TOPIC_PARTITIONS
         )
-        ports = {p.name: free_port() for p in cfg.providers if p.serve is not None}
-        urls = {p.name: p.url or f"ws://127.0.0.1:{ports[p.name]}" for p in cfg.providers}
+        prepare_local_keys(cfg)
+        served = [p for p in cfg.providers if p.serve is not None or p.replay is not None]
+        ports = {p.name: free_port() for p in served}
+        urls = {
+            p.name: local_url(p, ports[p.name]) if p.name in ports else p.url for p in cfg.providers
+        }
 
         n_workers = cfg.daemon.workers
         serving = bool(ports)
@@ -117,7 +122,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         slot = 0
         if serving:
             host = SimulatorHost(slot, cfg, control, ports)
-            children.append(ChildSpec(host.name, slot, host.main, stop_phase=1))
+            # Local servers first, so the adapters' first connection attempts succeed.
+            children.append(ChildSpec(host.name, slot, host.main, stop_phase=1, wait_ready=True))
             slot += 1
         ingest_slots = []
         for i in range(n_workers):

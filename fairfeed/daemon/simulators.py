@@ -1,4 +1,4 @@
-"""The child that hosts the embedded default's simulated provider servers."""
+"""The child that hosts local provider servers: generated markets and capture replays."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
 from fairfeed.daemon.config import Config, ProviderConfig
 from fairfeed.ipc.control import ControlBlock, Slot
-from fairfeed.providers.simulator.server import SimulatorServer
+from fairfeed.providers.catalog import local_server
 
 log = logging.getLogger("fairfeed.simulators")
 
 
 @dataclass
 class SimulatorHost:
-    """Serves every provider that has a ``[providers.serve]`` table, on ports fixed up front.
+    """Serves every provider with a ``[providers.serve]`` or ``[providers.replay]`` table, each in
+    its own protocol, on ports fixed up front.
 
     Ports are chosen by the supervisor before the first fork, so a restarted host comes back
     on the same port and the adapters simply reconnect.
@@ -31,7 +32,7 @@ class SimulatorHost:
     name: str = "simulators"
 
     def served(self) -> list[ProviderConfig]:
-        return [p for p in self.cfg.providers if p.serve is not None]
+        return [p for p in self.cfg.providers if p.serve is not None or p.replay is not None]
 
     def main(self) -> int:
         """Child entry point (runs after fork)."""
@@ -45,10 +46,10 @@ class SimulatorHost:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         servers = []
         for p in self.served():
-            assert p.serve is not None
-            server = SimulatorServer(p.name, p.serve, host="127.0.0.1", port=self.ports[p.name])
+            server = local_server(self.cfg, p, self.ports[p.name])
             await server.start()
             servers.append(server)
+            log.info("serving %s (%s) on port %d", p.name, p.kind, self.ports[p.name])
         self.control.set(self.slot, Slot.READY, 1)
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
         while not stop.is_set():

@@ -27,6 +27,7 @@ from fairfeed.ipc.control import ControlBlock, Slot
 log = logging.getLogger("fairfeed.supervisor")
 
 HEALTHY_AFTER = 10.0  # seconds up before a child's restart backoff is reset
+BOOT_WAIT = 10.0  # at most this long for a `wait_ready` child before starting the others
 EXIT_HALTED = 3  # the supervisor's own exit code when a child cannot boot
 EXIT_STOP_TIMEOUT = 4  # children had to be killed at the stop deadline
 
@@ -52,6 +53,7 @@ class ChildSpec:
     slot: int
     target: Callable[[], int]
     stop_phase: int = 0
+    wait_ready: bool = False  # at start, spawn the next children only once this one is ready
     pid: int = 0
     started: float = 0.0
     restarts: int = 0
@@ -140,6 +142,8 @@ class Supervisor:
         try:
             for child in self.children:
                 self.spawn(child)
+                if child.wait_ready:
+                    self._wait_ready(child, BOOT_WAIT)
             while not self.stopping:
                 while self._signals:
                     name = signal.Signals(self._signals.pop(0)).name.lower()
@@ -159,6 +163,17 @@ class Supervisor:
         finally:
             stop_status = self.stop_children()
         return status if status != EXIT_OK else stop_status
+
+    def _wait_ready(self, child: ChildSpec, timeout: float) -> None:
+        """Wait until ``child`` is ready, has died, or ``timeout`` passed (then go on anyway)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._signals:
+            if self.control.get(child.slot, Slot.READY):
+                return
+            self.reap_children()
+            if not child.pid:
+                return
+            self._sleep(0.01)
 
     def spawn(self, child: ChildSpec) -> None:
         """Fork ``child``; in the child run its target and never return."""

@@ -92,10 +92,12 @@ class WsConnection:
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
         self.frag: bytearray | None = None
+        self.parser_gaps = self.parser_missed = 0  # totals of a gap-detecting parser, counted
         self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
         self.backoff = Backoff(base=adapter.backoff_base, cap=adapter.backoff_cap)
         self.transport: WSTransport | None = None
         self.subscribed = False
+        self.sent_subscriptions = False  # (no-ack protocols) all subscribe messages are out
         self.connects = 0  # connection attempts
         self.opened = 0  # successful handshakes
         self.opened_at = 0.0
@@ -185,6 +187,14 @@ class WsConnection:
         if self.frames:
             c.add(Slot.FRAMES_IN, self.frames)
             self.frames = 0
+        # Parsers that detect gaps themselves (numbering per connection or per venue symbol)
+        # write KIND_GAP records and keep running `gaps` / `missed` totals.
+        pg = getattr(self.parser, "gaps", 0)
+        if pg != self.parser_gaps:
+            pm = self.parser.missed
+            c.add(Slot.GAPS, pg - self.parser_gaps)
+            c.add(Slot.MISSED, pm - self.parser_missed)
+            self.parser_gaps, self.parser_missed = pg, pm
         self.ts = 0
 
     # -- frames ------------------------------------------------------------------------------
@@ -221,6 +231,8 @@ class WsConnection:
         if r > 0:
             self.n = n + r
             self.last_data = self.last_alive = time.monotonic()
+            if not self.subscribed and self.sent_subscriptions:
+                self.acknowledge()
         elif r < 0:
             self._special(r, payload)
         if frame.last_in_buffer:
@@ -231,6 +243,8 @@ class WsConnection:
         if r == HEARTBEAT:
             now = time.monotonic()
             self.last_alive = now
+            if not self.subscribed and self.sent_subscriptions:
+                self.acknowledge()
             a.ctx.counters.add(Slot.HEARTBEATS)
             if now >= self.next_heartbeat_record:
                 self.next_heartbeat_record = now + HEARTBEAT_RECORD_INTERVAL
@@ -269,10 +283,14 @@ class WsConnection:
         self.transport = transport
         self.frag = None
         self.subscribed = False
+        self.sent_subscriptions = False
         self.planned = ""
         self.retry_after = 0.0
         self.opened_at = self.last_alive = self.last_data = now
         self.gaps.reset()
+        reset = getattr(self.parser, "reset", None)
+        if reset is not None:
+            reset()
         self.opened += 1
         if not self.counted_up:
             self.counted_up = True
@@ -335,8 +353,9 @@ class WsConnection:
             if i:
                 await asyncio.sleep(a.subscribe_interval)
             self.send(msg)
-        if not a.acknowledges_subscriptions:
-            self.acknowledge()
+        # Without explicit acks, the first data or heartbeat afterwards acknowledges: an error
+        # answer then never resets the backoff.
+        self.sent_subscriptions = not a.acknowledges_subscriptions
 
     async def _watch(self, transport: WSTransport) -> None:
         """Return when the connection ends; end it when it is dead or too old."""
@@ -387,7 +406,13 @@ class _Listener(WSListener):
 
 
 class WsAdapter(Adapter):
-    """Base of every WebSocket provider adapter; subclasses implement the protocol hooks."""
+    """Base of every WebSocket provider adapter; subclasses implement the protocol hooks.
+
+    Gaps: either the base tracks them (``gap_kinds``: numbering contiguous per instrument), or
+    the parser does (numbering per connection or per venue symbol): it then writes KIND_GAP
+    records itself and exposes running totals ``gaps`` and ``missed``, which the base counts.
+    A parser with per-connection state exposes ``reset()``; the base calls it on every connect.
+    """
 
     # Protocol defaults; the provider's configuration overrides the ones it names.
     max_streams_per_connection = 1024
@@ -408,7 +433,7 @@ class WsAdapter(Adapter):
         """``overrides`` set any of the protocol defaults above (tests shorten timeouts)."""
         super().__init__(ctx)
         for key, value in overrides.items():
-            if key.startswith("_") or not hasattr(WsAdapter, key):
+            if key.startswith("_") or not hasattr(type(self), key):
                 raise TypeError(f"{type(self).__name__}: unknown setting {key!r}")
             setattr(self, key, value)
         p = ctx.provider

@@ -48,8 +48,8 @@ from fairfeed.hotpath.records import (
 from fairfeed.providers.base import Subscription
 from fairfeed.providers.coinapi.symbols import to_symbol_id
 from fairfeed.providers.coinapi.wire import SERVER_DECODER, Hearbeat, Heartbeat, Quote, Trade
-from fairfeed.providers.coinbase.parse import iso_to_ns
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
+from fairfeed.providers.timestamps import iso_to_ns
 
 SIDES = {
     "BUY": SIDE_BUY,

@@ -30,9 +30,9 @@ import msgspec
 import numpy as np
 
 from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, SEQ_NONE, SIDE_BUY, SIDE_SELL
-from fairfeed.providers.coinbase.parse import iso_to_ns
 from fairfeed.providers.kraken.wire import FRAME_DECODER, Answer, Other, Pong, Status
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
+from fairfeed.providers.timestamps import iso_to_ns
 
 _INF = math.inf
 _SIDES = {"buy": SIDE_BUY, "sell": SIDE_SELL}

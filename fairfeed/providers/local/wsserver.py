@@ -71,6 +71,7 @@ class Conn:
         self.index = index
         self.path = ws.request.path if ws.request is not None else "/"
         self.symbols: list[int] = []  # market indexes streamed on this connection
+        self.changed = False  # the symbol set changed: the stream restarts its pacing
         self.state: dict[str, Any] = {}  # protocol-specific (ids, channels, auth...)
         self.wake = asyncio.Event()
 
@@ -81,10 +82,12 @@ class Conn:
         for i in indexes:
             if i not in self.symbols:
                 self.symbols.append(i)
+        self.changed = True
         self.wake.set()
 
     def unsubscribe(self, indexes: list[int]) -> None:
         self.symbols = [i for i in self.symbols if i not in indexes]
+        self.changed = True
 
 
 class LocalWsServer(abc.ABC):
@@ -182,7 +185,10 @@ class LocalWsServer(abc.ABC):
                 c.ws.transport.abort()
             return len(conns)
         if fault is Fault.STALL:
+            # Stop reading too: otherwise the WebSocket library keeps answering pings.
             f.stall = True
+            for c in conns:
+                c.ws.transport.pause_reading()
         elif fault is Fault.HEARTBEATS_ONLY:
             f.heartbeats_only = True
         elif fault is Fault.SEQUENCE_GAP:
@@ -216,6 +222,10 @@ class LocalWsServer(abc.ABC):
 
     def clear(self) -> None:
         """End every persistent fault."""
+        if self.faults.stall:
+            for c in self._conns.values():
+                with contextlib.suppress(Exception):
+                    c.ws.transport.resume_reading()
         self.faults.clear()
         self.market.exchange_delay_ns = 0
         self.market.extra_offset_bps = 0.0
@@ -270,9 +280,11 @@ class LocalWsServer(abc.ABC):
                     await conn.wake.wait()
                     t0, paced = time.monotonic(), 0.0
                     continue
-                if self.faults.stall or self.faults.heartbeats_only:
-                    await asyncio.sleep(TICK)
+                if self.faults.stall or self.faults.heartbeats_only or conn.changed:
+                    conn.changed = False
                     t0, paced = time.monotonic(), 0.0
+                    if self.faults.stall or self.faults.heartbeats_only:
+                        await asyncio.sleep(TICK)
                     continue
                 if cfg.rate == 0:
                     n = min(FAST_CHUNK, limit)
