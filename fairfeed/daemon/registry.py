@@ -1,14 +1,16 @@
 """Id ↔ name registry for instruments, providers, venues and sources (provider × venue).
 
-The supervisor builds it once from the configuration before forking, so every child inherits
-the same ids. Records carry only the small integer ids; names appear again only at the edges
+The supervisor owns it: it builds it from the configuration before forking, so every child
+inherits the same ids, and it alone adds entries while running (a live subscription to a new
+instrument or venue), telling the children which ids it added before any record can carry them.
+Ids are dense and never reused or removed, so a child's copy is always a prefix of the
+supervisor's. Records carry only the small integer ids; names appear again only at the edges
 (Kafka values, the live view, metrics labels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,64 +18,102 @@ from fairfeed.hotpath.records import CLASS_NAMES
 
 
 class RegistryError(KeyError):
-    """An unknown name or id was looked up."""
+    """An unknown name or id was looked up, or a capacity was exceeded."""
 
 
-@dataclass(frozen=True)
 class Registry:
-    """Immutable id tables. Ids are dense indexes starting at 0."""
+    """Dense id tables; ``instruments[i]`` is the name of instrument id ``i`` and so on.
 
-    instruments: tuple[str, ...]
-    instrument_classes: tuple[int, ...]
-    providers: tuple[str, ...]
-    venues: tuple[str, ...]
-    sources: tuple[tuple[int, int], ...]  # source id -> (provider id, venue id)
-    _instrument_ids: dict[str, int] = field(init=False, repr=False, compare=False)
-    _provider_ids: dict[str, int] = field(init=False, repr=False, compare=False)
-    _venue_ids: dict[str, int] = field(init=False, repr=False, compare=False)
+    ``max_instruments`` / ``max_sources`` bound growth so the compute process can size its
+    state arrays once.
+    """
 
-    def __post_init__(self) -> None:
-        for attr, names in (
-            ("_instrument_ids", self.instruments),
-            ("_provider_ids", self.providers),
-            ("_venue_ids", self.venues),
-        ):
-            ids = {name: i for i, name in enumerate(names)}
-            if len(ids) != len(names):
-                raise ValueError(f"duplicate names in registry {attr[1:-4]}s: {names}")
-            object.__setattr__(self, attr, ids)
-        if len(self.instrument_classes) != len(self.instruments):
-            raise ValueError("instrument_classes must have one entry per instrument")
-        for code in self.instrument_classes:
-            if code not in CLASS_NAMES:
-                raise ValueError(f"unknown data class code {code}")
+    def __init__(self, max_instruments: int = 1 << 20, max_sources: int = 1 << 12) -> None:
+        self.max_instruments = max_instruments
+        self.max_sources = max_sources
+        self.instruments: tuple[str, ...] = ()
+        self.instrument_classes: tuple[int, ...] = ()
+        self.providers: tuple[str, ...] = ()
+        self.venues: tuple[str, ...] = ()
+        self.sources: tuple[tuple[int, int], ...] = ()  # source id -> (provider id, venue id)
+        self._instrument_ids: dict[str, int] = {}
+        self._provider_ids: dict[str, int] = {}
+        self._venue_ids: dict[str, int] = {}
+        self._source_ids: dict[tuple[int, int], int] = {}
 
     @classmethod
     def build(
         cls,
         instruments: Iterable[tuple[str, int]],
         sources: Iterable[tuple[str, str]],
+        max_instruments: int = 1 << 20,
+        max_sources: int = 1 << 12,
     ) -> Registry:
-        """Registry from ``(instrument name, class code)`` pairs and ``(provider, venue)`` pairs.
+        """Registry from ``(instrument name, class code)`` and ``(provider, venue)`` pairs.
 
         Provider and venue ids follow first appearance in ``sources``.
         """
-        inst = list(dict.fromkeys(instruments))
-        providers: dict[str, int] = {}
-        venues: dict[str, int] = {}
-        pairs: list[tuple[int, int]] = []
+        reg = cls(max_instruments, max_sources)
+        for name, code in dict.fromkeys(instruments):
+            reg.add_instrument(name, code)
         for provider, venue in dict.fromkeys(sources):
-            p = providers.setdefault(provider, len(providers))
-            v = venues.setdefault(venue, len(venues))
-            pairs.append((p, v))
-        return cls(
-            instruments=tuple(name for name, _ in inst),
-            instrument_classes=tuple(code for _, code in inst),
-            providers=tuple(providers),
-            venues=tuple(venues),
-            sources=tuple(pairs),
-        )
+            reg.add_source(provider, venue)
+        return reg
 
+    # -- growth (supervisor) -------------------------------------------------------------
+    def add_instrument(self, name: str, class_code: int) -> int:
+        """Id of instrument ``name``, added if new. A name has one data class for ever."""
+        if class_code not in CLASS_NAMES:
+            raise ValueError(f"unknown data class code {class_code}")
+        i = self._instrument_ids.get(name)
+        if i is not None:
+            if self.instrument_classes[i] != class_code:
+                raise ValueError(
+                    f"instrument {name!r} is {CLASS_NAMES[self.instrument_classes[i]]}, "
+                    f"not {CLASS_NAMES[class_code]}: give it another name"
+                )
+            return i
+        if len(self.instruments) >= self.max_instruments:
+            raise RegistryError(f"registry full: {self.max_instruments} instruments")
+        i = len(self.instruments)
+        self._instrument_ids[name] = i
+        self.instruments += (name,)
+        self.instrument_classes += (class_code,)
+        return i
+
+    def add_source(self, provider: str, venue: str) -> int:
+        """Id of source (``provider``, ``venue``), adding the provider, venue and source."""
+        p = self._provider_ids.get(provider)
+        if p is None:
+            p = self._provider_ids[provider] = len(self.providers)
+            self.providers += (provider,)
+        v = self._venue_ids.get(venue)
+        if v is None:
+            v = self._venue_ids[venue] = len(self.venues)
+            self.venues += (venue,)
+        s = self._source_ids.get((p, v))
+        if s is None:
+            if len(self.sources) >= self.max_sources:
+                raise RegistryError(f"registry full: {self.max_sources} sources")
+            s = self._source_ids[(p, v)] = len(self.sources)
+            self.sources += ((p, v),)
+        return s
+
+    def snapshot(self) -> dict:
+        """Everything needed to bring another process's copy up to date (see :meth:`extend`)."""
+        return {
+            "instruments": list(zip(self.instruments, self.instrument_classes, strict=True)),
+            "sources": [(self.providers[p], self.venues[v]) for p, v in self.sources],
+        }
+
+    def extend(self, snapshot: dict) -> None:
+        """Add what ``snapshot`` (from the owner) has and this copy lacks; ids stay identical."""
+        for name, code in snapshot["instruments"]:
+            self.add_instrument(name, code)
+        for provider, venue in snapshot["sources"]:
+            self.add_source(provider, venue)
+
+    # -- lookups -------------------------------------------------------------------------
     def instrument_id(self, name: str) -> int:
         try:
             return self._instrument_ids[name]
@@ -91,6 +131,12 @@ class Registry:
             return self._venue_ids[name]
         except KeyError:
             raise RegistryError(f"unknown venue {name!r}") from None
+
+    def source_id(self, provider: str, venue: str) -> int:
+        try:
+            return self._source_ids[(self.provider_id(provider), self.venue_id(venue))]
+        except KeyError:
+            raise RegistryError(f"unknown source {provider}/{venue}") from None
 
     def source_table(self) -> np.ndarray:
         """``table[provider, venue]`` = source id, or -1: the lookup the kernels use."""

@@ -34,3 +34,21 @@ def test_registry_of_the_embedded_default() -> None:
     reg = build_registry(config.load())
     assert set(reg.instruments) == {"BTC-USD", "ETH-USD", "SOL-USD"}
     assert len(reg.sources) == 3 and (reg.source_table() >= 0).sum() == 3
+
+
+def test_growth_keeps_ids_and_a_copy_catches_up() -> None:
+    owner = Registry.build([("X", CLASS_SPOT)], [("p", "v")], max_instruments=3, max_sources=2)
+    child = Registry.build([("X", CLASS_SPOT)], [("p", "v")])
+    assert owner.add_instrument("X", CLASS_SPOT) == 0  # idempotent
+    assert owner.add_instrument("Y-PERP", CLASS_PERPETUAL) == 1
+    assert owner.add_source("q", "v") == 1
+    with pytest.raises(ValueError, match="is perpetual, not spot"):
+        owner.add_instrument("Y-PERP", CLASS_SPOT)
+    child.extend(owner.snapshot())
+    assert child.instruments == owner.instruments and child.sources == owner.sources
+    assert child.source_id("q", "v") == 1
+    owner.add_instrument("Z", CLASS_SPOT)
+    with pytest.raises(RegistryError, match="3 instruments"):
+        owner.add_instrument("W", CLASS_SPOT)
+    with pytest.raises(RegistryError, match="2 sources"):
+        owner.add_source("r", "v")
