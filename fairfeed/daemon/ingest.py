@@ -7,12 +7,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.config import Config
 from fairfeed.daemon.counters import SlotCounters
 from fairfeed.daemon.encode import encode_dead_letter
@@ -39,6 +41,7 @@ class IngestWorker:
     assignments: dict[str, tuple[Subscription, ...]]  # provider -> its subscriptions here
     urls: dict[str, str]  # provider -> resolved endpoint
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
+    pipe: CommandPipe | None = None  # commands from the supervisor
 
     @property
     def name(self) -> str:
@@ -54,7 +57,7 @@ class IngestWorker:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        counters = SlotCounters(self.control, self.slot)
+        self.counters = counters = SlotCounters(self.control, self.slot)
         policy = OverflowPolicy(block_timeout=self.cfg.ring.block_timeout_ms / 1000)
         ring = self.ring
 
@@ -64,35 +67,15 @@ class IngestWorker:
             if written < len(records):
                 counters.add(Slot.RING_DROPPED, len(records) - written)
 
-        def dead_letter_for(provider: str) -> Callable[[str, bytes], None]:
-            key = provider.encode() + b"\0"
-
-            def dead_letter(error: str, frame: bytes) -> None:
-                value = encode_dead_letter(provider, error, frame, time.time_ns())
-                if self.dead_letters.write(key + value):
-                    counters.add(Slot.DEAD_LETTERS)
-                else:
-                    counters.add(Slot.DEAD_LETTERS_DROPPED)
-
-            return dead_letter
-
-        adapters: list[Adapter] = []
+        self._emit = emit
+        self.adapters: dict[str, Adapter] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self._pending: set[asyncio.Future] = set()
         for provider, subs in self.assignments.items():
-            pcfg = self.cfg.provider(provider)
-            ctx = IngestContext(
-                provider=pcfg,
-                url=self.urls[provider],
-                subscriptions=subs,
-                registry=self.registry,
-                emit=emit,
-                counters=counters,
-                dead_letter=dead_letter_for(provider),
-            )
-            adapters.append(adapter_class(pcfg.kind)(ctx))
-        tasks = [
-            asyncio.create_task(a.run(), name=f"{self.name}:{a.ctx.provider.name}")
-            for a in adapters
-        ]
+            self._start_adapter(provider, subs)
+        if self.pipe is not None:
+            reader = self.pipe.child_side()
+            loop.add_reader(reader.fd, lambda: self._apply_all(reader.read()))
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
         self.control.set(self.slot, Slot.READY, 1)
         log.info(
@@ -107,24 +90,119 @@ class IngestWorker:
                 log.error("supervisor is gone: stopping")
                 break
             done, _ = await asyncio.wait(
-                [stop_wait, *tasks],
+                [stop_wait, *self.tasks.values()],
                 timeout=self.cfg.daemon.heartbeat_interval / 2,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            failed = [t for t in done if t is not stop_wait]
+            failed = [t for t in done if t is not stop_wait and t in self.tasks.values()]
             if failed:
                 for t in failed:
                     exc = t.exception() if not t.cancelled() else None
                     log.error("adapter %s ended unexpectedly: %r", t.get_name(), exc)
                 status = EXIT_ERROR
                 break
-        for adapter in adapters:
+        for adapter in self.adapters.values():
             try:
                 await asyncio.wait_for(adapter.close(), timeout=5)
             except Exception:
                 log.exception("closing %s failed", adapter.ctx.provider.name)
+        tasks = list(self.tasks.values())
         for t in (*tasks, stop_wait):
             t.cancel()
         await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
         log.info("stopped: %d records written to the ring", counters[Slot.RECORDS_OUT])
         return status
+
+    # -- adapters ----------------------------------------------------------------------------
+    def _dead_letter_for(self, provider: str) -> Callable[[str, bytes], None]:
+        key = provider.encode() + b"\0"
+        counters = self.counters
+
+        def dead_letter(error: str, frame: bytes) -> None:
+            value = encode_dead_letter(provider, error, frame, time.time_ns())
+            if self.dead_letters.write(key + value):
+                counters.add(Slot.DEAD_LETTERS)
+            else:
+                counters.add(Slot.DEAD_LETTERS_DROPPED)
+
+        return dead_letter
+
+    def _start_adapter(self, provider: str, subs: tuple[Subscription, ...]) -> None:
+        pcfg = self.cfg.provider(provider)
+        ctx = IngestContext(
+            provider=pcfg,
+            url=self.urls[provider],
+            subscriptions=subs,
+            registry=self.registry,
+            emit=self._emit,
+            counters=self.counters,
+            dead_letter=self._dead_letter_for(provider),
+        )
+        adapter = adapter_class(pcfg.kind)(ctx)
+        self.adapters[provider] = adapter
+        self.tasks[provider] = asyncio.create_task(adapter.run(), name=f"{self.name}:{provider}")
+
+    async def _stop_adapter(self, provider: str) -> None:
+        adapter = self.adapters.pop(provider)
+        task = self.tasks.pop(provider)
+        try:
+            await asyncio.wait_for(adapter.close(), timeout=5)
+        except Exception:
+            log.exception("closing %s failed", provider)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    # -- commands from the supervisor --------------------------------------------------------
+    def _apply_all(self, commands: list[dict]) -> None:
+        for cmd in commands:
+            try:
+                self.apply(cmd)
+            except Exception:
+                log.exception("command %r failed", cmd.get("op"))
+
+    def apply(self, cmd: dict) -> None:
+        """One supervisor command: registry growth, subscription changes, log level."""
+        op = cmd["op"]
+        if op == "registry":
+            self.registry.extend(cmd["snapshot"])
+        elif op == "log_level":
+            logging.getLogger().setLevel(cmd["level"])
+        elif op in ("subscribe", "unsubscribe"):
+            provider = cmd["provider"]
+            subs = tuple(
+                Subscription.resolve(self.registry, provider, venue, inst, dclass)
+                for venue, inst, dclass in cmd["subs"]
+            )
+            current = self.assignments.get(provider, ())
+            keys = {(s.venue, s.instrument) for s in subs}
+            if op == "subscribe":
+                new = current + tuple(s for s in subs if (s.venue, s.instrument) not in
+                                      {(c.venue, c.instrument) for c in current})  # fmt: skip
+            else:
+                new = tuple(s for s in current if (s.venue, s.instrument) not in keys)
+            self.assignments[provider] = new
+            if not new:
+                del self.assignments[provider]
+            adapter = self.adapters.get(provider)
+            log.info("%s %s: %d streams", op, provider, len(subs))
+            if adapter is None:
+                if new:
+                    self._start_adapter(provider, new)
+            elif not new:
+                self._background(self._stop_adapter(provider))
+            elif adapter.live_changes:
+                (adapter.add if op == "subscribe" else adapter.remove)(subs)
+            else:  # this protocol cannot change an open session: replace this provider's alone
+                self._background(self._replace_adapter(provider, new))
+        else:
+            log.error("unknown command %r from the supervisor", op)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _replace_adapter(self, provider: str, subs: tuple[Subscription, ...]) -> None:
+        if provider in self.adapters:
+            await self._stop_adapter(provider)
+        self._start_adapter(provider, subs)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from fairfeed.backoff import Backoff
 from fairfeed.daemon.child import EXIT_BOOT_ERROR, EXIT_ERROR, EXIT_OK
+from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.config import DaemonConfig
 from fairfeed.ipc.control import ControlBlock, Slot
 
@@ -54,6 +55,7 @@ class ChildSpec:
     target: Callable[[], int]
     stop_phase: int = 0
     wait_ready: bool = False  # at start, spawn the next children only once this one is ready
+    pipe: CommandPipe | None = None  # supervisor → child commands (renewed at every spawn)
     pid: int = 0
     started: float = 0.0
     restarts: int = 0
@@ -153,6 +155,9 @@ class Supervisor:
                 self.reap_children()
                 self.check_heartbeats()
                 self.manage_children()
+                for child in self.children:
+                    if child.pipe is not None:
+                        child.pipe.flush()
                 if self.on_tick is not None:
                     self.on_tick(self)
                 self._sleep(self.TICK)
@@ -178,12 +183,17 @@ class Supervisor:
     def spawn(self, child: ChildSpec) -> None:
         """Fork ``child``; in the child run its target and never return."""
         self.control.reset_slot(child.slot)
+        if child.pipe is not None:
+            child.pipe.renew()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, reported through its exit code
             code = EXIT_ERROR
             try:
                 os.close(self._pipe_r)
                 os.close(self._pipe_w)
+                for other in self.children:  # other children's command pipes are not ours
+                    if other is not child and other.pipe is not None:
+                        other.pipe.close()
                 code = child.target()
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else EXIT_ERROR
@@ -194,6 +204,8 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        if child.pipe is not None:
+            child.pipe.parent_side()
         now = time.monotonic()
         child.pid = pid
         child.started = now

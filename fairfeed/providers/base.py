@@ -129,3 +129,15 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connection; after this returns no more records are emitted."""
+
+    #: Whether :meth:`add` / :meth:`remove` change subscriptions without touching the streams
+    #: of the others. When False the worker replaces the whole adapter for such a change.
+    live_changes = False
+
+    def add(self, subs: tuple[Subscription, ...]) -> None:
+        """Start streaming ``subs`` too (only when :attr:`live_changes`)."""
+        raise NotImplementedError
+
+    def remove(self, subs: tuple[Subscription, ...]) -> None:
+        """Stop streaming ``subs`` (only when :attr:`live_changes`)."""
+        raise NotImplementedError

@@ -107,6 +107,9 @@ class WsConnection:
         self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
         self.planned = ""  # reason of a planned reconnect (no backoff, not a failure)
         self.counted_up = False
+        self.muted: np.ndarray | None = None  # (instrument << 16 | venue) keys dropped on flush
+        self.closing = False  # removed by a live unsubscribe: do not reconnect
+        self.task: asyncio.Task | None = None
         first = subs[0] if subs else None
         self.provider_id = first.provider_id if first else 0
         self.venue_id = first.venue_id if first else 0
@@ -172,9 +175,13 @@ class WsConnection:
         c = a.ctx.counters
         if n:
             self.n = 0
-            gaps = self.gaps.check(self.buf, 0, n)
+            batch = self.buf[:n]
+            if self.muted is not None:  # unsubscribed streams still in flight on this connection
+                keep = ~np.isin(_stream_keys(batch), self.muted)
+                batch = batch[keep]
+            gaps = self.gaps.check(batch, 0, len(batch))
             try:
-                a.ctx.emit(self.buf[:n])
+                a.ctx.emit(batch)
                 if len(gaps):
                     c.add(Slot.GAPS, len(gaps))
                     c.add(Slot.MISSED, int(gaps["size"].sum()))
@@ -307,7 +314,7 @@ class WsConnection:
         """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
         a = self.adapter
         ctx = a.ctx
-        while not a.stopping.is_set():
+        while not a.stopping.is_set() and not self.closing:
             if self.connects:
                 ctx.counters.add(Slot.RECONNECTS)
             self.connects += 1
@@ -336,7 +343,7 @@ class WsConnection:
                 self.on_disconnected()
             if sender.done() and not sender.cancelled() and sender.exception() is not None:
                 log.error("%s: subscribing failed", self.name, exc_info=sender.exception())
-            if a.stopping.is_set():
+            if a.stopping.is_set() or self.closing:
                 break
             self.status(STATUS_DISCONNECTED)
             if self.planned:
@@ -386,6 +393,14 @@ class WsConnection:
             await done
         finally:
             done.cancel()
+
+
+def _stream_keys(records: np.ndarray) -> np.ndarray:
+    return (records["instrument"].astype(np.int64) << 16) | records["venue"]
+
+
+def _sub_keys(subs: Sequence[Subscription]) -> np.ndarray:
+    return np.array([(s.instrument_id << 16) | s.venue_id for s in subs], np.int64)
 
 
 class _Listener(WSListener):
@@ -458,6 +473,7 @@ class WsAdapter(Adapter):
             WsConnection(self, i, subs[k : k + step])
             for i, k in enumerate(range(0, len(subs), step))
         ]
+        self._running = False
         self._tasks: list[asyncio.Task] = []
 
     # -- protocol hooks ----------------------------------------------------------------------
@@ -502,10 +518,60 @@ class WsAdapter(Adapter):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
+    # -- live subscription changes -----------------------------------------------------------
+    live_changes = True
+
+    def add(self, subs: tuple[Subscription, ...]) -> None:
+        """Stream ``subs`` on new connections: the open ones (and their streams) are untouched."""
+        have = {(s.venue, s.instrument) for c in self.connections for s in c.subs}
+        new = tuple(s for s in subs if (s.venue, s.instrument) not in have)
+        step = self.max_streams_per_connection
+        for k in range(0, len(new), step):
+            conn = WsConnection(self, self._next_index(), new[k : k + step])
+            self.connections.append(conn)
+            if self._running:
+                conn.task = asyncio.create_task(conn.run())
+                self._tasks.append(conn.task)
+
+    def remove(self, subs: tuple[Subscription, ...]) -> None:
+        """Stop ``subs``: a connection left with nothing is closed; one that keeps other streams
+        stays open, unsubscribes where the protocol can, and drops what is still in flight."""
+        gone = {(s.venue, s.instrument) for s in subs}
+        for conn in list(self.connections):
+            removed = tuple(s for s in conn.subs if (s.venue, s.instrument) in gone)
+            if not removed:
+                continue
+            conn.subs = tuple(s for s in conn.subs if (s.venue, s.instrument) not in gone)
+            keys = _sub_keys(removed)
+            conn.muted = keys if conn.muted is None else np.union1d(conn.muted, keys)
+            if not conn.subs:
+                self.connections.remove(conn)
+                conn.closing = True
+                conn.disconnect()
+                if conn.task is not None:
+                    conn.task.cancel()
+            else:
+                for msg in self.unsubscribe_messages(conn, removed):
+                    conn.send(msg)
+
+    def unsubscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
+        """Messages that stop ``subs`` on an open connection ([] = the protocol cannot)."""
+        return []
+
+    def _next_index(self) -> int:
+        return max((c.index for c in self.connections), default=-1) + 1
+
     async def run(self) -> None:
-        self._tasks = [asyncio.create_task(c.run()) for c in self.connections]
+        self._running = True
+        for c in self.connections:
+            c.task = asyncio.create_task(c.run())
+        self._tasks = [c.task for c in self.connections if c.task is not None]
         try:
-            await asyncio.gather(*self._tasks)
+            while not self.stopping.is_set():
+                await self.pause(0.5)
+                for t in self._tasks:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        raise t.exception()
         finally:
             for t in self._tasks:
                 t.cancel()
