@@ -35,6 +35,13 @@ class DaemonConfig:
     shm_prefix: str = "fairfeed"
     live_view: str = "auto"  # auto (when stdout is a terminal) | on | off
     log_level: str = "INFO"
+    max_instruments: int = 4096  # registry capacity (state arrays are sized once for it)
+    max_sources: int = 128  # (provider, venue) pairs the registry can hold
+    control_socket: str = ""  # unix socket path; "" = $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR
+    control_group: str = ""  # group owning the socket (mode 0660); "" = the daemon's group
+    control_max_clients: int = 32
+    control_idle_timeout: float = 10.0  # a client silent this long is disconnected
+    state_file: str = ""  # live subscriptions; "" = $STATE_DIRECTORY or ~/.local/state/fairfeed
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,10 @@ def _check(cfg: Config) -> None:
         fail("daemon.heartbeat_timeout", "must exceed twice daemon.heartbeat_interval")
     if d.max_boot_failures < 1:
         fail("daemon.max_boot_failures", "must be >= 1")
+    if d.max_instruments < 1 or d.max_sources < 1:
+        fail("daemon", "max_instruments and max_sources must be >= 1")
+    if d.control_max_clients < 1 or d.control_idle_timeout <= 0:
+        fail("daemon", "control_max_clients must be >= 1 and control_idle_timeout > 0")
     if d.live_view not in ("auto", "on", "off"):
         fail("daemon.live_view", f"must be auto, on or off, got {d.live_view!r}")
     if d.log_level.upper() not in LOG_LEVELS:
