@@ -120,6 +120,11 @@ class Registry:
         except KeyError:
             raise RegistryError(f"unknown instrument {name!r}") from None
 
+    def class_of(self, name: str) -> int | None:
+        """Data class code of instrument ``name``, or None if it is unknown."""
+        i = self._instrument_ids.get(name)
+        return None if i is None else self.instrument_classes[i]
+
     def provider_id(self, name: str) -> int:
         try:
             return self._provider_ids[name]

@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fairfeed.backoff import Backoff
 from fairfeed.daemon.child import EXIT_BOOT_ERROR, EXIT_ERROR, EXIT_OK
@@ -40,6 +41,15 @@ class HaltServer(BaseException):
         super().__init__(reason)
         self.reason = reason
         self.exit_status = exit_status
+
+
+class ServedIO(Protocol):
+    """Sockets the main loop serves between ticks (the control socket)."""
+
+    def readers(self) -> list[int]: ...
+    def writers(self) -> list[int]: ...
+    def handle(self, readable: list[int], writable: list[int]) -> None: ...
+    def tick(self) -> None: ...
 
 
 @dataclass
@@ -87,11 +97,14 @@ class Supervisor:
         control: ControlBlock,
         children: list[ChildSpec],
         on_tick: Callable[[Supervisor], None] | None = None,
+        io: ServedIO | None = None,
     ) -> None:
         self.cfg = cfg
         self.control = control
         self.children = children
         self.on_tick = on_tick
+        self.io = io
+        self.started = time.monotonic()
         self.stopping = False
         self._signals: list[int] = []
         self._pipe_r = self._pipe_w = -1
@@ -114,13 +127,23 @@ class Supervisor:
             pass
 
     def _sleep(self, timeout: float) -> None:
+        """Wait for a signal, I/O of the served sockets, or ``timeout``; serve the I/O."""
+        io = self.io if not self.stopping else None
+        readers = [self._pipe_r, *(io.readers() if io else ())]
+        writers = io.writers() if io else []
         try:
-            ready, _, _ = select.select([self._pipe_r], [], [], timeout)
-            if ready:
+            ready, writable, _ = select.select(readers, writers, [], timeout)
+        except InterruptedError:
+            return
+        if self._pipe_r in ready:
+            try:
                 while os.read(self._pipe_r, 512):
                     pass
-        except (BlockingIOError, InterruptedError):
-            pass
+            except BlockingIOError:
+                pass
+        if io is not None:
+            io.handle(ready, writable)
+            io.tick()
 
     def handle_sigterm(self) -> None:
         log.info("SIGTERM: graceful stop")

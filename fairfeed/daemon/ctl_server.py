@@ -1,0 +1,239 @@
+"""The supervisor's control socket: a non-blocking Unix-socket server run by the main loop.
+
+It never blocks the supervisor and never lets a client hurt it: requests are capped in size,
+silent clients are dropped after ``idle_timeout``, clients beyond ``max_clients`` are told
+``busy`` and closed, and answers are queued and written as the socket takes them. Framing and
+error codes: :mod:`fairfeed.daemon.ctl_protocol`; commands: :mod:`fairfeed.daemon.ctl_handlers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fairfeed.daemon import ctl_protocol as proto
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], Any]
+
+
+class ControlSocketError(RuntimeError):
+    """The socket cannot be created (path in use by a running daemon, permissions, group)."""
+
+
+def default_socket_path() -> Path:
+    base = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR")
+    root = Path(base) / "fairfeed" if base else Path(f"/tmp/fairfeed-{os.getuid()}")
+    return root / "control.sock"
+
+
+class _Client:
+    __slots__ = ("closing", "inbuf", "last", "outbuf", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last = time.monotonic()
+        self.closing = False  # close once outbuf is written
+
+
+class ControlServer:
+    """Serves ``handler(cmd, args) -> result`` on a Unix socket at ``path``."""
+
+    def __init__(
+        self,
+        path: Path,
+        handler: Handler,
+        *,
+        group: str = "",
+        max_clients: int = 32,
+        idle_timeout: float = 10.0,
+    ) -> None:
+        self.path = path
+        self.handler = handler
+        self.group = group
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.sock: socket.socket | None = None
+        self.clients: dict[int, _Client] = {}
+        self.served = 0
+        self.rejected = 0
+
+    # -- lifetime ------------------------------------------------------------------------
+    def open(self) -> None:
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise ControlSocketError(f"{path} exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                path.unlink()  # left by a daemon that died
+            else:
+                raise ControlSocketError(f"{path}: another daemon is serving this socket")
+            finally:
+                probe.close()
+        gid = -1
+        if self.group:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise ControlSocketError(f"control_group {self.group!r}: no such group") from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old = os.umask(0o117)  # the socket is born 0660: never briefly world-accessible
+            try:
+                sock.bind(str(path))
+            finally:
+                os.umask(old)
+            if gid >= 0:
+                os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise ControlSocketError(f"cannot serve the control socket {path}: {exc}") from exc
+        self.sock = sock
+        log.info("control socket %s", path)
+
+    def close(self) -> None:
+        for fd in list(self.clients):
+            self._drop(fd)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    # -- main-loop integration -----------------------------------------------------------
+    def readers(self) -> list[int]:
+        if self.sock is None:
+            return []
+        return [self.sock.fileno(), *(fd for fd, c in self.clients.items() if not c.closing)]
+
+    def writers(self) -> list[int]:
+        return [fd for fd, c in self.clients.items() if c.outbuf]
+
+    def handle(self, readable: list[int], writable: list[int]) -> None:
+        if self.sock is not None and self.sock.fileno() in readable:
+            self._accept()
+        for fd in readable:
+            c = self.clients.get(fd)
+            if c is not None:
+                self._read(fd, c)
+        for fd in writable:
+            c = self.clients.get(fd)
+            if c is not None:
+                self._write(fd, c)
+
+    def tick(self) -> None:
+        """Drop clients silent for longer than ``idle_timeout``."""
+        now = time.monotonic()
+        for fd, c in list(self.clients.items()):
+            if now - c.last > self.idle_timeout and not c.outbuf:
+                c.outbuf += proto.error(None, "timeout", f"idle for {self.idle_timeout:.0f}s")
+                c.closing = True
+                self._write(fd, c)
+
+    # -- per client ----------------------------------------------------------------------
+    def _accept(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: do not spin, try again next tick
+                log.error("control socket accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            c = _Client(conn)
+            self.clients[conn.fileno()] = c
+            if len(self.clients) > self.max_clients:
+                self.rejected += 1
+                c.outbuf += proto.error(None, "busy", f"more than {self.max_clients} clients")
+                c.closing = True
+                self._write(conn.fileno(), c)
+
+    def _read(self, fd: int, c: _Client) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not data:
+            self._drop(fd)
+            return
+        c.last = time.monotonic()
+        c.inbuf += data
+        while not c.closing:
+            nl = c.inbuf.find(b"\n")
+            if nl < 0:
+                if len(c.inbuf) > proto.MAX_REQUEST:
+                    c.outbuf += proto.error(
+                        None, "too_large", f"request over {proto.MAX_REQUEST} bytes"
+                    )
+                    c.closing = True
+                    c.inbuf.clear()
+                break
+            line = bytes(c.inbuf[:nl])
+            del c.inbuf[: nl + 1]
+            if len(line) > proto.MAX_REQUEST:
+                c.outbuf += proto.error(
+                    None, "too_large", f"request over {proto.MAX_REQUEST} bytes"
+                )
+                c.closing = True
+                break
+            if line.strip():
+                c.outbuf += self._serve(line)
+        self._write(fd, c)
+
+    def _serve(self, line: bytes) -> bytes:
+        rid: Any = None
+        try:
+            rid, cmd, args = proto.parse_request(line)
+            result = self.handler(cmd, args)
+        except proto.ProtocolError as exc:
+            return proto.error(exc.request_id if rid is None else rid, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("control command failed")
+            return proto.error(rid, "internal", f"{type(exc).__name__}: {exc}")
+        self.served += 1
+        return proto.ok(rid, result)
+
+    def _write(self, fd: int, c: _Client) -> None:
+        while c.outbuf:
+            try:
+                n = c.sock.send(c.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    log.debug("control client: %s", exc)
+                self._drop(fd)
+                return
+            del c.outbuf[:n]
+        if c.closing:
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        c = self.clients.pop(fd, None)
+        if c is not None:
+            with contextlib.suppress(OSError):
+                c.sock.close()
