@@ -1,0 +1,233 @@
+"""Anomaly kernels against their plain-Python oracles, plus hand-checked episodes."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fairfeed.hotpath import anomaly as an
+from fairfeed.hotpath.anomaly_reference import evaluate_reference, update_reference
+from fairfeed.hotpath.records import (
+    KIND_ASK,
+    KIND_BID,
+    KIND_GAP,
+    KIND_HEARTBEAT,
+    KIND_STATUS,
+    KIND_TRADE,
+    NO_INSTRUMENT,
+    RECORD_DTYPE,
+    STATUS_CONNECTED,
+    STATUS_DISCONNECTED,
+    STATUS_SUBSCRIBE_ERROR,
+)
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+# 3 instruments (2 classes), 4 sources: providers 0-2, provider 3 shares venue 2 with provider 2
+CLASSES = [1, 1, 3]
+SOURCES = [(0, 0), (1, 1), (2, 2), (3, 2)]
+SUBS = [(i, s) for i in range(3) for s in range(4) if not (i == 2 and s == 0)]
+
+
+def make_state(thr_scale: float = 1.0, max_events: int = 256, n_rings: int = 2) -> an.AnomalyState:
+    thr = np.tile(an.default_thresholds(), (len(SUBS), 1))
+    for col in (an.T_NO_DATA, an.T_FIRST, an.T_DIV_FOR, an.T_LAT_FOR, an.T_RATE_FOR):
+        thr[:, col] = 2 * S * thr_scale
+    thr[:, an.T_LAT_EX] = thr[:, an.T_LAT_LOCAL] = 200e6
+    g = an.default_globals()
+    g[an.G_HB_TIMEOUT] = 3 * S
+    g[an.G_GAP_QUIET] = 2 * S
+    g[an.G_RATE_FAST] = 1 * S
+    g[an.G_RATE_BASE] = 20 * S
+    return an.AnomalyState(CLASSES, SOURCES, 4, 3, SUBS, thr, g, n_rings, T0, max_events)
+
+
+def rec(kind, inst, src, ts, price=100.0, flags=0, size=1.0, tex=0, tpr=0) -> np.ndarray:
+    r = np.zeros(1, RECORD_DTYPE)
+    p, v = SOURCES[src]
+    r["kind"], r["instrument"], r["provider"], r["venue"] = kind, inst, p, v
+    r["ts_receive"], r["price"], r["flags"], r["size"] = ts, price, flags, size
+    r["ts_exchange"], r["ts_provider"] = tex, tpr
+    return r
+
+
+def run_both(state, steps, fair_of):
+    """Apply ``steps`` (records or an evaluation time) to the kernel and the oracle."""
+    ref = copy.deepcopy(state)
+    got, want = [], []
+    for step in steps:
+        if isinstance(step, np.ndarray):
+            a = state.update(step)
+            b = update_reference(step, len(step), ref.sub_table, ref.source_table, ref.sub_i64,
+                                 ref.sub_f64, ref.prov_i64, ref.bursts)  # fmt: skip
+            assert a == b
+        else:
+            now, dropped = step
+            fair = fair_of(now)
+            ei, ef = state.evaluate(now, fair, dropped)
+            got.append((ei.copy(), ef.copy()))
+            m = evaluate_reference(
+                now, ref.thr, ref.gthr, ref.sub_meta, ref.sub_groups, ref.group_meta,
+                ref.group_size, ref.sub_i64, ref.sub_f64, ref.prov_i64, ref.bursts, ref.src_meta,
+                dropped, fair, ref.onset, ref.active, ref.sub_open, ref.meas, ref.group_open,
+                ref.iv_offsets, ref.iv_subs, ref.iv_state, ref.iv_meas, ref.misc, ref.ev_i,
+                ref.ev_f,
+            )  # fmt: skip
+            want.append((ref.ev_i[:m].copy(), ref.ev_f[:m].copy()))
+    for (gi, gf), (wi, wf) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(gi, wi)
+        np.testing.assert_allclose(gf, wf, rtol=1e-12, equal_nan=True)
+    for name in ("sub_i64", "prov_i64", "bursts", "onset", "active", "sub_open", "group_open",
+                 "iv_state", "misc"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(state, name), getattr(ref, name), err_msg=name)
+    for name in ("sub_f64", "meas", "iv_meas"):
+        np.testing.assert_allclose(getattr(state, name), getattr(ref, name), rtol=1e-12,
+                                   equal_nan=True, err_msg=name)  # fmt: skip
+    return got
+
+
+KINDS = [KIND_TRADE, KIND_BID, KIND_ASK, KIND_HEARTBEAT, KIND_STATUS, KIND_GAP, 99]
+_record = st.tuples(
+    st.sampled_from(KINDS),
+    st.integers(0, 3),  # instrument (3 = unknown)
+    st.integers(0, 3),  # source
+    st.integers(0, 400),  # ms after the batch time
+    st.sampled_from([94.0, 100.0, 100.5, 108.0, float("nan")]),
+    st.sampled_from([STATUS_CONNECTED, STATUS_DISCONNECTED, STATUS_SUBSCRIBE_ERROR, 7]),
+    st.sampled_from([(0, 0), (1, 2), (3, 0), (900, 1), (0, -150)]),  # exchange, provider lags ms
+)
+_step = st.one_of(
+    st.lists(_record, min_size=1, max_size=12).map(lambda rs: ("recs", rs)),
+    st.tuples(st.integers(50, 3000), st.integers(0, 3)).map(lambda t: ("eval", t)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_step, min_size=1, max_size=60), st.integers(1, 40), st.booleans())
+def test_kernels_match_the_oracle(steps, cap, fair_moves) -> None:
+    state = make_state(max_events=cap)
+    now = T0
+    plan = []
+    dropped = np.zeros(2, np.int64)
+    for what, arg in steps:
+        if what == "recs":
+            batch = np.concatenate([
+                rec(kind, NO_INSTRUMENT if kind in (KIND_HEARTBEAT, KIND_STATUS) else inst,
+                    src, now + ms * 1_000_000, price, flags, 3.0,
+                    now - (lags[0] + lags[1]) * 1_000_000 if lags[0] else 0,
+                    now - lags[1] * 1_000_000 if lags[1] else 0)
+                for kind, inst, src, ms, price, flags, lags in arg
+            ])  # fmt: skip
+            plan.append(batch)
+        else:
+            now += arg[0] * 1_000_000
+            dropped = dropped + np.array([arg[1] // 2, arg[1] % 2])
+            plan.append((now, dropped.copy()))
+
+    def fair_of(t):
+        return np.array([100.0, 101.0 if fair_moves and t % 2 else 100.0, np.nan])
+
+    run_both(state, plan, fair_of)
+
+
+def _feed(state, t, insts=(0, 1, 2), srcs=(0, 1, 2, 3), price=100.0, hb=True):
+    rows = [rec(KIND_TRADE, i, s, t, price) for i in insts for s in srcs if (i, s) in SUBS]
+    if hb:
+        rows += [rec(KIND_HEARTBEAT, NO_INSTRUMENT, s, t) for s in range(4)]
+    state.update(np.concatenate(rows))
+
+
+def _events(state, until, step=S // 4, fair=100.0, feed=None):
+    out = []
+    t = state.misc[an.M_LAST_EVAL] or T0
+    while t < until:
+        t += step
+        if feed is not None:
+            feed(t)
+        ei, _ = state.evaluate(t, np.full(3, fair))
+        out += [(t, *row) for row in ei.tolist()]
+    return out
+
+
+def test_silent_provider_with_heartbeats_is_one_provider_event_and_ends_once() -> None:
+    state = make_state()
+    _events(state, T0 + 5 * S, feed=lambda t: _feed(state, t))
+    # provider 1 stops data but keeps heartbeats
+    ev = _events(
+        state, T0 + 12 * S,
+        feed=lambda t: (_feed(state, t, srcs=(0, 2, 3)),
+                        state.update(rec(KIND_HEARTBEAT, NO_INSTRUMENT, 1, t))),
+    )  # fmt: skip
+    assert [(e[1 + an.E_KIND], e[1 + an.E_LEVEL], e[1 + an.E_PROVIDER]) for e in ev] == [
+        (an.A_NO_DATA, an.LV_PROVIDER, 1)
+    ]
+    assert ev[0][0] - (T0 + 5 * S) <= 2 * S + S // 4
+    ev = _events(state, T0 + 20 * S, feed=lambda t: _feed(state, t))
+    assert [(e[1 + an.E_KIND], e[1 + an.E_PHASE]) for e in ev] == [(an.A_NO_DATA, an.PHASE_END)]
+
+
+def test_stall_without_heartbeats_is_a_disconnect_not_no_data() -> None:
+    state = make_state()
+    _events(state, T0 + 5 * S, feed=lambda t: _feed(state, t))
+    ev = _events(state, T0 + 12 * S, feed=lambda t: _feed(state, t, srcs=(0, 2, 3), hb=False))
+    kinds = [(e[1 + an.E_KIND], e[1 + an.E_PHASE], e[1 + an.E_PROVIDER]) for e in ev]
+    assert kinds == [(an.A_DISCONNECT, an.PHASE_START, 1)]
+    ev = _events(state, T0 + 20 * S, feed=lambda t: _feed(state, t))
+    assert [(e[1 + an.E_KIND], e[1 + an.E_PHASE]) for e in ev] == [(an.A_DISCONNECT, an.PHASE_END)]
+
+
+def test_short_disconnect_between_evaluations_gives_start_and_end() -> None:
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+    t = T0 + 3 * S
+    state.update(np.concatenate([
+        rec(KIND_STATUS, NO_INSTRUMENT, 0, t + 10, flags=STATUS_DISCONNECTED),
+        rec(KIND_STATUS, NO_INSTRUMENT, 0, t + 20, flags=STATUS_CONNECTED),
+    ]))  # fmt: skip
+    ev = _events(state, T0 + 6 * S, feed=lambda t: _feed(state, t))
+    got = [(e[1 + an.E_KIND], e[1 + an.E_PHASE], e[1 + an.E_START], e[1 + an.E_END]) for e in ev]
+    assert got == [(an.A_DISCONNECT, 0, t + 10, 0), (an.A_DISCONNECT, 1, t + 10, t + 20)]
+
+
+def test_divergence_needs_the_duration_and_clears_with_hysteresis() -> None:
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+
+    def spike(t):
+        _feed(state, t)
+        if t == T0 + 3 * S + S // 4:
+            state.update(rec(KIND_TRADE, 0, 1, t, 107.0))  # one tick, 7 % off
+
+    assert _events(state, T0 + 8 * S, feed=spike) == []
+
+    def offset(t, price):
+        _feed(state, t)
+        state.update(rec(KIND_TRADE, 0, 1, t, price))
+
+    ev = _events(state, T0 + 12 * S, feed=lambda t: offset(t, 107.0))
+    assert [(e[1 + an.E_KIND], e[1 + an.E_LEVEL], e[1 + an.E_INSTRUMENT]) for e in ev] == [
+        (an.A_DIVERGENCE, an.LV_SUB, 0)
+    ]
+    assert _events(state, T0 + 14 * S, feed=lambda t: offset(t, 105.0)) == []  # above clear
+    ev = _events(state, T0 + 16 * S, feed=lambda t: offset(t, 103.0))
+    assert [(e[1 + an.E_KIND], e[1 + an.E_PHASE]) for e in ev] == [(an.A_DIVERGENCE, 1)]
+
+
+def test_gap_burst_and_ring_overflow() -> None:
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+    t = T0 + 3 * S
+    state.update(np.concatenate([rec(KIND_GAP, i, 2, t + i, size=4.0) for i in range(3)]))
+    ei, ef = state.evaluate(t + S // 4, np.full(3, 100.0), np.array([0, 17]))
+    rows = sorted(zip(ei.tolist(), ef.tolist(), strict=True))
+    assert [(r[0][an.E_KIND], r[0][an.E_PROVIDER], r[0][an.E_VENUE], r[1][:2]) for r in rows] == [
+        (an.A_GAP, 2, 2, [3.0, 12.0]),
+        (an.A_RING_OVERFLOW, -1, -1, [17.0, 17.0]),
+    ]
+    ev = _events(state, T0 + 8 * S, feed=lambda t: _feed(state, t))
+    assert sorted(e[1 + an.E_KIND] for e in ev if e[1 + an.E_PHASE] == 1) == [
+        an.A_GAP, an.A_RING_OVERFLOW,
+    ]  # fmt: skip
