@@ -1,0 +1,1142 @@
+"""Fair-price methodology kernels: per-source state, outlier gate, five methods, status, heartbeat.
+
+State lives per (instrument, source); a source is a (provider, venue) pair with a dense id from
+``Registry.source_table()``. Two kernels do all the work:
+
+``update_fair_nb`` (O(records)) applies a record batch in order. Per source it keeps
+
+- the last price (trade price, quote mid, or whichever came last: ``inputs``) and its receive time;
+- a volume EWMA, time-decayed with half-life ``h``: on a trade of size ``q`` at ``t``,
+  ``V ← V·2^(−(t−t_V)/h) + q`` (``t_V`` = time of the last volume update, never moves back);
+  quotes add nothing, non-finite or negative sizes count as 0;
+- a realized-variance rate estimate of log returns (for inverse variance): when the last price
+  moves from ``p0`` (set at ``t0``) to ``p`` at ``t``, with ``r = ln(p/p0)``, ``dt = max(0, t−t0)``,
+  ``d = 2^(−dt/h)``: ``N ← d·N + r²``, ``D ← d·D + dt``; the variance per ns is ``N/D`` (unknown
+  while ``D = 0``). Dividing by elapsed time keeps a fast and a slow source comparable;
+- a ring of ``B`` time buckets of ``W`` ns (windowed VWM): bucket ``k = t // W`` sits in slot
+  ``k mod B``; a slot holding an older bucket is reset on first use; per bucket the last price
+  and the traded volume. A record whose slot already holds a newer bucket leaves the ring alone.
+
+Which parts are maintained depends on the method (volume: two_level and inverse_variance;
+variance: inverse_variance; buckets: windowed_vwm), so cheaper methods pay nothing for them.
+
+``compute_fair_full_nb`` (O(scanned instruments + due instruments × sources)) emits, for every
+instrument that is *due* — dirty and not throttled by ``min_interval``, or heartbeat-due
+(``heartbeat_interval`` since its last emission) — one output row, when the result changed or a
+heartbeat is due:
+
+1. Sources are classified: no data (reason 3), stale (older than ``stale_after``, reason 1), or
+   candidate.
+2. Outlier gate around the plain median ``M`` of the candidates — of the per-venue medians for
+   two_level, so one venue counts once. Applied only with ≥ 3 candidate units (venues for
+   two_level, sources otherwise) and ``M > 0``; with ``d = |p − M| / M`` an included source is
+   excluded when ``d > outlier_exclude`` and an excluded one readmitted when
+   ``d < outlier_readmit`` (hysteresis; the flag persists across passes). Excluded candidates get
+   reason 2. Should the gate leave nothing, every candidate is used this pass (no consensus).
+3. The configured method over the included sources (see ``METHOD_*``).
+4. Output: price, method, number of sources and venues used, dispersion
+   ``(max − min) / price`` of the used sources' last prices (0 for one), age of the oldest used
+   input, status, one reason code per source slot.
+
+With no candidate the last emitted price is carried with status stale, zero sources and venues,
+NaN dispersion and ``oldest_age_ns`` = age of the newest input of any source (0 if none); an
+instrument that never had a price emits nothing. An unchanged result (same price, status, number
+of sources and venues) is not re-emitted except as a heartbeat, so a stale instrument is
+re-announced at most once per heartbeat interval.
+
+Every ``*_nb`` kernel has a plain-Python twin ``*_reference`` (same arguments, same in-place
+effects) that the tests use as an oracle. Kernels take numpy arrays, scalars and NamedTuples of
+them only; compile them before forking (``fairfeed.hotpath.warmup``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from fairfeed.hotpath.fairprice import (
+    INPUTS_CODES,
+    INPUTS_QUOTES,
+    INPUTS_TRADES,
+    NEVER_NS,
+    seconds_to_ns,
+)
+from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
+
+# Methods (``FairConfig.method``). Weighted median, everywhere below: sort by price, cumulative
+# weight ``c``; the first price with ``c ≥ W/2``; when ``c = W/2`` (to 1e-12·W) the mean of it and
+# the next price with a positive weight. With equal weights it equals the plain median.
+METHOD_TWO_LEVEL = 0  # median per venue, then a capped volume×freshness weighted median of venues
+METHOD_MEDIAN = 1  # plain median of the sources
+METHOD_INVERSE_VARIANCE = 2  # weighted median, w = ½ volume share + ½ inverse-variance share
+METHOD_WINDOWED_VWM = 3  # volume-weighted median per time bucket, mean over the buckets
+METHOD_TRIMMED_MEAN = 4  # mean after dropping floor(trim·n) prices at each end
+METHOD_CODES = {
+    "two_level": METHOD_TWO_LEVEL,
+    "median": METHOD_MEDIAN,
+    "inverse_variance": METHOD_INVERSE_VARIANCE,
+    "windowed_vwm": METHOD_WINDOWED_VWM,
+    "trimmed_mean": METHOD_TRIMMED_MEAN,
+}
+METHOD_NAMES = {code: name for name, code in METHOD_CODES.items()}
+
+# Output status, in priority order stale > single source > degraded > ok.
+FAIR_OK = 0
+FAIR_SINGLE_SOURCE = 1  # exactly one source used
+FAIR_DEGRADED = 2  # fewer venues used than ``min_venues``
+FAIR_STALE = 3  # no fresh source: the last price carried
+FAIR_STATUS_NAMES = {
+    FAIR_OK: "ok",
+    FAIR_SINGLE_SOURCE: "single_source",
+    FAIR_DEGRADED: "degraded",
+    FAIR_STALE: "stale",
+}
+
+# Per source slot of an output: why it was not used.
+REASON_INCLUDED = 0
+REASON_STALE = 1
+REASON_OUTLIER = 2
+REASON_NO_DATA = 3
+REASON_NAMES = {
+    REASON_INCLUDED: "included",
+    REASON_STALE: "stale",
+    REASON_OUTLIER: "outlier",
+    REASON_NO_DATA: "no_data",
+}
+
+LN2 = math.log(2.0)
+VAR_FLOOR = 1e-30  # variance per ns below this counts as this (no division by zero)
+TIE_EPS = 1e-12  # relative tolerance of the weighted median's "exactly half" test
+
+
+class FairParams(NamedTuple):
+    """Scalar settings of the kernels (times in ns); build with :func:`make_params`."""
+
+    method: int
+    inputs_mode: int
+    stale_ns: int
+    min_interval_ns: int
+    heartbeat_ns: int  # 0 = no heartbeats
+    outlier_exclude: float  # 0 = no gate
+    outlier_readmit: float
+    halflife_ns: float
+    freshness_tau_ns: float
+    venue_cap: float
+    min_venues: int
+    bucket_ns: int
+    trim: float
+
+
+class FairArrays(NamedTuple):
+    """Every state, scratch and layout array; shapes [instrument, source(, bucket)]."""
+
+    last_price: np.ndarray  # f8, NaN = none
+    last_ts: np.ndarray  # i8
+    last_bid: np.ndarray  # f8
+    last_ask: np.ndarray  # f8
+    vol: np.ndarray  # f8 volume EWMA at vol_ts
+    vol_ts: np.ndarray  # i8
+    var_num: np.ndarray  # f8 decayed sum of squared log returns
+    var_den: np.ndarray  # f8 decayed sum of elapsed ns
+    bucket_id: np.ndarray  # i8 [inst, src, B], -1 = empty
+    bucket_price: np.ndarray  # f8 [inst, src, B], last price in the bucket, NaN = none
+    bucket_vol: np.ndarray  # f8 [inst, src, B], traded volume in the bucket
+    gate_out: np.ndarray  # bool, excluded by the outlier gate
+    dirty: np.ndarray  # bool [inst]
+    last_emit_ns: np.ndarray  # i8 [inst], NEVER_NS = never
+    last_fair: np.ndarray  # f8 [inst], NaN = never had a price
+    last_status: np.ndarray  # i8 [inst], -1 = never
+    last_nsrc: np.ndarray  # i8 [inst]
+    last_nven: np.ndarray  # i8 [inst]
+    group_src: np.ndarray  # i8 [src]: sources ordered by venue
+    group_start: np.ndarray  # i8 [groups + 1]: group g = group_src[start[g]:start[g+1]]
+    work_f: np.ndarray  # f8 [8, max(src, groups)] scratch
+    work_i: np.ndarray  # i8 [4, max(src, groups)] scratch
+
+
+class FairOut(NamedTuple):
+    """Output buffers, one row per emitted instrument (``reasons``: [row, source])."""
+
+    instrument: np.ndarray  # u4
+    price: np.ndarray  # f8
+    method: np.ndarray  # u1
+    sources: np.ndarray  # i4
+    venues: np.ndarray  # i4
+    dispersion: np.ndarray  # f8
+    oldest_age_ns: np.ndarray  # i8
+    status: np.ndarray  # u1
+    reasons: np.ndarray  # u1 [row, source]
+
+
+def make_params(
+    method: str = "two_level",
+    inputs: str = "trades",
+    stale_after: float = 10.0,
+    min_interval: float = 0.05,
+    heartbeat_interval: float = 5.0,
+    outlier_exclude: float = 0.05,
+    outlier_readmit: float = 0.025,
+    volume_halflife: float = 60.0,
+    freshness_tau: float = 5.0,
+    venue_cap: float = 0.5,
+    min_venues: int = 2,
+    window_bucket: float = 5.0,
+    window_buckets: int = 12,
+    trim: float = 0.2,
+) -> FairParams:
+    """:class:`FairParams` from ``FairConfig``-style settings (seconds, names)."""
+    if method not in METHOD_CODES:
+        raise ValueError(f"method must be one of {', '.join(METHOD_CODES)}, got {method!r}")
+    if inputs not in INPUTS_CODES:
+        raise ValueError(f"inputs must be one of {', '.join(INPUTS_CODES)}, got {inputs!r}")
+    if outlier_exclude < 0 or not 0 <= outlier_readmit <= outlier_exclude:
+        raise ValueError("need 0 <= outlier_readmit <= outlier_exclude")
+    if volume_halflife <= 0 or freshness_tau <= 0 or window_bucket <= 0 or window_buckets < 1:
+        raise ValueError("volume_halflife, freshness_tau, window_bucket must be > 0, buckets >= 1")
+    if not 0 < venue_cap <= 1 or not 0 <= trim < 0.5 or min_venues < 1:
+        raise ValueError("need 0 < venue_cap <= 1, 0 <= trim < 0.5, min_venues >= 1")
+    return FairParams(
+        method=METHOD_CODES[method],
+        inputs_mode=INPUTS_CODES[inputs],
+        stale_ns=seconds_to_ns(stale_after),
+        min_interval_ns=seconds_to_ns(min_interval),
+        heartbeat_ns=seconds_to_ns(heartbeat_interval),
+        outlier_exclude=float(outlier_exclude),
+        outlier_readmit=float(outlier_readmit),
+        halflife_ns=float(seconds_to_ns(volume_halflife)),
+        freshness_tau_ns=float(seconds_to_ns(freshness_tau)),
+        venue_cap=float(venue_cap),
+        min_venues=int(min_venues),
+        bucket_ns=max(1, seconds_to_ns(window_bucket)),
+        trim=float(trim),
+    )
+
+
+def make_arrays(
+    n_instruments: int, source_venues: np.ndarray | list[int], buckets: int = 1
+) -> FairArrays:
+    """Fresh state for ``n_instruments`` and sources whose venue ids are ``source_venues``."""
+    venues = np.asarray(source_venues, np.int64).reshape(-1)
+    n_src = max(len(venues), 1)
+    if len(venues) == 0:
+        venues = np.zeros(1, np.int64)
+    n = max(int(n_instruments), 0)
+    shape = (n, n_src)
+    bshape = (n, n_src, max(int(buckets), 1))
+    order = np.argsort(venues, kind="stable").astype(np.int64)
+    sv = venues[order]
+    starts = np.concatenate(([0], np.flatnonzero(sv[1:] != sv[:-1]) + 1, [n_src])).astype(np.int64)
+    width = max(n_src, len(starts) - 1)
+    return FairArrays(
+        last_price=np.full(shape, np.nan),
+        last_ts=np.zeros(shape, np.int64),
+        last_bid=np.full(shape, np.nan),
+        last_ask=np.full(shape, np.nan),
+        vol=np.zeros(shape),
+        vol_ts=np.zeros(shape, np.int64),
+        var_num=np.zeros(shape),
+        var_den=np.zeros(shape),
+        bucket_id=np.full(bshape, -1, np.int64),
+        bucket_price=np.full(bshape, np.nan),
+        bucket_vol=np.zeros(bshape),
+        gate_out=np.zeros(shape, np.bool_),
+        dirty=np.zeros(n, np.bool_),
+        last_emit_ns=np.full(n, NEVER_NS, np.int64),
+        last_fair=np.full(n, np.nan),
+        last_status=np.full(n, -1, np.int64),
+        last_nsrc=np.zeros(n, np.int64),
+        last_nven=np.zeros(n, np.int64),
+        group_src=order,
+        group_start=starts,
+        work_f=np.zeros((8, width)),
+        work_i=np.zeros((4, width), np.int64),
+    )
+
+
+def make_out(n_instruments: int, n_sources: int) -> FairOut:
+    n = max(int(n_instruments), 0)
+    return FairOut(
+        instrument=np.zeros(n, np.uint32),
+        price=np.zeros(n),
+        method=np.zeros(n, np.uint8),
+        sources=np.zeros(n, np.int32),
+        venues=np.zeros(n, np.int32),
+        dispersion=np.zeros(n),
+        oldest_age_ns=np.zeros(n, np.int64),
+        status=np.zeros(n, np.uint8),
+        reasons=np.zeros((n, max(int(n_sources), 1)), np.uint8),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Update kernel
+
+
+@njit(cache=True)
+def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
+    """Apply ``records[:n]`` in order to the state ``a`` (FairArrays); return the skipped count.
+
+    Reference: ``update_fair_reference``. Skipped (and counted): instrument out of range,
+    (provider, venue) without a source, unknown kind, non-finite price. A trade sets the last
+    price when ``inputs`` is trades or both, and adds its size to the volume EWMA and its bucket;
+    a bid or ask updates the source's side and, when ``inputs`` is quotes or both and both sides
+    are known, sets the last price to the mid. Writing a last price sets ``last_ts`` to the
+    record's ``ts_receive`` and marks the instrument dirty.
+    """
+    n_inst = a.last_price.shape[0]
+    n_src = a.last_price.shape[1]
+    n_prov = source_table.shape[0]
+    n_venue = source_table.shape[1]
+    n_bucket = a.bucket_id.shape[2]
+    use_trades = p.inputs_mode != INPUTS_QUOTES
+    use_quotes = p.inputs_mode != INPUTS_TRADES
+    track_vol = p.method == METHOD_TWO_LEVEL or p.method == METHOD_INVERSE_VARIANCE
+    track_var = p.method == METHOD_INVERSE_VARIANCE
+    track_buckets = p.method == METHOD_WINDOWED_VWM
+    k_decay = -LN2 / p.halflife_ns
+    skipped = 0
+    for j in range(n):
+        r = records[j]
+        inst = np.int64(r.instrument)
+        prov = np.int64(r.provider)
+        venue = np.int64(r.venue)
+        price = r.price
+        kind = r.kind
+        if inst >= n_inst or prov >= n_prov or venue >= n_venue or not np.isfinite(price):
+            skipped += 1
+            continue
+        src = np.int64(source_table[prov, venue])
+        if src < 0 or src >= n_src:
+            skipped += 1
+            continue
+        ts = r.ts_receive
+        new_price = np.nan
+        size = 0.0
+        if kind == KIND_TRADE:
+            if use_trades:
+                new_price = price
+            size = r.size
+            if not (size > 0.0 and np.isfinite(size)):
+                size = 0.0
+            if track_vol and size > 0.0:
+                dt = ts - a.vol_ts[inst, src]
+                if dt > 0:
+                    a.vol[inst, src] *= math.exp(k_decay * dt)
+                    a.vol_ts[inst, src] = ts
+                a.vol[inst, src] += size
+        elif kind in (KIND_BID, KIND_ASK):
+            if kind == KIND_BID:
+                a.last_bid[inst, src] = price
+            else:
+                a.last_ask[inst, src] = price
+            if use_quotes:
+                bid = a.last_bid[inst, src]
+                ask = a.last_ask[inst, src]
+                if not (np.isnan(bid) or np.isnan(ask)):
+                    new_price = (bid + ask) * 0.5
+        else:
+            skipped += 1
+            continue
+        has_price = not np.isnan(new_price)
+        if track_buckets and (has_price or size > 0.0):
+            b = ts // p.bucket_ns
+            slot = b % n_bucket
+            held = a.bucket_id[inst, src, slot]
+            if held < b:
+                a.bucket_id[inst, src, slot] = b
+                a.bucket_price[inst, src, slot] = np.nan
+                a.bucket_vol[inst, src, slot] = 0.0
+                held = b
+            if held == b:
+                a.bucket_vol[inst, src, slot] += size
+                if has_price:
+                    a.bucket_price[inst, src, slot] = new_price
+        if not has_price:
+            continue
+        if track_var:
+            prev = a.last_price[inst, src]
+            if prev > 0.0 and new_price > 0.0:
+                ret = math.log(new_price / prev)
+                dt = ts - a.last_ts[inst, src]
+                if dt < 0:
+                    dt = 0
+                d = math.exp(k_decay * dt)
+                a.var_num[inst, src] = d * a.var_num[inst, src] + ret * ret
+                a.var_den[inst, src] = d * a.var_den[inst, src] + dt
+        a.last_price[inst, src] = new_price
+        a.last_ts[inst, src] = ts
+        a.dirty[inst] = True
+    return skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute kernel and its helpers (all on scratch rows of ``a.work_f`` / ``a.work_i``)
+
+
+@njit(cache=True)
+def _sort2_nb(x, w, k):  # pragma: no cover - jitted
+    """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable)."""
+    for j in range(1, k):
+        xv = x[j]
+        wv = w[j]
+        pos = j
+        while pos > 0 and x[pos - 1] > xv:
+            x[pos] = x[pos - 1]
+            w[pos] = w[pos - 1]
+            pos -= 1
+        x[pos] = xv
+        w[pos] = wv
+
+
+@njit(cache=True)
+def _median_nb(x, w, k):  # pragma: no cover - jitted
+    """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place; ``w`` is moved along)."""
+    _sort2_nb(x, w, k)
+    half = k // 2
+    if k % 2 == 1:
+        return x[half]
+    return (x[half - 1] + x[half]) / 2.0
+
+
+@njit(cache=True)
+def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
+    """Weighted median of ``x[:k]`` with weights ``w[:k]`` (≥ 0); equal weights if all are 0."""
+    _sort2_nb(x, w, k)
+    total = 0.0
+    for j in range(k):
+        total += w[j]
+    if not total > 0.0:
+        for j in range(k):
+            w[j] = 1.0
+        total = float(k)
+    half = 0.5 * total
+    eps = TIE_EPS * total
+    c = 0.0
+    for j in range(k):
+        c += w[j]
+        if c >= half - eps:
+            if c <= half + eps:
+                nxt = j + 1
+                while nxt < k and not w[nxt] > 0.0:
+                    nxt += 1
+                if nxt < k:
+                    return (x[j] + x[nxt]) / 2.0
+            return x[j]
+    return x[k - 1]
+
+
+@njit(cache=True)
+def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
+    """Turn weights ``w[:k]`` into shares summing to 1, none above ``cap`` (water-filling).
+
+    Zero total: equal shares. ``k · cap <= 1``: equal shares. Otherwise repeatedly fix every
+    share above ``cap`` at ``cap`` and spread the rest over the others in proportion to their
+    weights (equally when those are all 0) until no share exceeds ``cap``.
+    """
+    total = 0.0
+    for j in range(k):
+        total += w[j]
+    if not total > 0.0 or k * cap <= 1.0:
+        for j in range(k):
+            w[j] = 1.0 / k
+        return
+    for j in range(k):
+        w[j] = w[j] / total
+        capped[j] = 0
+    if cap >= 1.0:
+        return
+    n_capped = 0
+    for _ in range(k):
+        free = 1.0 - cap * n_capped
+        rest = 0.0
+        for j in range(k):
+            if capped[j] == 0:
+                rest += w[j]
+        changed = False
+        for j in range(k):
+            if capped[j] == 0:
+                share = w[j] / rest * free if rest > 0.0 else free / (k - n_capped)
+                if share > cap:
+                    capped[j] = 1
+                    changed = True
+        n_capped = 0
+        for j in range(k):
+            n_capped += capped[j]
+        if not changed:
+            break
+    free = 1.0 - cap * n_capped
+    rest = 0.0
+    for j in range(k):
+        if capped[j] == 0:
+            rest += w[j]
+    for j in range(k):
+        if capped[j] == 1:
+            w[j] = cap
+        elif rest > 0.0:
+            w[j] = w[j] / rest * free
+        else:
+            w[j] = free / (k - n_capped)
+
+
+@njit(cache=True)
+def _decayed_vol_nb(a, i, s, now, k_decay):  # pragma: no cover - jitted
+    dt = now - a.vol_ts[i, s]
+    v = a.vol[i, s]
+    if dt > 0:
+        v *= math.exp(k_decay * dt)
+    return v
+
+
+@njit(cache=True)
+def _fair_one_nb(i, now, hb_due, p, a, o, m):  # pragma: no cover - jitted
+    """Compute instrument ``i`` into output row ``m``; return True when the row is emitted."""
+    n_src = a.last_price.shape[1]
+    n_groups = a.group_start.shape[0] - 1
+    reasons = o.reasons
+    cand = a.work_i[0]  # candidate flag per source (1 = candidate, 2 = used)
+    gsel = a.work_i[1]
+    capped = a.work_i[2]
+    xs = a.work_f[0]
+    ws = a.work_f[1]
+    vmed = a.work_f[2]  # per group: venue median of the candidates / used sources
+    k_decay = -LN2 / p.halflife_ns
+    method = p.method
+    two_level = method == METHOD_TWO_LEVEL
+    # 1. classify
+    k = 0
+    newest = np.int64(0)
+    any_data = False
+    for s in range(n_src):
+        cand[s] = 0
+        price = a.last_price[i, s]
+        if np.isnan(price):
+            reasons[m, s] = REASON_NO_DATA
+            continue
+        age = now - a.last_ts[i, s]
+        if not any_data or age < newest:
+            newest = age
+        any_data = True
+        if age > p.stale_ns:
+            reasons[m, s] = REASON_STALE
+            continue
+        reasons[m, s] = REASON_INCLUDED
+        cand[s] = 1
+        k += 1
+    if k == 0:
+        last = a.last_fair[i]
+        if np.isnan(last):
+            return False
+        fair = last
+        status = FAIR_STALE
+        n_used = 0
+        n_ven = 0
+        dispersion = np.nan
+        oldest = max(newest, np.int64(0))
+    else:
+        # 2. outlier gate around the median of candidates (venue medians for two_level)
+        units = 0
+        if two_level:
+            for g in range(n_groups):
+                c = 0
+                for q in range(a.group_start[g], a.group_start[g + 1]):
+                    s = a.group_src[q]
+                    if cand[s] == 1:
+                        xs[c] = a.last_price[i, s]
+                        c += 1
+                if c > 0:
+                    vmed[units] = _median_nb(xs, ws, c)
+                    units += 1
+            ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
+        else:
+            for s in range(n_src):
+                if cand[s] == 1:
+                    xs[units] = a.last_price[i, s]
+                    units += 1
+            ref = _median_nb(xs, ws, units)
+        n_used = k
+        if units >= 3 and p.outlier_exclude > 0.0 and ref > 0.0:
+            n_used = 0
+            for s in range(n_src):
+                if cand[s] == 1:
+                    d = abs(a.last_price[i, s] - ref) / ref
+                    if a.gate_out[i, s]:
+                        if d < p.outlier_readmit:
+                            a.gate_out[i, s] = False
+                    elif d > p.outlier_exclude:
+                        a.gate_out[i, s] = True
+                    if a.gate_out[i, s]:
+                        reasons[m, s] = REASON_OUTLIER
+                    else:
+                        cand[s] = 2
+                        n_used += 1
+            if n_used == 0:  # no consensus: use them all
+                for s in range(n_src):
+                    if cand[s] == 1:
+                        reasons[m, s] = REASON_INCLUDED
+                        cand[s] = 2
+                n_used = k
+        else:
+            for s in range(n_src):
+                if cand[s] == 1:
+                    cand[s] = 2
+        # used sources: cand == 2. Summary figures.
+        lo = np.inf
+        hi = -np.inf
+        oldest = np.int64(0)
+        for s in range(n_src):
+            if cand[s] == 2:
+                x = a.last_price[i, s]
+                lo = min(lo, x)
+                hi = max(hi, x)
+                age = now - a.last_ts[i, s]
+                if age > oldest:
+                    oldest = age
+        n_ven = 0
+        for g in range(n_groups):
+            gsel[g] = 0
+            for q in range(a.group_start[g], a.group_start[g + 1]):
+                if cand[a.group_src[q]] == 2:
+                    gsel[g] = 1
+            n_ven += gsel[g]
+        # 3. the method
+        if method in (METHOD_MEDIAN, METHOD_TRIMMED_MEAN):
+            c = 0
+            for s in range(n_src):
+                if cand[s] == 2:
+                    xs[c] = a.last_price[i, s]
+                    c += 1
+            if method == METHOD_MEDIAN:
+                fair = _median_nb(xs, ws, c)
+            else:
+                _sort2_nb(xs, ws, c)
+                t = math.floor(p.trim * c)
+                acc = 0.0
+                for j in range(t, c - t):
+                    acc += xs[j]
+                fair = acc / (c - 2 * t)
+        elif two_level:
+            nv = 0
+            tot_vol = 0.0
+            for g in range(n_groups):
+                if gsel[g] == 0:
+                    continue
+                c = 0
+                vmax = 0.0
+                amin = np.int64(0)
+                first = True
+                for q in range(a.group_start[g], a.group_start[g + 1]):
+                    s = a.group_src[q]
+                    if cand[s] == 2:
+                        xs[c] = a.last_price[i, s]
+                        c += 1
+                        v = _decayed_vol_nb(a, i, s, now, k_decay)
+                        if v > vmax:
+                            vmax = v
+                        age = now - a.last_ts[i, s]
+                        if first or age < amin:
+                            amin = age
+                        first = False
+                vmed[nv] = _median_nb(xs, ws, c)
+                a.work_f[3, nv] = vmax
+                a.work_f[4, nv] = math.exp(-max(amin, 0) / p.freshness_tau_ns)
+                tot_vol += vmax
+                nv += 1
+            for j in range(nv):
+                vol_part = a.work_f[3, j] if tot_vol > 0.0 else 1.0
+                a.work_f[5, j] = vol_part * a.work_f[4, j]
+            _cap_shares_nb(a.work_f[5], nv, p.venue_cap, capped)
+            fair = _weighted_median_nb(vmed, a.work_f[5], nv)
+        elif method == METHOD_INVERSE_VARIANCE:
+            c = 0
+            tot_vol = 0.0
+            var_max = -1.0
+            for s in range(n_src):
+                if cand[s] == 2:
+                    xs[c] = a.last_price[i, s]
+                    v = _decayed_vol_nb(a, i, s, now, k_decay)
+                    a.work_f[3, c] = v
+                    tot_vol += v
+                    den = a.var_den[i, s]
+                    var = a.var_num[i, s] / den if den > 0.0 else -1.0
+                    a.work_f[4, c] = var
+                    if var > var_max:
+                        var_max = var
+                    c += 1
+            tot_inv = 0.0
+            for j in range(c):
+                var = a.work_f[4, j]
+                if var_max < 0.0:
+                    inv = 1.0
+                else:
+                    if var < 0.0:
+                        var = var_max
+                    inv = 1.0 / max(var, VAR_FLOOR)
+                a.work_f[4, j] = inv
+                tot_inv += inv
+            for j in range(c):
+                vs = a.work_f[3, j] / tot_vol if tot_vol > 0.0 else 1.0 / c
+                ws[j] = 0.5 * vs + 0.5 * a.work_f[4, j] / tot_inv
+            fair = _weighted_median_nb(xs, ws, c)
+        else:  # METHOD_WINDOWED_VWM
+            n_bucket = a.bucket_id.shape[2]
+            now_b = now // p.bucket_ns
+            acc = 0.0
+            nb = 0
+            for b in range(now_b - n_bucket + 1, now_b + 1):
+                slot = b % n_bucket
+                c = 0
+                for s in range(n_src):
+                    if cand[s] == 2 and a.bucket_id[i, s, slot] == b:
+                        bp = a.bucket_price[i, s, slot]
+                        if not np.isnan(bp):
+                            xs[c] = bp
+                            ws[c] = a.bucket_vol[i, s, slot]
+                            c += 1
+                if c > 0:
+                    acc += _weighted_median_nb(xs, ws, c)
+                    nb += 1
+            if nb > 0:
+                fair = acc / nb
+            else:  # nothing in the window: plain median of the last prices
+                c = 0
+                for s in range(n_src):
+                    if cand[s] == 2:
+                        xs[c] = a.last_price[i, s]
+                        c += 1
+                fair = _median_nb(xs, ws, c)
+        dispersion = (hi - lo) / fair if n_used > 1 and fair != 0.0 else 0.0
+        if n_used == 1:
+            status = FAIR_SINGLE_SOURCE
+        elif n_ven < p.min_venues:
+            status = FAIR_DEGRADED
+        else:
+            status = FAIR_OK
+    # 4. emit on change or heartbeat
+    changed = (
+        fair != a.last_fair[i]
+        or status != a.last_status[i]
+        or n_used != a.last_nsrc[i]
+        or n_ven != a.last_nven[i]
+    )
+    if not (changed or hb_due):
+        return False
+    o.instrument[m] = i
+    o.price[m] = fair
+    o.method[m] = method
+    o.sources[m] = n_used
+    o.venues[m] = n_ven
+    o.dispersion[m] = dispersion
+    o.oldest_age_ns[m] = oldest
+    o.status[m] = status
+    a.last_fair[i] = fair
+    a.last_status[i] = status
+    a.last_nsrc[i] = n_used
+    a.last_nven[i] = n_ven
+    a.last_emit_ns[i] = now
+    return True
+
+
+@njit(cache=True)
+def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
+    """Fair prices due at ``now`` into ``o`` (FairOut); return the number of rows written.
+
+    Reference: ``compute_fair_full_reference``. An instrument is due when dirty and not
+    throttled (never emitted, or ``now − last_emit ≥ min_interval``; a throttled one stays
+    dirty), or when a heartbeat is due (emitted before, heartbeats on, ``now − last_emit ≥
+    heartbeat``). A due instrument's dirty flag is cleared; it is written (ascending instrument
+    order) when its result changed or the heartbeat is due (module docstring).
+    """
+    n_inst = a.last_price.shape[0]
+    m = 0
+    for i in range(n_inst):
+        emitted = a.last_emit_ns[i]
+        never = emitted == NEVER_NS
+        hb_due = (not never) and p.heartbeat_ns > 0 and now - emitted >= p.heartbeat_ns
+        if not hb_due:
+            if not a.dirty[i]:
+                continue
+            if not never and now - emitted < p.min_interval_ns:
+                continue
+        a.dirty[i] = False
+        if _fair_one_nb(i, now, hb_due, p, a, o, m):
+            m += 1
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow references (the test oracles): same arguments and in-place effects, plain Python.
+
+
+def update_fair_reference(records, n, source_table, p: FairParams, a: FairArrays) -> int:
+    """Plain-Python twin of ``update_fair_nb``."""
+    n_inst, n_src = a.last_price.shape
+    n_bucket = a.bucket_id.shape[2]
+    track_vol = p.method in (METHOD_TWO_LEVEL, METHOD_INVERSE_VARIANCE)
+    k_decay = -LN2 / p.halflife_ns
+    skipped = 0
+    for rec in records[:n]:
+        inst, prov, venue = int(rec["instrument"]), int(rec["provider"]), int(rec["venue"])
+        price, kind, ts = float(rec["price"]), int(rec["kind"]), int(rec["ts_receive"])
+        if (
+            inst >= n_inst
+            or prov >= source_table.shape[0]
+            or venue >= source_table.shape[1]
+            or not math.isfinite(price)
+        ):
+            skipped += 1
+            continue
+        src = int(source_table[prov, venue])
+        if not 0 <= src < n_src:
+            skipped += 1
+            continue
+        new_price = None
+        size = 0.0
+        if kind == KIND_TRADE:
+            if p.inputs_mode in (INPUTS_CODES["trades"], INPUTS_CODES["both"]):
+                new_price = price
+            size = float(rec["size"])
+            size = size if math.isfinite(size) and size > 0 else 0.0
+            if track_vol and size > 0:
+                if ts > a.vol_ts[inst, src]:
+                    a.vol[inst, src] *= math.exp(k_decay * (ts - int(a.vol_ts[inst, src])))
+                    a.vol_ts[inst, src] = ts
+                a.vol[inst, src] += size
+        elif kind in (KIND_BID, KIND_ASK):
+            (a.last_bid if kind == KIND_BID else a.last_ask)[inst, src] = price
+            bid, ask = a.last_bid[inst, src], a.last_ask[inst, src]
+            if p.inputs_mode != INPUTS_TRADES and not (math.isnan(bid) or math.isnan(ask)):
+                new_price = (bid + ask) * 0.5
+        else:
+            skipped += 1
+            continue
+        if p.method == METHOD_WINDOWED_VWM and (new_price is not None or size > 0):
+            b = ts // p.bucket_ns
+            slot = b % n_bucket
+            if a.bucket_id[inst, src, slot] < b:
+                a.bucket_id[inst, src, slot] = b
+                a.bucket_price[inst, src, slot] = np.nan
+                a.bucket_vol[inst, src, slot] = 0.0
+            if a.bucket_id[inst, src, slot] == b:
+                a.bucket_vol[inst, src, slot] += size
+                if new_price is not None:
+                    a.bucket_price[inst, src, slot] = new_price
+        if new_price is None:
+            continue
+        if p.method == METHOD_INVERSE_VARIANCE:
+            prev = float(a.last_price[inst, src])
+            if prev > 0 and new_price > 0:
+                ret = math.log(new_price / prev)
+                dt = max(0, ts - int(a.last_ts[inst, src]))
+                d = math.exp(k_decay * dt)
+                a.var_num[inst, src] = d * a.var_num[inst, src] + ret * ret
+                a.var_den[inst, src] = d * a.var_den[inst, src] + dt
+        a.last_price[inst, src] = new_price
+        a.last_ts[inst, src] = ts
+        a.dirty[inst] = True
+    return skipped
+
+
+def median_reference(xs: list[float]) -> float:
+    """Plain median (mean of the two middle values of an even count)."""
+    s = sorted(xs)
+    h = len(s) // 2
+    return s[h] if len(s) % 2 else (s[h - 1] + s[h]) / 2
+
+
+def weighted_median_reference(xs: list[float], ws: list[float]) -> float:
+    """Weighted median as defined above ``METHOD_TWO_LEVEL``."""
+    pairs = sorted(zip(xs, ws, strict=True), key=lambda t: t[0])
+    total = sum(w for _, w in pairs)
+    if not total > 0:
+        pairs = [(x, 1.0) for x, _ in pairs]
+        total = float(len(pairs))
+    half, eps = total / 2, TIE_EPS * total
+    c = 0.0
+    for j, (x, w) in enumerate(pairs):
+        c += w
+        if c >= half - eps:
+            if c <= half + eps:
+                later = [y for y, v in pairs[j + 1 :] if v > 0]
+                if later:
+                    return (x + later[0]) / 2
+            return x
+    return pairs[-1][0]
+
+
+def cap_shares_reference(ws: list[float], cap: float) -> list[float]:
+    """Shares summing to 1, none above ``cap`` (same rules as ``_cap_shares_nb``)."""
+    k = len(ws)
+    total = sum(ws)
+    if not total > 0 or k * cap <= 1:
+        return [1.0 / k] * k
+    shares = [w / total for w in ws]
+    if cap >= 1:
+        return shares
+    capped: set[int] = set()
+    while True:
+        free = 1 - cap * len(capped)
+        rest = sum(shares[j] for j in range(k) if j not in capped)
+        n_free = k - len(capped)
+        over = {
+            j
+            for j in range(k)
+            if j not in capped and (shares[j] / rest * free if rest > 0 else free / n_free) > cap
+        }
+        if not over:
+            break
+        capped |= over
+    free = 1 - cap * len(capped)
+    rest = sum(shares[j] for j in range(k) if j not in capped)
+    return [
+        cap if j in capped else (shares[j] / rest * free if rest > 0 else free / (k - len(capped)))
+        for j in range(k)
+    ]
+
+
+def compute_fair_full_reference(now: int, p: FairParams, a: FairArrays, o: FairOut) -> int:
+    """Plain-Python twin of ``compute_fair_full_nb``."""
+    n_inst, _n_src = a.last_price.shape
+    venue_of = {}
+    for g in range(len(a.group_start) - 1):
+        for q in range(a.group_start[g], a.group_start[g + 1]):
+            venue_of[int(a.group_src[q])] = g
+    m = 0
+    for i in range(n_inst):
+        emitted = int(a.last_emit_ns[i])
+        hb_due = emitted != NEVER_NS and p.heartbeat_ns > 0 and now - emitted >= p.heartbeat_ns
+        if not hb_due and (
+            not a.dirty[i] or (emitted != NEVER_NS and now - emitted < p.min_interval_ns)
+        ):
+            continue
+        a.dirty[i] = False
+        if _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of):
+            m += 1
+    return m
+
+
+def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
+    n_src = a.last_price.shape[1]
+    price = {s: float(a.last_price[i, s]) for s in range(n_src)}
+    age = {s: now - int(a.last_ts[i, s]) for s in range(n_src)}
+    reason = {}
+    for s in range(n_src):
+        if math.isnan(price[s]):
+            reason[s] = REASON_NO_DATA
+        elif age[s] > p.stale_ns:
+            reason[s] = REASON_STALE
+        else:
+            reason[s] = REASON_INCLUDED
+    cands = [s for s in range(n_src) if reason[s] == REASON_INCLUDED]
+    dispersion = math.nan
+    if not cands:
+        if math.isnan(a.last_fair[i]):
+            for s in range(n_src):
+                o.reasons[m, s] = reason[s]
+            return False
+        fair, status, n_used, n_ven = float(a.last_fair[i]), FAIR_STALE, 0, 0
+        ages = [age[s] for s in range(n_src) if not math.isnan(price[s])]
+        oldest = max(min(ages), 0) if ages else 0
+    else:
+        by_venue: dict[int, list[int]] = {}
+        for s in cands:
+            by_venue.setdefault(venue_of[s], []).append(s)
+        if p.method == METHOD_TWO_LEVEL:
+            units = [median_reference([price[s] for s in ss]) for ss in by_venue.values()]
+        else:
+            units = [price[s] for s in cands]
+        ref = median_reference(units)
+        used = list(cands)
+        if len(units) >= 3 and p.outlier_exclude > 0 and ref > 0:
+            for s in cands:
+                d = abs(price[s] - ref) / ref
+                if a.gate_out[i, s] and d < p.outlier_readmit:
+                    a.gate_out[i, s] = False
+                elif not a.gate_out[i, s] and d > p.outlier_exclude:
+                    a.gate_out[i, s] = True
+            used = [s for s in cands if not a.gate_out[i, s]]
+            if used:
+                for s in cands:
+                    if a.gate_out[i, s]:
+                        reason[s] = REASON_OUTLIER
+            else:
+                used = list(cands)
+        n_used = len(used)
+        venues = sorted({venue_of[s] for s in used})
+        n_ven = len(venues)
+        oldest = max(0, *(age[s] for s in used))
+        prices = [price[s] for s in used]
+
+        def vol(s: int) -> float:
+            dt = now - int(a.vol_ts[i, s])
+            v = float(a.vol[i, s])
+            return v * math.exp(-LN2 / p.halflife_ns * dt) if dt > 0 else v
+
+        if p.method == METHOD_MEDIAN:
+            fair = median_reference(prices)
+        elif p.method == METHOD_TRIMMED_MEAN:
+            s_ = sorted(prices)
+            t = math.floor(p.trim * len(s_))
+            kept = s_[t : len(s_) - t]
+            fair = sum(kept) / len(kept)
+        elif p.method == METHOD_TWO_LEVEL:
+            meds, vols, fresh = [], [], []
+            for g in venues:
+                ss = [s for s in used if venue_of[s] == g]
+                meds.append(median_reference([price[s] for s in ss]))
+                vols.append(max([0.0] + [vol(s) for s in ss]))
+                fresh.append(math.exp(-max(min(age[s] for s in ss), 0) / p.freshness_tau_ns))
+            if sum(vols) <= 0:
+                vols = [1.0] * len(vols)
+            shares = cap_shares_reference(
+                [v * f for v, f in zip(vols, fresh, strict=True)], p.venue_cap
+            )
+            fair = weighted_median_reference(meds, shares)
+        elif p.method == METHOD_INVERSE_VARIANCE:
+            vols = [vol(s) for s in used]
+            variances = [
+                a.var_num[i, s] / a.var_den[i, s] if a.var_den[i, s] > 0 else None for s in used
+            ]
+            known = [v for v in variances if v is not None]
+            if known:
+                inv = [1 / max(v if v is not None else max(known), VAR_FLOOR) for v in variances]
+            else:
+                inv = [1.0] * len(used)
+            tv = sum(vols)
+            vshare = [v / tv if tv > 0 else 1 / len(used) for v in vols]
+            weights = [0.5 * vs + 0.5 * x / sum(inv) for vs, x in zip(vshare, inv, strict=True)]
+            fair = weighted_median_reference(prices, weights)
+        else:  # windowed VWM
+            nb = a.bucket_id.shape[2]
+            now_b = now // p.bucket_ns
+            medians = []
+            for b in range(now_b - nb + 1, now_b + 1):
+                pts = [
+                    (float(a.bucket_price[i, s, b % nb]), float(a.bucket_vol[i, s, b % nb]))
+                    for s in used
+                    if a.bucket_id[i, s, b % nb] == b
+                    and not math.isnan(a.bucket_price[i, s, b % nb])
+                ]
+                if pts:
+                    medians.append(weighted_median_reference(*map(list, zip(*pts, strict=True))))
+            fair = sum(medians) / len(medians) if medians else median_reference(prices)
+        dispersion = (max(prices) - min(prices)) / fair if n_used > 1 and fair != 0 else 0.0
+        if n_used == 1:
+            status = FAIR_SINGLE_SOURCE
+        elif n_ven < p.min_venues:
+            status = FAIR_DEGRADED
+        else:
+            status = FAIR_OK
+    for s in range(n_src):
+        o.reasons[m, s] = reason[s]
+    changed = (
+        fair != a.last_fair[i]
+        or status != a.last_status[i]
+        or n_used != a.last_nsrc[i]
+        or n_ven != a.last_nven[i]
+    )
+    if not (changed or hb_due):
+        return False
+    o.instrument[m] = i
+    o.price[m] = fair
+    o.method[m] = p.method
+    o.sources[m] = n_used
+    o.venues[m] = n_ven
+    o.dispersion[m] = dispersion
+    o.oldest_age_ns[m] = oldest
+    o.status[m] = status
+    a.last_fair[i] = fair
+    a.last_status[i] = status
+    a.last_nsrc[i] = n_used
+    a.last_nven[i] = n_ven
+    a.last_emit_ns[i] = now
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The holder the compute stage uses.
+
+
+class FairResult(NamedTuple):
+    """One ``compute`` pass: views of the output buffers, valid until the next pass."""
+
+    instrument: np.ndarray
+    price: np.ndarray
+    method: np.ndarray
+    sources: np.ndarray
+    venues: np.ndarray
+    dispersion: np.ndarray
+    oldest_age_ns: np.ndarray
+    status: np.ndarray
+    reasons: np.ndarray  # [row, source] reason codes
+
+
+class FairBook:
+    """Fair-price state of every (instrument, source) with its settings and output buffers.
+
+    ``source_venues[s]`` is the venue id of source ``s``; ``source_table`` is
+    ``Registry.source_table()``. Settings as in ``FairConfig`` (see :func:`make_params`).
+    """
+
+    def __init__(
+        self,
+        n_instruments: int,
+        source_table: np.ndarray,
+        source_venues: np.ndarray | list[int],
+        **settings,
+    ) -> None:
+        buckets = int(settings.get("window_buckets", 12))
+        self.params = make_params(**settings)
+        self.method = METHOD_NAMES[self.params.method]
+        self.source_table = np.ascontiguousarray(source_table, dtype=np.int32)
+        if self.source_table.ndim != 2:
+            raise ValueError("source_table must be 2-D [provider, venue]")
+        self.n_sources = len(source_venues)
+        tracked = buckets if self.params.method == METHOD_WINDOWED_VWM else 1
+        self.arrays = make_arrays(n_instruments, source_venues, tracked)
+        self.out = make_out(n_instruments, self.n_sources)
+        self.n_instruments = self.arrays.last_price.shape[0]
+        self.skipped = 0
+
+    SETTINGS = (
+        "method",
+        "inputs",
+        "stale_after",
+        "min_interval",
+        "heartbeat_interval",
+        "outlier_exclude",
+        "outlier_readmit",
+        "volume_halflife",
+        "freshness_tau",
+        "venue_cap",
+        "min_venues",
+        "window_bucket",
+        "window_buckets",
+        "trim",
+    )
+
+    @classmethod
+    def from_config(cls, registry, fair_config, **overrides) -> FairBook:
+        """Book sized for ``registry`` with the settings of ``fair_config`` (a ``FairConfig``)."""
+        settings = {k: getattr(fair_config, k) for k in cls.SETTINGS if hasattr(fair_config, k)}
+        settings.update(overrides)
+        venues = [v for _p, v in registry.sources]
+        return cls(len(registry.instruments), registry.source_table(), venues, **settings)
+
+    def update(self, records: np.ndarray, n: int | None = None) -> int:
+        """Apply ``records[:n]`` (all when ``n`` is None); return how many were skipped."""
+        if records.dtype != RECORD_DTYPE:
+            raise TypeError(f"records must have RECORD_DTYPE, got {records.dtype}")
+        count = len(records) if n is None else min(int(n), len(records))
+        skipped = int(update_fair_nb(records, count, self.source_table, self.params, self.arrays))
+        self.skipped += skipped
+        return skipped
+
+    def compute(self, now_ns: int, final: bool = False) -> FairResult:
+        """Outputs due at ``now_ns`` (``final``: ignore ``min_interval``)."""
+        p = self.params._replace(min_interval_ns=0) if final else self.params
+        m = int(compute_fair_full_nb(int(now_ns), p, self.arrays, self.out))
+        o = self.out
+        return FairResult(*(x[:m] for x in o))
