@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.config import Config
 from fairfeed.daemon.counters import SlotCounters
 from fairfeed.daemon.encode import TickEncoder
@@ -21,6 +22,7 @@ from fairfeed.hotpath.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock, Slot
 from fairfeed.ipc.ring import Ring
+from fairfeed.ipc.streams import StreamBoard
 
 log = logging.getLogger("fairfeed.compute")
 
@@ -37,6 +39,8 @@ class ComputeWorker:
     rings: list[Ring]
     dead_letters: list[BlobRing]
     control: ControlBlock
+    streams: StreamBoard | None = None  # per-stream activity for `ctl list` and metrics
+    pipe: CommandPipe | None = None  # commands from the supervisor
     name: str = "compute"
 
     def main(self) -> int:
@@ -52,7 +56,10 @@ class ComputeWorker:
         signal.signal(signal.SIGTERM, on_term)
         counters = SlotCounters(self.control, self.slot)
         sink = KafkaSink(self.cfg.kafka, counters)
-        pipeline = Pipeline(self.cfg, self.registry, sink, self.control, counters)
+        pipeline = Pipeline(
+            self.cfg, self.registry, sink, self.control, counters, streams=self.streams
+        )
+        reader = self.pipe.child_side() if self.pipe is not None else None
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
         self.control.set(self.slot, Slot.READY, 1)
         log.info("reading %d rings, publishing to %s", len(self.rings), self.cfg.kafka.bootstrap)
@@ -61,6 +68,9 @@ class ComputeWorker:
             if not heartbeat.beat():
                 log.error("supervisor is gone: stopping")
                 break
+            if reader is not None:
+                for cmd in reader.read():
+                    pipeline.command(cmd)
             got = 0
             for ring in self.rings:
                 k = ring.read_into(buf)
@@ -116,20 +126,46 @@ class Pipeline:
         sink: KafkaSink,
         control: ControlBlock,
         counters: SlotCounters,
+        streams: StreamBoard | None = None,
     ) -> None:
         self.cfg = cfg
+        self.registry = registry
         self.sink = sink
         self.control = control
         self.counters = counters
+        self.streams = streams
         self.encoder = TickEncoder(registry)
-        self.state = FairState.from_registry(registry, cfg.fair.inputs)
+        # Sized for the registry's capacity and updated in place as it grows, so the kernels'
+        # state never has to be reallocated when an instrument or a venue is added live.
+        d = cfg.daemon
+        self.source_table = np.full((max(len(cfg.providers), 1), d.max_sources), -1, np.int32)
+        self._fill_source_table()
+        self.state = FairState(d.max_instruments, d.max_sources, self.source_table, cfg.fair.inputs)
         self.ticks_topic = cfg.kafka.ticks_topic
         self.fair_topic = cfg.kafka.fair_topic
+
+    def _fill_source_table(self) -> None:
+        for sid, (p, v) in enumerate(self.registry.sources):
+            self.source_table[p, v] = sid
+
+    def command(self, cmd: dict) -> None:
+        """A supervisor command: registry growth or a new log level."""
+        op = cmd.get("op")
+        if op == "registry":
+            self.registry.extend(cmd["snapshot"])
+            self._fill_source_table()
+            self.encoder.refresh()
+        elif op == "log_level":
+            logging.getLogger().setLevel(cmd["level"])
+        elif op not in ("subscribe", "unsubscribe"):
+            log.error("unknown command %r from the supervisor", op)
 
     def process(self, records: np.ndarray) -> None:
         """Update the fair-price state and publish the records as ticks."""
         self.counters.add(Slot.RECORDS_IN, len(records))
         self.state.update(records)
+        if self.streams is not None:
+            self.streams.update(records, self.source_table)
         kinds = records["kind"]
         if kinds.max() > MAX_MARKET_KIND:
             # Health events (gaps, heartbeats, status) feed the detectors, not the ticks topic.

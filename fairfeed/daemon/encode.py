@@ -59,6 +59,10 @@ class TickEncoder:
         self.max_records = max_records
         self._keys = [name.encode() for name in registry.instruments]
 
+    def refresh(self) -> None:
+        """Pick up instruments the registry gained since."""
+        self._keys = [name.encode() for name in self.registry.instruments]
+
     def key(self, instrument: int) -> bytes:
         return self._keys[instrument]
 

@@ -6,16 +6,20 @@ import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
 from fairfeed.daemon.broker import LocalBroker, ensure_topics, free_port
 from fairfeed.daemon.child import configure_logging
+from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.compute import ComputeWorker
 from fairfeed.daemon.config import Config, ConfigError
+from fairfeed.daemon.ctl_handlers import ControlHandlers, Runtime
+from fairfeed.daemon.ctl_server import ControlServer, default_socket_path
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
-from fairfeed.daemon.partition import worker_for
-from fairfeed.daemon.registry import Registry
+from fairfeed.daemon.registry import Registry, RegistryError
 from fairfeed.daemon.simulators import SimulatorHost
+from fairfeed.daemon.subscriptions import SubscriptionBook, default_state_file
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
 from fairfeed.hotpath.records import CLASS_CODES
 from fairfeed.hotpath.warmup import warm_up
@@ -23,6 +27,7 @@ from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
+from fairfeed.ipc.streams import StreamBoard
 from fairfeed.providers.base import Subscription
 from fairfeed.providers.catalog import local_url, prepare_local_keys
 
@@ -43,19 +48,19 @@ def build_registry(cfg: Config) -> Registry:
             )
     instruments = [(inst, CLASS_CODES[dclass]) for inst, dclass in seen.items()]
     sources = [(p, v) for p, v, _i, _c in keys]
-    return Registry.build(instruments, sources)
+    try:
+        return Registry.build(
+            instruments, sources, cfg.daemon.max_instruments, cfg.daemon.max_sources
+        )
+    except RegistryError as exc:
+        raise ConfigError(f"{cfg.source}: {exc.args[0]}: raise daemon.max_*") from None
 
 
 def assign_subscriptions(
     cfg: Config, registry: Registry, workers: int
 ) -> list[dict[str, tuple[Subscription, ...]]]:
-    """Per ingest worker: provider -> its subscriptions there (rendezvous hashing)."""
-    parts: list[dict[str, list[Subscription]]] = [{} for _ in range(workers)]
-    for provider, venue, inst, dclass in cfg.subscription_keys():
-        sub = Subscription.resolve(registry, provider, venue, inst, dclass)
-        w = worker_for(provider, f"{venue}:{inst}", workers)
-        parts[w].setdefault(provider, []).append(sub)
-    return [{p: tuple(subs) for p, subs in part.items()} for part in parts]
+    """Per ingest worker: provider -> its configured subscriptions there (rendezvous hashing)."""
+    return SubscriptionBook(cfg, registry, workers).assignments()
 
 
 def sweep_stale_segments(prefix: str) -> list[str]:
@@ -89,6 +94,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
     rings: list[Ring] = []
     blobs: list[BlobRing] = []
     control: ControlBlock | None = None
+    streams: StreamBoard | None = None
+    ctl: ControlServer | None = None
     try:
         if not cfg.kafka.bootstrap:
             broker = LocalBroker().start()
@@ -110,14 +117,20 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         serving = bool(ports)
         n_slots = n_workers + 1 + int(serving)
         prefix = f"{cfg.daemon.shm_prefix}-{os.getpid()}"
-        control = ControlBlock.create(f"{prefix}-control", n_slots, len(registry.instruments))
+        d = cfg.daemon
+        control = ControlBlock.create(f"{prefix}-control", n_slots, d.max_instruments)
+        streams = StreamBoard.create(f"{prefix}-streams", d.max_instruments, d.max_sources)
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
         blobs = [
             BlobRing.create(f"{prefix}-dead{i}", cfg.ring.dead_letter_bytes)
             for i in range(n_workers)
         ]
 
-        parts = assign_subscriptions(cfg, registry, n_workers)
+        book = SubscriptionBook(cfg, registry, n_workers)
+        state_path = Path(d.state_file) if d.state_file else default_state_file()
+        log.info("%s", book.restore(state_path))
+        book.save(state_path)
+        parts = book.assignments()
         children: list[ChildSpec] = []
         slot = 0
         if serving:
@@ -126,28 +139,51 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             children.append(ChildSpec(host.name, slot, host.main, stop_phase=1, wait_ready=True))
             slot += 1
         ingest_slots = []
+        workers = []
         for i in range(n_workers):
-            w = IngestWorker(i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i])
-            children.append(ChildSpec(w.name, slot, w.main, stop_phase=0))
+            pipe = CommandPipe()
+            w = IngestWorker(
+                i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe
+            )
+            children.append(ChildSpec(w.name, slot, w.main, stop_phase=0, pipe=pipe))
+            workers.append(w)
             ingest_slots.append(slot)
             slot += 1
-        comp = ComputeWorker(slot, cfg, registry, rings, blobs, control)
-        children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2))
+        pipe = CommandPipe()
+        comp = ComputeWorker(slot, cfg, registry, rings, blobs, control, streams, pipe)
+        children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 
-        _announce(cfg, registry, urls, broker, prefix)
+        rt = Runtime(cfg, registry, book, state_path, control, rings, streams, workers, comp)
+        rt.children = children
+        socket_path = Path(d.control_socket) if d.control_socket else default_socket_path()
+        ctl = ControlServer(
+            socket_path,
+            ControlHandlers(rt),
+            group=d.control_group,
+            max_clients=d.control_max_clients,
+            idle_timeout=d.control_idle_timeout,
+        )
+        ctl.open()
+        rt.socket_path = str(socket_path)
+
+        _announce(cfg, registry, urls, broker, prefix, str(socket_path))
         if live_view is None:
             live_view = cfg.daemon.live_view == "on" or (
                 cfg.daemon.live_view == "auto" and sys.stdout.isatty()
             )
         view = LiveView(registry, ingest_slots, slot) if live_view else None
-        return Supervisor(cfg.daemon, control, children, on_tick=view).run()
+        rt.supervisor = Supervisor(cfg.daemon, control, children, on_tick=view, io=ctl)
+        return rt.supervisor.run()
     finally:
+        if ctl is not None:
+            ctl.close()
         for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
-        if control is not None:
-            control.close()
-            control.unlink()
+        for seg in (control, streams):
+            if seg is not None:
+                seg.close()
+                seg.unlink()
         if broker is not None:
             broker.stop()
         log.info("stopped; shared memory unlinked%s", ", broker stopped" if broker else "")
@@ -159,6 +195,7 @@ def _announce(
     urls: dict[str, str],
     broker: LocalBroker | None,
     prefix: str,
+    socket_path: str,
 ) -> None:
     where = "local Tansu broker started for this run" if broker else "configured"
     print(
@@ -170,6 +207,7 @@ def _announce(
         + f"\n  instruments {', '.join(registry.instruments)}\n"
         f"  workers    {cfg.daemon.workers} ingest + 1 compute;"
         f" shared memory {SHM_DIR}/{prefix}-*\n"
+        f"  control    {socket_path} (fairfeed ctl --socket {socket_path} status)\n"
         "  Ctrl-C stops everything.",
         flush=True,
     )

@@ -17,6 +17,7 @@ import numpy as np
 from fairfeed.hotpath import fairprice
 from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.ipc.streams import count_streams_nb
 
 _warm_seconds: float | None = None
 
@@ -43,6 +44,10 @@ def warm_up() -> float:
     recs["sequence"] = (1, 3, 3)
     tracker = SequenceTracker(2, (KIND_TRADE, KIND_BID, KIND_ASK), max_gaps=4)
     assert len(tracker.check(recs, 0, 3)) == 1
+    count = np.zeros((2, 2), np.uint64)
+    last = np.zeros((2, 2), np.int64)
+    count_streams_nb(recs, len(recs), table, count, last)
+    assert count.sum() == 3
     _warm_seconds = time.perf_counter() - start
     return _warm_seconds
 

@@ -60,7 +60,14 @@ class DaemonProcess:
             args += ["--config", str(config)]
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         self._err = open(self.err_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._err)
+        # Each daemon gets its own control socket and state file (never the user's).
+        self.socket = workdir / "run" / "fairfeed" / "control.sock"
+        self.state = workdir / "state" / "fairfeed" / "subscriptions.json"
+        env = dict(os.environ, XDG_RUNTIME_DIR=str(workdir / "run"))
+        env["XDG_STATE_HOME"] = str(workdir / "state")
+        env.pop("RUNTIME_DIRECTORY", None)
+        env.pop("STATE_DIRECTORY", None)
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._err, env=env)
         self.pid = self.proc.pid
         self.seen_children: set[int] = set()
 
