@@ -58,6 +58,7 @@ class KafkaConfig:
     ticks_topic: str = "fairfeed.ticks"
     fair_topic: str = "fairfeed.fair"
     dead_letter_topic: str = "fairfeed.deadletter"  # malformed provider messages, with errors
+    anomalies_topic: str = "fairfeed.anomalies"  # anomaly episodes (start and end events)
     linger_ms: float = 5.0
     queue_max_messages: int = 100_000
     buffer_full_timeout_ms: float = 1000.0  # retry a full local queue this long, then drop
@@ -72,6 +73,54 @@ class FairConfig:
     inputs: str = "trades"  # trades | quotes | both
     stale_after: float = 10.0  # seconds; older sources are left out of the fair price
     min_interval: float = 0.05  # seconds between two fair prices of one instrument
+
+
+@dataclass(frozen=True)
+class AnomalyThresholds:
+    """Per data class or per instrument overrides of `[anomalies]` (unset = inherited)."""
+
+    no_data_after: float | None = None
+    first_data_timeout: float | None = None
+    divergence: float | None = None
+    divergence_for: float | None = None
+    divergence_clear: float | None = None
+    latency_exchange_provider_ms: float | None = None
+    latency_provider_local_ms: float | None = None
+    clock_skew_ms: float | None = None
+    latency_for: float | None = None
+    rate_drop_ratio: float | None = None
+    rate_drop_clear: float | None = None
+    rate_floor: float | None = None
+    rate_drop_for: float | None = None
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """Anomaly detection (`[anomalies]`, docs/anomalies.md); durations in seconds."""
+
+    enabled: bool = True
+    evaluate_interval: float = 0.25  # seconds between two evaluations
+    no_data_after: float = 30.0  # a subscription silent this long (with its provider alive)
+    first_data_timeout: float = 30.0  # a subscription without any data this long after start
+    heartbeat_timeout: float = 10.0  # a provider that heartbeats, silent this long: disconnect
+    divergence: float = 0.06  # |source price / fair - 1| beyond this ...
+    divergence_for: float = 30.0  # ... for this long opens; ...
+    divergence_clear: float = 0.04  # ... back within this closes (hysteresis)
+    latency_exchange_provider_ms: float = 2000.0
+    latency_provider_local_ms: float = 1000.0
+    clock_skew_ms: float = 100.0  # a latency below minus this is clock skew
+    latency_for: float = 10.0  # latencies / skew beyond their threshold this long opens
+    latency_clear: float = 0.8  # latency / skew episodes close below threshold x this
+    rate_drop_ratio: float = 0.2  # update rate below baseline x this ...
+    rate_drop_clear: float = 0.5  # ... closes above baseline x this
+    rate_floor: float = 1.0  # msgs/s: a baseline below this never alarms (illiquid)
+    rate_drop_for: float = 60.0
+    rate_fast: float = 10.0  # EWMA time constants of the current rate and of the baseline
+    rate_baseline: float = 600.0
+    gap_quiet: float = 10.0  # a gap / ring-overflow episode ends after this long without more
+    max_events: int = 4096  # event rows per evaluation (more transitions wait for the next)
+    classes: dict[str, AnomalyThresholds] = field(default_factory=dict)
+    instruments: dict[str, AnomalyThresholds] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +181,7 @@ class Config:
     ring: RingConfig = RingConfig()
     kafka: KafkaConfig = KafkaConfig()
     fair: FairConfig = FairConfig()
+    anomalies: AnomalyConfig = AnomalyConfig()
     providers: tuple[ProviderConfig, ...] = ()
     subscriptions: tuple[SubscriptionConfig, ...] = ()
     source: str = "<embedded default>"  # where this configuration was read from
@@ -295,7 +345,9 @@ def _check(cfg: Config) -> None:
         fail("fair.inputs", f"must be one of {', '.join(FAIR_INPUTS)}, got {cfg.fair.inputs!r}")
     if cfg.fair.stale_after <= 0:
         fail("fair.stale_after", "must be > 0")
-    if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic):
+    _check_anomalies(cfg, fail)
+    if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
+            and cfg.kafka.anomalies_topic):  # fmt: skip
         fail("kafka", "topic names must not be empty")
     seen: set[str] = set()
     for i, p in enumerate(cfg.providers):
@@ -353,6 +405,57 @@ def _check(cfg: Config) -> None:
             for inst in s.instruments:
                 if inst not in served.prices:
                     fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")
+
+
+def _check_anomalies(cfg: Config, fail: Any) -> None:
+    an = cfg.anomalies
+    if an.evaluate_interval <= 0 or an.max_events < 16:
+        fail("anomalies", "evaluate_interval must be > 0 and max_events >= 16")
+    for key in ("heartbeat_timeout", "gap_quiet", "rate_fast", "rate_baseline"):
+        if getattr(an, key) <= 0:
+            fail(f"anomalies.{key}", "must be > 0")
+    if not 0 < an.latency_clear <= 1:
+        fail("anomalies.latency_clear", "must be in (0, 1]")
+    for where, over in [("anomalies", an)] + [
+        (f"anomalies.classes.{c}", t) for c, t in an.classes.items()
+    ] + [(f"anomalies.instruments.{i}", t) for i, t in an.instruments.items()]:  # fmt: skip
+        for f in dataclasses.fields(AnomalyThresholds):
+            v = getattr(over, f.name)
+            if v is not None and v < 0:
+                fail(f"{where}.{f.name}", "must be >= 0")
+    for c in an.classes:
+        if c not in CLASS_CODES:
+            fail(f"anomalies.classes.{c}", f"unknown data class (known: {', '.join(CLASS_CODES)})")
+    scopes = [(f"anomalies.classes.{c}", c, "") for c in an.classes]
+    scopes += [(f"anomalies.instruments.{i}", "", i) for i in an.instruments]
+    for where, dclass, inst in [("anomalies", "", ""), *scopes]:
+        t = anomaly_thresholds(an, dclass, inst)
+        if t["divergence_clear"] > t["divergence"]:
+            fail(f"{where}.divergence_clear", "must not exceed divergence (hysteresis)")
+        if t["rate_drop_clear"] < t["rate_drop_ratio"]:
+            fail(f"{where}.rate_drop_clear", "must not be below rate_drop_ratio (hysteresis)")
+
+
+def anomaly_thresholds(an: AnomalyConfig, data_class: str, instrument: str) -> dict[str, float]:
+    """The thresholds that apply to one instrument: instrument over class over `[anomalies]`.
+
+    A scope that sets ``divergence`` (or ``rate_drop_ratio``) without its clear level gets the
+    clear level scaled by the same factor as the global pair, so hysteresis is kept.
+    """
+    out = {f.name: getattr(an, f.name) for f in dataclasses.fields(AnomalyThresholds)}
+    for scope in (an.classes.get(data_class), an.instruments.get(instrument)):
+        if scope is None:
+            continue
+        for f in dataclasses.fields(AnomalyThresholds):
+            v = getattr(scope, f.name)
+            if v is not None:
+                out[f.name] = v
+        if scope.divergence is not None and scope.divergence_clear is None and an.divergence > 0:
+            out["divergence_clear"] = scope.divergence * an.divergence_clear / an.divergence
+        if (scope.rate_drop_ratio is not None and scope.rate_drop_clear is None
+                and an.rate_drop_ratio > 0):  # fmt: skip
+            out["rate_drop_clear"] = scope.rate_drop_ratio * an.rate_drop_clear / an.rate_drop_ratio
+    return out
 
 
 def _join(where: str, key: str) -> str:
