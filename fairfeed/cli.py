@@ -21,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     view.add_argument("--no-live", dest="live", action="store_false")
     check_p = sub.add_parser("check-config", help="validate a configuration and exit")
     check_p.add_argument("config", nargs="?")
+    from fairfeed.daemon import ctl_client
+
+    ctl_client.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "ctl":
+        return ctl_client.main(args)
 
     from fairfeed.daemon import config
 
