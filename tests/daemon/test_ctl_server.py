@@ -1,0 +1,173 @@
+"""Control socket: protocol validation and the server's defences, with a stand-in handler."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fairfeed.daemon import ctl_protocol as proto
+from fairfeed.daemon.ctl_server import ControlServer, ControlSocketError
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "text"),
+    [
+        (b"{nope", "bad_request", "not valid JSON"),
+        (b"[1, 2]", "bad_request", "a request is a JSON object"),
+        (b'{"cmd": "list"}', "bad_request", "'id' must be"),
+        (b'{"id": true, "cmd": "list"}', "bad_request", "'id' must be"),
+        (b'{"id": 1}', "bad_request", "'cmd' must be a string"),
+        (b'{"id": 1, "cmd": "list", "args": [1]}', "bad_request", "'args' must be an object"),
+        (b'{"id": 1, "cmd": "list", "extra": 1}', "bad_request", "unknown request fields"),
+        (b'{"id": 1, "cmd": "explode"}', "unknown_command", "unknown command 'explode'"),
+    ],
+)
+def test_bad_requests_are_named(line: bytes, code: str, text: str) -> None:
+    with pytest.raises(proto.ProtocolError) as err:
+        proto.parse_request(line)
+    assert err.value.code == code and text in err.value.message
+
+
+class Served:
+    """A ControlServer driven by a select loop in a thread, as the supervisor drives it."""
+
+    def __init__(self, path: Path, **kw) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+        def handler(cmd: str, args: dict):
+            self.calls.append((cmd, args))
+            if cmd == "stats":
+                raise RuntimeError("boom")
+            return {"echo": args}
+
+        self.server = ControlServer(path, handler, **kw)
+        self.server.open()
+        self.stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop:
+            r, w, _ = select.select(self.server.readers(), self.server.writers(), [], 0.02)
+            self.server.handle(r, w)
+            self.server.tick()
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(2)
+        self.server.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    s = Served(tmp_path / "ctl.sock", max_clients=4, idle_timeout=0.5)
+    yield s
+    s.close()
+
+
+def _connect(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect(str(path))
+    return s
+
+
+def _answers(s: socket.socket, n: int) -> list[dict]:
+    buf = b""
+    while buf.count(b"\n") < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return [orjson.loads(line) for line in buf.splitlines()]
+
+
+def test_socket_mode_and_pipelined_requests_in_order(served: Served) -> None:
+    path = served.server.path
+    assert oct(path.stat().st_mode & 0o777) == "0o660"
+    with _connect(path) as s:
+        s.sendall(proto.request(1, "list") + proto.request("b", "status", {"x": 1}) + b"\n")
+        a, b = _answers(s, 2)
+    assert a == {"id": 1, "ok": True, "result": {"echo": {}}}
+    assert b == {"id": "b", "ok": True, "result": {"echo": {"x": 1}}}
+
+
+def test_handler_failure_is_an_internal_error_and_the_server_goes_on(served: Served) -> None:
+    with _connect(served.server.path) as s:
+        s.sendall(proto.request(1, "stats") + b"garbage\n" + proto.request(2, "list"))
+        a, b, c = _answers(s, 3)
+    assert a["error"] == {"code": "internal", "message": "RuntimeError: boom"}
+    assert b["ok"] is False and b["error"]["code"] == "bad_request"
+    assert c["ok"] is True and c["id"] == 2
+
+
+def test_oversized_request_is_refused_and_closed(served: Served) -> None:
+    with _connect(served.server.path) as s:
+        s.sendall(b"x" * (proto.MAX_REQUEST + 10))
+        (a,) = _answers(s, 1)
+        assert a["error"]["code"] == "too_large"
+        assert s.recv(10) == b""  # closed
+    with _connect(served.server.path) as s:  # and the server still serves
+        s.sendall(proto.request(3, "list"))
+        assert _answers(s, 1)[0]["ok"] is True
+
+
+def test_silent_client_is_dropped_after_the_idle_timeout(served: Served) -> None:
+    with _connect(served.server.path) as s:
+        start = time.monotonic()
+        (a,) = _answers(s, 1)
+        assert a["error"]["code"] == "timeout"
+        assert s.recv(10) == b""
+        assert 0.4 < time.monotonic() - start < 2.5
+
+
+def test_clients_beyond_the_limit_are_told_busy(served: Served) -> None:
+    held = [_connect(served.server.path) for _ in range(4)]
+    try:
+        time.sleep(0.1)
+        with _connect(served.server.path) as extra:
+            (a,) = _answers(extra, 1)
+            assert a["error"]["code"] == "busy"
+        held[0].sendall(proto.request(9, "list"))
+        assert _answers(held[0], 1)[0]["id"] == 9
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_client_vanishing_mid_request_does_not_hurt(served: Served) -> None:
+    for _ in range(20):
+        s = _connect(served.server.path)
+        s.sendall(b'{"id": 1, "cmd": "li')
+        s.close()
+    time.sleep(0.2)  # the loop notices the hang-ups and frees their places
+    assert served.server.clients == {}
+    with _connect(served.server.path) as s:
+        s.sendall(proto.request(5, "list"))
+        assert _answers(s, 1)[0]["id"] == 5
+
+
+def test_a_second_daemon_cannot_take_a_served_socket(served: Served, tmp_path: Path) -> None:
+    with pytest.raises(ControlSocketError, match="another daemon"):
+        ControlServer(served.server.path, lambda c, a: None).open()
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()  # a socket file nobody serves: taken over
+    server = ControlServer(stale, lambda c, a: None)
+    server.open()
+    server.close()
+    assert not stale.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ControlSocketError, match="not a socket"):
+        ControlServer(tmp_path / "file", lambda c, a: None).open()
+    with pytest.raises(ControlSocketError, match="no such group"):
+        ControlServer(tmp_path / "g.sock", lambda c, a: None, group="no-such-group-x").open()
+    assert os.path.exists(tmp_path / "file")
