@@ -37,7 +37,7 @@ REGISTRY = Registry.build([(s, CLASS_CODES["spot"]) for s in PRICES], [("coinbas
 def _frames(feed: str) -> list[str]:
     """The server's messages for EVENTS events on every product, subscription answers first."""
     cfg = SimulatorConfig(prices=PRICES, quote_ratio=0.5, seed=1)
-    srv = CoinbaseServer(cfg, feed)
+    srv = CoinbaseServer("coinbase", cfg, feed=feed)
 
     class _Ws:
         request = None

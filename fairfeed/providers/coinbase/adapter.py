@@ -19,13 +19,16 @@ staggered subscribes, liveness, health records and dead letters are
   answered by a ``subscriptions`` message. Without ``heartbeats`` the channels go quiet, so it
   is always subscribed. ``trade_id`` rises by one per trade per product: the gap tracker
   follows KIND_TRADE too. In addition the parser numbers the connection's messages
-  (``sequence_num``) and writes its own KIND_GAP records; this adapter counts those in
-  Slot.GAPS / Slot.MISSED (the shared base counts only its tracker's gaps).
+  (``sequence_num``) and writes its own KIND_GAP records; the adapter's parser subclass keeps
+  the running ``gaps`` / ``missed`` totals the shared base counts in Slot.GAPS / Slot.MISSED.
 * **Answers.** ``error`` answers refuse the connection's subscription (Slot.SUBSCRIBE_ERRORS, a
   KIND_STATUS record, reconnect with the growing backoff); a rate-limit error (its text names
   the rate limit; Coinbase gives no delay) waits at least ``rate_limit_delay`` seconds.
   Coinbase has no reconnect notice and no documented maximum connection age.
 * ``parser.reset()`` on every (re)connect (``on_open``), so numbering restarts cleanly.
+* Live changes: removed products are unsubscribed on their open connection
+  (``unsubscribe_messages``: the same shape with ``"type":"unsubscribe"``); added ones get new
+  connections (the base).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from fairfeed.ipc.control import Slot
 from fairfeed.providers.base import Counters, IngestContext, Subscription
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser, ExchangeFeedParser
 from fairfeed.providers.coinbase.symbols import to_product_id
-from fairfeed.providers.parsing import ErrorLog
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
 log = logging.getLogger(__name__)
@@ -71,29 +73,32 @@ class _ExchangeParser(ExchangeFeedParser):
         return r
 
 
+# The shared base counts the running totals ``gaps`` / ``missed`` of a gap-detecting parser
+# (Slot.GAPS / Slot.MISSED). AdvancedTradeParser writes KIND_GAP records but keeps no totals
+# (yet): the subclass below keeps them, unless the parser grows its own.
+_PARSER_HAS_TOTALS = hasattr(AdvancedTradeParser, "gaps")
+
+
 class _AdvancedParser(AdvancedTradeParser):
-    """The Advanced Trade parser, counting its own KIND_GAP records and heartbeats."""
+    """The Advanced Trade parser, with gap totals for the base and heartbeats counted."""
 
-    __slots__ = ("_counters", "_gap_log", "_name")
+    __slots__ = ("_counters",) if _PARSER_HAS_TOTALS else ("_counters", "gaps", "missed")
 
-    def __init__(
-        self, symbols, provider, venue, data_class, counters: Counters, gap_log: ErrorLog
-    ) -> None:
+    def __init__(self, symbols, provider, venue, data_class, counters: Counters) -> None:
         super().__init__(symbols, provider, venue, data_class)
         self._counters = counters
-        self._gap_log = gap_log
-        self._name = ""
+        if not _PARSER_HAS_TOTALS:
+            self.gaps = 0
+            self.missed = 0
 
     def parse(self, data, out, start, ts_receive):
         r = AdvancedTradeParser.parse(self, data, out, start, ts_receive)
         if r > 0:
             u8 = self._u8
             off = start << 6
-            if u8[off + _KIND] == KIND_GAP:  # a gap record always comes first
-                missed = int(out[start]["size"])
-                self._counters.add(Slot.GAPS)
-                self._counters.add(Slot.MISSED, missed)
-                self._gap_log(f"{self._name}: sequence_num gap, {missed} messages missed")
+            if not _PARSER_HAS_TOTALS and u8[off + _KIND] == KIND_GAP:  # a gap record is first
+                self.gaps += 1
+                self.missed += int(out[start]["size"])
             if u8[off + ((r - 1) << 6) + _KIND] == KIND_HEARTBEAT:
                 self._counters.add(Slot.HEARTBEATS)
         return r
@@ -102,9 +107,9 @@ class _AdvancedParser(AdvancedTradeParser):
 class CoinbaseAdapter(WsAdapter):
     """Streams ``ctx.subscriptions`` from Coinbase's Exchange feed or Advanced Trade.
 
-    ``rate_limit_delay``: the least wait after a rate-limit error (Coinbase names no delay;
-    its limit is 8 requests per second per IP). ``backoff`` sets the reconnect schedule.
-    Other keyword arguments set :class:`WsAdapter` protocol defaults (tests shorten them).
+    ``backoff`` sets the reconnect schedule; other keyword arguments set the protocol defaults
+    (those of :class:`WsAdapter` and ``rate_limit_delay``: the least wait after a rate-limit
+    error, as Coinbase names no delay; its limit is 8 requests per second per IP).
     """
 
     gap_kinds = (KIND_TRADE,)
@@ -114,19 +119,15 @@ class CoinbaseAdapter(WsAdapter):
     subscribe_timeout = 10.0
     min_record_bytes = 100  # the smallest data message (an AT heartbeat) is ~170 bytes
 
+    rate_limit_delay = 1.0  # least wait after a rate-limit error (Coinbase names no delay)
+
     def __init__(
-        self,
-        ctx: IngestContext,
-        *,
-        backoff: Backoff | None = None,
-        rate_limit_delay: float = 1.0,
-        **overrides: object,
+        self, ctx: IngestContext, *, backoff: Backoff | None = None, **overrides: object
     ) -> None:
         feed = ctx.provider.feed or "exchange"
         if feed not in FEEDS:
             raise ValueError(f"{ctx.provider.name}: coinbase feed must be one of {FEEDS}: {feed!r}")
         self.feed = feed
-        self.rate_limit_delay = rate_limit_delay
         if backoff is not None:
             overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
         self._expected: dict[int, int] = {}  # connection index -> subscribe answers awaited
@@ -144,13 +145,10 @@ class CoinbaseAdapter(WsAdapter):
         symbols = {to_product_id(s.instrument): s.instrument_id for s in subs}
         if self.feed == "exchange":
             return _ExchangeParser(symbols, provider, venue, dclass, ctx.counters)
-        gap_log = ErrorLog(log, f"{ctx.provider.name}: gaps", self.log_interval)
-        return _AdvancedParser(symbols, provider, venue, dclass, ctx.counters, gap_log)
+        return _AdvancedParser(symbols, provider, venue, dclass, ctx.counters)
 
     def on_open(self, conn: WsConnection) -> None:
-        conn.parser.reset()
-        if isinstance(conn.parser, _AdvancedParser):
-            conn.parser._name = conn.name
+        conn.parser.reset()  # the base resets it too (since 81a1e19); harmless twice
         self._expected[conn.index] = 0
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
@@ -174,6 +172,26 @@ class CoinbaseAdapter(WsAdapter):
                 for b in batches
             ]
         self._expected[conn.index] = len(msgs)
+        return msgs
+
+    def unsubscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
+        products = list(dict.fromkeys(to_product_id(s.instrument) for s in subs))
+        batches = self.batches(products, self.subscribe_batch)
+        if self.feed == "exchange":
+            msgs = [
+                _json(
+                    {"type": "unsubscribe", "product_ids": b, "channels": list(EXCHANGE_CHANNELS)}
+                )
+                for b in batches
+            ]
+        else:
+            msgs = [
+                _json({"type": "unsubscribe", "product_ids": b, "channel": ch})
+                for ch in ADVANCED_CHANNELS
+                for b in batches
+            ]
+        # Each is answered by a `subscriptions` message: not an acknowledgement of ours.
+        self._expected[conn.index] = self._expected.get(conn.index, 0) + len(msgs)
         return msgs
 
     def on_control(self, conn: WsConnection, msg: object) -> None:

@@ -1,9 +1,10 @@
 """A local Coinbase server on loopback: the Exchange feed (ws-feed) or Advanced Trade market data.
 
-``CoinbaseServer(cfg, feed="exchange" | "advanced")`` speaks one feed's public market-data
-protocol over the shared local-server base (:class:`~fairfeed.providers.local.wsserver.
-LocalWsServer`): pacing, statistics and the fault set are the base's, the messages are
-Coinbase's, shaped like the real captures (``/work/shared/data/captures``):
+``CoinbaseServer(name, cfg, host, port, feed="exchange" | "advanced")`` speaks one feed's
+public market-data protocol over the shared local-server base
+(:class:`~fairfeed.providers.local.wsserver.LocalWsServer`): pacing, statistics and the fault
+set are the base's, the messages are Coinbase's, shaped like the real captures
+(``/work/shared/data/captures``):
 
 * **Numbers as strings**, prices with the instrument's decimals, sizes without trailing zeros;
   ids (``sequence``, ``trade_id``) as JSON integers on the Exchange feed, ``trade_id`` as a
@@ -108,17 +109,17 @@ class CoinbaseServer(LocalWsServer):
 
     def __init__(
         self,
+        name: str,
         cfg: SimulatorConfig,
-        feed: str = "exchange",
-        *,
-        name: str = "",
         host: str = "127.0.0.1",
         port: int = 0,
+        *,
+        feed: str = "exchange",
         keep_log: bool = False,
     ) -> None:
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
-        super().__init__(name or f"coinbase-{feed}", cfg, host, port)
+        super().__init__(name, cfg, host, port)
         self.feed = feed
         self.heartbeat_interval = cfg.heartbeat_interval
         self.sent_log: list[tuple[int, str]] | None = [] if keep_log else None
