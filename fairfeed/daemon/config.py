@@ -69,10 +69,22 @@ class KafkaConfig:
 
 @dataclass(frozen=True)
 class FairConfig:
-    method: str = "median"
+    """Fair-price methodology (definitions: ``fairfeed/hotpath/fairmethods.py``)."""
+
+    method: str = "two_level"  # one of FAIR_METHODS
     inputs: str = "trades"  # trades | quotes | both
     stale_after: float = 10.0  # seconds; older sources are left out of the fair price
     min_interval: float = 0.05  # seconds between two fair prices of one instrument
+    heartbeat_interval: float = 5.0  # re-emit an unchanged (or stale) instrument; 0 = never
+    outlier_exclude: float = 0.05  # gate: exclude a source this far from the median; 0 = off
+    outlier_readmit: float = 0.025  # ... readmit it once closer than this (hysteresis)
+    volume_halflife: float = 60.0  # seconds, half-life of the volume EWMA (and variance)
+    freshness_tau: float = 5.0  # seconds, venue weight × exp(-age / freshness_tau)
+    venue_cap: float = 0.5  # largest share of one venue in the two-level weighted median
+    min_venues: int = 2  # fewer venues used: status "degraded"
+    window_bucket: float = 5.0  # seconds per bucket of the windowed volume-weighted median
+    window_buckets: int = 12  # buckets in its window
+    trim: float = 0.2  # trimmed mean: share of prices dropped at each end
 
 
 @dataclass(frozen=True)
@@ -206,7 +218,7 @@ class Config:
 
 
 PROVIDER_KINDS = ("simulator", "kaiko", "coinapi", "coinbase", "binance", "kraken", "replay")
-FAIR_METHODS = ("median",)
+FAIR_METHODS = ("two_level", "median", "inverse_variance", "windowed_vwm", "trimmed_mean")
 FAIR_INPUTS = ("trades", "quotes", "both")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -343,8 +355,7 @@ def _check(cfg: Config) -> None:
         fail("fair.method", f"must be one of {', '.join(FAIR_METHODS)}, got {cfg.fair.method!r}")
     if cfg.fair.inputs not in FAIR_INPUTS:
         fail("fair.inputs", f"must be one of {', '.join(FAIR_INPUTS)}, got {cfg.fair.inputs!r}")
-    if cfg.fair.stale_after <= 0:
-        fail("fair.stale_after", "must be > 0")
+    _check_fair(cfg.fair, fail)
     _check_anomalies(cfg, fail)
     if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
             and cfg.kafka.anomalies_topic):  # fmt: skip
@@ -456,6 +467,30 @@ def anomaly_thresholds(an: AnomalyConfig, data_class: str, instrument: str) -> d
                 and an.rate_drop_ratio > 0):  # fmt: skip
             out["rate_drop_clear"] = scope.rate_drop_ratio * an.rate_drop_clear / an.rate_drop_ratio
     return out
+
+
+def _check_fair(f: FairConfig, fail: typing.Callable[[str, str], None]) -> None:
+    if f.stale_after <= 0:
+        fail("fair.stale_after", "must be > 0")
+    if f.min_interval < 0:
+        fail("fair.min_interval", "must be >= 0")
+    if f.heartbeat_interval < 0 or 0 < f.heartbeat_interval < f.min_interval:
+        fail("fair.heartbeat_interval", "must be 0 (off) or >= fair.min_interval")
+    if f.outlier_exclude < 0:
+        fail("fair.outlier_exclude", "must be >= 0 (0 turns the gate off)")
+    if not 0 <= f.outlier_readmit <= f.outlier_exclude:
+        fail("fair.outlier_readmit", "must be between 0 and fair.outlier_exclude")
+    for key in ("volume_halflife", "freshness_tau", "window_bucket"):
+        if getattr(f, key) <= 0:
+            fail(f"fair.{key}", "must be > 0")
+    if not 0 < f.venue_cap <= 1:
+        fail("fair.venue_cap", f"must be in (0, 1], got {f.venue_cap}")
+    if f.min_venues < 1:
+        fail("fair.min_venues", "must be >= 1")
+    if not 1 <= f.window_buckets <= 256:
+        fail("fair.window_buckets", f"must be between 1 and 256, got {f.window_buckets}")
+    if not 0 <= f.trim < 0.5:
+        fail("fair.trim", f"must be in [0, 0.5), got {f.trim}")
 
 
 def _join(where: str, key: str) -> str:

@@ -1085,20 +1085,32 @@ class FairBook:
         n_instruments: int,
         source_table: np.ndarray,
         source_venues: np.ndarray | list[int],
+        n_sources: int | None = None,
         **settings,
     ) -> None:
         buckets = int(settings.get("window_buckets", 12))
         self.params = make_params(**settings)
         self.method = METHOD_NAMES[self.params.method]
+        # Kept by reference when already int32 and contiguous: a table filled in place later
+        # (sources added live) is seen by the kernels.
         self.source_table = np.ascontiguousarray(source_table, dtype=np.int32)
         if self.source_table.ndim != 2:
             raise ValueError("source_table must be 2-D [provider, venue]")
-        self.n_sources = len(source_venues)
+        self.n_sources = max(len(source_venues), int(n_sources or 0))
         tracked = buckets if self.params.method == METHOD_WINDOWED_VWM else 1
-        self.arrays = make_arrays(n_instruments, source_venues, tracked)
+        self.arrays = make_arrays(
+            n_instruments, _pad_venues(source_venues, self.n_sources), tracked
+        )
         self.out = make_out(n_instruments, self.n_sources)
         self.n_instruments = self.arrays.last_price.shape[0]
         self.skipped = 0
+
+    def set_source_venues(self, source_venues: np.ndarray | list[int]) -> None:
+        """New source → venue map (sources registered live); sizes do not change."""
+        if len(source_venues) > self.n_sources:
+            raise ValueError(f"{len(source_venues)} sources, capacity {self.n_sources}")
+        fresh = make_arrays(0, _pad_venues(source_venues, self.n_sources))
+        self.arrays = self.arrays._replace(group_src=fresh.group_src, group_start=fresh.group_start)
 
     SETTINGS = (
         "method",
@@ -1118,12 +1130,24 @@ class FairBook:
     )
 
     @classmethod
-    def from_config(cls, registry, fair_config, **overrides) -> FairBook:
-        """Book sized for ``registry`` with the settings of ``fair_config`` (a ``FairConfig``)."""
+    def from_config(
+        cls,
+        registry,
+        fair_config,
+        n_instruments: int | None = None,
+        n_sources: int | None = None,
+        source_table: np.ndarray | None = None,
+    ) -> FairBook:
+        """Book for ``registry`` with the settings of ``fair_config`` (a ``FairConfig``).
+
+        Sized for the registry unless capacities are given; ``source_table`` defaults to
+        ``registry.source_table()``.
+        """
         settings = {k: getattr(fair_config, k) for k in cls.SETTINGS if hasattr(fair_config, k)}
-        settings.update(overrides)
+        table = registry.source_table() if source_table is None else source_table
+        n = len(registry.instruments) if n_instruments is None else n_instruments
         venues = [v for _p, v in registry.sources]
-        return cls(len(registry.instruments), registry.source_table(), venues, **settings)
+        return cls(n, table, venues, n_sources, **settings)
 
     def update(self, records: np.ndarray, n: int | None = None) -> int:
         """Apply ``records[:n]`` (all when ``n`` is None); return how many were skipped."""
@@ -1140,3 +1164,11 @@ class FairBook:
         m = int(compute_fair_full_nb(int(now_ns), p, self.arrays, self.out))
         o = self.out
         return FairResult(*(x[:m] for x in o))
+
+
+def _pad_venues(source_venues, n_sources: int) -> np.ndarray:
+    """Venue ids of ``n_sources`` sources: the given ones, then a distinct negative id for each
+    source not registered yet (each its own group until it is)."""
+    venues = np.asarray(source_venues, np.int64).reshape(-1)
+    pad = -1 - np.arange(len(venues), max(n_sources, len(venues)), dtype=np.int64)
+    return np.concatenate((venues, pad))
