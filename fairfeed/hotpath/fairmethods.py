@@ -128,6 +128,7 @@ class FairParams(NamedTuple):
     min_venues: int
     bucket_ns: int
     trim: float
+    n_sources: int = -1  # sources >= this are not registered yet and ignored; -1 = all
 
 
 class FairArrays(NamedTuple):
@@ -216,20 +217,23 @@ def make_params(
 
 
 def make_arrays(
-    n_instruments: int, source_venues: np.ndarray | list[int], buckets: int = 1
+    n_instruments: int,
+    source_venues: np.ndarray | list[int],
+    buckets: int = 1,
+    n_sources: int | None = None,
 ) -> FairArrays:
-    """Fresh state for ``n_instruments`` and sources whose venue ids are ``source_venues``."""
+    """Fresh state for ``n_instruments`` and sources whose venue ids are ``source_venues``.
+
+    ``n_sources`` (default: as many as venues given) is the source capacity of the arrays;
+    sources beyond the venues given have no group (see ``FairParams.n_sources``).
+    """
     venues = np.asarray(source_venues, np.int64).reshape(-1)
-    n_src = max(len(venues), 1)
-    if len(venues) == 0:
-        venues = np.zeros(1, np.int64)
+    n_src = max(len(venues), int(n_sources or 0), 1)
     n = max(int(n_instruments), 0)
     shape = (n, n_src)
     bshape = (n, n_src, max(int(buckets), 1))
-    order = np.argsort(venues, kind="stable").astype(np.int64)
-    sv = venues[order]
-    starts = np.concatenate(([0], np.flatnonzero(sv[1:] != sv[:-1]) + 1, [n_src])).astype(np.int64)
-    width = max(n_src, len(starts) - 1)
+    order, starts = _venue_groups(venues)
+    width = n_src
     return FairArrays(
         last_price=np.full(shape, np.nan),
         last_ts=np.zeros(shape, np.int64),
@@ -254,6 +258,16 @@ def make_arrays(
         work_f=np.zeros((8, width)),
         work_i=np.zeros((4, width), np.int64),
     )
+
+
+def _venue_groups(venues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sources ordered by venue and the start of each venue's run (plus the end)."""
+    order = np.argsort(venues, kind="stable").astype(np.int64)
+    sv = venues[order]
+    starts = np.concatenate(([0], np.flatnonzero(sv[1:] != sv[:-1]) + 1, [len(venues)]))
+    if len(venues) == 0:
+        starts = np.zeros(1)
+    return order, starts.astype(np.int64)
 
 
 def make_out(n_instruments: int, n_sources: int) -> FairOut:
@@ -494,6 +508,8 @@ def _decayed_vol_nb(a, i, s, now, k_decay):  # pragma: no cover - jitted
 def _fair_one_nb(i, now, hb_due, p, a, o, m):  # pragma: no cover - jitted
     """Compute instrument ``i`` into output row ``m``; return True when the row is emitted."""
     n_src = a.last_price.shape[1]
+    if 0 <= p.n_sources < n_src:
+        n_src = p.n_sources
     n_groups = a.group_start.shape[0] - 1
     reasons = o.reasons
     cand = a.work_i[0]  # candidate flag per source (1 = candidate, 2 = used)
@@ -919,6 +935,8 @@ def compute_fair_full_reference(now: int, p: FairParams, a: FairArrays, o: FairO
 
 def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
     n_src = a.last_price.shape[1]
+    if 0 <= p.n_sources < n_src:
+        n_src = p.n_sources
     price = {s: float(a.last_price[i, s]) for s in range(n_src)}
     age = {s: now - int(a.last_ts[i, s]) for s in range(n_src)}
     reason = {}
@@ -1098,9 +1116,8 @@ class FairBook:
             raise ValueError("source_table must be 2-D [provider, venue]")
         self.n_sources = max(len(source_venues), int(n_sources or 0))
         tracked = buckets if self.params.method == METHOD_WINDOWED_VWM else 1
-        self.arrays = make_arrays(
-            n_instruments, _pad_venues(source_venues, self.n_sources), tracked
-        )
+        self.arrays = make_arrays(n_instruments, source_venues, tracked, self.n_sources)
+        self.params = self.params._replace(n_sources=len(source_venues))
         self.out = make_out(n_instruments, self.n_sources)
         self.n_instruments = self.arrays.last_price.shape[0]
         self.skipped = 0
@@ -1109,8 +1126,9 @@ class FairBook:
         """New source → venue map (sources registered live); sizes do not change."""
         if len(source_venues) > self.n_sources:
             raise ValueError(f"{len(source_venues)} sources, capacity {self.n_sources}")
-        fresh = make_arrays(0, _pad_venues(source_venues, self.n_sources))
-        self.arrays = self.arrays._replace(group_src=fresh.group_src, group_start=fresh.group_start)
+        order, starts = _venue_groups(np.asarray(source_venues, np.int64).reshape(-1))
+        self.arrays = self.arrays._replace(group_src=order, group_start=starts)
+        self.params = self.params._replace(n_sources=len(source_venues))
 
     SETTINGS = (
         "method",
@@ -1164,11 +1182,3 @@ class FairBook:
         m = int(compute_fair_full_nb(int(now_ns), p, self.arrays, self.out))
         o = self.out
         return FairResult(*(x[:m] for x in o))
-
-
-def _pad_venues(source_venues, n_sources: int) -> np.ndarray:
-    """Venue ids of ``n_sources`` sources: the given ones, then a distinct negative id for each
-    source not registered yet (each its own group until it is)."""
-    venues = np.asarray(source_venues, np.int64).reshape(-1)
-    pad = -1 - np.arange(len(venues), max(n_sources, len(venues)), dtype=np.int64)
-    return np.concatenate((venues, pad))

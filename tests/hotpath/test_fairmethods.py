@@ -85,6 +85,8 @@ def scenarios(draw, method: str):
         min_venues=draw(st.integers(1, 3)),
         bucket_ns=draw(st.sampled_from([3, 10])),
         trim=draw(st.sampled_from([0.0, 0.2, 0.34])),
+        # Sources registered so far (capacity beyond them, as when the registry grows live).
+        n_sources=draw(st.sampled_from([-1, -1, len(venues), max(len(venues) - 1, 0)])),
     )
     buckets = draw(st.sampled_from([1, 3]))
     base = draw(st.sampled_from([100.0, 1e-4, 31000.0]))
@@ -117,8 +119,9 @@ def scenarios(draw, method: str):
 
 def run_oracle(scenario) -> None:
     n_inst, table, venues, params, buckets, steps = scenario
-    a_nb = fm.make_arrays(n_inst, venues, buckets)
-    a_ref = fm.make_arrays(n_inst, venues, buckets)
+    active = venues if params.n_sources < 0 else venues[: params.n_sources]
+    a_nb = fm.make_arrays(n_inst, active, buckets, len(venues))
+    a_ref = fm.make_arrays(n_inst, active, buckets, len(venues))
     o_nb = fm.make_out(n_inst, len(venues))
     o_ref = fm.make_out(n_inst, len(venues))
     now = 1_000
@@ -399,7 +402,12 @@ def test_from_config_and_validation():
     b = fm.FairBook.from_config(reg, FairConfig())
     assert b.arrays.last_price.shape == (2, 3)
     assert b.arrays.group_start.tolist() == [0, 2, 3]  # binance (two vendors), coinbase
-    assert b.method == FairConfig().method
+    assert b.method == FairConfig().method == "two_level"
+    # Capacity beyond the registered sources; a source registered later joins its venue.
+    big = fm.FairBook.from_config(reg, FairConfig(), n_instruments=8, n_sources=6)
+    assert big.arrays.last_price.shape == (8, 6) and big.params.n_sources == 3
+    big.set_source_venues([0, 0, 1, 1])
+    assert big.arrays.group_start.tolist() == [0, 2, 4] and big.params.n_sources == 4
     with pytest.raises(ValueError):
         fm.make_params(method="mean")
     with pytest.raises(ValueError):
