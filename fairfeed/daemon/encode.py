@@ -7,7 +7,8 @@ group's columns as JSON arrays (``orjson`` serializes the contiguous numpy slice
 Order inside a group is the order in the batch, and groups of one instrument are emitted in
 batch order, so per-instrument order holds end to end (same key → same partition).
 
-Fair prices: one message per output, keyed by instrument.
+Fair prices: one message per output, keyed by instrument, with how it was made (method, sources
+and venues used, excluded sources and why, dispersion, oldest input age, status).
 
 The wire format is documented in ``docs/kafka-schema.md``; :data:`SCHEMA_VERSION` changes only
 for breaking changes (added fields keep it).
@@ -23,6 +24,12 @@ import numpy as np
 import orjson
 
 from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.fairmethods import (
+    FAIR_STATUS_NAMES,
+    REASON_NAMES,
+    REASON_OUTLIER,
+    REASON_STALE,
+)
 from fairfeed.hotpath.records import CLASS_CODES, CLASS_NAMES, RECORD_DTYPE
 
 SCHEMA_VERSION = 1
@@ -58,6 +65,7 @@ class TickEncoder:
         self.registry = registry
         self.max_records = max_records
         self._keys = [name.encode() for name in registry.instruments]
+        self._source_names: list[str] = []  # "provider/venue" per source id, built when needed
 
     def refresh(self) -> None:
         """Pick up instruments the registry gained since."""
@@ -130,9 +138,20 @@ class TickEncoder:
         oldest_age_ns: np.ndarray | Sequence[int],
         ts: np.ndarray | Sequence[int] | int,
         method: str = "median",
+        *,
+        venues: np.ndarray | Sequence[int] | None = None,
+        dispersion: np.ndarray | Sequence[float] | None = None,
+        status: np.ndarray | Sequence[int] | None = None,
+        reasons: np.ndarray | None = None,
     ) -> list[Message]:
         """One ``(key, value)`` per fair-price output (arrays of equal length; ``ts`` may be one
-        timestamp for all)."""
+        timestamp for all).
+
+        The methodology fields are written when given (the compute stage always gives them):
+        ``venues``, ``dispersion``, ``status`` (codes of ``FAIR_STATUS_NAMES``) and ``reasons``
+        (``[output, source]`` codes of ``REASON_NAMES``), published as ``excluded``: the sources
+        left out as stale or outlier, ``{"source": "provider/venue", "reason": ...}``.
+        """
         inst = np.asarray(instruments).tolist()
         n = len(inst)
         px = np.asarray(prices, dtype=np.float64).tolist()
@@ -141,25 +160,61 @@ class TickEncoder:
         tsv = np.broadcast_to(np.asarray(ts, dtype=np.int64), (n,)).tolist()
         if not (len(px) == len(src) == len(age) == n):
             raise ValueError("fair-price arrays must have the same length")
+        ven = None if venues is None else np.asarray(venues).tolist()
+        disp = None if dispersion is None else np.asarray(dispersion, np.float64).tolist()
+        stat = None if status is None else np.asarray(status).tolist()
+        excluded: list[list[dict[str, str]]] | None = None
+        if reasons is not None:
+            excluded = self._excluded(np.asarray(reasons)[:n])
+        for extra in (ven, disp, stat, excluded):
+            if extra is not None and len(extra) != n:
+                raise ValueError("fair-price arrays must have the same length")
         names = self.registry.instruments
         keys = self._keys
         out: list[Message] = []
         for i in range(n):
             p = px[i]
-            value = orjson.dumps(
-                {
-                    "schema": SCHEMA_VERSION,
-                    "type": "fair",
-                    "instrument": names[inst[i]],
-                    "price": p if p == p and abs(p) != float("inf") else None,
-                    "method": method,
-                    "sources": src[i],
-                    "oldest_age_ns": age[i],
-                    "ts": tsv[i],
-                }
-            )
-            out.append((keys[inst[i]], value))
+            msg: dict[str, Any] = {
+                "schema": SCHEMA_VERSION,
+                "type": "fair",
+                "instrument": names[inst[i]],
+                "price": _finite(p),
+                "method": method,
+                "sources": src[i],
+                "oldest_age_ns": age[i],
+                "ts": tsv[i],
+            }
+            if ven is not None:
+                msg["venues"] = ven[i]
+            if disp is not None:
+                msg["dispersion"] = _finite(disp[i])
+            if stat is not None:
+                msg["status"] = FAIR_STATUS_NAMES.get(stat[i], "unknown")
+            if excluded is not None:
+                msg["excluded"] = excluded[i]
+            out.append((keys[inst[i]], orjson.dumps(msg)))
         return out
+
+    def _excluded(self, reasons: np.ndarray) -> list[list[dict[str, str]]]:
+        """Per output row, the sources excluded as stale or outlier (source id order)."""
+        n_src = min(reasons.shape[1], len(self.registry.sources)) if reasons.ndim == 2 else 0
+        rows: list[list[dict[str, str]]] = [[] for _ in range(len(reasons))]
+        if n_src == 0:
+            return rows
+        r = reasons[:, :n_src]
+        hit_rows, hit_cols = np.nonzero((r == REASON_STALE) | (r == REASON_OUTLIER))
+        if len(hit_rows):
+            if len(self._source_names) != len(self.registry.sources):
+                reg = self.registry
+                self._source_names = [reg.source_name(s) for s in range(len(reg.sources))]
+            names = self._source_names
+            for row, col in zip(hit_rows.tolist(), hit_cols.tolist(), strict=True):
+                rows[row].append({"source": names[col], "reason": REASON_NAMES[int(r[row, col])]})
+        return rows
+
+
+def _finite(x: float) -> float | None:
+    return x if x == x and abs(x) != float("inf") else None
 
 
 def encode_ticks(

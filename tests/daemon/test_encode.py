@@ -233,3 +233,36 @@ def test_decode_rejects_other_types(registry: Registry) -> None:
     [(_, ticks)] = encode_ticks(rec, registry)
     with pytest.raises(ValueError):
         decode_fair(ticks)
+
+
+def test_fair_methodology_fields(registry: Registry) -> None:
+    from fairfeed.hotpath import fairmethods as fm
+
+    n_src = len(registry.sources)
+    reasons = np.zeros((2, n_src + 2), np.uint8)  # wider than the registry: capacity
+    reasons[0, 0] = fm.REASON_OUTLIER
+    reasons[0, 1] = fm.REASON_NO_DATA  # never published
+    reasons[0, n_src - 1] = fm.REASON_STALE
+    reasons[0, n_src] = fm.REASON_STALE  # beyond the registered sources: ignored
+    msgs = TickEncoder(registry).fair(
+        [0, 1],
+        [65000.5, 3000.0],
+        [2, 0],
+        [1_000, 9_000],
+        7,
+        "two_level",
+        venues=[2, 0],
+        dispersion=[0.0015, np.nan],
+        status=[fm.FAIR_OK, fm.FAIR_STALE],
+        reasons=reasons,
+    )
+    first, second = (decode_fair(v) for _, v in msgs)
+    assert first["method"] == "two_level" and first["venues"] == 2
+    assert first["status"] == "ok" and first["dispersion"] == 0.0015
+    assert first["excluded"] == [
+        {"source": registry.source_name(0), "reason": "outlier"},
+        {"source": registry.source_name(n_src - 1), "reason": "stale"},
+    ]
+    assert second["status"] == "stale" and second["excluded"] == []
+    assert orjson.loads(msgs[1][1])["dispersion"] is None
+    assert second["schema"] == 1
