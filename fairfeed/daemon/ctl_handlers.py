@@ -309,6 +309,19 @@ class ControlHandlers:
         self._broadcast({"op": "log_level", "level": level})
         return {"level": level}
 
+    def reload_now(self) -> None:
+        """SIGHUP: the same as ``ctl reload``, reported in the log."""
+        try:
+            result = self.cmd_reload({})
+        except ProtocolError as exc:
+            raise RuntimeError(exc.message) from None
+        log.info(
+            "reloaded: %d subscribed, %d unsubscribed, restart required for: %s",
+            len(result["subscribed"]),
+            len(result["unsubscribed"]),
+            ", ".join(result["restart_required"]) or "nothing",
+        )
+
     def cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         self._args(args, set())
         rt = self.rt

@@ -104,7 +104,9 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             )
         k = cfg.kafka
         ensure_topics(
-            k.bootstrap, [k.ticks_topic, k.fair_topic, k.dead_letter_topic], TOPIC_PARTITIONS
+            k.bootstrap,
+            [k.ticks_topic, k.fair_topic, k.dead_letter_topic, k.anomalies_topic],
+            TOPIC_PARTITIONS,
         )
         prepare_local_keys(cfg)
         served = [p for p in cfg.providers if p.serve is not None or p.replay is not None]
@@ -156,9 +158,10 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         rt = Runtime(cfg, registry, book, state_path, control, rings, streams, workers, comp)
         rt.children = children
         socket_path = Path(d.control_socket) if d.control_socket else default_socket_path()
+        handlers = ControlHandlers(rt)
         ctl = ControlServer(
             socket_path,
-            ControlHandlers(rt),
+            handlers,
             group=d.control_group,
             max_clients=d.control_max_clients,
             idle_timeout=d.control_idle_timeout,
@@ -172,7 +175,9 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
                 cfg.daemon.live_view == "auto" and sys.stdout.isatty()
             )
         view = LiveView(registry, ingest_slots, slot) if live_view else None
-        rt.supervisor = Supervisor(cfg.daemon, control, children, on_tick=view, io=ctl)
+        rt.supervisor = Supervisor(
+            cfg.daemon, control, children, on_tick=view, io=ctl, on_hup=handlers.reload_now
+        )
         return rt.supervisor.run()
     finally:
         if ctl is not None:

@@ -98,12 +98,14 @@ class Supervisor:
         children: list[ChildSpec],
         on_tick: Callable[[Supervisor], None] | None = None,
         io: ServedIO | None = None,
+        on_hup: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.control = control
         self.children = children
         self.on_tick = on_tick
         self.io = io
+        self.on_hup = on_hup
         self.started = time.monotonic()
         self.stopping = False
         self._signals: list[int] = []
@@ -154,7 +156,14 @@ class Supervisor:
         self.stopping = True
 
     def handle_sighup(self) -> None:
-        log.warning("SIGHUP: configuration reload is not supported yet; ignored")
+        if self.on_hup is None:
+            log.warning("SIGHUP: nothing to reload; ignored")
+            return
+        log.info("SIGHUP: reloading the configuration")
+        try:
+            self.on_hup()
+        except Exception as exc:  # a bad file must not stop the daemon
+            log.error("reload failed, nothing changed: %s", exc)
 
     def handle_sigchld(self) -> None:
         pass  # reaping happens every tick

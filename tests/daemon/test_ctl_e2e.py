@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -303,10 +304,21 @@ def test_changes_survive_a_restart_unless_the_configuration_changed(
             {"provider": "sim-a", "venue": "SIM-AX", "instrument": "DOGE-USD"}
         ]
         assert res["restart_required"] == ["kafka"]
+        good = cfg.read_text()
         cfg.write_text("[daemon]\nworkerz = 1\n")
         code, _, err = ctl(third, "reload")
         assert code == 1 and "unknown key 'daemon.workerz'" in err
         assert ctl(third, "status")[0] == 0
+        # SIGHUP reloads too
+        cfg.write_text(good.replace('["BTC-USD", "DOGE-USD"]', '["BTC-USD"]', 1))
+        os.kill(third.pid, signal.SIGHUP)
+        wait_for(
+            lambda: (
+                "DOGE-USD" not in {s["instrument"] for s in ctl(third, "list")[1]["subscriptions"]}
+            ),
+            10,
+            "the SIGHUP reload",
+        )
         assert third.stop() == 0
     finally:
         sims.stop()
