@@ -176,7 +176,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             )
         view = LiveView(registry, ingest_slots, slot) if live_view else None
         rt.supervisor = Supervisor(
-            cfg.daemon, control, children, on_tick=view, io=ctl, on_hup=handlers.reload_now
+            cfg.daemon, control, children, on_tick=view, io=[ctl], on_hup=handlers.reload_now
         )
         return rt.supervisor.run()
     finally:

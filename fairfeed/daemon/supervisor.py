@@ -44,7 +44,7 @@ class HaltServer(BaseException):
 
 
 class ServedIO(Protocol):
-    """Sockets the main loop serves between ticks (the control socket)."""
+    """Sockets the main loop serves between ticks (the control socket, the metrics endpoint)."""
 
     def readers(self) -> list[int]: ...
     def writers(self) -> list[int]: ...
@@ -97,14 +97,14 @@ class Supervisor:
         control: ControlBlock,
         children: list[ChildSpec],
         on_tick: Callable[[Supervisor], None] | None = None,
-        io: ServedIO | None = None,
+        io: list[ServedIO] | None = None,
         on_hup: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.control = control
         self.children = children
         self.on_tick = on_tick
-        self.io = io
+        self.io: list[ServedIO] = list(io or ())
         self.on_hup = on_hup
         self.started = time.monotonic()
         self.stopping = False
@@ -130,9 +130,12 @@ class Supervisor:
 
     def _sleep(self, timeout: float) -> None:
         """Wait for a signal, I/O of the served sockets, or ``timeout``; serve the I/O."""
-        io = self.io if not self.stopping else None
-        readers = [self._pipe_r, *(io.readers() if io else ())]
-        writers = io.writers() if io else []
+        served = self.io if not self.stopping else []
+        readers = [self._pipe_r]
+        writers: list[int] = []
+        for io in served:
+            readers += io.readers()
+            writers += io.writers()
         try:
             ready, writable, _ = select.select(readers, writers, [], timeout)
         except InterruptedError:
@@ -143,7 +146,7 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
-        if io is not None:
+        for io in served:
             io.handle(ready, writable)
             io.tick()
 
