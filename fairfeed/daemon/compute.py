@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fairfeed.daemon.anomalies import AnomalyDetector
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
 from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.config import Config
@@ -17,7 +18,7 @@ from fairfeed.daemon.counters import SlotCounters
 from fairfeed.daemon.encode import TickEncoder
 from fairfeed.daemon.registry import Registry
 from fairfeed.daemon.sink import KafkaSink
-from fairfeed.hotpath.fairprice import FairState
+from fairfeed.hotpath.fairmethods import FairBook
 from fairfeed.hotpath.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock, Slot
@@ -81,6 +82,7 @@ class ComputeWorker:
                 if blobs.used():
                     pipeline.dead_letters(blobs.read())
             pipeline.emit_fair(time.time_ns())
+            pipeline.check_anomalies(time.time_ns(), self.rings)
             sink.poll()
             if sink.stalled(self.cfg.kafka.stall_timeout):
                 # An idempotent producer never recovers from a broker that lost its state
@@ -140,9 +142,16 @@ class Pipeline:
         d = cfg.daemon
         self.source_table = np.full((max(len(cfg.providers), 1), d.max_sources), -1, np.int32)
         self._fill_source_table()
-        self.state = FairState(d.max_instruments, d.max_sources, self.source_table, cfg.fair.inputs)
+        self.state = FairBook.from_config(
+            registry, cfg.fair, d.max_instruments, d.max_sources, self.source_table
+        )
         self.ticks_topic = cfg.kafka.ticks_topic
         self.fair_topic = cfg.kafka.fair_topic
+        self.anomalies = (
+            AnomalyDetector(cfg, registry, cfg.daemon.workers, time.time_ns())
+            if cfg.anomalies.enabled
+            else None
+        )
 
     def _fill_source_table(self) -> None:
         for sid, (p, v) in enumerate(self.registry.sources):
@@ -154,6 +163,7 @@ class Pipeline:
         if op == "registry":
             self.registry.extend(cmd["snapshot"])
             self._fill_source_table()
+            self.state.set_source_venues([v for _p, v in self.registry.sources])
             self.encoder.refresh()
         elif op == "log_level":
             logging.getLogger().setLevel(cmd["level"])
@@ -164,6 +174,8 @@ class Pipeline:
         """Update the fair-price state and publish the records as ticks."""
         self.counters.add(Slot.RECORDS_IN, len(records))
         self.state.update(records)
+        if self.anomalies is not None:
+            self.anomalies.update(records)  # health records included
         if self.streams is not None:
             self.streams.update(records, self.source_table)
         kinds = records["kind"]
@@ -176,6 +188,18 @@ class Pipeline:
             produce(topic, key, value)
         self.counters.add(Slot.RECORDS_OUT, len(records))
 
+    def check_anomalies(self, now_ns: int, rings: list[Ring]) -> None:
+        """Evaluate the anomaly detectors when due and publish their events."""
+        det = self.anomalies
+        if det is None or not det.due(now_ns):
+            return
+        dropped = np.array([r.dropped for r in rings], np.int64)
+        topic = self.cfg.kafka.anomalies_topic
+        for key, value in det.evaluate(now_ns, self.control.fair_price, dropped):
+            self.sink.produce(topic, key, value)
+        self.counters.set(Slot.ANOMALIES_OPEN, det.open_count())
+        self.counters.set(Slot.ANOMALIES_TOTAL, det.total)
+
     def dead_letters(self, blobs: list[bytes]) -> None:
         """Publish malformed provider messages (``provider NUL value``) keyed by provider."""
         topic = self.cfg.kafka.dead_letter_topic
@@ -185,12 +209,20 @@ class Pipeline:
 
     def emit_fair(self, now_ns: int, final: bool = False) -> None:
         """Publish the fair prices that are due (all pending ones when ``final``)."""
-        fair = self.cfg.fair
-        out = self.state.compute(now_ns, fair.stale_after, 0.0 if final else fair.min_interval)
+        out = self.state.compute(now_ns, final)
         if not len(out.instrument):
             return
         for key, value in self.encoder.fair(
-            out.instrument, out.price, out.sources, out.oldest_age_ns, now_ns, fair.method
+            out.instrument,
+            out.price,
+            out.sources,
+            out.oldest_age_ns,
+            now_ns,
+            self.state.method,
+            venues=out.venues,
+            dispersion=out.dispersion,
+            status=out.status,
+            reasons=out.reasons,
         ):
             self.sink.produce(self.fair_topic, key, value)
         board = out.instrument.astype(np.intp)

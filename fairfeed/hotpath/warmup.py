@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from fairfeed.hotpath import fairprice
+from fairfeed.hotpath import fairmethods, fairprice
 from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.ipc.streams import count_streams_nb
@@ -41,6 +41,7 @@ def warm_up() -> float:
     state.update(recs)
     out = state.compute(2, 1.0, 0.0)
     assert len(out.price) == 1 and out.price[0] == 100.0, out
+    _warm_fair_methods(table, recs)
     recs["sequence"] = (1, 3, 3)
     tracker = SequenceTracker(2, (KIND_TRADE, KIND_BID, KIND_ASK), max_gaps=4)
     assert len(tracker.check(recs, 0, 3)) == 1
@@ -48,8 +49,35 @@ def warm_up() -> float:
     last = np.zeros((2, 2), np.int64)
     count_streams_nb(recs, len(recs), table, count, last)
     assert count.sum() == 3
+    _warm_anomaly()
     _warm_seconds = time.perf_counter() - start
     return _warm_seconds
+
+
+def _warm_anomaly() -> None:
+    """The anomaly kernels, with the argument types ``AnomalyState`` passes."""
+    from fairfeed.hotpath import anomaly
+
+    subs = [(0, 0), (0, 1)]
+    thr = np.tile(anomaly.default_thresholds(), (2, 1))
+    st = anomaly.AnomalyState([1], [(0, 0), (1, 1)], 2, 2, subs, thr, anomaly.default_globals(), 1)
+    recs = empty_records(2)
+    recs["kind"] = KIND_TRADE
+    recs["provider"] = recs["venue"] = (0, 1)
+    recs["price"] = 100.0
+    recs["ts_receive"] = 1
+    assert st.update(recs) == 0
+    st.evaluate(2, np.full(1, 100.0), np.zeros(1, np.int64))
+
+
+def _warm_fair_methods(table: np.ndarray, recs: np.ndarray) -> None:
+    """The methodology kernels (``FairBook``), every method: one specialization serves all."""
+    for method in fairmethods.METHOD_CODES:
+        book = fairmethods.FairBook(2, table, [0, 1], 4, method=method, inputs="both")
+        book.update(recs)
+        out = book.compute(2)
+        assert len(out.price) == 1 and out.price[0] == 100.0, (method, out)
+        book.compute(3, final=True)
 
 
 def _main() -> None:  # pragma: no cover - measurement helper

@@ -40,6 +40,8 @@ class Slot(enum.IntEnum):
     SUBSCRIBE_ERRORS = 20  # subscriptions refused by a provider
     DEAD_LETTERS = 21  # malformed frames forwarded to the dead-letter topic
     DEAD_LETTERS_DROPPED = 22  # malformed frames not forwarded (dead-letter ring full)
+    ANOMALIES_OPEN = 23  # compute: anomaly episodes open now
+    ANOMALIES_TOTAL = 24  # compute: anomaly events published (starts and ends)
 
 
 SLOT_WORDS = 32

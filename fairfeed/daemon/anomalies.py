@@ -1,0 +1,196 @@
+"""Anomaly detection in the compute process: the kernels' state built from the configuration,
+the periodic evaluation, and the Kafka encoding of the events (docs/kafka-schema.md).
+
+The monitored subscriptions are those of the configuration at start (``Config.subscription_keys``);
+thresholds are resolved per instrument (instrument over data class over ``[anomalies]``) into one
+row per subscription.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from fairfeed.daemon.config import AnomalyConfig, Config, anomaly_thresholds
+from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath import anomaly as an
+from fairfeed.hotpath.records import CLASS_CODES, CLASS_NAMES
+
+SCHEMA_VERSION = 1
+NS = 1_000_000_000
+
+_THRESHOLD_COLUMNS = {
+    "no_data_after": (an.T_NO_DATA, NS),
+    "first_data_timeout": (an.T_FIRST, NS),
+    "divergence": (an.T_DIV, 1.0),
+    "divergence_for": (an.T_DIV_FOR, NS),
+    "divergence_clear": (an.T_DIV_CLEAR, 1.0),
+    "latency_exchange_provider_ms": (an.T_LAT_EX, 1e6),
+    "latency_provider_local_ms": (an.T_LAT_LOCAL, 1e6),
+    "clock_skew_ms": (an.T_SKEW, 1e6),
+    "latency_for": (an.T_LAT_FOR, NS),
+    "rate_drop_ratio": (an.T_RATE_RATIO, 1.0),
+    "rate_drop_clear": (an.T_RATE_CLEAR, 1.0),
+    "rate_floor": (an.T_RATE_FLOOR, 1.0),
+    "rate_drop_for": (an.T_RATE_FOR, NS),
+}
+
+
+def threshold_row(acfg: AnomalyConfig, data_class: str, instrument: str) -> np.ndarray:
+    """The kernel threshold row (``T_*`` columns, durations in ns) of one instrument."""
+    row = np.zeros(an.N_T)
+    for name, value in anomaly_thresholds(acfg, data_class, instrument).items():
+        col, scale = _THRESHOLD_COLUMNS[name]
+        row[col] = value * scale
+    return row
+
+
+def global_row(acfg: AnomalyConfig) -> np.ndarray:
+    g = np.zeros(an.N_G)
+    g[an.G_HB_TIMEOUT] = acfg.heartbeat_timeout * NS
+    g[an.G_GAP_QUIET] = acfg.gap_quiet * NS
+    g[an.G_RATE_FAST] = acfg.rate_fast * NS
+    g[an.G_RATE_BASE] = acfg.rate_baseline * NS
+    g[an.G_LAT_CLEAR] = acfg.latency_clear
+    return g
+
+
+class AnomalyDetector:
+    """Anomaly state of one compute process; ``update`` every batch, ``due`` / ``evaluate``
+    every ``evaluate_interval``."""
+
+    def __init__(self, cfg: Config, registry: Registry, n_rings: int, start_ns: int) -> None:
+        self.cfg = cfg.anomalies
+        self.registry = registry
+        acfg = cfg.anomalies
+        subs: list[tuple[int, int]] = []
+        rows = []
+        for provider, venue, inst, dclass in cfg.subscription_keys():
+            i = registry.instrument_id(inst)
+            s = registry.source_id(provider, venue)
+            subs.append((i, s))
+            rows.append(threshold_row(acfg, dclass, inst))
+        self.n_instruments = len(registry.instruments)
+        thr = np.array(rows).reshape(len(subs), an.N_T)
+        self.state = an.AnomalyState(
+            registry.instrument_classes,
+            registry.sources,
+            len(registry.providers),
+            len(registry.venues),
+            subs,
+            thr,
+            global_row(acfg),
+            n_rings,
+            start_ns,
+            acfg.max_events,
+        )
+        self.interval_ns = round(acfg.evaluate_interval * NS)
+        self.next_ns = start_ns + self.interval_ns
+        self.total = 0  # events published (start and end)
+
+    def update(self, records: np.ndarray) -> None:
+        self.state.update(records)
+
+    def due(self, now_ns: int) -> bool:
+        return now_ns >= self.next_ns
+
+    def evaluate(
+        self, now_ns: int, fair: np.ndarray, ring_dropped: np.ndarray
+    ) -> list[tuple[bytes, bytes]]:
+        """Run one evaluation; the ``(key, value)`` messages of its events."""
+        self.next_ns = now_ns + self.interval_ns
+        fair = fair[: self.n_instruments] if len(fair) >= self.n_instruments else fair
+        ei, ef = self.state.evaluate(now_ns, fair, ring_dropped)
+        self.total += len(ei)
+        return encode_events(ei, ef, self.registry)
+
+    def open_count(self) -> int:
+        return self.state.open_count()
+
+
+def _values(kind: int, ef: list[float], count: int) -> dict[str, Any]:
+    v0, v1, v2, _thr = ef
+    if kind in (an.A_NO_DATA,):
+        return {"silent_s": v0, "subscriptions": count}
+    if kind == an.A_NO_FIRST_DATA:
+        return {"waited_s": v0, "subscriptions": count}
+    if kind == an.A_DIVERGENCE:
+        return {"deviation": v0, "price": v1, "fair": v2, "subscriptions": count}
+    if kind == an.A_VENUE_DIVERGENCE:
+        return {"spread": v0, "low": v1, "high": v2, "subscriptions": count}
+    if kind in (an.A_LATENCY_EXCHANGE, an.A_LATENCY_LOCAL, an.A_CLOCK_SKEW):
+        return {"latency_ms": v0, "subscriptions": count}
+    if kind == an.A_RATE_DROP:
+        return {"rate": v0, "baseline": v1, "subscriptions": count}
+    if kind == an.A_GAP:
+        return {"gaps": int(v0), "missed": int(v1)}
+    if kind == an.A_DISCONNECT:
+        return {"reason": an.REASON_NAMES.get(int(v0), "unknown"), "silent_s": v1}
+    if kind == an.A_RING_OVERFLOW:
+        return {"ring": count, "dropped": int(v0)}
+    return {}
+
+
+def encode_events(
+    ev_i: np.ndarray, ev_f: np.ndarray, registry: Registry
+) -> list[tuple[bytes, bytes]]:
+    """One ``(key, value)`` per event row; the key is the subject string
+    (``provider/venue/data_class/instrument`` with ``*`` where not applicable; a ring overflow
+    is keyed ``ring<N>``)."""
+    out = []
+    reg = registry
+    for row_i, row_f in zip(ev_i.tolist(), ev_f.tolist(), strict=True):
+        kind = row_i[an.E_KIND]
+        p, v, c, i = (row_i[an.E_PROVIDER], row_i[an.E_VENUE], row_i[an.E_CLASS],
+                      row_i[an.E_INSTRUMENT])  # fmt: skip
+        subject = {
+            "provider": reg.providers[p] if 0 <= p < len(reg.providers) else None,
+            "venue": reg.venues[v] if 0 <= v < len(reg.venues) else None,
+            "data_class": CLASS_NAMES.get(c) if c >= 0 else None,
+            "instrument": reg.instruments[i] if 0 <= i < len(reg.instruments) else None,
+        }
+        if kind == an.A_RING_OVERFLOW:
+            key = f"ring{row_i[an.E_COUNT]}"
+        else:
+            key = "/".join(x if x is not None else "*" for x in subject.values())
+        end = row_i[an.E_END]
+        value = {
+            "schema": SCHEMA_VERSION,
+            "type": "anomaly",
+            "kind": an.KIND_NAMES.get(kind, str(kind)),
+            "phase": "start" if row_i[an.E_PHASE] == an.PHASE_START else "end",
+            "subject": subject,
+            "level": LEVEL_NAMES.get(row_i[an.E_LEVEL], "?"),
+            "start": row_i[an.E_START],
+            "end": end if end else None,
+            "detected": row_i[an.E_DETECTED],
+            "values": _values(kind, row_f, row_i[an.E_COUNT]),
+            "threshold": row_f[3],
+        }
+        out.append((key.encode(), orjson.dumps(value)))
+    return out
+
+
+LEVEL_NAMES = {
+    an.LV_SUB: "subscription",
+    an.LV_PROVIDER: "provider",
+    an.LV_VENUE: "venue",
+    an.LV_CLASS: "data_class",
+    an.LV_INSTRUMENT: "instrument",
+    an.LV_SOURCE: "source",
+    an.LV_VENUE_INSTRUMENT: "venue_instrument",
+    an.LV_RING: "ring",
+}
+
+
+def decode_anomaly(value: bytes) -> dict[str, Any]:
+    """Parse an anomaly value (tests, tools)."""
+    msg = orjson.loads(value)
+    if msg.get("type") != "anomaly" or msg.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"not an anomaly message of schema {SCHEMA_VERSION}: {msg!r:.200}")
+    return msg
+
+
+__all__ = ["CLASS_CODES", "AnomalyDetector", "decode_anomaly", "encode_events"]
