@@ -546,7 +546,21 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
     best = np.zeros(n_groups, np.int64)
     thr_col = np.array([T_NO_DATA, T_FIRST, T_DIV, T_LAT_EX, T_LAT_LOCAL, T_SKEW, T_RATE_RATIO])
     thr_scale = np.array([1e-9, 1e-9, 1.0, 1e-6, 1e-6, 1e-6, 1.0])
+    # Skip detectors with nothing in progress: the roll-up would change nothing (most passes).
+    busy = np.zeros(N_DET, np.bool_)
     for d in range(N_DET):
+        for k in range(n_sub):
+            if onset[d, k] > 0 or active[d, k] > 0 or sub_open[d, k] > 0:
+                busy[d] = True
+                break
+        if not busy[d]:
+            for g in range(n_groups):
+                if group_open[d, g] > 0:
+                    busy[d] = True
+                    break
+    for d in range(N_DET):
+        if not busy[d]:
+            continue
         kind = DET_KINDS[d]
         tc = thr_col[d]
         ts_ = thr_scale[d]
