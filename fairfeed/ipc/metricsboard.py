@@ -1,0 +1,350 @@
+"""The metrics board: what the compute process measures for Prometheus, in shared memory.
+
+Written only by the compute process, once per record batch (a Numba kernel, no per-message
+Python), read by the supervisor's collector at scrape time (``fairfeed/daemon/metrics.py``):
+
+- ``price[instrument, source]``: latest price per stream — the last trade, or the mid of the last
+  bid and ask when the latest record is a quote (NaN = none yet);
+- ``hist[source, hop, bucket]`` / ``hsum[source, hop]``: latency histograms per source
+  (provider × venue) and hop, with the fixed bucket bounds ``BOUNDS_S`` (plus +Inf), counts not
+  cumulative, sums in seconds. Hops (``HOPS``):
+
+  ==================  =====================================================================
+  exchange_provider   ``ts_provider - ts_exchange`` (both known)
+  provider_receive    ``ts_receive - ts_provider`` (or ``- ts_exchange`` when the provider
+                      adds no time of its own)
+  receive_ring        ring publish time - ``ts_receive`` (the ring's publish stamps)
+  ring_kernel         time the batch reached the metrics kernel - ring publish time
+  kernel_kafka        ``produce()`` right after the kernel → broker acknowledgement
+                      (librdkafka's per-message latency, one observation per tick message)
+  ==================  =====================================================================
+
+  A negative difference (clock skew between the venue, the provider and us) counts in the
+  lowest bucket and in ``skew[source, hop]``.
+- ``batch_hist[bucket]`` / ``misc``: kernel time per batch (all of ``Pipeline.process``'s
+  kernels) and scalar counters (``M_*``);
+- ``anomaly_events[kind, provider]`` / ``anomaly_open[kind, provider]``: anomaly episodes
+  started and open now per kind and provider (last column: no provider, e.g. venue or ring
+  level).
+
+Values are aligned 8-byte words with one writer; a reader may see one batch half applied, never
+a torn value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, MAX_MARKET_KIND
+from fairfeed.ipc.ring import STAMPS
+from fairfeed.ipc.shm import attach_segment, create_segment
+
+HOPS = ("exchange_provider", "provider_receive", "receive_ring", "ring_kernel", "kernel_kafka")
+HOP_EXCHANGE_PROVIDER, HOP_PROVIDER_RECEIVE, HOP_RECEIVE_RING, HOP_RING_KERNEL, HOP_KERNEL_KAFKA = (
+    range(5)
+)
+N_HOPS = len(HOPS)
+BOUNDS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+BOUNDS_NS = np.array([round(b * 1e9) for b in BOUNDS_S], np.int64)
+N_BUCKETS = len(BOUNDS_S) + 1  # + Inf
+N_ANOMALY_KINDS = 32
+
+# misc words
+M_BATCHES = 0  # batches processed
+M_KERNEL_NS = 1  # ns spent in the kernels, total
+M_UNTIMED = 2  # records read whose publish stamp was already overwritten
+N_MISC = 8
+
+
+@njit(cache=True)
+def _bucket(d, bounds):  # pragma: no cover - jitted
+    b = 0
+    nb = bounds.shape[0]
+    while b < nb and d > bounds[b]:
+        b += 1
+    return b
+
+
+@njit(cache=True)
+def update_metrics_nb(
+    records, n, source_table, stamp_end, stamp_ns, stamp_count, tail0, now_ns, bounds,
+    hist, hsum, skew, price, bid, ask,
+):  # pragma: no cover - jitted  # fmt: skip
+    """Latency histograms and latest prices for one batch of ``n`` records read from a ring.
+
+    ``tail0`` is the ring's read counter before the batch (record ``j`` is ring record
+    ``tail0 + j``); its publish time is that of the first stamp whose end exceeds it. With
+    ``stamp_count < 0`` (records not from a ring) the ring hops are skipped. Returns how many
+    records went untimed because their stamp was overwritten. Reference:
+    :func:`update_metrics_reference`.
+    """
+    n_inst = price.shape[0]
+    n_src = price.shape[1]
+    n_prov = source_table.shape[0]
+    n_ven = source_table.shape[1]
+    n_st = stamp_end.shape[0]
+    # first stamp covering record tail0: binary search over the valid window (ends increase)
+    lo = stamp_count - n_st
+    if lo < 0:
+        lo = 0
+    hi = stamp_count
+    if stamp_count >= 0:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if stamp_end[mid % n_st] > tail0:
+                hi = mid
+            else:
+                lo = mid + 1
+    k = lo
+    untimed = 0
+    for j in range(n):
+        r = records[j]
+        kind = r.kind
+        if kind == 0 or kind > MAX_MARKET_KIND:
+            continue
+        p = r.provider
+        v = r.venue
+        if p >= n_prov or v >= n_ven:
+            continue
+        s = source_table[p, v]
+        if s < 0 or s >= n_src:
+            continue
+        i = r.instrument
+        if i < n_inst:
+            if kind == KIND_TRADE:
+                price[i, s] = r.price
+            elif kind == KIND_BID:
+                bid[i, s] = r.price
+                if ask[i, s] > 0:
+                    price[i, s] = 0.5 * (r.price + ask[i, s])
+            elif kind == KIND_ASK:
+                ask[i, s] = r.price
+                if bid[i, s] > 0:
+                    price[i, s] = 0.5 * (bid[i, s] + r.price)
+        te = r.ts_exchange
+        tp = r.ts_provider
+        tr = r.ts_receive
+        if te > 0 and tp > 0:
+            _observe(tp - te, s, 0, bounds, hist, hsum, skew)
+        base = tp if tp > 0 else te
+        if base > 0 and tr > 0:
+            _observe(tr - base, s, 1, bounds, hist, hsum, skew)
+        if stamp_count >= 0:
+            pos = tail0 + j
+            while k < stamp_count and stamp_end[k % n_st] <= pos:
+                k += 1
+            if k < stamp_count and k >= stamp_count - n_st:
+                pub = stamp_ns[k % n_st]
+                if tr > 0:
+                    _observe(pub - tr, s, 2, bounds, hist, hsum, skew)
+                _observe(now_ns - pub, s, 3, bounds, hist, hsum, skew)
+            else:
+                untimed += 1
+    return untimed
+
+
+@njit(cache=True)
+def _observe(d, s, hop, bounds, hist, hsum, skew):  # pragma: no cover - jitted
+    if d < 0:
+        skew[s, hop] += 1
+        d = 0
+    hist[s, hop, _bucket(d, bounds)] += 1
+    hsum[s, hop] += d * 1e-9
+
+
+@njit(cache=True)
+def observe_many_nb(sources, seconds, hop, bounds, hist, hsum, skew):  # pragma: no cover
+    """Add latencies (seconds) of one hop, one per source id in ``sources``."""
+    for j in range(sources.shape[0]):
+        s = sources[j]
+        if 0 <= s < hist.shape[0]:
+            _observe(np.int64(seconds[j] * 1e9), s, hop, bounds, hist, hsum, skew)
+
+
+def update_metrics_reference(
+    records, n, source_table, stamp_end, stamp_ns, stamp_count, tail0, now_ns, bounds,
+    hist, hsum, skew, price, bid, ask,
+) -> int:  # fmt: skip
+    """Plain-Python twin of :func:`update_metrics_nb` (the test oracle)."""
+    n_st = len(stamp_end)
+    stamps = []  # (end, ns) of the valid window, oldest first
+    if stamp_count >= 0:
+        for w in range(max(0, stamp_count - n_st), stamp_count):
+            stamps.append((int(stamp_end[w % n_st]), int(stamp_ns[w % n_st])))
+
+    def obs(d, s, hop):
+        if d < 0:
+            skew[s, hop] += 1
+            d = 0
+        b = int(np.searchsorted(bounds, d, side="left"))
+        hist[s, hop, b] += 1
+        hsum[s, hop] += d * 1e-9
+
+    untimed = 0
+    for j, r in enumerate(records[:n]):
+        kind = int(r["kind"])
+        if kind == 0 or kind > MAX_MARKET_KIND:
+            continue
+        p, v, i = int(r["provider"]), int(r["venue"]), int(r["instrument"])
+        if p >= source_table.shape[0] or v >= source_table.shape[1]:
+            continue
+        s = int(source_table[p, v])
+        if s < 0 or s >= price.shape[1]:
+            continue
+        if i < price.shape[0]:
+            if kind == KIND_TRADE:
+                price[i, s] = r["price"]
+            elif kind == KIND_BID:
+                bid[i, s] = r["price"]
+                if ask[i, s] > 0:
+                    price[i, s] = 0.5 * (r["price"] + ask[i, s])
+            else:
+                ask[i, s] = r["price"]
+                if bid[i, s] > 0:
+                    price[i, s] = 0.5 * (bid[i, s] + r["price"])
+        te, tp, tr = int(r["ts_exchange"]), int(r["ts_provider"]), int(r["ts_receive"])
+        if te > 0 and tp > 0:
+            obs(tp - te, s, 0)
+        base = tp if tp > 0 else te
+        if base > 0 and tr > 0:
+            obs(tr - base, s, 1)
+        if stamp_count >= 0:
+            pub = next((ns for end, ns in stamps if end > tail0 + j), None)
+            if pub is None:
+                untimed += 1
+                continue
+            if tr > 0:
+                obs(pub - tr, s, 2)
+            obs(now_ns - pub, s, 3)
+    return untimed
+
+
+class MetricsBoard:
+    """The arrays above in one shared-memory segment; create in the supervisor, fork to use."""
+
+    def __init__(self, shm, n_instruments: int, n_sources: int, *, owner: bool) -> None:
+        self._shm = shm
+        self.name = shm.name
+        self.owner = owner
+        self.n_instruments = n_instruments
+        self.n_sources = n_sources
+        off = 0
+
+        def arr(shape, dtype):
+            nonlocal off
+            a = np.ndarray(shape, dtype, shm.buf, off)
+            off += a.nbytes
+            return a
+
+        ns = (n_instruments, n_sources)
+        self.price = arr(ns, np.float64)
+        self.bid = arr(ns, np.float64)
+        self.ask = arr(ns, np.float64)
+        self.hist = arr((n_sources, N_HOPS, N_BUCKETS), np.uint64)
+        self.hsum = arr((n_sources, N_HOPS), np.float64)
+        self.skew = arr((n_sources, N_HOPS), np.uint64)
+        self.batch_hist = arr((N_BUCKETS,), np.uint64)
+        self.batch_sum = arr((1,), np.float64)
+        self.misc = arr((N_MISC,), np.uint64)
+        self.anomaly_events = arr((N_ANOMALY_KINDS, n_sources + 1), np.uint64)
+        self.anomaly_open = arr((N_ANOMALY_KINDS, n_sources + 1), np.int64)
+
+    @staticmethod
+    def size(n_instruments: int, n_sources: int) -> int:
+        return (
+            n_instruments * n_sources * 3 * 8
+            + n_sources * N_HOPS * (N_BUCKETS + 2) * 8
+            + (N_BUCKETS + 1 + N_MISC) * 8
+            + N_ANOMALY_KINDS * (n_sources + 1) * 16
+        )
+
+    @classmethod
+    def create(cls, name: str, n_instruments: int, n_sources: int) -> MetricsBoard:
+        shm = create_segment(name, cls.size(n_instruments, n_sources))
+        board = cls(shm, n_instruments, n_sources, owner=True)
+        board.price[:] = np.nan
+        board.bid[:] = 0.0
+        board.ask[:] = 0.0
+        return board  # the rest of a new segment is zero
+
+    @classmethod
+    def attach(cls, name: str, n_instruments: int, n_sources: int) -> MetricsBoard:
+        return cls(attach_segment(name), n_instruments, n_sources, owner=False)
+
+    # -- writer (compute) ------------------------------------------------------------------
+    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> None:
+        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps."""
+        if ring is not None:
+            end, ns, count = ring.stamp_end, ring.stamp_ns, ring.stamp_count
+        else:
+            end, ns, count = _NO_STAMPS, _NO_STAMPS, -1
+        untimed = update_metrics_nb(
+            records, len(records), source_table, end, ns, count, tail0, now_ns, BOUNDS_NS,
+            self.hist, self.hsum, self.skew, self.price, self.bid, self.ask,
+        )  # fmt: skip
+        if untimed:
+            self.misc[M_UNTIMED] += np.uint64(untimed)
+
+    def batch_done(self, elapsed_ns: int) -> None:
+        """Kernel time of one batch."""
+        self.batch_hist[int(np.searchsorted(BOUNDS_NS, elapsed_ns, side="left"))] += np.uint64(1)
+        self.batch_sum[0] += elapsed_ns * 1e-9
+        self.misc[M_BATCHES] += np.uint64(1)
+        self.misc[M_KERNEL_NS] += np.uint64(elapsed_ns)
+
+    def observe(self, hop: int, sources: np.ndarray, seconds: np.ndarray) -> None:
+        """Latencies of one hop measured outside the kernel (Kafka delivery)."""
+        observe_many_nb(sources, seconds, hop, BOUNDS_NS, self.hist, self.hsum, self.skew)
+
+    def anomaly_event(self, kind: int, provider: int, start: bool) -> None:
+        """An anomaly episode started (or ended) for ``provider`` (-1 = none)."""
+        if not 0 <= kind < N_ANOMALY_KINDS:
+            return
+        col = provider if 0 <= provider < self.n_sources else self.n_sources
+        if start:
+            self.anomaly_events[kind, col] += np.uint64(1)
+            self.anomaly_open[kind, col] += 1
+        elif self.anomaly_open[kind, col] > 0:
+            self.anomaly_open[kind, col] -= 1
+
+    def close(self) -> None:
+        for name in ("price", "bid", "ask", "hist", "hsum", "skew", "batch_hist", "batch_sum",
+                     "misc", "anomaly_events", "anomaly_open"):  # fmt: skip
+            setattr(self, name, None)
+        self._shm.close()
+
+    def unlink(self) -> None:
+        self._shm.unlink()
+
+
+_NO_STAMPS = np.zeros(1, np.int64)
+
+
+def warm_metrics() -> None:
+    """Compile (or load) this module's kernels in the supervisor before fork."""
+    from fairfeed.hotpath.records import empty_records
+
+    recs = empty_records(3)
+    recs["kind"] = (KIND_TRADE, KIND_BID, KIND_ASK)
+    recs["price"] = (100.0, 99.0, 101.0)
+    recs["ts_exchange"], recs["ts_provider"], recs["ts_receive"] = 1, 2, 3
+    table = np.zeros((1, 1), np.int32)
+    price = np.full((1, 1), np.nan)
+    hist = np.zeros((1, N_HOPS, N_BUCKETS), np.uint64)
+    hsum = np.zeros((1, N_HOPS))
+    skew = np.zeros((1, N_HOPS), np.uint64)
+    end = np.zeros(STAMPS, np.int64)
+    end[0] = 3
+    update_metrics_nb(
+        recs, 3, table, end, np.zeros(STAMPS, np.int64), 1, 0, 10, BOUNDS_NS,
+        hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)),
+    )  # fmt: skip
+    update_metrics_nb(
+        recs, 3, table, _NO_STAMPS, _NO_STAMPS, -1, 0, 10, BOUNDS_NS,
+        hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)),
+    )  # fmt: skip
+    observe_many_nb(np.zeros(1, np.int64), np.zeros(1), 4, BOUNDS_NS, hist, hsum, skew)
