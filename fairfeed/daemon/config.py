@@ -136,6 +136,16 @@ class AnomalyConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus endpoint (`[metrics]`, docs/metrics.md)."""
+
+    listen: str = "127.0.0.1:9464"  # host:port of /metrics, /healthz, /readyz; "" = no metrics
+    max_series: int = 10000  # label sets per per-stream family; beyond: instrument="__overflow__"
+    max_clients: int = 16  # HTTP connections served at once
+    idle_timeout: float = 30.0  # seconds before an idle HTTP connection is closed
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     """A local simulated provider server started by the daemon (`[providers.serve]`)."""
 
@@ -194,6 +204,7 @@ class Config:
     kafka: KafkaConfig = KafkaConfig()
     fair: FairConfig = FairConfig()
     anomalies: AnomalyConfig = AnomalyConfig()
+    metrics: MetricsConfig = MetricsConfig()
     providers: tuple[ProviderConfig, ...] = ()
     subscriptions: tuple[SubscriptionConfig, ...] = ()
     source: str = "<embedded default>"  # where this configuration was read from
@@ -357,6 +368,7 @@ def _check(cfg: Config) -> None:
         fail("fair.inputs", f"must be one of {', '.join(FAIR_INPUTS)}, got {cfg.fair.inputs!r}")
     _check_fair(cfg.fair, fail)
     _check_anomalies(cfg, fail)
+    _check_metrics(cfg.metrics, fail)
     if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
             and cfg.kafka.anomalies_topic):  # fmt: skip
         fail("kafka", "topic names must not be empty")
@@ -416,6 +428,15 @@ def _check(cfg: Config) -> None:
             for inst in s.instruments:
                 if inst not in served.prices:
                     fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")
+
+
+def _check_metrics(m: MetricsConfig, fail: Any) -> None:
+    if m.listen:
+        host, sep, port = m.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            fail("metrics.listen", f"must be host:port (port 0 = any free port), got {m.listen!r}")
+    if m.max_series < 1 or m.max_clients < 1 or m.idle_timeout <= 0:
+        fail("metrics", "max_series and max_clients must be >= 1, idle_timeout > 0")
 
 
 def _check_anomalies(cfg: Config, fail: Any) -> None:
