@@ -22,6 +22,8 @@ from fairfeed.hotpath.fairmethods import FairBook
 from fairfeed.hotpath.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.metricsboard import KafkaHop as _KafkaHop
+from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
 
@@ -42,6 +44,7 @@ class ComputeWorker:
     control: ControlBlock
     streams: StreamBoard | None = None  # per-stream activity for `ctl list` and metrics
     pipe: CommandPipe | None = None  # commands from the supervisor
+    metrics: MetricsBoard | None = None  # latency, prices, kernel time for /metrics
     name: str = "compute"
 
     def main(self) -> int:
@@ -58,7 +61,13 @@ class ComputeWorker:
         counters = SlotCounters(self.control, self.slot)
         sink = KafkaSink(self.cfg.kafka, counters)
         pipeline = Pipeline(
-            self.cfg, self.registry, sink, self.control, counters, streams=self.streams
+            self.cfg,
+            self.registry,
+            sink,
+            self.control,
+            counters,
+            streams=self.streams,
+            metrics=self.metrics,
         )
         reader = self.pipe.child_side() if self.pipe is not None else None
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
@@ -76,7 +85,7 @@ class ComputeWorker:
             for ring in self.rings:
                 k = ring.read_into(buf)
                 if k:
-                    pipeline.process(buf[:k])
+                    pipeline.process(buf[:k], ring)
                     got += k
             for blobs in self.dead_letters:
                 if blobs.used():
@@ -129,6 +138,7 @@ class Pipeline:
         control: ControlBlock,
         counters: SlotCounters,
         streams: StreamBoard | None = None,
+        metrics: MetricsBoard | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -136,6 +146,7 @@ class Pipeline:
         self.control = control
         self.counters = counters
         self.streams = streams
+        self.metrics = metrics
         self.encoder = TickEncoder(registry)
         # Sized for the registry's capacity and updated in place as it grows, so the kernels'
         # state never has to be reallocated when an instrument or a venue is added live.
@@ -170,22 +181,38 @@ class Pipeline:
         elif op not in ("subscribe", "unsubscribe"):
             log.error("unknown command %r from the supervisor", op)
 
-    def process(self, records: np.ndarray) -> None:
-        """Update the fair-price state and publish the records as ticks."""
+    def process(self, records: np.ndarray, ring: Ring | None = None) -> None:
+        """Update the fair-price state and publish the records as ticks (``ring``: where they
+        were read from, for the latency metrics)."""
+        metrics = self.metrics
+        if metrics is not None:
+            t0 = time.perf_counter_ns()
+            wall0 = time.time_ns()  # the batch reaches the kernels
         self.counters.add(Slot.RECORDS_IN, len(records))
         self.state.update(records)
         if self.anomalies is not None:
             self.anomalies.update(records)  # health records included
         if self.streams is not None:
             self.streams.update(records, self.source_table)
+        if metrics is not None:
+            tail0 = ring.read_count - len(records) if ring is not None else 0
+            seen = metrics.update(records, self.source_table, wall0, ring, tail0)
+            metrics.batch_done(time.perf_counter_ns() - t0)
         kinds = records["kind"]
         if kinds.max() > MAX_MARKET_KIND:
             # Health events (gaps, heartbeats, status) feed the detectors, not the ticks topic.
             records = records[kinds <= MAX_MARKET_KIND]
         produce = self.sink.produce
         topic = self.ticks_topic
-        for key, value in self.encoder.ticks(records):
-            produce(topic, key, value)
+        msgs = self.encoder.ticks(records)
+        if metrics is not None and msgs and len(seen):
+            # kernel -> Kafka: until the broker acknowledges the batch's last tick message
+            for key, value in msgs[:-1]:
+                produce(topic, key, value)
+            produce(topic, *msgs[-1], on_delivery=_KafkaHop(metrics, seen, t0))
+        else:
+            for key, value in msgs:
+                produce(topic, key, value)
         self.counters.add(Slot.RECORDS_OUT, len(records))
 
     def check_anomalies(self, now_ns: int, rings: list[Ring]) -> None:
@@ -197,6 +224,8 @@ class Pipeline:
         topic = self.cfg.kafka.anomalies_topic
         for key, value in det.evaluate(now_ns, self.control.fair_price, dropped):
             self.sink.produce(topic, key, value)
+            if self.metrics is not None:
+                self.metrics.anomaly_message(value, self.registry)
         self.counters.set(Slot.ANOMALIES_OPEN, det.open_count())
         self.counters.set(Slot.ANOMALIES_TOTAL, det.total)
 

@@ -25,6 +25,7 @@ from fairfeed.hotpath.records import CLASS_CODES
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.metricsboard import MetricsBoard, warm_metrics
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
 from fairfeed.ipc.streams import StreamBoard
@@ -88,6 +89,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
     for name in sweep_stale_segments(cfg.daemon.shm_prefix):
         log.warning("removed shared-memory segment %s left by a dead daemon", name)
     compile_s = warm_up()
+    if cfg.metrics.listen:
+        warm_metrics()
     log.info("kernels ready in %.2fs", compile_s)
 
     broker: LocalBroker | None = None
@@ -96,6 +99,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
     control: ControlBlock | None = None
     streams: StreamBoard | None = None
     ctl: ControlServer | None = None
+    board: MetricsBoard | None = None
+    http = None
     try:
         if not cfg.kafka.bootstrap:
             broker = LocalBroker().start()
@@ -122,6 +127,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         d = cfg.daemon
         control = ControlBlock.create(f"{prefix}-control", n_slots, d.max_instruments)
         streams = StreamBoard.create(f"{prefix}-streams", d.max_instruments, d.max_sources)
+        if cfg.metrics.listen:
+            board = MetricsBoard.create(f"{prefix}-metrics", d.max_instruments, d.max_sources)
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
         blobs = [
             BlobRing.create(f"{prefix}-dead{i}", cfg.ring.dead_letter_bytes)
@@ -152,7 +159,9 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             ingest_slots.append(slot)
             slot += 1
         pipe = CommandPipe()
-        comp = ComputeWorker(slot, cfg, registry, rings, blobs, control, streams, pipe)
+        comp = ComputeWorker(
+            slot, cfg, registry, rings, blobs, control, streams, pipe, metrics=board
+        )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 
         rt = Runtime(cfg, registry, book, state_path, control, rings, streams, workers, comp)
@@ -170,28 +179,55 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         rt.socket_path = str(socket_path)
 
         _announce(cfg, registry, urls, broker, prefix, str(socket_path))
+        http = _open_metrics(rt, board, slot)
         if live_view is None:
             live_view = cfg.daemon.live_view == "on" or (
                 cfg.daemon.live_view == "auto" and sys.stdout.isatty()
             )
         view = LiveView(registry, ingest_slots, slot) if live_view else None
         rt.supervisor = Supervisor(
-            cfg.daemon, control, children, on_tick=view, io=[ctl], on_hup=handlers.reload_now
+            cfg.daemon,
+            control,
+            children,
+            on_tick=view,
+            io=[ctl] if http is None else [ctl, http],
+            on_hup=handlers.reload_now,
         )
         return rt.supervisor.run()
     finally:
         if ctl is not None:
             ctl.close()
+        if http is not None:
+            http.close()
         for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
-        for seg in (control, streams):
+        for seg in (control, streams, board):
             if seg is not None:
                 seg.close()
                 seg.unlink()
         if broker is not None:
             broker.stop()
         log.info("stopped; shared memory unlinked%s", ", broker stopped" if broker else "")
+
+
+def _open_metrics(rt: Runtime, board: MetricsBoard | None, compute_slot: int):
+    """The /metrics endpoint, open, or None (disabled, or its address is unusable: the data
+    path matters more than its metrics, so that is an error in the log, not a stop)."""
+    if not rt.cfg.metrics.listen:
+        return None
+    from fairfeed.daemon.metrics import build_endpoint
+    from fairfeed.daemon.metrics_http import MetricsServerError
+
+    http, _collector = build_endpoint(rt, board, compute_slot)
+    try:
+        http.open()
+    except MetricsServerError as exc:
+        log.error("%s: running without metrics", exc)
+        print(f"  metrics    unavailable: {exc}", flush=True)
+        return None
+    print(f"  metrics    {http.url}/metrics (/healthz, /readyz)", flush=True)
+    return http
 
 
 def _announce(

@@ -172,6 +172,13 @@ class KafkaSink:
             err,
         )
 
+    def _chained(self, callback: Any) -> Any:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            self._on_delivery(err, msg)
+            callback(err, msg)
+
+        return on_delivery
+
     def _on_error(self, err: KafkaError) -> None:
         self.client_errors += 1
         if err.fatal():
@@ -199,12 +206,14 @@ class KafkaSink:
             self._retries = 0
 
     # -- producing ---------------------------------------------------------------------------
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> bool:
+    def produce(self, topic: str, key: bytes | None, value: bytes, on_delivery: Any = None) -> bool:
         """Queue one message. False if it was dropped (full queue past the bound, or rejected);
-        every drop is counted and logged."""
+        every drop is counted and logged. ``on_delivery(err, msg)``, if given, is called after
+        the sink's own accounting when this message's delivery report is served."""
         p = self.producer
+        kw = {} if on_delivery is None else {"on_delivery": self._chained(on_delivery)}
         try:
-            p.produce(topic, value, key)
+            p.produce(topic, value, key, **kw)
             self._saturated = False
             return True
         except BufferError:
@@ -217,7 +226,7 @@ class KafkaSink:
                 self._retries += 1
                 p.poll(min(RETRY_POLL, max(0.0, deadline - time.monotonic())))
                 try:
-                    p.produce(topic, value, key)
+                    p.produce(topic, value, key, **kw)
                     self._saturated = False
                     return True
                 except BufferError:

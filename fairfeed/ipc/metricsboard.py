@@ -33,7 +33,10 @@ a torn value.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+import orjson
 from numba import njit
 
 from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, MAX_MARKET_KIND
@@ -72,14 +75,15 @@ def _bucket(d, bounds):  # pragma: no cover - jitted
 @njit(cache=True)
 def update_metrics_nb(
     records, n, source_table, stamp_end, stamp_ns, stamp_count, tail0, now_ns, bounds,
-    hist, hsum, skew, price, bid, ask,
+    hist, hsum, skew, price, bid, ask, touched,
 ):  # pragma: no cover - jitted  # fmt: skip
     """Latency histograms and latest prices for one batch of ``n`` records read from a ring.
 
     ``tail0`` is the ring's read counter before the batch (record ``j`` is ring record
     ``tail0 + j``); its publish time is that of the first stamp whose end exceeds it. With
     ``stamp_count < 0`` (records not from a ring) the ring hops are skipped. Returns how many
-    records went untimed because their stamp was overwritten. Reference:
+    records went untimed because their stamp was overwritten; ``touched[s]`` is set to 1 for
+    every source ``s`` in the batch. Reference:
     :func:`update_metrics_reference`.
     """
     n_inst = price.shape[0]
@@ -113,6 +117,7 @@ def update_metrics_nb(
         s = source_table[p, v]
         if s < 0 or s >= n_src:
             continue
+        touched[s] = 1
         i = r.instrument
         if i < n_inst:
             if kind == KIND_TRADE:
@@ -167,7 +172,7 @@ def observe_many_nb(sources, seconds, hop, bounds, hist, hsum, skew):  # pragma:
 
 def update_metrics_reference(
     records, n, source_table, stamp_end, stamp_ns, stamp_count, tail0, now_ns, bounds,
-    hist, hsum, skew, price, bid, ask,
+    hist, hsum, skew, price, bid, ask, touched,
 ) -> int:  # fmt: skip
     """Plain-Python twin of :func:`update_metrics_nb` (the test oracle)."""
     n_st = len(stamp_end)
@@ -195,6 +200,7 @@ def update_metrics_reference(
         s = int(source_table[p, v])
         if s < 0 or s >= price.shape[1]:
             continue
+        touched[s] = 1
         if i < price.shape[0]:
             if kind == KIND_TRADE:
                 price[i, s] = r["price"]
@@ -252,6 +258,7 @@ class MetricsBoard:
         self.misc = arr((N_MISC,), np.uint64)
         self.anomaly_events = arr((N_ANOMALY_KINDS, n_sources + 1), np.uint64)
         self.anomaly_open = arr((N_ANOMALY_KINDS, n_sources + 1), np.int64)
+        self.touched = np.zeros(n_sources, np.uint8)  # private: sources of the last batch
 
     @staticmethod
     def size(n_instruments: int, n_sources: int) -> int:
@@ -276,18 +283,22 @@ class MetricsBoard:
         return cls(attach_segment(name), n_instruments, n_sources, owner=False)
 
     # -- writer (compute) ------------------------------------------------------------------
-    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> None:
-        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps."""
+    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> np.ndarray:
+        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps.
+        Returns the source ids present in the batch."""
         if ring is not None:
             end, ns, count = ring.stamp_end, ring.stamp_ns, ring.stamp_count
         else:
             end, ns, count = _NO_STAMPS, _NO_STAMPS, -1
         untimed = update_metrics_nb(
             records, len(records), source_table, end, ns, count, tail0, now_ns, BOUNDS_NS,
-            self.hist, self.hsum, self.skew, self.price, self.bid, self.ask,
+            self.hist, self.hsum, self.skew, self.price, self.bid, self.ask, self.touched,
         )  # fmt: skip
         if untimed:
             self.misc[M_UNTIMED] += np.uint64(untimed)
+        seen = np.flatnonzero(self.touched)
+        self.touched[seen] = 0
+        return seen
 
     def batch_done(self, elapsed_ns: int) -> None:
         """Kernel time of one batch."""
@@ -311,7 +322,24 @@ class MetricsBoard:
         elif self.anomaly_open[kind, col] > 0:
             self.anomaly_open[kind, col] -= 1
 
+    def anomaly_message(self, value: bytes, registry) -> None:
+        """Count one published anomaly event from its Kafka value (docs/kafka-schema.md)."""
+        global _KIND_CODES
+        if _KIND_CODES is None:
+            from fairfeed.hotpath.anomaly import KIND_NAMES
+
+            _KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
+        try:
+            msg = orjson.loads(value)
+            kind = _KIND_CODES.get(msg["kind"], -1)
+            prov = (msg.get("subject") or {}).get("provider")
+            pid = registry.providers.index(prov) if prov in registry.providers else -1
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        self.anomaly_event(kind, pid, msg.get("phase") == "start")
+
     def close(self) -> None:
+        self.touched = None  # type: ignore[assignment]
         for name in ("price", "bid", "ask", "hist", "hsum", "skew", "batch_hist", "batch_sum",
                      "misc", "anomaly_events", "anomaly_open"):  # fmt: skip
             setattr(self, name, None)
@@ -322,6 +350,7 @@ class MetricsBoard:
 
 
 _NO_STAMPS = np.zeros(1, np.int64)
+_KIND_CODES: dict[str, int] | None = None
 
 
 def warm_metrics() -> None:
@@ -341,10 +370,29 @@ def warm_metrics() -> None:
     end[0] = 3
     update_metrics_nb(
         recs, 3, table, end, np.zeros(STAMPS, np.int64), 1, 0, 10, BOUNDS_NS,
-        hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)),
+        hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, np.uint8),
     )  # fmt: skip
     update_metrics_nb(
         recs, 3, table, _NO_STAMPS, _NO_STAMPS, -1, 0, 10, BOUNDS_NS,
-        hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)),
+        hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, np.uint8),
     )  # fmt: skip
     observe_many_nb(np.zeros(1, np.int64), np.zeros(1), 4, BOUNDS_NS, hist, hsum, skew)
+
+
+class KafkaHop:
+    """Delivery callback of a batch's last tick message: observes the kernel → Kafka hop
+    (from the batch reaching the kernels, ``perf_counter_ns`` ``t0``, to the broker's ack) once
+    for every source of the batch."""
+
+    __slots__ = ("board", "sources", "t0")
+
+    def __init__(self, board: MetricsBoard, sources: np.ndarray, t0: int) -> None:
+        self.board = board
+        self.sources = sources
+        self.t0 = t0
+
+    def __call__(self, err, _msg) -> None:
+        if err is not None or self.board.hist is None:
+            return
+        dt = (time.perf_counter_ns() - self.t0) * 1e-9
+        self.board.observe(HOP_KERNEL_KAFKA, self.sources, np.full(len(self.sources), dt))

@@ -30,6 +30,7 @@ def _arrays(n_inst=3, n_src=4):
         np.full((n_inst, n_src), np.nan),
         np.zeros((n_inst, n_src)),
         np.zeros((n_inst, n_src)),
+        np.zeros(n_src, np.uint8),
     )
 
 
@@ -85,7 +86,9 @@ def test_ring_stamps_time_the_ring_hops() -> None:
         buf = empty_records(16)
         tail0 = ring.read_count
         k = ring.read_into(buf)
-        board.update(buf[:k], np.zeros((1, 1), np.int32), int(ring.stamp_ns[1]) + 5_000, ring, tail0)
+        now = int(ring.stamp_ns[1]) + 5_000
+        seen = board.update(buf[:k], np.zeros((1, 1), np.int32), now, ring, tail0)
+        assert seen.tolist() == [0]
         h = board.hist[0]
         assert h[HOP_RECEIVE_RING, N_BUCKETS - 1] == 4
         assert h[HOP_RING_KERNEL].sum() == 4

@@ -1,0 +1,249 @@
+"""The supervisor's HTTP endpoint: ``/metrics``, ``/healthz``, ``/readyz``.
+
+A small non-blocking HTTP/1.1 server (GET and HEAD, keep-alive) served by the supervisor's
+``select`` loop like the control socket (:class:`fairfeed.daemon.supervisor.ServedIO`): no
+thread in a process that forks. Requests are capped in size, idle connections are closed after
+``idle_timeout``, connections beyond ``max_clients`` get ``503`` and are closed. A scrape builds
+its body synchronously (the collector reads shared memory; ``docs/metrics.md`` gives its cost).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 16384
+_TEXT = "text/plain; charset=utf-8"
+Check = Callable[[], tuple[bool, str]]
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+
+class MetricsServerError(RuntimeError):
+    """The endpoint cannot listen (bad address, port in use)."""
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) → (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class _Conn:
+    __slots__ = ("close_after", "inbuf", "last", "outbuf", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.last = time.monotonic()
+        self.close_after = False
+
+
+class MetricsHTTPServer:
+    """Serves ``metrics()`` (exposition bytes, content type) and two health checks."""
+
+    def __init__(
+        self,
+        listen: str,
+        metrics: Callable[[], tuple[bytes, str]],
+        healthz: Check,
+        readyz: Check,
+        *,
+        max_clients: int = 16,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self.listen = listen
+        self.metrics = metrics
+        self.healthz = healthz
+        self.readyz = readyz
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.sock: socket.socket | None = None
+        self.conns: dict[int, _Conn] = {}
+        self.address: tuple[str, int] = ("", 0)
+        self.requests = 0
+        self.on_tick: Callable[[], None] | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.address[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def open(self) -> None:
+        host, port = parse_listen(self.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise MetricsServerError(f"cannot serve metrics on {self.listen}: {exc}") from exc
+        self.sock = sock
+        self.address = sock.getsockname()[:2]
+        log.info("metrics on %s/metrics", self.url)
+
+    def close(self) -> None:
+        for fd in list(self.conns):
+            self._drop(fd)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # -- ServedIO --------------------------------------------------------------------------
+    def readers(self) -> list[int]:
+        if self.sock is None:
+            return []
+        return [self.sock.fileno(), *(fd for fd, c in self.conns.items() if not c.close_after)]
+
+    def writers(self) -> list[int]:
+        return [fd for fd, c in self.conns.items() if c.outbuf]
+
+    def handle(self, readable: list[int], writable: list[int]) -> None:
+        if self.sock is not None and self.sock.fileno() in readable:
+            self._accept()
+        for fd in readable:
+            c = self.conns.get(fd)
+            if c is not None:
+                self._read(fd, c)
+        for fd in writable:
+            c = self.conns.get(fd)
+            if c is not None:
+                self._write(fd, c)
+
+    def tick(self) -> None:
+        if self.on_tick is not None:
+            self.on_tick()
+        now = time.monotonic()
+        for fd, c in list(self.conns.items()):
+            if now - c.last > self.idle_timeout:
+                self._drop(fd)
+
+    # -- connections -----------------------------------------------------------------------
+    def _accept(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("metrics accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            c = _Conn(conn)
+            self.conns[conn.fileno()] = c
+            if len(self.conns) > self.max_clients:
+                self._respond(c, 503, b"too many connections\n", close=True)
+                self._write(conn.fileno(), c)
+
+    def _read(self, fd: int, c: _Conn) -> None:
+        try:
+            data = c.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            return
+        if not data:
+            self._drop(fd)
+            return
+        c.last = time.monotonic()
+        c.inbuf += data
+        while not c.close_after:
+            end = c.inbuf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(c.inbuf) > MAX_REQUEST:
+                    self._respond(c, 400, b"request too large\n", close=True)
+                break
+            head = bytes(c.inbuf[:end]).decode("latin-1")
+            del c.inbuf[: end + 4]
+            self._serve(c, head)
+        self._write(fd, c)
+
+    def _serve(self, c: _Conn, head: str) -> None:
+        lines = head.split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._respond(c, 400, b"bad request line\n", close=True)
+            return
+        method, target, version = parts
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip().lower()
+        if headers.get("content-length", "0") not in ("", "0"):
+            self._respond(c, 400, b"request bodies are not accepted\n", close=True)
+            return
+        conn_hdr = headers.get("connection", "")
+        close = conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive")
+        self.requests += 1
+        if method not in ("GET", "HEAD"):
+            self._respond(c, 405, b"only GET and HEAD\n", close=close, extra="Allow: GET, HEAD\r\n")
+            return
+        path = target.split("?", 1)[0]
+        ctype = "text/plain; charset=utf-8"
+        try:
+            if path == "/metrics":
+                body, ctype = self.metrics()
+                status = 200
+            elif path in ("/healthz", "/readyz"):
+                ok, text = (self.healthz if path == "/healthz" else self.readyz)()
+                status = 200 if ok else 503
+                body = text.encode() + b"\n"
+            elif path == "/":
+                status, body = 200, b"fairfeed: /metrics /healthz /readyz\n"
+            else:
+                status, body = 404, b"not found\n"
+        except Exception as exc:  # a broken collector must not take the supervisor down
+            log.exception("metrics endpoint %s failed", path)
+            status, body = 500, f"{type(exc).__name__}: {exc}\n".encode()
+        self._respond(c, status, body, close=close, ctype=ctype, head_only=method == "HEAD")
+
+    @staticmethod
+    def _respond(
+        c: _Conn, status: int, body: bytes, *, close: bool, ctype: str = _TEXT,
+        head_only: bool = False, extra: str = "",
+    ) -> None:  # fmt: skip
+        hdr = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}"
+            f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+        )
+        c.outbuf += hdr.encode()
+        if not head_only:
+            c.outbuf += body
+        if close:
+            c.close_after = True
+
+    def _write(self, fd: int, c: _Conn) -> None:
+        while c.outbuf:
+            try:
+                n = c.sock.send(c.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    log.debug("metrics client: %s", exc)
+                self._drop(fd)
+                return
+            del c.outbuf[:n]
+            c.last = time.monotonic()
+        if c.close_after:
+            self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        c = self.conns.pop(fd, None)
+        if c is not None:
+            with contextlib.suppress(OSError):
+                c.sock.close()
