@@ -24,10 +24,8 @@ from fairfeed.hotpath.records import CLASS_SPOT, empty_records
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser, ExchangeFeedParser
 from fairfeed.providers.replay.capture import received
 
-CAPTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "captures"
+CAPTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "captures"
 TS = 1_786_309_548_000_000_000
-
-pytestmark = pytest.mark.skipif(not CAPTURES.exists(), reason="captures not available")
 
 
 def _frames(name: str, mix: str) -> list[bytes]:

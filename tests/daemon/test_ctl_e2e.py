@@ -233,9 +233,9 @@ def test_live_subscribe_reaches_kafka_and_unsubscribe_stops_it_without_touching_
     code, res, err = ctl(daemon, "subscribe", "sim-a", "DOGE-USD")
     assert code == 0, err
     assert res["added"] == [{"provider": "sim-a", "venue": "SIM-AX", "instrument": "DOGE-USD"}]
-    start = time.monotonic()
-    wait_for(lambda: _fair(bootstrap, "DOGE-USD"), 5, "DOGE-USD fair prices within 5 s")
-    assert time.monotonic() - start < 5
+    first = wait_for(lambda: _fair(bootstrap, "DOGE-USD"), 30, "DOGE-USD fair prices")
+    # measured by the daemon's own emission time, not by how long polling Kafka takes here
+    assert min(m["ts"] for m in first) - t0 < 5_000_000_000
     assert ctl(daemon, "subscribe", "sim-a", "DOGE-USD")[1]["already"]  # idempotent
     listed = {
         s["instrument"]: s for s in ctl(daemon, "list", "--provider", "sim-a")[1]["subscriptions"]

@@ -31,9 +31,13 @@ def test_unknown_names_raise_a_clear_error() -> None:
 
 
 def test_registry_of_the_embedded_default() -> None:
-    reg = build_registry(config.load())
-    assert set(reg.instruments) == {"BTC-USD", "ETH-USD", "SOL-USD"}
-    assert len(reg.sources) == 3 and (reg.source_table() >= 0).sum() == 3
+    cfg = config.load()
+    reg = build_registry(cfg)
+    keys = cfg.subscription_keys()
+    assert set(reg.instruments) == {i for _p, _v, i, _c in keys}
+    sources = {(p, v) for p, v, _i, _c in keys}
+    assert len(reg.sources) == len(sources) and (reg.source_table() >= 0).sum() == len(sources)
+    assert {reg.source_name(s) for s in range(len(sources))} == {f"{p}/{v}" for p, v in sources}
 
 
 def test_growth_keeps_ids_and_a_copy_catches_up() -> None:

@@ -47,7 +47,7 @@ from fairfeed.providers.replay.capture import received
 from fairfeed.providers.replay.server import ReplayServer
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
-CAPTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 EXCHANGE_CAPTURE = CAPTURES / "COINBASE.ws.28.0"
 ADVANCED_CAPTURE = CAPTURES / "COINBASE.jsonl.zst"
 EXCHANGE_PRODUCTS = ("SKL-USD", "SKL-BTC", "BAND-GBP", "NMR-EUR", "BAND-BTC", "YFI-BTC",
@@ -460,7 +460,6 @@ def test_live_remove_unsubscribes_and_add_opens_a_connection(feed):
 # --- the real captures through the adapters ----------------------------------------------------
 
 
-@pytest.mark.skipif(not EXCHANGE_CAPTURE.exists(), reason="captures not available")
 @pytest.mark.parametrize(
     ("feed", "path", "products"),
     [("exchange", EXCHANGE_CAPTURE, EXCHANGE_PRODUCTS), ("advanced", ADVANCED_CAPTURE,

@@ -37,7 +37,7 @@ from fairfeed.providers.replay.capture import received, seconds_to_ns
 
 SYMS = {"BTC-USD": 3, "ETH-USD": 7}
 TS = 1_700_000_000_123_456_789
-CAPTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 
 
 def ex() -> ExchangeFeedParser:

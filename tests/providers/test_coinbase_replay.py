@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from websockets.asyncio.client import connect
 
 from fairfeed.hotpath.records import (
@@ -38,12 +37,11 @@ from fairfeed.providers.coinbase.parse import (
 from fairfeed.providers.replay.capture import received
 from fairfeed.providers.replay.server import ReplayServer
 
-CAPTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 EXCHANGE = CAPTURES / "COINBASE.ws.28.0"
 ADVANCED = CAPTURES / "COINBASE.jsonl.zst"
 PROV, VENUE = 6, 9
 
-pytestmark = pytest.mark.skipif(not EXCHANGE.exists(), reason="captures not available")
 
 FIELDS = ("ts_exchange", "ts_provider", "price", "size", "sequence", "instrument", "provider",
           "venue", "kind", "data_class", "side", "flags", "reserved")  # fmt: skip

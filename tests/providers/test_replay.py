@@ -16,11 +16,9 @@ from websockets.exceptions import ConnectionClosedOK
 from fairfeed.providers.replay.capture import read_capture, received
 from fairfeed.providers.replay.server import ReplayServer
 
-CAPTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "captures"
+CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 EXCHANGE = CAPTURES / "COINBASE.ws.28.0"
 ADVANCED = CAPTURES / "COINBASE.jsonl.zst"
-
-pytestmark = pytest.mark.skipif(not EXCHANGE.exists(), reason="captures not available")
 
 
 def test_text_capture_reader():
