@@ -390,7 +390,7 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
 # Compute kernel and its helpers (all on scratch rows of ``a.work_f`` / ``a.work_i``)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _sort2_nb(x, w, k):  # pragma: no cover - jitted
     """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable)."""
     for j in range(1, k):
@@ -405,7 +405,7 @@ def _sort2_nb(x, w, k):  # pragma: no cover - jitted
         w[pos] = wv
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _median_nb(x, w, k):  # pragma: no cover - jitted
     """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place; ``w`` is moved along)."""
     _sort2_nb(x, w, k)
@@ -415,7 +415,7 @@ def _median_nb(x, w, k):  # pragma: no cover - jitted
     return (x[half - 1] + x[half]) / 2.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     """Weighted median of ``x[:k]`` with weights ``w[:k]`` (≥ 0); equal weights if all are 0."""
     _sort2_nb(x, w, k)
@@ -442,7 +442,7 @@ def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     return x[k - 1]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
     """Turn weights ``w[:k]`` into shares summing to 1, none above ``cap`` (water-filling).
 
@@ -495,7 +495,7 @@ def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
             w[j] = free / (k - n_capped)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _decayed_vol_nb(a, i, s, now, k_decay):  # pragma: no cover - jitted
     dt = now - a.vol_ts[i, s]
     v = a.vol[i, s]
@@ -504,20 +504,17 @@ def _decayed_vol_nb(a, i, s, now, k_decay):  # pragma: no cover - jitted
     return v
 
 
-@njit(cache=True)
-def _fair_one_nb(i, now, hb_due, p, a, o, m):  # pragma: no cover - jitted
+@njit(cache=True, inline="always")
+def _fair_one_nb(i, now, hb_due, p, a, o, m, cand, gsel, capped, xs, ws, vmed, w3, w4, w5):  # fmt: skip  # noqa: E501
     """Compute instrument ``i`` into output row ``m``; return True when the row is emitted."""
     n_src = a.last_price.shape[1]
     if 0 <= p.n_sources < n_src:
         n_src = p.n_sources
     n_groups = a.group_start.shape[0] - 1
+    # Scratch rows (views made once per pass by the caller: a view per call costs refcounts):
+    # cand = candidate flag per source (1 = candidate, 2 = used), gsel = venue group used,
+    # vmed = per group median, xs / ws = values and weights, w3..w5 = per-unit figures.
     reasons = o.reasons
-    cand = a.work_i[0]  # candidate flag per source (1 = candidate, 2 = used)
-    gsel = a.work_i[1]
-    capped = a.work_i[2]
-    xs = a.work_f[0]
-    ws = a.work_f[1]
-    vmed = a.work_f[2]  # per group: venue median of the candidates / used sources
     k_decay = -LN2 / p.halflife_ns
     method = p.method
     two_level = method == METHOD_TWO_LEVEL
@@ -656,15 +653,15 @@ def _fair_one_nb(i, now, hb_due, p, a, o, m):  # pragma: no cover - jitted
                             amin = age
                         first = False
                 vmed[nv] = _median_nb(xs, ws, c)
-                a.work_f[3, nv] = vmax
-                a.work_f[4, nv] = math.exp(-max(amin, 0) / p.freshness_tau_ns)
+                w3[nv] = vmax
+                w4[nv] = math.exp(-max(amin, 0) / p.freshness_tau_ns)
                 tot_vol += vmax
                 nv += 1
             for j in range(nv):
-                vol_part = a.work_f[3, j] if tot_vol > 0.0 else 1.0
-                a.work_f[5, j] = vol_part * a.work_f[4, j]
-            _cap_shares_nb(a.work_f[5], nv, p.venue_cap, capped)
-            fair = _weighted_median_nb(vmed, a.work_f[5], nv)
+                vol_part = w3[j] if tot_vol > 0.0 else 1.0
+                w5[j] = vol_part * w4[j]
+            _cap_shares_nb(w5, nv, p.venue_cap, capped)
+            fair = _weighted_median_nb(vmed, w5, nv)
         elif method == METHOD_INVERSE_VARIANCE:
             c = 0
             tot_vol = 0.0
@@ -673,28 +670,28 @@ def _fair_one_nb(i, now, hb_due, p, a, o, m):  # pragma: no cover - jitted
                 if cand[s] == 2:
                     xs[c] = a.last_price[i, s]
                     v = _decayed_vol_nb(a, i, s, now, k_decay)
-                    a.work_f[3, c] = v
+                    w3[c] = v
                     tot_vol += v
                     den = a.var_den[i, s]
                     var = a.var_num[i, s] / den if den > 0.0 else -1.0
-                    a.work_f[4, c] = var
+                    w4[c] = var
                     if var > var_max:
                         var_max = var
                     c += 1
             tot_inv = 0.0
             for j in range(c):
-                var = a.work_f[4, j]
+                var = w4[j]
                 if var_max < 0.0:
                     inv = 1.0
                 else:
                     if var < 0.0:
                         var = var_max
                     inv = 1.0 / max(var, VAR_FLOOR)
-                a.work_f[4, j] = inv
+                w4[j] = inv
                 tot_inv += inv
             for j in range(c):
-                vs = a.work_f[3, j] / tot_vol if tot_vol > 0.0 else 1.0 / c
-                ws[j] = 0.5 * vs + 0.5 * a.work_f[4, j] / tot_inv
+                vs = w3[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
+                ws[j] = 0.5 * vs + 0.5 * w4[j] / tot_inv
             fair = _weighted_median_nb(xs, ws, c)
         else:  # METHOD_WINDOWED_VWM
             n_bucket = a.bucket_id.shape[2]
@@ -766,18 +763,24 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     order) when its result changed or the heartbeat is due (module docstring).
     """
     n_inst = a.last_price.shape[0]
+    wi = a.work_i
+    wf = a.work_f
+    cand, gsel, capped = wi[0], wi[1], wi[2]
+    xs, ws, vmed, w3, w4, w5 = wf[0], wf[1], wf[2], wf[3], wf[4], wf[5]
+    last_emit_ns = a.last_emit_ns
+    dirty = a.dirty
     m = 0
     for i in range(n_inst):
-        emitted = a.last_emit_ns[i]
+        emitted = last_emit_ns[i]
         never = emitted == NEVER_NS
         hb_due = (not never) and p.heartbeat_ns > 0 and now - emitted >= p.heartbeat_ns
         if not hb_due:
-            if not a.dirty[i]:
+            if not dirty[i]:
                 continue
             if not never and now - emitted < p.min_interval_ns:
                 continue
-        a.dirty[i] = False
-        if _fair_one_nb(i, now, hb_due, p, a, o, m):
+        dirty[i] = False
+        if _fair_one_nb(i, now, hb_due, p, a, o, m, cand, gsel, capped, xs, ws, vmed, w3, w4, w5):
             m += 1
     return m
 
