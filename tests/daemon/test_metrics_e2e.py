@@ -10,6 +10,7 @@ loaded. Everything is polled (Prometheus discovers targets on a 5 s tick).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -192,7 +193,8 @@ def test_prometheus_scrapes_the_daemon(tmp_path: Path, kafka_broker) -> None:
                 interval=0.3,
             )
         local = prom.values(
-            'histogram_quantile(0.5, sum by (hop, le) (fairfeed_latency_seconds_bucket{hop=~"receive_ring|ring_kernel"}))'
+            "histogram_quantile(0.5, sum by (hop, le) "
+            '(fairfeed_latency_seconds_bucket{hop=~"receive_ring|ring_kernel"}))'
         )
         assert local and all(v < 0.5 for v in local.values()), local
         up = prom.values("fairfeed_process_up")
@@ -253,8 +255,6 @@ def test_prometheus_scrapes_the_daemon(tmp_path: Path, kafka_broker) -> None:
         before = prom.values('fairfeed_records_in_total{process="ingest-0"}')
         victim = daemon.pid_of("ingest-0")
         assert victim
-        import os
-
         os.kill(victim, signal.SIGKILL)
         wait_for(
             lambda: prom.values('fairfeed_restarts_total{process="ingest-0"} >= 1'),
