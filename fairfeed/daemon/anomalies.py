@@ -1,9 +1,10 @@
 """Anomaly detection in the compute process: the kernels' state built from the configuration,
 the periodic evaluation, and the Kafka encoding of the events (docs/kafka-schema.md).
 
-The monitored subscriptions are those of the configuration at start (``Config.subscription_keys``);
-thresholds are resolved per instrument (instrument over data class over ``[anomalies]``) into one
-row per subscription.
+The monitored subscriptions are the live set when the detector is built (the supervisor's
+subscription book); thresholds are resolved per instrument (instrument over data class over
+``[anomalies]``) into one row per subscription. A live unsubscribe disables the subscription's
+detectors (its open episodes end); a live subscribe of a new stream rebuilds the detector.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def threshold_row(acfg: AnomalyConfig, data_class: str, instrument: str) -> np.n
     return row
 
 
+# Thresholds that can never be crossed (and let every open episode end): a disabled subscription.
+_DISABLED = np.full(an.N_T, np.inf)
+_DISABLED[[an.T_RATE_RATIO, an.T_RATE_CLEAR]] = 0.0
+_DISABLED[[an.T_DIV_FOR, an.T_LAT_FOR, an.T_RATE_FOR]] = 0.0
+
+
 def global_row(acfg: AnomalyConfig) -> np.ndarray:
     g = np.zeros(an.N_G)
     g[an.G_HB_TIMEOUT] = acfg.heartbeat_timeout * NS
@@ -61,13 +68,22 @@ class AnomalyDetector:
     """Anomaly state of one compute process; ``update`` every batch, ``due`` / ``evaluate``
     every ``evaluate_interval``."""
 
-    def __init__(self, cfg: Config, registry: Registry, n_rings: int, start_ns: int) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        registry: Registry,
+        n_rings: int,
+        start_ns: int,
+        keys: list[tuple[str, str, str, str]] | None = None,
+    ) -> None:
         self.cfg = cfg.anomalies
         self.registry = registry
         acfg = cfg.anomalies
         subs: list[tuple[int, int]] = []
         rows = []
-        for provider, venue, inst, dclass in cfg.subscription_keys():
+        self.keys = list(cfg.subscription_keys() if keys is None else keys)
+        self.index = {(p, v, i): k for k, (p, v, i, _c) in enumerate(self.keys)}
+        for provider, venue, inst, dclass in self.keys:
             i = registry.instrument_id(inst)
             s = registry.source_id(provider, venue)
             subs.append((i, s))
@@ -86,12 +102,21 @@ class AnomalyDetector:
             start_ns,
             acfg.max_events,
         )
+        self.rows = thr.copy()  # the configured thresholds, to restore after a disable
         self.interval_ns = round(acfg.evaluate_interval * NS)
         self.next_ns = start_ns + self.interval_ns
         self.total = 0  # events published (start and end)
 
     def update(self, records: np.ndarray) -> None:
         self.state.update(records)
+
+    def set_enabled(self, key: tuple[str, str, str], enabled: bool) -> bool:
+        """Enable or disable one subscription's detectors; False if it is not monitored."""
+        k = self.index.get(key)
+        if k is None:
+            return False
+        self.state.thr[k] = self.rows[k] if enabled else _DISABLED
+        return True
 
     def due(self, now_ns: int) -> bool:
         return now_ns >= self.next_ns

@@ -45,6 +45,8 @@ class ComputeWorker:
     streams: StreamBoard | None = None  # per-stream activity for `ctl list` and metrics
     pipe: CommandPipe | None = None  # commands from the supervisor
     metrics: MetricsBoard | None = None  # latency, prices, kernel time for /metrics
+    # The supervisor's live subscription set (its book); a forked child sees it as of the fork.
+    live: dict[tuple[str, str, str], str] | None = None
     name: str = "compute"
 
     def main(self) -> int:
@@ -68,6 +70,7 @@ class ComputeWorker:
             counters,
             streams=self.streams,
             metrics=self.metrics,
+            live=self.live,
         )
         reader = self.pipe.child_side() if self.pipe is not None else None
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
@@ -139,6 +142,7 @@ class Pipeline:
         counters: SlotCounters,
         streams: StreamBoard | None = None,
         metrics: MetricsBoard | None = None,
+        live: dict[tuple[str, str, str], str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -158,11 +162,43 @@ class Pipeline:
         )
         self.ticks_topic = cfg.kafka.ticks_topic
         self.fair_topic = cfg.kafka.fair_topic
-        self.anomalies = (
-            AnomalyDetector(cfg, registry, cfg.daemon.workers, time.time_ns())
-            if cfg.anomalies.enabled
-            else None
+        # The live subscription set (the supervisor's book when this process was forked, then
+        # kept current by its subscribe / unsubscribe commands).
+        self.live = (
+            dict(live)
+            if live is not None
+            else {(p, v, i): c for p, v, i, c in cfg.subscription_keys()}
         )
+        self.active = np.zeros(d.max_instruments, np.int32)  # live subscriptions per instrument
+        for _p, _v, inst in self.live:
+            self.active[registry.instrument_id(inst)] += 1
+        self.anomalies = self._detector() if cfg.anomalies.enabled else None
+
+    def _detector(self) -> AnomalyDetector:
+        keys = [(p, v, i, c) for (p, v, i), c in self.live.items()]
+        return AnomalyDetector(
+            self.cfg, self.registry, self.cfg.daemon.workers, time.time_ns(), keys
+        )
+
+    def _live_change(self, op: str, keys: list[list[str]]) -> None:
+        rebuild = False
+        for p, v, i, c in keys:
+            key = (p, v, i)
+            inst = self.registry.instrument_id(i)
+            if op == "subscribe" and key not in self.live:
+                self.live[key] = c
+                self.active[inst] += 1
+                if self.anomalies is not None and not self.anomalies.set_enabled(key, True):
+                    rebuild = True
+            elif op == "unsubscribe" and key in self.live:
+                del self.live[key]
+                self.active[inst] -= 1
+                if self.anomalies is not None:
+                    self.anomalies.set_enabled(key, False)
+        if rebuild:
+            # A stream the detector does not know: start it afresh over the live set.
+            log.info("anomaly detectors rebuilt for %d live subscriptions", len(self.live))
+            self.anomalies = self._detector()
 
     def _fill_source_table(self) -> None:
         for sid, (p, v) in enumerate(self.registry.sources):
@@ -178,7 +214,9 @@ class Pipeline:
             self.encoder.refresh()
         elif op == "log_level":
             logging.getLogger().setLevel(cmd["level"])
-        elif op not in ("subscribe", "unsubscribe"):
+        elif op in ("subscribe", "unsubscribe"):
+            self._live_change(op, cmd["keys"])
+        else:
             log.error("unknown command %r from the supervisor", op)
 
     def process(self, records: np.ndarray, ring: Ring | None = None) -> None:
@@ -241,6 +279,11 @@ class Pipeline:
         out = self.state.compute(now_ns, final)
         if not len(out.instrument):
             return
+        live = self.active[out.instrument.astype(np.intp)] > 0
+        if not live.all():  # instruments nobody subscribes to any more: no fair price
+            out = type(out)(*(a[live] for a in out))
+            if not len(out.instrument):
+                return
         for key, value in self.encoder.fair(
             out.instrument,
             out.price,

@@ -114,12 +114,20 @@ class ControlHandlers:
 
     def _send_changes(self, op: str, keys: tuple[Key, ...]) -> None:
         rt = self.rt
+        if not keys:
+            return
         per_worker: dict[tuple[int, str], list[list[str]]] = {}
+        full: list[list[str]] = []
         for key in keys:
             dclass = rt.book.entries.get(key) or self._removed_class.get(key, "spot")
             per_worker.setdefault((rt.book.worker_of(key), key[0]), []).append(
                 [key[1], key[2], dclass]
             )
+            full.append([*key, dclass])
+        # compute follows the live set (fair prices and anomaly detectors of what is streamed)
+        comp = next(c for c in rt.children if c.slot == rt.compute.slot)
+        if comp.pipe is not None:
+            comp.pipe.send({"op": op, "keys": full})
         for (w, provider), subs in per_worker.items():
             worker = rt.workers[w]
             self._update_assignments(worker, op, provider, subs)

@@ -160,7 +160,16 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             slot += 1
         pipe = CommandPipe()
         comp = ComputeWorker(
-            slot, cfg, registry, rings, blobs, control, streams, pipe, metrics=board
+            slot,
+            cfg,
+            registry,
+            rings,
+            blobs,
+            control,
+            streams,
+            pipe,
+            metrics=board,
+            live=book.entries,
         )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 
