@@ -63,7 +63,7 @@ M_UNTIMED = 2  # records read whose publish stamp was already overwritten
 N_MISC = 8
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _bucket(d, bounds):  # pragma: no cover - jitted
     b = 0
     nb = bounds.shape[0]
@@ -104,6 +104,9 @@ def update_metrics_nb(
             else:
                 lo = mid + 1
     k = lo
+    mask = n_st - 1  # n_st is a power of two (ring.STAMPS)
+    cur_end = np.int64(tail0)  # records below cur_end have publish time cur_pub
+    cur_pub = np.int64(-1)
     untimed = 0
     for j in range(n):
         r = records[j]
@@ -140,19 +143,25 @@ def update_metrics_nb(
             _observe(tr - base, s, 1, bounds, hist, hsum, skew)
         if stamp_count >= 0:
             pos = tail0 + j
-            while k < stamp_count and stamp_end[k % n_st] <= pos:
-                k += 1
-            if k < stamp_count and k >= stamp_count - n_st:
-                pub = stamp_ns[k % n_st]
+            if pos >= cur_end:  # next write's stamp (stamps are per write, not per record)
+                while k < stamp_count and stamp_end[k & mask] <= pos:
+                    k += 1
+                if k < stamp_count:
+                    cur_end = stamp_end[k & mask]
+                    cur_pub = stamp_ns[k & mask]
+                else:
+                    cur_end = pos + 1
+                    cur_pub = -1
+            if cur_pub >= 0:
                 if tr > 0:
-                    _observe(pub - tr, s, 2, bounds, hist, hsum, skew)
-                _observe(now_ns - pub, s, 3, bounds, hist, hsum, skew)
+                    _observe(cur_pub - tr, s, 2, bounds, hist, hsum, skew)
+                _observe(now_ns - cur_pub, s, 3, bounds, hist, hsum, skew)
             else:
                 untimed += 1
     return untimed
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _observe(d, s, hop, bounds, hist, hsum, skew):  # pragma: no cover - jitted
     if d < 0:
         skew[s, hop] += 1

@@ -1,0 +1,134 @@
+"""The collector and the HTTP endpoint in-process: exposition, budget, health checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fairfeed.daemon.metrics import OVERFLOW, FairfeedCollector, render_text
+from fairfeed.daemon.metrics_http import MetricsHTTPServer
+from fairfeed.daemon.registry import Registry
+from fairfeed.daemon.supervisor import ChildSpec
+from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.metricsboard import HOP_RING_KERNEL, MetricsBoard
+from fairfeed.ipc.streams import StreamBoard
+
+NOW = 1_700_000_000 * 10**9
+
+
+@pytest.fixture
+def rt():
+    tag = f"fftest-{os.getpid()}-met"
+    reg = Registry.build([(f'I{i}-"x"', 1) for i in range(6)], [("p0", "V0"), ("p1", "V1")], 64, 8)
+    control = ControlBlock.create(f"{tag}-c", 2, 64)
+    streams = StreamBoard.create(f"{tag}-s", 64, 8)
+    board = MetricsBoard.create(f"{tag}-m", 64, 8)
+    streams.count[:6, :2] = 5
+    streams.last_ts[:6, :2] = NOW
+    board.price[:6, :2] = 101.0
+    control.fair_price[:6] = 100.0
+    board.hist[0, HOP_RING_KERNEL, 2] = 7
+    board.anomaly_event(1, 0, True)
+    control.set(1, Slot.KAFKA_DELIVERED, 42)
+    children = [ChildSpec("ingest-0", 0, lambda: 0), ChildSpec("compute", 1, lambda: 0)]
+    ns = SimpleNamespace(
+        cfg=SimpleNamespace(),
+        registry=reg,
+        book=SimpleNamespace(entries={("p0", "V0", 'I0-"x"'): "spot"}),
+        control=control,
+        streams=streams,
+        rings=[],
+        workers=[],
+        children=children,
+        supervisor=None,
+        board=board,
+    )
+    yield ns
+    for seg in (control, streams, board):
+        seg.close()
+        seg.unlink()
+
+
+def _samples(body: bytes) -> dict:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(body.decode())
+        for s in fam.samples
+    }
+
+
+def test_render_text_matches_generate_latest(rt) -> None:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(FairfeedCollector(rt, rt.board, 100))
+    ours, theirs = render_text(reg), generate_latest(reg)
+    drop = {"fairfeed_metrics_collect_seconds"}
+    a = {k: v for k, v in _samples(ours).items() if k[0] not in drop}
+    b = {k: v for k, v in _samples(theirs).items() if k[0] not in drop}
+    assert a.keys() == b.keys()
+    for k, v in a.items():  # ages move between the two scrapes
+        assert v == pytest.approx(b[k], rel=1e-6) if "age" in k[0] else v == b[k], k
+    key = ("fairfeed_price_ratio", (("data_class", "spot"), ("instrument", 'I0-"x"'),
+                                    ("provider", "p0"), ("venue", "V0")))  # fmt: skip
+    assert a[key] == pytest.approx(1.01)
+    assert a[("fairfeed_kafka_delivered_total", (("process", "compute"),))] == 42
+    assert a[("fairfeed_anomalies_total", (("kind", "no_data"), ("provider", "p0")))] == 1
+    assert a[("fairfeed_latency_seconds_count",
+              (("hop", "ring_kernel"), ("provider", "p0"), ("venue", "V0")))] == 7  # fmt: skip
+
+
+def test_budget_folds_streams_into_overflow(rt) -> None:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(FairfeedCollector(rt, rt.board, 5))
+    got = _samples(render_text(reg))
+    msgs = {k[1]: v for k, v in got.items() if k[0] == "fairfeed_messages_total"}
+    assert len(msgs) == 5 + 2  # kept + one overflow series per source
+    over = {dict(k)["provider"]: v for k, v in msgs.items() if dict(k)["instrument"] == OVERFLOW}
+    assert over == {"p0": 5 * 3, "p1": 5 * 4}
+    assert got[("fairfeed_metrics_folded_streams", ())] == 7 + 1  # 7 streams, 1 fair price
+    assert not any(
+        dict(k[1]).get("instrument") == OVERFLOW for k in got if k[0] == "fairfeed_price"
+    )
+
+
+def test_http_endpoint_serves_and_keeps_alive() -> None:
+    server = MetricsHTTPServer(
+        "127.0.0.1:0",
+        lambda: (b"m 1\n", "text/plain"),
+        lambda: (True, "ok"),
+        lambda: (False, "not ready: compute down"),
+    )
+    server.open()
+    try:
+        client = socket.create_connection(server.address, timeout=5)
+        reqs = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\n\r\n"
+        reqs += b"POST /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"
+        client.sendall(reqs)
+        data = b""
+        while b"405" not in data or not data.endswith(b"HEAD\n"):
+            server.handle([server.sock.fileno(), *server.conns], list(server.conns))
+            try:
+                client.settimeout(0.05)
+                chunk = client.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\n\r\nm 1\n" in data
+        assert b"HTTP/1.1 503 Service Unavailable" in data and b"compute down" in data
+        assert b"HTTP/1.1 405" in data
+        client.close()
+    finally:
+        server.close()
+
+
+def test_negative_values_never_break_the_board(rt) -> None:
+    rt.board.observe(HOP_RING_KERNEL, np.array([1, 99]), np.array([-0.5, 0.1]))
+    assert rt.board.skew[1, HOP_RING_KERNEL] == 1
