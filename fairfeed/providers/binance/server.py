@@ -26,7 +26,6 @@ reconnect notice: RECONNECT_NOTICE does nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,7 +36,6 @@ from websockets.exceptions import ConnectionClosed
 from fairfeed.daemon.config import SimulatorConfig
 from fairfeed.providers.binance.symbols import split_stream, to_stream_symbol, to_symbol
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, REQUEST_DECODER, encode
-from fairfeed.providers.local.faults import Fault
 from fairfeed.providers.local.market import EventBatch
 from fairfeed.providers.local.wsserver import Conn, LocalWsServer, log
 
@@ -96,8 +94,6 @@ class BinanceServer(LocalWsServer):
             streams=set(), combined=not url.path.startswith("/ws"), window=(0.0, 0),
             keeper=asyncio.create_task(self._keep(conn)),
         )  # fmt: skip
-        if self.faults.stall:
-            conn.ws.transport.pause_reading()
         names = [s for v in parse_qs(url.query).get("streams", []) for s in v.split("/") if s]
         if not names:
             return
@@ -269,20 +265,3 @@ class BinanceServer(LocalWsServer):
 
     def malformed_message(self) -> str:
         return '{"stream":"btcusdt@trade","data":{"e":"trade","p":"not-a-number"'
-
-    # -- faults --------------------------------------------------------------------------------
-    async def inject(self, fault: Fault, amount: float = 0.0) -> int:
-        n = await super().inject(fault, amount)
-        if fault is Fault.STALL:  # websockets would still answer pings: stop reading
-            for c in list(self._conns.values()):
-                with contextlib.suppress(Exception):
-                    c.ws.transport.pause_reading()
-        return n
-
-    def clear(self) -> None:
-        stalled = self.faults.stall
-        super().clear()
-        if stalled:
-            for c in list(self._conns.values()):
-                with contextlib.suppress(Exception):
-                    c.ws.transport.resume_reading()

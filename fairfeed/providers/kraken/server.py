@@ -22,7 +22,6 @@ Kraken's v2 API has no reconnect notice: RECONNECT_NOTICE does nothing.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import time
 from datetime import UTC, datetime
@@ -32,7 +31,6 @@ from websockets.asyncio.server import serve
 from fairfeed.daemon.config import SimulatorConfig
 from fairfeed.providers.kraken.symbols import from_symbol, to_symbol
 from fairfeed.providers.kraken.wire import RATE_LIMIT_ERROR, encode
-from fairfeed.providers.local.faults import Fault
 from fairfeed.providers.local.market import HALF_SPREAD, EventBatch
 from fairfeed.providers.local.wsserver import Conn, LocalWsServer, log
 
@@ -83,7 +81,6 @@ class KrakenServer(LocalWsServer):
     async def on_connect(self, conn: Conn) -> None:
         conn.state["channels"] = {"trade": set(), "ticker": set()}
         if self.faults.stall:
-            conn.ws.transport.pause_reading()
             return
         await conn.send(
             encode({
@@ -238,20 +235,3 @@ class KrakenServer(LocalWsServer):
 
     def malformed_message(self) -> str:
         return '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","price":"oops"'
-
-    # -- faults --------------------------------------------------------------------------------
-    async def inject(self, fault: Fault, amount: float = 0.0) -> int:
-        n = await super().inject(fault, amount)
-        if fault is Fault.STALL:  # websockets would still answer pings: stop reading
-            for c in list(self._conns.values()):
-                with contextlib.suppress(Exception):
-                    c.ws.transport.pause_reading()
-        return n
-
-    def clear(self) -> None:
-        stalled = self.faults.stall
-        super().clear()
-        if stalled:
-            for c in list(self._conns.values()):
-                with contextlib.suppress(Exception):
-                    c.ws.transport.resume_reading()

@@ -234,6 +234,8 @@ class LocalWsServer(abc.ABC):
     async def _handler(self, ws: ServerConnection) -> None:
         conn = Conn(ws, self._n)
         self._n += 1
+        if self.faults.stall:  # a stalled server reads nothing, not even pings
+            ws.transport.pause_reading()
         self._conns[conn.index] = conn
         self.stats.connections_total += 1
         self.stats.connections_open += 1
