@@ -60,7 +60,8 @@ def test_paced_stream_stats_and_faults() -> None:
             data = [m for m in msgs if "s" in m]
             assert {"ok": True} in msgs and any("hb" in m for m in msgs)
             assert 100 <= len(data) <= 300  # 400/s for 0.5 s
-            assert server.stats.events == len(data)
+            # the server goes on sending while we look: it sent at least what we read
+            assert server.stats.events >= len(data)
             a = [m["seq"] for m in data if m["s"] == "A"]
             assert a == list(range(1, len(a) + 1))
 

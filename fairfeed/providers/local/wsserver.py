@@ -14,9 +14,7 @@ import abc
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from fairfeed.daemon.config import SimulatorConfig
 from fairfeed.providers.local.faults import Fault, FaultState
 from fairfeed.providers.local.market import EventBatch, Market
+from fairfeed.providers.local.thread import LoopThread
 
 log = logging.getLogger(__name__)
 
@@ -333,47 +332,8 @@ class LocalWsServer(abc.ABC):
                 )  # fmt: skip
 
 
-class ServerThread:
-    """Runs local servers on their own event loop in a background thread (tests, tools)."""
-
-    def __init__(self, *servers: LocalWsServer | Any) -> None:
-        self.servers = servers
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        for s in self.servers:
-            self.call(s.start)
-        return self
-
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
-        """Run ``fn(*args)`` (a coroutine function or a plain one) on the servers' loop."""
-
-        async def run() -> Any:
-            result = fn(*args)
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+class ServerThread(LoopThread):
+    """Local servers on their own event loop in a background thread (tests, tools)."""
 
     def inject(self, fault: Fault, amount: float = 0.0, i: int = 0) -> int:
         return self.call(self.servers[i].inject, fault, amount)
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        for s in self.servers:
-            with contextlib.suppress(Exception):
-                self.call(s.stop)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def __enter__(self) -> ServerThread:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -25,11 +25,9 @@ import copy
 import logging
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -38,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.protocol import State
 
 from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.providers.local.thread import LoopThread
 from fairfeed.providers.simulator.wire import (
     CLIENT_REQUEST_DECODER,
     Error,
@@ -440,30 +439,8 @@ def _request_id(raw: str | bytes) -> int | None:
     return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
 
 
-class SimulatorThread:
-    """Runs servers on their own event loop in a daemon thread; thread-safe proxies to them."""
-
-    def __init__(self, *servers: SimulatorServer) -> None:
-        self.servers = servers
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> SimulatorThread:
-        self._thread.start()
-        for s in self.servers:
-            self.call(s.start)
-        return self
-
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
-        """Run ``fn(*args)`` (a coroutine function or a plain one) on the server loop."""
-
-        async def run() -> Any:
-            result = fn(*args)
-            if asyncio.iscoroutine(result):
-                result = await result
-            return result
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+class SimulatorThread(LoopThread):
+    """Simulator servers on their own event loop in a daemon thread; thread-safe proxies."""
 
     @property
     def server(self) -> SimulatorServer:
@@ -488,23 +465,6 @@ class SimulatorThread:
 
     def connections(self, i: int = 0) -> int:
         return self.call(self.servers[i].connections)
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        for s in self.servers:
-            with contextlib.suppress(Exception):
-                self.call(s.stop)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    def __enter__(self) -> SimulatorThread:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 async def serve_forever(
