@@ -9,18 +9,17 @@ error codes: :mod:`fairfeed.daemon.ctl_protocol`; commands: :mod:`fairfeed.daemo
 from __future__ import annotations
 
 import contextlib
-import errno
 import grp
 import logging
 import os
 import socket
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fairfeed.daemon import ctl_protocol as proto
+from fairfeed.daemon.sockserve import Client, LoopServer
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +36,10 @@ def default_socket_path() -> Path:
     return root / "control.sock"
 
 
-class _Client:
-    __slots__ = ("closing", "inbuf", "last", "outbuf", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.last = time.monotonic()
-        self.closing = False  # close once outbuf is written
-
-
-class ControlServer:
+class ControlServer(LoopServer):
     """Serves ``handler(cmd, args) -> result`` on a Unix socket at ``path``."""
+
+    what = "control socket"
 
     def __init__(
         self,
@@ -60,13 +50,10 @@ class ControlServer:
         max_clients: int = 32,
         idle_timeout: float = 10.0,
     ) -> None:
+        super().__init__(max_clients=max_clients, idle_timeout=idle_timeout)
         self.path = path
         self.handler = handler
         self.group = group
-        self.max_clients = max_clients
-        self.idle_timeout = idle_timeout
-        self.sock: socket.socket | None = None
-        self.clients: dict[int, _Client] = {}
         self.served = 0
         self.rejected = 0
 
@@ -111,77 +98,21 @@ class ControlServer:
         log.info("control socket %s", path)
 
     def close(self) -> None:
-        for fd in list(self.clients):
-            self._drop(fd)
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+        had = self.sock is not None
+        super().close()
+        if had:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
 
-    # -- main-loop integration -----------------------------------------------------------
-    def readers(self) -> list[int]:
-        if self.sock is None:
-            return []
-        return [self.sock.fileno(), *(fd for fd, c in self.clients.items() if not c.closing)]
+    # -- LoopServer hooks ----------------------------------------------------------------
+    def refuse(self, c: Client) -> None:
+        self.rejected += 1
+        c.outbuf += proto.error(None, "busy", f"more than {self.max_clients} clients")
 
-    def writers(self) -> list[int]:
-        return [fd for fd, c in self.clients.items() if c.outbuf]
+    def on_idle(self, c: Client) -> None:
+        c.outbuf += proto.error(None, "timeout", f"idle for {self.idle_timeout:.0f}s")
 
-    def handle(self, readable: list[int], writable: list[int]) -> None:
-        if self.sock is not None and self.sock.fileno() in readable:
-            self._accept()
-        for fd in readable:
-            c = self.clients.get(fd)
-            if c is not None:
-                self._read(fd, c)
-        for fd in writable:
-            c = self.clients.get(fd)
-            if c is not None:
-                self._write(fd, c)
-
-    def tick(self) -> None:
-        """Drop clients silent for longer than ``idle_timeout``."""
-        now = time.monotonic()
-        for fd, c in list(self.clients.items()):
-            if now - c.last > self.idle_timeout and not c.outbuf:
-                c.outbuf += proto.error(None, "timeout", f"idle for {self.idle_timeout:.0f}s")
-                c.closing = True
-                self._write(fd, c)
-
-    # -- per client ----------------------------------------------------------------------
-    def _accept(self) -> None:
-        assert self.sock is not None
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. EMFILE: do not spin, try again next tick
-                log.error("control socket accept failed: %s", exc)
-                return
-            conn.setblocking(False)
-            c = _Client(conn)
-            self.clients[conn.fileno()] = c
-            if len(self.clients) > self.max_clients:
-                self.rejected += 1
-                c.outbuf += proto.error(None, "busy", f"more than {self.max_clients} clients")
-                c.closing = True
-                self._write(conn.fileno(), c)
-
-    def _read(self, fd: int, c: _Client) -> None:
-        try:
-            data = c.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(fd)
-            return
-        if not data:
-            self._drop(fd)
-            return
-        c.last = time.monotonic()
-        c.inbuf += data
+    def on_data(self, c: Client) -> None:
         while not c.closing:
             nl = c.inbuf.find(b"\n")
             if nl < 0:
@@ -191,7 +122,7 @@ class ControlServer:
                     )
                     c.closing = True
                     c.inbuf.clear()
-                break
+                return
             line = bytes(c.inbuf[:nl])
             del c.inbuf[: nl + 1]
             if len(line) > proto.MAX_REQUEST:
@@ -199,10 +130,9 @@ class ControlServer:
                     None, "too_large", f"request over {proto.MAX_REQUEST} bytes"
                 )
                 c.closing = True
-                break
+                return
             if line.strip():
                 c.outbuf += self._serve(line)
-        self._write(fd, c)
 
     def _serve(self, line: bytes) -> bytes:
         rid: Any = None
@@ -216,24 +146,3 @@ class ControlServer:
             return proto.error(rid, "internal", f"{type(exc).__name__}: {exc}")
         self.served += 1
         return proto.ok(rid, result)
-
-    def _write(self, fd: int, c: _Client) -> None:
-        while c.outbuf:
-            try:
-                n = c.sock.send(c.outbuf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    log.debug("control client: %s", exc)
-                self._drop(fd)
-                return
-            del c.outbuf[:n]
-        if c.closing:
-            self._drop(fd)
-
-    def _drop(self, fd: int) -> None:
-        c = self.clients.pop(fd, None)
-        if c is not None:
-            with contextlib.suppress(OSError):
-                c.sock.close()

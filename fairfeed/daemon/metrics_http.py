@@ -9,12 +9,11 @@ its body synchronously (the collector reads shared memory; ``docs/metrics.md`` g
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import socket
-import time
 from collections.abc import Callable
+
+from fairfeed.daemon.sockserve import Client, LoopServer
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +35,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _Conn:
-    __slots__ = ("close_after", "inbuf", "last", "outbuf", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.last = time.monotonic()
-        self.close_after = False
-
-
-class MetricsHTTPServer:
+class MetricsHTTPServer(LoopServer):
     """Serves ``metrics()`` (exposition bytes, content type) and two health checks."""
+
+    what = "metrics endpoint"
 
     def __init__(
         self,
@@ -60,14 +50,11 @@ class MetricsHTTPServer:
         max_clients: int = 16,
         idle_timeout: float = 30.0,
     ) -> None:
+        super().__init__(max_clients=max_clients, idle_timeout=idle_timeout)
         self.listen = listen
         self.metrics = metrics
         self.healthz = healthz
         self.readyz = readyz
-        self.max_clients = max_clients
-        self.idle_timeout = idle_timeout
-        self.sock: socket.socket | None = None
-        self.conns: dict[int, _Conn] = {}
         self.address: tuple[str, int] = ("", 0)
         self.requests = 0
         self.on_tick: Callable[[], None] | None = None
@@ -93,85 +80,27 @@ class MetricsHTTPServer:
         self.address = sock.getsockname()[:2]
         log.info("metrics on %s/metrics", self.url)
 
-    def close(self) -> None:
-        for fd in list(self.conns):
-            self._drop(fd)
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-    # -- ServedIO --------------------------------------------------------------------------
-    def readers(self) -> list[int]:
-        if self.sock is None:
-            return []
-        return [self.sock.fileno(), *(fd for fd, c in self.conns.items() if not c.close_after)]
-
-    def writers(self) -> list[int]:
-        return [fd for fd, c in self.conns.items() if c.outbuf]
-
-    def handle(self, readable: list[int], writable: list[int]) -> None:
-        if self.sock is not None and self.sock.fileno() in readable:
-            self._accept()
-        for fd in readable:
-            c = self.conns.get(fd)
-            if c is not None:
-                self._read(fd, c)
-        for fd in writable:
-            c = self.conns.get(fd)
-            if c is not None:
-                self._write(fd, c)
-
+    # -- LoopServer hooks ----------------------------------------------------------------
     def tick(self) -> None:
         if self.on_tick is not None:
             self.on_tick()
-        now = time.monotonic()
-        for fd, c in list(self.conns.items()):
-            if now - c.last > self.idle_timeout:
-                self._drop(fd)
+        super().tick()
 
-    # -- connections -----------------------------------------------------------------------
-    def _accept(self) -> None:
-        assert self.sock is not None
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.error("metrics accept failed: %s", exc)
-                return
-            conn.setblocking(False)
-            c = _Conn(conn)
-            self.conns[conn.fileno()] = c
-            if len(self.conns) > self.max_clients:
-                self._respond(c, 503, b"too many connections\n", close=True)
-                self._write(conn.fileno(), c)
+    def refuse(self, c: Client) -> None:
+        self._respond(c, 503, b"too many connections\n", close=True)
 
-    def _read(self, fd: int, c: _Conn) -> None:
-        try:
-            data = c.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(fd)
-            return
-        if not data:
-            self._drop(fd)
-            return
-        c.last = time.monotonic()
-        c.inbuf += data
-        while not c.close_after:
+    def on_data(self, c: Client) -> None:
+        while not c.closing:
             end = c.inbuf.find(b"\r\n\r\n")
             if end < 0:
                 if len(c.inbuf) > MAX_REQUEST:
                     self._respond(c, 400, b"request too large\n", close=True)
-                break
+                return
             head = bytes(c.inbuf[:end]).decode("latin-1")
             del c.inbuf[: end + 4]
             self._serve(c, head)
-        self._write(fd, c)
 
-    def _serve(self, c: _Conn, head: str) -> None:
+    def _serve(self, c: Client, head: str) -> None:
         lines = head.split("\r\n")
         parts = lines[0].split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -212,7 +141,7 @@ class MetricsHTTPServer:
 
     @staticmethod
     def _respond(
-        c: _Conn, status: int, body: bytes, *, close: bool, ctype: str = _TEXT,
+        c: Client, status: int, body: bytes, *, close: bool, ctype: str = _TEXT,
         head_only: bool = False, extra: str = "",
     ) -> None:  # fmt: skip
         hdr = (
@@ -224,26 +153,4 @@ class MetricsHTTPServer:
         if not head_only:
             c.outbuf += body
         if close:
-            c.close_after = True
-
-    def _write(self, fd: int, c: _Conn) -> None:
-        while c.outbuf:
-            try:
-                n = c.sock.send(c.outbuf)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-                    log.debug("metrics client: %s", exc)
-                self._drop(fd)
-                return
-            del c.outbuf[:n]
-            c.last = time.monotonic()
-        if c.close_after:
-            self._drop(fd)
-
-    def _drop(self, fd: int) -> None:
-        c = self.conns.pop(fd, None)
-        if c is not None:
-            with contextlib.suppress(OSError):
-                c.sock.close()
+            c.closing = True

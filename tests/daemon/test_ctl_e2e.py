@@ -141,8 +141,11 @@ def test_list_and_status_tables_and_json(running) -> None:
     code, res, _ = ctl(daemon, "list", "--provider", "sim-b")
     assert code == 0 and {s["provider"] for s in res["subscriptions"]} == {"sim-b"}
     assert all(s["messages"] > 0 and s["last_data_age"] < 5 for s in res["subscriptions"])
-    code, st, _ = ctl(daemon, "status")
-    assert code == 0 and st["subscriptions"] >= 4 and st["pid"] == daemon.pid
+    # the first deliveries may still be on their way when the streams are up
+    st = wait_for(
+        lambda: (r := ctl(daemon, "status")[1])["kafka"]["delivered"] > 0 and r, 15, "deliveries"
+    )
+    assert st["subscriptions"] >= 4 and st["pid"] == daemon.pid
     names = {p["name"]: p for p in st["processes"]}
     assert set(names) == {"ingest-0", "ingest-1", "compute"}
     assert all(p["ready"] and p["heartbeat_age"] < 2 for p in names.values())

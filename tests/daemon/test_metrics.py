@@ -111,7 +111,7 @@ def test_http_endpoint_serves_and_keeps_alive() -> None:
         client.sendall(reqs)
         data = b""
         while b"405" not in data or not data.endswith(b"HEAD\n"):
-            server.handle([server.sock.fileno(), *server.conns], list(server.conns))
+            server.handle([server.sock.fileno(), *server.clients], list(server.clients))
             try:
                 client.settimeout(0.05)
                 chunk = client.recv(65536)
