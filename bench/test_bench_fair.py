@@ -9,6 +9,9 @@ each result's ``extra_info`` (``--benchmark-json`` keeps them) and printed with 
   3,400 of 10,000) and over all 10,000, µs/instrument;
 - ``test_update_and_compute``: update + compute of one 4096-record batch, the per-record cost of
   the compute loop's fair-price work (target < 0.2 µs/record);
+- ``test_update_and_compute_capacity``: the same with the arrays sized as the daemon sizes them
+  (``max_sources`` = 128 source columns, 5 of them registered): the loops are bounded by the
+  registered sources, but every instrument's row is 128 columns wide;
 - ``test_latency``: records fed at 28,000/s in real time, in the batches the compute loop would
   read, the loop sleeping 0.5 ms when idle as ``ComputeWorker`` does; per output message,
   latency = time the encoded message exists − ``ts_receive`` of the newest input of that
@@ -37,6 +40,7 @@ BATCH = 4096
 NOW = 1_700_000_000 * 1_000_000_000
 METHODS = [*fm.METHOD_CODES, "old"]
 RATE = 28_000  # records per second, the seed's load
+DAEMON_CAPACITY = 128  # DaemonConfig.max_sources default: source columns of the daemon's arrays
 
 
 def source_table() -> np.ndarray:
@@ -86,10 +90,15 @@ class Old:
 
 
 class New:
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, capacity: int | None = None) -> None:
         self.method = method
         self.book = fm.FairBook(
-            N_INSTRUMENTS, source_table(), list(range(N_SOURCES)), method=method, inputs="both"
+            N_INSTRUMENTS,
+            source_table(),
+            list(range(N_SOURCES)),
+            capacity,
+            method=method,
+            inputs="both",
         )
 
     def update(self, recs: np.ndarray) -> None:
@@ -108,14 +117,14 @@ class New:
         return self.book.arrays.last_emit_ns
 
 
-def make(method: str):
+def make(method: str, capacity: int | None = None):
     warm_up()
-    return Old() if method == "old" else New(method)
+    return Old() if method == "old" else New(method, capacity)
 
 
-def primed(method: str):
+def primed(method: str, capacity: int | None = None):
     """Every (instrument, source) has a price; nothing dirty."""
-    eng = make(method)
+    eng = make(method, capacity)
     warm = random_batch(200_000, seed=2)
     warm["kind"] = KIND_TRADE
     eng.update(warm)
@@ -166,7 +175,16 @@ def test_compute(benchmark, method, dirty):
 @pytest.mark.parametrize("method", METHODS)
 def test_update_and_compute(benchmark, method):
     """The fair-price work per 4096-record batch of the compute loop, per record."""
-    eng = primed(method)
+    run_update_and_compute(benchmark, primed(method))
+
+
+@pytest.mark.parametrize("method", list(fm.METHOD_CODES))
+def test_update_and_compute_capacity(benchmark, method):
+    """As ``test_update_and_compute``, arrays with the daemon's 128 source columns."""
+    run_update_and_compute(benchmark, primed(method, DAEMON_CAPACITY))
+
+
+def run_update_and_compute(benchmark, eng) -> None:
     batches = [random_batch(BATCH, seed=10 + j, now=NOW + 10**9) for j in range(16)]
     state = {"j": 0, "now": NOW + 10**9}
 

@@ -332,7 +332,16 @@ def update_nb(
     return ignored
 
 
-@njit(cache=True)
+# Explicit signatures: one compiled copy each (call sites with literal arguments would each
+# compile their own specialization otherwise, which made the cold compile much longer). The
+# helpers only index the arrays they are given: compiled without the reference-counting runtime
+# (``_nrt=False``), a call per subscription costs no atomic increments and decrements.
+_I2 = "i8[:, ::1]"
+_F2 = "f8[:, ::1]"
+
+
+@njit(f"i8({_I2}, {_F2}, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, f8, f8, f8, f8)",
+      cache=True, _nrt=False)  # fmt: skip
 def _emit(ev_i, ev_f, m, kind, phase, level, prov, venue, cls, inst, start, end, now, count,
           v0, v1, v2, thr):  # fmt: skip  # pragma: no cover
     ev_i[m, E_KIND] = kind
@@ -353,20 +362,20 @@ def _emit(ev_i, ev_f, m, kind, phase, level, prov, venue, cls, inst, start, end,
     return m + 1
 
 
-@njit(cache=True)
+@njit(f"void({_I2}, {_I2}, i8, i8, i8, b1, b1, f8)", cache=True, _nrt=False)
 def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):  # pragma: no cover
     """Advance one detector state machine (see the module docstring)."""
-    if active[d, k]:
+    if active[k, d]:
         if not beyond_clear:
-            active[d, k] = 0
-            onset[d, k] = 0
+            active[k, d] = 0
+            onset[k, d] = 0
     elif beyond_open:
-        if onset[d, k] == 0:
-            onset[d, k] = now
-        if now - onset[d, k] >= need:
-            active[d, k] = 1
+        if onset[k, d] == 0:
+            onset[k, d] = now
+        if now - onset[k, d] >= need:
+            active[k, d] = 1
     else:
-        onset[d, k] = 0
+        onset[k, d] = 0
 
 
 @njit(cache=True)
@@ -445,203 +454,277 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
             prov_i64[p, P_BLIP_START] = 0
             prov_i64[p, P_BLIP_END] = 0
 
-    # 2. per subscription: detector states and measures
+    # 2. per subscription: detector states and measures. Each subscription's figures are read
+    # once into locals (the compiler cannot keep them across the stores: arrays may alias).
+    busy = np.zeros(N_DET, np.bool_)
+    mask = np.empty(n_sub, np.uint8)  # per subscription: bit d = detector d in progress
     a_fast = 1.0 - np.exp(-dt / gthr[G_RATE_FAST]) if dt > 0 else 0.0
     a_base = 1.0 - np.exp(-dt / gthr[G_RATE_BASE]) if dt > 0 else 0.0
     lat_clear = gthr[G_LAT_CLEAR]
+    n_fair = fair.shape[0]
     for k in range(n_sub):
         p = sub_meta[k, 0]
         inst = sub_meta[k, 3]
-        si = sub_i64[k]
-        sf = sub_f64[k]
         if p < n_prov and down[p]:
-            si[SI_QUIET_FROM] = now
+            sub_i64[k, SI_QUIET_FROM] = now
             for d in range(N_DET):
-                onset[d, k] = 0
-                active[d, k] = 0
+                onset[k, d] = 0
+                active[k, d] = 0
         else:
-            last_data = si[SI_LAST_DATA]
-            t0 = max(last_data, si[SI_QUIET_FROM])
+            last_data = sub_i64[k, SI_LAST_DATA]
+            n_ep = sub_i64[k, SI_N_EP]
+            n_loc = sub_i64[k, SI_N_LOC]
+            lim_nodata = thr[k, T_NO_DATA]
+            t0 = max(last_data, sub_i64[k, SI_QUIET_FROM])
             silent = now - t0
             # no data (after some) / never any data
             if last_data > 0:
-                lim = thr[k, T_NO_DATA]
+                lim = lim_nodata
                 hb_ok = (p >= n_prov or prov_i64[p, P_HB_SEEN] == 0
                          or prov_i64[p, P_LAST_HB] > t0)  # fmt: skip
-                onset[D_NO_DATA, k] = t0 if silent >= lim * 0.5 else 0
-                active[D_NO_DATA, k] = 1 if (silent >= lim and hb_ok) else 0
-                meas[D_NO_DATA, k, 0] = silent / 1e9
-                onset[D_NO_FIRST, k] = 0
-                active[D_NO_FIRST, k] = 0
+                on_nd = t0 if silent >= lim * 0.5 else 0
+                onset[k, D_NO_DATA] = on_nd
+                active[k, D_NO_DATA] = 1 if (silent >= lim and hb_ok) else 0
+                meas[k, D_NO_DATA, 0] = silent / 1e9
+                onset[k, D_NO_FIRST] = 0
+                active[k, D_NO_FIRST] = 0
             else:
                 lim = thr[k, T_FIRST]
-                onset[D_NO_FIRST, k] = t0 if silent >= lim * 0.5 else 0
-                active[D_NO_FIRST, k] = 1 if silent >= lim else 0
-                meas[D_NO_FIRST, k, 0] = silent / 1e9
-                onset[D_NO_DATA, k] = 0
-                active[D_NO_DATA, k] = 0
-            nodata = onset[D_NO_DATA, k] > 0 or onset[D_NO_FIRST, k] > 0
+                on_nd = t0 if silent >= lim * 0.5 else 0
+                onset[k, D_NO_FIRST] = on_nd
+                active[k, D_NO_FIRST] = 1 if silent >= lim else 0
+                meas[k, D_NO_FIRST, 0] = silent / 1e9
+                onset[k, D_NO_DATA] = 0
+                active[k, D_NO_DATA] = 0
+            nodata = on_nd > 0
             # divergence from the fair price
-            price = sf[SF_PRICE]
-            f = fair[inst] if inst < fair.shape[0] else np.nan
-            fresh = last_data > 0 and now - last_data < thr[k, T_NO_DATA]
+            price = sub_f64[k, SF_PRICE]
+            f = fair[inst] if inst < n_fair else np.nan
+            fresh = last_data > 0 and now - last_data < lim_nodata
             if fresh and not np.isnan(price) and not np.isnan(f) and f > 0:
                 dev = price / f - 1.0
-                meas[D_DIVERGENCE, k, 0] = dev
-                meas[D_DIVERGENCE, k, 1] = price
-                meas[D_DIVERGENCE, k, 2] = f
+                meas[k, D_DIVERGENCE, 0] = dev
+                meas[k, D_DIVERGENCE, 1] = price
+                meas[k, D_DIVERGENCE, 2] = f
                 a = abs(dev)
                 _step(onset, active, D_DIVERGENCE, k, now, a > thr[k, T_DIV],
                       a > thr[k, T_DIV_CLEAR], thr[k, T_DIV_FOR])  # fmt: skip
             else:
                 _step(onset, active, D_DIVERGENCE, k, now, False, False, thr[k, T_DIV_FOR])
             # latencies (only intervals with samples move the state)
-            if si[SI_N_EP] > 0:
-                lat = si[SI_EP_MAX]
-                meas[D_LAT_EX, k, 0] = lat / 1e6
-                _step(onset, active, D_LAT_EX, k, now, lat > thr[k, T_LAT_EX],
-                      lat > thr[k, T_LAT_EX] * lat_clear, thr[k, T_LAT_FOR])  # fmt: skip
-            if si[SI_N_LOC] > 0:
-                lat = si[SI_LOC_MAX]
-                meas[D_LAT_LOCAL, k, 0] = lat / 1e6
-                _step(onset, active, D_LAT_LOCAL, k, now, lat > thr[k, T_LAT_LOCAL],
-                      lat > thr[k, T_LAT_LOCAL] * lat_clear, thr[k, T_LAT_FOR])  # fmt: skip
-            if si[SI_N_EP] > 0 or si[SI_N_LOC] > 0:
+            if n_ep > 0 or n_loc > 0:
+                lat_for = thr[k, T_LAT_FOR]
+                if n_ep > 0:
+                    lat = sub_i64[k, SI_EP_MAX]
+                    lim = thr[k, T_LAT_EX]
+                    meas[k, D_LAT_EX, 0] = lat / 1e6
+                    _step(onset, active, D_LAT_EX, k, now, lat > lim, lat > lim * lat_clear,
+                          lat_for)  # fmt: skip
+                if n_loc > 0:
+                    lat = sub_i64[k, SI_LOC_MAX]
+                    lim = thr[k, T_LAT_LOCAL]
+                    meas[k, D_LAT_LOCAL, 0] = lat / 1e6
+                    _step(onset, active, D_LAT_LOCAL, k, now, lat > lim, lat > lim * lat_clear,
+                          lat_for)  # fmt: skip
                 lo = np.int64(0)
-                if si[SI_N_EP] > 0:
-                    lo = si[SI_EP_MIN]
-                if si[SI_N_LOC] > 0 and (si[SI_N_EP] == 0 or si[SI_LOC_MIN] < lo):
-                    lo = si[SI_LOC_MIN]
-                meas[D_SKEW, k, 0] = lo / 1e6
-                _step(onset, active, D_SKEW, k, now, lo < -thr[k, T_SKEW],
-                      lo < -thr[k, T_SKEW] * lat_clear, thr[k, T_LAT_FOR])  # fmt: skip
+                if n_ep > 0:
+                    lo = sub_i64[k, SI_EP_MIN]
+                if n_loc > 0 and (n_ep == 0 or sub_i64[k, SI_LOC_MIN] < lo):
+                    lo = sub_i64[k, SI_LOC_MIN]
+                lim = thr[k, T_SKEW]
+                meas[k, D_SKEW, 0] = lo / 1e6
+                _step(onset, active, D_SKEW, k, now, lo < -lim, lo < -lim * lat_clear,
+                      lat_for)  # fmt: skip
             # update rate against its baseline (frozen while silent or in a drop)
+            r_fast = sub_f64[k, SF_FAST]
+            r_fast_w = sub_f64[k, SF_FAST_W]
+            r_base = sub_f64[k, SF_BASE]
+            r_base_w = sub_f64[k, SF_BASE_W]
             if dt > 0 and last_data > 0 and not nodata:
-                rate = si[SI_COUNT] * 1e9 / dt
-                sf[SF_FAST] += a_fast * (rate - sf[SF_FAST])
-                sf[SF_FAST_W] += a_fast * (1.0 - sf[SF_FAST_W])
-                if onset[D_RATE, k] == 0 and active[D_RATE, k] == 0:
-                    sf[SF_BASE] += a_base * (rate - sf[SF_BASE])
-                    sf[SF_BASE_W] += a_base * (1.0 - sf[SF_BASE_W])
-            fast = sf[SF_FAST] / sf[SF_FAST_W] if sf[SF_FAST_W] > 0 else 0.0
-            base = sf[SF_BASE] / sf[SF_BASE_W] if sf[SF_BASE_W] > 0 else 0.0
-            meas[D_RATE, k, 0] = fast
-            meas[D_RATE, k, 1] = base
+                rate = sub_i64[k, SI_COUNT] * 1e9 / dt
+                r_fast += a_fast * (rate - r_fast)
+                r_fast_w += a_fast * (1.0 - r_fast_w)
+                sub_f64[k, SF_FAST] = r_fast
+                sub_f64[k, SF_FAST_W] = r_fast_w
+                if onset[k, D_RATE] == 0 and active[k, D_RATE] == 0:
+                    r_base += a_base * (rate - r_base)
+                    r_base_w += a_base * (1.0 - r_base_w)
+                    sub_f64[k, SF_BASE] = r_base
+                    sub_f64[k, SF_BASE_W] = r_base_w
+            fast = r_fast / r_fast_w if r_fast_w > 0 else 0.0
+            base = r_base / r_base_w if r_base_w > 0 else 0.0
+            meas[k, D_RATE, 0] = fast
+            meas[k, D_RATE, 1] = base
             if nodata:
-                onset[D_RATE, k] = 0
-                active[D_RATE, k] = 0
+                onset[k, D_RATE] = 0
+                active[k, D_RATE] = 0
             else:
                 ok = base >= thr[k, T_RATE_FLOOR]
                 _step(onset, active, D_RATE, k, now, ok and fast < base * thr[k, T_RATE_RATIO],
                       ok and fast < base * thr[k, T_RATE_CLEAR], thr[k, T_RATE_FOR])  # fmt: skip
-        si[SI_COUNT] = 0
-        si[SI_N_EP] = 0
-        si[SI_N_LOC] = 0
+        sub_i64[k, SI_COUNT] = 0
+        sub_i64[k, SI_N_EP] = 0
+        sub_i64[k, SI_N_LOC] = 0
+        # Detectors in progress (row k is final now): listed for the roll-up. Only an active
+        # subscription or an open episode can make the roll-up emit or change anything (a
+        # group opens only with a fresh active member; closes only when open), so those mark
+        # the detector busy; a pre-active one only counts towards its groups.
+        bits = np.uint8(0)
+        for d in range(N_DET):
+            if active[k, d] > 0 or sub_open[k, d] > 0:
+                busy[d] = True
+                bits |= np.uint8(1 << d)
+            elif onset[k, d] > 0:
+                bits |= np.uint8(1 << d)
+        mask[k] = bits
 
-    # 3. roll-up and episodes of every per-subscription detector
+    # 3. roll-up and episodes of every per-subscription detector. Only subscriptions with
+    # something in progress for the detector (``mask`` bit from step 2: onset, active or an open
+    # episode) can be pre-active, active or open, so the per-level work runs over that list; a
+    # group with a member off the list cannot be all pre-active (``cnt`` < its size). The member
+    # with the largest measure (the event's figures) is looked up only when a group emits.
     n_groups = group_size.shape[0]
-    covered = np.zeros(n_sub, np.bool_)
-    all_pre = np.zeros(n_groups, np.bool_)
-    fresh_act = np.zeros(n_groups, np.bool_)
-    best = np.zeros(n_groups, np.int64)
+    lst = np.empty(n_sub, np.int64)  # listed subscriptions, ascending
+    pre_l = np.empty(n_sub, np.bool_)  # per listed: pre-active, active and not covered, covered
+    act_l = np.empty(n_sub, np.bool_)
+    cov_l = np.empty(n_sub, np.bool_)
+    grp_l = np.empty(n_sub, np.int64)  # per listed: its group at the current level
+    stamp = np.full(n_groups, -1, np.int64)  # cnt / fresh_act valid when stamp == pass id
+    cnt = np.zeros(n_groups, np.int64)  # pre-active members
+    n_open_lv = np.zeros(N_GROUP_LEVELS, np.int64)  # open groups per level
+    fresh_act = np.zeros(n_groups, np.bool_)  # an active member not covered
     thr_col = np.array([T_NO_DATA, T_FIRST, T_DIV, T_LAT_EX, T_LAT_LOCAL, T_SKEW, T_RATE_RATIO])
     thr_scale = np.array([1e-9, 1e-9, 1.0, 1e-6, 1e-6, 1e-6, 1.0])
-    # Skip detectors with nothing in progress: the roll-up would change nothing (most passes).
-    busy = np.zeros(N_DET, np.bool_)
+    # Skip detectors with no active subscription and no open episode: the roll-up would change
+    # nothing (most passes). ``busy`` (subscriptions) was filled in step 2; here open groups.
     for d in range(N_DET):
-        for k in range(n_sub):
-            if onset[d, k] > 0 or active[d, k] > 0 or sub_open[d, k] > 0:
-                busy[d] = True
-                break
         if not busy[d]:
             for g in range(n_groups):
                 if group_open[d, g] > 0:
                     busy[d] = True
                     break
+    pass_id = 0
     for d in range(N_DET):
         if not busy[d]:
             continue
         kind = DET_KINDS[d]
         tc = thr_col[d]
         ts_ = thr_scale[d]
+        bit = np.uint8(1 << d)
+        n_l = 0
         for k in range(n_sub):
+            if mask[k] & bit:
+                lst[n_l] = k
+                n_l += 1
+        n_fresh = 0  # listed subscriptions active and not covered
+        for x in range(n_l):
+            k = lst[x]
             p = sub_meta[k, 0]
-            covered[k] = (p < n_prov and down[p]) or sub_open[d, k] > 0
+            cov_l[x] = (p < n_prov and down[p]) or sub_open[k, d] > 0
+            act_l[x] = active[k, d] == 1
+            if act_l[x] and not cov_l[x]:
+                n_fresh += 1
         for lv in range(N_GROUP_LEVELS):
-            for g in range(n_groups):
-                all_pre[g] = True
-                fresh_act[g] = False
-                best[g] = -1
-            for k in range(n_sub):
-                g = sub_groups[k, lv]
-                pre = active[d, k] == 1 or (
-                    onset[d, k] > 0
-                    and (d <= D_NO_FIRST or now - onset[d, k] >= _need(thr, d, k) * 0.5)
-                )
-                if not pre:
-                    all_pre[g] = False
-                if active[d, k] == 1 and not covered[k]:
+            n_open_lv[lv] = 0
+        for g in range(n_groups):
+            if group_open[d, g] > 0 and 1 <= group_meta[g, 0] <= N_GROUP_LEVELS:
+                n_open_lv[group_meta[g, 0] - 1] += 1
+        stale = True  # pre_l / act_l must be (re)read: a group closed since
+        for lv in range(N_GROUP_LEVELS):
+            # Only an open group can close and only a group with a fresh active member can
+            # open: a level with neither changes nothing (the usual case).
+            if n_open_lv[lv] == 0 and n_fresh == 0:
+                continue
+            if stale:
+                n_fresh = 0
+                for x in range(n_l):
+                    k = lst[x]
+                    act_l[x] = active[k, d] == 1
+                    pre_l[x] = act_l[x] or (
+                        onset[k, d] > 0
+                        and (d <= D_NO_FIRST or now - onset[k, d] >= _need(thr, d, k) * 0.5)
+                    )
+                    if act_l[x] and not cov_l[x]:
+                        n_fresh += 1
+                stale = False
+            for x in range(n_l):
+                g = sub_groups[lst[x], lv]
+                grp_l[x] = g
+                if stamp[g] != pass_id:
+                    stamp[g] = pass_id
+                    cnt[g] = 0
+                    fresh_act[g] = False
+                if pre_l[x]:
+                    cnt[g] += 1
+                if act_l[x] and not cov_l[x]:
                     fresh_act[g] = True
-                b = best[g]
-                if b < 0 or abs(meas[d, k, 0]) > abs(meas[d, b, 0]):
-                    best[g] = k
             for g in range(n_groups):
                 if group_meta[g, 0] != lv + 1 or group_size[g] < 2:
                     continue
-                b = best[g]
+                all_pre = stamp[g] == pass_id and cnt[g] == group_size[g]
                 if group_open[d, g] > 0:
-                    if not all_pre[g]:
+                    if not all_pre:
                         if m >= cap:
                             misc[M_DEFERRED] += 1
                             continue
+                        b = _best_member(sub_groups, meas, lv, g, d)
                         m = _emit_group(ev_i, ev_f, m, kind, PHASE_END, group_meta[g, 0],
                                         group_meta[g, 1], group_open[d, g], now, now,
-                                        group_size[g], meas[d, b, 0], meas[d, b, 1],
-                                        meas[d, b, 2], thr[b, tc] * ts_)  # fmt: skip
+                                        group_size[g], meas[b, d, 0], meas[b, d, 1],
+                                        meas[b, d, 2], thr[b, tc] * ts_)  # fmt: skip
                         group_open[d, g] = 0
                         for k in range(n_sub):  # members start from scratch
                             if sub_groups[k, lv] == g:
                                 if d <= D_NO_FIRST:
                                     sub_i64[k, SI_QUIET_FROM] = now
-                                onset[d, k] = 0
-                                active[d, k] = 0
-                elif all_pre[g] and fresh_act[g]:
+                                onset[k, d] = 0
+                                active[k, d] = 0
+                        stale = True
+                elif all_pre and fresh_act[g]:
                     if m >= cap:
                         misc[M_DEFERRED] += 1
                         continue
                     start = now
-                    for k in range(n_sub):
-                        if sub_groups[k, lv] == g and onset[d, k] > 0 and onset[d, k] < start:
-                            start = onset[d, k]
+                    for x in range(n_l):
+                        k = lst[x]
+                        if grp_l[x] == g and onset[k, d] > 0 and onset[k, d] < start:
+                            start = onset[k, d]
+                    b = _best_member(sub_groups, meas, lv, g, d)
                     m = _emit_group(ev_i, ev_f, m, kind, PHASE_START, group_meta[g, 0],
                                     group_meta[g, 1], start, 0, now, group_size[g],
-                                    meas[d, b, 0], meas[d, b, 1], meas[d, b, 2],
+                                    meas[b, d, 0], meas[b, d, 1], meas[b, d, 2],
                                     thr[b, tc] * ts_)  # fmt: skip
                     group_open[d, g] = start
-            for k in range(n_sub):
-                if group_open[d, sub_groups[k, lv]] > 0:
-                    covered[k] = True
-        for k in range(n_sub):
-            if sub_open[d, k] > 0:
-                if active[d, k] == 0:
+            n_fresh = 0
+            for x in range(n_l):
+                if group_open[d, grp_l[x]] > 0:
+                    cov_l[x] = True
+                if act_l[x] and not cov_l[x]:
+                    n_fresh += 1
+            pass_id += 1
+        # Subscription episodes: an open one or an active subscription is on the list.
+        for x in range(n_l):
+            k = lst[x]
+            if sub_open[k, d] > 0:
+                if active[k, d] == 0:
                     if m >= cap:
                         misc[M_DEFERRED] += 1
                         continue
                     m = _emit(ev_i, ev_f, m, kind, PHASE_END, LV_SUB, sub_meta[k, 0],
-                              sub_meta[k, 1], sub_meta[k, 2], sub_meta[k, 3], sub_open[d, k],
-                              now, now, 1, meas[d, k, 0], meas[d, k, 1], meas[d, k, 2],
+                              sub_meta[k, 1], sub_meta[k, 2], sub_meta[k, 3], sub_open[k, d],
+                              now, now, 1, meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
                               thr[k, tc] * ts_)  # fmt: skip
-                    sub_open[d, k] = 0
-            elif active[d, k] == 1 and not covered[k]:
+                    sub_open[k, d] = 0
+            elif active[k, d] == 1 and not cov_l[x]:
                 if m >= cap:
                     misc[M_DEFERRED] += 1
                     continue
-                start = onset[d, k] if onset[d, k] > 0 else now
+                start = onset[k, d] if onset[k, d] > 0 else now
                 m = _emit(ev_i, ev_f, m, kind, PHASE_START, LV_SUB, sub_meta[k, 0],
                           sub_meta[k, 1], sub_meta[k, 2], sub_meta[k, 3], start, 0, now, 1,
-                          meas[d, k, 0], meas[d, k, 1], meas[d, k, 2],
+                          meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
                           thr[k, tc] * ts_)  # fmt: skip
-                sub_open[d, k] = start
+                sub_open[k, d] = start
 
     # 4. venue divergence: spread between providers of one venue, per instrument
     n_iv = iv_offsets.shape[0] - 1
@@ -746,7 +829,7 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
     return m
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _need(thr, d, k):  # pragma: no cover
     if d == D_DIVERGENCE:
         return thr[k, T_DIV_FOR]
@@ -759,7 +842,18 @@ def _need(thr, d, k):  # pragma: no cover
     return thr[k, T_LAT_FOR]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
+def _best_member(sub_groups, meas, lv, g, d):  # pragma: no cover
+    """The first member of group ``g`` (level ``lv``) with the largest ``|meas[., d, 0]|``."""
+    b = -1
+    for k in range(sub_groups.shape[0]):
+        if sub_groups[k, lv] == g and (b < 0 or abs(meas[k, d, 0]) > abs(meas[b, d, 0])):
+            b = k
+    return b
+
+
+@njit(f"i8({_I2}, {_F2}, i8, i8, i8, i8, i8, i8, i8, i8, i8, f8, f8, f8, f8)", cache=True,
+      _nrt=False)  # fmt: skip
 def _emit_group(ev_i, ev_f, m, kind, phase, level, gid, start, end, now, count, v0, v1, v2,
                 thr):  # fmt: skip  # pragma: no cover
     prov = gid if level == LV_PROVIDER else -1
@@ -869,10 +963,12 @@ class AnomalyState:
         self.prov_i64 = np.zeros((max(n_providers, 1), N_P), np.int64)
         self.bursts = np.zeros((n_src + n_rings, N_B), np.int64)
         self.n_rings = n_rings
-        self.onset = np.zeros((N_DET, n_sub), np.int64)
-        self.active = np.zeros((N_DET, n_sub), np.int64)
-        self.sub_open = np.zeros((N_DET, n_sub), np.int64)
-        self.meas = np.zeros((N_DET, n_sub, 3))
+        # per-subscription detector state, [subscription, detector]: one pass touches each
+        # subscription's figures together
+        self.onset = np.zeros((n_sub, N_DET), np.int64)
+        self.active = np.zeros((n_sub, N_DET), np.int64)
+        self.sub_open = np.zeros((n_sub, N_DET), np.int64)
+        self.meas = np.zeros((n_sub, N_DET, 3))
         self.group_open = np.zeros((N_DET, n_groups), np.int64)
         self.misc = np.zeros(N_M, np.int64)
         self.ev_i = np.zeros((max_events, N_EI), np.int64)

@@ -151,16 +151,16 @@ class _Out:
 
 
 def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):
-    if active[d, k]:
+    if active[k, d]:
         if not beyond_clear:
-            active[d, k] = onset[d, k] = 0
+            active[k, d] = onset[k, d] = 0
     elif beyond_open:
-        if onset[d, k] == 0:
-            onset[d, k] = now
-        if now - onset[d, k] >= need:
-            active[d, k] = 1
+        if onset[k, d] == 0:
+            onset[k, d] = now
+        if now - onset[k, d] >= need:
+            active[k, d] = 1
     else:
-        onset[d, k] = 0
+        onset[k, d] = 0
 
 
 def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, sub_i64,
@@ -225,8 +225,8 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
         si, sf, t = sub_i64[k], sub_f64[k], thr[k]
         if p in down:
             si[a.SI_QUIET_FROM] = now
-            onset[:, k] = 0
-            active[:, k] = 0
+            onset[k, :] = 0
+            active[k, :] = 0
         else:
             last_data = int(si[a.SI_LAST_DATA])
             t0 = max(last_data, int(si[a.SI_QUIET_FROM]))
@@ -236,18 +236,18 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
             proven = True
             if last_data and p < n_prov and prov_i64[p, a.P_HB_SEEN]:
                 proven = prov_i64[p, a.P_LAST_HB] > t0
-            onset[d_on, k] = t0 if silent >= lim * 0.5 else 0
-            active[d_on, k] = int(silent >= lim and proven)
-            meas[d_on, k, 0] = silent / 1e9
-            onset[d_off, k] = active[d_off, k] = 0
-            nodata = onset[a.D_NO_DATA, k] > 0 or onset[a.D_NO_FIRST, k] > 0
+            onset[k, d_on] = t0 if silent >= lim * 0.5 else 0
+            active[k, d_on] = int(silent >= lim and proven)
+            meas[k, d_on, 0] = silent / 1e9
+            onset[k, d_off] = active[k, d_off] = 0
+            nodata = onset[k, a.D_NO_DATA] > 0 or onset[k, a.D_NO_FIRST] > 0
 
             price = sf[a.SF_PRICE]
             f = fair[inst] if inst < len(fair) else math.nan
             fresh = last_data > 0 and now - last_data < t[a.T_NO_DATA]
             if fresh and not math.isnan(price) and not math.isnan(f) and f > 0:
                 dev = price / f - 1.0
-                meas[a.D_DIVERGENCE, k] = (dev, price, f)
+                meas[k, a.D_DIVERGENCE] = (dev, price, f)
                 _step(onset, active, a.D_DIVERGENCE, k, now, abs(dev) > t[a.T_DIV],
                       abs(dev) > t[a.T_DIV_CLEAR], t[a.T_DIV_FOR])  # fmt: skip
             else:
@@ -259,27 +259,27 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
             ):
                 if si[n_col] > 0:
                     lat = int(si[hi_col])
-                    meas[d, k, 0] = lat / 1e6
+                    meas[k, d, 0] = lat / 1e6
                     _step(onset, active, d, k, now, lat > t[tcol], lat > t[tcol] * lc,
                           t[a.T_LAT_FOR])  # fmt: skip
                     lows.append(int(si[lo_col]))
             if lows:
                 lo = min(lows)
-                meas[a.D_SKEW, k, 0] = lo / 1e6
+                meas[k, a.D_SKEW, 0] = lo / 1e6
                 _step(onset, active, a.D_SKEW, k, now, lo < -t[a.T_SKEW], lo < -t[a.T_SKEW] * lc,
                       t[a.T_LAT_FOR])  # fmt: skip
             if dt > 0 and last_data > 0 and not nodata:
                 rate = int(si[a.SI_COUNT]) * 1e9 / dt
                 sf[a.SF_FAST] += a_fast * (rate - sf[a.SF_FAST])
                 sf[a.SF_FAST_W] += a_fast * (1.0 - sf[a.SF_FAST_W])
-                if onset[a.D_RATE, k] == 0 and active[a.D_RATE, k] == 0:
+                if onset[k, a.D_RATE] == 0 and active[k, a.D_RATE] == 0:
                     sf[a.SF_BASE] += a_base * (rate - sf[a.SF_BASE])
                     sf[a.SF_BASE_W] += a_base * (1.0 - sf[a.SF_BASE_W])
             fast = sf[a.SF_FAST] / sf[a.SF_FAST_W] if sf[a.SF_FAST_W] > 0 else 0.0
             base = sf[a.SF_BASE] / sf[a.SF_BASE_W] if sf[a.SF_BASE_W] > 0 else 0.0
-            meas[a.D_RATE, k, 0], meas[a.D_RATE, k, 1] = fast, base
+            meas[k, a.D_RATE, 0], meas[k, a.D_RATE, 1] = fast, base
             if nodata:
-                onset[a.D_RATE, k] = active[a.D_RATE, k] = 0
+                onset[k, a.D_RATE] = active[k, a.D_RATE] = 0
             else:
                 ok = base >= t[a.T_RATE_FLOOR]
                 _step(onset, active, a.D_RATE, k, now, ok and fast < base * t[a.T_RATE_RATIO],
@@ -295,13 +295,13 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
         tcol, scale = _THR_COL[d]
 
         def pre(k, d=d):
-            if active[d, k]:
+            if active[k, d]:
                 return True
-            if onset[d, k] <= 0:
+            if onset[k, d] <= 0:
                 return False
-            return d <= a.D_NO_FIRST or now - onset[d, k] >= thr[k, _NEED[d]] * 0.5
+            return d <= a.D_NO_FIRST or now - onset[k, d] >= thr[k, _NEED[d]] * 0.5
 
-        covered = {k for k in range(n_sub) if int(sub_meta[k, 0]) in down or sub_open[d, k] > 0}
+        covered = {k for k in range(n_sub) if int(sub_meta[k, 0]) in down or sub_open[k, d] > 0}
         for lv in range(a.N_GROUP_LEVELS):
             for g in range(group_size.shape[0]):
                 if group_meta[g, 0] != lv + 1 or group_size[g] < 2:
@@ -309,9 +309,9 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
                 ks = members.get(g, [])
                 b = ks[0]
                 for k in ks:
-                    if abs(meas[d, k, 0]) > abs(meas[d, b, 0]):
+                    if abs(meas[k, d, 0]) > abs(meas[b, d, 0]):
                         b = k
-                vals = tuple(meas[d, b])
+                vals = tuple(meas[b, d])
                 level, gid = int(group_meta[g, 0]), int(group_meta[g, 1])
                 subject = [gid if level == x else -1 for x in (1, 2, 3, 4)]
                 all_pre = all(pre(k) for k in ks)
@@ -323,10 +323,10 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
                         for k in ks:
                             if d <= a.D_NO_FIRST:
                                 sub_i64[k, a.SI_QUIET_FROM] = now
-                            onset[d, k] = active[d, k] = 0
-                elif all_pre and any(active[d, k] and k not in covered for k in ks):  # noqa: SIM102 - mirrors the kernel
+                            onset[k, d] = active[k, d] = 0
+                elif all_pre and any(active[k, d] and k not in covered for k in ks):  # noqa: SIM102 - mirrors the kernel
                     if out.room():
-                        start = min([now] + [int(onset[d, k]) for k in ks if onset[d, k] > 0])
+                        start = min([now] + [int(onset[k, d]) for k in ks if onset[k, d] > 0])
                         out.emit(kind, a.PHASE_START, level, *subject, start, 0, now, len(ks),
                                  vals, thr[b, tcol] * scale)  # fmt: skip
                         group_open[d, g] = start
@@ -335,17 +335,17 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
                     covered.add(k)
         for k in range(n_sub):
             subject = [int(x) for x in sub_meta[k, :4]]
-            vals = tuple(meas[d, k])
-            if sub_open[d, k] > 0:
-                if not active[d, k] and out.room():
-                    out.emit(kind, a.PHASE_END, a.LV_SUB, *subject, int(sub_open[d, k]), now, now,
+            vals = tuple(meas[k, d])
+            if sub_open[k, d] > 0:
+                if not active[k, d] and out.room():
+                    out.emit(kind, a.PHASE_END, a.LV_SUB, *subject, int(sub_open[k, d]), now, now,
                              1, vals, thr[k, tcol] * scale)  # fmt: skip
-                    sub_open[d, k] = 0
-            elif active[d, k] and k not in covered and out.room():
-                start = int(onset[d, k]) or now
+                    sub_open[k, d] = 0
+            elif active[k, d] and k not in covered and out.room():
+                start = int(onset[k, d]) or now
                 out.emit(kind, a.PHASE_START, a.LV_SUB, *subject, start, 0, now, 1, vals,
                          thr[k, tcol] * scale)  # fmt: skip
-                sub_open[d, k] = start
+                sub_open[k, d] = start
 
     for v in range(len(iv_offsets) - 1):
         ks = [int(k) for k in iv_subs[iv_offsets[v] : iv_offsets[v + 1]]]

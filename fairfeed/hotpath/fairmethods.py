@@ -154,8 +154,8 @@ class FairArrays(NamedTuple):
     last_nven: np.ndarray  # i8 [inst]
     group_src: np.ndarray  # i8 [src]: sources ordered by venue
     group_start: np.ndarray  # i8 [groups + 1]: group g = group_src[start[g]:start[g+1]]
-    work_f: np.ndarray  # f8 [8, max(src, groups)] scratch
-    work_i: np.ndarray  # i8 [4, max(src, groups)] scratch
+    work_f: np.ndarray  # f8 [8, sources × buckets] scratch
+    work_i: np.ndarray  # i8 [8, sources × buckets] scratch
 
 
 class FairOut(NamedTuple):
@@ -234,6 +234,8 @@ def make_arrays(
     bshape = (n, n_src, max(int(buckets), 1))
     order, starts = _venue_groups(venues)
     width = n_src
+    # scratch rows: windowed_vwm collects up to (sources × buckets) entries in one row
+    swidth = width * max(int(buckets), 1)
     return FairArrays(
         last_price=np.full(shape, np.nan),
         last_ts=np.zeros(shape, np.int64),
@@ -255,8 +257,8 @@ def make_arrays(
         last_nven=np.zeros(n, np.int64),
         group_src=order,
         group_start=starts,
-        work_f=np.zeros((8, width)),
-        work_i=np.zeros((4, width), np.int64),
+        work_f=np.zeros((8, swidth)),
+        work_i=np.zeros((8, swidth), np.int64),
     )
 
 
@@ -300,11 +302,25 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
     are known, sets the last price to the mid. Writing a last price sets ``last_ts`` to the
     record's ``ts_receive`` and marks the instrument dirty.
     """
-    n_inst = a.last_price.shape[0]
-    n_src = a.last_price.shape[1]
+    # arrays unpacked once: no reference counting per record
+    last_price = a.last_price
+    last_ts = a.last_ts
+    last_bid = a.last_bid
+    last_ask = a.last_ask
+    vol = a.vol
+    vol_ts = a.vol_ts
+    var_num = a.var_num
+    var_den = a.var_den
+    bucket_id = a.bucket_id
+    bucket_price = a.bucket_price
+    bucket_vol = a.bucket_vol
+    dirty = a.dirty
+    bucket_ns = p.bucket_ns
+    n_inst = last_price.shape[0]
+    n_src = last_price.shape[1]
     n_prov = source_table.shape[0]
     n_venue = source_table.shape[1]
-    n_bucket = a.bucket_id.shape[2]
+    n_bucket = bucket_id.shape[2]
     use_trades = p.inputs_mode != INPUTS_QUOTES
     use_quotes = p.inputs_mode != INPUTS_TRADES
     track_vol = p.method == METHOD_TWO_LEVEL or p.method == METHOD_INVERSE_VARIANCE
@@ -336,19 +352,19 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
             if not (size > 0.0 and np.isfinite(size)):
                 size = 0.0
             if track_vol and size > 0.0:
-                dt = ts - a.vol_ts[inst, src]
+                dt = ts - vol_ts[inst, src]
                 if dt > 0:
-                    a.vol[inst, src] *= math.exp(k_decay * dt)
-                    a.vol_ts[inst, src] = ts
-                a.vol[inst, src] += size
+                    vol[inst, src] *= math.exp(k_decay * dt)
+                    vol_ts[inst, src] = ts
+                vol[inst, src] += size
         elif kind in (KIND_BID, KIND_ASK):
             if kind == KIND_BID:
-                a.last_bid[inst, src] = price
+                last_bid[inst, src] = price
             else:
-                a.last_ask[inst, src] = price
+                last_ask[inst, src] = price
             if use_quotes:
-                bid = a.last_bid[inst, src]
-                ask = a.last_ask[inst, src]
+                bid = last_bid[inst, src]
+                ask = last_ask[inst, src]
                 if not (np.isnan(bid) or np.isnan(ask)):
                     new_price = (bid + ask) * 0.5
         else:
@@ -356,41 +372,52 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
             continue
         has_price = not np.isnan(new_price)
         if track_buckets and (has_price or size > 0.0):
-            b = ts // p.bucket_ns
+            b = ts // bucket_ns
             slot = b % n_bucket
-            held = a.bucket_id[inst, src, slot]
+            held = bucket_id[inst, src, slot]
             if held < b:
-                a.bucket_id[inst, src, slot] = b
-                a.bucket_price[inst, src, slot] = np.nan
-                a.bucket_vol[inst, src, slot] = 0.0
+                bucket_id[inst, src, slot] = b
+                bucket_price[inst, src, slot] = np.nan
+                bucket_vol[inst, src, slot] = 0.0
                 held = b
             if held == b:
-                a.bucket_vol[inst, src, slot] += size
+                bucket_vol[inst, src, slot] += size
                 if has_price:
-                    a.bucket_price[inst, src, slot] = new_price
+                    bucket_price[inst, src, slot] = new_price
         if not has_price:
             continue
         if track_var:
-            prev = a.last_price[inst, src]
+            prev = last_price[inst, src]
             if prev > 0.0 and new_price > 0.0:
                 ret = math.log(new_price / prev)
-                dt = ts - a.last_ts[inst, src]
+                dt = ts - last_ts[inst, src]
                 if dt < 0:
                     dt = 0
                 d = math.exp(k_decay * dt)
-                a.var_num[inst, src] = d * a.var_num[inst, src] + ret * ret
-                a.var_den[inst, src] = d * a.var_den[inst, src] + dt
-        a.last_price[inst, src] = new_price
-        a.last_ts[inst, src] = ts
-        a.dirty[inst] = True
+                var_num[inst, src] = d * var_num[inst, src] + ret * ret
+                var_den[inst, src] = d * var_den[inst, src] + dt
+        last_price[inst, src] = new_price
+        last_ts[inst, src] = ts
+        dirty[inst] = True
     return skipped
 
 
 # ---------------------------------------------------------------------------------------------
 # Compute kernel and its helpers (all on scratch rows of ``a.work_f`` / ``a.work_i``)
+#
+# Performance notes. The kernel unpacks every array from the NamedTuples once per call and the
+# per-instrument work indexes those locals only: passing the tuples (or views of them) into a
+# helper per instrument costs an atomic reference-count increment and decrement per array per
+# call (Numba's NRT), which used to be about half of the compute time. Per instrument the work is
+# bounded by the registered sources (``FairParams.n_sources``) for the classification and the
+# reason codes, and by the candidates (a compact list built while classifying) for everything
+# after. The helpers are ordinary (not force-inlined) jitted functions taking 1-D scratch
+# arrays: one compiled copy each, which keeps the cold compile short. They are compiled without
+# the reference-counting runtime (Numba's ``_nrt=False``: they only index the arrays they are
+# given, never allocate or keep them), so a call costs no atomic increments either.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _sort2_nb(x, w, k):  # pragma: no cover - jitted
     """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable)."""
     for j in range(1, k):
@@ -405,7 +432,7 @@ def _sort2_nb(x, w, k):  # pragma: no cover - jitted
         w[pos] = wv
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _median_nb(x, w, k):  # pragma: no cover - jitted
     """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place; ``w`` is moved along)."""
     _sort2_nb(x, w, k)
@@ -415,7 +442,7 @@ def _median_nb(x, w, k):  # pragma: no cover - jitted
     return (x[half - 1] + x[half]) / 2.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     """Weighted median of ``x[:k]`` with weights ``w[:k]`` (≥ 0); equal weights if all are 0."""
     _sort2_nb(x, w, k)
@@ -442,7 +469,7 @@ def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     return x[k - 1]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
     """Turn weights ``w[:k]`` into shares summing to 1, none above ``cap`` (water-filling).
 
@@ -495,263 +522,6 @@ def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
             w[j] = free / (k - n_capped)
 
 
-@njit(cache=True, inline="always")
-def _decayed_vol_nb(a, i, s, now, k_decay):  # pragma: no cover - jitted
-    dt = now - a.vol_ts[i, s]
-    v = a.vol[i, s]
-    if dt > 0:
-        v *= math.exp(k_decay * dt)
-    return v
-
-
-@njit(cache=True, inline="always")
-def _fair_one_nb(i, now, hb_due, p, a, o, m, cand, gsel, capped, xs, ws, vmed, w3, w4, w5):  # fmt: skip  # noqa: E501
-    """Compute instrument ``i`` into output row ``m``; return True when the row is emitted."""
-    n_src = a.last_price.shape[1]
-    if 0 <= p.n_sources < n_src:
-        n_src = p.n_sources
-    n_groups = a.group_start.shape[0] - 1
-    # Scratch rows (views made once per pass by the caller: a view per call costs refcounts):
-    # cand = candidate flag per source (1 = candidate, 2 = used), gsel = venue group used,
-    # vmed = per group median, xs / ws = values and weights, w3..w5 = per-unit figures.
-    reasons = o.reasons
-    k_decay = -LN2 / p.halflife_ns
-    method = p.method
-    two_level = method == METHOD_TWO_LEVEL
-    # 1. classify
-    k = 0
-    newest = np.int64(0)
-    any_data = False
-    for s in range(n_src):
-        cand[s] = 0
-        price = a.last_price[i, s]
-        if np.isnan(price):
-            reasons[m, s] = REASON_NO_DATA
-            continue
-        age = now - a.last_ts[i, s]
-        if not any_data or age < newest:
-            newest = age
-        any_data = True
-        if age > p.stale_ns:
-            reasons[m, s] = REASON_STALE
-            continue
-        reasons[m, s] = REASON_INCLUDED
-        cand[s] = 1
-        k += 1
-    if k == 0:
-        last = a.last_fair[i]
-        if np.isnan(last):
-            return False
-        fair = last
-        status = FAIR_STALE
-        n_used = 0
-        n_ven = 0
-        dispersion = np.nan
-        oldest = max(newest, np.int64(0))
-    else:
-        # 2. outlier gate around the median of candidates (venue medians for two_level)
-        units = 0
-        if two_level:
-            for g in range(n_groups):
-                c = 0
-                for q in range(a.group_start[g], a.group_start[g + 1]):
-                    s = a.group_src[q]
-                    if cand[s] == 1:
-                        xs[c] = a.last_price[i, s]
-                        c += 1
-                if c > 0:
-                    vmed[units] = _median_nb(xs, ws, c)
-                    units += 1
-            ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
-        else:
-            for s in range(n_src):
-                if cand[s] == 1:
-                    xs[units] = a.last_price[i, s]
-                    units += 1
-            ref = _median_nb(xs, ws, units)
-        n_used = k
-        if units >= 3 and p.outlier_exclude > 0.0 and ref > 0.0:
-            n_used = 0
-            for s in range(n_src):
-                if cand[s] == 1:
-                    d = abs(a.last_price[i, s] - ref) / ref
-                    if a.gate_out[i, s]:
-                        if d < p.outlier_readmit:
-                            a.gate_out[i, s] = False
-                    elif d > p.outlier_exclude:
-                        a.gate_out[i, s] = True
-                    if a.gate_out[i, s]:
-                        reasons[m, s] = REASON_OUTLIER
-                    else:
-                        cand[s] = 2
-                        n_used += 1
-            if n_used == 0:  # no consensus: use them all
-                for s in range(n_src):
-                    if cand[s] == 1:
-                        reasons[m, s] = REASON_INCLUDED
-                        cand[s] = 2
-                n_used = k
-        else:
-            for s in range(n_src):
-                if cand[s] == 1:
-                    cand[s] = 2
-        # used sources: cand == 2. Summary figures.
-        lo = np.inf
-        hi = -np.inf
-        oldest = np.int64(0)
-        for s in range(n_src):
-            if cand[s] == 2:
-                x = a.last_price[i, s]
-                lo = min(lo, x)
-                hi = max(hi, x)
-                age = now - a.last_ts[i, s]
-                if age > oldest:
-                    oldest = age
-        n_ven = 0
-        for g in range(n_groups):
-            gsel[g] = 0
-            for q in range(a.group_start[g], a.group_start[g + 1]):
-                if cand[a.group_src[q]] == 2:
-                    gsel[g] = 1
-            n_ven += gsel[g]
-        # 3. the method
-        if method in (METHOD_MEDIAN, METHOD_TRIMMED_MEAN):
-            c = 0
-            for s in range(n_src):
-                if cand[s] == 2:
-                    xs[c] = a.last_price[i, s]
-                    c += 1
-            if method == METHOD_MEDIAN:
-                fair = _median_nb(xs, ws, c)
-            else:
-                _sort2_nb(xs, ws, c)
-                t = math.floor(p.trim * c)
-                acc = 0.0
-                for j in range(t, c - t):
-                    acc += xs[j]
-                fair = acc / (c - 2 * t)
-        elif two_level:
-            nv = 0
-            tot_vol = 0.0
-            for g in range(n_groups):
-                if gsel[g] == 0:
-                    continue
-                c = 0
-                vmax = 0.0
-                amin = np.int64(0)
-                first = True
-                for q in range(a.group_start[g], a.group_start[g + 1]):
-                    s = a.group_src[q]
-                    if cand[s] == 2:
-                        xs[c] = a.last_price[i, s]
-                        c += 1
-                        v = _decayed_vol_nb(a, i, s, now, k_decay)
-                        if v > vmax:
-                            vmax = v
-                        age = now - a.last_ts[i, s]
-                        if first or age < amin:
-                            amin = age
-                        first = False
-                vmed[nv] = _median_nb(xs, ws, c)
-                w3[nv] = vmax
-                w4[nv] = math.exp(-max(amin, 0) / p.freshness_tau_ns)
-                tot_vol += vmax
-                nv += 1
-            for j in range(nv):
-                vol_part = w3[j] if tot_vol > 0.0 else 1.0
-                w5[j] = vol_part * w4[j]
-            _cap_shares_nb(w5, nv, p.venue_cap, capped)
-            fair = _weighted_median_nb(vmed, w5, nv)
-        elif method == METHOD_INVERSE_VARIANCE:
-            c = 0
-            tot_vol = 0.0
-            var_max = -1.0
-            for s in range(n_src):
-                if cand[s] == 2:
-                    xs[c] = a.last_price[i, s]
-                    v = _decayed_vol_nb(a, i, s, now, k_decay)
-                    w3[c] = v
-                    tot_vol += v
-                    den = a.var_den[i, s]
-                    var = a.var_num[i, s] / den if den > 0.0 else -1.0
-                    w4[c] = var
-                    if var > var_max:
-                        var_max = var
-                    c += 1
-            tot_inv = 0.0
-            for j in range(c):
-                var = w4[j]
-                if var_max < 0.0:
-                    inv = 1.0
-                else:
-                    if var < 0.0:
-                        var = var_max
-                    inv = 1.0 / max(var, VAR_FLOOR)
-                w4[j] = inv
-                tot_inv += inv
-            for j in range(c):
-                vs = w3[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
-                ws[j] = 0.5 * vs + 0.5 * w4[j] / tot_inv
-            fair = _weighted_median_nb(xs, ws, c)
-        else:  # METHOD_WINDOWED_VWM
-            n_bucket = a.bucket_id.shape[2]
-            now_b = now // p.bucket_ns
-            acc = 0.0
-            nb = 0
-            for b in range(now_b - n_bucket + 1, now_b + 1):
-                slot = b % n_bucket
-                c = 0
-                for s in range(n_src):
-                    if cand[s] == 2 and a.bucket_id[i, s, slot] == b:
-                        bp = a.bucket_price[i, s, slot]
-                        if not np.isnan(bp):
-                            xs[c] = bp
-                            ws[c] = a.bucket_vol[i, s, slot]
-                            c += 1
-                if c > 0:
-                    acc += _weighted_median_nb(xs, ws, c)
-                    nb += 1
-            if nb > 0:
-                fair = acc / nb
-            else:  # nothing in the window: plain median of the last prices
-                c = 0
-                for s in range(n_src):
-                    if cand[s] == 2:
-                        xs[c] = a.last_price[i, s]
-                        c += 1
-                fair = _median_nb(xs, ws, c)
-        dispersion = (hi - lo) / fair if n_used > 1 and fair != 0.0 else 0.0
-        if n_used == 1:
-            status = FAIR_SINGLE_SOURCE
-        elif n_ven < p.min_venues:
-            status = FAIR_DEGRADED
-        else:
-            status = FAIR_OK
-    # 4. emit on change or heartbeat
-    changed = (
-        fair != a.last_fair[i]
-        or status != a.last_status[i]
-        or n_used != a.last_nsrc[i]
-        or n_ven != a.last_nven[i]
-    )
-    if not (changed or hb_due):
-        return False
-    o.instrument[m] = i
-    o.price[m] = fair
-    o.method[m] = method
-    o.sources[m] = n_used
-    o.venues[m] = n_ven
-    o.dispersion[m] = dispersion
-    o.oldest_age_ns[m] = oldest
-    o.status[m] = status
-    a.last_fair[i] = fair
-    a.last_status[i] = status
-    a.last_nsrc[i] = n_used
-    a.last_nven[i] = n_ven
-    a.last_emit_ns[i] = now
-    return True
-
-
 @njit(cache=True)
 def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     """Fair prices due at ``now`` into ``o`` (FairOut); return the number of rows written.
@@ -762,26 +532,361 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     heartbeat``). A due instrument's dirty flag is cleared; it is written (ascending instrument
     order) when its result changed or the heartbeat is due (module docstring).
     """
-    n_inst = a.last_price.shape[0]
+    # Arrays and settings, unpacked once (see the performance notes above).
+    last_price = a.last_price
+    last_ts = a.last_ts
+    vol = a.vol
+    vol_ts = a.vol_ts
+    var_num = a.var_num
+    var_den = a.var_den
+    bucket_id = a.bucket_id
+    bucket_price = a.bucket_price
+    bucket_vol = a.bucket_vol
+    gate_out = a.gate_out
+    dirty = a.dirty
+    last_emit_ns = a.last_emit_ns
+    last_fair = a.last_fair
+    last_status = a.last_status
+    last_nsrc = a.last_nsrc
+    last_nven = a.last_nven
+    group_src = a.group_src
+    group_start = a.group_start
     wi = a.work_i
     wf = a.work_f
-    cand, gsel, capped = wi[0], wi[1], wi[2]
-    xs, ws, vmed, w3, w4, w5 = wf[0], wf[1], wf[2], wf[3], wf[4], wf[5]
-    last_emit_ns = a.last_emit_ns
-    dirty = a.dirty
+    # Scratch, per candidate j (position in the candidate list, ascending source id):
+    cidx = wi[0]  # source id
+    cage = wi[1]  # age of its last price
+    used = wi[2]  # 1 = used (passed the gate)
+    order = wi[3]  # two_level: candidate positions ordered by (venue group, source)
+    capped = wi[4]  # _cap_shares_nb
+    venue_of = wi[5]  # per source: venue group, -1 = none
+    gmark = wi[6]  # per venue group: last instrument that counted it
+    bcnt = wi[7]  # windowed_vwm: entries per bucket of the window
+    cpx = wf[0]  # candidate's last price
+    xs = wf[1]  # values / weights of one median
+    ws = wf[2]
+    vmed = wf[3]  # per unit figures
+    w3 = wf[4]
+    w4 = wf[5]
+    w5 = wf[6]
+    reasons = o.reasons
+    out_instrument = o.instrument
+    out_price = o.price
+    out_method = o.method
+    out_sources = o.sources
+    out_venues = o.venues
+    out_dispersion = o.dispersion
+    out_oldest = o.oldest_age_ns
+    out_status = o.status
+
+    method = p.method
+    two_level = method == METHOD_TWO_LEVEL
+    stale_ns = p.stale_ns
+    min_interval_ns = p.min_interval_ns
+    heartbeat_ns = p.heartbeat_ns
+    outlier_exclude = p.outlier_exclude
+    outlier_readmit = p.outlier_readmit
+    k_decay = -LN2 / p.halflife_ns
+    freshness_tau_ns = p.freshness_tau_ns
+    venue_cap = p.venue_cap
+    min_venues = p.min_venues
+    bucket_ns = p.bucket_ns
+    trim = p.trim
+    n_bucket = bucket_id.shape[2]
+
+    n_inst = last_price.shape[0]
+    n_src = last_price.shape[1]
+    if 0 <= p.n_sources < n_src:
+        n_src = p.n_sources
+    n_groups = group_start.shape[0] - 1
+    for s in range(venue_of.shape[0]):
+        venue_of[s] = -1
+    for g in range(n_groups):
+        gmark[g] = -1
+        for q in range(group_start[g], group_start[g + 1]):
+            venue_of[group_src[q]] = g
+
     m = 0
     for i in range(n_inst):
         emitted = last_emit_ns[i]
         never = emitted == NEVER_NS
-        hb_due = (not never) and p.heartbeat_ns > 0 and now - emitted >= p.heartbeat_ns
+        hb_due = (not never) and heartbeat_ns > 0 and now - emitted >= heartbeat_ns
         if not hb_due:
             if not dirty[i]:
                 continue
-            if not never and now - emitted < p.min_interval_ns:
+            if not never and now - emitted < min_interval_ns:
                 continue
         dirty[i] = False
-        if _fair_one_nb(i, now, hb_due, p, a, o, m, cand, gsel, capped, xs, ws, vmed, w3, w4, w5):
-            m += 1
+
+        # 1. classify every registered source; candidates into the compact list
+        k = 0
+        newest = np.int64(0)
+        any_data = False
+        for s in range(n_src):
+            price = last_price[i, s]
+            if np.isnan(price):
+                reasons[m, s] = REASON_NO_DATA
+                continue
+            age = now - last_ts[i, s]
+            if not any_data or age < newest:
+                newest = age
+            any_data = True
+            if age > stale_ns:
+                reasons[m, s] = REASON_STALE
+                continue
+            reasons[m, s] = REASON_INCLUDED
+            cidx[k] = s
+            cpx[k] = price
+            cage[k] = age
+            k += 1
+        if k == 0:
+            last = last_fair[i]
+            if np.isnan(last):
+                continue
+            fair = last
+            status = FAIR_STALE
+            n_used = 0
+            n_ven = 0
+            dispersion = np.nan
+            oldest = max(newest, np.int64(0))
+        else:
+            # 2. outlier gate around the median of candidates (venue medians for two_level)
+            units = 0
+            xs_sorted = False  # xs[:k] = the candidates' prices, sorted
+            if two_level:
+                # candidates ordered by (venue group, source): stable insertion sort
+                for j in range(k):
+                    pos = j
+                    gj = venue_of[cidx[j]]
+                    while pos > 0 and venue_of[cidx[order[pos - 1]]] > gj:
+                        order[pos] = order[pos - 1]
+                        pos -= 1
+                    order[pos] = j
+                j = 0
+                while j < k:
+                    g = venue_of[cidx[order[j]]]
+                    c = 0
+                    while j < k and venue_of[cidx[order[j]]] == g:
+                        xs[c] = cpx[order[j]]
+                        c += 1
+                        j += 1
+                    if g >= 0:
+                        vmed[units] = xs[0] if c == 1 else _median_nb(xs, ws, c)
+                        units += 1
+                ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
+            else:
+                for j in range(k):
+                    xs[j] = cpx[j]
+                units = k
+                ref = _median_nb(xs, ws, k)
+                xs_sorted = True
+            n_used = k
+            for j in range(k):
+                used[j] = 1
+            if units >= 3 and outlier_exclude > 0.0 and ref > 0.0:
+                n_used = 0
+                for j in range(k):
+                    s = cidx[j]
+                    d = abs(cpx[j] - ref) / ref
+                    out = gate_out[i, s]
+                    if out:
+                        if d < outlier_readmit:
+                            out = False
+                            gate_out[i, s] = False
+                    elif d > outlier_exclude:
+                        out = True
+                        gate_out[i, s] = True
+                    if out:
+                        reasons[m, s] = REASON_OUTLIER
+                        used[j] = 0
+                    else:
+                        n_used += 1
+                if n_used == 0:  # no consensus: use them all
+                    for j in range(k):
+                        reasons[m, cidx[j]] = REASON_INCLUDED
+                        used[j] = 1
+                    n_used = k
+            # used sources: used[j] == 1. Summary figures.
+            lo = np.inf
+            hi = -np.inf
+            oldest = np.int64(0)
+            n_ven = 0
+            for j in range(k):
+                if used[j] == 1:
+                    x = cpx[j]
+                    lo = min(lo, x)
+                    hi = max(hi, x)
+                    if cage[j] > oldest:
+                        oldest = cage[j]
+                    g = venue_of[cidx[j]]
+                    if g >= 0 and gmark[g] != i:
+                        gmark[g] = i
+                        n_ven += 1
+            # 3. the method
+            if method in (METHOD_MEDIAN, METHOD_TRIMMED_MEAN):
+                c = n_used
+                if not (xs_sorted and n_used == k):
+                    c = 0
+                    for j in range(k):
+                        if used[j] == 1:
+                            xs[c] = cpx[j]
+                            c += 1
+                    _sort2_nb(xs, ws, c)
+                if method == METHOD_MEDIAN:
+                    half = c // 2
+                    fair = xs[half] if c % 2 == 1 else (xs[half - 1] + xs[half]) / 2.0
+                else:
+                    t = math.floor(trim * c)
+                    acc = 0.0
+                    for j in range(t, c - t):
+                        acc += xs[j]
+                    fair = acc / (c - 2 * t)
+            elif two_level:
+                nv = 0
+                tot_vol = 0.0
+                j = 0
+                while j < k:
+                    g = venue_of[cidx[order[j]]]
+                    c = 0
+                    vmax = 0.0
+                    amin = np.int64(0)
+                    while j < k and venue_of[cidx[order[j]]] == g:
+                        q = order[j]
+                        j += 1
+                        if g < 0 or used[q] == 0:
+                            continue
+                        s = cidx[q]
+                        xs[c] = cpx[q]
+                        v = vol[i, s]
+                        dt = now - vol_ts[i, s]
+                        if dt > 0:
+                            v *= math.exp(k_decay * dt)
+                        if v > vmax:
+                            vmax = v
+                        if c == 0 or cage[q] < amin:
+                            amin = cage[q]
+                        c += 1
+                    if c > 0:
+                        vmed[nv] = xs[0] if c == 1 else _median_nb(xs, ws, c)
+                        w3[nv] = vmax
+                        w4[nv] = math.exp(-max(amin, 0) / freshness_tau_ns)
+                        tot_vol += vmax
+                        nv += 1
+                for j in range(nv):
+                    vol_part = w3[j] if tot_vol > 0.0 else 1.0
+                    w5[j] = vol_part * w4[j]
+                _cap_shares_nb(w5, nv, venue_cap, capped)
+                fair = _weighted_median_nb(vmed, w5, nv)
+            elif method == METHOD_INVERSE_VARIANCE:
+                c = 0
+                tot_vol = 0.0
+                var_max = -1.0
+                for j in range(k):
+                    if used[j] == 0:
+                        continue
+                    s = cidx[j]
+                    xs[c] = cpx[j]
+                    v = vol[i, s]
+                    dt = now - vol_ts[i, s]
+                    if dt > 0:
+                        v *= math.exp(k_decay * dt)
+                    w3[c] = v
+                    tot_vol += v
+                    den = var_den[i, s]
+                    var = var_num[i, s] / den if den > 0.0 else -1.0
+                    w4[c] = var
+                    if var > var_max:
+                        var_max = var
+                    c += 1
+                tot_inv = 0.0
+                for j in range(c):
+                    var = w4[j]
+                    if var_max < 0.0:
+                        inv = 1.0
+                    else:
+                        if var < 0.0:
+                            var = var_max
+                        inv = 1.0 / max(var, VAR_FLOOR)
+                    w4[j] = inv
+                    tot_inv += inv
+                for j in range(c):
+                    vs = w3[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
+                    ws[j] = 0.5 * vs + 0.5 * w4[j] / tot_inv
+                fair = _weighted_median_nb(xs, ws, c)
+            else:  # METHOD_WINDOWED_VWM
+                # Buckets now_b - B + 1 .. now_b. Each used source's ring is read once
+                # (contiguous); its in-window buckets are collected per bucket, in source order
+                # (bucket bi's entries at w3 / w4[bi · k ...]), then one weighted median each.
+                now_b = now // bucket_ns
+                lo_b = now_b - n_bucket + 1
+                for bi in range(n_bucket):
+                    bcnt[bi] = 0
+                for j in range(k):
+                    if used[j] == 0:
+                        continue
+                    s = cidx[j]
+                    for slot in range(n_bucket):
+                        bid = bucket_id[i, s, slot]
+                        if bid < lo_b or bid > now_b:
+                            continue
+                        bp = bucket_price[i, s, slot]
+                        if np.isnan(bp):
+                            continue
+                        bi = bid - lo_b
+                        q = bi * k + bcnt[bi]
+                        w3[q] = bp
+                        w4[q] = bucket_vol[i, s, slot]
+                        bcnt[bi] += 1
+                acc = 0.0
+                nb = 0
+                for bi in range(n_bucket):
+                    c = bcnt[bi]
+                    if c == 0:
+                        continue
+                    for q in range(c):
+                        xs[q] = w3[bi * k + q]
+                        ws[q] = w4[bi * k + q]
+                    acc += _weighted_median_nb(xs, ws, c)
+                    nb += 1
+                if nb > 0:
+                    fair = acc / nb
+                else:  # nothing in the window: plain median of the last prices
+                    c = 0
+                    for j in range(k):
+                        if used[j] == 1:
+                            xs[c] = cpx[j]
+                            c += 1
+                    fair = _median_nb(xs, ws, c)
+            dispersion = (hi - lo) / fair if n_used > 1 and fair != 0.0 else 0.0
+            if n_used == 1:
+                status = FAIR_SINGLE_SOURCE
+            elif n_ven < min_venues:
+                status = FAIR_DEGRADED
+            else:
+                status = FAIR_OK
+        # 4. emit on change or heartbeat
+        changed = (
+            fair != last_fair[i]
+            or status != last_status[i]
+            or n_used != last_nsrc[i]
+            or n_ven != last_nven[i]
+        )
+        if not (changed or hb_due):
+            continue
+        out_instrument[m] = i
+        out_price[m] = fair
+        out_method[m] = method
+        out_sources[m] = n_used
+        out_venues[m] = n_ven
+        out_dispersion[m] = dispersion
+        out_oldest[m] = oldest
+        out_status[m] = status
+        last_fair[i] = fair
+        last_status[i] = status
+        last_nsrc[i] = n_used
+        last_nven[i] = n_ven
+        last_emit_ns[i] = now
+        m += 1
     return m
 
 
