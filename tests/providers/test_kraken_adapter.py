@@ -7,7 +7,6 @@ import calendar
 import itertools
 import json
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,10 +19,7 @@ from fairfeed.hotpath.records import (
     KIND_BID,
     KIND_GAP,
     KIND_HEARTBEAT,
-    KIND_STATUS,
     KIND_TRADE,
-    MAX_MARKET_KIND,
-    RECORD_DTYPE,
     SEQ_NONE,
     SIDE_BUY,
     SIDE_SELL,
@@ -34,6 +30,7 @@ from fairfeed.ipc.control import Slot
 from fairfeed.providers.base import DictCounters, IngestContext, Subscription
 from fairfeed.providers.kraken import KrakenAdapter, KrakenServer
 from fairfeed.providers.local.faults import Fault
+from tests.providers.harness import Sink, wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0, "XRP-USD": 0.5,
           "ADA-EUR": 0.4, "DOGE-USD": 0.1, "DOT-USD": 5.5}  # fmt: skip
@@ -42,43 +39,6 @@ REGISTRY = Registry.build(
     [("x", "y"), ("kraken", "kraken")],
 )
 pytestmark = pytest.mark.timeout(30)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []
-        self.health: list[np.ndarray] = []
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        market = records["kind"] <= MAX_MARKET_KIND
-        if (~market).any():
-            self.health.append(records[~market].copy())
-        if market.any():
-            self.batches.append(records[market].copy())
-
-    @property
-    def n(self) -> int:
-        return sum(len(b) for b in self.batches)
-
-    @property
-    def records(self) -> np.ndarray:
-        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def events(self) -> np.ndarray:
-        return np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
-
-    def status(self, code: int) -> int:
-        e = self.events
-        return int(((e["kind"] == KIND_STATUS) & (e["flags"] == code)).sum())
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or cond}"
-        await asyncio.sleep(0.005)
 
 
 def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch: int = 0,
