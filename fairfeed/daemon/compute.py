@@ -98,13 +98,15 @@ class ComputeWorker:
             sink.poll()
             if sink.stalled(self.cfg.kafka.stall_timeout):
                 # An idempotent producer never recovers from a broker that lost its state
-                # (FIELD-NOTES): give up what it holds (counted as dropped) and start afresh.
-                log.error(
-                    "kafka: nothing delivered for %.0fs with %d messages waiting: "
-                    "recreating the producer",
-                    self.cfg.kafka.stall_timeout,
-                    len(sink),
+                # (FIELD-NOTES): it hangs or fails fatally. Give up what it holds (counted as
+                # dropped) and start afresh.
+                why = (
+                    f"failed fatally ({sink.fatal_error})"
+                    if sink.fatal_error is not None
+                    else f"delivered nothing for {self.cfg.kafka.stall_timeout:.0f}s"
                 )
+                log.error("kafka: the producer %s with %d messages waiting: recreating the "
+                          "producer", why, len(sink))  # fmt: skip
                 sink.close(timeout=1.0)
                 sink = pipeline.sink = KafkaSink(self.cfg.kafka, counters)
             if not got:

@@ -266,7 +266,17 @@ class KafkaSink:
         if self._producer is None:
             self.counters.set(Slot.KAFKA_QUEUE, 0)
             return 0
-        n = self._producer.poll(timeout)
+        try:
+            n = self._producer.poll(timeout)
+        except KafkaException as exc:
+            # A fatal producer error (e.g. UNKNOWN_PRODUCER_ID after the broker lost its state)
+            # surfaces here once; the owner sees it through stalled() and recreates the sink.
+            err = exc.args[0]
+            if not err.fatal():
+                raise
+            self.fatal_error = err
+            log.critical("kafka: fatal producer error, the sink must be recreated: %s", err)
+            n = 0
         self._push()
         self.counters.set(Slot.KAFKA_QUEUE, len(self._producer))
         return n
