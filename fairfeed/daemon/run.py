@@ -189,6 +189,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
 
         _announce(cfg, registry, urls, broker, prefix, str(socket_path))
         http = _open_metrics(rt, board, slot)
+        print("  Ctrl-C stops everything.", flush=True)
         if live_view is None:
             live_view = cfg.daemon.live_view == "on" or (
                 cfg.daemon.live_view == "auto" and sys.stdout.isatty()
@@ -251,13 +252,12 @@ def _announce(
     print(
         f"fairfeed {os.getpid()}: config {cfg.source}\n"
         f"  kafka      {cfg.kafka.bootstrap} ({where}); topics {cfg.kafka.ticks_topic}, "
-        f"{cfg.kafka.fair_topic}\n"
+        f"{cfg.kafka.fair_topic}, {cfg.kafka.anomalies_topic}, {cfg.kafka.dead_letter_topic}\n"
         f"  providers  "
         + ", ".join(f"{name} {url}" for name, url in urls.items())
         + f"\n  instruments {', '.join(registry.instruments)}\n"
         f"  workers    {cfg.daemon.workers} ingest + 1 compute;"
         f" shared memory {SHM_DIR}/{prefix}-*\n"
-        f"  control    {socket_path} (fairfeed ctl --socket {socket_path} status)\n"
-        "  Ctrl-C stops everything.",
+        f"  control    {socket_path} (fairfeed ctl --socket {socket_path} status)",
         flush=True,
     )
