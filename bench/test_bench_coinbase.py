@@ -1,7 +1,7 @@
 """Coinbase parser cost on real captured frames (µs per message).
 
 Run: ``.venv/bin/pytest bench/test_bench_coinbase.py --benchmark-only -s``. Each benchmark parses
-a fixed list of real frames from /work/shared/data/captures (one frame = one message on
+a fixed list of real frames from tests/data/captures (one frame = one message on
 Coinbase); ``us_per_msg`` and ``us_per_record`` land in ``extra_info``.
 
 Message mixes:

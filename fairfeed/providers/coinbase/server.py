@@ -4,7 +4,7 @@
 public market-data protocol over the shared local-server base
 (:class:`~fairfeed.providers.local.wsserver.LocalWsServer`): pacing, statistics and the fault
 set are the base's, the messages are Coinbase's, shaped like the real captures
-(``/work/shared/data/captures``):
+(``tests/data/captures``):
 
 * **Numbers as strings**, prices with the instrument's decimals, sizes without trailing zeros;
   ids (``sequence``, ``trade_id``) as JSON integers on the Exchange feed, ``trade_id`` as a

@@ -1,4 +1,4 @@
-"""Readers for recorded WebSocket traffic (the formats of /work/shared/data/captures/README.md).
+"""Readers for recorded WebSocket traffic (the formats of tests/data/captures/README.md).
 
 Both yield :class:`CaptureEvent` in file order (which is receive order):
 
