@@ -44,9 +44,11 @@ class Sink:
         return int(((e["kind"] == KIND_STATUS) & (e["flags"] == code)).sum())
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``cond`` on the running loop until true; fail after ``timeout`` naming ``what``."""
-    deadline = time.monotonic() + timeout
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
+    """Poll ``cond`` on the running loop until true; fail after ``timeout`` naming ``what``.
+    Returns the seconds it took."""
+    t0 = time.monotonic()
     while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or cond}"
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what or cond}"
         await asyncio.sleep(0.005)
+    return time.monotonic() - t0

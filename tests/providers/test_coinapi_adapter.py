@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -21,8 +19,6 @@ from fairfeed.hotpath.records import (
     KIND_HEARTBEAT,
     KIND_STATUS,
     KIND_TRADE,
-    MAX_MARKET_KIND,
-    RECORD_DTYPE,
     STATUS_SUBSCRIBE_ERROR,
 )
 from fairfeed.ipc.control import Slot
@@ -32,6 +28,7 @@ from fairfeed.providers.coinapi.parse import SIDES
 from fairfeed.providers.coinapi.server import CoinApiServer, iso_to_ns_reference
 from fairfeed.providers.coinapi.symbols import from_symbol_id
 from fairfeed.providers.local.faults import Fault
+from tests.providers.harness import Sink, wait_for
 
 KEY_ENV = "FAIRFEED_TEST_COINAPI_KEY"
 PRICES = {
@@ -47,30 +44,6 @@ REGISTRY = Registry.build(
      ("BTC-USDT-PERP", CLASS_CODES["perpetual"])],
     [("other", "X"), ("coinapi", "COINBASE"), ("coinapi", "KRAKEN"), ("coinapi", "BINANCE")],
 )  # fmt: skip
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.market: list[np.ndarray] = []
-        self.health: list[np.ndarray] = []
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        m = records["kind"] <= MAX_MARKET_KIND
-        self.market.append(records[m].copy())
-        self.health.append(records[~m].copy())
-
-    @property
-    def records(self) -> np.ndarray:
-        return np.concatenate(self.market) if self.market else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def events(self) -> np.ndarray:
-        return np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def n(self) -> int:
-        return sum(len(b) for b in self.market)
 
 
 def make(url: str, *, stale_after: float = 0.6, **kw):
@@ -93,14 +66,6 @@ def server(rate: float = 400, max_events: int = 0, **kw) -> CoinApiServer:
     cfg = SimulatorConfig(prices=PRICES, rate=rate, max_events=max_events, seed=11)
     kw.setdefault("heartbeat_interval", 0.1)
     return CoinApiServer("coinapi-local", cfg, api_key="k-123", **kw)
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what or cond}"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - t0
 
 
 async def running(adapter: CoinApiAdapter) -> asyncio.Task:
