@@ -201,6 +201,8 @@ class WsConnection:
             pm = self.parser.missed
             c.add(Slot.GAPS, pg - self.parser_gaps)
             c.add(Slot.MISSED, pm - self.parser_missed)
+            a.gap_log(f"{self.name}: {pg - self.parser_gaps} sequence gap(s), "
+                      f"{pm - self.parser_missed} messages missed")  # fmt: skip
             self.parser_gaps, self.parser_missed = pg, pm
         self.ts = 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 
 from fairfeed.backoff import Backoff
-from fairfeed.ipc.control import Slot
 from fairfeed.providers.base import IngestContext, Subscription
 from fairfeed.providers.coinapi.parse import CoinApiParser
 from fairfeed.providers.coinapi.symbols import to_symbol_id
@@ -77,16 +76,9 @@ class CoinApiAdapter(WsAdapter):
             to_symbol_id(s.venue, s.instrument, s.data_class)
 
     def make_parser(self, subs: tuple[Subscription, ...]) -> CoinApiParser:
-        return CoinApiParser.for_subscriptions(subs, check_gaps=self.check_gaps, on_gap=self._gap)
-
-    def _gap(self, missed: int) -> None:
-        c = self.ctx.counters
-        c.add(Slot.GAPS)
-        c.add(Slot.MISSED, missed)
-        self.gap_log(f"sequence gap, {missed} messages missed")
-
-    def on_open(self, conn: WsConnection) -> None:
-        conn.parser.reset()  # CoinAPI numbers messages per connection
+        # CoinAPI numbers per connection: the base resets the parser on every connect and
+        # counts the gaps it reports (``gaps`` / ``missed``).
+        return CoinApiParser.for_subscriptions(subs, check_gaps=self.check_gaps)
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         filters = [exact(to_symbol_id(s.venue, s.instrument, s.data_class)) for s in subs]

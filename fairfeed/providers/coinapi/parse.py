@@ -64,11 +64,12 @@ class CoinApiParser:
     """Parses CoinAPI messages of one connection into a caller-owned record buffer.
 
     ``symbols`` maps a CoinAPI symbol id to ``(instrument id, venue id, class code)``.
-    ``on_gap(missed)`` is called once per gap found (the adapter counts them).
+    ``gaps`` / ``missed`` are running totals of the gaps found (the shared WebSocket base counts
+    them); ``on_gap(missed)``, if given, is also called once per gap.
     """
 
     __slots__ = ("_last", "_out", "_seconds", "_symbols", "_u8", "check_gaps", "control",
-                 "error", "needed", "on_gap", "provider")  # fmt: skip
+                 "error", "gaps", "missed", "needed", "on_gap", "provider")  # fmt: skip
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class CoinApiParser:
         self.provider = provider
         self.check_gaps = check_gaps
         self.on_gap = on_gap
+        self.gaps = self.missed = 0
         self.error = ""
         self.control: object = None
         self.needed = 0
@@ -182,6 +184,8 @@ class CoinApiParser:
                         pack(buf, off, tx, tp, ts_receive, 0.0, float(missed), seq, inst, prov,
                              venue, KIND_GAP, dc, SIDE_UNKNOWN, 0, 0)  # fmt: skip
                         off += 64
+                        self.gaps += 1
+                        self.missed += missed
                         if self.on_gap is not None:
                             self.on_gap(missed)
             if t is Trade:
