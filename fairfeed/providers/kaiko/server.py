@@ -250,7 +250,7 @@ class KaikoServer:
             f.heartbeats_only = True
         elif fault is Fault.SEQUENCE_GAP:
             for m in self.markets:
-                m.skip_sequence = int(amount)
+                m.skip_sequence(int(amount))
         elif fault is Fault.EXCHANGE_DELAY:
             f.exchange_delay_ms = float(amount)
             for m in self.markets:
@@ -273,7 +273,7 @@ class KaikoServer:
         for m in self.markets:
             m.exchange_delay_ns = 0
             m.extra_offset_bps = 0.0
-            m.skip_sequence = 0
+            m.skip_sequence(0)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

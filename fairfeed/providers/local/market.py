@@ -61,7 +61,14 @@ class Market:
         # Fault knobs a server may set (see fairfeed.providers.local.faults).
         self.extra_offset_bps = 0.0
         self.exchange_delay_ns = 0
-        self.skip_sequence = 0  # the next generated event of each instrument skips this many
+        # Per instrument: how many numbers its next generated event skips. Per instrument,
+        # because a batch need not hold every instrument: a gap must not vanish with a batch
+        # that happened to carry only the others.
+        self.pending_skip = np.zeros(len(start), np.int64)
+
+    def skip_sequence(self, amount: int) -> None:
+        """The next event of each instrument skips ``amount`` sequence numbers (0 cancels)."""
+        self.pending_skip[:] = amount
 
     def events(self, symbols: list[int], n: int, now_ns: int | None = None) -> EventBatch:
         """``n`` events spread uniformly over instrument indexes ``symbols``."""
@@ -79,13 +86,13 @@ class Market:
             path = self.mid[s] * np.cumprod(1.0 + rng.normal(0.0, vol, len(pos)))
             self.mid[s] = path[-1]
             mids[pos] = path
-            skip = self.skip_sequence
+            skip = int(self.pending_skip[s])
+            self.pending_skip[s] = 0
             seq[pos] = self.seq[s] + skip + 1 + np.arange(len(pos))
             self.seq[s] += skip + len(pos)
             trades = pos[~is_quote[pos]]
             trade_id[trades] = self.trade_id[s] + skip + 1 + np.arange(len(trades))
             self.trade_id[s] += skip + len(trades)
-        self.skip_sequence = 0
         mids *= 1 + self.extra_offset_bps / 1e4
         dec = self.decimals[which]
         scale = 10.0**dec

@@ -191,7 +191,7 @@ class LocalWsServer(abc.ABC):
         elif fault is Fault.HEARTBEATS_ONLY:
             f.heartbeats_only = True
         elif fault is Fault.SEQUENCE_GAP:
-            self.market.skip_sequence = int(amount or 5)
+            self.market.skip_sequence(int(amount or 5))
         elif fault is Fault.EXCHANGE_DELAY:
             f.exchange_delay_ms = amount
             self.market.exchange_delay_ns = int(amount * 1e6)
@@ -226,6 +226,7 @@ class LocalWsServer(abc.ABC):
                 with contextlib.suppress(Exception):
                     c.ws.transport.resume_reading()
         self.faults.clear()
+        self.market.skip_sequence(0)
         self.market.exchange_delay_ns = 0
         self.market.extra_offset_bps = 0.0
 
