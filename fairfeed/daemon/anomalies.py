@@ -4,7 +4,8 @@ the periodic evaluation, and the Kafka encoding of the events (docs/kafka-schema
 The monitored subscriptions are the live set when the detector is built (the supervisor's
 subscription book); thresholds are resolved per instrument (instrument over data class over
 ``[anomalies]``) into one row per subscription. A live unsubscribe disables the subscription's
-detectors (its open episodes end); a live subscribe of a new stream rebuilds the detector.
+detectors (its open episodes end); a live subscribe of a new stream extends the detector, whose
+other episodes go on (a subscription, once monitored, keeps its place: re-subscribing enables it).
 """
 
 from __future__ import annotations
@@ -78,45 +79,71 @@ class AnomalyDetector:
     ) -> None:
         self.cfg = cfg.anomalies
         self.registry = registry
-        acfg = cfg.anomalies
-        subs: list[tuple[int, int]] = []
-        rows = []
-        self.keys = list(cfg.subscription_keys() if keys is None else keys)
-        self.index = {(p, v, i): k for k, (p, v, i, _c) in enumerate(self.keys)}
-        for provider, venue, inst, dclass in self.keys:
-            i = registry.instrument_id(inst)
-            s = registry.source_id(provider, venue)
-            subs.append((i, s))
-            rows.append(threshold_row(acfg, dclass, inst))
+        self.n_rings = n_rings
+        self.keys: list[tuple[str, str, str, str]] = []
+        self.index: dict[tuple[str, str, str], int] = {}
+        self.subs: list[tuple[int, int]] = []  # (instrument id, source id) per key
+        self.rows = np.zeros((0, an.N_T))
+        self._build(list(cfg.subscription_keys() if keys is None else keys), start_ns)
+        self.interval_ns = round(self.cfg.evaluate_interval * NS)
+        self.next_ns = start_ns + self.interval_ns
+        self.total = 0  # events published (start and end)
+
+    def _build(self, new_keys: list[tuple[str, str, str, str]], start_ns: int) -> None:
+        """(Re)build the kernel state over ``self.keys + new_keys`` (ids as the registry has
+        them now), continuing the previous state's episodes."""
+        registry, acfg = self.registry, self.cfg
+        old = getattr(self, "state", None)
+        for provider, venue, inst, dclass in new_keys:
+            self.index[(provider, venue, inst)] = len(self.keys)
+            self.keys.append((provider, venue, inst, dclass))
+            self.subs.append((registry.instrument_id(inst), registry.source_id(provider, venue)))
+        rows = [threshold_row(acfg, dclass, inst) for _p, _v, inst, dclass in new_keys]
+        # the configured thresholds, to restore after a disable
+        self.rows = np.vstack([self.rows, np.array(rows).reshape(len(rows), an.N_T)])
         self.n_instruments = len(registry.instruments)
-        thr = np.array(rows).reshape(len(subs), an.N_T)
         self.state = an.AnomalyState(
             registry.instrument_classes,
             registry.sources,
             len(registry.providers),
             len(registry.venues),
-            subs,
-            thr,
+            self.subs,
+            self.rows.copy(),  # the state's own: a disable overwrites its rows
             global_row(acfg),
-            n_rings,
+            self.n_rings,
             start_ns,
             acfg.max_events,
         )
-        self.rows = thr.copy()  # the configured thresholds, to restore after a disable
-        self.interval_ns = round(acfg.evaluate_interval * NS)
-        self.next_ns = start_ns + self.interval_ns
-        self.total = 0  # events published (start and end)
+        if old is not None:
+            self.state.carry_over(old)  # disabled rows stay disabled
+
+    def extend(self, keys: list[tuple[str, str, str, str]], now_ns: int) -> int:
+        """Monitor the subscriptions of ``keys`` not yet monitored (a live subscribe); open
+        episodes and clocks of the others go on. Returns how many were added."""
+        new = [k for k in keys if (k[0], k[1], k[2]) not in self.index]
+        if new:
+            self._build(new, now_ns)
+        return len(new)
 
     def update(self, records: np.ndarray) -> None:
         self.state.update(records)
 
-    def set_enabled(self, key: tuple[str, str, str], enabled: bool) -> bool:
-        """Enable or disable one subscription's detectors; False if it is not monitored."""
+    def enable(self, key: tuple[str, str, str], now_ns: int) -> bool:
+        """Monitor a re-subscribed subscription again, measured afresh from ``now_ns``; False if
+        it was never monitored (see :meth:`extend`)."""
         k = self.index.get(key)
         if k is None:
             return False
-        self.state.thr[k] = self.rows[k] if enabled else _DISABLED
+        self.state.thr[k] = self.rows[k]
+        self.state.restart_subscription(k, now_ns)
         return True
+
+    def disable(self, key: tuple[str, str, str]) -> None:
+        """Stop monitoring an unsubscribed subscription: its open episodes end at the next
+        evaluation (thresholds that cannot be crossed)."""
+        k = self.index.get(key)
+        if k is not None:
+            self.state.thr[k] = _DISABLED
 
     def due(self, now_ns: int) -> bool:
         return now_ns >= self.next_ns

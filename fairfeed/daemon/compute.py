@@ -183,24 +183,24 @@ class Pipeline:
         )
 
     def _live_change(self, op: str, keys: list[list[str]]) -> None:
-        rebuild = False
+        added = []
+        now = time.time_ns()
         for p, v, i, c in keys:
             key = (p, v, i)
             inst = self.registry.instrument_id(i)
             if op == "subscribe" and key not in self.live:
                 self.live[key] = c
                 self.active[inst] += 1
-                if self.anomalies is not None and not self.anomalies.set_enabled(key, True):
-                    rebuild = True
+                if self.anomalies is not None and not self.anomalies.enable(key, now):
+                    added.append((p, v, i, c))
             elif op == "unsubscribe" and key in self.live:
                 del self.live[key]
                 self.active[inst] -= 1
                 if self.anomalies is not None:
-                    self.anomalies.set_enabled(key, False)
-        if rebuild:
-            # A stream the detector does not know: start it afresh over the live set.
-            log.info("anomaly detectors rebuilt for %d live subscriptions", len(self.live))
-            self.anomalies = self._detector()
+                    self.anomalies.disable(key)
+        if added:
+            self.anomalies.extend(added, now)
+            log.info("anomaly detectors now monitor %d more subscriptions", len(added))
 
     def _fill_source_table(self) -> None:
         for sid, (p, v) in enumerate(self.registry.sources):

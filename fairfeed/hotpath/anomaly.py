@@ -931,6 +931,7 @@ class AnomalyState:
         self.sub_meta = np.zeros((n_sub, 5), np.int64)
         # groups: providers, venues, classes (codes 0..7), instruments
         offs = (0, n_providers, n_providers + n_venues, n_providers + n_venues + 8)
+        self.group_offsets = offs
         n_groups = offs[3] + n_inst
         self.group_meta = np.zeros((n_groups, 2), np.int64)
         for lv, (a, count) in enumerate(zip(offs, (n_providers, n_venues, 8, n_inst), strict=True)):
@@ -974,6 +975,44 @@ class AnomalyState:
         self.ev_i = np.zeros((max_events, N_EI), np.int64)
         self.ev_f = np.zeros((max_events, N_EF))
         self.ignored = 0
+
+    def carry_over(self, old: AnomalyState) -> None:
+        """Continue ``old``'s clocks and open episodes here, so that growing the monitored set
+        neither loses an end event nor repeats a start. This state must hold ``old``'s
+        subscriptions first, in the same order (new ones after them), over ids that only grew."""
+        n = old.n_sub
+        if n > self.n_sub or not np.array_equal(self.sub_meta[:n], old.sub_meta):
+            raise ValueError("carry_over: the old subscriptions must come first, in order")
+        for name in ("sub_i64", "sub_f64", "onset", "active", "sub_open", "meas", "thr"):
+            getattr(self, name)[:n] = getattr(old, name)
+        self.prov_i64[: len(old.prov_i64)] = old.prov_i64
+        old_src = len(old.src_meta)
+        self.bursts[:old_src] = old.bursts[:old_src]
+        self.bursts[len(self.src_meta) :][: old.n_rings] = old.bursts[old_src:]
+        # groups are numbered level by level: renumber by (level, id)
+        lv = old.group_meta[:, 0] - 1
+        new_index = np.asarray(self.group_offsets)[lv] + old.group_meta[:, 1]
+        self.group_open[:, new_index] = old.group_open
+        segments = {
+            (int(self.sub_meta[self.iv_subs[self.iv_offsets[v]], 3]),
+             int(self.sub_meta[self.iv_subs[self.iv_offsets[v]], 1])): v
+            for v in range(len(self.iv_state))
+        }  # fmt: skip
+        for v in range(len(old.iv_state)):
+            k0 = old.iv_subs[old.iv_offsets[v]]
+            w = segments[(int(old.sub_meta[k0, 3]), int(old.sub_meta[k0, 1]))]
+            self.iv_state[w] = old.iv_state[v]
+            self.iv_meas[w] = old.iv_meas[v]
+        self.misc[:] = old.misc
+        self.ignored = old.ignored
+
+    def restart_subscription(self, k: int, now_ns: int) -> None:
+        """Measure subscription ``k`` afresh from ``now_ns``, as if new (a re-subscribe): no
+        stale price, rate baseline or no-data clock from before."""
+        self.sub_i64[k] = 0
+        self.sub_i64[k, SI_QUIET_FROM] = now_ns
+        self.sub_f64[k] = 0.0
+        self.sub_f64[k, SF_PRICE : SF_ASK + 1] = np.nan
 
     def update(self, records: np.ndarray, n: int | None = None) -> int:
         count = len(records) if n is None else min(int(n), len(records))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,3 +232,63 @@ def test_gap_burst_and_ring_overflow() -> None:
     assert sorted(e[1 + an.E_KIND] for e in ev if e[1 + an.E_PHASE] == 1) == [
         an.A_GAP, an.A_RING_OVERFLOW,
     ]  # fmt: skip
+
+
+def test_growing_the_monitored_set_continues_open_episodes() -> None:
+    """A state rebuilt with one more subscription (new instrument, source, provider and venue)
+    and carried over emits exactly the events the old state emits for the old subscriptions:
+    no episode restarts, none loses its end."""
+    old = make_state()
+    _events(old, T0 + 5 * S, feed=lambda t: _feed(old, t))
+
+    def trouble(state, t):  # provider 1 silent (heartbeats on); source 2 off by 8 % on instrument 1
+        _feed(state, t, srcs=(0, 2, 3))
+        state.update(rec(KIND_HEARTBEAT, NO_INSTRUMENT, 1, t))
+        state.update(rec(KIND_TRADE, 1, 2, t, 108.0))
+
+    _events(old, T0 + 9 * S, feed=lambda t: trouble(old, t))
+    assert old.open_count() == 3  # the provider's silence, the divergence, the venue's spread
+
+    sources = [*SOURCES, (4, 3)]
+    thr = np.vstack([old.thr, old.thr[:1]])
+    grown = an.AnomalyState(
+        [*CLASSES, 3], sources, 5, 4, [*SUBS, (3, 4)], thr, old.gthr, 2, T0 + 9 * S, 256
+    )
+    grown.carry_over(old)
+    control = old  # goes on alone, as if nothing had been added
+
+    def new_sub(t):
+        r = rec(KIND_TRADE, 3, 0, t)
+        r["provider"], r["venue"] = 4, 3
+        h = rec(KIND_HEARTBEAT, NO_INSTRUMENT, 0, t)
+        h["provider"], h["venue"] = 4, 3
+        grown.update(np.concatenate([r, h]))
+
+    got, want = [], []
+    t = T0 + 9 * S
+    while t < T0 + 20 * S:
+        t += S // 4
+        for state, out, n in ((grown, got, 4), (control, want, 3)):
+            (trouble if t < T0 + 13 * S else lambda s, t: _feed(s, t))(state, t)
+            if state is grown:
+                new_sub(t)
+            ei, _ = state.evaluate(t, np.full(n, 100.0))
+            out += [(t, *row) for row in ei.tolist()]
+    assert got == want
+    ends = {(e[1 + an.E_KIND], e[1 + an.E_LEVEL]) for e in want if e[1 + an.E_PHASE] == 1}
+    assert ends == {
+        (an.A_NO_DATA, an.LV_PROVIDER),
+        (an.A_DIVERGENCE, an.LV_SUB),
+        (an.A_VENUE_DIVERGENCE, an.LV_VENUE_INSTRUMENT),
+    }
+    assert not [e for e in want if e[1 + an.E_PHASE] == 0]  # nothing restarted
+    assert grown.open_count() == control.open_count() == 0
+
+
+def test_carry_over_refuses_a_reordered_subscription_list() -> None:
+    old = make_state()
+    reordered = list(reversed(SUBS))
+    thr = np.tile(an.default_thresholds(), (len(SUBS), 1))
+    new = an.AnomalyState(CLASSES, SOURCES, 4, 3, reordered, thr, old.gthr, 2, T0, 256)
+    with pytest.raises(ValueError, match="old subscriptions must come first"):
+        new.carry_over(old)

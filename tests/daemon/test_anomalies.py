@@ -1,0 +1,82 @@
+"""The compute process's anomaly detector over live subscription changes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fairfeed.daemon.anomalies import AnomalyDetector, decode_anomaly
+from fairfeed.daemon.config import loads
+from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath.records import (
+    CLASS_CODES,
+    KIND_HEARTBEAT,
+    KIND_TRADE,
+    NO_INSTRUMENT,
+    RECORD_DTYPE,
+)
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+CFG = loads("[anomalies]\nno_data_after = 2.0\nfirst_data_timeout = 2.0\n")
+SPOT = CLASS_CODES["spot"]
+
+
+def _records(reg: Registry, streams: list[tuple[str, str, str]], t: int) -> np.ndarray:
+    """One trade per stream and one heartbeat per source, received at ``t``."""
+    rows = []
+    for p, v, inst in streams:
+        rows.append((KIND_TRADE, reg.instrument_id(inst), reg.provider_id(p), reg.venue_id(v)))
+    for p, v in reg.sources:  # ids
+        rows.append((KIND_HEARTBEAT, NO_INSTRUMENT, p, v))
+    r = np.zeros(len(rows), RECORD_DTYPE)
+    for j, (kind, i, p, v) in enumerate(rows):
+        r[j]["kind"], r[j]["instrument"], r[j]["provider"], r[j]["venue"] = kind, i, p, v
+    r["ts_receive"], r["price"], r["size"] = t, 100.0, 1.0
+    return r
+
+
+def _run(det: AnomalyDetector, reg, streams, t0: int, t1: int) -> list[dict]:
+    out, t = [], t0
+    while t < t1:
+        t += S // 4
+        if streams:
+            det.update(_records(reg, streams, t))
+        msgs = det.evaluate(t, np.full(len(reg.instruments), 100.0), np.zeros(1, np.int64))
+        out += [decode_anomaly(value) for _key, value in msgs]
+    return out
+
+
+def _subjects(events: list[dict]) -> list[tuple]:
+    return [(e["kind"], e["phase"], e["subject"]["provider"], e["subject"]["instrument"])
+            for e in events]  # fmt: skip
+
+
+def test_a_live_subscribe_keeps_the_other_episodes_and_a_resubscribe_starts_afresh() -> None:
+    reg = Registry.build([("BTC-USD", SPOT)], [("p0", "V0"), ("p1", "V1")], 64, 8)
+    keys = [("p0", "V0", "BTC-USD", "spot"), ("p1", "V1", "BTC-USD", "spot")]
+    det = AnomalyDetector(CFG, reg, 1, T0, keys)
+    both = [k[:3] for k in keys]
+    assert _run(det, reg, both, T0, T0 + 3 * S) == []
+    # p1 goes silent: its no-data episode opens
+    ev = _run(det, reg, both[:1], T0 + 3 * S, T0 + 6 * S)
+    assert _subjects(ev) == [("no_data", "start", "p1", "BTC-USD")]
+
+    # a live subscribe of a new instrument while the episode is open
+    reg.add_instrument("ETH-USD", SPOT)
+    assert det.extend([("p0", "V0", "ETH-USD", "spot")], T0 + 6 * S) == 1
+    assert det.extend([("p0", "V0", "ETH-USD", "spot")], T0 + 6 * S) == 0  # known already
+    three = [*both, ("p0", "V0", "ETH-USD")]
+    ev = _run(det, reg, [three[0], three[2]], T0 + 6 * S, T0 + 7 * S)
+    assert ev == []  # no repeated start, nothing about the new stream
+    ev = _run(det, reg, three, T0 + 7 * S, T0 + 8 * S)
+    assert _subjects(ev) == [("no_data", "end", "p1", "BTC-USD")]
+    assert det.open_count() == 0
+
+    # unsubscribe p1, re-subscribe it much later: measured afresh, no stale no-data alarm
+    det.disable(("p1", "V1", "BTC-USD"))
+    rest = [three[0], three[2]]
+    assert _run(det, reg, rest, T0 + 8 * S, T0 + 60 * S) == []
+    assert det.enable(("p1", "V1", "BTC-USD"), T0 + 60 * S)
+    assert _run(det, reg, rest, T0 + 60 * S, T0 + 61 * S) == []  # within first_data_timeout
+    ev = _run(det, reg, rest, T0 + 61 * S, T0 + 63 * S)
+    assert _subjects(ev) == [("no_first_data", "start", "p1", "BTC-USD")]
