@@ -49,12 +49,6 @@ def threshold_row(acfg: AnomalyConfig, data_class: str, instrument: str) -> np.n
     return row
 
 
-# Thresholds that can never be crossed (and let every open episode end): a disabled subscription.
-_DISABLED = np.full(an.N_T, np.inf)
-_DISABLED[[an.T_RATE_RATIO, an.T_RATE_CLEAR]] = 0.0
-_DISABLED[[an.T_DIV_FOR, an.T_LAT_FOR, an.T_RATE_FOR]] = 0.0
-
-
 def global_row(acfg: AnomalyConfig) -> np.ndarray:
     g = np.zeros(an.N_G)
     g[an.G_HB_TIMEOUT] = acfg.heartbeat_timeout * NS
@@ -134,16 +128,15 @@ class AnomalyDetector:
         k = self.index.get(key)
         if k is None:
             return False
-        self.state.thr[k] = self.rows[k]
-        self.state.restart_subscription(k, now_ns)
+        self.state.enable(k, self.rows[k], now_ns)
         return True
 
     def disable(self, key: tuple[str, str, str]) -> None:
-        """Stop monitoring an unsubscribed subscription: its open episodes end at the next
-        evaluation (thresholds that cannot be crossed)."""
+        """Stop monitoring an unsubscribed subscription (its open episodes end at the next
+        evaluation)."""
         k = self.index.get(key)
         if k is not None:
-            self.state.thr[k] = _DISABLED
+            self.state.disable(k)
 
     def due(self, now_ns: int) -> bool:
         return now_ns >= self.next_ns

@@ -659,7 +659,8 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                 if act_l[x] and not cov_l[x]:
                     fresh_act[g] = True
             for g in range(n_groups):
-                if group_meta[g, 0] != lv + 1 or group_size[g] < 2:
+                # (an open group may have shrunk below two by an unsubscribe: it still closes)
+                if group_meta[g, 0] != lv + 1 or (group_size[g] < 2 and group_open[d, g] == 0):
                     continue
                 all_pre = stamp[g] == pass_id and cnt[g] == group_size[g]
                 if group_open[d, g] > 0:
@@ -668,10 +669,14 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                             misc[M_DEFERRED] += 1
                             continue
                         b = _best_member(sub_groups, meas, lv, g, d)
+                        if b >= 0:
+                            v0, v1, v2, tv = (meas[b, d, 0], meas[b, d, 1], meas[b, d, 2],
+                                              thr[b, tc] * ts_)  # fmt: skip
+                        else:  # every member unsubscribed
+                            v0, v1, v2, tv = 0.0, 0.0, 0.0, np.nan
                         m = _emit_group(ev_i, ev_f, m, kind, PHASE_END, group_meta[g, 0],
                                         group_meta[g, 1], group_open[d, g], now, now,
-                                        group_size[g], meas[b, d, 0], meas[b, d, 1],
-                                        meas[b, d, 2], thr[b, tc] * ts_)  # fmt: skip
+                                        group_size[g], v0, v1, v2, tv)  # fmt: skip
                         group_open[d, g] = 0
                         for k in range(n_sub):  # members start from scratch
                             if sub_groups[k, lv] == g:
@@ -897,6 +902,13 @@ def default_globals() -> np.ndarray:
     return g
 
 
+# Thresholds that can never be crossed (and let every open episode end): an unmonitored
+# subscription.
+DISABLED_THRESHOLDS = np.full(N_T, np.inf)
+DISABLED_THRESHOLDS[[T_RATE_RATIO, T_RATE_CLEAR]] = 0.0
+DISABLED_THRESHOLDS[[T_DIV_FOR, T_LAT_FOR, T_RATE_FOR]] = 0.0
+
+
 class AnomalyState:
     """Every array the anomaly kernels read and write, built from the subscription list.
 
@@ -932,11 +944,15 @@ class AnomalyState:
         # groups: providers, venues, classes (codes 0..7), instruments
         offs = (0, n_providers, n_providers + n_venues, n_providers + n_venues + 8)
         self.group_offsets = offs
-        n_groups = offs[3] + n_inst
+        # the last group (level 0, never evaluated) holds unmonitored subscriptions
+        n_groups = offs[3] + n_inst + 1
+        self.void_group = n_groups - 1
         self.group_meta = np.zeros((n_groups, 2), np.int64)
         for lv, (a, count) in enumerate(zip(offs, (n_providers, n_venues, 8, n_inst), strict=True)):
             self.group_meta[a : a + count, 0] = lv + 1
             self.group_meta[a : a + count, 1] = np.arange(count)
+        self.group_meta[self.void_group] = (0, -1)
+        self.monitored = np.ones(n_sub, np.bool_)
         self.sub_groups = np.zeros((n_sub, N_GROUP_LEVELS), np.int64)
         for k, (i, s) in enumerate(subscriptions):
             p, v = sources[s]
@@ -979,7 +995,8 @@ class AnomalyState:
     def carry_over(self, old: AnomalyState) -> None:
         """Continue ``old``'s clocks and open episodes here, so that growing the monitored set
         neither loses an end event nor repeats a start. This state must hold ``old``'s
-        subscriptions first, in the same order (new ones after them), over ids that only grew."""
+        subscriptions first, in the same order (new ones after them), over ids that only grew.
+        """
         n = old.n_sub
         if n > self.n_sub or not np.array_equal(self.sub_meta[:n], old.sub_meta):
             raise ValueError("carry_over: the old subscriptions must come first, in order")
@@ -990,9 +1007,10 @@ class AnomalyState:
         self.bursts[:old_src] = old.bursts[:old_src]
         self.bursts[len(self.src_meta) :][: old.n_rings] = old.bursts[old_src:]
         # groups are numbered level by level: renumber by (level, id)
-        lv = old.group_meta[:, 0] - 1
-        new_index = np.asarray(self.group_offsets)[lv] + old.group_meta[:, 1]
-        self.group_open[:, new_index] = old.group_open
+        real = old.group_meta[:, 0] > 0
+        lv = old.group_meta[real, 0] - 1
+        new_index = np.asarray(self.group_offsets)[lv] + old.group_meta[real, 1]
+        self.group_open[:, new_index] = old.group_open[:, real]
         segments = {
             (int(self.sub_meta[self.iv_subs[self.iv_offsets[v]], 3]),
              int(self.sub_meta[self.iv_subs[self.iv_offsets[v]], 1])): v
@@ -1005,14 +1023,36 @@ class AnomalyState:
             self.iv_meas[w] = old.iv_meas[v]
         self.misc[:] = old.misc
         self.ignored = old.ignored
+        for k in np.flatnonzero(~old.monitored):
+            self._leave_groups(int(k))
 
-    def restart_subscription(self, k: int, now_ns: int) -> None:
-        """Measure subscription ``k`` afresh from ``now_ns``, as if new (a re-subscribe): no
-        stale price, rate baseline or no-data clock from before."""
+    def _leave_groups(self, k: int) -> None:
+        if self.monitored[k]:
+            self.monitored[k] = False
+            self.group_size[self.sub_groups[k]] -= 1
+            self.sub_groups[k] = self.void_group
+
+    def disable(self, k: int) -> None:
+        """Stop monitoring subscription ``k`` (an unsubscribe): its open episodes end at the
+        next evaluation, and it leaves its groups, so that the roll-ups of the others (one
+        event for a silent provider) go on without it."""
+        self.thr[k] = DISABLED_THRESHOLDS
+        self._leave_groups(k)
+
+    def enable(self, k: int, thresholds: np.ndarray, now_ns: int) -> None:
+        """Monitor subscription ``k`` again (a re-subscribe), measured afresh from ``now_ns``:
+        no stale price, rate baseline or no-data clock from before."""
+        self.thr[k] = thresholds
         self.sub_i64[k] = 0
         self.sub_i64[k, SI_QUIET_FROM] = now_ns
         self.sub_f64[k] = 0.0
         self.sub_f64[k, SF_PRICE : SF_ASK + 1] = np.nan
+        if not self.monitored[k]:
+            p, v, c, i, _s = self.sub_meta[k]
+            o = self.group_offsets
+            self.sub_groups[k] = (o[0] + p, o[1] + v, o[2] + c, o[3] + i)
+            self.group_size[self.sub_groups[k]] += 1
+            self.monitored[k] = True
 
     def update(self, records: np.ndarray, n: int | None = None) -> int:
         count = len(records) if n is None else min(int(n), len(records))

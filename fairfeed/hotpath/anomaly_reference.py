@@ -304,21 +304,22 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
         covered = {k for k in range(n_sub) if int(sub_meta[k, 0]) in down or sub_open[k, d] > 0}
         for lv in range(a.N_GROUP_LEVELS):
             for g in range(group_size.shape[0]):
-                if group_meta[g, 0] != lv + 1 or group_size[g] < 2:
+                if group_meta[g, 0] != lv + 1 or (group_size[g] < 2 and not group_open[d, g]):
                     continue
                 ks = members.get(g, [])
-                b = ks[0]
+                b = ks[0] if ks else -1
                 for k in ks:
                     if abs(meas[k, d, 0]) > abs(meas[b, d, 0]):
                         b = k
-                vals = tuple(meas[b, d])
+                vals = tuple(meas[b, d]) if ks else (0.0, 0.0, 0.0)
+                group_thr = thr[b, tcol] * scale if ks else np.nan
                 level, gid = int(group_meta[g, 0]), int(group_meta[g, 1])
                 subject = [gid if level == x else -1 for x in (1, 2, 3, 4)]
                 all_pre = all(pre(k) for k in ks)
                 if group_open[d, g] > 0:
                     if not all_pre and out.room():
                         out.emit(kind, a.PHASE_END, level, *subject, int(group_open[d, g]), now,
-                                 now, len(ks), vals, thr[b, tcol] * scale)  # fmt: skip
+                                 now, len(ks), vals, group_thr)  # fmt: skip
                         group_open[d, g] = 0
                         for k in ks:
                             if d <= a.D_NO_FIRST:
@@ -328,7 +329,7 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
                     if out.room():
                         start = min([now] + [int(onset[k, d]) for k in ks if onset[k, d] > 0])
                         out.emit(kind, a.PHASE_START, level, *subject, start, 0, now, len(ks),
-                                 vals, thr[b, tcol] * scale)  # fmt: skip
+                                 vals, group_thr)  # fmt: skip
                         group_open[d, g] = start
             for k in range(n_sub):
                 if group_open[d, sub_groups[k, lv]] > 0:

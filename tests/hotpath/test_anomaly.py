@@ -60,7 +60,10 @@ def run_both(state, steps, fair_of):
     ref = copy.deepcopy(state)
     got, want = [], []
     for step in steps:
-        if isinstance(step, np.ndarray):
+        if callable(step):  # a live change, applied to both
+            step(state)
+            step(ref)
+        elif isinstance(step, np.ndarray):
             a = state.update(step)
             b = update_reference(step, len(step), ref.sub_table, ref.source_table, ref.sub_i64,
                                  ref.sub_f64, ref.prov_i64, ref.bursts)  # fmt: skip
@@ -103,6 +106,7 @@ _record = st.tuples(
 _step = st.one_of(
     st.lists(_record, min_size=1, max_size=12).map(lambda rs: ("recs", rs)),
     st.tuples(st.integers(50, 3000), st.integers(0, 3)).map(lambda t: ("eval", t)),
+    st.integers(0, len(SUBS) - 1).map(lambda k: ("toggle", k)),  # unsubscribe / re-subscribe
 )
 
 
@@ -110,6 +114,7 @@ _step = st.one_of(
 @given(st.lists(_step, min_size=1, max_size=60), st.integers(1, 40), st.booleans())
 def test_kernels_match_the_oracle(steps, cap, fair_moves) -> None:
     state = make_state(max_events=cap)
+    state_rows = state.thr.copy()
     now = T0
     plan = []
     dropped = np.zeros(2, np.int64)
@@ -123,6 +128,15 @@ def test_kernels_match_the_oracle(steps, cap, fair_moves) -> None:
                 for kind, inst, src, ms, price, flags, lags in arg
             ])  # fmt: skip
             plan.append(batch)
+        elif what == "toggle":
+
+            def toggle(state, k=arg, now=now):
+                if state.monitored[k]:
+                    state.disable(k)
+                else:
+                    state.enable(k, state_rows[k], now)
+
+            plan.append(toggle)
         else:
             now += arg[0] * 1_000_000
             dropped = dropped + np.array([arg[1] // 2, arg[1] % 2])
@@ -292,3 +306,34 @@ def test_carry_over_refuses_a_reordered_subscription_list() -> None:
     new = an.AnomalyState(CLASSES, SOURCES, 4, 3, reordered, thr, old.gthr, 2, T0, 256)
     with pytest.raises(ValueError, match="old subscriptions must come first"):
         new.carry_over(old)
+
+
+def _provider_silent(state, t):  # provider 1 stops data, keeps heartbeats
+    _feed(state, t, srcs=(0, 2, 3))
+    state.update(rec(KIND_HEARTBEAT, NO_INSTRUMENT, 1, t))
+
+
+def test_an_unsubscribed_stream_leaves_the_roll_up_of_its_provider() -> None:
+    state = make_state()
+    _events(state, T0 + 5 * S, feed=lambda t: _feed(state, t))
+    state.disable(SUBS.index((0, 1)))  # provider 1 keeps instruments 1 and 2
+    ev = _events(state, T0 + 12 * S, feed=lambda t: _provider_silent(state, t))
+    got = [(e[1 + an.E_KIND], e[1 + an.E_LEVEL], e[1 + an.E_PROVIDER], e[1 + an.E_COUNT])
+           for e in ev]  # fmt: skip
+    assert got == [(an.A_NO_DATA, an.LV_PROVIDER, 1, 2)]  # one event, for its two streams
+
+
+def test_an_open_group_ends_when_its_members_are_unsubscribed() -> None:
+    state = make_state()
+    _events(state, T0 + 5 * S, feed=lambda t: _feed(state, t))
+    ev = _events(state, T0 + 12 * S, feed=lambda t: _provider_silent(state, t))
+    assert [(e[1 + an.E_LEVEL], e[1 + an.E_PHASE]) for e in ev] == [(an.LV_PROVIDER, 0)]
+    for inst in (0, 1):
+        state.disable(SUBS.index((inst, 1)))
+    # one silent member left: the provider episode goes on (it covers the last stream)
+    assert _events(state, T0 + 14 * S, feed=lambda t: _provider_silent(state, t)) == []
+    state.disable(SUBS.index((2, 1)))
+    ev = _events(state, T0 + 15 * S, feed=lambda t: _provider_silent(state, t))
+    got = [(e[1 + an.E_KIND], e[1 + an.E_LEVEL], e[1 + an.E_PHASE], e[1 + an.E_COUNT]) for e in ev]
+    assert got == [(an.A_NO_DATA, an.LV_PROVIDER, an.PHASE_END, 0)]
+    assert state.open_count() == 0
