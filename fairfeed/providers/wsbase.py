@@ -433,6 +433,7 @@ class WsAdapter(Adapter):
 
     # Protocol defaults; the provider's configuration overrides the ones it names.
     max_streams_per_connection = 1024
+    streams_per_subscription = 1  # protocol streams one subscription takes (Binance: 2)
     subscribe_batch = 100  # streams per subscribe message
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
@@ -469,7 +470,7 @@ class WsAdapter(Adapter):
         self.conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
         self.parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
         self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
-        step = self.max_streams_per_connection
+        step = self.subscriptions_per_connection
         subs = ctx.subscriptions
         self.connections = [
             WsConnection(self, i, subs[k : k + step])
@@ -477,6 +478,11 @@ class WsAdapter(Adapter):
         ]
         self._running = False
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def subscriptions_per_connection(self) -> int:
+        """How many subscriptions one connection carries within the stream limit."""
+        return max(1, self.max_streams_per_connection // self.streams_per_subscription)
 
     # -- protocol hooks ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -527,7 +533,7 @@ class WsAdapter(Adapter):
         """Stream ``subs`` on new connections: the open ones (and their streams) are untouched."""
         have = {(s.venue, s.instrument) for c in self.connections for s in c.subs}
         new = tuple(s for s in subs if (s.venue, s.instrument) not in have)
-        step = self.max_streams_per_connection
+        step = self.subscriptions_per_connection
         for k in range(0, len(new), step):
             conn = WsConnection(self, self._next_index(), new[k : k + step])
             self.connections.append(conn)

@@ -156,6 +156,30 @@ def test_stream_limit_splits_connections_and_url_streams():
     asyncio.run(main())
 
 
+def test_live_additions_respect_the_stream_limit():
+    cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.5)
+
+    async def main():
+        async with BinanceServer("binance", cfg, max_streams=4) as server:
+            adapter, sink, counters, _ = make(server.url, tuple(PRICES)[:3], max_streams=4)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.connections() == 2, what="first connections")
+            more = tuple(
+                Subscription.resolve(REGISTRY, "binance", "binance", i, "spot")
+                for i in tuple(PRICES)[3:]
+            )
+            adapter.add(more)  # 4 instruments = 8 streams: two more connections, not one
+            assert [len(c.subs) for c in adapter.connections] == [2, 1, 2, 2]
+            ids = {REGISTRY.instrument_id(s) for s in PRICES}
+            await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="all")
+            assert all(len(c.state["streams"]) <= 4 for c in server._conns.values())
+            assert server.limit_errors == 0 and counters[Slot.SUBSCRIBE_ERRORS] == 0
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
 def test_pings_answered_and_planned_reconnect_before_max_age():
     cfg = SimulatorConfig(prices=PRICES, rate=300, seed=2)
 

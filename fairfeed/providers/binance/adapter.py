@@ -41,6 +41,7 @@ class BinanceAdapter(WsAdapter):
 
     gap_kinds = (KIND_TRADE,)  # trade ids (aggregate ids) are contiguous per symbol
     max_streams_per_connection = MAX_STREAMS
+    streams_per_subscription = 2  # the trade feed and bookTicker
     subscribe_batch = 200  # streams per SUBSCRIBE request
     stale_after = 60.0  # pings every 20 s, data or not
     max_connection_age = MAX_AGE - 600.0
@@ -58,13 +59,6 @@ class BinanceAdapter(WsAdapter):
         super().__init__(ctx, **overrides)
         if url_streams:
             self.acknowledges_subscriptions = False
-        # The base splits *subscriptions*; Binance limits *streams* (two per instrument).
-        per_conn = max(1, self.max_streams_per_connection // len(self.kinds))
-        subs = ctx.subscriptions
-        self.connections = [
-            WsConnection(self, i, subs[k : k + per_conn])
-            for i, k in enumerate(range(0, len(subs), per_conn))
-        ]
         self._ids = itertools.count(1)
         self._pending: dict[int, set[int]] = {}  # connection index -> unanswered request ids
 
