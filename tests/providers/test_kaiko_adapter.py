@@ -294,9 +294,10 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
             t0 = time.monotonic()
             rejected = h.server.rejected
             await asyncio.sleep(1.0)
-            # with the normal schedule (<= 50 ms) there would be ~20 more sessions
-            assert h.server.rejected - rejected <= 2 * 4
-            assert h.adapter.rate_limits <= 3
+            # Rate-limited delays are 0.3..0.6 s (half jitter): within 1 s at most 3 sessions
+            # after the one at t0, 4 calls each; the normal schedule (<= 50 ms) would give ~20.
+            assert h.server.rejected - rejected <= 4 * 4
+            assert h.adapter.rate_limits <= 4
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == h.adapter.subscribe_errors >= 1
             h.server.clear()
             subs = h.server.subscribes
