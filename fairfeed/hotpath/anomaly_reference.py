@@ -315,7 +315,7 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
                 group_thr = thr[b, tcol] * scale if ks else np.nan
                 level, gid = int(group_meta[g, 0]), int(group_meta[g, 1])
                 subject = [gid if level == x else -1 for x in (1, 2, 3, 4)]
-                all_pre = all(pre(k) for k in ks)
+                all_pre = bool(ks) and all(pre(k) for k in ks)  # an emptied group closes
                 if group_open[d, g] > 0:
                     if not all_pre and out.room():
                         out.emit(kind, a.PHASE_END, level, *subject, int(group_open[d, g]), now,

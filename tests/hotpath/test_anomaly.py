@@ -110,7 +110,7 @@ _step = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(_step, min_size=1, max_size=60), st.integers(1, 40), st.booleans())
 def test_kernels_match_the_oracle(steps, cap, fair_moves) -> None:
     state = make_state(max_events=cap)
