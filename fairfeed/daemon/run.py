@@ -88,6 +88,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
     registry = build_registry(cfg)
     for name in sweep_stale_segments(cfg.daemon.shm_prefix):
         log.warning("removed shared-memory segment %s left by a dead daemon", name)
+    # A first start compiles every kernel (~15 s on 2 cores); later starts load the cache.
+    log.info("loading the Numba kernels (compiled and cached on a first start)")
     compile_s = warm_up()
     if cfg.metrics.listen:
         warm_metrics()
