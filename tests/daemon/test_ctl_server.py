@@ -89,6 +89,13 @@ def _answers(s: socket.socket, n: int) -> list[dict]:
     return [orjson.loads(line) for line in buf.splitlines()]
 
 
+def _until(cond, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_socket_mode_and_pipelined_requests_in_order(served: Served) -> None:
     path = served.server.path
     assert oct(path.stat().st_mode & 0o777) == "0o660"
@@ -131,7 +138,7 @@ def test_silent_client_is_dropped_after_the_idle_timeout(served: Served) -> None
 def test_clients_beyond_the_limit_are_told_busy(served: Served) -> None:
     held = [_connect(served.server.path) for _ in range(4)]
     try:
-        time.sleep(0.1)
+        _until(lambda: len(served.server.clients) == 4)
         with _connect(served.server.path) as extra:
             (a,) = _answers(extra, 1)
             assert a["error"]["code"] == "busy"
@@ -143,15 +150,17 @@ def test_clients_beyond_the_limit_are_told_busy(served: Served) -> None:
 
 
 def test_client_vanishing_mid_request_does_not_hurt(served: Served) -> None:
-    for _ in range(20):
-        s = _connect(served.server.path)
-        s.sendall(b'{"id": 1, "cmd": "li')
-        s.close()
-    time.sleep(0.2)  # the loop notices the hang-ups and frees their places
-    assert served.server.clients == {}
+    for _ in range(5):  # 5 rounds of as many clients as allowed at once
+        clients = [_connect(served.server.path) for _ in range(4)]
+        _until(lambda: len(served.server.clients) == 4)  # accepted, not still in the backlog
+        for s in clients:
+            s.sendall(b'{"id": 1, "cmd": "li')
+            s.close()
+        _until(lambda: served.server.clients == {})  # the hang-ups free their places
     with _connect(served.server.path) as s:
         s.sendall(proto.request(5, "list"))
-        assert _answers(s, 1)[0]["id"] == 5
+        a = _answers(s, 1)
+        assert a[0]["id"] == 5, a
 
 
 def test_a_second_daemon_cannot_take_a_served_socket(served: Served, tmp_path: Path) -> None:
