@@ -7,6 +7,8 @@ compile-time integers.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 # Event kinds. A top-of-book quote is written as one BID and one ASK record with the same
@@ -92,3 +94,18 @@ assert RECORD_SIZE == 64, RECORD_SIZE
 def empty_records(n: int) -> np.ndarray:
     """A zeroed record array of length ``n``."""
     return np.zeros(n, dtype=RECORD_DTYPE)
+
+
+def health_records(kind: int, flags: int, provider: int, venues, data_classes) -> np.ndarray:
+    """Health records (KIND_STATUS, KIND_HEARTBEAT, ...) of one provider, one per venue in
+    ``venues`` (with its data class), received now: no instrument, no sequence."""
+    rec = np.zeros(len(venues), RECORD_DTYPE)
+    rec["ts_receive"] = time.time_ns()
+    rec["sequence"] = SEQ_NONE
+    rec["instrument"] = NO_INSTRUMENT
+    rec["provider"] = provider
+    rec["venue"] = venues
+    rec["kind"] = kind
+    rec["data_class"] = data_classes
+    rec["flags"] = flags
+    return rec

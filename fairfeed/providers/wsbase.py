@@ -43,12 +43,11 @@ from fairfeed.backoff import Backoff
 from fairfeed.hotpath.records import (
     KIND_HEARTBEAT,
     KIND_STATUS,
-    NO_INSTRUMENT,
     RECORD_DTYPE,
-    SEQ_NONE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
+    health_records,
 )
 from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.ipc.control import Slot
@@ -58,7 +57,6 @@ from fairfeed.providers.parsing import (
     HEARTBEAT,
     NEED_SPACE,
     PARSE_ERROR,
-    RECORD_STRUCT,
     ErrorLog,
     Parser,
 )
@@ -85,8 +83,6 @@ class WsConnection:
         self.parser: Parser = adapter.make_parser(subs)
         self.buf = np.zeros(adapter.buffer_records, RECORD_DTYPE)
         self.u8 = self.buf.view(np.uint8)
-        self.event = np.zeros(1, RECORD_DTYPE)  # one health record
-        self.event_u8 = self.event.view(np.uint8)
         self.cap = adapter.buffer_records
         self.n = 0  # records buffered
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
@@ -159,12 +155,9 @@ class WsConnection:
     def _event(self, kind: int, flags: int) -> None:
         """Emit one health record after the data buffered so far (not counted as data)."""
         self.flush()
-        RECORD_STRUCT.pack_into(
-            self.event_u8, 0, 0, 0, time.time_ns(), 0.0, 0.0, SEQ_NONE, NO_INSTRUMENT,
-            self.provider_id, self.venue_id, kind, self.class_code, 0, flags, 0,
-        )  # fmt: skip
+        event = health_records(kind, flags, self.provider_id, [self.venue_id], [self.class_code])
         try:
-            self.adapter.ctx.emit(self.event)
+            self.adapter.ctx.emit(event)
         except Exception:
             log.exception("%s: emit failed, a %s record lost", self.name, kind)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fairfeed.daemon.anomalies import AnomalyDetector, decode_anomaly
-from fairfeed.daemon.config import loads
+from fairfeed.daemon.anomalies import AnomalyDetector, decode_anomaly, global_row, threshold_row
+from fairfeed.daemon.config import AnomalyConfig, loads
 from fairfeed.daemon.registry import Registry
+from fairfeed.hotpath import anomaly as an
 from fairfeed.hotpath.records import (
     CLASS_CODES,
     KIND_HEARTBEAT,
@@ -80,3 +81,11 @@ def test_a_live_subscribe_keeps_the_other_episodes_and_a_resubscribe_starts_afre
     assert _run(det, reg, rest, T0 + 60 * S, T0 + 61 * S) == []  # within first_data_timeout
     ev = _run(det, reg, rest, T0 + 61 * S, T0 + 63 * S)
     assert _subjects(ev) == [("no_first_data", "start", "p1", "BTC-USD")]
+
+
+def test_kernel_defaults_are_the_configuration_defaults() -> None:
+    """The kernel module's default rows (warm-up, tests, benches) must not drift from the
+    configuration's defaults."""
+    acfg = AnomalyConfig()
+    assert np.array_equal(threshold_row(acfg, "spot", "BTC-USD"), an.default_thresholds())
+    assert np.array_equal(global_row(acfg), an.default_globals())

@@ -52,12 +52,11 @@ from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 from fairfeed.backoff import Backoff
 from fairfeed.hotpath.records import (
     KIND_STATUS,
-    NO_INSTRUMENT,
     RECORD_DTYPE,
-    SEQ_NONE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
+    health_records,
 )
 from fairfeed.ipc.control import Slot
 from fairfeed.providers.base import Adapter, IngestContext
@@ -549,15 +548,9 @@ class KaikoAdapter(Adapter):
         if self._closed:
             return
         self._drain()  # data read before the change goes first
-        rec = np.zeros(len(self._venues), RECORD_DTYPE)
-        rec["ts_receive"] = time.time_ns()
-        rec["sequence"] = SEQ_NONE
-        rec["instrument"] = NO_INSTRUMENT
-        rec["provider"] = self._provider_id
-        rec["venue"] = self._venues
-        rec["kind"] = KIND_STATUS
-        rec["data_class"] = self._venue_classes
-        rec["flags"] = code
+        rec = health_records(
+            KIND_STATUS, code, self._provider_id, self._venues, self._venue_classes
+        )
         try:
             self.ctx.emit(rec)
         except Exception:
