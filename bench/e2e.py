@@ -53,9 +53,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from fairfeed.daemon.broker import LocalBroker, ensure_topics
+from fairfeed.daemon.broker import LocalBroker, ensure_topics, read_topic
 from fairfeed.daemon.config import SimulatorConfig
 from fairfeed.daemon.partition import worker_for
 from fairfeed.daemon.run import TOPIC_PARTITIONS
@@ -312,59 +311,26 @@ class Delivered:
 def read_ticks(bootstrap: str, topic: str, columnar: bool, timeout: float = 120.0) -> Delivered:
     """Count the tick records of ``topic`` (reading every partition to its EOF), detect
     duplicates and the first/last message timestamps."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{topic}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "fetch.queue.backoff.ms": 10,
-            "fetch.wait.max.ms": 50,
-        }
-    )
     out = Delivered()
     # per (provider, instrument): sequence * 4 + kind of every record, to find duplicates
     arrays: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
     ints: dict[tuple[str, str], list[int]] = defaultdict(list)
     first, last = None, None
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        tmd = md.topics.get(topic)
-        if tmd is None or tmd.error is not None:
-            raise KafkaException(tmd.error if tmd is not None else f"no topic {topic}")
-        parts = sorted(tmd.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending = set(parts)
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: partitions {sorted(pending)} unfinished")
-            for msg in consumer.consume(10_000, timeout=0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(msg.partition())
-                        continue
-                    raise KafkaException(err)
-                ts = msg.timestamp()[1]
-                first = ts if first is None else min(first, ts)
-                last = ts if last is None else max(last, ts)
-                v = orjson.loads(msg.value())
-                out.messages += 1
-                if columnar:
-                    seq = np.asarray(v["sequence"], np.int64)
-                    arrays[(v["provider"], v["instrument"])].append(
-                        seq * 4 + np.asarray(v["kind"], np.int64)
-                    )
-                    out.records += v["count"]
-                else:
-                    ints[(v["provider"], v["instrument"])].append(
-                        v["sequence"] * 4 + KIND_CODES[v["kind"]]
-                    )
-                    out.records += 1
-    finally:
-        consumer.close()
+    for msg in read_topic(bootstrap, topic, group=f"bench-{topic}", timeout=timeout, batch=10_000):
+        ts = msg.timestamp()[1]
+        first = ts if first is None else min(first, ts)
+        last = ts if last is None else max(last, ts)
+        v = orjson.loads(msg.value())
+        out.messages += 1
+        if columnar:
+            seq = np.asarray(v["sequence"], np.int64)
+            arrays[(v["provider"], v["instrument"])].append(
+                seq * 4 + np.asarray(v["kind"], np.int64)
+            )
+            out.records += v["count"]
+        else:
+            ints[(v["provider"], v["instrument"])].append(v["sequence"] * 4 + KIND_CODES[v["kind"]])
+            out.records += 1
     for src in set(arrays) | set(ints):
         allk = np.concatenate([*arrays.get(src, []), np.asarray(ints.get(src, []), np.int64)])
         out.duplicates += len(allk) - len(np.unique(allk))
@@ -374,32 +340,8 @@ def read_ticks(bootstrap: str, topic: str, columnar: bool, timeout: float = 120.
 
 def count_messages(bootstrap: str, topic: str, timeout: float = 60.0) -> int:
     """Number of messages in ``topic`` (read to EOF; values not parsed)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{topic}",
-            "enable.partition.eof": True,
-            "fetch.queue.backoff.ms": 10,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    n = 0
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        parts = sorted(md.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        pending = set(parts)
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, timeout=0.2):
-                err = msg.error()
-                if err is None:
-                    n += 1
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-    finally:
-        consumer.close()
-    return n
+    group = f"bench-{topic}"
+    return sum(1 for _ in read_topic(bootstrap, topic, group=group, timeout=timeout, batch=10_000))
 
 
 # --- one pipeline run ----------------------------------------------------------------------

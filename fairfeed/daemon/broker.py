@@ -29,11 +29,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
@@ -297,3 +304,48 @@ def ensure_topics(
             if getattr(err, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise BrokerError(f"cannot create topic {topic!r} on {bootstrap}: {err}") from exc
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, group: str, timeout: float = 10.0, batch: int = 1000
+) -> Iterator[Message]:
+    """Every message of ``topic`` from the beginning to its current end, in offset order per
+    partition (partitions interleaved). For tests, benches and tools; not the daemon's path.
+
+    Uses ``assign()`` to all partitions (no group join) and reads each until its end. The end is
+    the partition-EOF event (the high watermark of the fetch response), not
+    ``get_watermark_offsets``: Tansu 0.6 answers ListOffsets(latest) with the base offset of the
+    last record batch + 1, which undercounts batched topics. Raises TimeoutError when a
+    partition is not read to its end within ``timeout``, KafkaException on a consumer error.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "fetch.queue.backoff.ms": 10,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        tmd = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if tmd is None or tmd.error is not None:
+            raise KafkaException(tmd.error if tmd is not None else f"no topic {topic}")
+        pending = set(tmd.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: partitions {sorted(pending)} unfinished")
+            for msg in consumer.consume(batch, timeout=0.1):
+                err = msg.error()
+                if err is None:
+                    yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                else:
+                    raise KafkaException(err)
+    finally:
+        consumer.close()
