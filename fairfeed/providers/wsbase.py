@@ -289,6 +289,11 @@ class WsConnection:
         self.planned = ""
         self.retry_after = 0.0
         self.opened_at = self.last_alive = self.last_data = now
+        if self.muted is not None:
+            # A new session subscribes to ``subs`` only: nothing unsubscribed can arrive any
+            # more, so stop filtering every batch (after the old session's buffered data).
+            self.flush()
+            self.muted = None
         self.gaps.reset()
         reset = getattr(self.parser, "reset", None)
         if reset is not None:

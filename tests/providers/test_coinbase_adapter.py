@@ -453,6 +453,15 @@ def test_live_remove_unsubscribes_and_add_opens_a_connection(feed):
             first = next(c for c in h.server._conns.values() if c.index == 0)
             assert first.symbols == [h.server.market.index["BTC-USD"]]  # unsubscribed there
             assert h.counters[Slot.RECONNECTS] == 0 and h.counters[Slot.SUBSCRIBE_ERRORS] == 0
+            # a new session of that connection subscribes BTC-USD only: no filter left on it
+            conn0 = h.adapter.connections[0]
+            assert conn0.muted is not None
+            await h.server.inject(Fault.DISCONNECT)
+            await wait_for(lambda: h.counters[Slot.RECONNECTS] >= 1 and conn0.subscribed)
+            n = h.n
+            await wait_for(lambda: len(h.trades(n)) > 30)
+            assert conn0.muted is None
+            assert IDS["ETH-USD"] not in set(h.trades(n)["instrument"].tolist())
 
     asyncio.run(main())
 
