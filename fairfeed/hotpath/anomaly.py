@@ -480,8 +480,10 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
             # no data (after some) / never any data
             if last_data > 0:
                 lim = lim_nodata
+                # alive but silent: a heartbeat well into the silence, not just one that
+                # happened to follow the last record before the connection died
                 hb_ok = (p >= n_prov or prov_i64[p, P_HB_SEEN] == 0
-                         or prov_i64[p, P_LAST_HB] > t0)  # fmt: skip
+                         or prov_i64[p, P_LAST_HB] - t0 > lim * 0.5)  # fmt: skip
                 on_nd = t0 if silent >= lim * 0.5 else 0
                 onset[k, D_NO_DATA] = on_nd
                 active[k, D_NO_DATA] = 1 if (silent >= lim and hb_ok) else 0

@@ -235,7 +235,7 @@ def evaluate_reference(now, thr, gthr, sub_meta, sub_groups, group_meta, group_s
             lim = t[a.T_NO_DATA] if last_data else t[a.T_FIRST]
             proven = True
             if last_data and p < n_prov and prov_i64[p, a.P_HB_SEEN]:
-                proven = prov_i64[p, a.P_LAST_HB] > t0
+                proven = prov_i64[p, a.P_LAST_HB] - t0 > lim * 0.5
             onset[k, d_on] = t0 if silent >= lim * 0.5 else 0
             active[k, d_on] = int(silent >= lim and proven)
             meas[k, d_on, 0] = silent / 1e9

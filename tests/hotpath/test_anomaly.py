@@ -337,3 +337,20 @@ def test_an_open_group_ends_when_its_members_are_unsubscribed() -> None:
     got = [(e[1 + an.E_KIND], e[1 + an.E_LEVEL], e[1 + an.E_PHASE], e[1 + an.E_COUNT]) for e in ev]
     assert got == [(an.A_NO_DATA, an.LV_PROVIDER, an.PHASE_END, 0)]
     assert state.open_count() == 0
+
+
+def test_a_heartbeat_just_before_a_stall_does_not_make_it_no_data() -> None:
+    """The connection dies right after a heartbeat that followed the last record: a dead
+    connection (disconnect once the heartbeat timeout passes), not an alive-but-silent one."""
+    state = make_state()
+    _events(state, T0 + 5 * S, feed=lambda t: _feed(state, t))
+    t_stall = T0 + 5 * S
+    state.update(rec(KIND_HEARTBEAT, NO_INSTRUMENT, 1, t_stall + 10_000_000))
+
+    def others(t):  # the other providers go on, data and heartbeats
+        _feed(state, t, srcs=(0, 2, 3), hb=False)
+        state.update(np.concatenate([rec(KIND_HEARTBEAT, NO_INSTRUMENT, s, t) for s in (0, 2, 3)]))
+
+    ev = _events(state, T0 + 12 * S, feed=others)
+    kinds = [(e[1 + an.E_KIND], e[1 + an.E_PHASE], e[1 + an.E_PROVIDER]) for e in ev]
+    assert kinds == [(an.A_DISCONNECT, an.PHASE_START, 1)]
