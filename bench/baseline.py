@@ -10,7 +10,7 @@ daemon's sink (acks=all, idempotence, lz4, ``kafka.linger_ms``), ``poll(0)`` aft
 Which events move a provider's last price follows ``fair.inputs`` (trades: trade prices only;
 quotes: quote mids; both). Every event that moves one produces a fair price (no rate limit, no
 staleness: that is the naive part). Connections mirror the daemon's: one per (provider, ingest
-partition) with the same instruments (``fairfeed.daemon.partition``), so that simulators with a
+partition) with the same instruments (``fairfeed.core.partition``), so that simulators with a
 ``max_events`` per connection hand both pipelines the same workload.
 
 Run: ``python -m bench.baseline --config FILE [--status-interval S]``. It runs until SIGTERM or
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from confluent_kafka import Producer
 from websockets.asyncio.client import connect
 
-from fairfeed.daemon import config as config_mod
-from fairfeed.daemon.config import Config
+from fairfeed.core import config as config_mod
+from fairfeed.core.config import Config
 from fairfeed.daemon.run import assign_subscriptions, build_registry
-from fairfeed.daemon.sink import producer_config
+from fairfeed.kafka.sink import producer_config
 
 
 @dataclass

@@ -54,13 +54,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from fairfeed.daemon.broker import LocalBroker, ensure_topics, read_topic
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.daemon.partition import worker_for
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.counters import Slot
+from fairfeed.core.partition import worker_for
 from fairfeed.daemon.run import TOPIC_PARTITIONS
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.shm import list_segments
-from fairfeed.providers.simulator.server import SimulatorServer
+from fairfeed.kafka.broker import LocalBroker, ensure_topics, read_topic
+from fairfeed.local.simulator import SimulatorServer
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

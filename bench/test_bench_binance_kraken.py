@@ -17,11 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.hotpath.records import CLASS_SPOT, empty_records
-from fairfeed.providers.binance import BinanceParser, BinanceServer
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.records import CLASS_SPOT, empty_records
+from fairfeed.local.binance import BinanceServer
+from fairfeed.local.kraken import KrakenServer
+from fairfeed.providers.binance.parse import BinanceParser
 from fairfeed.providers.binance.symbols import stream_name
-from fairfeed.providers.kraken import KrakenParser, KrakenServer
+from fairfeed.providers.kraken.parse import KrakenParser
 from fairfeed.providers.kraken.symbols import to_symbol
 
 PRICES = {"BTC-USDT": 64000.0, "ETH-USDT": 3000.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5}

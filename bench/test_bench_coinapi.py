@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.hotpath.records import CLASS_PERPETUAL, CLASS_SPOT, empty_records
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.records import CLASS_PERPETUAL, CLASS_SPOT, empty_records
+from fairfeed.local.coinapi import CoinApiServer
 from fairfeed.providers.coinapi.parse import CoinApiParser
-from fairfeed.providers.coinapi.server import CoinApiServer
 
 SYMBOLS = {
     "COINBASE_SPOT_BTC_USD": (0, 1, CLASS_SPOT),

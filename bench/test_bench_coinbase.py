@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from fairfeed.hotpath.records import CLASS_SPOT, empty_records
+from fairfeed.core.records import CLASS_SPOT, empty_records
+from fairfeed.local.capture import received
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser, ExchangeFeedParser
-from fairfeed.providers.replay.capture import received
 
 CAPTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "captures"
 TS = 1_786_309_548_000_000_000

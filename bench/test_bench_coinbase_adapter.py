@@ -19,15 +19,16 @@ import time
 import numpy as np
 import pytest
 
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import CLASS_CODES
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import CLASS_CODES
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.coinbase import SEQ_MARK, CoinbaseServer
+from fairfeed.local.replay import ReplayServer
+from fairfeed.local.wsserver import Conn
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
-from fairfeed.providers.coinbase.server import SEQ_MARK, CoinbaseServer
-from fairfeed.providers.local.wsserver import Conn
-from fairfeed.providers.replay.server import ReplayServer
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0, "XRP-USD": 0.5}
 EVENTS = 40_000

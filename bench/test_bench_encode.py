@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fairfeed.daemon.encode import TickEncoder
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import CLASS_SPOT, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.records import CLASS_SPOT, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.registry import Registry
+from fairfeed.kafka.encode import TickEncoder
 
 REGISTRY = Registry.build(
     [("BTC-USD", CLASS_SPOT), ("ETH-USD", CLASS_SPOT), ("SOL-USD", CLASS_SPOT)],
@@ -69,7 +69,7 @@ def test_encode_fair(benchmark) -> None:
 
 @pytest.fixture(scope="module")
 def broker():
-    from fairfeed.daemon.broker import LocalBroker
+    from fairfeed.kafka.broker import LocalBroker
 
     with LocalBroker() as b:
         yield b
@@ -78,10 +78,9 @@ def broker():
 def test_encode_and_produce(benchmark, broker) -> None:
     """Encode + hand to the producer (CPU on the compute thread), 4096-record batches; the
     flush at the end of each round includes broker acks, so this is end-to-end throughput."""
-    from fairfeed.daemon.config import KafkaConfig
-    from fairfeed.daemon.sink import KafkaSink
-    from fairfeed.ipc.control import Slot
-    from fairfeed.providers.base import DictCounters
+    from fairfeed.core.config import KafkaConfig
+    from fairfeed.core.counters import DictCounters, Slot
+    from fairfeed.kafka.sink import KafkaSink
 
     counters = DictCounters()
     sink = KafkaSink(KafkaConfig(bootstrap=broker.bootstrap), counters)

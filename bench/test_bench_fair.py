@@ -27,12 +27,12 @@ import time
 import numpy as np
 import pytest
 
-from fairfeed.daemon.encode import TickEncoder
-from fairfeed.daemon.registry import Registry
+from fairfeed.core.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.registry import Registry
 from fairfeed.hotpath import fairmethods as fm
 from fairfeed.hotpath import fairprice as fp
-from fairfeed.hotpath.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.hotpath.warmup import warm_up
+from fairfeed.kafka.encode import TickEncoder
 
 N_INSTRUMENTS = 10_000
 N_SOURCES = 5  # five providers, one venue each

@@ -41,8 +41,8 @@ def _cpu() -> float:
 
 
 def _messages(n: int = 2000) -> list[bytes]:
-    from fairfeed.daemon.config import SimulatorConfig
-    from fairfeed.providers.kaiko.server import KaikoServer
+    from fairfeed.core.config import SimulatorConfig
+    from fairfeed.local.kaiko import KaikoServer
 
     srv = KaikoServer(SimulatorConfig(prices={"BTC-USD": 64000.0, "ETH-USD": 3000.0}))
     insts = srv.instruments[:2]
@@ -128,10 +128,11 @@ def _st_raw_client(target: str, n: int, out) -> None:
 
 
 def _adapter_client(target: str, n: int, out) -> None:
-    from fairfeed.daemon.config import ProviderConfig
-    from fairfeed.daemon.registry import Registry
-    from fairfeed.ipc.control import Slot
-    from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+    from fairfeed.core.config import ProviderConfig
+    from fairfeed.core.counters import DictCounters, Slot
+    from fairfeed.core.registry import Registry
+    from fairfeed.core.subscriptions import Subscription
+    from fairfeed.providers.base import IngestContext
     from fairfeed.providers.kaiko.adapter import KaikoAdapter
 
     reg = Registry.build([("BTC-USD", 1), ("ETH-USD", 1)], [("kaiko", "COINBASE")])
@@ -202,9 +203,9 @@ def test_client_setups(benchmark):
 
 @pytest.fixture(scope="module")
 def parser_and_messages():
-    from fairfeed.daemon.config import SimulatorConfig
+    from fairfeed.core.config import SimulatorConfig
+    from fairfeed.local.kaiko import KaikoServer
     from fairfeed.providers.kaiko.parse import KaikoParser
-    from fairfeed.providers.kaiko.server import KaikoServer
 
     srv = KaikoServer(
         SimulatorConfig(prices={"BTC-USD": 64000.0, "ETH-USD": 3000.0}, quote_ratio=0.5)
@@ -217,7 +218,7 @@ def parser_and_messages():
 
 
 def _bench_parse(benchmark, parse, msgs) -> None:
-    from fairfeed.hotpath.records import RECORD_DTYPE
+    from fairfeed.core.records import RECORD_DTYPE
 
     out = np.zeros(len(msgs), RECORD_DTYPE)
 

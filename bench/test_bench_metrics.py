@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fairfeed.daemon import config as config_mod
+from fairfeed.core import config as config_mod
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.daemon.compute import Pipeline
-from fairfeed.daemon.counters import SlotCounters
 from fairfeed.daemon.metrics import FairfeedCollector, render_text
 from fairfeed.daemon.run import build_registry
 from fairfeed.daemon.supervisor import ChildSpec
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.hotpath.metrics import N_HOPS, warm_metrics
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.control import ControlBlock
-from fairfeed.ipc.metricsboard import N_HOPS, MetricsBoard, warm_metrics
+from fairfeed.ipc.counters import SlotCounters
+from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
 

@@ -25,8 +25,8 @@ import numpy as np
 import orjson
 import pytest
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.hotpath.records import (
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -251,7 +251,7 @@ N_EVENTS = 300_000
 
 
 def _sim_server(conn, batch: int) -> None:
-    from fairfeed.providers.simulator.server import SimulatorServer, serve_forever
+    from fairfeed.local.simulator import SimulatorServer, serve_forever
 
     cfg = SimulatorConfig(prices={"BTC-USD": 64000.0, "ETH-USD": 3000.0}, rate=0, batch=batch)
     server = SimulatorServer("bench", cfg)
@@ -296,10 +296,10 @@ async def _count_events(url: str) -> float:
 
 async def _adapter_events(url: str) -> tuple[float, float]:
     """(wall s, this process's CPU s) for the adapter to ingest N_EVENTS events."""
-    from fairfeed.daemon.config import ProviderConfig
-    from fairfeed.daemon.registry import Registry
-    from fairfeed.ipc.control import Slot
-    from fairfeed.providers.base import DictCounters, IngestContext
+    from fairfeed.core.config import ProviderConfig
+    from fairfeed.core.counters import DictCounters, Slot
+    from fairfeed.core.registry import Registry
+    from fairfeed.providers.base import IngestContext
     from fairfeed.providers.simulator.adapter import SimulatorAdapter
 
     reg = Registry.build([("BTC-USD", CLASS_SPOT), ("ETH-USD", CLASS_SPOT)], [("bench", "v")])

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fairfeed.hotpath.records import RECORD_DTYPE
+from fairfeed.core.records import RECORD_DTYPE
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 
 DROP = OverflowPolicy(block_timeout=0)

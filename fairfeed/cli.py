@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ctl":
         return ctl_client.main(args)
 
-    from fairfeed.daemon import config
+    from fairfeed.core import config
 
     try:
         cfg = config.load(args.config)

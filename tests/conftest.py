@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fairfeed.daemon.broker import LocalBroker, read_topic
+from fairfeed.kafka.broker import LocalBroker, read_topic
 
 _topic_ids = itertools.count()
 
@@ -36,7 +36,7 @@ def consume_all(
     group: str = "fairfeed-tests",
 ) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every message of ``topic`` as ``(partition, key, value)``, in partition then offset order
-    (:func:`~fairfeed.daemon.broker.read_topic`). Call it after the producer's flush."""
+    (:func:`~fairfeed.kafka.broker.read_topic`). Call it after the producer's flush."""
     out: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {}
     for msg in read_topic(bootstrap, topic, group=group, timeout=timeout):
         out.setdefault(msg.partition(), []).append((msg.partition(), msg.key(), msg.value()))

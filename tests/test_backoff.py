@@ -1,6 +1,6 @@
 import random
 
-from fairfeed.backoff import Backoff
+from fairfeed.core.backoff import Backoff
 
 
 def test_delays_grow_are_jittered_and_capped() -> None:

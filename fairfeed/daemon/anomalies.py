@@ -1,5 +1,5 @@
-"""Anomaly detection in the compute process: the kernels' state built from the configuration,
-the periodic evaluation, and the Kafka encoding of the events (docs/kafka-schema.md).
+"""Anomaly detection in the compute process: the kernels' state built from the configuration
+and the periodic evaluation (the events' Kafka encoding is ``fairfeed.kafka.encode``).
 
 The monitored subscriptions are the live set when the detector is built (the supervisor's
 subscription book); thresholds are resolved per instrument (instrument over data class over
@@ -10,17 +10,12 @@ other episodes go on (a subscription, once monitored, keeps its place: re-subscr
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import orjson
 
-from fairfeed.daemon.config import AnomalyConfig, Config, anomaly_thresholds
-from fairfeed.daemon.registry import Registry
+from fairfeed.core.config import AnomalyConfig, Config, anomaly_thresholds
+from fairfeed.core.registry import Registry
 from fairfeed.hotpath import anomaly as an
-from fairfeed.hotpath.records import CLASS_CODES, CLASS_NAMES
 
-SCHEMA_VERSION = 1
 NS = 1_000_000_000
 
 _THRESHOLD_COLUMNS = {
@@ -143,99 +138,14 @@ class AnomalyDetector:
 
     def evaluate(
         self, now_ns: int, fair: np.ndarray, ring_dropped: np.ndarray
-    ) -> list[tuple[bytes, bytes]]:
-        """Run one evaluation; the ``(key, value)`` messages of its events."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run one evaluation; its event rows (``E_*`` integer and float columns), for
+        :func:`fairfeed.kafka.encode.encode_anomalies`."""
         self.next_ns = now_ns + self.interval_ns
         fair = fair[: self.n_instruments] if len(fair) >= self.n_instruments else fair
         ei, ef = self.state.evaluate(now_ns, fair, ring_dropped)
         self.total += len(ei)
-        return encode_events(ei, ef, self.registry)
+        return ei, ef
 
     def open_count(self) -> int:
         return self.state.open_count()
-
-
-def _values(kind: int, ef: list[float], count: int) -> dict[str, Any]:
-    v0, v1, v2, _thr = ef
-    if kind in (an.A_NO_DATA,):
-        return {"silent_s": v0, "subscriptions": count}
-    if kind == an.A_NO_FIRST_DATA:
-        return {"waited_s": v0, "subscriptions": count}
-    if kind == an.A_DIVERGENCE:
-        return {"deviation": v0, "price": v1, "fair": v2, "subscriptions": count}
-    if kind == an.A_VENUE_DIVERGENCE:
-        return {"spread": v0, "low": v1, "high": v2, "subscriptions": count}
-    if kind in (an.A_LATENCY_EXCHANGE, an.A_LATENCY_LOCAL, an.A_CLOCK_SKEW):
-        return {"latency_ms": v0, "subscriptions": count}
-    if kind == an.A_RATE_DROP:
-        return {"rate": v0, "baseline": v1, "subscriptions": count}
-    if kind == an.A_GAP:
-        return {"gaps": int(v0), "missed": int(v1)}
-    if kind == an.A_DISCONNECT:
-        return {"reason": an.REASON_NAMES.get(int(v0), "unknown"), "silent_s": v1}
-    if kind == an.A_RING_OVERFLOW:
-        return {"ring": count, "dropped": int(v0)}
-    return {}
-
-
-def encode_events(
-    ev_i: np.ndarray, ev_f: np.ndarray, registry: Registry
-) -> list[tuple[bytes, bytes]]:
-    """One ``(key, value)`` per event row; the key is the subject string
-    (``provider/venue/data_class/instrument`` with ``*`` where not applicable; a ring overflow
-    is keyed ``ring<N>``)."""
-    out = []
-    reg = registry
-    for row_i, row_f in zip(ev_i.tolist(), ev_f.tolist(), strict=True):
-        kind = row_i[an.E_KIND]
-        p, v, c, i = (row_i[an.E_PROVIDER], row_i[an.E_VENUE], row_i[an.E_CLASS],
-                      row_i[an.E_INSTRUMENT])  # fmt: skip
-        subject = {
-            "provider": reg.providers[p] if 0 <= p < len(reg.providers) else None,
-            "venue": reg.venues[v] if 0 <= v < len(reg.venues) else None,
-            "data_class": CLASS_NAMES.get(c) if c >= 0 else None,
-            "instrument": reg.instruments[i] if 0 <= i < len(reg.instruments) else None,
-        }
-        if kind == an.A_RING_OVERFLOW:
-            key = f"ring{row_i[an.E_COUNT]}"
-        else:
-            key = "/".join(x if x is not None else "*" for x in subject.values())
-        end = row_i[an.E_END]
-        value = {
-            "schema": SCHEMA_VERSION,
-            "type": "anomaly",
-            "kind": an.KIND_NAMES.get(kind, str(kind)),
-            "phase": "start" if row_i[an.E_PHASE] == an.PHASE_START else "end",
-            "subject": subject,
-            "level": LEVEL_NAMES.get(row_i[an.E_LEVEL], "?"),
-            "start": row_i[an.E_START],
-            "end": end if end else None,
-            "detected": row_i[an.E_DETECTED],
-            "values": _values(kind, row_f, row_i[an.E_COUNT]),
-            "threshold": row_f[3],
-        }
-        out.append((key.encode(), orjson.dumps(value)))
-    return out
-
-
-LEVEL_NAMES = {
-    an.LV_SUB: "subscription",
-    an.LV_PROVIDER: "provider",
-    an.LV_VENUE: "venue",
-    an.LV_CLASS: "data_class",
-    an.LV_INSTRUMENT: "instrument",
-    an.LV_SOURCE: "source",
-    an.LV_VENUE_INSTRUMENT: "venue_instrument",
-    an.LV_RING: "ring",
-}
-
-
-def decode_anomaly(value: bytes) -> dict[str, Any]:
-    """Parse an anomaly value (tests, tools)."""
-    msg = orjson.loads(value)
-    if msg.get("type") != "anomaly" or msg.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"not an anomaly message of schema {SCHEMA_VERSION}: {msg!r:.200}")
-    return msg
-
-
-__all__ = ["CLASS_CODES", "AnomalyDetector", "decode_anomaly", "encode_events"]

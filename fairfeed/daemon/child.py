@@ -8,7 +8,8 @@ import os
 import signal
 import time
 
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.core.counters import Slot
+from fairfeed.ipc.control import ControlBlock
 
 # Exit codes with a meaning for the supervisor (gunicorn reserves such codes too).
 EXIT_OK = 0

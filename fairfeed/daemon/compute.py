@@ -10,22 +10,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fairfeed.core.config import Config
+from fairfeed.core.counters import Slot
+from fairfeed.core.records import MAX_MARKET_KIND, RECORD_DTYPE
+from fairfeed.core.registry import Registry
 from fairfeed.daemon.anomalies import AnomalyDetector
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
 from fairfeed.daemon.commands import CommandPipe
-from fairfeed.daemon.config import Config
-from fairfeed.daemon.counters import SlotCounters
-from fairfeed.daemon.encode import TickEncoder
-from fairfeed.daemon.registry import Registry
-from fairfeed.daemon.sink import KafkaSink
+from fairfeed.hotpath.anomaly import E_KIND, E_PHASE, E_PROVIDER, PHASE_START
 from fairfeed.hotpath.fairmethods import FairBook
-from fairfeed.hotpath.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.ipc.blobring import BlobRing
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.counters import SlotCounters
 from fairfeed.ipc.metricsboard import KafkaHop as _KafkaHop
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
+from fairfeed.kafka.encode import TickEncoder, encode_anomalies
+from fairfeed.kafka.sink import KafkaSink
 
 log = logging.getLogger("fairfeed.compute")
 
@@ -262,10 +264,14 @@ class Pipeline:
             return
         dropped = np.array([r.dropped for r in rings], np.int64)
         topic = self.cfg.kafka.anomalies_topic
-        for key, value in det.evaluate(now_ns, self.control.fair_price, dropped):
+        ev_i, ev_f = det.evaluate(now_ns, self.control.fair_price, dropped)
+        for key, value in encode_anomalies(ev_i, ev_f, self.registry):
             self.sink.produce(topic, key, value)
-            if self.metrics is not None:
-                self.metrics.anomaly_message(value, self.registry)
+        if self.metrics is not None:
+            n_providers = len(self.registry.providers)
+            for kind, provider, phase in ev_i[:, [E_KIND, E_PROVIDER, E_PHASE]].tolist():
+                provider = provider if 0 <= provider < n_providers else -1
+                self.metrics.anomaly_event(kind, provider, phase == PHASE_START)
         self.counters.set(Slot.ANOMALIES_OPEN, det.open_count())
         self.counters.set(Slot.ANOMALIES_TOTAL, det.total)
 

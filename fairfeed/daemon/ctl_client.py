@@ -178,7 +178,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def socket_path(args: argparse.Namespace) -> Path:
-    from fairfeed.daemon import config
+    from fairfeed.core import config
     from fairfeed.daemon.ctl_server import default_socket_path
 
     if args.socket:
@@ -191,7 +191,7 @@ def socket_path(args: argparse.Namespace) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from fairfeed.daemon import config
+    from fairfeed.core import config
 
     cmd = args.ctl_command
     payload: dict[str, Any] = {}

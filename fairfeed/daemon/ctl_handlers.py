@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fairfeed.daemon import config as config_mod
+from fairfeed.core import config as config_mod
+from fairfeed.core.config import LOG_LEVELS, Config
+from fairfeed.core.counters import Slot
+from fairfeed.core.registry import Registry
 from fairfeed.daemon.compute import ComputeWorker
-from fairfeed.daemon.config import LOG_LEVELS, Config
 from fairfeed.daemon.ctl_protocol import ProtocolError
 from fairfeed.daemon.ingest import IngestWorker
-from fairfeed.daemon.registry import Registry
 from fairfeed.daemon.subscriptions import Key, SubscriptionBook, SubscriptionError
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
 

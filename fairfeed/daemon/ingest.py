@@ -13,16 +13,18 @@ from typing import Any
 
 import numpy as np
 
+from fairfeed.core.config import Config
+from fairfeed.core.counters import Slot
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
 from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, prepare_child
 from fairfeed.daemon.commands import CommandPipe
-from fairfeed.daemon.config import Config
-from fairfeed.daemon.counters import SlotCounters
-from fairfeed.daemon.encode import encode_dead_letter
-from fairfeed.daemon.registry import Registry
 from fairfeed.ipc.blobring import BlobRing
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.counters import SlotCounters
 from fairfeed.ipc.ring import OverflowPolicy, Ring
-from fairfeed.providers.base import Adapter, IngestContext, Subscription
+from fairfeed.kafka.encode import encode_dead_letter
+from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed.ingest")

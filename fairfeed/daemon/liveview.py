@@ -7,9 +7,9 @@ import sys
 import time
 from typing import TextIO
 
-from fairfeed.daemon.registry import Registry
+from fairfeed.core.counters import Slot
+from fairfeed.core.registry import Registry
 from fairfeed.daemon.supervisor import Supervisor
-from fairfeed.ipc.control import Slot
 
 _ERROR_FIELDS = (
     ("parse errors", Slot.PARSE_ERRORS),

@@ -32,9 +32,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from fairfeed.hotpath.records import CLASS_NAMES
-from fairfeed.ipc.control import Slot
-from fairfeed.ipc.metricsboard import BOUNDS_S, HOPS, M_UNTIMED, MetricsBoard
+from fairfeed.core.counters import Slot
+from fairfeed.core.records import CLASS_NAMES
+from fairfeed.hotpath.metrics import BOUNDS_S, HOPS, M_UNTIMED
+from fairfeed.ipc.metricsboard import MetricsBoard
 
 if TYPE_CHECKING:
     from fairfeed.daemon.ctl_handlers import Runtime

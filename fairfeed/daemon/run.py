@@ -8,29 +8,30 @@ import os
 import sys
 from pathlib import Path
 
-from fairfeed.daemon.broker import LocalBroker, ensure_topics, free_port
+from fairfeed.core.config import Config, ConfigError
+from fairfeed.core.records import CLASS_CODES
+from fairfeed.core.registry import Registry, RegistryError
+from fairfeed.core.subscriptions import Subscription
 from fairfeed.daemon.child import configure_logging
 from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.compute import ComputeWorker
-from fairfeed.daemon.config import Config, ConfigError
 from fairfeed.daemon.ctl_handlers import ControlHandlers, Runtime
 from fairfeed.daemon.ctl_server import ControlServer, default_socket_path
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
-from fairfeed.daemon.registry import Registry, RegistryError
 from fairfeed.daemon.simulators import SimulatorHost
 from fairfeed.daemon.subscriptions import SubscriptionBook, default_state_file
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
-from fairfeed.hotpath.records import CLASS_CODES
+from fairfeed.hotpath.metrics import warm_metrics
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
-from fairfeed.ipc.metricsboard import MetricsBoard, warm_metrics
+from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
 from fairfeed.ipc.streams import StreamBoard
-from fairfeed.providers.base import Subscription
-from fairfeed.providers.catalog import local_url, prepare_local_keys
+from fairfeed.kafka.broker import LocalBroker, ensure_topics, free_port
+from fairfeed.local.catalog import local_url, prepare_local_keys
 
 log = logging.getLogger("fairfeed")
 

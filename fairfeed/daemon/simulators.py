@@ -8,10 +8,11 @@ import os
 import signal
 from dataclasses import dataclass
 
+from fairfeed.core.config import Config, ProviderConfig
+from fairfeed.core.counters import Slot
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
-from fairfeed.daemon.config import Config, ProviderConfig
-from fairfeed.ipc.control import ControlBlock, Slot
-from fairfeed.providers.catalog import local_server
+from fairfeed.ipc.control import ControlBlock
+from fairfeed.local.catalog import local_server
 
 log = logging.getLogger("fairfeed.simulators")
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import orjson
 
-from fairfeed.daemon.config import Config
-from fairfeed.daemon.partition import worker_for
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import CLASS_CODES
-from fairfeed.providers.base import Subscription
+from fairfeed.core.config import Config
+from fairfeed.core.partition import worker_for
+from fairfeed.core.records import CLASS_CODES
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fairfeed.backoff import Backoff
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.config import DaemonConfig
+from fairfeed.core.counters import Slot
 from fairfeed.daemon.child import EXIT_BOOT_ERROR, EXIT_ERROR, EXIT_OK
 from fairfeed.daemon.commands import CommandPipe
-from fairfeed.daemon.config import DaemonConfig
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.control import ControlBlock
 
 log = logging.getLogger("fairfeed.supervisor")
 

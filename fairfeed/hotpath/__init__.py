@@ -1,1 +1,1 @@
-"""Hot path: the record dtype and the Numba kernels that run over record arrays."""
+"""Hot path: the Numba kernels that run over record arrays (each with a slow reference)."""

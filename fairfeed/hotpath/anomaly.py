@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_GAP,

@@ -11,8 +11,7 @@ import math
 
 import numpy as np
 
-from fairfeed.hotpath import anomaly as a
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_GAP,
@@ -23,6 +22,7 @@ from fairfeed.hotpath.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
+from fairfeed.hotpath import anomaly as a
 
 
 def update_reference(records, n, sub_table, source_table, sub_i64, sub_f64, prov_i64, bursts):

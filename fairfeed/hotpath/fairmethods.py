@@ -57,6 +57,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
 from fairfeed.hotpath.fairprice import (
     INPUTS_CODES,
     INPUTS_QUOTES,
@@ -64,7 +65,6 @@ from fairfeed.hotpath.fairprice import (
     NEVER_NS,
     seconds_to_ns,
 )
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
 
 # Methods (``FairConfig.method``). Weighted median, everywhere below: sort by price, cumulative
 # weight ``c``; the first price with ``c ≥ W/2``; when ``c = W/2`` (to 1e-12·W) the mean of it and

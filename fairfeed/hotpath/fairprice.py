@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
 
 # Which records feed a source's last price (``FairConfig.inputs``).
 INPUTS_TRADES = 0  # last trade price
@@ -288,7 +288,7 @@ class FairState:
 
     @classmethod
     def from_registry(cls, registry, inputs: str = "trades") -> FairState:
-        """State sized for ``registry`` (a ``fairfeed.daemon.registry.Registry``)."""
+        """State sized for ``registry`` (a ``fairfeed.core.registry.Registry``)."""
         return cls(
             len(registry.instruments), len(registry.sources), registry.source_table(), inputs
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fairfeed.hotpath.records import KIND_GAP, RECORD_DTYPE
+from fairfeed.core.records import KIND_GAP, RECORD_DTYPE
 
 
 @njit(cache=True)

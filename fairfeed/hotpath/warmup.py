@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.hotpath import fairmethods
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.hotpath.sequence import SequenceTracker
-from fairfeed.ipc.streams import count_streams_nb
+from fairfeed.hotpath.streams import count_streams_nb
 
 _warm_seconds: float | None = None
 

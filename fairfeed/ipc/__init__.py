@@ -1,0 +1,1 @@
+"""Shared memory between processes: segments, rings, the control block and the boards."""

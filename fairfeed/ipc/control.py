@@ -7,44 +7,11 @@ are aligned 8-byte words written by a single process, so readers never see a tor
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
+from fairfeed.core.counters import SLOT_WORDS, Slot
 from fairfeed.ipc.shm import attach_segment, create_segment
 
-
-class Slot(enum.IntEnum):
-    """Fields of one child's slot (uint64 each)."""
-
-    HEARTBEAT = 0  # bumped by the child's main loop
-    PID = 1
-    READY = 2  # 1 once the child has booted
-    RECORDS_IN = 3  # ingest: records parsed; compute: records read from rings
-    RECORDS_OUT = 4  # ingest: records written to the ring; compute: ticks produced
-    PARSE_ERRORS = 5
-    RING_DROPPED = 6
-    FRAMES_IN = 7
-    RECONNECTS = 8
-    FAIR_OUT = 9  # fair-price records produced
-    KAFKA_DELIVERED = 10  # Kafka messages acknowledged by the broker
-    KAFKA_ERRORS = 11  # delivery reports with an error
-    KAFKA_RETRIES = 12  # produce attempts retried after BufferError
-    KAFKA_DROPPED = 13  # messages given up after the BufferError retry bound
-    CONNECTED = 14  # ingest: open provider connections
-    KAFKA_QUEUE = 15  # messages waiting in librdkafka's local queue
-    GAPS = 16  # sequence gaps detected by adapters
-    MISSED = 17  # messages missed in those gaps
-    HEARTBEATS = 18  # provider heartbeats received
-    DISCONNECTS = 19  # provider connections lost (not counting our own closes)
-    SUBSCRIBE_ERRORS = 20  # subscriptions refused by a provider
-    DEAD_LETTERS = 21  # malformed frames forwarded to the dead-letter topic
-    DEAD_LETTERS_DROPPED = 22  # malformed frames not forwarded (dead-letter ring full)
-    ANOMALIES_OPEN = 23  # compute: anomaly episodes open now
-    ANOMALIES_TOTAL = 24  # compute: anomaly events published (starts and ends)
-
-
-SLOT_WORDS = 32
 _BOARD_FIELDS = 3  # price (f64 bits), ts_ns, n_sources
 
 

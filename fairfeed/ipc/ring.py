@@ -15,7 +15,7 @@ line  counter                                                 written by
 After the records comes a table of ``STAMPS`` *publish stamps* ``(head after the write, wall
 time ns)``, one per :meth:`Ring.write`, indexed by a count kept next to ``head`` (line 0, word
 1). The consumer uses them to time the receive → ring and ring → kernel hops per record without
-touching the record (see :func:`fairfeed.ipc.metricsboard.update_metrics_nb`); a stamp is
+touching the record (see :func:`fairfeed.hotpath.metrics.update_metrics_nb`); a stamp is
 written before ``head``, so a consumer that sees the records sees their stamp. A consumer more
 than ``STAMPS`` writes behind loses the oldest stamps (those records go untimed).
 
@@ -33,7 +33,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from fairfeed.hotpath.records import RECORD_DTYPE, RECORD_SIZE
+from fairfeed.core.records import RECORD_DTYPE, RECORD_SIZE
 from fairfeed.ipc.shm import attach_segment, create_segment
 
 HEADER_BYTES = 256

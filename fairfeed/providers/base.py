@@ -14,65 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fairfeed.daemon.config import ProviderConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import CLASS_CODES
-from fairfeed.ipc.control import Slot
-
-
-class Counters(abc.ABC):
-    """Where an adapter counts what happened (frames, parse errors, reconnects...)."""
-
-    @abc.abstractmethod
-    def add(self, field: Slot, n: int = 1) -> None: ...
-
-    @abc.abstractmethod
-    def set(self, field: Slot, value: int) -> None: ...
-
-
-class DictCounters(Counters):
-    """In-process counters, for tests and benchmarks."""
-
-    def __init__(self) -> None:
-        self.values: dict[Slot, int] = {}
-
-    def add(self, field: Slot, n: int = 1) -> None:
-        self.values[field] = self.values.get(field, 0) + n
-
-    def set(self, field: Slot, value: int) -> None:
-        self.values[field] = value
-
-    def __getitem__(self, field: Slot) -> int:
-        return self.values.get(field, 0)
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """One (provider, venue, instrument) stream, with the ids its records carry."""
-
-    provider: str
-    venue: str
-    instrument: str  # canonical name, e.g. "BTC-USD"
-    data_class: str  # "spot", "future", "perpetual", "option"
-    provider_id: int
-    venue_id: int
-    instrument_id: int
-    class_code: int
-
-    @classmethod
-    def resolve(
-        cls, registry: Registry, provider: str, venue: str, instrument: str, data_class: str
-    ) -> Subscription:
-        return cls(
-            provider,
-            venue,
-            instrument,
-            data_class,
-            registry.provider_id(provider),
-            registry.venue_id(venue),
-            registry.instrument_id(instrument),
-            CLASS_CODES[data_class],
-        )
+from fairfeed.core.config import ProviderConfig
+from fairfeed.core.counters import Counters
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
 
 
 @dataclass

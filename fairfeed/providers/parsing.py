@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fairfeed.hotpath.records import RECORD_DTYPE
+from fairfeed.core.records import RECORD_DTYPE
 
 HEARTBEAT = -1  # a heartbeat: the connection is alive, no records
 CONTROL = -2  # a protocol answer (subscribed, error, reconnect notice...), in parser.control

@@ -9,7 +9,7 @@ every provider:
   client: about 20x cheaper per frame than ``websockets``).
 * **Batching.** Records parsed from every frame of one socket read are handed to ``ctx.emit``
   once, when picows marks the read's last frame (``frame.last_in_buffer``).
-* **Reconnects** with capped, jittered backoff (:class:`~fairfeed.backoff.Backoff`, reset only
+* **Reconnects** with capped, jittered backoff (:class:`~fairfeed.core.backoff.Backoff`, reset only
   once a subscription is acknowledged), re-subscription on every connect, subscribe requests
   staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
   the backoff keeps growing), and a planned reconnect before a protocol's maximum connection age
@@ -39,8 +39,9 @@ from collections.abc import Sequence
 import numpy as np
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from fairfeed.backoff import Backoff
-from fairfeed.hotpath.records import (
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.counters import Slot
+from fairfeed.core.records import (
     KIND_HEARTBEAT,
     KIND_STATUS,
     RECORD_DTYPE,
@@ -49,9 +50,9 @@ from fairfeed.hotpath.records import (
     STATUS_SUBSCRIBE_ERROR,
     health_records,
 )
+from fairfeed.core.subscriptions import Subscription
 from fairfeed.hotpath.sequence import SequenceTracker
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import Adapter, IngestContext, Subscription
+from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from fairfeed.daemon.anomalies import AnomalyDetector, decode_anomaly, global_row, threshold_row
-from fairfeed.daemon.config import AnomalyConfig, loads
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath import anomaly as an
-from fairfeed.hotpath.records import (
+from fairfeed.core.config import AnomalyConfig, loads
+from fairfeed.core.records import (
     CLASS_CODES,
     KIND_HEARTBEAT,
     KIND_TRADE,
     NO_INSTRUMENT,
     RECORD_DTYPE,
 )
+from fairfeed.core.registry import Registry
+from fairfeed.daemon.anomalies import AnomalyDetector, global_row, threshold_row
+from fairfeed.hotpath import anomaly as an
+from fairfeed.kafka.encode import decode_anomaly, encode_anomalies
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -42,7 +43,8 @@ def _run(det: AnomalyDetector, reg, streams, t0: int, t1: int) -> list[dict]:
         t += S // 4
         if streams:
             det.update(_records(reg, streams, t))
-        msgs = det.evaluate(t, np.full(len(reg.instruments), 100.0), np.zeros(1, np.int64))
+        rows = det.evaluate(t, np.full(len(reg.instruments), 100.0), np.zeros(1, np.int64))
+        msgs = encode_anomalies(*rows, reg)
         out += [decode_anomaly(value) for _key, value in msgs]
     return out
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from fairfeed.daemon.anomalies import decode_anomaly
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.kraken.server import KrakenServer
-from fairfeed.providers.local.faults import Fault
-from fairfeed.providers.local.wsserver import ServerThread
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.kafka.encode import decode_anomaly
+from fairfeed.local.faults import Fault
+from fairfeed.local.kraken import KrakenServer
+from fairfeed.local.wsserver import ServerThread
 from tests.conftest import consume_all
 from tests.daemon.daemon_process import DaemonProcess, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from fairfeed.daemon.broker import BrokerError, LocalBroker, ensure_topics
+from fairfeed.kafka.broker import BrokerError, LocalBroker, ensure_topics
 
 
 def _alive(pid: int) -> bool:
@@ -98,7 +98,7 @@ def test_killed_parent_leaves_no_broker() -> None:
     """PR_SET_PDEATHSIG: the broker dies with the process that started it, even by SIGKILL."""
     code = (
         "import os, sys, time\n"
-        "from fairfeed.daemon.broker import LocalBroker\n"
+        "from fairfeed.kafka.broker import LocalBroker\n"
         "b = LocalBroker().start()\n"
         "print(b.pid, flush=True)\n"
         "time.sleep(60)\n"

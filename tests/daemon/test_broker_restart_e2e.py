@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from fairfeed.daemon.broker import LocalBroker
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.daemon.encode import decode_ticks
-from fairfeed.providers.simulator.server import SimulatorServer, SimulatorThread
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.kafka.broker import LocalBroker
+from fairfeed.kafka.encode import decode_ticks
+from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.daemon.daemon_process import DaemonProcess, wait_for
 
 pytestmark = pytest.mark.slow

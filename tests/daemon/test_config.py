@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fairfeed.daemon import config
-from fairfeed.daemon.config import ConfigError
+from fairfeed.core import config
+from fairfeed.core.config import ConfigError
 
 PROVIDER = '[[providers]]\nname = "a"\nkind = "simulator"\nvenue = "V"\nurl = "ws://x"\n'
 
@@ -78,7 +78,7 @@ def test_daemon_refuses_to_start_on_a_bad_key(tmp_path: Path) -> None:
 
 def test_check_config_accepts_the_shipped_default(tmp_path: Path) -> None:
     path = tmp_path / "ok.toml"
-    path.write_text(config.resources.files("fairfeed.daemon").joinpath("default.toml").read_text())
+    path.write_text(config.resources.files("fairfeed.core").joinpath("default.toml").read_text())
     proc = subprocess.run(
         [sys.executable, "-m", "fairfeed", "check-config", str(path)],
         capture_output=True,

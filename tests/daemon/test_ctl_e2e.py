@@ -18,11 +18,11 @@ import numpy as np
 import orjson
 import pytest
 
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.records import KIND_ASK
 from fairfeed.daemon import ctl_client
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.daemon.encode import decode_ticks
-from fairfeed.hotpath.records import KIND_ASK
-from fairfeed.providers.simulator.server import SimulatorServer, SimulatorThread
+from fairfeed.kafka.encode import decode_ticks
+from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.conftest import consume_all
 from tests.daemon.daemon_process import DaemonProcess, wait_for
 

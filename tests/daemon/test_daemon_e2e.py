@@ -14,11 +14,11 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.daemon.encode import decode_ticks
-from fairfeed.daemon.partition import worker_for
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE
-from fairfeed.providers.simulator.server import SimulatorServer, SimulatorThread
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.partition import worker_for
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE
+from fairfeed.kafka.encode import decode_ticks
+from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.conftest import consume_all
 from tests.daemon.daemon_process import DaemonProcess, alive, wait_for
 

@@ -6,18 +6,7 @@ import numpy as np
 import orjson
 import pytest
 
-from fairfeed.daemon.encode import (
-    SCHEMA_VERSION,
-    TICK_COLUMNS,
-    TickEncoder,
-    decode_fair,
-    decode_ticks,
-    decode_ticks_records,
-    encode_fair,
-    encode_ticks,
-)
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_PERPETUAL,
     CLASS_SPOT,
     KIND_ASK,
@@ -29,6 +18,17 @@ from fairfeed.hotpath.records import (
     SIDE_SELL,
     SIDE_UNKNOWN,
     empty_records,
+)
+from fairfeed.core.registry import Registry
+from fairfeed.kafka.encode import (
+    SCHEMA_VERSION,
+    TICK_COLUMNS,
+    TickEncoder,
+    decode_fair,
+    decode_ticks,
+    decode_ticks_records,
+    encode_fair,
+    encode_ticks,
 )
 
 INSTRUMENTS = [("BTC-USD", CLASS_SPOT), ("ETH-USD", CLASS_SPOT), ("BTC-PERP", CLASS_PERPETUAL)]

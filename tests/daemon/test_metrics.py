@@ -11,12 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fairfeed.core.counters import Slot
+from fairfeed.core.registry import Registry
 from fairfeed.daemon.metrics import OVERFLOW, FairfeedCollector, render_text
 from fairfeed.daemon.metrics_http import MetricsHTTPServer
-from fairfeed.daemon.registry import Registry
 from fairfeed.daemon.supervisor import ChildSpec
-from fairfeed.ipc.control import ControlBlock, Slot
-from fairfeed.ipc.metricsboard import HOP_RING_KERNEL, MetricsBoard
+from fairfeed.hotpath.metrics import HOP_RING_KERNEL
+from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.streams import StreamBoard
 
 NOW = 1_700_000_000 * 10**9

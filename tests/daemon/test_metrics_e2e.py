@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from fairfeed.daemon.broker import free_port
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.simulator.server import SimulatorServer, SimulatorThread
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.kafka.broker import free_port
+from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.daemon.daemon_process import DaemonProcess, wait_for
 from tests.ops.test_grafana_dashboard import dashboard_queries, substitute
 

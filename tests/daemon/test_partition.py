@@ -1,5 +1,5 @@
-from fairfeed.daemon import config
-from fairfeed.daemon.partition import worker_for
+from fairfeed.core import config
+from fairfeed.core.partition import worker_for
 from fairfeed.daemon.run import assign_subscriptions, build_registry
 
 

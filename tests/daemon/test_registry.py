@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from fairfeed.daemon import config
-from fairfeed.daemon.registry import Registry, RegistryError
+from fairfeed.core import config
+from fairfeed.core.records import CLASS_PERPETUAL, CLASS_SPOT
+from fairfeed.core.registry import Registry, RegistryError
 from fairfeed.daemon.run import build_registry
-from fairfeed.hotpath.records import CLASS_PERPETUAL, CLASS_SPOT
 
 
 def test_ids_are_dense_and_lookups_round_trip() -> None:

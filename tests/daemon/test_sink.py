@@ -8,14 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from fairfeed.daemon.broker import LocalBroker, ensure_topics
-from fairfeed.daemon.config import KafkaConfig
-from fairfeed.daemon.encode import TickEncoder, decode_fair, decode_ticks_records
-from fairfeed.daemon.registry import Registry
-from fairfeed.daemon.sink import KafkaSink, KafkaSinkError, producer_config
-from fairfeed.hotpath.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters
+from fairfeed.core.config import KafkaConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.registry import Registry
+from fairfeed.kafka.broker import LocalBroker, ensure_topics
+from fairfeed.kafka.encode import TickEncoder, decode_fair, decode_ticks_records
+from fairfeed.kafka.sink import KafkaSink, KafkaSinkError, producer_config
 
 REGISTRY = Registry.build(
     [("BTC-USD", CLASS_SPOT), ("ETH-USD", CLASS_SPOT), ("SOL-USD", CLASS_SPOT)],

@@ -10,10 +10,11 @@ import uuid
 
 import pytest
 
+from fairfeed.core.config import DaemonConfig
+from fairfeed.core.counters import Slot
 from fairfeed.daemon.child import EXIT_BOOT_ERROR
-from fairfeed.daemon.config import DaemonConfig
 from fairfeed.daemon.supervisor import EXIT_HALTED, ChildSpec, Supervisor
-from fairfeed.ipc.control import ControlBlock, Slot
+from fairfeed.ipc.control import ControlBlock
 
 FAST = DaemonConfig(
     heartbeat_interval=0.05,

@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.hotpath import anomaly as an
-from fairfeed.hotpath.anomaly_reference import evaluate_reference, update_reference
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_GAP,
@@ -24,6 +22,8 @@ from fairfeed.hotpath.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
+from fairfeed.hotpath import anomaly as an
+from fairfeed.hotpath.anomaly_reference import evaluate_reference, update_reference
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fairfeed.daemon.registry import Registry
+from fairfeed.core.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.registry import Registry
 from fairfeed.hotpath import fairmethods as fm
 from fairfeed.hotpath.fairprice import INPUTS_BOTH, INPUTS_QUOTES, INPUTS_TRADES, NEVER_NS
-from fairfeed.hotpath.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 
 S = 1_000_000_000
 METHODS = list(fm.METHOD_CODES)
@@ -393,7 +393,7 @@ def test_heartbeat_re_emits_unchanged_price():
 
 
 def test_from_config_and_validation():
-    from fairfeed.daemon.config import FairConfig
+    from fairfeed.core.config import FairConfig
 
     reg = Registry.build(
         [("BTC-USD", CLASS_SPOT), ("ETH-USD", CLASS_SPOT)],

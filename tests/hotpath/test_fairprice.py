@@ -7,15 +7,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath import fairprice as fp
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,
     empty_records,
 )
+from fairfeed.core.registry import Registry
+from fairfeed.hotpath import fairprice as fp
 from fairfeed.hotpath.warmup import warm_up
 
 S = 1_000_000_000

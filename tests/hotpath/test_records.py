@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fairfeed.hotpath import records as r
+from fairfeed.core import records as r
 
 
 def test_record_is_one_aligned_cache_line():

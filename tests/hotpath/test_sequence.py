@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_GAP, KIND_TRADE, RECORD_DTYPE
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_GAP, KIND_TRADE, RECORD_DTYPE
 from fairfeed.hotpath.sequence import SequenceTracker, detect_gaps_reference
 
 

@@ -6,19 +6,19 @@ import os
 
 import numpy as np
 
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_HEARTBEAT, KIND_TRADE, empty_records
-from fairfeed.ipc.metricsboard import (
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_HEARTBEAT, KIND_TRADE, empty_records
+from fairfeed.hotpath.metrics import (
     BOUNDS_NS,
     HOP_KERNEL_KAFKA,
     HOP_RECEIVE_RING,
     HOP_RING_KERNEL,
     N_BUCKETS,
     N_HOPS,
-    MetricsBoard,
     update_metrics_nb,
     update_metrics_reference,
     warm_metrics,
 )
+from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import STAMPS, Ring
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.hotpath.records import RECORD_DTYPE
+from fairfeed.core.records import RECORD_DTYPE
 from fairfeed.ipc.ring import OverflowPolicy, Ring, RingError
 from fairfeed.ipc.shm import segment_exists
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fairfeed.hotpath.records import KIND_STATUS, MAX_MARKET_KIND, RECORD_DTYPE
+from fairfeed.core.records import KIND_STATUS, MAX_MARKET_KIND, RECORD_DTYPE
 
 
 class Sink:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from picows import WSListener, WSMsgType, ws_connect
 
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -24,10 +24,12 @@ from fairfeed.hotpath.records import (
     STATUS_CONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext, Subscription
-from fairfeed.providers.binance import BinanceAdapter, BinanceServer
-from fairfeed.providers.local.faults import Fault
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.binance import BinanceServer
+from fairfeed.local.faults import Fault
+from fairfeed.providers.base import IngestContext
+from fairfeed.providers.binance.adapter import BinanceAdapter
 from tests.providers.harness import Sink, wait_for
 
 PRICES = {"BTC-USDT": 64000.0, "ETH-USDT": 3000.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5,

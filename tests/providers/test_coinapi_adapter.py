@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from fairfeed.backoff import Backoff
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
@@ -21,13 +21,14 @@ from fairfeed.hotpath.records import (
     KIND_TRADE,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext, Subscription
-from fairfeed.providers.coinapi import CoinApiAdapter
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.coinapi import CoinApiServer, iso_to_ns_reference
+from fairfeed.local.faults import Fault
+from fairfeed.providers.base import IngestContext
+from fairfeed.providers.coinapi.adapter import CoinApiAdapter
 from fairfeed.providers.coinapi.parse import SIDES
-from fairfeed.providers.coinapi.server import CoinApiServer, iso_to_ns_reference
 from fairfeed.providers.coinapi.symbols import from_symbol_id
-from fairfeed.providers.local.faults import Fault
 from tests.providers.harness import Sink, wait_for
 
 KEY_ENV = "FAIRFEED_TEST_COINAPI_KEY"

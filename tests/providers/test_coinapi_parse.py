@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_CODES,
     CLASS_PERPETUAL,
     CLASS_SPOT,
@@ -23,9 +22,10 @@ from fairfeed.hotpath.records import (
     SIDE_UNKNOWN,
     empty_records,
 )
-from fairfeed.providers.base import Subscription
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.coinapi import iso7, iso_to_ns_reference
 from fairfeed.providers.coinapi.parse import CoinApiParser
-from fairfeed.providers.coinapi.server import iso7, iso_to_ns_reference
 from fairfeed.providers.coinapi.symbols import from_symbol_id, to_symbol_id
 from fairfeed.providers.coinapi.wire import Error, Reconnect
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR

@@ -9,9 +9,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.coinapi.server import INVALID_KEY, CoinApiServer
-from fairfeed.providers.local.faults import Fault
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.coinapi import INVALID_KEY, CoinApiServer
+from fairfeed.local.faults import Fault
 
 PRICES = {
     "COINBASE_SPOT_BTC_USD": 64000.0,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fairfeed.backoff import Backoff
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
@@ -38,13 +38,14 @@ from fairfeed.hotpath.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.capture import received
+from fairfeed.local.coinbase import CoinbaseServer
+from fairfeed.local.faults import Fault
+from fairfeed.local.replay import ReplayServer
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
-from fairfeed.providers.coinbase.server import CoinbaseServer
-from fairfeed.providers.local.faults import Fault
-from fairfeed.providers.replay.capture import received
-from fairfeed.providers.replay.server import ReplayServer
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
 CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -23,6 +23,7 @@ from fairfeed.hotpath.records import (
     SIDE_SELL,
     empty_records,
 )
+from fairfeed.local.capture import received, seconds_to_ns
 from fairfeed.providers.coinbase.parse import (
     CONTROL,
     NEED_SPACE,
@@ -33,7 +34,6 @@ from fairfeed.providers.coinbase.parse import (
     iso_to_ns,
 )
 from fairfeed.providers.coinbase.symbols import from_product_id, to_product_id
-from fairfeed.providers.replay.capture import received, seconds_to_ns
 
 SYMS = {"BTC-USD": 3, "ETH-USD": 7}
 TS = 1_700_000_000_123_456_789
@@ -443,7 +443,7 @@ def test_deltas_not_float_rounded():
 def test_for_context_uses_subscriptions():
     from types import SimpleNamespace
 
-    from fairfeed.providers.base import Subscription
+    from fairfeed.core.subscriptions import Subscription
 
     subs = tuple(
         Subscription("coinbase", "coinbase", name, "spot", 4, 8, iid, CLASS_SPOT)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from websockets.asyncio.client import connect
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -28,14 +28,14 @@ from fairfeed.hotpath.records import (
     SIDE_UNKNOWN,
     empty_records,
 )
+from fairfeed.local.capture import received
+from fairfeed.local.replay import ReplayServer
 from fairfeed.providers.coinbase.parse import (
     CONTROL,
     PARSE_ERROR,
     AdvancedTradeParser,
     ExchangeFeedParser,
 )
-from fairfeed.providers.replay.capture import received
-from fairfeed.providers.replay.server import ReplayServer
 
 CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 EXCHANGE = CAPTURES / "COINBASE.ws.28.0"

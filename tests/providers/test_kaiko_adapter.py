@@ -9,10 +9,10 @@ from collections.abc import Callable
 import numpy as np
 from kaikosdk import sdk_pb2_grpc
 
-from fairfeed.backoff import Backoff
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
@@ -25,11 +25,12 @@ from fairfeed.hotpath.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext, Subscription
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.faults import Fault
+from fairfeed.local.kaiko import KaikoServer
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
-from fairfeed.providers.kaiko.server import KaikoServer
-from fairfeed.providers.local.faults import Fault
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
 SUBS = [

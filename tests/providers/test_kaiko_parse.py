@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1 as Update
 from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1 as Trade
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -26,10 +26,12 @@ from fairfeed.hotpath.records import (
     STATUS_CONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext, Subscription
-from fairfeed.providers.kraken import KrakenAdapter, KrakenServer
-from fairfeed.providers.local.faults import Fault
+from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.local.faults import Fault
+from fairfeed.local.kraken import KrakenServer
+from fairfeed.providers.base import IngestContext
+from fairfeed.providers.kraken.adapter import KrakenAdapter
 from tests.providers.harness import Sink, wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0, "XRP-USD": 0.5,

@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -20,8 +20,8 @@ from fairfeed.hotpath.records import (
     SIDE_SELL,
     empty_records,
 )
+from fairfeed.local.kraken import rfc3339
 from fairfeed.providers.kraken.parse import KrakenParser
-from fairfeed.providers.kraken.server import rfc3339
 from fairfeed.providers.kraken.symbols import from_symbol, to_symbol
 from fairfeed.providers.kraken.wire import Answer, Other, Pong, Status
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR

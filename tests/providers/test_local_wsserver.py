@@ -9,10 +9,10 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.local.faults import Fault
-from fairfeed.providers.local.market import EventBatch
-from fairfeed.providers.local.wsserver import Conn, LocalWsServer
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.faults import Fault
+from fairfeed.local.market import EventBatch
+from fairfeed.local.wsserver import Conn, LocalWsServer
 
 
 class Toy(LocalWsServer):

@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 
-from fairfeed.providers.replay.capture import read_capture, received
-from fairfeed.providers.replay.server import ReplayServer
+from fairfeed.local.capture import read_capture, received
+from fairfeed.local.replay import ReplayServer
 
 CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 EXCHANGE = CAPTURES / "COINBASE.ws.28.0"

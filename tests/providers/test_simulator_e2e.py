@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fairfeed.backoff import Backoff
-from fairfeed.daemon.config import ProviderConfig, SimulatorConfig
-from fairfeed.daemon.registry import Registry
-from fairfeed.hotpath.records import (
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.config import ProviderConfig, SimulatorConfig
+from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
@@ -23,9 +23,10 @@ from fairfeed.hotpath.records import (
     SIDE_SELL,
     SIDE_UNKNOWN,
 )
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import DictCounters, IngestContext
-from fairfeed.providers.simulator import SimulatorAdapter, SimulatorServer
+from fairfeed.core.registry import Registry
+from fairfeed.local.simulator import SimulatorServer
+from fairfeed.providers.base import IngestContext
+from fairfeed.providers.simulator.adapter import SimulatorAdapter
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
 REGISTRY = Registry.build(

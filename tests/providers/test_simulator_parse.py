@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_PERPETUAL,
     KIND_ASK,
     KIND_BID,

@@ -11,8 +11,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as sync_connect
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.simulator import SimulatorServer, serve_forever
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.simulator import SimulatorServer, serve_forever
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0}
 

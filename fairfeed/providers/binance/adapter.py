@@ -24,8 +24,9 @@ from __future__ import annotations
 import itertools
 from urllib.parse import urlsplit, urlunsplit
 
-from fairfeed.hotpath.records import KIND_TRADE
-from fairfeed.providers.base import IngestContext, Subscription
+from fairfeed.core.records import KIND_TRADE
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.parse import BinanceParser
 from fairfeed.providers.binance.symbols import stream_name
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, Ack, Error, subscribe

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 import msgspec
 import numpy as np
 
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
 from fairfeed.providers.binance.symbols import split_stream
 from fairfeed.providers.binance.wire import (
     AGG_FRAME_DECODER,

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 
-from fairfeed.backoff import Backoff
-from fairfeed.providers.base import IngestContext, Subscription
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinapi.parse import CoinApiParser
 from fairfeed.providers.coinapi.symbols import to_symbol_id
 from fairfeed.providers.coinapi.wire import Error, Hello, Reconnect, Subscribe, encode, exact

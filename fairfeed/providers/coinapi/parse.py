@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 import msgspec
 import numpy as np
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_GAP,
@@ -45,7 +45,7 @@ from fairfeed.hotpath.records import (
     SIDE_SELL,
     SIDE_UNKNOWN,
 )
-from fairfeed.providers.base import Subscription
+from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.coinapi.symbols import to_symbol_id
 from fairfeed.providers.coinapi.wire import SERVER_DECODER, Hearbeat, Heartbeat, Quote, Trade
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT

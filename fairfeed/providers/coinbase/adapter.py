@@ -36,10 +36,11 @@ from __future__ import annotations
 import json
 import logging
 
-from fairfeed.backoff import Backoff
-from fairfeed.hotpath.records import CLASS_CODES, KIND_GAP, KIND_HEARTBEAT, KIND_TRADE
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import Counters, IngestContext, Subscription
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.counters import Counters, Slot
+from fairfeed.core.records import CLASS_CODES, KIND_GAP, KIND_HEARTBEAT, KIND_TRADE
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser, ExchangeFeedParser
 from fairfeed.providers.coinbase.symbols import to_product_id
 from fairfeed.providers.wsbase import WsAdapter, WsConnection

@@ -49,8 +49,9 @@ from kaikosdk.stream.market_update_v1 import commodity_pb2
 from kaikosdk.stream.market_update_v1.request_pb2 import StreamMarketUpdateRequestV1
 from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
-from fairfeed.backoff import Backoff
-from fairfeed.hotpath.records import (
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.counters import Slot
+from fairfeed.core.records import (
     KIND_STATUS,
     RECORD_DTYPE,
     STATUS_CONNECTED,
@@ -58,7 +59,6 @@ from fairfeed.hotpath.records import (
     STATUS_SUBSCRIBE_ERROR,
     health_records,
 )
-from fairfeed.ipc.control import Slot
 from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.kaiko.parse import KaikoParser
 from fairfeed.providers.kaiko.symbols import KaikoSymbols

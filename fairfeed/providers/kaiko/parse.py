@@ -34,7 +34,7 @@ import numpy as np
 from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
 from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,

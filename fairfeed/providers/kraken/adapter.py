@@ -23,9 +23,10 @@ import asyncio
 import itertools
 import logging
 
-from fairfeed.hotpath.records import KIND_TRADE, STATUS_SUBSCRIBE_ERROR
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import IngestContext, Subscription
+from fairfeed.core.counters import Slot
+from fairfeed.core.records import KIND_TRADE, STATUS_SUBSCRIBE_ERROR
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kraken.parse import KrakenParser
 from fairfeed.providers.kraken.symbols import to_symbol
 from fairfeed.providers.kraken.wire import RATE_LIMIT_ERROR, Answer, Pong, Status, ping, subscribe

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import msgspec
 import numpy as np
 
-from fairfeed.hotpath.records import KIND_ASK, KIND_BID, KIND_TRADE, SEQ_NONE, SIDE_BUY, SIDE_SELL
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SEQ_NONE, SIDE_BUY, SIDE_SELL
 from fairfeed.providers.kraken.wire import FRAME_DECODER, Answer, Other, Pong, Status
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
 from fairfeed.providers.timestamps import iso_to_ns

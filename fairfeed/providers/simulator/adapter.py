@@ -7,9 +7,10 @@ simulator's answers mean.
 
 from __future__ import annotations
 
-from fairfeed.backoff import Backoff
-from fairfeed.hotpath.records import CLASS_CODES, KIND_ASK, KIND_BID, KIND_TRADE
-from fairfeed.providers.base import IngestContext, Subscription
+from fairfeed.core.backoff import Backoff
+from fairfeed.core.records import CLASS_CODES, KIND_ASK, KIND_BID, KIND_TRADE
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.base import IngestContext
 from fairfeed.providers.simulator.parse import FrameParser
 from fairfeed.providers.simulator.wire import Error, Subscribe, Subscribed, encode
 from fairfeed.providers.wsbase import WsAdapter, WsConnection

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import numpy as np
 
-from fairfeed.hotpath.records import (
+from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,

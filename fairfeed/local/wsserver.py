@@ -22,10 +22,10 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.local.faults import Fault, FaultState
-from fairfeed.providers.local.market import EventBatch, Market
-from fairfeed.providers.local.thread import LoopThread
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.faults import Fault, FaultState
+from fairfeed.local.market import EventBatch, Market
+from fairfeed.local.thread import LoopThread
 
 log = logging.getLogger(__name__)
 

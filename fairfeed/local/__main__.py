@@ -1,6 +1,6 @@
 """Run a simulator server by hand.
 
-python -m fairfeed.providers.simulator --port 9001 --prices BTC-USD=64000 ETH-USD=3000
+python -m fairfeed.local --port 9001 --prices BTC-USD=64000 ETH-USD=3000
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 import asyncio
 import logging
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.simulator.server import SimulatorServer, serve_forever
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.simulator import SimulatorServer, serve_forever
 
 
 def _price(text: str) -> tuple[str, float]:
@@ -25,7 +25,7 @@ def _price(text: str) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     d = SimulatorConfig()
-    ap = argparse.ArgumentParser(prog="python -m fairfeed.providers.simulator")
+    ap = argparse.ArgumentParser(prog="python -m fairfeed.local")
     ap.add_argument("--name", default="simulator")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9001)

@@ -2,7 +2,7 @@
 
 ``CoinbaseServer(name, cfg, host, port, feed="exchange" | "advanced")`` speaks one feed's
 public market-data protocol over the shared local-server base
-(:class:`~fairfeed.providers.local.wsserver.LocalWsServer`): pacing, statistics and the fault
+(:class:`~fairfeed.local.wsserver.LocalWsServer`): pacing, statistics and the fault
 set are the base's, the messages are Coinbase's, shaped like the real captures
 (``tests/data/captures``):
 
@@ -31,7 +31,7 @@ set are the base's, the messages are Coinbase's, shaped like the real captures
   message of the connection, assigned when the frame is sent. Errors:
   ``{"type":"error","message":...}``.
 
-Faults (:class:`~fairfeed.providers.local.faults.Fault`): DISCONNECT, STALL, HEARTBEATS_ONLY,
+Faults (:class:`~fairfeed.local.faults.Fault`): DISCONNECT, STALL, HEARTBEATS_ONLY,
 EXCHANGE_DELAY, PRICE_OFFSET and MALFORMED as in the base. SEQUENCE_GAP: Exchange — the next
 event of each streamed product skips ``amount`` sequence numbers and trade ids (the market's
 skip); Advanced Trade — every connection's ``sequence_num`` skips ``amount`` numbers (as if
@@ -52,10 +52,10 @@ from collections import deque
 
 import numpy as np
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.local.faults import Fault
-from fairfeed.providers.local.market import EventBatch
-from fairfeed.providers.local.wsserver import Conn, LocalWsServer
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.faults import Fault
+from fairfeed.local.market import EventBatch
+from fairfeed.local.wsserver import Conn, LocalWsServer
 
 FEEDS = ("exchange", "advanced")
 EXCHANGE_CHANNELS = frozenset(("matches", "ticker", "heartbeat"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.core.config import SimulatorConfig
 
 HALF_SPREAD = 0.5e-4  # half the bid/ask spread relative to the mid
 EXCHANGE_LAG_NS = 2_000_000  # exchange time = generation time - 2 ms (+ injected delay)
@@ -58,7 +58,7 @@ class Market:
         self.seq = np.zeros(len(start), np.int64)
         self.trade_id = np.zeros(len(start), np.int64)
         self.rng = np.random.default_rng(cfg.seed)
-        # Fault knobs a server may set (see fairfeed.providers.local.faults).
+        # Fault knobs a server may set (see fairfeed.local.faults).
         self.extra_offset_bps = 0.0
         self.exchange_delay_ns = 0
         # Per instrument: how many numbers its next generated event skips. Per instrument,

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fairfeed.hotpath.records import CLASS_CODES
+from fairfeed.core.records import CLASS_CODES
 
 
 class ConfigError(ValueError):
@@ -237,7 +237,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def load(path: str | Path | None = None) -> Config:
     """Load and validate ``path``, or the embedded default when ``path`` is None."""
     if path is None:
-        text = resources.files("fairfeed.daemon").joinpath("default.toml").read_text()
+        text = resources.files("fairfeed.core").joinpath("default.toml").read_text()
         return loads(text, "<embedded default>")
     p = Path(path)
     try:

@@ -1,7 +1,7 @@
 """A local Kaiko Stream server: the generated ``kaikosdk`` servicers fed by the local market.
 
 ``StreamTradesServiceV1`` and ``StreamMarketUpdateServiceV1`` (top-of-book and trade
-commodities) stream random-walk events from :class:`fairfeed.providers.local.market.Market`
+commodities) stream random-walk events from :class:`fairfeed.local.market.Market`
 for the instruments an ``InstrumentCriteria`` selects: comma-separated lists and ``*`` in each of
 exchange, class and code, as on Kaiko (the cartesian product of the lists). Every call must carry
 ``authorization: Bearer <api key>`` metadata (Kaiko's scheme), else UNAUTHENTICATED.
@@ -46,10 +46,10 @@ from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResp
 from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
 
-from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.faults import Fault, FaultState
+from fairfeed.local.market import Market
 from fairfeed.providers.kaiko.symbols import KaikoSymbols, guess_data_class
-from fairfeed.providers.local.faults import Fault, FaultState
-from fairfeed.providers.local.market import Market
 
 log = logging.getLogger(__name__)
 

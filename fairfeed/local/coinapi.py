@@ -19,7 +19,7 @@ Faithful to the documented protocol where the adapter depends on it:
   that deadline is closed by the server (counted in ``forced_closes``).
 
 The market's instruments (``cfg.prices`` keys) are CoinAPI symbol ids, e.g.
-``COINBASE_SPOT_BTC_USD``. Faults (:class:`~fairfeed.providers.local.faults.Fault`) map to:
+``COINBASE_SPOT_BTC_USD``. Faults (:class:`~fairfeed.local.faults.Fault`) map to:
 REJECT_SUBSCRIBE → a rate-limit ``error`` and a close; MALFORMED → truncated JSON frames;
 RECONNECT_NOTICE → the ``reconnect`` message; SEQUENCE_GAP → every (type, symbol) sequence of
 each open connection skips ``amount`` numbers once; STALL, HEARTBEATS_ONLY, DISCONNECT,
@@ -38,11 +38,11 @@ import msgspec
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.faults import Fault
+from fairfeed.local.market import EventBatch
+from fairfeed.local.wsserver import Conn, LocalWsServer
 from fairfeed.providers.coinapi.wire import CLIENT_DECODER, Hello, Subscribe, Unsubscribe
-from fairfeed.providers.local.faults import Fault
-from fairfeed.providers.local.market import EventBatch
-from fairfeed.providers.local.wsserver import Conn, LocalWsServer
 
 INVALID_KEY = "Invalid API key"
 RATE_LIMITED = "You have exceeded your API key rate limits"

@@ -15,7 +15,7 @@ the application level) is read and ignored, and the frames are those recorded fo
 subscription, whatever the client asks for. WebSocket-level pings from the client are answered
 (the library does that).
 
-Run it by hand: ``python -m fairfeed.providers.replay.server CAPTURE [--speed 1] [--conn ID]``.
+Run it by hand: ``python -m fairfeed.local.replay CAPTURE [--speed 1] [--conn ID]``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from fairfeed.providers.replay.capture import received
+from fairfeed.local.capture import received
 
 log = logging.getLogger(__name__)
 

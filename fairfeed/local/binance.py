@@ -16,7 +16,7 @@ Faithful to what the adapter depends on (docs/providers/binance.md):
   ``ping_timeout`` is dropped (TCP abort);
 * a connection is closed (1001) once it is ``max_connection_age`` old (Binance: 24 hours).
 
-Faults (:mod:`fairfeed.providers.local.faults`): DISCONNECT, STALL (nothing sent, requests and
+Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, requests and
 pings unread, so not even a WebSocket pong leaves), HEARTBEATS_ONLY (no data; pings go on:
 Binance has no heartbeat messages), SEQUENCE_GAP (trade / aggregate ids skip),
 EXCHANGE_DELAY, PRICE_OFFSET, MALFORMED, REJECT_SUBSCRIBE (error -1003). Binance has no
@@ -33,11 +33,11 @@ import msgspec
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.market import EventBatch
+from fairfeed.local.wsserver import Conn, LocalWsServer, log
 from fairfeed.providers.binance.symbols import split_stream, to_stream_symbol, to_symbol
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, REQUEST_DECODER, encode
-from fairfeed.providers.local.market import EventBatch
-from fairfeed.providers.local.wsserver import Conn, LocalWsServer, log
 
 
 class BinanceServer(LocalWsServer):

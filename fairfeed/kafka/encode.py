@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from fairfeed.daemon.registry import Registry
+from fairfeed.core.records import CLASS_CODES, CLASS_NAMES, RECORD_DTYPE
+from fairfeed.core.registry import Registry
+from fairfeed.hotpath import anomaly as an
 from fairfeed.hotpath.fairmethods import (
     FAIR_STATUS_NAMES,
     REASON_NAMES,
     REASON_OUTLIER,
     REASON_STALE,
 )
-from fairfeed.hotpath.records import CLASS_CODES, CLASS_NAMES, RECORD_DTYPE
 
 SCHEMA_VERSION = 1
 
@@ -307,3 +308,87 @@ def encode_dead_letter(provider: str, error: str, frame: bytes, ts_receive: int)
     except UnicodeDecodeError:
         msg["frame_base64"] = base64.b64encode(kept).decode()
     return orjson.dumps(msg)
+
+
+# -- anomalies ---------------------------------------------------------------------------
+def _anomaly_values(kind: int, ef: list[float], count: int) -> dict[str, Any]:
+    v0, v1, v2, _thr = ef
+    if kind in (an.A_NO_DATA,):
+        return {"silent_s": v0, "subscriptions": count}
+    if kind == an.A_NO_FIRST_DATA:
+        return {"waited_s": v0, "subscriptions": count}
+    if kind == an.A_DIVERGENCE:
+        return {"deviation": v0, "price": v1, "fair": v2, "subscriptions": count}
+    if kind == an.A_VENUE_DIVERGENCE:
+        return {"spread": v0, "low": v1, "high": v2, "subscriptions": count}
+    if kind in (an.A_LATENCY_EXCHANGE, an.A_LATENCY_LOCAL, an.A_CLOCK_SKEW):
+        return {"latency_ms": v0, "subscriptions": count}
+    if kind == an.A_RATE_DROP:
+        return {"rate": v0, "baseline": v1, "subscriptions": count}
+    if kind == an.A_GAP:
+        return {"gaps": int(v0), "missed": int(v1)}
+    if kind == an.A_DISCONNECT:
+        return {"reason": an.REASON_NAMES.get(int(v0), "unknown"), "silent_s": v1}
+    if kind == an.A_RING_OVERFLOW:
+        return {"ring": count, "dropped": int(v0)}
+    return {}
+
+
+def encode_anomalies(
+    ev_i: np.ndarray, ev_f: np.ndarray, registry: Registry
+) -> list[tuple[bytes, bytes]]:
+    """One ``(key, value)`` per event row; the key is the subject string
+    (``provider/venue/data_class/instrument`` with ``*`` where not applicable; a ring overflow
+    is keyed ``ring<N>``)."""
+    out = []
+    reg = registry
+    for row_i, row_f in zip(ev_i.tolist(), ev_f.tolist(), strict=True):
+        kind = row_i[an.E_KIND]
+        p, v, c, i = (row_i[an.E_PROVIDER], row_i[an.E_VENUE], row_i[an.E_CLASS],
+                      row_i[an.E_INSTRUMENT])  # fmt: skip
+        subject = {
+            "provider": reg.providers[p] if 0 <= p < len(reg.providers) else None,
+            "venue": reg.venues[v] if 0 <= v < len(reg.venues) else None,
+            "data_class": CLASS_NAMES.get(c) if c >= 0 else None,
+            "instrument": reg.instruments[i] if 0 <= i < len(reg.instruments) else None,
+        }
+        if kind == an.A_RING_OVERFLOW:
+            key = f"ring{row_i[an.E_COUNT]}"
+        else:
+            key = "/".join(x if x is not None else "*" for x in subject.values())
+        end = row_i[an.E_END]
+        value = {
+            "schema": SCHEMA_VERSION,
+            "type": "anomaly",
+            "kind": an.KIND_NAMES.get(kind, str(kind)),
+            "phase": "start" if row_i[an.E_PHASE] == an.PHASE_START else "end",
+            "subject": subject,
+            "level": LEVEL_NAMES.get(row_i[an.E_LEVEL], "?"),
+            "start": row_i[an.E_START],
+            "end": end if end else None,
+            "detected": row_i[an.E_DETECTED],
+            "values": _anomaly_values(kind, row_f, row_i[an.E_COUNT]),
+            "threshold": row_f[3],
+        }
+        out.append((key.encode(), orjson.dumps(value)))
+    return out
+
+
+LEVEL_NAMES = {
+    an.LV_SUB: "subscription",
+    an.LV_PROVIDER: "provider",
+    an.LV_VENUE: "venue",
+    an.LV_CLASS: "data_class",
+    an.LV_INSTRUMENT: "instrument",
+    an.LV_SOURCE: "source",
+    an.LV_VENUE_INSTRUMENT: "venue_instrument",
+    an.LV_RING: "ring",
+}
+
+
+def decode_anomaly(value: bytes) -> dict[str, Any]:
+    """Parse an anomaly value (tests, tools)."""
+    msg = orjson.loads(value)
+    if msg.get("type") != "anomaly" or msg.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"not an anomaly message of schema {SCHEMA_VERSION}: {msg!r:.200}")
+    return msg

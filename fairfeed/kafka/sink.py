@@ -31,9 +31,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from fairfeed.daemon.config import KafkaConfig
-from fairfeed.ipc.control import Slot
-from fairfeed.providers.base import Counters
+from fairfeed.core.config import KafkaConfig
+from fairfeed.core.counters import Counters, Slot
 
 log = logging.getLogger("fairfeed.sink")
 

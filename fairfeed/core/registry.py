@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from fairfeed.hotpath.records import CLASS_NAMES
+from fairfeed.core.records import CLASS_NAMES
 
 
 class RegistryError(KeyError):

@@ -35,8 +35,8 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.protocol import State
 
-from fairfeed.daemon.config import SimulatorConfig
-from fairfeed.providers.local.thread import LoopThread
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.thread import LoopThread
 from fairfeed.providers.simulator.wire import (
     CLIENT_REQUEST_DECODER,
     Error,

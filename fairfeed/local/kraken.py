@@ -13,7 +13,7 @@ Faithful to what the adapter depends on (docs/providers/kraken.md):
 * trades of one symbol generated together share one message, as Kraken groups the fills of
   one taker order.
 
-Faults (:mod:`fairfeed.providers.local.faults`): DISCONNECT, STALL (nothing sent, nothing
+Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, nothing
 read: not even a WebSocket pong), HEARTBEATS_ONLY, SEQUENCE_GAP (trade ids skip),
 EXCHANGE_DELAY, PRICE_OFFSET, MALFORMED, REJECT_SUBSCRIBE (``"EGeneral:Too many requests"``).
 Kraken's v2 API has no reconnect notice: RECONNECT_NOTICE does nothing.
@@ -28,11 +28,11 @@ from datetime import UTC, datetime
 
 from websockets.asyncio.server import serve
 
-from fairfeed.daemon.config import SimulatorConfig
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.market import HALF_SPREAD, EventBatch
+from fairfeed.local.wsserver import Conn, LocalWsServer, log
 from fairfeed.providers.kraken.symbols import from_symbol, to_symbol
 from fairfeed.providers.kraken.wire import RATE_LIMIT_ERROR, encode
-from fairfeed.providers.local.market import HALF_SPREAD, EventBatch
-from fairfeed.providers.local.wsserver import Conn, LocalWsServer, log
 
 SNAPSHOT_TRADES = 50
 

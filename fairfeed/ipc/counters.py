@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fairfeed.ipc.control import ControlBlock, Slot
-from fairfeed.providers.base import Counters
+from fairfeed.core.counters import Counters, Slot
+from fairfeed.ipc.control import ControlBlock
 
 
 class SlotCounters(Counters):

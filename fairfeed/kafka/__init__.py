@@ -1,0 +1,2 @@
+"""Kafka: the producer wrapper (sink), every message encoder (one schema version) and the local
+development broker."""

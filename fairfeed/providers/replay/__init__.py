@@ -1,1 +1,0 @@
-"""Replay of recorded WebSocket traffic (docs/providers/replay.md)."""
