@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fairfeed.core.records import CLASS_CODES
+from fairfeed.core.subscriptions import Stream
 
 
 class ConfigError(ValueError):
@@ -215,17 +216,17 @@ class Config:
                 return p
         raise KeyError(name)
 
-    def subscription_keys(self) -> list[tuple[str, str, str, str]]:
-        """Every subscribed ``(provider, venue, instrument, data class)``, defaults applied,
-        without duplicates, in configuration order."""
-        keys: dict[tuple[str, str, str, str], None] = {}
+    def streams(self) -> tuple[Stream, ...]:
+        """Every subscribed stream, defaults applied, without duplicates, in configuration
+        order."""
+        out: dict[Stream, None] = {}
         for sub in self.subscriptions:
             p = self.provider(sub.provider)
             venue = sub.venue or p.venue
             dclass = sub.data_class or p.data_class
             for inst in sub.instruments:
-                keys[(p.name, venue, inst, dclass)] = None
-        return list(keys)
+                out[Stream(p.name, venue, inst, dclass)] = None
+        return tuple(out)
 
 
 PROVIDER_KINDS = ("simulator", "kaiko", "coinapi", "coinbase", "binance", "kraken", "replay")

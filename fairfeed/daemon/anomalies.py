@@ -10,10 +10,13 @@ other episodes go on (a subscription, once monitored, keeps its place: re-subscr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from fairfeed.core.config import AnomalyConfig, Config, anomaly_thresholds
 from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Key, Stream
 from fairfeed.hotpath import anomaly as an
 
 NS = 1_000_000_000
@@ -64,30 +67,32 @@ class AnomalyDetector:
         registry: Registry,
         n_rings: int,
         start_ns: int,
-        keys: list[tuple[str, str, str, str]] | None = None,
+        streams: Iterable[Stream] | None = None,
     ) -> None:
         self.cfg = cfg.anomalies
         self.registry = registry
         self.n_rings = n_rings
-        self.keys: list[tuple[str, str, str, str]] = []
-        self.index: dict[tuple[str, str, str], int] = {}
-        self.subs: list[tuple[int, int]] = []  # (instrument id, source id) per key
+        self.streams: list[Stream] = []  # monitored, in kernel order (a stream keeps its place)
+        self.index: dict[Key, int] = {}
+        self.subs: list[tuple[int, int]] = []  # (instrument id, source id) per stream
         self.rows = np.zeros((0, an.N_T))
-        self._build(list(cfg.subscription_keys() if keys is None else keys), start_ns)
+        self._build(list(cfg.streams() if streams is None else streams), start_ns)
         self.interval_ns = round(self.cfg.evaluate_interval * NS)
         self.next_ns = start_ns + self.interval_ns
         self.total = 0  # events published (start and end)
 
-    def _build(self, new_keys: list[tuple[str, str, str, str]], start_ns: int) -> None:
-        """(Re)build the kernel state over ``self.keys + new_keys`` (ids as the registry has
+    def _build(self, new: list[Stream], start_ns: int) -> None:
+        """(Re)build the kernel state over ``self.streams + new`` (ids as the registry has
         them now), continuing the previous state's episodes."""
         registry, acfg = self.registry, self.cfg
         old = getattr(self, "state", None)
-        for provider, venue, inst, dclass in new_keys:
-            self.index[(provider, venue, inst)] = len(self.keys)
-            self.keys.append((provider, venue, inst, dclass))
-            self.subs.append((registry.instrument_id(inst), registry.source_id(provider, venue)))
-        rows = [threshold_row(acfg, dclass, inst) for _p, _v, inst, dclass in new_keys]
+        for s in new:
+            self.index[s.key] = len(self.streams)
+            self.streams.append(s)
+            self.subs.append(
+                (registry.instrument_id(s.instrument), registry.source_id(s.provider, s.venue))
+            )
+        rows = [threshold_row(acfg, s.data_class, s.instrument) for s in new]
         # the configured thresholds, to restore after a disable
         self.rows = np.vstack([self.rows, np.array(rows).reshape(len(rows), an.N_T)])
         self.n_instruments = len(registry.instruments)
@@ -106,10 +111,10 @@ class AnomalyDetector:
         if old is not None:
             self.state.carry_over(old)  # disabled rows stay disabled
 
-    def extend(self, keys: list[tuple[str, str, str, str]], now_ns: int) -> int:
-        """Monitor the subscriptions of ``keys`` not yet monitored (a live subscribe); open
-        episodes and clocks of the others go on. Returns how many were added."""
-        new = [k for k in keys if (k[0], k[1], k[2]) not in self.index]
+    def extend(self, streams: Iterable[Stream], now_ns: int) -> int:
+        """Monitor those of ``streams`` not yet monitored (a live subscribe); open episodes and
+        clocks of the others go on. Returns how many were added."""
+        new = [s for s in streams if s.key not in self.index]
         if new:
             self._build(new, now_ns)
         return len(new)
@@ -117,7 +122,7 @@ class AnomalyDetector:
     def update(self, records: np.ndarray) -> None:
         self.state.update(records)
 
-    def enable(self, key: tuple[str, str, str], now_ns: int) -> bool:
+    def enable(self, key: Key, now_ns: int) -> bool:
         """Monitor a re-subscribed subscription again, measured afresh from ``now_ns``; False if
         it was never monitored (see :meth:`extend`)."""
         k = self.index.get(key)
@@ -126,7 +131,7 @@ class AnomalyDetector:
         self.state.enable(k, self.rows[k], now_ns)
         return True
 
-    def disable(self, key: tuple[str, str, str]) -> None:
+    def disable(self, key: Key) -> None:
         """Stop monitoring an unsubscribed subscription (its open episodes end at the next
         evaluation)."""
         k = self.index.get(key)

@@ -1,4 +1,9 @@
-"""Supervisor → child commands: JSON lines over a pipe, one pipe per child.
+"""Supervisor → child commands: typed objects, sent as JSON lines over a pipe, one per child.
+
+The commands: :class:`~fairfeed.core.subscriptions.Subscribe` and
+:class:`~fairfeed.core.subscriptions.Unsubscribe` (subscription changes), :class:`GrowRegistry`
+(ids the supervisor added; sent to every child before any record can carry them) and
+:class:`SetLogLevel`. :func:`encode` / :func:`decode` are their one wire form.
 
 The supervisor never blocks on a child: messages are queued per pipe and written when the pipe
 has room (each loop tick). A child reads its end without blocking: the ingest workers from their
@@ -12,11 +17,68 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from fairfeed.core.subscriptions import Stream, Subscribe, Unsubscribe
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GrowRegistry:
+    """The supervisor's registry as it is now (``Registry.snapshot()``): children extend theirs."""
+
+    snapshot: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SetLogLevel:
+    level: str
+
+
+Command = Subscribe | Unsubscribe | GrowRegistry | SetLogLevel
+
+
+class CommandError(ValueError):
+    """A command line that is not a valid command (the message says what is wrong)."""
+
+
+def encode(cmd: Command) -> bytes:
+    """One JSON line."""
+    if isinstance(cmd, Subscribe | Unsubscribe):
+        op = "subscribe" if isinstance(cmd, Subscribe) else "unsubscribe"
+        msg: dict[str, Any] = {
+            "op": op,
+            "streams": [[s.provider, s.venue, s.instrument, s.data_class] for s in cmd.streams],
+        }
+    elif isinstance(cmd, GrowRegistry):
+        msg = {"op": "registry", "snapshot": cmd.snapshot}
+    elif isinstance(cmd, SetLogLevel):
+        msg = {"op": "log_level", "level": cmd.level}
+    else:
+        raise TypeError(f"not a command: {cmd!r}")
+    return orjson.dumps(msg) + b"\n"
+
+
+def decode(line: bytes) -> Command:
+    """The command of one JSON line; raises CommandError naming what is wrong."""
+    try:
+        msg = orjson.loads(line)
+        op = msg["op"]
+        if op in ("subscribe", "unsubscribe"):
+            streams = tuple(Stream(*map(str, s)) for s in msg["streams"])
+            return Subscribe(streams) if op == "subscribe" else Unsubscribe(streams)
+        if op == "registry":
+            return GrowRegistry(msg["snapshot"])
+        if op == "log_level":
+            return SetLogLevel(str(msg["level"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CommandError(f"malformed command {line[:200]!r}: {exc!r}") from None
+    raise CommandError(f"unknown command {op!r}")
+
 
 MAX_QUEUED = 16 << 20  # bytes queued for one child before commands are refused
 
@@ -42,11 +104,11 @@ class CommandPipe:
         self.r = -1
         os.set_blocking(self.w, False)
 
-    def send(self, msg: dict[str, Any]) -> bool:
-        """Queue ``msg``; False if the child has let too much pile up (it is likely hung)."""
+    def send(self, cmd: Command) -> bool:
+        """Queue ``cmd``; False if the child has let too much pile up (it is likely hung)."""
         if self.w < 0 or len(self._out) > MAX_QUEUED:
             return False
-        self._out += orjson.dumps(msg) + b"\n"
+        self._out += encode(cmd)
         self.flush()
         return True
 
@@ -86,7 +148,7 @@ class CommandReader:
         os.set_blocking(fd, False)
         self._buf = b""
 
-    def read(self) -> list[dict[str, Any]]:
+    def read(self) -> list[Command]:
         """Every complete command available now (malformed lines are logged and skipped)."""
         chunks = []
         while True:
@@ -104,7 +166,7 @@ class CommandReader:
         out = []
         for line in lines:
             try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                log.error("bad command from the supervisor: %r", line[:200])
+                out.append(decode(line))
+            except CommandError as exc:
+                log.error("bad command from the supervisor: %s", exc)
         return out

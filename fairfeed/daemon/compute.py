@@ -14,9 +14,10 @@ from fairfeed.core.config import Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Subscribe, SubscriptionSet, Unsubscribe
 from fairfeed.daemon.anomalies import AnomalyDetector
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
-from fairfeed.daemon.commands import CommandPipe
+from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.hotpath.anomaly import E_KIND, E_PHASE, E_PROVIDER, PHASE_START
 from fairfeed.hotpath.fairmethods import FairBook
 from fairfeed.ipc.blobring import BlobRing
@@ -48,7 +49,7 @@ class ComputeWorker:
     pipe: CommandPipe | None = None  # commands from the supervisor
     metrics: MetricsBoard | None = None  # latency, prices, kernel time for /metrics
     # The supervisor's live subscription set (its book); a forked child sees it as of the fork.
-    live: dict[tuple[str, str, str], str] | None = None
+    live: SubscriptionSet | None = None
     name: str = "compute"
 
     def main(self) -> int:
@@ -146,7 +147,7 @@ class Pipeline:
         counters: SlotCounters,
         streams: StreamBoard | None = None,
         metrics: MetricsBoard | None = None,
-        live: dict[tuple[str, str, str], str] | None = None,
+        live: SubscriptionSet | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -168,60 +169,52 @@ class Pipeline:
         self.fair_topic = cfg.kafka.fair_topic
         # The live subscription set (the supervisor's book when this process was forked, then
         # kept current by its subscribe / unsubscribe commands).
-        self.live = (
-            dict(live)
-            if live is not None
-            else {(p, v, i): c for p, v, i, c in cfg.subscription_keys()}
-        )
+        self.live = SubscriptionSet(live if live is not None else cfg.streams())
         self.active = np.zeros(d.max_instruments, np.int32)  # live subscriptions per instrument
-        for _p, _v, inst in self.live:
-            self.active[registry.instrument_id(inst)] += 1
+        for s in self.live:
+            self.active[registry.instrument_id(s.instrument)] += 1
         self.anomalies = self._detector() if cfg.anomalies.enabled else None
 
     def _detector(self) -> AnomalyDetector:
-        keys = [(p, v, i, c) for (p, v, i), c in self.live.items()]
         return AnomalyDetector(
-            self.cfg, self.registry, self.cfg.daemon.workers, time.time_ns(), keys
+            self.cfg, self.registry, self.cfg.daemon.workers, time.time_ns(), self.live
         )
 
-    def _live_change(self, op: str, keys: list[list[str]]) -> None:
-        added = []
+    def _live_change(self, change: Subscribe | Unsubscribe) -> None:
         now = time.time_ns()
-        for p, v, i, c in keys:
-            key = (p, v, i)
-            inst = self.registry.instrument_id(i)
-            if op == "subscribe" and key not in self.live:
-                self.live[key] = c
-                self.active[inst] += 1
-                if self.anomalies is not None and not self.anomalies.enable(key, now):
-                    added.append((p, v, i, c))
-            elif op == "unsubscribe" and key in self.live:
-                del self.live[key]
-                self.active[inst] -= 1
-                if self.anomalies is not None:
-                    self.anomalies.disable(key)
-        if added:
-            self.anomalies.extend(added, now)
-            log.info("anomaly detectors now monitor %d more subscriptions", len(added))
+        changed = self.live.apply(change)
+        step = 1 if isinstance(change, Subscribe) else -1
+        for s in changed:
+            self.active[self.registry.instrument_id(s.instrument)] += step
+        det = self.anomalies
+        if det is None:
+            return
+        if isinstance(change, Subscribe):
+            new = [s for s in changed if not det.enable(s.key, now)]
+            if new:
+                det.extend(new, now)
+                log.info("anomaly detectors now monitor %d more subscriptions", len(new))
+        else:
+            for s in changed:
+                det.disable(s.key)
 
     def _fill_source_table(self) -> None:
         for sid, (p, v) in enumerate(self.registry.sources):
             self.source_table[p, v] = sid
 
-    def command(self, cmd: dict) -> None:
-        """A supervisor command: registry growth or a new log level."""
-        op = cmd.get("op")
-        if op == "registry":
-            self.registry.extend(cmd["snapshot"])
+    def command(self, cmd: Command) -> None:
+        """A supervisor command: registry growth, a subscription change, a log level."""
+        if isinstance(cmd, GrowRegistry):
+            self.registry.extend(cmd.snapshot)
             self._fill_source_table()
             self.state.set_source_venues([v for _p, v in self.registry.sources])
             self.encoder.refresh()
-        elif op == "log_level":
-            logging.getLogger().setLevel(cmd["level"])
-        elif op in ("subscribe", "unsubscribe"):
-            self._live_change(op, cmd["keys"])
+        elif isinstance(cmd, SetLogLevel):
+            logging.getLogger().setLevel(cmd.level)
+        elif isinstance(cmd, Subscribe | Unsubscribe):
+            self._live_change(cmd)
         else:
-            log.error("unknown command %r from the supervisor", op)
+            log.error("unknown command %r from the supervisor", cmd)
 
     def process(self, records: np.ndarray, ring: Ring | None = None) -> None:
         """Update the fair-price state and publish the records as ticks (``ring``: where they

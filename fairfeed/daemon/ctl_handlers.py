@@ -20,10 +20,19 @@ from fairfeed.core import config as config_mod
 from fairfeed.core.config import LOG_LEVELS, Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import (
+    Key,
+    Stream,
+    Subscribe,
+    SubscriptionChange,
+    SubscriptionSet,
+    Unsubscribe,
+)
+from fairfeed.daemon.commands import Command, GrowRegistry, SetLogLevel
 from fairfeed.daemon.compute import ComputeWorker
 from fairfeed.daemon.ctl_protocol import ProtocolError
 from fairfeed.daemon.ingest import IngestWorker
-from fairfeed.daemon.subscriptions import Key, SubscriptionBook, SubscriptionError
+from fairfeed.daemon.subscriptions import SubscriptionBook, SubscriptionError
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
@@ -64,7 +73,6 @@ class ControlHandlers:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._removed_class: dict[Key, str] = {}  # data class of streams just unsubscribed
 
     def __call__(self, cmd: str, args: dict[str, Any]) -> Any:
         return getattr(self, "cmd_" + cmd.replace("-", "_"))(args)
@@ -86,7 +94,7 @@ class ControlHandlers:
             raise _invalid(f"{name!r} must be a string")
         return value
 
-    def _keys(self, args: dict[str, Any]) -> tuple[list[Key], str]:
+    def _streams(self, args: dict[str, Any]) -> list[Stream]:
         self._args(
             args, {"provider", "instruments", "venue", "data_class"}, {"provider", "instruments"}
         )
@@ -108,53 +116,38 @@ class ControlHandlers:
             raise _invalid(str(exc)) from None
 
     # -- messaging children ----------------------------------------------------------------
-    def _broadcast(self, msg: dict[str, Any]) -> None:
+    def _send(self, child: ChildSpec, cmd: Command) -> None:
+        if child.pipe is not None:
+            child.pipe.send(cmd)
+
+    def _broadcast(self, cmd: Command) -> None:
         for child in self.rt.children:
-            if child.pipe is not None:
-                child.pipe.send(msg)
+            self._send(child, cmd)
 
-    def _send_changes(self, op: str, keys: tuple[Key, ...]) -> None:
+    def _grow_registry(self, before: tuple[int, int]) -> None:
+        """Tell every child about ids added since ``before`` (instrument and source counts),
+        before any change can make a record carry them."""
+        reg = self.rt.registry
+        if (len(reg.instruments), len(reg.sources)) != before:
+            self._broadcast(GrowRegistry(reg.snapshot()))
+
+    def _send_change(self, change: SubscriptionChange) -> None:
+        """Compute follows the whole live set; each ingest worker gets its own streams, and the
+        supervisor's copy of its set changes by the same rule (a restarted worker forks from it).
+        """
         rt = self.rt
-        if not keys:
+        if not change.streams:
             return
-        per_worker: dict[tuple[int, str], list[list[str]]] = {}
-        full: list[list[str]] = []
-        for key in keys:
-            dclass = rt.book.entries.get(key) or self._removed_class.get(key, "spot")
-            per_worker.setdefault((rt.book.worker_of(key), key[0]), []).append(
-                [key[1], key[2], dclass]
-            )
-            full.append([*key, dclass])
-        # compute follows the live set (fair prices and anomaly detectors of what is streamed)
         comp = next(c for c in rt.children if c.slot == rt.compute.slot)
-        if comp.pipe is not None:
-            comp.pipe.send({"op": op, "keys": full})
-        for (w, provider), subs in per_worker.items():
+        self._send(comp, change)
+        per_worker: dict[int, list[Stream]] = {}
+        for s in change.streams:
+            per_worker.setdefault(s.owner(len(rt.workers)), []).append(s)
+        for w, streams in per_worker.items():
             worker = rt.workers[w]
-            self._update_assignments(worker, op, provider, subs)
-            child = next(c for c in rt.children if c.slot == worker.slot)
-            if child.pipe is not None:
-                child.pipe.send({"op": op, "provider": provider, "subs": subs})
-
-    def _update_assignments(
-        self, worker: IngestWorker, op: str, provider: str, subs: list[list[str]]
-    ) -> None:
-        """Keep the supervisor's copy current: a restarted worker forks from it."""
-        rt = self.rt
-        current = worker.assignments.get(provider, ())
-        keys = {(v, i) for v, i, _c in subs}
-        if op == "subscribe":
-            have = {(s.venue, s.instrument) for s in current}
-            add = tuple(
-                rt.book.subscription((provider, v, i)) for v, i, _c in subs if (v, i) not in have
-            )
-            worker.assignments[provider] = current + add
-        else:
-            left = tuple(s for s in current if (s.venue, s.instrument) not in keys)
-            if left:
-                worker.assignments[provider] = left
-            else:
-                worker.assignments.pop(provider, None)
+            part = type(change)(tuple(streams))
+            worker.subs.apply(part)
+            self._send(next(c for c in rt.children if c.slot == worker.slot), part)
 
     def _save(self) -> None:
         try:
@@ -168,39 +161,35 @@ class ControlHandlers:
 
     # -- commands --------------------------------------------------------------------------
     def cmd_subscribe(self, args: dict[str, Any]) -> dict[str, Any]:
-        keys, dclass = self._keys(args)
+        streams = self._streams(args)
         rt = self.rt
-        p = rt.cfg.provider(keys[0][0])
+        p = rt.cfg.provider(streams[0].provider)
         if p.kind == "simulator" and p.serve is not None:
-            missing = [k[2] for k in keys if k[2] not in p.serve.prices]
+            missing = [s.instrument for s in streams if s.instrument not in p.serve.prices]
             if missing:
                 raise _invalid(f"the local simulator {p.name!r} has no instrument(s) {missing}")
         before = (len(rt.registry.instruments), len(rt.registry.sources))
         try:
-            change = rt.book.add(keys, dclass)
+            change = rt.book.add(streams)
         except (ValueError, KeyError) as exc:  # registry capacity or class conflict
             raise ProtocolError("failed", str(exc)) from None
-        if (len(rt.registry.instruments), len(rt.registry.sources)) != before:
-            self._broadcast({"op": "registry", "snapshot": rt.registry.snapshot()})
-        self._send_changes("subscribe", change.changed)
+        self._grow_registry(before)
+        self._send_change(Subscribe(change.changed))
         self._save()
         log.info("ctl: subscribed %d stream(s) of %s", len(change.changed), p.name)
         return {
-            "added": [_key_json(k) for k in change.changed],
+            "added": [_key_json(s.key) for s in change.changed],
             "already": [_key_json(k) for k in change.unchanged],
         }
 
     def cmd_unsubscribe(self, args: dict[str, Any]) -> dict[str, Any]:
-        keys, _dclass = self._keys(args)
-        rt = self.rt
-        classes = {k: rt.book.entries[k] for k in keys if k in rt.book.entries}
-        change = rt.book.remove(keys)
-        self._removed_class = classes
-        self._send_changes("unsubscribe", change.changed)
+        streams = self._streams(args)
+        change = self.rt.book.remove([s.key for s in streams])
+        self._send_change(Unsubscribe(change.changed))
         self._save()
-        log.info("ctl: unsubscribed %d stream(s) of %s", len(change.changed), keys[0][0])
+        log.info("ctl: unsubscribed %d stream(s) of %s", len(change.changed), streams[0].provider)
         return {
-            "removed": [_key_json(k) for k in change.changed],
+            "removed": [_key_json(s.key) for s in change.changed],
             "absent": [_key_json(k) for k in change.unchanged],
         }
 
@@ -211,11 +200,12 @@ class ControlHandlers:
         now = time.time_ns()
         fresh_ns = int(rt.cfg.fair.stale_after * 1e9)
         out = []
-        for key, dclass in rt.book.entries.items():
+        for s in rt.book.live:
+            key, dclass = s.key, s.data_class
             provider, venue, inst = key
             if only and provider != only:
                 continue
-            w = rt.book.worker_of(key)
+            w = s.owner(len(rt.workers))
             worker = rt.workers[w]
             count = last = 0
             try:
@@ -281,7 +271,7 @@ class ControlHandlers:
             "config": rt.cfg.source,
             "control_socket": rt.socket_path,
             "state_file": str(rt.state_path),
-            "subscriptions": len(rt.book.entries),
+            "subscriptions": len(rt.book.live),
             "processes": procs,
             "rings": rings,
             "kafka": {
@@ -315,7 +305,7 @@ class ControlHandlers:
         if level not in LOG_LEVELS:
             raise _invalid(f"unknown log level {level!r} (known: {', '.join(LOG_LEVELS)})")
         logging.getLogger().setLevel(level)
-        self._broadcast({"op": "log_level", "level": level})
+        self._broadcast(SetLogLevel(level))
         return {"level": level}
 
     def reload_now(self) -> None:
@@ -354,23 +344,14 @@ class ControlHandlers:
                 "failed",
                 "the providers changed: that needs a restart (nothing was applied)",
             )
-        old_keys = {(p, v, i): c for p, v, i, c in old.subscription_keys()}
-        new_keys = {(p, v, i): c for p, v, i, c in new.subscription_keys()}
-        gone = [k for k in old_keys if k not in new_keys]
-        added: dict[str, list[Key]] = {}
-        for k, c in new_keys.items():
-            if k not in old_keys:
-                added.setdefault(c, []).append(k)
-        removed = self.rt.book.remove(gone).changed
-        self._removed_class = {k: old_keys[k] for k in removed}
-        self._send_changes("unsubscribe", removed)
+        old_set, new_set = SubscriptionSet(old.streams()), SubscriptionSet(new.streams())
+        gone = [s.key for s in old_set if s not in new_set]
+        removed = rt.book.remove(gone).changed
+        self._send_change(Unsubscribe(removed))
         before = (len(rt.registry.instruments), len(rt.registry.sources))
-        new_streams: list[Key] = []
-        for dclass, keys in added.items():
-            new_streams += rt.book.add(keys, dclass).changed
-        if (len(rt.registry.instruments), len(rt.registry.sources)) != before:
-            self._broadcast({"op": "registry", "snapshot": rt.registry.snapshot()})
-        self._send_changes("subscribe", tuple(new_streams))
+        new_streams = rt.book.add([s for s in new_set if s not in old_set]).changed
+        self._grow_registry(before)
+        self._send_change(Subscribe(new_streams))
         if new.daemon.log_level != old.daemon.log_level:
             self.cmd_set_log_level({"level": new.daemon.log_level})
         rt.cfg = dataclasses.replace(
@@ -381,7 +362,7 @@ class ControlHandlers:
         rt.book.cfg = rt.cfg
         self._save()
         return {
-            "subscribed": [_key_json(k) for k in new_streams],
-            "unsubscribed": [_key_json(k) for k in removed],
+            "subscribed": [_key_json(s.key) for s in new_streams],
+            "unsubscribed": [_key_json(s.key) for s in removed],
             "restart_required": sorted(restart),
         }

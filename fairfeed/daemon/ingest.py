@@ -16,9 +16,9 @@ import numpy as np
 from fairfeed.core.config import Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
-from fairfeed.core.subscriptions import Subscription
+from fairfeed.core.subscriptions import Subscribe, Subscription, SubscriptionSet, Unsubscribe
 from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, prepare_child
-from fairfeed.daemon.commands import CommandPipe
+from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
@@ -40,7 +40,7 @@ class IngestWorker:
     registry: Registry
     ring: Ring
     control: ControlBlock
-    assignments: dict[str, tuple[Subscription, ...]]  # provider -> its subscriptions here
+    subs: SubscriptionSet  # this worker's partition of the live set
     urls: dict[str, str]  # provider -> resolved endpoint
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
     pipe: CommandPipe | None = None  # commands from the supervisor
@@ -73,8 +73,8 @@ class IngestWorker:
         self.adapters: dict[str, Adapter] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self._pending: set[asyncio.Future] = set()
-        for provider, subs in self.assignments.items():
-            self._start_adapter(provider, subs)
+        for provider in self.subs.providers():
+            self._start_adapter(provider, self.subs.resolve(self.registry, provider))
         if self.pipe is not None:
             reader = self.pipe.child_side()
             loop.add_reader(reader.fd, lambda: self._apply_all(reader.read()))
@@ -82,7 +82,9 @@ class IngestWorker:
         self.control.set(self.slot, Slot.READY, 1)
         log.info(
             "serving %s",
-            ", ".join(f"{p}: {len(i)} subscriptions" for p, i in self.assignments.items())
+            ", ".join(
+                f"{p}: {len(self.subs.of_provider(p))} subscriptions" for p in self.subs.providers()
+            )
             or "nothing",
         )
         status = EXIT_OK
@@ -155,49 +157,44 @@ class IngestWorker:
         await asyncio.gather(task, return_exceptions=True)
 
     # -- commands from the supervisor --------------------------------------------------------
-    def _apply_all(self, commands: list[dict]) -> None:
+    def _apply_all(self, commands: list[Command]) -> None:
         for cmd in commands:
             try:
                 self.apply(cmd)
             except Exception:
-                log.exception("command %r failed", cmd.get("op"))
+                log.exception("command %r failed", cmd)
 
-    def apply(self, cmd: dict) -> None:
-        """One supervisor command: registry growth, subscription changes, log level."""
-        op = cmd["op"]
-        if op == "registry":
-            self.registry.extend(cmd["snapshot"])
-        elif op == "log_level":
-            logging.getLogger().setLevel(cmd["level"])
-        elif op in ("subscribe", "unsubscribe"):
-            provider = cmd["provider"]
-            subs = tuple(
-                Subscription.resolve(self.registry, provider, venue, inst, dclass)
-                for venue, inst, dclass in cmd["subs"]
-            )
-            current = self.assignments.get(provider, ())
-            keys = {(s.venue, s.instrument) for s in subs}
-            if op == "subscribe":
-                new = current + tuple(s for s in subs if (s.venue, s.instrument) not in
-                                      {(c.venue, c.instrument) for c in current})  # fmt: skip
-            else:
-                new = tuple(s for s in current if (s.venue, s.instrument) not in keys)
-            self.assignments[provider] = new
-            if not new:
-                del self.assignments[provider]
-            adapter = self.adapters.get(provider)
-            log.info("%s %s: %d streams", op, provider, len(subs))
-            if adapter is None:
-                if new:
-                    self._start_adapter(provider, new)
-            elif not new:
-                self._background(self._stop_adapter(provider))
-            elif adapter.live_changes:
-                (adapter.add if op == "subscribe" else adapter.remove)(subs)
-            else:  # this protocol cannot change an open session: replace this provider's alone
-                self._background(self._replace_adapter(provider, new))
+    def apply(self, cmd: Command) -> None:
+        """One supervisor command: registry growth, a subscription change, a log level."""
+        if isinstance(cmd, GrowRegistry):
+            self.registry.extend(cmd.snapshot)
+        elif isinstance(cmd, SetLogLevel):
+            logging.getLogger().setLevel(cmd.level)
+        elif isinstance(cmd, Subscribe | Unsubscribe):
+            changed = self.subs.apply(cmd)
+            for provider in dict.fromkeys(s.provider for s in changed):
+                mine = tuple(Subscription.of(self.registry, s) for s in changed
+                             if s.provider == provider)  # fmt: skip
+                self._change_adapter(provider, cmd, mine)
         else:
-            log.error("unknown command %r from the supervisor", op)
+            log.error("unknown command %r from the supervisor", cmd)
+
+    def _change_adapter(
+        self, provider: str, cmd: Subscribe | Unsubscribe, subs: tuple[Subscription, ...]
+    ) -> None:
+        """Bring ``provider``'s adapter to the worker's set after ``subs`` changed."""
+        want = self.subs.resolve(self.registry, provider)
+        adapter = self.adapters.get(provider)
+        log.info("%s %s: %d streams", type(cmd).__name__.lower(), provider, len(subs))
+        if adapter is None:
+            if want:
+                self._start_adapter(provider, want)
+        elif not want:
+            self._background(self._stop_adapter(provider))
+        elif adapter.live_changes:
+            (adapter.add if isinstance(cmd, Subscribe) else adapter.remove)(subs)
+        else:  # this protocol cannot change an open session: replace this provider's alone
+            self._background(self._replace_adapter(provider, want))
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

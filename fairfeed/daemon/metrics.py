@@ -214,9 +214,9 @@ class FairfeedCollector(Collector):
         rt = self.rt
         reg = rt.registry
         mask = rt.streams.count[:n_inst, :n_src] > 0
-        for p, v, inst in rt.book.entries:
+        for s in rt.book.live:
             try:
-                mask[reg.instrument_id(inst), reg.source_id(p, v)] = True
+                mask[reg.instrument_id(s.instrument), reg.source_id(s.provider, s.venue)] = True
             except (KeyError, IndexError):
                 continue
         ii, ss = np.nonzero(mask)
@@ -343,8 +343,9 @@ class FairfeedCollector(Collector):
         yield from (m_fair, m_fsrc, m_fage)
 
         subs: dict[tuple[str, str, str], int] = {}
-        for (p, v, _inst), dclass in rt.book.entries.items():
-            subs[(p, v, dclass)] = subs.get((p, v, dclass), 0) + 1
+        for s in rt.book.live:
+            cell = (s.provider, s.venue, s.data_class)
+            subs[cell] = subs.get(cell, 0) + 1
         m_subs = GaugeMetricFamily(
             "fairfeed_subscriptions",
             "Active subscriptions",

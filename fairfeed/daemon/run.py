@@ -11,7 +11,7 @@ from pathlib import Path
 from fairfeed.core.config import Config, ConfigError
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.registry import Registry, RegistryError
-from fairfeed.core.subscriptions import Subscription
+from fairfeed.core.subscriptions import SubscriptionSet
 from fairfeed.daemon.child import configure_logging
 from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.compute import ComputeWorker
@@ -40,16 +40,17 @@ TOPIC_PARTITIONS = 3
 
 def build_registry(cfg: Config) -> Registry:
     """Ids for every subscribed instrument and every (provider, venue) source."""
-    keys = cfg.subscription_keys()
+    streams = cfg.streams()
     seen: dict[str, str] = {}
-    for _p, _v, inst, dclass in keys:
-        if seen.setdefault(inst, dclass) != dclass:
+    for s in streams:
+        if seen.setdefault(s.instrument, s.data_class) != s.data_class:
             raise ConfigError(
-                f"{cfg.source}: instrument {inst!r} is subscribed as {seen[inst]} and as "
-                f"{dclass}: give derivatives their own names (e.g. {inst}-PERP)"
+                f"{cfg.source}: instrument {s.instrument!r} is subscribed as "
+                f"{seen[s.instrument]} and as {s.data_class}: give derivatives their own names "
+                f"(e.g. {s.instrument}-PERP)"
             )
     instruments = [(inst, CLASS_CODES[dclass]) for inst, dclass in seen.items()]
-    sources = [(p, v) for p, v, _i, _c in keys]
+    sources = [(s.provider, s.venue) for s in streams]
     try:
         return Registry.build(
             instruments, sources, cfg.daemon.max_instruments, cfg.daemon.max_sources
@@ -58,11 +59,9 @@ def build_registry(cfg: Config) -> Registry:
         raise ConfigError(f"{cfg.source}: {exc.args[0]}: raise daemon.max_*") from None
 
 
-def assign_subscriptions(
-    cfg: Config, registry: Registry, workers: int
-) -> list[dict[str, tuple[Subscription, ...]]]:
-    """Per ingest worker: provider -> its configured subscriptions there (rendezvous hashing)."""
-    return SubscriptionBook(cfg, registry, workers).assignments()
+def assign_subscriptions(cfg: Config, registry: Registry, workers: int) -> list[SubscriptionSet]:
+    """Per ingest worker: its part of the configured subscriptions (rendezvous hashing)."""
+    return SubscriptionBook(cfg, registry, workers).partition()
 
 
 def sweep_stale_segments(prefix: str) -> list[str]:
@@ -142,7 +141,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         state_path = Path(d.state_file) if d.state_file else default_state_file()
         log.info("%s", book.restore(state_path))
         book.save(state_path)
-        parts = book.assignments()
+        parts = book.partition()
         children: list[ChildSpec] = []
         slot = 0
         if serving:
@@ -172,7 +171,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             streams,
             pipe,
             metrics=board,
-            live=book.entries,
+            live=book.live,
         )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 

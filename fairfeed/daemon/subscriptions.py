@@ -28,17 +28,14 @@ from pathlib import Path
 import orjson
 
 from fairfeed.core.config import Config
-from fairfeed.core.partition import worker_for
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.registry import Registry
-from fairfeed.core.subscriptions import Subscription
+from fairfeed.core.subscriptions import Key, Stream, SubscriptionSet
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 INSTRUMENT_NAME = re.compile(r"[A-Z0-9][A-Z0-9._/-]{0,47}")
-
-Key = tuple[str, str, str]  # provider, venue, instrument
 
 
 class SubscriptionError(ValueError):
@@ -49,13 +46,13 @@ class SubscriptionError(ValueError):
 class Change:
     """What an add or remove did."""
 
-    changed: tuple[Key, ...]  # added (or removed)
+    changed: tuple[Stream, ...]  # added (or removed, with their data class)
     unchanged: tuple[Key, ...]  # already there (or not there)
 
 
 def fingerprint(cfg: Config) -> str:
     """Hash of the configuration's subscriptions (what the state file was derived from)."""
-    data = orjson.dumps(sorted(cfg.subscription_keys()))
+    data = orjson.dumps(sorted((*s.key, s.data_class) for s in cfg.streams()))
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -66,36 +63,28 @@ def default_state_file() -> Path:
 
 
 class SubscriptionBook:
-    """The live set: which (provider, venue, instrument) is streamed, and by which worker."""
+    """The live set (:attr:`live`), its validation, and its state file."""
 
     def __init__(self, cfg: Config, registry: Registry, workers: int) -> None:
         self.cfg = cfg
         self.registry = registry
         self.workers = workers
-        self.entries: dict[Key, str] = {}  # key -> data class
-        for provider, venue, inst, dclass in cfg.subscription_keys():
-            self.entries[(provider, venue, inst)] = dclass
+        self.live = SubscriptionSet(cfg.streams())
 
     # -- queries -------------------------------------------------------------------------
     def worker_of(self, key: Key) -> int:
         provider, venue, inst = key
-        return worker_for(provider, f"{venue}:{inst}", self.workers)
+        return Stream(provider, venue, inst, "").owner(self.workers)
 
-    def subscription(self, key: Key) -> Subscription:
-        return Subscription.resolve(self.registry, *key, self.entries[key])
-
-    def assignments(self) -> list[dict[str, tuple[Subscription, ...]]]:
-        """Per ingest worker: provider -> its subscriptions there."""
-        parts: list[dict[str, list[Subscription]]] = [{} for _ in range(self.workers)]
-        for key in self.entries:
-            parts[self.worker_of(key)].setdefault(key[0], []).append(self.subscription(key))
-        return [{p: tuple(s) for p, s in part.items()} for part in parts]
+    def partition(self) -> list[SubscriptionSet]:
+        """The live set split over the ingest workers."""
+        return self.live.partition(self.workers)
 
     # -- changes -------------------------------------------------------------------------
     def resolve(
         self, provider: str, instruments: list[str], venue: str = "", data_class: str = ""
-    ) -> tuple[list[Key], str]:
-        """Validated keys for a request, and the data class; raises SubscriptionError."""
+    ) -> list[Stream]:
+        """Validated streams for a request; raises SubscriptionError."""
         try:
             p = self.cfg.provider(provider)
         except KeyError:
@@ -121,23 +110,21 @@ class SubscriptionBook:
                 raise SubscriptionError(
                     f"instrument {inst!r} is already known with another data class"
                 )
-        return [(provider, venue, inst) for inst in dict.fromkeys(instruments)], dclass
+        return [Stream(provider, venue, inst, dclass) for inst in dict.fromkeys(instruments)]
 
-    def add(self, keys: list[Key], data_class: str) -> Change:
-        """Add ``keys`` (registering new instruments and sources)."""
-        new = [k for k in keys if k not in self.entries]
-        for provider, venue, inst in new:
-            self.registry.add_instrument(inst, CLASS_CODES[data_class])
-            self.registry.add_source(provider, venue)
-        for k in new:
-            self.entries[k] = data_class
-        return Change(tuple(new), tuple(k for k in keys if k not in new))
+    def add(self, streams: list[Stream]) -> Change:
+        """Add ``streams`` (registering new instruments and sources first)."""
+        new = [s for s in streams if s not in self.live]
+        for s in new:
+            self.registry.add_instrument(s.instrument, CLASS_CODES[s.data_class])
+            self.registry.add_source(s.provider, s.venue)
+        added = self.live.add(new)
+        return Change(added, tuple(s.key for s in streams if s not in new))
 
     def remove(self, keys: list[Key]) -> Change:
-        gone = [k for k in keys if k in self.entries]
-        for k in gone:
-            del self.entries[k]
-        return Change(tuple(gone), tuple(k for k in keys if k not in gone))
+        gone = self.live.remove(keys)
+        left = {s.key for s in gone}
+        return Change(gone, tuple(k for k in keys if k not in left))
 
     # -- state file ----------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -147,8 +134,13 @@ class SubscriptionBook:
                 "version": STATE_VERSION,
                 "config_fingerprint": fingerprint(self.cfg),
                 "subscriptions": [
-                    {"provider": p, "venue": v, "instrument": i, "data_class": c}
-                    for (p, v, i), c in self.entries.items()
+                    {
+                        "provider": s.provider,
+                        "venue": s.venue,
+                        "instrument": s.instrument,
+                        "data_class": s.data_class,
+                    }
+                    for s in self.live
                 ],
             },
             option=orjson.OPT_INDENT_2,
@@ -181,24 +173,23 @@ class SubscriptionBook:
                 "the configuration wins, live changes recorded there are dropped"
             )
         providers = {p.name for p in self.cfg.providers}
-        entries: dict[Key, str] = {}
+        streams: list[Stream] = []
         dropped = 0
         for e in state.get("subscriptions", []):
             try:
-                key = (e["provider"], e["venue"], e["instrument"])
-                dclass = e["data_class"]
+                s = Stream(e["provider"], e["venue"], e["instrument"], e["data_class"])
             except (KeyError, TypeError):
                 dropped += 1
                 continue
-            if key[0] not in providers or dclass not in CLASS_CODES:
+            if s.provider not in providers or s.data_class not in CLASS_CODES:
                 dropped += 1
                 continue
-            entries[key] = dclass
-        self.entries = {}
-        for key, dclass in entries.items():
+            streams.append(s)
+        self.live = SubscriptionSet()
+        for s in streams:
             try:
-                self.add([key], dclass)
+                self.add([s])
             except (ValueError, KeyError):
                 dropped += 1
         extra = f", {dropped} invalid entries dropped" if dropped else ""
-        return f"restored {len(self.entries)} subscriptions from {path}{extra}"
+        return f"restored {len(self.live)} subscriptions from {path}{extra}"

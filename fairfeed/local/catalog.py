@@ -75,8 +75,6 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
     if p.kind == "kaiko":
         from fairfeed.local.kaiko import KaikoServer
 
-        venues = tuple(
-            dict.fromkeys(v for pn, v, _i, _c in cfg.subscription_keys() if pn == p.name)
-        )
+        venues = tuple(dict.fromkeys(s.venue for s in cfg.streams() if s.provider == p.name))
         return KaikoServer(s, api_key=key, venues=venues or (p.venue,), host=host, port=port)
     raise KeyError(f"no local server for provider kind {p.kind!r}")

@@ -13,6 +13,7 @@ from fairfeed.core.records import (
     RECORD_DTYPE,
 )
 from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Stream
 from fairfeed.daemon.anomalies import AnomalyDetector, global_row, threshold_row
 from fairfeed.hotpath import anomaly as an
 from fairfeed.kafka.encode import decode_anomaly, encode_anomalies
@@ -56,9 +57,9 @@ def _subjects(events: list[dict]) -> list[tuple]:
 
 def test_a_live_subscribe_keeps_the_other_episodes_and_a_resubscribe_starts_afresh() -> None:
     reg = Registry.build([("BTC-USD", SPOT)], [("p0", "V0"), ("p1", "V1")], 64, 8)
-    keys = [("p0", "V0", "BTC-USD", "spot"), ("p1", "V1", "BTC-USD", "spot")]
-    det = AnomalyDetector(CFG, reg, 1, T0, keys)
-    both = [k[:3] for k in keys]
+    streams = [Stream("p0", "V0", "BTC-USD", "spot"), Stream("p1", "V1", "BTC-USD", "spot")]
+    det = AnomalyDetector(CFG, reg, 1, T0, streams)
+    both = [s.key for s in streams]
     assert _run(det, reg, both, T0, T0 + 3 * S) == []
     # p1 goes silent: its no-data episode opens
     ev = _run(det, reg, both[:1], T0 + 3 * S, T0 + 6 * S)
@@ -66,8 +67,8 @@ def test_a_live_subscribe_keeps_the_other_episodes_and_a_resubscribe_starts_afre
 
     # a live subscribe of a new instrument while the episode is open
     reg.add_instrument("ETH-USD", SPOT)
-    assert det.extend([("p0", "V0", "ETH-USD", "spot")], T0 + 6 * S) == 1
-    assert det.extend([("p0", "V0", "ETH-USD", "spot")], T0 + 6 * S) == 0  # known already
+    assert det.extend([Stream("p0", "V0", "ETH-USD", "spot")], T0 + 6 * S) == 1
+    assert det.extend([Stream("p0", "V0", "ETH-USD", "spot")], T0 + 6 * S) == 0  # known already
     three = [*both, ("p0", "V0", "ETH-USD")]
     ev = _run(det, reg, [three[0], three[2]], T0 + 6 * S, T0 + 7 * S)
     assert ev == []  # no repeated start, nothing about the new stream

@@ -25,11 +25,8 @@ def test_every_subscription_goes_to_exactly_one_worker() -> None:
     cfg = config.load()
     reg = build_registry(cfg)
     parts = assign_subscriptions(cfg, reg, 3)
-    seen = sorted(
-        (s.provider, s.venue, s.instrument)
-        for part in parts
-        for subs in part.values()
-        for s in subs
-    )
-    assert seen == sorted((p, v, i) for p, v, i, _c in cfg.subscription_keys())
-    assert len(seen) == len(set(seen)) == len(cfg.subscription_keys())
+    seen = sorted(s.key for part in parts for s in part)
+    assert seen == sorted(s.key for s in cfg.streams())
+    assert len(seen) == len(set(seen)) == len(cfg.streams())
+    for w, part in enumerate(parts):
+        assert all(s.owner(3) == w for s in part)

@@ -33,9 +33,9 @@ def test_unknown_names_raise_a_clear_error() -> None:
 def test_registry_of_the_embedded_default() -> None:
     cfg = config.load()
     reg = build_registry(cfg)
-    keys = cfg.subscription_keys()
-    assert set(reg.instruments) == {i for _p, _v, i, _c in keys}
-    sources = {(p, v) for p, v, _i, _c in keys}
+    streams = cfg.streams()
+    assert set(reg.instruments) == {s.instrument for s in streams}
+    sources = {(s.provider, s.venue) for s in streams}
     assert len(reg.sources) == len(sources) and (reg.source_table() >= 0).sum() == len(sources)
     assert {reg.source_name(s) for s in range(len(sources))} == {f"{p}/{v}" for p, v in sources}
 
