@@ -80,11 +80,13 @@ class Baseline:
         registry = build_registry(self.cfg)
         out = []
         for part in assign_subscriptions(self.cfg, registry, self.cfg.daemon.workers):
-            for provider, subs in part.items():
+            for provider in part.providers():
                 p = self.cfg.provider(provider)
                 if not p.url:
                     raise ValueError(f"provider {provider}: the baseline needs a url")
-                out.append((provider, p.url, tuple(s.instrument for s in subs)))
+                out.append(
+                    (provider, p.url, tuple(s.instrument for s in part.of_provider(provider)))
+                )
         return out
 
     def _on_delivery(self, err, _msg) -> None:

@@ -41,13 +41,9 @@ class Stream:
 
 
 @dataclass(frozen=True)
-class Subscription:
-    """One (provider, venue, instrument) stream, with the ids its records carry."""
+class Subscription(Stream):
+    """A stream with the ids its records carry."""
 
-    provider: str
-    venue: str
-    instrument: str  # canonical name, e.g. "BTC-USD"
-    data_class: str  # "spot", "future", "perpetual", "option"
     provider_id: int
     venue_id: int
     instrument_id: int

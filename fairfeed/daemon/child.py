@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -35,6 +36,19 @@ def prepare_child(name: str, log_level: str) -> None:
     except (OSError, AttributeError):  # not Linux: the orphan check below still applies
         pass
     configure_logging(name, log_level)
+
+
+def enter_child(name: str, log_level: str, control: ControlBlock, slot: int) -> None:
+    """:func:`prepare_child`, then publish this process's pid in its slot."""
+    prepare_child(name, log_level)
+    control.set(slot, Slot.PID, os.getpid())
+
+
+def sigterm_event() -> asyncio.Event:
+    """An event set by SIGTERM, for a child running an asyncio loop (call inside the loop)."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return stop
 
 
 def configure_logging(name: str, level: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from fairfeed.core.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscribe, SubscriptionSet, Unsubscribe
 from fairfeed.daemon.anomalies import AnomalyDetector
-from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.child import EXIT_OK, Heartbeat, enter_child
 from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.hotpath.anomaly import E_KIND, E_PHASE, E_PROVIDER, PHASE_START
 from fairfeed.hotpath.fairmethods import FairBook
@@ -54,8 +53,7 @@ class ComputeWorker:
 
     def main(self) -> int:
         """Child entry point (runs after fork)."""
-        prepare_child(self.name, self.cfg.daemon.log_level)
-        self.control.set(self.slot, Slot.PID, os.getpid())
+        enter_child(self.name, self.cfg.daemon.log_level, self.control, self.slot)
         stopping = False
 
         def on_term(_sig: int, _frame: object) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from fairfeed.core.config import Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscribe, Subscription, SubscriptionSet, Unsubscribe
-from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, enter_child, sigterm_event
 from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
@@ -51,14 +49,11 @@ class IngestWorker:
 
     def main(self) -> int:
         """Child entry point (runs after fork)."""
-        prepare_child(self.name, self.cfg.daemon.log_level)
-        self.control.set(self.slot, Slot.PID, os.getpid())
+        enter_child(self.name, self.cfg.daemon.log_level, self.control, self.slot)
         return asyncio.run(self._run())
 
     async def _run(self) -> int:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        stop = sigterm_event()
         self.counters = counters = SlotCounters(self.control, self.slot)
         policy = OverflowPolicy(block_timeout=self.cfg.ring.block_timeout_ms / 1000)
         ring = self.ring
@@ -77,7 +72,7 @@ class IngestWorker:
             self._start_adapter(provider, self.subs.resolve(self.registry, provider))
         if self.pipe is not None:
             reader = self.pipe.child_side()
-            loop.add_reader(reader.fd, lambda: self._apply_all(reader.read()))
+            asyncio.get_running_loop().add_reader(reader.fd, lambda: self._apply_all(reader.read()))
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
         self.control.set(self.slot, Slot.READY, 1)
         log.info(

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from dataclasses import dataclass
 
 from fairfeed.core.config import Config, ProviderConfig
 from fairfeed.core.counters import Slot
-from fairfeed.daemon.child import EXIT_OK, Heartbeat, prepare_child
+from fairfeed.daemon.child import EXIT_OK, Heartbeat, enter_child, sigterm_event
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.local.catalog import local_server
 
@@ -37,14 +35,11 @@ class SimulatorHost:
 
     def main(self) -> int:
         """Child entry point (runs after fork)."""
-        prepare_child(self.name, self.cfg.daemon.log_level)
-        self.control.set(self.slot, Slot.PID, os.getpid())
+        enter_child(self.name, self.cfg.daemon.log_level, self.control, self.slot)
         return asyncio.run(self._run())
 
     async def _run(self) -> int:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        stop = sigterm_event()
         servers = []
         for p in self.served():
             server = local_server(self.cfg, p, self.ports[p.name])

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
+from fairfeed.core.subscriptions import Stream, SubscriptionSet
 from fairfeed.daemon.metrics import OVERFLOW, FairfeedCollector, render_text
 from fairfeed.daemon.metrics_http import MetricsHTTPServer
 from fairfeed.daemon.supervisor import ChildSpec
@@ -42,7 +43,7 @@ def rt():
     ns = SimpleNamespace(
         cfg=SimpleNamespace(),
         registry=reg,
-        book=SimpleNamespace(entries={("p0", "V0", 'I0-"x"'): "spot"}),
+        book=SimpleNamespace(live=SubscriptionSet([Stream("p0", "V0", 'I0-"x"', "spot")])),
         control=control,
         streams=streams,
         rings=[],
