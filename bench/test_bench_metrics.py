@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from fairfeed.core import config as config_mod
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.subscriptions import Stream, SubscriptionSet
 from fairfeed.daemon.compute import Pipeline
 from fairfeed.daemon.metrics import FairfeedCollector, render_text
 from fairfeed.daemon.run import build_registry
@@ -157,16 +158,16 @@ def test_scrape_1000_instruments_5_sources(benchmark, segments, writer):
     s.board.price[:N_INSTRUMENTS, :n_src] = 100.0
     s.control.fair_price[:N_INSTRUMENTS] = 100.0
     s.board.hist[:n_src, :N_HOPS, 3] = 10
-    entries = {
-        (registry.providers[p], registry.venues[v], inst): "spot"
+    live = SubscriptionSet(
+        Stream(registry.providers[p], registry.venues[v], inst, "spot")
         for p, v in registry.sources
         for inst in registry.instruments
-    }
+    )
     children = [ChildSpec(name, i, lambda: 0) for i, name in enumerate(["ingest-0", "compute"])]
     rt = SimpleNamespace(
         cfg=s.cfg,
         registry=registry,
-        book=SimpleNamespace(entries=entries),
+        book=SimpleNamespace(live=live),
         control=s.control,
         streams=s.streams,
         rings=[s.ring],
