@@ -432,7 +432,9 @@ class WsAdapter(Adapter):
 
     # Protocol defaults; the provider's configuration overrides the ones it names.
     max_streams_per_connection = 1024
-    streams_per_subscription = 1  # protocol streams one subscription takes (Binance: 2)
+    # Protocol streams one subscription takes (Binance, Kraken: 2). The one rule for how many
+    # subscriptions fit a connection, at start and on a live add: subscriptions_per_connection.
+    streams_per_subscription = 1
     subscribe_batch = 100  # streams per subscribe message
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect

@@ -154,6 +154,32 @@ def test_stream_limit_splits_connections():
     asyncio.run(main())
 
 
+def test_live_additions_respect_the_stream_limit():
+    """Two streams (trade, ticker) per instrument: a live add of 4 instruments on a 4-stream
+    limit needs two new connections; one connection with 8 streams would be refused."""
+    cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.5)
+
+    async def main():
+        async with KrakenServer("kraken", cfg, max_streams=4) as server:
+            adapter, sink, counters, _ = make(server.url, tuple(PRICES)[:3], max_streams=4)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.connections() == 2, what="first connections")
+            more = tuple(
+                Subscription.resolve(REGISTRY, "kraken", "kraken", i, "spot")
+                for i in tuple(PRICES)[3:]
+            )
+            adapter.add(more)
+            assert [len(c.subs) for c in adapter.connections] == [2, 1, 2, 2]
+            ids = {REGISTRY.instrument_id(s) for s in PRICES}
+            await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="all")
+            assert server.connections() == 4
+            assert server.limit_errors == 0 and counters[Slot.SUBSCRIBE_ERRORS] == 0
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
 def test_heartbeats_keep_a_quiet_connection_and_pings_are_answered():
     cfg = SimulatorConfig(prices=PRICES, rate=300)
 

@@ -42,6 +42,7 @@ class KrakenAdapter(WsAdapter):
 
     gap_kinds = (KIND_TRADE,)  # trade ids are contiguous per symbol
     max_streams_per_connection = 400  # Kraken publishes no limit: a conservative default
+    streams_per_subscription = len(CHANNELS)  # trade and ticker
     subscribe_batch = 100  # symbols (streams) per subscribe request
     stale_after = 10.0  # heartbeats every second once subscribed
     min_record_bytes = 60
@@ -52,13 +53,6 @@ class KrakenAdapter(WsAdapter):
     ) -> None:
         super().__init__(ctx, **overrides)
         self.ping_interval = ping_interval
-        # The base splits *subscriptions*; limits count streams (two channels per instrument).
-        per_conn = max(1, self.max_streams_per_connection // len(CHANNELS))
-        subs = ctx.subscriptions
-        self.connections = [
-            WsConnection(self, i, subs[k : k + per_conn])
-            for i, k in enumerate(range(0, len(subs), per_conn))
-        ]
         self._ids = itertools.count(1)
         self._pending: dict[int, dict[int, int]] = {}  # conn index -> req_id -> symbols left
         self._pingers: set[asyncio.Task] = set()
