@@ -430,7 +430,9 @@ class WsAdapter(Adapter):
     A parser with per-connection state exposes ``reset()``; the base calls it on every connect.
     """
 
-    # Protocol defaults; the provider's configuration overrides the ones it names.
+    # Protocol constants and defaults; the provider's configuration overrides the ones it names
+    # (stale_after, max_streams_per_connection, subscribe_batch, max_connection_age) and its
+    # options (fairfeed/core/options.py) set the backoff, subscribe timeout and rate-limit pause.
     max_streams_per_connection = 1024
     # Protocol streams one subscription takes (Binance, Kraken: 2). The one rule for how many
     # subscriptions fit a connection, at start and on a live add: subscriptions_per_connection.
@@ -439,23 +441,19 @@ class WsAdapter(Adapter):
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
     acknowledges_subscriptions = True  # False: consider subscribed once the requests are sent
-    subscribe_timeout = 10.0
     handshake_timeout = 10.0
     gap_kinds: tuple[int, ...] = ()  # record kinds whose `sequence` is contiguous per instrument
     min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
     buffer_records = 8192
-    backoff_base = 0.25
-    backoff_cap = 30.0
     log_interval = 1.0
 
-    def __init__(self, ctx: IngestContext, **overrides: object) -> None:
-        """``overrides`` set any of the protocol defaults above (tests shorten timeouts)."""
+    def __init__(self, ctx: IngestContext) -> None:
         super().__init__(ctx)
-        for key, value in overrides.items():
-            if key.startswith("_") or not hasattr(type(self), key):
-                raise TypeError(f"{type(self).__name__}: unknown setting {key!r}")
-            setattr(self, key, value)
         p = ctx.provider
+        o = self.options
+        self.backoff_base, self.backoff_cap = o.backoff_base, o.backoff_cap
+        self.subscribe_timeout = o.subscribe_timeout
+        self.rate_limit_pause = o.rate_limit_pause  # least wait after a rate-limit refusal
         if p.stale_after:
             self.stale_after = p.stale_after
         if p.max_streams_per_connection:

@@ -13,6 +13,7 @@ import pytest
 
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import KrakenOptions
 from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
@@ -45,10 +46,12 @@ pytestmark = pytest.mark.timeout(30)
 
 def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch: int = 0,
          interval: float = 0.0, stale: float = 2.0, **kw):  # fmt: skip
+    kw.setdefault("backoff_base", 0.02)
+    kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
         name="kraken", kind="kraken", venue="kraken", url=url,
         max_streams_per_connection=max_streams, subscribe_batch=batch,
-        subscribe_interval=interval, stale_after=stale,
+        subscribe_interval=interval, stale_after=stale, options=KrakenOptions(**kw),
     )  # fmt: skip
     sink, counters, dead = Sink(), DictCounters(), []
     subs = tuple(Subscription.resolve(REGISTRY, "kraken", "kraken", i, "spot") for i in instruments)
@@ -56,9 +59,7 @@ def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
         counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)),
     )  # fmt: skip
-    kw.setdefault("backoff_base", 0.02)
-    kw.setdefault("backoff_cap", 0.1)
-    return KrakenAdapter(ctx, **kw), sink, counters, dead
+    return KrakenAdapter(ctx), sink, counters, dead
 
 
 def ts_ns(s: str) -> int:
@@ -278,8 +279,9 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
     async def main():
         async with KrakenServer("kraken", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(server.url, backoff_base=0.05, backoff_cap=0.3)
-            adapter.rate_limit_pause = 0.1
+            adapter, sink, counters, _ = make(
+                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1
+            )
             task = asyncio.create_task(adapter.run())
             await asyncio.sleep(1.5)
             refused = counters[Slot.SUBSCRIBE_ERRORS]

@@ -23,7 +23,7 @@ staggered subscribes, liveness, health records and dead letters are
   the running ``gaps`` / ``missed`` totals the shared base counts in Slot.GAPS / Slot.MISSED.
 * **Answers.** ``error`` answers refuse the connection's subscription (Slot.SUBSCRIBE_ERRORS, a
   KIND_STATUS record, reconnect with the growing backoff); a rate-limit error (its text names
-  the rate limit; Coinbase gives no delay) waits at least ``rate_limit_delay`` seconds.
+  the rate limit; Coinbase gives no delay) waits at least the option ``rate_limit_pause``.
   Coinbase has no reconnect notice and no documented maximum connection age.
 * ``parser.reset()`` on every (re)connect (``on_open``), so numbering restarts cleanly.
 * Live changes: removed products are unsubscribed on their open connection
@@ -36,8 +36,8 @@ from __future__ import annotations
 import json
 import logging
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Counters, Slot
+from fairfeed.core.options import CoinbaseOptions
 from fairfeed.core.records import CLASS_CODES, KIND_GAP, KIND_HEARTBEAT, KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
@@ -85,8 +85,10 @@ class _AdvancedParser(AdvancedTradeParser):
 
     __slots__ = ("_counters",) if _PARSER_HAS_TOTALS else ("_counters", "gaps", "missed")
 
-    def __init__(self, symbols, provider, venue, data_class, counters: Counters) -> None:
-        super().__init__(symbols, provider, venue, data_class)
+    def __init__(
+        self, symbols, provider, venue, data_class, counters: Counters, snapshot_trades: bool
+    ) -> None:
+        super().__init__(symbols, provider, venue, data_class, snapshot_trades=snapshot_trades)
         self._counters = counters
         if not _PARSER_HAS_TOTALS:
             self.gaps = 0
@@ -108,31 +110,24 @@ class _AdvancedParser(AdvancedTradeParser):
 class CoinbaseAdapter(WsAdapter):
     """Streams ``ctx.subscriptions`` from Coinbase's Exchange feed or Advanced Trade.
 
-    ``backoff`` sets the reconnect schedule; other keyword arguments set the protocol defaults
-    (those of :class:`WsAdapter` and ``rate_limit_delay``: the least wait after a rate-limit
-    error, as Coinbase names no delay; its limit is 8 requests per second per IP).
+    Coinbase names no delay after a rate-limit error (its limit is 8 requests per second per
+    IP): the option ``rate_limit_pause`` is the least wait.
     """
 
     gap_kinds = (KIND_TRADE,)
     max_streams_per_connection = 100  # Coinbase advises spreading products over connections
     subscribe_batch = 100
     stale_after = 10.0  # heartbeats arrive every second on both feeds
-    subscribe_timeout = 10.0
     min_record_bytes = 100  # the smallest data message (an AT heartbeat) is ~170 bytes
+    options: CoinbaseOptions
 
-    rate_limit_delay = 1.0  # least wait after a rate-limit error (Coinbase names no delay)
-
-    def __init__(
-        self, ctx: IngestContext, *, backoff: Backoff | None = None, **overrides: object
-    ) -> None:
+    def __init__(self, ctx: IngestContext) -> None:
         feed = ctx.provider.feed or "exchange"
         if feed not in FEEDS:
             raise ValueError(f"{ctx.provider.name}: coinbase feed must be one of {FEEDS}: {feed!r}")
         self.feed = feed
-        if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
         self._expected: dict[int, int] = {}  # connection index -> subscribe answers awaited
-        super().__init__(ctx, **overrides)
+        super().__init__(ctx)
 
     # -- protocol hooks ------------------------------------------------------------------------
     def make_parser(self, subs: tuple[Subscription, ...]):
@@ -146,7 +141,9 @@ class CoinbaseAdapter(WsAdapter):
         symbols = {to_product_id(s.instrument): s.instrument_id for s in subs}
         if self.feed == "exchange":
             return _ExchangeParser(symbols, provider, venue, dclass, ctx.counters)
-        return _AdvancedParser(symbols, provider, venue, dclass, ctx.counters)
+        return _AdvancedParser(
+            symbols, provider, venue, dclass, ctx.counters, self.options.snapshot_trades
+        )
 
     def on_open(self, conn: WsConnection) -> None:
         conn.parser.reset()  # the base resets it too (since 81a1e19); harmless twice
@@ -207,7 +204,7 @@ class CoinbaseAdapter(WsAdapter):
             reason = getattr(msg, "reason", "")
             text = f"{message}: {reason}" if reason else message
             limited = "rate limit" in text.lower()
-            conn.refuse(text, self.rate_limit_delay if limited else 0.0)
+            conn.refuse(text, self.rate_limit_pause if limited else 0.0)
 
 
 def _json(obj: dict) -> str:

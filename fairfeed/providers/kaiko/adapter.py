@@ -23,9 +23,10 @@ for the loop to drain it: memory is bounded and back-pressure reaches the HTTP/2
 
 Health. Reconnects use :class:`Backoff` (capped, jittered; reset only once a session delivered
 data, so a server that accepts and then fails cannot cause a hot loop). RESOURCE_EXHAUSTED (rate
-limit) switches to a separate, longer schedule and honours a ``retry-after`` trailer in seconds
-when the server sends one. Other refusals (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
-NOT_FOUND...) count a subscribe error and retry on the normal schedule. Kaiko has no heartbeat,
+limit) waits at least the option ``rate_limit_pause`` (default 5 s), or the ``retry-after``
+trailer in seconds when the server sends a longer one, while the backoff keeps growing. Other
+refusals (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND...) count a subscribe
+error and retry on the normal schedule. Kaiko has no heartbeat,
 so a call is stale when it delivered no *record* (parse errors and empty messages do not count)
 for ``stale_after`` seconds: pick it above the quietest subscribed market's normal silence.
 """
@@ -51,6 +52,7 @@ from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
+from fairfeed.core.options import KaikoOptions, split_key
 from fairfeed.core.records import (
     KIND_STATUS,
     RECORD_DTYPE,
@@ -194,52 +196,41 @@ def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
 class KaikoAdapter(Adapter):
     """Streams the context's subscriptions from Kaiko Stream (or the local :class:`KaikoServer`).
 
-    ``api_key`` defaults to the environment variable named by ``provider.api_key_env``;
-    ``stale_after`` defaults to ``provider.stale_after`` or else 30 s (5 s for a served
-    simulator); ``backoff`` is the reconnect schedule and ``rate_limit_backoff`` the one after
-    RESOURCE_EXHAUSTED; ``trades`` / ``quotes`` choose the services; ``buffer_records`` bounds the
-    records waiting for the loop; ``batch_delay`` (seconds) is how long the loop lets records
-    gather after the first one before it emits them (one wake-up per batch instead of one per
-    message: the main CPU saving over a plain client; 0 = emit at once).
+    The API key is read from the environment variable named by ``provider.api_key_env``;
+    ``stale_after`` is ``provider.stale_after`` or else 30 s (5 s for a served simulator). The
+    options (:class:`~fairfeed.core.options.KaikoOptions`): the reconnect backoff and
+    ``rate_limit_pause``; ``trades`` / ``quotes`` choose the services; ``codes`` /
+    ``amount_units`` the symbol table overrides; ``buffer_records`` bounds the records waiting
+    for the loop; ``batch_delay`` (seconds) is how long the loop lets records gather after the
+    first one before it emits them (one wake-up per batch instead of one per message: the main
+    CPU saving over a plain client; 0 = emit at once).
     """
 
-    def __init__(
-        self,
-        ctx: IngestContext,
-        *,
-        api_key: str | None = None,
-        symbols: KaikoSymbols | None = None,
-        trades: bool = True,
-        quotes: bool = True,
-        buffer_records: int = 8192,
-        backoff: Backoff | None = None,
-        rate_limit_backoff: Backoff | None = None,
-        stale_after: float | None = None,
-        subscribe_timeout: float = 10.0,
-        log_interval: float = 1.0,
-        channel_options: list[tuple[str, object]] | None = None,
-        batch_delay: float = 0.0005,
-    ) -> None:
+    options: KaikoOptions
+    log_interval = 1.0
+
+    def __init__(self, ctx: IngestContext) -> None:
         super().__init__(ctx)
         p = ctx.provider
-        if api_key is None:
-            api_key = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
-            if not api_key:
-                log.error("%s: no API key (set %s)", p.name, p.api_key_env or "api_key_env")
+        o = self.options
+        api_key = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
+        if not api_key:
+            log.error("%s: no API key (set %s)", p.name, p.api_key_env or "api_key_env")
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self.target, self.tls = parse_target(ctx.url, p.tls)
-        self.symbols = symbols or KaikoSymbols()
-        self.backoff = backoff or Backoff(base=0.25, cap=30.0)
-        self.rate_limit_backoff = rate_limit_backoff or Backoff(base=5.0, cap=300.0)
-        if stale_after is None:
-            stale_after = p.stale_after or (
-                5 * p.serve.heartbeat_interval if p.serve is not None else 30.0
-            )
-        self.stale_after = stale_after
-        self.subscribe_timeout = subscribe_timeout
-        self.batch_delay = batch_delay
+        self.symbols = KaikoSymbols(
+            overrides={split_key(k): v for k, v in o.codes.items()},
+            amount_units={split_key(k): v for k, v in o.amount_units.items()},
+        )
+        self.backoff = Backoff(base=o.backoff_base, cap=o.backoff_cap)
+        self.rate_limit_pause = o.rate_limit_pause
+        self.stale_after = p.stale_after or (
+            5 * p.serve.heartbeat_interval if p.serve is not None else 30.0
+        )
+        self.subscribe_timeout = o.subscribe_timeout
+        self.batch_delay = o.batch_delay
+        trades, quotes, buffer_records = o.trades, o.quotes, o.buffer_records
         self.channel_options = [
-            *(channel_options or []),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -305,8 +296,8 @@ class KaikoAdapter(Adapter):
         self.subscribe_errors = 0
         self.rate_limits = 0
         self.stale_reconnects = 0
-        self._parse_log = ErrorLog(log, f"{p.name}: malformed message", log_interval)
-        self._conn_log = ErrorLog(log, f"{p.name}: connection", log_interval)
+        self._parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
+        self._conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
 
     # --- reader threads -> loop ------------------------------------------------------------
 
@@ -366,9 +357,8 @@ class KaikoAdapter(Adapter):
             except Exception:
                 log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, n)
             c.add(Slot.RECORDS_IN, n)
-            if self.backoff.attempts or self.rate_limit_backoff.attempts:
+            if self.backoff.attempts:
                 self.backoff.reset()  # this session delivers data: the next failure starts over
-                self.rate_limit_backoff.reset()
         if frames:
             c.add(Slot.FRAMES_IN, frames)
         if errors:
@@ -516,12 +506,9 @@ class KaikoAdapter(Adapter):
             self._conn_log(f"{reason}; reconnecting to {self.target}")
 
     async def _pause(self) -> None:
+        delay = self.backoff.next_delay()
         if self._rate_limited:
-            delay = self.rate_limit_backoff.next_delay()
-            if self._retry_after:
-                delay = max(delay, self._retry_after)
-        else:
-            delay = self.backoff.next_delay()
+            delay = max(delay, self.rate_limit_pause, self._retry_after or 0.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 

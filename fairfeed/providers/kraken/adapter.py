@@ -13,7 +13,7 @@ Kraken-specific behaviour, the rest being :mod:`fairfeed.providers.wsbase`:
   subscriptions) reconnects with backoff;
 * liveness: the ``heartbeat`` channel (about 1/s once subscribed) keeps a quiet market's
   connection alive, and the adapter sends an application ``ping`` every ``ping_interval``
-  seconds (default 10) whose ``pong`` counts as liveness too;
+  seconds (option, default 10) whose ``pong`` counts as liveness too;
 * ``status`` messages: a system that is not ``online`` is logged.
 """
 
@@ -24,6 +24,7 @@ import itertools
 import logging
 
 from fairfeed.core.counters import Slot
+from fairfeed.core.options import KrakenOptions
 from fairfeed.core.records import KIND_TRADE, STATUS_SUBSCRIBE_ERROR
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
@@ -46,13 +47,11 @@ class KrakenAdapter(WsAdapter):
     subscribe_batch = 100  # symbols (streams) per subscribe request
     stale_after = 10.0  # heartbeats every second once subscribed
     min_record_bytes = 60
-    rate_limit_pause = 1.0  # seconds to wait at least after a rate-limit answer
+    options: KrakenOptions
 
-    def __init__(
-        self, ctx: IngestContext, *, ping_interval: float = 10.0, **overrides: object
-    ) -> None:
-        super().__init__(ctx, **overrides)
-        self.ping_interval = ping_interval
+    def __init__(self, ctx: IngestContext) -> None:
+        super().__init__(ctx)
+        self.ping_interval = self.options.ping_interval
         self._ids = itertools.count(1)
         self._pending: dict[int, dict[int, int]] = {}  # conn index -> req_id -> symbols left
         self._pingers: set[asyncio.Task] = set()

@@ -7,7 +7,6 @@ simulator's answers mean.
 
 from __future__ import annotations
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.records import CLASS_CODES, KIND_ASK, KIND_BID, KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
@@ -24,17 +23,12 @@ class SimulatorAdapter(WsAdapter):
     gap_kinds = (KIND_TRADE, KIND_BID, KIND_ASK)
     max_streams_per_connection = 100_000
     subscribe_batch = 100_000
-    subscribe_timeout = 5.0
 
-    def __init__(
-        self, ctx: IngestContext, *, backoff: Backoff | None = None, **overrides: object
-    ) -> None:
+    def __init__(self, ctx: IngestContext) -> None:
+        super().__init__(ctx)
         serve = ctx.provider.serve
-        if "stale_after" not in overrides and not ctx.provider.stale_after:
-            overrides["stale_after"] = 5 * serve.heartbeat_interval if serve else 5.0
-        if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
-        super().__init__(ctx, **overrides)
+        if not ctx.provider.stale_after:  # five missed heartbeats of a served simulator
+            self.stale_after = 5 * serve.heartbeat_interval if serve else 5.0
         self._request_ids: dict[int, int] = {}  # connection index -> id of its subscribe
 
     def make_parser(self, subs: tuple[Subscription, ...]) -> FrameParser:
