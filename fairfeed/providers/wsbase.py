@@ -60,6 +60,7 @@ from fairfeed.providers.parsing import (
     PARSE_ERROR,
     ErrorLog,
     Parser,
+    RecordParser,
 )
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class WsConnection:
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
         self.frag: bytearray | None = None
-        self.parser_gaps = self.parser_missed = 0  # totals of a gap-detecting parser, counted
+        # the parser's running totals already added to the counters
+        self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
         self.backoff = Backoff(base=adapter.backoff_base, cap=adapter.backoff_cap)
         self.transport: WSTransport | None = None
@@ -188,11 +190,15 @@ class WsConnection:
         if self.frames:
             c.add(Slot.FRAMES_IN, self.frames)
             self.frames = 0
-        # Parsers that detect gaps themselves (numbering per connection or per venue symbol)
-        # write KIND_GAP records and keep running `gaps` / `missed` totals.
-        pg = getattr(self.parser, "gaps", 0)
+        # Health records the parser wrote itself: its running totals (the parser protocol).
+        parser = self.parser
+        ph = parser.heartbeats
+        if ph != self.parser_heartbeats:
+            c.add(Slot.HEARTBEATS, ph - self.parser_heartbeats)
+            self.parser_heartbeats = ph
+        pg = parser.gaps
         if pg != self.parser_gaps:
-            pm = self.parser.missed
+            pm = parser.missed
             c.add(Slot.GAPS, pg - self.parser_gaps)
             c.add(Slot.MISSED, pm - self.parser_missed)
             a.gap_log(f"{self.name}: {pg - self.parser_gaps} sequence gap(s), "
@@ -296,9 +302,7 @@ class WsConnection:
             self.flush()
             self.muted = None
         self.gaps.reset()
-        reset = getattr(self.parser, "reset", None)
-        if reset is not None:
-            reset()
+        self.parser.reset()
         self.opened += 1
         if not self.counted_up:
             self.counted_up = True
@@ -424,10 +428,12 @@ class _Listener(WSListener):
 class WsAdapter(Adapter):
     """Base of every WebSocket provider adapter; subclasses implement the protocol hooks.
 
-    Gaps: either the base tracks them (``gap_kinds``: numbering contiguous per instrument), or
-    the parser does (numbering per connection or per venue symbol): it then writes KIND_GAP
-    records itself and exposes running totals ``gaps`` and ``missed``, which the base counts.
-    A parser with per-connection state exposes ``reset()``; the base calls it on every connect.
+    Parsers follow :class:`~fairfeed.providers.parsing.Parser`; by default one is built with
+    ``parser_class.for_subscriptions(subs, **parser_variant())``. Gaps: either the base tracks
+    them (``gap_kinds``: numbering contiguous per instrument), or the parser does (numbering per
+    connection or per venue symbol): it then writes KIND_GAP records itself and its running
+    totals ``gaps`` / ``missed`` (and ``heartbeats`` for heartbeat records it writes) are
+    counted by the base. The base calls the parser's ``reset()`` on every connect.
     """
 
     # Protocol constants and defaults; the provider's configuration overrides the ones it names
@@ -483,10 +489,16 @@ class WsAdapter(Adapter):
         """How many subscriptions one connection carries within the stream limit."""
         return max(1, self.max_streams_per_connection // self.streams_per_subscription)
 
+    parser_class: type[RecordParser]
+
     # -- protocol hooks ----------------------------------------------------------------------
-    @abc.abstractmethod
     def make_parser(self, subs: tuple[Subscription, ...]) -> Parser:
         """A parser for one connection carrying ``subs``."""
+        return self.parser_class.for_subscriptions(subs, **self.parser_variant())
+
+    def parser_variant(self) -> dict[str, object]:
+        """The protocol switches the parser is built with (default: none)."""
+        return {}
 
     @abc.abstractmethod
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:

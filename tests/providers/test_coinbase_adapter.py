@@ -427,7 +427,7 @@ def test_rate_limit_refusal_backs_off_with_bounded_attempts(feed):
             await asyncio.sleep(1.5)
             refused = h.server.stats.rejected
             attempts = h.server.stats.connections_total - 1
-            # each attempt waits >= max(rate_limit_delay, backoff): at most 1.5 / 0.25 = 6
+            # each attempt waits >= max(rate_limit_pause, backoff): at most 1.5 / 0.25 = 6
             assert 2 <= attempts <= 6 and attempts - 1 <= refused <= attempts
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == refused
             assert h.sink.statuses.count(STATUS_SUBSCRIBE_ERROR) == refused

@@ -48,6 +48,7 @@ class BinanceAdapter(WsAdapter):
     stale_after = 60.0  # pings every 20 s, data or not
     max_connection_age = MAX_AGE - 600.0
     min_record_bytes = 60
+    parser_class = BinanceParser
     options: BinanceOptions
 
     def __init__(self, ctx: IngestContext) -> None:
@@ -71,18 +72,8 @@ class BinanceAdapter(WsAdapter):
         return [stream_name(s.instrument, k) for s in subs for k in self.kinds]
 
     # -- protocol hooks ------------------------------------------------------------------------
-    def make_parser(self, subs: tuple[Subscription, ...]) -> BinanceParser:
-        p = self.ctx.provider
-        reg = self.ctx.registry
-        first = subs[0] if subs else None
-        streams = {stream_name(s.instrument, k): s.instrument_id for s in subs for k in self.kinds}
-        return BinanceParser(
-            streams,
-            first.provider_id if first else reg.provider_id(p.name),
-            first.venue_id if first else 0,
-            first.class_code if first else 0,
-            agg=self.feed == "aggTrade",
-        )
+    def parser_variant(self) -> dict[str, object]:
+        return {"agg": self.feed == "aggTrade"}
 
     def url_for(self, subs: tuple[Subscription, ...]) -> str:
         scheme, netloc, path, _, _ = urlsplit(self.ctx.url)

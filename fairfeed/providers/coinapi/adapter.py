@@ -40,6 +40,7 @@ class CoinApiAdapter(WsAdapter):
     stale_after = 10.0  # heartbeats come after each second of silence
     min_record_bytes = 80  # a trade message is ~250 bytes for 1 record, a quote ~280 for 2
     gap_kinds = ()  # sequence gaps are checked by the parser per (type, symbol id)
+    parser_class = CoinApiParser
     options: CoinApiOptions
 
     def __init__(self, ctx: IngestContext) -> None:
@@ -65,10 +66,10 @@ class CoinApiAdapter(WsAdapter):
         for s in ctx.subscriptions:  # fail at start on a name CoinAPI cannot express
             to_symbol_id(s.venue, s.instrument, s.data_class)
 
-    def make_parser(self, subs: tuple[Subscription, ...]) -> CoinApiParser:
+    def parser_variant(self) -> dict[str, object]:
         # CoinAPI numbers per connection: the base resets the parser on every connect and
         # counts the gaps it reports (``gaps`` / ``missed``).
-        return CoinApiParser.for_subscriptions(subs, check_gaps=self.options.check_gaps)
+        return {"check_gaps": self.options.check_gaps}
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         filters = [exact(to_symbol_id(s.venue, s.instrument, s.data_class)) for s in subs]

@@ -237,17 +237,12 @@ class KaikoAdapter(Adapter):
             ("grpc.enable_retries", 0),
             ("grpc.max_receive_message_length", 16 << 20),
         ]
-        # instruments: (exchange, class, code) -> ids; calls grouped by (exchange, class)
-        table: dict[tuple[str, str, str], tuple[int, int, int, int, float]] = {}
-        groups: dict[tuple[str, str], list[str]] = {}
-        for s in ctx.subscriptions:
-            key = self.symbols.criteria(s.venue, s.data_class, s.instrument)
-            unit, csize = self.symbols.amount_unit(s.venue, s.data_class, s.instrument)
-            table[key] = (s.instrument_id, s.venue_id, s.class_code, unit, csize)
-            codes = groups.setdefault(key[:2], [])
-            if key[2] not in codes:
-                codes.append(key[2])
-        self.parser = KaikoParser(table, ctx.registry.provider_id(p.name))
+        self.parser = KaikoParser.for_subscriptions(ctx.subscriptions, symbols=self.symbols)
+        if not ctx.subscriptions:
+            self.parser.provider = ctx.registry.provider_id(p.name)
+        groups: dict[tuple[str, str], list[str]] = {}  # calls grouped by (exchange, class)
+        for exchange, kclass, code in self.parser.instruments:
+            groups.setdefault((exchange, kclass), []).append(code)
         self.calls: list[_Call] = []
         for (exchange, kclass), codes in groups.items():
             crit = InstrumentCriteria(

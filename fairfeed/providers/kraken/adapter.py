@@ -47,6 +47,7 @@ class KrakenAdapter(WsAdapter):
     subscribe_batch = 100  # symbols (streams) per subscribe request
     stale_after = 10.0  # heartbeats every second once subscribed
     min_record_bytes = 60
+    parser_class = KrakenParser
     options: KrakenOptions
 
     def __init__(self, ctx: IngestContext) -> None:
@@ -59,15 +60,6 @@ class KrakenAdapter(WsAdapter):
         self.symbol_errors = 0
 
     # -- protocol hooks ------------------------------------------------------------------------
-    def make_parser(self, subs: tuple[Subscription, ...]) -> KrakenParser:
-        first = subs[0] if subs else None
-        return KrakenParser(
-            {to_symbol(s.instrument): s.instrument_id for s in subs},
-            first.provider_id if first else self.ctx.registry.provider_id(self.ctx.provider.name),
-            first.venue_id if first else 0,
-            first.class_code if first else 0,
-        )
-
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         symbols = [to_symbol(s.instrument) for s in subs]
         pending: dict[int, int] = {}
