@@ -18,7 +18,8 @@ every provider:
   heartbeats nor pings for ``stale_after`` is dead and is replaced; one that only heartbeats is
   alive but silent (a quiet market, or a provider that stopped sending: the anomaly detectors
   tell them apart from the heartbeat records). picows' idle pings catch a dead TCP path.
-* **Health records** travel through the ring in order with the data: KIND_STATUS on connect,
+* **Health records** travel through the ring in order with the data (the rules are
+  :class:`~fairfeed.providers.health.Health`'s, shared with Kaiko): KIND_STATUS on connect,
   disconnect and refused subscriptions, KIND_HEARTBEAT at most once per second per connection,
   and KIND_GAP when a sequenced venue skips numbers (reset on reconnect, so a reconnect is never
   reported as a gap).
@@ -42,17 +43,15 @@ from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTrans
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import (
-    KIND_HEARTBEAT,
-    KIND_STATUS,
     RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
-    health_records,
 )
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.health import Health
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
@@ -71,7 +70,6 @@ _CLOSE = WSMsgType.CLOSE
 _CONT = WSMsgType.CONTINUATION
 _PING = WSMsgType.PING
 _HEADROOM = 4  # records kept free after a flush threshold so one more small frame fits
-HEARTBEAT_RECORD_INTERVAL = 1.0  # seconds between two heartbeat records of one connection
 
 
 class WsConnection:
@@ -102,10 +100,8 @@ class WsConnection:
         self.opened_at = 0.0
         self.last_data = 0.0  # monotonic time of the last data frame
         self.last_alive = 0.0  # last data, heartbeat or ping
-        self.next_heartbeat_record = 0.0
         self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
         self.planned = ""  # reason of a planned reconnect (no backoff, not a failure)
-        self.counted_up = False
         self.muted: np.ndarray | None = None  # (instrument << 16 | venue) keys dropped on flush
         self.closing = False  # removed by a live unsubscribe: do not reconnect
         self.task: asyncio.Task | None = None
@@ -113,6 +109,9 @@ class WsConnection:
         self.provider_id = first.provider_id if first else 0
         self.venue_id = first.venue_id if first else 0
         self.class_code = first.class_code if first else 0
+        self.health = Health(
+            adapter.ctx, self.name, self.provider_id, [self.venue_id], [self.class_code], self.flush
+        )
 
     # -- called by the protocol --------------------------------------------------------------
     def send(self, payload: bytes | str) -> None:
@@ -153,16 +152,7 @@ class WsConnection:
 
     # -- records -----------------------------------------------------------------------------
     def status(self, code: int) -> None:
-        self._event(KIND_STATUS, code)
-
-    def _event(self, kind: int, flags: int) -> None:
-        """Emit one health record after the data buffered so far (not counted as data)."""
-        self.flush()
-        event = health_records(kind, flags, self.provider_id, [self.venue_id], [self.class_code])
-        try:
-            self.adapter.ctx.emit(event)
-        except Exception:
-            log.exception("%s: emit failed, a %s record lost", self.name, kind)
+        self.health.status(code)
 
     def flush(self) -> None:
         """Hand the buffered burst to the ring (gap records first checked and appended)."""
@@ -254,10 +244,7 @@ class WsConnection:
             self.last_alive = now
             if not self.subscribed and self.sent_subscriptions:
                 self.acknowledge()
-            a.ctx.counters.add(Slot.HEARTBEATS)
-            if now >= self.next_heartbeat_record:
-                self.next_heartbeat_record = now + HEARTBEAT_RECORD_INTERVAL
-                self._event(KIND_HEARTBEAT, 0)
+            self.health.heartbeat(now)
         elif r == CONTROL:
             self.last_alive = time.monotonic()
             a.on_control(self, self.parser.control)
@@ -304,16 +291,12 @@ class WsConnection:
         self.gaps.reset()
         self.parser.reset()
         self.opened += 1
-        if not self.counted_up:
-            self.counted_up = True
-            self.adapter.ctx.counters.add(Slot.CONNECTED, 1)
+        self.health.connected(True)
 
     def on_disconnected(self) -> None:
         self.flush()
         self.transport = None
-        if self.counted_up:
-            self.counted_up = False
-            self.adapter.ctx.counters.add(Slot.CONNECTED, -1)
+        self.health.connected(False)
 
     async def run(self) -> None:
         """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
@@ -387,7 +370,7 @@ class WsConnection:
                 elif not self.subscribed and now - self.opened_at > a.subscribe_timeout:
                     a.conn_log(f"{self.name}: subscription not acknowledged, reconnecting")
                     transport.disconnect()
-                elif now - self.last_alive > a.stale_after:
+                elif Health.stale(now, self.last_alive, a.stale_after):
                     a.conn_log(
                         f"{self.name}: no data, heartbeat or ping for "
                         f"{now - self.last_alive:.1f}s, reconnecting"

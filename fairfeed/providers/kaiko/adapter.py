@@ -54,14 +54,13 @@ from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
 from fairfeed.core.options import KaikoOptions, split_key
 from fairfeed.core.records import (
-    KIND_STATUS,
     RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
-    health_records,
 )
 from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.health import Health
 from fairfeed.providers.kaiko.parse import KaikoParser
 from fairfeed.providers.kaiko.symbols import KaikoSymbols
 from fairfeed.providers.parsing import ErrorLog
@@ -264,9 +263,11 @@ class KaikoAdapter(Adapter):
         venues: dict[int, int] = {}
         for s in ctx.subscriptions:
             venues.setdefault(s.venue_id, s.class_code)
-        self._venues = sorted(venues)
-        self._venue_classes = [venues[v] for v in self._venues]
-        self._provider_id = self.parser.provider
+        order = sorted(venues)
+        # the WebSocket base's health rules, for the whole session (every venue it carries)
+        self.health = Health(
+            ctx, p.name, self.parser.provider, order, [venues[v] for v in order], self._drain
+        )
         # thread -> loop hand-off: a bounded double buffer under one lock
         self._cap = buffer_records
         self._fill = np.zeros(buffer_records, RECORD_DTYPE)
@@ -284,7 +285,6 @@ class KaikoAdapter(Adapter):
         self._stop = asyncio.Event()
         self._closed = False
         self._connected = False  # this session sent STATUS_CONNECTED
-        self._counted_up = False
         self._rate_limited = False
         self._retry_after: float | None = None
         self.connections = 0  # sessions that got every call subscribed
@@ -462,7 +462,7 @@ class KaikoAdapter(Adapter):
                     return "no answer to subscribe"
                 continue
             for c in self.calls:
-                if now - c.last_data > self.stale_after:
+                if Health.stale(now, c.last_data, self.stale_after):
                     self.stale_reconnects += 1
                     return f"{c.name}: no data for {now - c.last_data:.1f} s"
 
@@ -527,18 +527,8 @@ class KaikoAdapter(Adapter):
     # --- status ----------------------------------------------------------------------------
 
     def _status(self, code: int) -> None:
-        if self._closed:
-            return
-        self._drain()  # data read before the change goes first
-        rec = health_records(
-            KIND_STATUS, code, self._provider_id, self._venues, self._venue_classes
-        )
-        try:
-            self.ctx.emit(rec)
-        except Exception:
-            log.exception("%s: emit of a status record failed", self.ctx.provider.name)
+        if not self._closed:
+            self.health.status(code)  # after the data read before the change
 
     def _mark_connected(self, up: bool) -> None:
-        if up != self._counted_up:
-            self._counted_up = up
-            self.ctx.counters.add(Slot.CONNECTED, 1 if up else -1)
+        self.health.connected(up)
