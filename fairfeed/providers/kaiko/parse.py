@@ -28,7 +28,7 @@ Field by field (``kaikosdk`` 1.x):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
@@ -124,14 +124,6 @@ class KaikoParser(RecordParser):
             key = symbols.criteria(s.venue, s.data_class, s.instrument)
             table[key] = (s.instrument_id, s.venue_id, s.class_code, unit, csize)
         return cls(table, subs[0].provider_id if subs else 0)
-
-    @classmethod
-    def build(
-        cls,
-        entries: Iterable[tuple[tuple[str, str, str], tuple[int, int, int, int, float]]],
-        provider: int,
-    ) -> KaikoParser:
-        return cls(dict(entries), provider)
 
     def parse_trade(self, data: bytes, out: np.ndarray, start: int, ts_receive: int) -> int:
         """A serialized ``StreamTradesResponseV1`` → 1 record at ``out[start]``, or PARSE_ERROR."""
