@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import resource
 import time
 
@@ -130,6 +131,7 @@ def _st_raw_client(target: str, n: int, out) -> None:
 def _adapter_client(target: str, n: int, out) -> None:
     from fairfeed.core.config import ProviderConfig
     from fairfeed.core.counters import DictCounters, Slot
+    from fairfeed.core.options import KaikoOptions
     from fairfeed.core.registry import Registry
     from fairfeed.core.subscriptions import Subscription
     from fairfeed.providers.base import IngestContext
@@ -143,11 +145,15 @@ def _adapter_client(target: str, n: int, out) -> None:
     def emit(records: np.ndarray) -> None:
         emitted[0] += len(records)
 
-    provider = ProviderConfig(name="kaiko", kind="kaiko", url=target, tls=False)
+    os.environ["FAIRFEED_BENCH_KAIKO_KEY"] = "k"
+    provider = ProviderConfig(
+        name="kaiko", kind="kaiko", url=target, tls=False,
+        api_key_env="FAIRFEED_BENCH_KAIKO_KEY", options=KaikoOptions(quotes=False),
+    )  # fmt: skip
     ctx = IngestContext(provider, target, subs, reg, emit, counters)
 
     async def main() -> tuple[int, float, float]:
-        a = KaikoAdapter(ctx, api_key="k", quotes=False)
+        a = KaikoAdapter(ctx)
         task = asyncio.create_task(a.run())
         while counters[Slot.RECORDS_IN] == 0:
             await asyncio.sleep(0.001)

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from fairfeed.core import options as adapter_options
+from fairfeed.core.options import OPTIONS, AdapterOptions
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.subscriptions import Stream
 
@@ -188,6 +190,19 @@ class ProviderConfig:
     subscribe_batch: int = 0  # streams per subscribe request (0 = protocol default)
     subscribe_interval: float = 0.25  # seconds between two subscribe requests (staggering)
     max_connection_age: float = 0.0  # reconnect proactively after this long (0 = protocol default)
+    # `[providers.options]`: the adapter's own settings (fairfeed/core/options.py); None only
+    # for a kind without an adapter (rejected at load)
+    options: AdapterOptions | None = None
+
+    def __post_init__(self) -> None:
+        cls = OPTIONS.get(self.kind)
+        if self.options is None and cls is not None:
+            object.__setattr__(self, "options", cls())  # frozen: set once, here
+        elif self.options is not None and type(self.options) is not cls:
+            raise TypeError(
+                f"provider {self.name!r}: kind {self.kind!r} takes "
+                f"{cls.__name__ if cls else 'no options'}, not {type(self.options).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -229,7 +244,7 @@ class Config:
         return tuple(out)
 
 
-PROVIDER_KINDS = ("simulator", "kaiko", "coinapi", "coinbase", "binance", "kraken", "replay")
+PROVIDER_KINDS = tuple(OPTIONS)  # every kind has an adapter, and so its options
 FAIR_METHODS = ("two_level", "median", "inverse_variance", "windowed_vwm", "trimmed_mean")
 FAIR_INPUTS = ("trades", "quotes", "both")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -263,6 +278,8 @@ def loads(text: str, source: str = "<string>") -> Config:
 def _build(cls: type, data: Any, source: str, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a table")
+    if cls is ProviderConfig and "options" in data:
+        return _build_provider(data, source, where)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -289,11 +306,31 @@ def _build(cls: type, data: Any, source: str, where: str) -> Any:
         ) from exc
 
 
+def _build_provider(data: dict, source: str, where: str) -> ProviderConfig:
+    """A provider whose `[providers.options]` table is checked against its kind's options."""
+    data = dict(data)
+    raw = data.pop("options")
+    p = _build(ProviderConfig, data, source, where)
+    cls = OPTIONS.get(p.kind)
+    if cls is None:
+        return p  # the unknown kind is reported by _check
+    try:
+        opts = _build(cls, raw, source, f"{where}.options")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (provider {p.name!r}, kind {p.kind})") from None
+    return dataclasses.replace(p, options=opts)
+
+
 def _value(hint: Any, value: Any, source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _value(args[0], value, source, key)
+        for a in args[:-1]:  # the first type that accepts the value; the last one reports
+            try:
+                return _value(a, value, source, key)
+            except ConfigError:
+                pass
+        return _value(args[-1], value, source, key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, source, key)
     if origin is tuple:
@@ -379,11 +416,19 @@ def _check(cfg: Config) -> None:
         if p.name in seen:
             fail(f"{key}.name", f"duplicate provider name {p.name!r}")
         seen.add(p.name)
+        if p.kind == "replay":
+            fail(
+                f"{key}.kind",
+                '"replay" is not a provider kind: give the provider the kind of the recorded '
+                "protocol and a [providers.replay] table (docs/providers/replay.md)",
+            )
         if p.kind not in PROVIDER_KINDS:
             fail(
                 f"{key}.kind",
                 f"unknown provider kind {p.kind!r} (known: {', '.join(PROVIDER_KINDS)})",
             )
+        for option, problem in adapter_options.check(p.options):  # type: ignore[arg-type]
+            fail(f"{key}.options.{option}", f"{problem} (provider {p.name!r})")
         if p.data_class not in CLASS_CODES:
             fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
         if p.kind == "simulator" and not p.venue:

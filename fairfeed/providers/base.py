@@ -16,6 +16,7 @@ import numpy as np
 
 from fairfeed.core.config import ProviderConfig
 from fairfeed.core.counters import Counters
+from fairfeed.core.options import AdapterOptions
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
 
@@ -65,7 +66,14 @@ class Adapter(abc.ABC):
     """One provider connection inside an ingest worker's asyncio loop."""
 
     def __init__(self, ctx: IngestContext) -> None:
+        """Everything an adapter is told is in ``ctx``: its provider's configuration, with the
+        kind's options (``ctx.provider.options``, `[providers.options]`), and what to stream."""
         self.ctx = ctx
+        options = ctx.provider.options
+        if options is None:
+            raise ValueError(f"provider {ctx.provider.name!r}: kind {ctx.provider.kind!r} "
+                             "has no adapter")  # fmt: skip
+        self.options: AdapterOptions = options
 
     @abc.abstractmethod
     async def run(self) -> None:

@@ -18,7 +18,8 @@ every provider:
   heartbeats nor pings for ``stale_after`` is dead and is replaced; one that only heartbeats is
   alive but silent (a quiet market, or a provider that stopped sending: the anomaly detectors
   tell them apart from the heartbeat records). picows' idle pings catch a dead TCP path.
-* **Health records** travel through the ring in order with the data: KIND_STATUS on connect,
+* **Health records** travel through the ring in order with the data (the rules are
+  :class:`~fairfeed.providers.health.Health`'s, shared with Kaiko): KIND_STATUS on connect,
   disconnect and refused subscriptions, KIND_HEARTBEAT at most once per second per connection,
   and KIND_GAP when a sequenced venue skips numbers (reset on reconnect, so a reconnect is never
   reported as a gap).
@@ -42,17 +43,15 @@ from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTrans
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import (
-    KIND_HEARTBEAT,
-    KIND_STATUS,
     RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
-    health_records,
 )
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.health import Health
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
@@ -60,6 +59,7 @@ from fairfeed.providers.parsing import (
     PARSE_ERROR,
     ErrorLog,
     Parser,
+    RecordParser,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ _CLOSE = WSMsgType.CLOSE
 _CONT = WSMsgType.CONTINUATION
 _PING = WSMsgType.PING
 _HEADROOM = 4  # records kept free after a flush threshold so one more small frame fits
-HEARTBEAT_RECORD_INTERVAL = 1.0  # seconds between two heartbeat records of one connection
 
 
 class WsConnection:
@@ -89,7 +88,8 @@ class WsConnection:
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
         self.frag: bytearray | None = None
-        self.parser_gaps = self.parser_missed = 0  # totals of a gap-detecting parser, counted
+        # the parser's running totals already added to the counters
+        self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
         self.backoff = Backoff(base=adapter.backoff_base, cap=adapter.backoff_cap)
         self.transport: WSTransport | None = None
@@ -100,10 +100,8 @@ class WsConnection:
         self.opened_at = 0.0
         self.last_data = 0.0  # monotonic time of the last data frame
         self.last_alive = 0.0  # last data, heartbeat or ping
-        self.next_heartbeat_record = 0.0
         self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
         self.planned = ""  # reason of a planned reconnect (no backoff, not a failure)
-        self.counted_up = False
         self.muted: np.ndarray | None = None  # (instrument << 16 | venue) keys dropped on flush
         self.closing = False  # removed by a live unsubscribe: do not reconnect
         self.task: asyncio.Task | None = None
@@ -111,6 +109,9 @@ class WsConnection:
         self.provider_id = first.provider_id if first else 0
         self.venue_id = first.venue_id if first else 0
         self.class_code = first.class_code if first else 0
+        self.health = Health(
+            adapter.ctx, self.name, self.provider_id, [self.venue_id], [self.class_code], self.flush
+        )
 
     # -- called by the protocol --------------------------------------------------------------
     def send(self, payload: bytes | str) -> None:
@@ -151,16 +152,7 @@ class WsConnection:
 
     # -- records -----------------------------------------------------------------------------
     def status(self, code: int) -> None:
-        self._event(KIND_STATUS, code)
-
-    def _event(self, kind: int, flags: int) -> None:
-        """Emit one health record after the data buffered so far (not counted as data)."""
-        self.flush()
-        event = health_records(kind, flags, self.provider_id, [self.venue_id], [self.class_code])
-        try:
-            self.adapter.ctx.emit(event)
-        except Exception:
-            log.exception("%s: emit failed, a %s record lost", self.name, kind)
+        self.health.status(code)
 
     def flush(self) -> None:
         """Hand the buffered burst to the ring (gap records first checked and appended)."""
@@ -188,11 +180,15 @@ class WsConnection:
         if self.frames:
             c.add(Slot.FRAMES_IN, self.frames)
             self.frames = 0
-        # Parsers that detect gaps themselves (numbering per connection or per venue symbol)
-        # write KIND_GAP records and keep running `gaps` / `missed` totals.
-        pg = getattr(self.parser, "gaps", 0)
+        # Health records the parser wrote itself: its running totals (the parser protocol).
+        parser = self.parser
+        ph = parser.heartbeats
+        if ph != self.parser_heartbeats:
+            c.add(Slot.HEARTBEATS, ph - self.parser_heartbeats)
+            self.parser_heartbeats = ph
+        pg = parser.gaps
         if pg != self.parser_gaps:
-            pm = self.parser.missed
+            pm = parser.missed
             c.add(Slot.GAPS, pg - self.parser_gaps)
             c.add(Slot.MISSED, pm - self.parser_missed)
             a.gap_log(f"{self.name}: {pg - self.parser_gaps} sequence gap(s), "
@@ -248,10 +244,7 @@ class WsConnection:
             self.last_alive = now
             if not self.subscribed and self.sent_subscriptions:
                 self.acknowledge()
-            a.ctx.counters.add(Slot.HEARTBEATS)
-            if now >= self.next_heartbeat_record:
-                self.next_heartbeat_record = now + HEARTBEAT_RECORD_INTERVAL
-                self._event(KIND_HEARTBEAT, 0)
+            self.health.heartbeat(now)
         elif r == CONTROL:
             self.last_alive = time.monotonic()
             a.on_control(self, self.parser.control)
@@ -296,20 +289,14 @@ class WsConnection:
             self.flush()
             self.muted = None
         self.gaps.reset()
-        reset = getattr(self.parser, "reset", None)
-        if reset is not None:
-            reset()
+        self.parser.reset()
         self.opened += 1
-        if not self.counted_up:
-            self.counted_up = True
-            self.adapter.ctx.counters.add(Slot.CONNECTED, 1)
+        self.health.connected(True)
 
     def on_disconnected(self) -> None:
         self.flush()
         self.transport = None
-        if self.counted_up:
-            self.counted_up = False
-            self.adapter.ctx.counters.add(Slot.CONNECTED, -1)
+        self.health.connected(False)
 
     async def run(self) -> None:
         """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
@@ -383,7 +370,7 @@ class WsConnection:
                 elif not self.subscribed and now - self.opened_at > a.subscribe_timeout:
                     a.conn_log(f"{self.name}: subscription not acknowledged, reconnecting")
                     transport.disconnect()
-                elif now - self.last_alive > a.stale_after:
+                elif Health.stale(now, self.last_alive, a.stale_after):
                     a.conn_log(
                         f"{self.name}: no data, heartbeat or ping for "
                         f"{now - self.last_alive:.1f}s, reconnecting"
@@ -424,36 +411,38 @@ class _Listener(WSListener):
 class WsAdapter(Adapter):
     """Base of every WebSocket provider adapter; subclasses implement the protocol hooks.
 
-    Gaps: either the base tracks them (``gap_kinds``: numbering contiguous per instrument), or
-    the parser does (numbering per connection or per venue symbol): it then writes KIND_GAP
-    records itself and exposes running totals ``gaps`` and ``missed``, which the base counts.
-    A parser with per-connection state exposes ``reset()``; the base calls it on every connect.
+    Parsers follow :class:`~fairfeed.providers.parsing.Parser`; by default one is built with
+    ``parser_class.for_subscriptions(subs, **parser_variant())``. Gaps: either the base tracks
+    them (``gap_kinds``: numbering contiguous per instrument), or the parser does (numbering per
+    connection or per venue symbol): it then writes KIND_GAP records itself and its running
+    totals ``gaps`` / ``missed`` (and ``heartbeats`` for heartbeat records it writes) are
+    counted by the base. The base calls the parser's ``reset()`` on every connect.
     """
 
-    # Protocol defaults; the provider's configuration overrides the ones it names.
+    # Protocol constants and defaults; the provider's configuration overrides the ones it names
+    # (stale_after, max_streams_per_connection, subscribe_batch, max_connection_age) and its
+    # options (fairfeed/core/options.py) set the backoff, subscribe timeout and rate-limit pause.
     max_streams_per_connection = 1024
-    streams_per_subscription = 1  # protocol streams one subscription takes (Binance: 2)
+    # Protocol streams one subscription takes (Binance, Kraken: 2). The one rule for how many
+    # subscriptions fit a connection, at start and on a live add: subscriptions_per_connection.
+    streams_per_subscription = 1
     subscribe_batch = 100  # streams per subscribe message
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
     acknowledges_subscriptions = True  # False: consider subscribed once the requests are sent
-    subscribe_timeout = 10.0
     handshake_timeout = 10.0
     gap_kinds: tuple[int, ...] = ()  # record kinds whose `sequence` is contiguous per instrument
     min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
     buffer_records = 8192
-    backoff_base = 0.25
-    backoff_cap = 30.0
     log_interval = 1.0
 
-    def __init__(self, ctx: IngestContext, **overrides: object) -> None:
-        """``overrides`` set any of the protocol defaults above (tests shorten timeouts)."""
+    def __init__(self, ctx: IngestContext) -> None:
         super().__init__(ctx)
-        for key, value in overrides.items():
-            if key.startswith("_") or not hasattr(type(self), key):
-                raise TypeError(f"{type(self).__name__}: unknown setting {key!r}")
-            setattr(self, key, value)
         p = ctx.provider
+        o = self.options
+        self.backoff_base, self.backoff_cap = o.backoff_base, o.backoff_cap
+        self.subscribe_timeout = o.subscribe_timeout
+        self.rate_limit_pause = o.rate_limit_pause  # least wait after a rate-limit refusal
         if p.stale_after:
             self.stale_after = p.stale_after
         if p.max_streams_per_connection:
@@ -483,10 +472,16 @@ class WsAdapter(Adapter):
         """How many subscriptions one connection carries within the stream limit."""
         return max(1, self.max_streams_per_connection // self.streams_per_subscription)
 
+    parser_class: type[RecordParser]
+
     # -- protocol hooks ----------------------------------------------------------------------
-    @abc.abstractmethod
     def make_parser(self, subs: tuple[Subscription, ...]) -> Parser:
         """A parser for one connection carrying ``subs``."""
+        return self.parser_class.for_subscriptions(subs, **self.parser_variant())
+
+    def parser_variant(self) -> dict[str, object]:
+        """The protocol switches the parser is built with (default: none)."""
+        return {}
 
     @abc.abstractmethod
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:

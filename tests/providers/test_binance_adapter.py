@@ -13,6 +13,7 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import BinanceOptions
 from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
@@ -44,10 +45,13 @@ pytestmark = pytest.mark.timeout(30)
 def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams: int = 0,
          batch: int = 0, interval: float = 0.0, age: float = 0.0, stale: float = 2.0,
          url_streams: bool = False, **kw):  # fmt: skip
+    kw.setdefault("backoff_base", 0.02)
+    kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
         name="binance", kind="binance", venue="binance", url=url, feed=feed,
         max_streams_per_connection=max_streams, subscribe_batch=batch,
         subscribe_interval=interval, max_connection_age=age, stale_after=stale,
+        options=BinanceOptions(url_streams=url_streams, **kw),
     )  # fmt: skip
     sink, counters, dead = Sink(), DictCounters(), []
     subs = tuple(
@@ -57,9 +61,7 @@ def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
         counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)),
     )  # fmt: skip
-    kw.setdefault("backoff_base", 0.02)
-    kw.setdefault("backoff_cap", 0.1)
-    adapter = BinanceAdapter(ctx, url_streams=url_streams, **kw)
+    adapter = BinanceAdapter(ctx)
     return adapter, sink, counters, dead
 
 
@@ -313,8 +315,9 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
     async def main():
         async with BinanceServer("binance", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(server.url, backoff_base=0.05, backoff_cap=0.3)
-            adapter.rate_limit_pause = 0.1
+            adapter, sink, counters, _ = make(
+                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1
+            )
             task = asyncio.create_task(adapter.run())
             await asyncio.sleep(1.5)
             rejected = server.stats.rejected

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import CoinApiOptions
 from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
@@ -48,9 +48,12 @@ REGISTRY = Registry.build(
 
 
 def make(url: str, *, stale_after: float = 0.6, **kw):
+    kw.setdefault("backoff_base", 0.02)
+    kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
-        name="coinapi", kind="coinapi", url=url, api_key_env=KEY_ENV, stale_after=stale_after
-    )
+        name="coinapi", kind="coinapi", url=url, api_key_env=KEY_ENV, stale_after=stale_after,
+        options=CoinApiOptions(**kw),
+    )  # fmt: skip
     subs = tuple(
         Subscription.resolve(REGISTRY, "coinapi", *from_symbol_id(sid)) for sid in SUBSCRIBED
     )
@@ -59,8 +62,7 @@ def make(url: str, *, stale_after: float = 0.6, **kw):
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
         counters=counters, dead_letter=lambda error, frame: dead.append((error, frame)),
     )  # fmt: skip
-    kw.setdefault("backoff", Backoff(base=0.02, cap=0.1))
-    return CoinApiAdapter(ctx, **kw), sink, counters, dead
+    return CoinApiAdapter(ctx), sink, counters, dead
 
 
 def server(rate: float = 400, max_events: int = 0, **kw) -> CoinApiServer:

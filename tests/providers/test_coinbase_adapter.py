@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import CoinbaseOptions
 from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
@@ -185,9 +185,11 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def context(feed: str, url: str, instruments, sink: Sink, counters: DictCounters) -> IngestContext:
+def context(feed: str, url: str, instruments, sink: Sink, counters: DictCounters,
+            stale_after: float = 0.0, **options) -> IngestContext:  # fmt: skip
     provider = ProviderConfig(name="coinbase", kind="coinbase", venue="COINBASE", url=url,
-                              feed=feed, subscribe_interval=0.01)  # fmt: skip
+                              feed=feed, subscribe_interval=0.01, stale_after=stale_after,
+                              options=CoinbaseOptions(**options))  # fmt: skip
     subs = tuple(Subscription.resolve(REGISTRY, "coinbase", "COINBASE", i, "spot")
                  for i in instruments)  # fmt: skip
     return IngestContext(provider, url, subs, REGISTRY, sink, counters,
@@ -205,11 +207,14 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         await self.server.start()
-        ctx = context(self.feed, self.server.url, self.instruments, self.sink, self.counters)
-        self.kw.setdefault("backoff", Backoff(base=0.05, cap=0.2))
+        self.kw.setdefault("backoff_base", 0.05)
+        self.kw.setdefault("backoff_cap", 0.2)
         self.kw.setdefault("stale_after", 2.0)
-        self.kw.setdefault("rate_limit_delay", 0.1)
-        self.adapter = CoinbaseAdapter(ctx, **self.kw)
+        self.kw.setdefault("rate_limit_pause", 0.1)
+        ctx = context(
+            self.feed, self.server.url, self.instruments, self.sink, self.counters, **self.kw
+        )
+        self.adapter = CoinbaseAdapter(ctx)
         self.task = asyncio.create_task(self.adapter.run())
         return self
 
@@ -413,7 +418,7 @@ def test_malformed_frames_are_counted_and_dead_lettered(feed):
 def test_rate_limit_refusal_backs_off_with_bounded_attempts(feed):
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=500, seed=2)
-        kw = {"backoff": Backoff(base=0.1, cap=0.4), "rate_limit_delay": 0.25}
+        kw = {"backoff_base": 0.1, "backoff_cap": 0.4, "rate_limit_pause": 0.25}
         async with Harness(feed, cfg, **kw) as h:
             await wait_for(lambda: len(h.trades()) > 10)
             await h.server.inject(Fault.REJECT_SUBSCRIBE)
@@ -422,7 +427,7 @@ def test_rate_limit_refusal_backs_off_with_bounded_attempts(feed):
             await asyncio.sleep(1.5)
             refused = h.server.stats.rejected
             attempts = h.server.stats.connections_total - 1
-            # each attempt waits >= max(rate_limit_delay, backoff): at most 1.5 / 0.25 = 6
+            # each attempt waits >= max(rate_limit_pause, backoff): at most 1.5 / 0.25 = 6
             assert 2 <= attempts <= 6 and attempts - 1 <= refused <= attempts
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == refused
             assert h.sink.statuses.count(STATUS_SUBSCRIBE_ERROR) == refused
@@ -488,8 +493,8 @@ def test_capture_replayed_through_the_adapter_exact(feed, path, products):
     async def main():
         sink, counters = Sink(), DictCounters()
         async with ReplayServer(path, speed=0, keep_open=True) as srv:
-            ctx = context(feed, srv.url, products, sink, counters)
-            adapter = CoinbaseAdapter(ctx, stale_after=5.0)
+            ctx = context(feed, srv.url, products, sink, counters, stale_after=5.0)
+            adapter = CoinbaseAdapter(ctx)
             task = asyncio.create_task(adapter.run())
             try:
                 await wait_for(lambda: len(sink.parsed) >= len(expected), 10)

@@ -173,7 +173,10 @@ def test_exchange_heartbeat_record():
     out = empty_records(1)
     hb = {"type": "heartbeat", "sequence": 90, "last_trade_id": 20, "product_id": "BTC-USD",
           "time": "2014-11-07T08:19:28.464459Z"}  # fmt: skip
-    assert ex().parse(json.dumps(hb), out, 0, TS) == 1
+    p = ex()
+    assert p.heartbeats == 0
+    assert p.parse(json.dumps(hb), out, 0, TS) == 1
+    assert (p.heartbeats, p.gaps, p.missed) == (1, 0, 0)  # the totals the WebSocket base counts
     r = out[0]
     assert r["kind"] == KIND_HEARTBEAT and r["instrument"] == 3 and r["sequence"] == 90
     assert r["reserved"] == 20 and r["ts_provider"] == r["ts_exchange"] == 1415348368464459000
@@ -248,7 +251,9 @@ def test_advanced_ticker_and_heartbeat():
     assert list(out["sequence"][:2]) == [10, 10] and out[0]["ts_exchange"] == 0
     hb = at_msg("heartbeats", [{"current_time": "2026-08-09 21:05:48.854840045 +0000 UTC m=+1.2",
                                 "heartbeat_counter": 41691}], seq=11)  # fmt: skip
+    assert p.heartbeats == 0
     assert p.parse(hb, out, 2, TS) == 1
+    assert p.heartbeats == 1
     r = out[2]
     assert r["kind"] == KIND_HEARTBEAT and r["instrument"] == NO_INSTRUMENT
     assert r["sequence"] == 41691 and r["ts_exchange"] == 1786309548854840045
@@ -267,6 +272,7 @@ def test_advanced_sequence_gap_per_connection():
     g = out[0]
     assert g["kind"] == KIND_GAP and g["sequence"] == 5 and g["size"] == 3
     assert g["instrument"] == NO_INSTRUMENT
+    assert (p.gaps, p.missed) == (1, 3)  # declared totals, read by the WebSocket base
     # a gap before a data message is written ahead of its records
     n = p.parse(at_msg("market_trades", [{"type": "update", "trades": [at_trade()]}], seq=8),
                 out, 0, TS)  # fmt: skip
@@ -276,6 +282,7 @@ def test_advanced_sequence_gap_per_connection():
     sub2 = sub.replace('"sequence_num": 0', '"sequence_num": 10')
     assert p.parse(sub2, out, 0, TS) == CONTROL
     assert p.parse(at_msg("l2_data", [], seq=11), out, 0, TS) == 1 and out[0]["size"] == 1
+    assert (p.gaps, p.missed) == (3, 6)
     # numbering restarting (reconnect without reset) is not a gap; reset() forgets
     assert p.parse(at_msg("l2_data", [], seq=0), out, 0, TS) == 0
     p.reset()
@@ -287,8 +294,10 @@ def test_advanced_need_space_keeps_the_gap():
     assert p.parse(at_msg("l2_data", [], seq=1), empty_records(1), 0, TS) == 0
     frame = at_msg("market_trades", [{"type": "update", "trades": [at_trade(), at_trade()]}], 4)
     assert p.parse(frame, empty_records(2), 0, TS) == NEED_SPACE and p.needed == 3
+    assert p.gaps == 0  # nothing written yet: not counted
     out = empty_records(3)
     assert p.parse(frame, out, 0, TS) == 3 and out[0]["kind"] == KIND_GAP
+    assert (p.gaps, p.missed) == (1, 2)
 
 
 @pytest.mark.parametrize(
@@ -440,19 +449,16 @@ def test_deltas_not_float_rounded():
     )
 
 
-def test_for_context_uses_subscriptions():
-    from types import SimpleNamespace
-
+def test_for_subscriptions_uses_subscriptions():
     from fairfeed.core.subscriptions import Subscription
 
     subs = tuple(
         Subscription("coinbase", "coinbase", name, "spot", 4, 8, iid, CLASS_SPOT)
         for name, iid in (("BTC-USD", 11), ("ETH-USD", 12))
     )
-    ctx = SimpleNamespace(subscriptions=subs)
     for cls in (ExchangeFeedParser, AdvancedTradeParser):
-        p = cls.for_context(ctx)
+        p = cls.for_subscriptions(subs)
         assert p.symbols == {"BTC-USD": 11, "ETH-USD": 12}
         assert (p.provider, p.venue, p.data_class) == (4, 8, CLASS_SPOT)
-    p = ExchangeFeedParser.for_context(ctx, trade_sequence=True)
+    p = ExchangeFeedParser.for_subscriptions(subs, trade_sequence=True)
     assert p.trade_sequence

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 from kaikosdk import sdk_pb2_grpc
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import KaikoOptions
 from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
@@ -43,6 +44,7 @@ REGISTRY = Registry.build(
     [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE")],
 )
 KEY = "secret-key"
+KEY_ENV = "FAIRFEED_TEST_KAIKO_KEY"
 
 
 class Sink:
@@ -87,21 +89,25 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         await self.server.start()
+        self.kw.setdefault("backoff_base", 0.05)
+        self.kw.setdefault("backoff_cap", 0.2)
+        stale_after = self.kw.pop("stale_after", 2.0)
+        os.environ[KEY_ENV] = self.api_key
         provider = ProviderConfig(
-            name="kaiko", kind="kaiko", url=self.server.target, tls=False, api_key_env="X"
-        )
+            name="kaiko", kind="kaiko", url=self.server.target, tls=False, api_key_env=KEY_ENV,
+            stale_after=stale_after, options=KaikoOptions(**self.kw),
+        )  # fmt: skip
         subs = tuple(Subscription.resolve(REGISTRY, "kaiko", v, i, c) for v, i, c in self.subs)
         ctx = IngestContext(
             provider, self.server.target, subs, REGISTRY, self.sink, self.counters,
             dead_letter=lambda e, f: self.sink.dead.append((e, f)),
         )  # fmt: skip
-        self.kw.setdefault("backoff", Backoff(base=0.05, cap=0.2))
-        self.kw.setdefault("stale_after", 2.0)
-        self.adapter = KaikoAdapter(ctx, api_key=self.api_key, **self.kw)
+        self.adapter = KaikoAdapter(ctx)
         self.task = asyncio.create_task(self.adapter.run())
         return self
 
     async def __aexit__(self, *exc) -> None:
+        os.environ.pop(KEY_ENV, None)
         await self.adapter.close()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
@@ -178,7 +184,7 @@ def test_trades_and_top_of_book_arrive_as_records():
 def test_wrong_api_key_is_a_counted_subscribe_error_without_hot_loop():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=1000)
-        async with Harness(cfg, api_key="wrong", backoff=Backoff(base=0.2, cap=0.4)) as h:
+        async with Harness(cfg, api_key="wrong", backoff_base=0.2, backoff_cap=0.4) as h:
             await asyncio.sleep(1.2)
             assert h.counters[Slot.SUBSCRIBE_ERRORS] >= 1
             # half-jittered delays of >= 0.1 s, then >= 0.2 s: sessions at 0, 0.1, 0.3, ... 1.1,
@@ -287,8 +293,9 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
         cfg = SimulatorConfig(prices=PRICES, rate=1000)
         async with Harness(
             cfg,
-            backoff=Backoff(base=0.02, cap=0.05),
-            rate_limit_backoff=Backoff(base=0.6, cap=0.6),
+            backoff_base=0.02,
+            backoff_cap=0.05,
+            rate_limit_pause=0.6,
         ) as h:
             await wait_for(lambda: h.n > 50)
             h.server.inject(Fault.REJECT_SUBSCRIBE)
@@ -297,7 +304,7 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
             t0 = time.monotonic()
             rejected = h.server.rejected
             await asyncio.sleep(1.0)
-            # Rate-limited delays are 0.3..0.6 s (half jitter): within 1 s at most 3 sessions
+            # Rate-limited delays are at least 0.6 s: within 1 s at most 3 sessions
             # after the one at t0, 4 calls each; the normal schedule (<= 50 ms) would give ~20.
             assert h.server.rejected - rejected <= 4 * 4
             assert h.adapter.rate_limits <= 4

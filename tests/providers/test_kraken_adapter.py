@@ -13,6 +13,7 @@ import pytest
 
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import KrakenOptions
 from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
@@ -45,10 +46,12 @@ pytestmark = pytest.mark.timeout(30)
 
 def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch: int = 0,
          interval: float = 0.0, stale: float = 2.0, **kw):  # fmt: skip
+    kw.setdefault("backoff_base", 0.02)
+    kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
         name="kraken", kind="kraken", venue="kraken", url=url,
         max_streams_per_connection=max_streams, subscribe_batch=batch,
-        subscribe_interval=interval, stale_after=stale,
+        subscribe_interval=interval, stale_after=stale, options=KrakenOptions(**kw),
     )  # fmt: skip
     sink, counters, dead = Sink(), DictCounters(), []
     subs = tuple(Subscription.resolve(REGISTRY, "kraken", "kraken", i, "spot") for i in instruments)
@@ -56,9 +59,7 @@ def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
         counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)),
     )  # fmt: skip
-    kw.setdefault("backoff_base", 0.02)
-    kw.setdefault("backoff_cap", 0.1)
-    return KrakenAdapter(ctx, **kw), sink, counters, dead
+    return KrakenAdapter(ctx), sink, counters, dead
 
 
 def ts_ns(s: str) -> int:
@@ -148,6 +149,32 @@ def test_stream_limit_splits_connections():
             task = asyncio.create_task(adapter.run())
             await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 2, what="refusals")
             assert server.limit_errors >= 2 and counters[Slot.RECONNECTS] >= 1
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
+def test_live_additions_respect_the_stream_limit():
+    """Two streams (trade, ticker) per instrument: a live add of 4 instruments on a 4-stream
+    limit needs two new connections; one connection with 8 streams would be refused."""
+    cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.5)
+
+    async def main():
+        async with KrakenServer("kraken", cfg, max_streams=4) as server:
+            adapter, sink, counters, _ = make(server.url, tuple(PRICES)[:3], max_streams=4)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.connections() == 2, what="first connections")
+            more = tuple(
+                Subscription.resolve(REGISTRY, "kraken", "kraken", i, "spot")
+                for i in tuple(PRICES)[3:]
+            )
+            adapter.add(more)
+            assert [len(c.subs) for c in adapter.connections] == [2, 1, 2, 2]
+            ids = {REGISTRY.instrument_id(s) for s in PRICES}
+            await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="all")
+            assert server.connections() == 4
+            assert server.limit_errors == 0 and counters[Slot.SUBSCRIBE_ERRORS] == 0
             await adapter.close()
             await task
 
@@ -252,8 +279,9 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
     async def main():
         async with KrakenServer("kraken", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(server.url, backoff_base=0.05, backoff_cap=0.3)
-            adapter.rate_limit_pause = 0.1
+            adapter, sink, counters, _ = make(
+                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1
+            )
             task = asyncio.create_task(adapter.run())
             await asyncio.sleep(1.5)
             refused = counters[Slot.SUBSCRIBE_ERRORS]

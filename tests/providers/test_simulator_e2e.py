@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
+from fairfeed.core.options import SimulatorOptions
 from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
@@ -57,13 +57,15 @@ class Sink:
 
 
 def make_adapter(url: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw):
+    kw.setdefault("backoff_base", 0.02)
+    kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
-        name="sim", kind="simulator", venue="simx", serve=cfg, data_class="future"
-    )
+        name="sim", kind="simulator", venue="simx", serve=cfg, data_class="future",
+        options=SimulatorOptions(**kw),
+    )  # fmt: skip
     sink, counters = Sink(), DictCounters()
     ctx = IngestContext.for_instruments(provider, url, tuple(instruments), REGISTRY, sink, counters)
-    kw.setdefault("backoff", Backoff(base=0.02, cap=0.1))
-    return SimulatorAdapter(ctx, **kw), sink, counters
+    return SimulatorAdapter(ctx), sink, counters
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
@@ -254,7 +256,7 @@ def test_unknown_symbol_is_refused_and_retried_with_backoff():
     async def main():
         async with SimulatorServer("sim", cfg) as server:
             adapter, sink, counters = make_adapter(
-                server.url, cfg, ("BTC-USD", "XYZ-USD"), backoff=Backoff(base=0.05, cap=0.1)
+                server.url, cfg, ("BTC-USD", "XYZ-USD"), backoff_base=0.05, backoff_cap=0.1
             )
             task = asyncio.create_task(adapter.run())
             await asyncio.sleep(0.6)

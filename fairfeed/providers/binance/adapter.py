@@ -4,7 +4,7 @@ Per instrument two streams: ``<symbol>@trade`` (or ``@aggTrade`` with ``feed = "
 and ``<symbol>@bookTicker``. By default the adapter connects to ``<url>/stream`` and sends
 ``SUBSCRIBE`` requests (``subscribe_batch`` streams each, ``subscribe_interval`` apart: Binance
 drops a connection that sends more than 5 messages per second) and waits for every request's
-``{"result":null,"id":n}``; with ``url_streams=True`` the streams go in the URL instead
+``{"result":null,"id":n}``; with the option ``url_streams = true`` the streams go in the URL instead
 (``/stream?streams=a/b/c``, nothing to acknowledge).
 
 Binance-specific behaviour, the rest being :mod:`fairfeed.providers.wsbase`:
@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from urllib.parse import urlsplit, urlunsplit
 
+from fairfeed.core.options import BinanceOptions
 from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
@@ -47,18 +48,17 @@ class BinanceAdapter(WsAdapter):
     stale_after = 60.0  # pings every 20 s, data or not
     max_connection_age = MAX_AGE - 600.0
     min_record_bytes = 60
-    rate_limit_pause = 1.0  # seconds to wait at least after a rate-limit answer (-1003)
+    parser_class = BinanceParser
+    options: BinanceOptions
 
-    def __init__(
-        self, ctx: IngestContext, *, url_streams: bool = False, **overrides: object
-    ) -> None:
+    def __init__(self, ctx: IngestContext) -> None:
         feed = ctx.provider.feed or "trade"
         if feed not in FEEDS:
             raise ValueError(f"{ctx.provider.name}: unknown Binance feed {feed!r} (known: {FEEDS})")
         self.feed = feed
-        self.url_streams = url_streams
-        super().__init__(ctx, **overrides)
-        if url_streams:
+        super().__init__(ctx)
+        self.url_streams = self.options.url_streams
+        if self.url_streams:
             self.acknowledges_subscriptions = False
         self._ids = itertools.count(1)
         self._pending: dict[int, set[int]] = {}  # connection index -> unanswered request ids
@@ -72,18 +72,8 @@ class BinanceAdapter(WsAdapter):
         return [stream_name(s.instrument, k) for s in subs for k in self.kinds]
 
     # -- protocol hooks ------------------------------------------------------------------------
-    def make_parser(self, subs: tuple[Subscription, ...]) -> BinanceParser:
-        p = self.ctx.provider
-        reg = self.ctx.registry
-        first = subs[0] if subs else None
-        streams = {stream_name(s.instrument, k): s.instrument_id for s in subs for k in self.kinds}
-        return BinanceParser(
-            streams,
-            first.provider_id if first else reg.provider_id(p.name),
-            first.venue_id if first else 0,
-            first.class_code if first else 0,
-            agg=self.feed == "aggTrade",
-        )
+    def parser_variant(self) -> dict[str, object]:
+        return {"agg": self.feed == "aggTrade"}
 
     def url_for(self, subs: tuple[Subscription, ...]) -> str:
         scheme, netloc, path, _, _ = urlsplit(self.ctx.url)

@@ -26,47 +26,41 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 import numpy as np
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
-from fairfeed.providers.binance.symbols import split_stream
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.binance.symbols import split_stream, stream_name
 from fairfeed.providers.binance.wire import (
     AGG_FRAME_DECODER,
     TRADE_FRAME_DECODER,
     Ack,
     Error,
 )
-from fairfeed.providers.parsing import CONTROL, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
+from fairfeed.providers.parsing import (
+    CONTROL,
+    NEED_SPACE,
+    PARSE_ERROR,
+    RECORD_STRUCT,
+    RecordParser,
+)
 
 _INF = math.inf
 _MS = 1_000_000
 _pack = RECORD_STRUCT.pack_into
 
 
-class BinanceParser:
+class BinanceParser(RecordParser):
     """Parses one combined-stream frame at a time for one connection's streams.
 
     ``streams`` maps stream names (``"btcusdt@trade"``, ``"btcusdt@bookTicker"``...) to
     instrument ids; ``agg`` selects the ``aggTrade`` feed's decoding.
     """
 
-    __slots__ = (
-        "_book",
-        "_decoder",
-        "_out",
-        "_u8",
-        "agg",
-        "control",
-        "data_class",
-        "error",
-        "needed",
-        "provider",
-        "streams",
-        "venue",
-    )
+    __slots__ = ("_book", "_decoder", "agg", "streams")
 
     def __init__(
         self,
@@ -77,19 +71,26 @@ class BinanceParser:
         *,
         agg: bool = False,
     ) -> None:
+        super().__init__(provider, venue, data_class)
         self.streams = {s: int(i) for s, i in streams.items()}
         # stream -> (instrument id, is a book ticker): one lookup per message
         self._book = {s: (i, split_stream(s)[1] == "bookTicker") for s, i in self.streams.items()}
-        self.provider = provider
-        self.venue = venue
-        self.data_class = data_class
         self.agg = agg
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
-        self.error = ""
-        self.control: object = None
-        self.needed = 0
-        self._out: np.ndarray | None = None
-        self._u8: np.ndarray | None = None
+
+    @classmethod
+    def for_subscriptions(cls, subs: Sequence[Subscription], *, agg: bool = False) -> BinanceParser:
+        """Two streams per subscription: its trade feed (``aggTrade`` with ``agg``) and
+        ``bookTicker``."""
+        first = subs[0] if subs else None
+        kinds = ("aggTrade" if agg else "trade", "bookTicker")
+        return cls(
+            {stream_name(s.instrument, k): s.instrument_id for s in subs for k in kinds},
+            first.provider_id if first else 0,
+            first.venue_id if first else 0,
+            first.class_code if first else 0,
+            agg=agg,
+        )
 
     def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
         try:

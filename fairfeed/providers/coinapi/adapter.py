@@ -10,8 +10,8 @@ mean (details in docs/providers/coinapi.md):
 * CoinAPI acknowledges nothing, so a connection counts as subscribed once the requests are sent;
 * ``reconnect`` notice → reconnect at once (planned, no backoff), well before its deadline;
 * ``error`` is permanent (the server closes after it: bad API key, quota, bad request) → counted
-  as a refused subscription and retried after ``error_retry_after`` seconds, doubling per
-  consecutive error up to ``error_retry_cap`` — never a hot loop;
+  as a refused subscription and retried after the option ``error_retry_after`` seconds, doubling
+  per consecutive error up to ``error_retry_cap`` — never a hot loop;
 * a heartbeat arrives after every second of silence, so ``stale_after`` (default 10 s) catches a
   dead connection while a quiet market stays connected.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from fairfeed.core.backoff import Backoff
+from fairfeed.core.options import CoinApiOptions
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinapi.parse import CoinApiParser
@@ -40,17 +40,10 @@ class CoinApiAdapter(WsAdapter):
     stale_after = 10.0  # heartbeats come after each second of silence
     min_record_bytes = 80  # a trade message is ~250 bytes for 1 record, a quote ~280 for 2
     gap_kinds = ()  # sequence gaps are checked by the parser per (type, symbol id)
+    parser_class = CoinApiParser
+    options: CoinApiOptions
 
-    def __init__(
-        self,
-        ctx: IngestContext,
-        *,
-        backoff: Backoff | None = None,
-        error_retry_after: float = 60.0,
-        error_retry_cap: float = 900.0,
-        check_gaps: bool = True,
-        **overrides: object,
-    ) -> None:
+    def __init__(self, ctx: IngestContext) -> None:
         p = ctx.provider
         if not p.api_key_env:
             raise ValueError(
@@ -63,23 +56,20 @@ class CoinApiAdapter(WsAdapter):
                 f"provider {p.name!r} (coinapi): environment variable {p.api_key_env} is not set "
                 "or empty; it must hold the CoinAPI API key"
             )
-        if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
         self.api_key = key
-        self.error_retry_after = error_retry_after
-        self.error_retry_cap = error_retry_cap
-        self.check_gaps = check_gaps  # read by make_parser, which the base __init__ calls
-        super().__init__(ctx, **overrides)
+        super().__init__(ctx)
+        self.error_retry_after = self.options.error_retry_after
+        self.error_retry_cap = self.options.error_retry_cap
         self.errors = 0  # error messages received
         self.notices = 0  # reconnect notices received
         self._consecutive: dict[int, int] = {}  # connection index -> errors in a row
         for s in ctx.subscriptions:  # fail at start on a name CoinAPI cannot express
             to_symbol_id(s.venue, s.instrument, s.data_class)
 
-    def make_parser(self, subs: tuple[Subscription, ...]) -> CoinApiParser:
+    def parser_variant(self) -> dict[str, object]:
         # CoinAPI numbers per connection: the base resets the parser on every connect and
         # counts the gaps it reports (``gaps`` / ``missed``).
-        return CoinApiParser.for_subscriptions(subs, check_gaps=self.check_gaps)
+        return {"check_gaps": self.options.check_gaps}
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         filters = [exact(to_symbol_id(s.venue, s.instrument, s.data_class)) for s in subs]

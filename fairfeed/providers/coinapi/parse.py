@@ -31,7 +31,7 @@ Semantics:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 import numpy as np
@@ -48,7 +48,14 @@ from fairfeed.core.records import (
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.coinapi.symbols import to_symbol_id
 from fairfeed.providers.coinapi.wire import SERVER_DECODER, Hearbeat, Heartbeat, Quote, Trade
-from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
+from fairfeed.providers.parsing import (
+    CONTROL,
+    HEARTBEAT,
+    NEED_SPACE,
+    PARSE_ERROR,
+    RECORD_STRUCT,
+    RecordParser,
+)
 from fairfeed.providers.timestamps import iso_to_ns
 
 SIDES = {
@@ -60,7 +67,7 @@ SIDES = {
 _MAX_RECORDS = 3  # per message: a gap record + bid + ask
 
 
-class CoinApiParser:
+class CoinApiParser(RecordParser):
     """Parses CoinAPI messages of one connection into a caller-owned record buffer.
 
     ``symbols`` maps a CoinAPI symbol id to ``(instrument id, venue id, class code)``.
@@ -68,8 +75,7 @@ class CoinApiParser:
     them); ``on_gap(missed)``, if given, is also called once per gap.
     """
 
-    __slots__ = ("_last", "_out", "_seconds", "_symbols", "_u8", "check_gaps", "control",
-                 "error", "gaps", "missed", "needed", "on_gap", "provider")  # fmt: skip
+    __slots__ = ("_last", "_seconds", "_symbols", "check_gaps", "on_gap")
 
     def __init__(
         self,
@@ -79,25 +85,19 @@ class CoinApiParser:
         check_gaps: bool = True,
         on_gap: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__(provider)  # venue and class come with each symbol
         # symbol id -> (instrument, venue, class, slot); slot indexes the sequence state
         self._symbols = {
             sid: (inst, venue, dc, 2 * i)
             for i, (sid, (inst, venue, dc)) in enumerate(symbols.items())
         }
         self._last = [-1] * (2 * len(self._symbols))  # last sequence per (symbol, trade|quote)
-        self.provider = provider
         self.check_gaps = check_gaps
         self.on_gap = on_gap
-        self.gaps = self.missed = 0
-        self.error = ""
-        self.control: object = None
-        self.needed = 0
-        self._out: np.ndarray | None = None
-        self._u8: np.ndarray | None = None
         self._seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> ns (a bounded cache)
 
     @classmethod
-    def for_subscriptions(cls, subs: Iterable[Subscription], **options) -> CoinApiParser:
+    def for_subscriptions(cls, subs: Sequence[Subscription], **options) -> CoinApiParser:
         """A parser for ``subs`` (each with its own venue, instrument and class)."""
         subs = tuple(subs)
         providers = {s.provider_id for s in subs}

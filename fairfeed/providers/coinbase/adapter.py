@@ -19,13 +19,13 @@ staggered subscribes, liveness, health records and dead letters are
   answered by a ``subscriptions`` message. Without ``heartbeats`` the channels go quiet, so it
   is always subscribed. ``trade_id`` rises by one per trade per product: the gap tracker
   follows KIND_TRADE too. In addition the parser numbers the connection's messages
-  (``sequence_num``) and writes its own KIND_GAP records; the adapter's parser subclass keeps
-  the running ``gaps`` / ``missed`` totals the shared base counts in Slot.GAPS / Slot.MISSED.
+  (``sequence_num``) and writes its own KIND_GAP records, with the running ``gaps`` / ``missed``
+  totals of the parser protocol that the shared base counts in Slot.GAPS / Slot.MISSED.
 * **Answers.** ``error`` answers refuse the connection's subscription (Slot.SUBSCRIBE_ERRORS, a
   KIND_STATUS record, reconnect with the growing backoff); a rate-limit error (its text names
-  the rate limit; Coinbase gives no delay) waits at least ``rate_limit_delay`` seconds.
+  the rate limit; Coinbase gives no delay) waits at least the option ``rate_limit_pause``.
   Coinbase has no reconnect notice and no documented maximum connection age.
-* ``parser.reset()`` on every (re)connect (``on_open``), so numbering restarts cleanly.
+* The base resets the parser on every (re)connect, so numbering restarts cleanly.
 * Live changes: removed products are unsubscribed on their open connection
   (``unsubscribe_messages``: the same shape with ``"type":"unsubscribe"``); added ones get new
   connections (the base).
@@ -33,16 +33,20 @@ staggered subscribes, liveness, health records and dead letters are
 
 from __future__ import annotations
 
-import json
 import logging
 
-from fairfeed.core.backoff import Backoff
-from fairfeed.core.counters import Counters, Slot
-from fairfeed.core.records import CLASS_CODES, KIND_GAP, KIND_HEARTBEAT, KIND_TRADE
+from fairfeed.core.options import CoinbaseOptions
+from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser, ExchangeFeedParser
 from fairfeed.providers.coinbase.symbols import to_product_id
+from fairfeed.providers.coinbase.wire import (
+    ADVANCED_CHANNELS,
+    ADVANCED_HEARTBEATS,
+    advanced_request,
+    exchange_request,
+)
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
 log = logging.getLogger(__name__)
@@ -52,125 +56,51 @@ URLS = {
     "exchange": "wss://ws-feed.exchange.coinbase.com",
     "advanced": "wss://advanced-trade-ws.coinbase.com",
 }
-EXCHANGE_CHANNELS = ("matches", "ticker", "heartbeat")
-ADVANCED_CHANNELS = ("market_trades", "ticker")  # plus "heartbeats", once per connection
-_KIND = 56  # byte offset of `kind` in a record
-_SIZE = 32  # byte offset of `size` (float64)
-
-
-class _ExchangeParser(ExchangeFeedParser):
-    """The Exchange parser, counting the per-product heartbeats it turns into records."""
-
-    __slots__ = ("_counters",)
-
-    def __init__(self, symbols, provider, venue, data_class, counters: Counters) -> None:
-        super().__init__(symbols, provider, venue, data_class, trade_sequence=True)
-        self._counters = counters
-
-    def parse(self, data, out, start, ts_receive):
-        r = ExchangeFeedParser.parse(self, data, out, start, ts_receive)
-        if r == 1 and self._u8[(start << 6) + _KIND] == KIND_HEARTBEAT:
-            self._counters.add(Slot.HEARTBEATS)
-        return r
-
-
-# The shared base counts the running totals ``gaps`` / ``missed`` of a gap-detecting parser
-# (Slot.GAPS / Slot.MISSED). AdvancedTradeParser writes KIND_GAP records but keeps no totals
-# (yet): the subclass below keeps them, unless the parser grows its own.
-_PARSER_HAS_TOTALS = hasattr(AdvancedTradeParser, "gaps")
-
-
-class _AdvancedParser(AdvancedTradeParser):
-    """The Advanced Trade parser, with gap totals for the base and heartbeats counted."""
-
-    __slots__ = ("_counters",) if _PARSER_HAS_TOTALS else ("_counters", "gaps", "missed")
-
-    def __init__(self, symbols, provider, venue, data_class, counters: Counters) -> None:
-        super().__init__(symbols, provider, venue, data_class)
-        self._counters = counters
-        if not _PARSER_HAS_TOTALS:
-            self.gaps = 0
-            self.missed = 0
-
-    def parse(self, data, out, start, ts_receive):
-        r = AdvancedTradeParser.parse(self, data, out, start, ts_receive)
-        if r > 0:
-            u8 = self._u8
-            off = start << 6
-            if not _PARSER_HAS_TOTALS and u8[off + _KIND] == KIND_GAP:  # a gap record is first
-                self.gaps += 1
-                self.missed += int(out[start]["size"])
-            if u8[off + ((r - 1) << 6) + _KIND] == KIND_HEARTBEAT:
-                self._counters.add(Slot.HEARTBEATS)
-        return r
 
 
 class CoinbaseAdapter(WsAdapter):
     """Streams ``ctx.subscriptions`` from Coinbase's Exchange feed or Advanced Trade.
 
-    ``backoff`` sets the reconnect schedule; other keyword arguments set the protocol defaults
-    (those of :class:`WsAdapter` and ``rate_limit_delay``: the least wait after a rate-limit
-    error, as Coinbase names no delay; its limit is 8 requests per second per IP).
+    Coinbase names no delay after a rate-limit error (its limit is 8 requests per second per
+    IP): the option ``rate_limit_pause`` is the least wait.
     """
 
     gap_kinds = (KIND_TRADE,)
     max_streams_per_connection = 100  # Coinbase advises spreading products over connections
     subscribe_batch = 100
     stale_after = 10.0  # heartbeats arrive every second on both feeds
-    subscribe_timeout = 10.0
     min_record_bytes = 100  # the smallest data message (an AT heartbeat) is ~170 bytes
+    options: CoinbaseOptions
 
-    rate_limit_delay = 1.0  # least wait after a rate-limit error (Coinbase names no delay)
-
-    def __init__(
-        self, ctx: IngestContext, *, backoff: Backoff | None = None, **overrides: object
-    ) -> None:
+    def __init__(self, ctx: IngestContext) -> None:
         feed = ctx.provider.feed or "exchange"
         if feed not in FEEDS:
             raise ValueError(f"{ctx.provider.name}: coinbase feed must be one of {FEEDS}: {feed!r}")
         self.feed = feed
-        if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
+        self.parser_class = ExchangeFeedParser if feed == "exchange" else AdvancedTradeParser
         self._expected: dict[int, int] = {}  # connection index -> subscribe answers awaited
-        super().__init__(ctx, **overrides)
+        super().__init__(ctx)
 
     # -- protocol hooks ------------------------------------------------------------------------
-    def make_parser(self, subs: tuple[Subscription, ...]):
-        ctx = self.ctx
-        if subs:
-            provider, venue, dclass = subs[0].provider_id, subs[0].venue_id, subs[0].class_code
-        else:
-            p, reg = ctx.provider, ctx.registry
-            provider, venue = reg.provider_id(p.name), reg.venue_id(p.venue)
-            dclass = CLASS_CODES[p.data_class]
-        symbols = {to_product_id(s.instrument): s.instrument_id for s in subs}
+    def parser_variant(self) -> dict[str, object]:
         if self.feed == "exchange":
-            return _ExchangeParser(symbols, provider, venue, dclass, ctx.counters)
-        return _AdvancedParser(symbols, provider, venue, dclass, ctx.counters)
+            # trade ids, +1 per trade per product, as the sequence the base's tracker follows
+            return {"trade_sequence": True}
+        return {"snapshot_trades": self.options.snapshot_trades}
 
     def on_open(self, conn: WsConnection) -> None:
-        conn.parser.reset()  # the base resets it too (since 81a1e19); harmless twice
         self._expected[conn.index] = 0
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         products = list(dict.fromkeys(to_product_id(s.instrument) for s in subs))
         batches = self.batches(products, self.subscribe_batch)
         if self.feed == "exchange":
-            msgs = [
-                _json({"type": "subscribe", "product_ids": b, "channels": list(EXCHANGE_CHANNELS)})
-                for b in batches
-            ]
+            msgs = [exchange_request("subscribe", b) for b in batches]
         else:
-            hb = {
-                "type": "subscribe",
-                "product_ids": batches[0] if batches else [],
-                "channel": "heartbeats",
-            }
-            msgs = [_json(hb)]
+            hb = batches[0] if batches else []
+            msgs = [advanced_request("subscribe", hb, ADVANCED_HEARTBEATS)]
             msgs += [
-                _json({"type": "subscribe", "product_ids": b, "channel": ch})
-                for ch in ADVANCED_CHANNELS
-                for b in batches
+                advanced_request("subscribe", b, ch) for ch in ADVANCED_CHANNELS for b in batches
             ]
         self._expected[conn.index] = len(msgs)
         return msgs
@@ -179,17 +109,10 @@ class CoinbaseAdapter(WsAdapter):
         products = list(dict.fromkeys(to_product_id(s.instrument) for s in subs))
         batches = self.batches(products, self.subscribe_batch)
         if self.feed == "exchange":
-            msgs = [
-                _json(
-                    {"type": "unsubscribe", "product_ids": b, "channels": list(EXCHANGE_CHANNELS)}
-                )
-                for b in batches
-            ]
+            msgs = [exchange_request("unsubscribe", b) for b in batches]
         else:
             msgs = [
-                _json({"type": "unsubscribe", "product_ids": b, "channel": ch})
-                for ch in ADVANCED_CHANNELS
-                for b in batches
+                advanced_request("unsubscribe", b, ch) for ch in ADVANCED_CHANNELS for b in batches
             ]
         # Each is answered by a `subscriptions` message: not an acknowledgement of ours.
         self._expected[conn.index] = self._expected.get(conn.index, 0) + len(msgs)
@@ -207,8 +130,4 @@ class CoinbaseAdapter(WsAdapter):
             reason = getattr(msg, "reason", "")
             text = f"{message}: {reason}" if reason else message
             limited = "rate limit" in text.lower()
-            conn.refuse(text, self.rate_limit_delay if limited else 0.0)
-
-
-def _json(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+            conn.refuse(text, self.rate_limit_pause if limited else 0.0)

@@ -1,6 +1,6 @@
 """Coinbase frames → RECORD_DTYPE records: Exchange feed (ws-feed) and Advanced Trade.
 
-Same interface as :class:`fairfeed.providers.simulator.parse.FrameParser`:
+The parser protocol of :mod:`fairfeed.providers.parsing` (messages: :mod:`.wire`):
 ``parse(data, out, start, ts_receive)`` writes records into ``out[start:]`` and returns how many,
 or one of the result codes :data:`HEARTBEAT`, :data:`CONTROL`, :data:`PARSE_ERROR`,
 :data:`NEED_SPACE` (reason in ``.error``, control message in ``.control``, room needed in
@@ -31,7 +31,11 @@ Semantics (details and the evidence in docs/providers/coinbase.md):
   ``heartbeat_counter``). Trade ``time`` → ``ts_exchange``; the message ``timestamp`` →
   ``ts_provider``. ``sequence_num`` numbers every message of one connection (all channels): a
   jump yields a GAP record (NO_INSTRUMENT, ``sequence`` = first number after the gap, ``size``
-  = numbers missed) ahead of the message's own records. Call :meth:`reset` on reconnect.
+  = numbers missed) ahead of the message's own records, counted in the parser's ``gaps`` /
+  ``missed`` totals. Call :meth:`reset` on reconnect.
+
+Both feeds write heartbeat records themselves (not the HEARTBEAT code): the ``heartbeats``
+total counts the heartbeat messages, for the worker's counters.
 """
 
 from __future__ import annotations
@@ -39,13 +43,11 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
 
 from fairfeed.core.records import (
-    CLASS_CODES,
     KIND_ASK,
     KIND_BID,
     KIND_GAP,
@@ -57,18 +59,18 @@ from fairfeed.core.records import (
     SIDE_SELL,
     SIDE_UNKNOWN,
 )
+from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.coinbase.symbols import to_product_id
+from fairfeed.providers.coinbase.wire import ADVANCED_DECODER, EXCHANGE_DECODER
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
     NEED_SPACE,
     PARSE_ERROR,
     RECORD_STRUCT,
+    RecordParser,
 )
 from fairfeed.providers.timestamps import go_time_to_ns, iso_to_ns
-
-if TYPE_CHECKING:
-    from fairfeed.providers.base import IngestContext
 
 __all__ = [
     "CONTROL",
@@ -87,71 +89,23 @@ _U32 = 0xFFFFFFFF
 # --- Exchange feed (ws-feed) -----------------------------------------------------------------
 
 
-class _ExMsg(msgspec.Struct, gc=False):
-    """Every ws-feed message type in one Struct: only the fields we read; the rest is skipped."""
-
-    type: str
-    product_id: str = ""
-    sequence: int = -1
-    trade_id: int = -1
-    side: str = ""
-    price: float = -1.0
-    size: float = -1.0
-    time: str = ""
-    best_bid: float = -1.0
-    best_ask: float = -1.0
-    best_bid_size: float = 0.0
-    best_ask_size: float = 0.0
-    last_trade_id: int = -1
-    message: str = ""
-    reason: str = ""
-
-
-_EX_DECODER = msgspec.json.Decoder(_ExMsg, strict=False)
 # Exchange feed `side` is the maker's: the taker is the other side.
 _EX_TAKER = {"buy": SIDE_SELL, "sell": SIDE_BUY}
 _EX_CONTROL = frozenset(("subscriptions", "error"))
 
 
-class _Base:
-    __slots__ = ("_out", "_u8", "control", "data_class", "error", "needed", "provider",
-                 "symbols", "venue")  # fmt: skip
+class _Base(RecordParser):
+    __slots__ = ("symbols",)
 
     def __init__(
         self, symbols: Mapping[str, int], provider: int, venue: int, data_class: int
     ) -> None:
+        super().__init__(provider, venue, data_class)
         self.symbols = dict(symbols)  # Coinbase product id → instrument id
-        self.provider = provider
-        self.venue = venue
-        self.data_class = data_class
-        self.error = ""  # reason of the last PARSE_ERROR
-        self.control: object = None  # the last CONTROL message (a decoded Struct)
-        self.needed = 0  # records the last NEED_SPACE frame needs
-        self._out: np.ndarray | None = None
-        self._u8: np.ndarray | None = None
 
-    @classmethod
-    def for_context(cls, ctx: IngestContext, **options):
-        """A parser for the context's subscriptions (one venue and data class per connection)."""
-        subs = ctx.subscriptions
-        if subs:
-            venues = {(s.provider_id, s.venue_id, s.class_code) for s in subs}
-            if len(venues) > 1:
-                raise ValueError(f"one Coinbase connection serves one venue and class: {venues}")
-            provider, venue, data_class = venues.pop()
-        else:
-            reg = ctx.registry
-            provider = reg.provider_id(ctx.provider.name)
-            venue = reg.venue_id(ctx.provider.venue)
-            data_class = CLASS_CODES[ctx.provider.data_class]
-        symbols = {to_product_id(s.instrument): s.instrument_id for s in subs}
-        return cls(symbols, provider, venue, data_class, **options)
-
-    def _buffer(self, out: np.ndarray) -> np.ndarray:
-        if out is not self._out:
-            self._out = out
-            self._u8 = out.view(np.uint8)
-        return self._u8
+    @staticmethod
+    def wire_symbol(sub: Subscription) -> str:
+        return to_product_id(sub.instrument)
 
 
 class ExchangeFeedParser(_Base):
@@ -170,13 +124,10 @@ class ExchangeFeedParser(_Base):
         super().__init__(symbols, provider, venue, data_class)
         self.trade_sequence = trade_sequence
 
-    def reset(self) -> None:
-        """Nothing is kept across messages on this feed (kept for interface symmetry)."""
-
     def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
         """Parse ``data`` (bytes-like or str) into ``out[start:]``; records or a result code."""
         try:
-            m = _EX_DECODER.decode(data)
+            m = EXCHANGE_DECODER.decode(data)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             self.error = str(exc)
             return PARSE_ERROR
@@ -243,6 +194,7 @@ class ExchangeFeedParser(_Base):
             last = m.last_trade_id & _U32 if m.last_trade_id >= 0 else 0
             _RECORD.pack_into(buf, off, ts, ts, ts_receive, 0.0, 0.0, seq, inst, prov, venue,
                               KIND_HEARTBEAT, dc, SIDE_UNKNOWN, 0, last)  # fmt: skip
+            self.heartbeats += 1
             return 1
         except struct.error as exc:  # an integer outside int64
             self.error = f"{t}: value out of range: {exc}"
@@ -252,41 +204,6 @@ class ExchangeFeedParser(_Base):
 # --- Advanced Trade --------------------------------------------------------------------------
 
 
-class _AtTrade(msgspec.Struct, gc=False):
-    product_id: str
-    trade_id: int
-    price: float
-    size: float
-    time: str
-    side: str
-
-
-class _AtTicker(msgspec.Struct, gc=False):
-    product_id: str
-    best_bid: float
-    best_ask: float
-    best_bid_quantity: float = 0.0
-    best_ask_quantity: float = 0.0
-
-
-class _AtEvent(msgspec.Struct, gc=False):
-    type: str = ""
-    trades: list[_AtTrade] = []
-    tickers: list[_AtTicker] = []
-    current_time: str = ""
-    heartbeat_counter: int = -1
-
-
-class _AtMsg(msgspec.Struct, gc=False):
-    channel: str = ""
-    timestamp: str = ""
-    sequence_num: int = -1
-    events: list[_AtEvent] = []
-    type: str = ""  # only error answers have it (and no channel)
-    message: str = ""
-
-
-_AT_DECODER = msgspec.json.Decoder(_AtMsg, strict=False)
 _AT_MAKER_TAKER = {"BUY": SIDE_SELL, "SELL": SIDE_BUY}  # `side` is the maker's
 _AT_AS_IS = {"BUY": SIDE_BUY, "SELL": SIDE_SELL}
 _AT_TICKER = frozenset(("ticker", "ticker_batch"))
@@ -324,7 +241,7 @@ class AdvancedTradeParser(_Base):
     def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
         """Parse ``data`` (bytes-like or str) into ``out[start:]``; records or a result code."""
         try:
-            m = _AT_DECODER.decode(data)
+            m = ADVANCED_DECODER.decode(data)
         except msgspec.DecodeError as exc:
             self.error = str(exc)
             return PARSE_ERROR
@@ -439,6 +356,11 @@ class AdvancedTradeParser(_Base):
             self._advance(seq, None)
         else:
             self._pending = None
+        if gap is not None:  # written and kept: count it
+            self.gaps += 1
+            self.missed += gap[1]
+        if kind == KIND_HEARTBEAT and events:
+            self.heartbeats += 1
         return (off >> 6) - start
 
     def _advance(self, seq: int, gap: tuple[int, int] | None) -> None:

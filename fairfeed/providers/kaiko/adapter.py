@@ -23,9 +23,10 @@ for the loop to drain it: memory is bounded and back-pressure reaches the HTTP/2
 
 Health. Reconnects use :class:`Backoff` (capped, jittered; reset only once a session delivered
 data, so a server that accepts and then fails cannot cause a hot loop). RESOURCE_EXHAUSTED (rate
-limit) switches to a separate, longer schedule and honours a ``retry-after`` trailer in seconds
-when the server sends one. Other refusals (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
-NOT_FOUND...) count a subscribe error and retry on the normal schedule. Kaiko has no heartbeat,
+limit) waits at least the option ``rate_limit_pause`` (default 5 s), or the ``retry-after``
+trailer in seconds when the server sends a longer one, while the backoff keeps growing. Other
+refusals (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND...) count a subscribe
+error and retry on the normal schedule. Kaiko has no heartbeat,
 so a call is stale when it delivered no *record* (parse errors and empty messages do not count)
 for ``stale_after`` seconds: pick it above the quietest subscribed market's normal silence.
 """
@@ -51,15 +52,15 @@ from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
+from fairfeed.core.options import KaikoOptions, split_key
 from fairfeed.core.records import (
-    KIND_STATUS,
     RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
-    health_records,
 )
 from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.health import Health
 from fairfeed.providers.kaiko.parse import KaikoParser
 from fairfeed.providers.kaiko.symbols import KaikoSymbols
 from fairfeed.providers.parsing import ErrorLog
@@ -194,69 +195,53 @@ def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
 class KaikoAdapter(Adapter):
     """Streams the context's subscriptions from Kaiko Stream (or the local :class:`KaikoServer`).
 
-    ``api_key`` defaults to the environment variable named by ``provider.api_key_env``;
-    ``stale_after`` defaults to ``provider.stale_after`` or else 30 s (5 s for a served
-    simulator); ``backoff`` is the reconnect schedule and ``rate_limit_backoff`` the one after
-    RESOURCE_EXHAUSTED; ``trades`` / ``quotes`` choose the services; ``buffer_records`` bounds the
-    records waiting for the loop; ``batch_delay`` (seconds) is how long the loop lets records
-    gather after the first one before it emits them (one wake-up per batch instead of one per
-    message: the main CPU saving over a plain client; 0 = emit at once).
+    The API key is read from the environment variable named by ``provider.api_key_env``;
+    ``stale_after`` is ``provider.stale_after`` or else 30 s (5 s for a served simulator). The
+    options (:class:`~fairfeed.core.options.KaikoOptions`): the reconnect backoff and
+    ``rate_limit_pause``; ``trades`` / ``quotes`` choose the services; ``codes`` /
+    ``amount_units`` the symbol table overrides; ``buffer_records`` bounds the records waiting
+    for the loop; ``batch_delay`` (seconds) is how long the loop lets records gather after the
+    first one before it emits them (one wake-up per batch instead of one per message: the main
+    CPU saving over a plain client; 0 = emit at once).
     """
 
-    def __init__(
-        self,
-        ctx: IngestContext,
-        *,
-        api_key: str | None = None,
-        symbols: KaikoSymbols | None = None,
-        trades: bool = True,
-        quotes: bool = True,
-        buffer_records: int = 8192,
-        backoff: Backoff | None = None,
-        rate_limit_backoff: Backoff | None = None,
-        stale_after: float | None = None,
-        subscribe_timeout: float = 10.0,
-        log_interval: float = 1.0,
-        channel_options: list[tuple[str, object]] | None = None,
-        batch_delay: float = 0.0005,
-    ) -> None:
+    options: KaikoOptions
+    log_interval = 1.0
+
+    def __init__(self, ctx: IngestContext) -> None:
         super().__init__(ctx)
         p = ctx.provider
-        if api_key is None:
-            api_key = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
-            if not api_key:
-                log.error("%s: no API key (set %s)", p.name, p.api_key_env or "api_key_env")
+        o = self.options
+        api_key = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
+        if not api_key:
+            log.error("%s: no API key (set %s)", p.name, p.api_key_env or "api_key_env")
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self.target, self.tls = parse_target(ctx.url, p.tls)
-        self.symbols = symbols or KaikoSymbols()
-        self.backoff = backoff or Backoff(base=0.25, cap=30.0)
-        self.rate_limit_backoff = rate_limit_backoff or Backoff(base=5.0, cap=300.0)
-        if stale_after is None:
-            stale_after = p.stale_after or (
-                5 * p.serve.heartbeat_interval if p.serve is not None else 30.0
-            )
-        self.stale_after = stale_after
-        self.subscribe_timeout = subscribe_timeout
-        self.batch_delay = batch_delay
+        self.symbols = KaikoSymbols(
+            overrides={split_key(k): v for k, v in o.codes.items()},
+            amount_units={split_key(k): v for k, v in o.amount_units.items()},
+        )
+        self.backoff = Backoff(base=o.backoff_base, cap=o.backoff_cap)
+        self.rate_limit_pause = o.rate_limit_pause
+        self.stale_after = p.stale_after or (
+            5 * p.serve.heartbeat_interval if p.serve is not None else 30.0
+        )
+        self.subscribe_timeout = o.subscribe_timeout
+        self.batch_delay = o.batch_delay
+        trades, quotes, buffer_records = o.trades, o.quotes, o.buffer_records
         self.channel_options = [
-            *(channel_options or []),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.enable_retries", 0),
             ("grpc.max_receive_message_length", 16 << 20),
         ]
-        # instruments: (exchange, class, code) -> ids; calls grouped by (exchange, class)
-        table: dict[tuple[str, str, str], tuple[int, int, int, int, float]] = {}
-        groups: dict[tuple[str, str], list[str]] = {}
-        for s in ctx.subscriptions:
-            key = self.symbols.criteria(s.venue, s.data_class, s.instrument)
-            unit, csize = self.symbols.amount_unit(s.venue, s.data_class, s.instrument)
-            table[key] = (s.instrument_id, s.venue_id, s.class_code, unit, csize)
-            codes = groups.setdefault(key[:2], [])
-            if key[2] not in codes:
-                codes.append(key[2])
-        self.parser = KaikoParser(table, ctx.registry.provider_id(p.name))
+        self.parser = KaikoParser.for_subscriptions(ctx.subscriptions, symbols=self.symbols)
+        if not ctx.subscriptions:
+            self.parser.provider = ctx.registry.provider_id(p.name)
+        groups: dict[tuple[str, str], list[str]] = {}  # calls grouped by (exchange, class)
+        for exchange, kclass, code in self.parser.instruments:
+            groups.setdefault((exchange, kclass), []).append(code)
         self.calls: list[_Call] = []
         for (exchange, kclass), codes in groups.items():
             crit = InstrumentCriteria(
@@ -278,9 +263,11 @@ class KaikoAdapter(Adapter):
         venues: dict[int, int] = {}
         for s in ctx.subscriptions:
             venues.setdefault(s.venue_id, s.class_code)
-        self._venues = sorted(venues)
-        self._venue_classes = [venues[v] for v in self._venues]
-        self._provider_id = self.parser.provider
+        order = sorted(venues)
+        # the WebSocket base's health rules, for the whole session (every venue it carries)
+        self.health = Health(
+            ctx, p.name, self.parser.provider, order, [venues[v] for v in order], self._drain
+        )
         # thread -> loop hand-off: a bounded double buffer under one lock
         self._cap = buffer_records
         self._fill = np.zeros(buffer_records, RECORD_DTYPE)
@@ -298,15 +285,14 @@ class KaikoAdapter(Adapter):
         self._stop = asyncio.Event()
         self._closed = False
         self._connected = False  # this session sent STATUS_CONNECTED
-        self._counted_up = False
         self._rate_limited = False
         self._retry_after: float | None = None
         self.connections = 0  # sessions that got every call subscribed
         self.subscribe_errors = 0
         self.rate_limits = 0
         self.stale_reconnects = 0
-        self._parse_log = ErrorLog(log, f"{p.name}: malformed message", log_interval)
-        self._conn_log = ErrorLog(log, f"{p.name}: connection", log_interval)
+        self._parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
+        self._conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
 
     # --- reader threads -> loop ------------------------------------------------------------
 
@@ -366,9 +352,8 @@ class KaikoAdapter(Adapter):
             except Exception:
                 log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, n)
             c.add(Slot.RECORDS_IN, n)
-            if self.backoff.attempts or self.rate_limit_backoff.attempts:
+            if self.backoff.attempts:
                 self.backoff.reset()  # this session delivers data: the next failure starts over
-                self.rate_limit_backoff.reset()
         if frames:
             c.add(Slot.FRAMES_IN, frames)
         if errors:
@@ -477,7 +462,7 @@ class KaikoAdapter(Adapter):
                     return "no answer to subscribe"
                 continue
             for c in self.calls:
-                if now - c.last_data > self.stale_after:
+                if Health.stale(now, c.last_data, self.stale_after):
                     self.stale_reconnects += 1
                     return f"{c.name}: no data for {now - c.last_data:.1f} s"
 
@@ -516,12 +501,9 @@ class KaikoAdapter(Adapter):
             self._conn_log(f"{reason}; reconnecting to {self.target}")
 
     async def _pause(self) -> None:
+        delay = self.backoff.next_delay()
         if self._rate_limited:
-            delay = self.rate_limit_backoff.next_delay()
-            if self._retry_after:
-                delay = max(delay, self._retry_after)
-        else:
-            delay = self.backoff.next_delay()
+            delay = max(delay, self.rate_limit_pause, self._retry_after or 0.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -545,18 +527,8 @@ class KaikoAdapter(Adapter):
     # --- status ----------------------------------------------------------------------------
 
     def _status(self, code: int) -> None:
-        if self._closed:
-            return
-        self._drain()  # data read before the change goes first
-        rec = health_records(
-            KIND_STATUS, code, self._provider_id, self._venues, self._venue_classes
-        )
-        try:
-            self.ctx.emit(rec)
-        except Exception:
-            log.exception("%s: emit of a status record failed", self.ctx.provider.name)
+        if not self._closed:
+            self.health.status(code)  # after the data read before the change
 
     def _mark_connected(self, up: bool) -> None:
-        if up != self._counted_up:
-            self._counted_up = up
-            self.ctx.counters.add(Slot.CONNECTED, 1 if up else -1)
+        self.health.connected(up)

@@ -28,7 +28,7 @@ Field by field (``kaikosdk`` 1.x):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
@@ -43,8 +43,9 @@ from fairfeed.core.records import (
     SIDE_SELL,
     SIDE_UNKNOWN,
 )
-from fairfeed.providers.kaiko.symbols import UNIT_BASE, UNIT_CONTRACTS, UNIT_QUOTE
-from fairfeed.providers.parsing import PARSE_ERROR, RECORD_STRUCT
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.kaiko.symbols import UNIT_BASE, UNIT_CONTRACTS, UNIT_QUOTE, KaikoSymbols
+from fairfeed.providers.parsing import PARSE_ERROR, RECORD_STRUCT, RecordParser
 
 _RECORD = RECORD_STRUCT
 _INT64_MAX = (1 << 63) - 1
@@ -92,40 +93,37 @@ def _ts(wrapper) -> int:
     return v
 
 
-class KaikoParser:
+class KaikoParser(RecordParser):
     """Parses one Kaiko message at a time into a caller-owned record buffer.
 
     ``instruments`` maps ``(exchange, kaiko class, code)`` to ``(instrument id, venue id,
     class code, amount unit, contract size)``; anything else in a response is a parse error
-    (the adapter subscribes exactly these instruments).
+    (the adapter subscribes exactly these instruments). gRPC has one message type per call, so
+    instead of ``parse`` there are :meth:`parse_trade` and :meth:`parse_update` (same contract).
     """
 
-    __slots__ = ("_out", "_u8", "error", "instruments", "provider")
+    __slots__ = ("instruments",)
 
     def __init__(
         self,
         instruments: dict[tuple[str, str, str], tuple[int, int, int, int, float]],
         provider: int,
     ) -> None:
+        super().__init__(provider)  # venue and class come with each instrument
         self.instruments = dict(instruments)
-        self.provider = provider
-        self.error = ""
-        self._out: np.ndarray | None = None
-        self._u8: np.ndarray | None = None
 
     @classmethod
-    def build(
-        cls,
-        entries: Iterable[tuple[tuple[str, str, str], tuple[int, int, int, int, float]]],
-        provider: int,
+    def for_subscriptions(
+        cls, subs: Sequence[Subscription], *, symbols: KaikoSymbols | None = None
     ) -> KaikoParser:
-        return cls(dict(entries), provider)
-
-    def _view(self, out: np.ndarray) -> np.ndarray:
-        if out is not self._out:
-            self._out = out
-            self._u8 = out.view(np.uint8)
-        return self._u8  # type: ignore[return-value]
+        """The table of ``subs`` (any venue and class), named by ``symbols``' rules."""
+        symbols = symbols or KaikoSymbols()
+        table = {}
+        for s in subs:
+            unit, csize = symbols.amount_unit(s.venue, s.data_class, s.instrument)
+            key = symbols.criteria(s.venue, s.data_class, s.instrument)
+            table[key] = (s.instrument_id, s.venue_id, s.class_code, unit, csize)
+        return cls(table, subs[0].provider_id if subs else 0)
 
     def parse_trade(self, data: bytes, out: np.ndarray, start: int, ts_receive: int) -> int:
         """A serialized ``StreamTradesResponseV1`` → 1 record at ``out[start]``, or PARSE_ERROR."""
@@ -182,7 +180,7 @@ class KaikoParser:
         if start >= len(out):
             raise _Malformed("record buffer full")  # the caller sizes its buffer; never expected
         _RECORD.pack_into(
-            self._view(out), start << 6, t_ex, t_pr, ts_receive, price, amount,
+            self._buffer(out), start << 6, t_ex, t_pr, ts_receive, price, amount,
             trade_sequence(m.id), inst_id, self.provider, venue, kind, dclass, side, 0, 0,
         )  # fmt: skip
         return 1

@@ -13,7 +13,7 @@ Kraken-specific behaviour, the rest being :mod:`fairfeed.providers.wsbase`:
   subscriptions) reconnects with backoff;
 * liveness: the ``heartbeat`` channel (about 1/s once subscribed) keeps a quiet market's
   connection alive, and the adapter sends an application ``ping`` every ``ping_interval``
-  seconds (default 10) whose ``pong`` counts as liveness too;
+  seconds (option, default 10) whose ``pong`` counts as liveness too;
 * ``status`` messages: a system that is not ``online`` is logged.
 """
 
@@ -24,6 +24,7 @@ import itertools
 import logging
 
 from fairfeed.core.counters import Slot
+from fairfeed.core.options import KrakenOptions
 from fairfeed.core.records import KIND_TRADE, STATUS_SUBSCRIBE_ERROR
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
@@ -42,23 +43,16 @@ class KrakenAdapter(WsAdapter):
 
     gap_kinds = (KIND_TRADE,)  # trade ids are contiguous per symbol
     max_streams_per_connection = 400  # Kraken publishes no limit: a conservative default
+    streams_per_subscription = len(CHANNELS)  # trade and ticker
     subscribe_batch = 100  # symbols (streams) per subscribe request
     stale_after = 10.0  # heartbeats every second once subscribed
     min_record_bytes = 60
-    rate_limit_pause = 1.0  # seconds to wait at least after a rate-limit answer
+    parser_class = KrakenParser
+    options: KrakenOptions
 
-    def __init__(
-        self, ctx: IngestContext, *, ping_interval: float = 10.0, **overrides: object
-    ) -> None:
-        super().__init__(ctx, **overrides)
-        self.ping_interval = ping_interval
-        # The base splits *subscriptions*; limits count streams (two channels per instrument).
-        per_conn = max(1, self.max_streams_per_connection // len(CHANNELS))
-        subs = ctx.subscriptions
-        self.connections = [
-            WsConnection(self, i, subs[k : k + per_conn])
-            for i, k in enumerate(range(0, len(subs), per_conn))
-        ]
+    def __init__(self, ctx: IngestContext) -> None:
+        super().__init__(ctx)
+        self.ping_interval = self.options.ping_interval
         self._ids = itertools.count(1)
         self._pending: dict[int, dict[int, int]] = {}  # conn index -> req_id -> symbols left
         self._pingers: set[asyncio.Task] = set()
@@ -66,15 +60,6 @@ class KrakenAdapter(WsAdapter):
         self.symbol_errors = 0
 
     # -- protocol hooks ------------------------------------------------------------------------
-    def make_parser(self, subs: tuple[Subscription, ...]) -> KrakenParser:
-        first = subs[0] if subs else None
-        return KrakenParser(
-            {to_symbol(s.instrument): s.instrument_id for s in subs},
-            first.provider_id if first else self.ctx.registry.provider_id(self.ctx.provider.name),
-            first.venue_id if first else 0,
-            first.class_code if first else 0,
-        )
-
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         symbols = [to_symbol(s.instrument) for s in subs]
         pending: dict[int, int] = {}

@@ -30,8 +30,17 @@ import msgspec
 import numpy as np
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SEQ_NONE, SIDE_BUY, SIDE_SELL
+from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.kraken.symbols import to_symbol
 from fairfeed.providers.kraken.wire import FRAME_DECODER, Answer, Other, Pong, Status
-from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR, RECORD_STRUCT
+from fairfeed.providers.parsing import (
+    CONTROL,
+    HEARTBEAT,
+    NEED_SPACE,
+    PARSE_ERROR,
+    RECORD_STRUCT,
+    RecordParser,
+)
 from fairfeed.providers.timestamps import iso_to_ns
 
 _INF = math.inf
@@ -39,37 +48,22 @@ _SIDES = {"buy": SIDE_BUY, "sell": SIDE_SELL}
 _pack = RECORD_STRUCT.pack_into
 
 
-class KrakenParser:
+class KrakenParser(RecordParser):
     """Parses one v2 frame at a time; ``symbols`` maps ``"BTC/USD"`` to instrument ids."""
 
-    __slots__ = (
-        "_last_ns",
-        "_last_ts",
-        "_out",
-        "_u8",
-        "control",
-        "data_class",
-        "error",
-        "needed",
-        "provider",
-        "symbols",
-        "venue",
-    )
+    __slots__ = ("_last_ns", "_last_ts", "symbols")
 
     def __init__(
         self, symbols: Mapping[str, int], provider: int, venue: int, data_class: int
     ) -> None:
+        super().__init__(provider, venue, data_class)
         self.symbols = {s: int(i) for s, i in symbols.items()}
-        self.provider = provider
-        self.venue = venue
-        self.data_class = data_class
-        self.error = ""
-        self.control: object = None
-        self.needed = 0
-        self._out: np.ndarray | None = None
-        self._u8: np.ndarray | None = None
         self._last_ts = ""  # trades of one match share their time stamp: convert it once
         self._last_ns = 0
+
+    @staticmethod
+    def wire_symbol(sub: Subscription) -> str:
+        return to_symbol(sub.instrument)
 
     def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
         try:

@@ -7,8 +7,7 @@ simulator's answers mean.
 
 from __future__ import annotations
 
-from fairfeed.core.backoff import Backoff
-from fairfeed.core.records import CLASS_CODES, KIND_ASK, KIND_BID, KIND_TRADE
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.simulator.parse import FrameParser
@@ -24,28 +23,14 @@ class SimulatorAdapter(WsAdapter):
     gap_kinds = (KIND_TRADE, KIND_BID, KIND_ASK)
     max_streams_per_connection = 100_000
     subscribe_batch = 100_000
-    subscribe_timeout = 5.0
+    parser_class = FrameParser
 
-    def __init__(
-        self, ctx: IngestContext, *, backoff: Backoff | None = None, **overrides: object
-    ) -> None:
+    def __init__(self, ctx: IngestContext) -> None:
+        super().__init__(ctx)
         serve = ctx.provider.serve
-        if "stale_after" not in overrides and not ctx.provider.stale_after:
-            overrides["stale_after"] = 5 * serve.heartbeat_interval if serve else 5.0
-        if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
-        super().__init__(ctx, **overrides)
+        if not ctx.provider.stale_after:  # five missed heartbeats of a served simulator
+            self.stale_after = 5 * serve.heartbeat_interval if serve else 5.0
         self._request_ids: dict[int, int] = {}  # connection index -> id of its subscribe
-
-    def make_parser(self, subs: tuple[Subscription, ...]) -> FrameParser:
-        p = self.ctx.provider
-        reg = self.ctx.registry
-        return FrameParser(
-            {s.instrument: s.instrument_id for s in subs},
-            reg.provider_id(p.name),
-            reg.venue_id(p.venue),
-            CLASS_CODES[p.data_class],
-        )
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         rid = self._request_ids.get(conn.index, 0) + 1

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
 
 from fairfeed.core.records import (
-    CLASS_CODES,
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,
@@ -28,12 +26,14 @@ from fairfeed.core.records import (
     SIDE_SELL,
     SIDE_UNKNOWN,
 )
+from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
     NEED_SPACE,
     PARSE_ERROR,
     RECORD_STRUCT,
+    RecordParser,
 )
 from fairfeed.providers.simulator.wire import (
     SERVER_FRAME_DECODER,
@@ -42,55 +42,29 @@ from fairfeed.providers.simulator.wire import (
     Trade,
 )
 
-if TYPE_CHECKING:
-    from fairfeed.providers.base import IngestContext
-
 # The codes and the record layout are shared by every provider parser.
 _RECORD = RECORD_STRUCT
 _SIDES = {"buy": SIDE_BUY, "sell": SIDE_SELL}
 
 
-class FrameParser:
+class FrameParser(RecordParser):
     """Parses one server frame at a time into a caller-owned record buffer.
 
     ``symbols`` maps wire symbols to instrument ids; the provider id, venue id and data class
     are the same for every record of one provider connection.
     """
 
-    __slots__ = (
-        "_out",
-        "_u8",
-        "control",
-        "data_class",
-        "error",
-        "needed",
-        "provider",
-        "symbols",
-        "venue",
-    )
+    __slots__ = ("symbols",)
 
     def __init__(
         self, symbols: Mapping[str, int], provider: int, venue: int, data_class: int
     ) -> None:
+        super().__init__(provider, venue, data_class)
         self.symbols = dict(symbols)
-        self.provider = provider
-        self.venue = venue
-        self.data_class = data_class
-        self.error = ""  # reason of the last PARSE_ERROR
-        self.control: object = None  # the last CONTROL message (a wire Struct)
-        self.needed = 0  # records the last NEED_SPACE batch needs
-        self._out: np.ndarray | None = None
-        self._u8: np.ndarray | None = None
 
-    @classmethod
-    def for_context(cls, ctx: IngestContext) -> FrameParser:
-        reg = ctx.registry
-        return cls(
-            {name: reg.instrument_id(name) for name in ctx.instruments},
-            reg.provider_id(ctx.provider.name),
-            reg.venue_id(ctx.provider.venue),
-            CLASS_CODES[ctx.provider.data_class],
-        )
+    @staticmethod
+    def wire_symbol(sub: Subscription) -> str:
+        return sub.instrument  # the simulator speaks canonical names
 
     def parse(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
         """Parse ``data`` (bytes-like) into ``out[start:]``; records written or a result code."""

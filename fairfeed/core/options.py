@@ -1,0 +1,114 @@
+"""Adapter options: one frozen dataclass per provider kind (`[providers.options]`).
+
+They live in core, not in the venue packages, because the configuration validates them at load
+(``fairfeed check-config`` rejects a bad option) and core imports nothing above it. Every option
+is documented in docs/configuration.md and on its provider's page. An adapter reads its options
+from ``ctx.provider.options`` and takes no other settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fairfeed.core.records import CLASS_CODES
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    """What every adapter accepts; seconds unless said otherwise."""
+
+    backoff_base: float = 0.25  # first reconnect delay (capped, jittered, doubling per failure)
+    backoff_cap: float = 30.0  # the longest reconnect delay
+    subscribe_timeout: float = 10.0  # a subscription unanswered this long: reconnect
+    rate_limit_pause: float = 1.0  # least wait after a rate-limit refusal (the backoff still grows)
+
+
+@dataclass(frozen=True)
+class SimulatorOptions(AdapterOptions):
+    subscribe_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class BinanceOptions(AdapterOptions):
+    url_streams: bool = False  # streams in the URL (`/stream?streams=…`) instead of SUBSCRIBE
+
+
+@dataclass(frozen=True)
+class KrakenOptions(AdapterOptions):
+    ping_interval: float = 10.0  # application ping per connection; 0 = none
+
+
+@dataclass(frozen=True)
+class CoinbaseOptions(AdapterOptions):
+    snapshot_trades: bool = False  # Advanced Trade: the recent trades sent on subscribe as TRADEs
+
+
+@dataclass(frozen=True)
+class CoinApiOptions(AdapterOptions):
+    error_retry_after: float = 60.0  # wait after an `error` message (bad key, quota, rate limit)
+    error_retry_cap: float = 900.0  # ... doubling per consecutive error up to this
+    check_gaps: bool = True  # number messages per (type, symbol id) and report gaps
+
+
+@dataclass(frozen=True)
+class KaikoOptions(AdapterOptions):
+    rate_limit_pause: float = 5.0
+    trades: bool = True  # subscribe the trades service
+    quotes: bool = True  # subscribe the top-of-book market-update service
+    # "VENUE:class:INSTRUMENT" -> Kaiko code, where the rule (lower case) is wrong
+    codes: dict[str, str] = field(default_factory=dict)
+    # "VENUE:class:INSTRUMENT" -> "base" | "quote" | contract size in base currency
+    amount_units: dict[str, str | float] = field(default_factory=dict)
+    buffer_records: int = 8192  # records the reader threads may hold for the event loop
+    batch_delay: float = 0.0005  # let records gather this long before one emit; 0 = at once
+
+
+OPTIONS: dict[str, type[AdapterOptions]] = {
+    "simulator": SimulatorOptions,
+    "binance": BinanceOptions,
+    "kraken": KrakenOptions,
+    "coinbase": CoinbaseOptions,
+    "coinapi": CoinApiOptions,
+    "kaiko": KaikoOptions,
+}
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """``"VENUE:class:INSTRUMENT"`` → ``(venue, data class, instrument)``; ValueError if not."""
+    parts = key.split(":")
+    if len(parts) != 3 or not all(parts) or parts[1] not in CLASS_CODES:
+        raise ValueError(
+            f"{key!r}: expected VENUE:class:INSTRUMENT with a class in {', '.join(CLASS_CODES)}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def check(options: AdapterOptions) -> list[tuple[str, str]]:
+    """Rules a type cannot express: ``[(option, problem), ...]``, empty when valid."""
+    bad = [
+        (f.name, "must be >= 0")
+        for f in dataclasses.fields(options)
+        if isinstance(v := getattr(options, f.name), int | float)
+        and not isinstance(v, bool)
+        and v < 0
+    ]
+    if options.backoff_base <= 0 or options.backoff_cap < options.backoff_base:
+        bad.append(("backoff_base", "must be > 0 and at most backoff_cap"))
+    if options.subscribe_timeout <= 0:
+        bad.append(("subscribe_timeout", "must be > 0"))
+    if isinstance(options, CoinApiOptions) and options.error_retry_cap < options.error_retry_after:
+        bad.append(("error_retry_cap", "must be >= error_retry_after"))
+    if isinstance(options, KaikoOptions):
+        if options.buffer_records < 1:
+            bad.append(("buffer_records", "must be >= 1"))
+        for name in ("codes", "amount_units"):
+            for key in getattr(options, name):
+                try:
+                    split_key(key)
+                except ValueError as exc:
+                    bad.append((f"{name}.{key}", str(exc)))
+        for key, unit in options.amount_units.items():
+            if unit not in ("base", "quote") and (isinstance(unit, str) or unit <= 0):
+                bad.append((f"amount_units.{key}", "must be 'base', 'quote' or a size > 0"))
+    return bad
