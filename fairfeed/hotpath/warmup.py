@@ -2,8 +2,8 @@
 
 The supervisor calls ``warm_up()`` once in the parent so children inherit compiled kernels and never
 compile or write the Numba cache concurrently (numba #10128, #4807). The tiny inputs use exactly
-the argument types the compute stage passes through ``FairState``, so no new specialization is
-compiled later.
+the argument types the compute stage passes through ``FairBook`` and ``AnomalyState``, so no new
+specialization is compiled later.
 
 ``python -m fairfeed.hotpath.warmup`` prints how long warming took in this process.
 """
