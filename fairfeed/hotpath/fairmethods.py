@@ -536,308 +536,6 @@ def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
             w[j] = free / (k - n_capped)
 
 
-@njit(cache=True, _nrt=False)
-def _classify(i, m, now, stale_ns, n_src, last_price, last_ts, reasons, cidx, cpx,
-              cage):  # fmt: skip  # pragma: no cover - jitted
-    """Step 1: a reason code per registered source of instrument ``i`` (row ``m``); the fresh
-    ones into the candidate list (``cidx`` / ``cpx`` / ``cage``, ascending source id).
-
-    Returns (candidates, age of the newest input of any source, 0 when none).
-    """
-    k = 0
-    newest = np.int64(0)
-    any_data = False
-    for s in range(n_src):
-        price = last_price[i, s]
-        if np.isnan(price):
-            reasons[m, s] = REASON_NO_DATA
-            continue
-        age = now - last_ts[i, s]
-        if not any_data or age < newest:
-            newest = age
-        any_data = True
-        if age > stale_ns:
-            reasons[m, s] = REASON_STALE
-            continue
-        reasons[m, s] = REASON_INCLUDED
-        cidx[k] = s
-        cpx[k] = price
-        cage[k] = age
-        k += 1
-    return k, max(newest, np.int64(0))
-
-
-@njit(cache=True, _nrt=False)
-def _order_by_venue(k, cidx, venue_of, order):  # pragma: no cover - jitted
-    """``order[:k]``: candidate positions ordered by (venue group, source), stable."""
-    for j in range(k):
-        pos = j
-        gj = venue_of[cidx[j]]
-        while pos > 0 and venue_of[cidx[order[pos - 1]]] > gj:
-            order[pos] = order[pos - 1]
-            pos -= 1
-        order[pos] = j
-
-
-@njit(cache=True, _nrt=False)
-def _venue_medians_median(k, order, cidx, venue_of, cpx, xs, ws,
-                          vmed):  # fmt: skip  # pragma: no cover - jitted
-    """two_level's gate reference: the median of the per-venue medians of the candidates.
-
-    Returns (reference, venues); NaN without a venue.
-    """
-    units = 0
-    j = 0
-    while j < k:
-        g = venue_of[cidx[order[j]]]
-        c = 0
-        while j < k and venue_of[cidx[order[j]]] == g:
-            xs[c] = cpx[order[j]]
-            c += 1
-            j += 1
-        if g >= 0:
-            vmed[units] = xs[0] if c == 1 else _median_nb(xs, ws, c)
-            units += 1
-    ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
-    return ref, units
-
-
-@njit(cache=True, _nrt=False)
-def _gate(i, m, k, units, ref, outlier_exclude, outlier_readmit, gate_out, reasons, cidx, cpx,
-          used):  # fmt: skip  # pragma: no cover - jitted
-    """Step 2, the outlier gate (module docstring): ``used[j]`` per candidate, the flags in
-    ``gate_out`` and reason codes updated. Returns the number of candidates used."""
-    for j in range(k):
-        used[j] = 1
-    if not (units >= 3 and outlier_exclude > 0.0 and ref > 0.0):
-        return k
-    n_used = 0
-    for j in range(k):
-        s = cidx[j]
-        d = abs(cpx[j] - ref) / ref
-        out = gate_out[i, s]
-        if out:
-            if d < outlier_readmit:
-                out = False
-                gate_out[i, s] = False
-        elif d > outlier_exclude:
-            out = True
-            gate_out[i, s] = True
-        if out:
-            reasons[m, s] = REASON_OUTLIER
-            used[j] = 0
-        else:
-            n_used += 1
-    if n_used == 0:  # no consensus: use them all
-        for j in range(k):
-            reasons[m, cidx[j]] = REASON_INCLUDED
-            used[j] = 1
-        n_used = k
-    return n_used
-
-
-@njit(cache=True, _nrt=False)
-def _used_summary(i, k, used, cidx, cpx, cage, venue_of,
-                  gmark):  # fmt: skip  # pragma: no cover - jitted
-    """(lowest, highest price, oldest age, venues) of the used candidates; ``gmark[g] == i``
-    marks a venue group counted for instrument ``i``."""
-    lo = np.inf
-    hi = -np.inf
-    oldest = np.int64(0)
-    n_ven = 0
-    for j in range(k):
-        if used[j] == 1:
-            x = cpx[j]
-            lo = min(lo, x)
-            hi = max(hi, x)
-            if cage[j] > oldest:
-                oldest = cage[j]
-            g = venue_of[cidx[j]]
-            if g >= 0 and gmark[g] != i:
-                gmark[g] = i
-                n_ven += 1
-    return lo, hi, oldest, n_ven
-
-
-@njit(cache=True, _nrt=False)
-def _status(n_used, n_ven, min_venues):  # pragma: no cover - jitted
-    if n_used == 1:
-        return FAIR_SINGLE_SOURCE
-    if n_ven < min_venues:
-        return FAIR_DEGRADED
-    return FAIR_OK
-
-
-@njit(cache=True, _nrt=False)
-def _used_prices_sorted(k, n_used, xs_sorted, used, cpx, xs,
-                        ws):  # fmt: skip  # pragma: no cover - jitted
-    """``xs[:c]``: the used candidates' prices, sorted; returns ``c``. ``xs_sorted``: xs[:k]
-    already holds every candidate's price sorted (kept when all are used)."""
-    if xs_sorted and n_used == k:
-        return k
-    c = 0
-    for j in range(k):
-        if used[j] == 1:
-            xs[c] = cpx[j]
-            c += 1
-    _sort2_nb(xs, ws, c)
-    return c
-
-
-@njit(cache=True, _nrt=False)
-def _sorted_median(xs, c):  # pragma: no cover - jitted
-    """METHOD_MEDIAN over sorted ``xs[:c]``."""
-    half = c // 2
-    return xs[half] if c % 2 == 1 else (xs[half - 1] + xs[half]) / 2.0
-
-
-@njit(cache=True, _nrt=False)
-def _trimmed_mean(xs, c, trim):  # pragma: no cover - jitted
-    """METHOD_TRIMMED_MEAN over sorted ``xs[:c]``."""
-    t = math.floor(trim * c)
-    acc = 0.0
-    for j in range(t, c - t):
-        acc += xs[j]
-    return acc / (c - 2 * t)
-
-
-@njit(cache=True, _nrt=False)
-def _decayed_volume(vol, vol_ts, i, s, now, k_decay):  # pragma: no cover - jitted
-    v = vol[i, s]
-    dt = now - vol_ts[i, s]
-    if dt > 0:
-        v *= math.exp(k_decay * dt)
-    return v
-
-
-@njit(cache=True, _nrt=False)
-def _two_level(i, now, k, order, cidx, venue_of, cpx, cage, used, vol, vol_ts, k_decay,
-               freshness_tau_ns, venue_cap, xs, ws, vmed, w3, w4, w5,
-               capped):  # fmt: skip  # pragma: no cover - jitted
-    """METHOD_TWO_LEVEL: median per venue of its used sources, then the capped volume ×
-    freshness weighted median of the venues (``order``: candidates by venue group)."""
-    nv = 0
-    tot_vol = 0.0
-    j = 0
-    while j < k:
-        g = venue_of[cidx[order[j]]]
-        c = 0
-        vmax = 0.0
-        amin = np.int64(0)
-        while j < k and venue_of[cidx[order[j]]] == g:
-            q = order[j]
-            j += 1
-            if g < 0 or used[q] == 0:
-                continue
-            xs[c] = cpx[q]
-            v = _decayed_volume(vol, vol_ts, i, cidx[q], now, k_decay)
-            if v > vmax:
-                vmax = v
-            if c == 0 or cage[q] < amin:
-                amin = cage[q]
-            c += 1
-        if c > 0:
-            vmed[nv] = xs[0] if c == 1 else _median_nb(xs, ws, c)
-            w3[nv] = vmax
-            w4[nv] = math.exp(-max(amin, 0) / freshness_tau_ns)
-            tot_vol += vmax
-            nv += 1
-    for j in range(nv):
-        vol_part = w3[j] if tot_vol > 0.0 else 1.0
-        w5[j] = vol_part * w4[j]
-    _cap_shares_nb(w5, nv, venue_cap, capped)
-    return _weighted_median_nb(vmed, w5, nv)
-
-
-@njit(cache=True, _nrt=False)
-def _inverse_variance(i, now, k, cidx, cpx, used, vol, vol_ts, var_num, var_den, k_decay, xs,
-                      ws, w3, w4):  # fmt: skip  # pragma: no cover - jitted
-    """METHOD_INVERSE_VARIANCE: weighted median, w = ½ volume share + ½ inverse-variance share
-    (a source without a variance estimate counts with the largest one; none known: equal)."""
-    c = 0
-    tot_vol = 0.0
-    var_max = -1.0
-    for j in range(k):
-        if used[j] == 0:
-            continue
-        s = cidx[j]
-        xs[c] = cpx[j]
-        v = _decayed_volume(vol, vol_ts, i, s, now, k_decay)
-        w3[c] = v
-        tot_vol += v
-        den = var_den[i, s]
-        var = var_num[i, s] / den if den > 0.0 else -1.0
-        w4[c] = var
-        if var > var_max:
-            var_max = var
-        c += 1
-    tot_inv = 0.0
-    for j in range(c):
-        var = w4[j]
-        if var_max < 0.0:
-            inv = 1.0
-        else:
-            if var < 0.0:
-                var = var_max
-            inv = 1.0 / max(var, VAR_FLOOR)
-        w4[j] = inv
-        tot_inv += inv
-    for j in range(c):
-        vs = w3[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
-        ws[j] = 0.5 * vs + 0.5 * w4[j] / tot_inv
-    return _weighted_median_nb(xs, ws, c)
-
-
-@njit(cache=True, _nrt=False)
-def _windowed_vwm(i, now, k, cidx, cpx, used, bucket_id, bucket_price, bucket_vol, bucket_ns, xs,
-                  ws, w3, w4, bcnt):  # fmt: skip  # pragma: no cover - jitted
-    """METHOD_WINDOWED_VWM: volume-weighted median per bucket of the window, mean over the
-    buckets; nothing in the window: plain median of the last prices."""
-    # Buckets now_b - B + 1 .. now_b. Each used source's ring is read once (contiguous); its
-    # in-window buckets are collected per bucket, in source order (bucket bi's entries at
-    # w3 / w4[bi · k ...]), then one weighted median each.
-    n_bucket = bucket_id.shape[2]
-    now_b = now // bucket_ns
-    lo_b = now_b - n_bucket + 1
-    for bi in range(n_bucket):
-        bcnt[bi] = 0
-    for j in range(k):
-        if used[j] == 0:
-            continue
-        s = cidx[j]
-        for slot in range(n_bucket):
-            bid = bucket_id[i, s, slot]
-            if bid < lo_b or bid > now_b:
-                continue
-            bp = bucket_price[i, s, slot]
-            if np.isnan(bp):
-                continue
-            bi = bid - lo_b
-            q = bi * k + bcnt[bi]
-            w3[q] = bp
-            w4[q] = bucket_vol[i, s, slot]
-            bcnt[bi] += 1
-    acc = 0.0
-    nb = 0
-    for bi in range(n_bucket):
-        c = bcnt[bi]
-        if c == 0:
-            continue
-        for q in range(c):
-            xs[q] = w3[bi * k + q]
-            ws[q] = w4[bi * k + q]
-        acc += _weighted_median_nb(xs, ws, c)
-        nb += 1
-    if nb > 0:
-        return acc / nb
-    c = 0
-    for j in range(k):
-        if used[j] == 1:
-            xs[c] = cpx[j]
-            c += 1
-    return _median_nb(xs, ws, c)
-
-
 @njit(cache=True)
 def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     """Fair prices due at ``now`` into ``o`` (FairOut); return the number of rows written.
@@ -908,6 +606,7 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     min_venues = p.min_venues
     bucket_ns = p.bucket_ns
     trim = p.trim
+    n_bucket = bucket_id.shape[2]
 
     n_inst = last_price.shape[0]
     n_src = last_price.shape[1]
@@ -934,8 +633,26 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
         dirty[i] = False
 
         # 1. classify every registered source; candidates into the compact list
-        k, newest = _classify(i, m, now, stale_ns, n_src, last_price, last_ts, reasons, cidx,
-                              cpx, cage)  # fmt: skip
+        k = 0
+        newest = np.int64(0)
+        any_data = False
+        for s in range(n_src):
+            price = last_price[i, s]
+            if np.isnan(price):
+                reasons[m, s] = REASON_NO_DATA
+                continue
+            age = now - last_ts[i, s]
+            if not any_data or age < newest:
+                newest = age
+            any_data = True
+            if age > stale_ns:
+                reasons[m, s] = REASON_STALE
+                continue
+            reasons[m, s] = REASON_INCLUDED
+            cidx[k] = s
+            cpx[k] = price
+            cage[k] = age
+            k += 1
         if k == 0:
             last = last_fair[i]
             if np.isnan(last):
@@ -945,40 +662,222 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
             n_used = 0
             n_ven = 0
             dispersion = np.nan
-            oldest = newest
+            oldest = max(newest, np.int64(0))
         else:
             # 2. outlier gate around the median of candidates (venue medians for two_level)
+            units = 0
+            xs_sorted = False  # xs[:k] = the candidates' prices, sorted
             if two_level:
-                _order_by_venue(k, cidx, venue_of, order)
-                ref, units = _venue_medians_median(k, order, cidx, venue_of, cpx, xs, ws, vmed)
+                # candidates ordered by (venue group, source): stable insertion sort
+                for j in range(k):
+                    pos = j
+                    gj = venue_of[cidx[j]]
+                    while pos > 0 and venue_of[cidx[order[pos - 1]]] > gj:
+                        order[pos] = order[pos - 1]
+                        pos -= 1
+                    order[pos] = j
+                j = 0
+                while j < k:
+                    g = venue_of[cidx[order[j]]]
+                    c = 0
+                    while j < k and venue_of[cidx[order[j]]] == g:
+                        xs[c] = cpx[order[j]]
+                        c += 1
+                        j += 1
+                    if g >= 0:
+                        vmed[units] = xs[0] if c == 1 else _median_nb(xs, ws, c)
+                        units += 1
+                ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
             else:
                 for j in range(k):
                     xs[j] = cpx[j]
                 units = k
-                ref = _median_nb(xs, ws, k)  # leaves xs[:k] sorted, for the median methods
-            n_used = _gate(i, m, k, units, ref, outlier_exclude, outlier_readmit, gate_out,
-                           reasons, cidx, cpx, used)  # fmt: skip
-            lo, hi, oldest, n_ven = _used_summary(i, k, used, cidx, cpx, cage, venue_of, gmark)
+                ref = _median_nb(xs, ws, k)
+                xs_sorted = True
+            n_used = k
+            for j in range(k):
+                used[j] = 1
+            if units >= 3 and outlier_exclude > 0.0 and ref > 0.0:
+                n_used = 0
+                for j in range(k):
+                    s = cidx[j]
+                    d = abs(cpx[j] - ref) / ref
+                    out = gate_out[i, s]
+                    if out:
+                        if d < outlier_readmit:
+                            out = False
+                            gate_out[i, s] = False
+                    elif d > outlier_exclude:
+                        out = True
+                        gate_out[i, s] = True
+                    if out:
+                        reasons[m, s] = REASON_OUTLIER
+                        used[j] = 0
+                    else:
+                        n_used += 1
+                if n_used == 0:  # no consensus: use them all
+                    for j in range(k):
+                        reasons[m, cidx[j]] = REASON_INCLUDED
+                        used[j] = 1
+                    n_used = k
+            # used sources: used[j] == 1. Summary figures.
+            lo = np.inf
+            hi = -np.inf
+            oldest = np.int64(0)
+            n_ven = 0
+            for j in range(k):
+                if used[j] == 1:
+                    x = cpx[j]
+                    lo = min(lo, x)
+                    hi = max(hi, x)
+                    if cage[j] > oldest:
+                        oldest = cage[j]
+                    g = venue_of[cidx[j]]
+                    if g >= 0 and gmark[g] != i:
+                        gmark[g] = i
+                        n_ven += 1
             # 3. the method
             if method in (METHOD_MEDIAN, METHOD_TRIMMED_MEAN):
-                # xs[:k] is sorted already when every candidate is used (not two_level)
-                c = _used_prices_sorted(k, n_used, not two_level, used, cpx, xs, ws)
+                c = n_used
+                if not (xs_sorted and n_used == k):
+                    c = 0
+                    for j in range(k):
+                        if used[j] == 1:
+                            xs[c] = cpx[j]
+                            c += 1
+                    _sort2_nb(xs, ws, c)
                 if method == METHOD_MEDIAN:
-                    fair = _sorted_median(xs, c)
+                    half = c // 2
+                    fair = xs[half] if c % 2 == 1 else (xs[half - 1] + xs[half]) / 2.0
                 else:
-                    fair = _trimmed_mean(xs, c, trim)
+                    t = math.floor(trim * c)
+                    acc = 0.0
+                    for j in range(t, c - t):
+                        acc += xs[j]
+                    fair = acc / (c - 2 * t)
             elif two_level:
-                fair = _two_level(i, now, k, order, cidx, venue_of, cpx, cage, used, vol, vol_ts,
-                                  k_decay, freshness_tau_ns, venue_cap, xs, ws, vmed, w3, w4, w5,
-                                  capped)  # fmt: skip
+                nv = 0
+                tot_vol = 0.0
+                j = 0
+                while j < k:
+                    g = venue_of[cidx[order[j]]]
+                    c = 0
+                    vmax = 0.0
+                    amin = np.int64(0)
+                    while j < k and venue_of[cidx[order[j]]] == g:
+                        q = order[j]
+                        j += 1
+                        if g < 0 or used[q] == 0:
+                            continue
+                        s = cidx[q]
+                        xs[c] = cpx[q]
+                        v = vol[i, s]
+                        dt = now - vol_ts[i, s]
+                        if dt > 0:
+                            v *= math.exp(k_decay * dt)
+                        if v > vmax:
+                            vmax = v
+                        if c == 0 or cage[q] < amin:
+                            amin = cage[q]
+                        c += 1
+                    if c > 0:
+                        vmed[nv] = xs[0] if c == 1 else _median_nb(xs, ws, c)
+                        w3[nv] = vmax
+                        w4[nv] = math.exp(-max(amin, 0) / freshness_tau_ns)
+                        tot_vol += vmax
+                        nv += 1
+                for j in range(nv):
+                    vol_part = w3[j] if tot_vol > 0.0 else 1.0
+                    w5[j] = vol_part * w4[j]
+                _cap_shares_nb(w5, nv, venue_cap, capped)
+                fair = _weighted_median_nb(vmed, w5, nv)
             elif method == METHOD_INVERSE_VARIANCE:
-                fair = _inverse_variance(i, now, k, cidx, cpx, used, vol, vol_ts, var_num,
-                                         var_den, k_decay, xs, ws, w3, w4)  # fmt: skip
-            else:
-                fair = _windowed_vwm(i, now, k, cidx, cpx, used, bucket_id, bucket_price,
-                                     bucket_vol, bucket_ns, xs, ws, w3, w4, bcnt)  # fmt: skip
+                c = 0
+                tot_vol = 0.0
+                var_max = -1.0
+                for j in range(k):
+                    if used[j] == 0:
+                        continue
+                    s = cidx[j]
+                    xs[c] = cpx[j]
+                    v = vol[i, s]
+                    dt = now - vol_ts[i, s]
+                    if dt > 0:
+                        v *= math.exp(k_decay * dt)
+                    w3[c] = v
+                    tot_vol += v
+                    den = var_den[i, s]
+                    var = var_num[i, s] / den if den > 0.0 else -1.0
+                    w4[c] = var
+                    if var > var_max:
+                        var_max = var
+                    c += 1
+                tot_inv = 0.0
+                for j in range(c):
+                    var = w4[j]
+                    if var_max < 0.0:
+                        inv = 1.0
+                    else:
+                        if var < 0.0:
+                            var = var_max
+                        inv = 1.0 / max(var, VAR_FLOOR)
+                    w4[j] = inv
+                    tot_inv += inv
+                for j in range(c):
+                    vs = w3[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
+                    ws[j] = 0.5 * vs + 0.5 * w4[j] / tot_inv
+                fair = _weighted_median_nb(xs, ws, c)
+            else:  # METHOD_WINDOWED_VWM
+                # Buckets now_b - B + 1 .. now_b. Each used source's ring is read once
+                # (contiguous); its in-window buckets are collected per bucket, in source order
+                # (bucket bi's entries at w3 / w4[bi · k ...]), then one weighted median each.
+                now_b = now // bucket_ns
+                lo_b = now_b - n_bucket + 1
+                for bi in range(n_bucket):
+                    bcnt[bi] = 0
+                for j in range(k):
+                    if used[j] == 0:
+                        continue
+                    s = cidx[j]
+                    for slot in range(n_bucket):
+                        bid = bucket_id[i, s, slot]
+                        if bid < lo_b or bid > now_b:
+                            continue
+                        bp = bucket_price[i, s, slot]
+                        if np.isnan(bp):
+                            continue
+                        bi = bid - lo_b
+                        q = bi * k + bcnt[bi]
+                        w3[q] = bp
+                        w4[q] = bucket_vol[i, s, slot]
+                        bcnt[bi] += 1
+                acc = 0.0
+                nb = 0
+                for bi in range(n_bucket):
+                    c = bcnt[bi]
+                    if c == 0:
+                        continue
+                    for q in range(c):
+                        xs[q] = w3[bi * k + q]
+                        ws[q] = w4[bi * k + q]
+                    acc += _weighted_median_nb(xs, ws, c)
+                    nb += 1
+                if nb > 0:
+                    fair = acc / nb
+                else:  # nothing in the window: plain median of the last prices
+                    c = 0
+                    for j in range(k):
+                        if used[j] == 1:
+                            xs[c] = cpx[j]
+                            c += 1
+                    fair = _median_nb(xs, ws, c)
             dispersion = (hi - lo) / fair if n_used > 1 and fair != 0.0 else 0.0
-            status = _status(n_used, n_ven, min_venues)
+            if n_used == 1:
+                status = FAIR_SINGLE_SOURCE
+            elif n_ven < min_venues:
+                status = FAIR_DEGRADED
+            else:
+                status = FAIR_OK
         # 4. emit on change or heartbeat
         changed = (
             fair != last_fair[i]
