@@ -25,7 +25,7 @@ RECORDS_PER_EVAL = 7_000  # 28k msg/s x 0.25 s
 def new_state() -> an.AnomalyState:
     warm_up()
     subs = [(i, s) for i in range(N_INSTRUMENTS) for s in range(N_PROVIDERS)]
-    thr = np.tile(an.default_thresholds(), (len(subs), 1))
+    thr = an.threshold_rows(len(subs))
     sources = [(p, p) for p in range(N_PROVIDERS)]
     classes = [1 + (i % 3) for i in range(N_INSTRUMENTS)]
     return an.AnomalyState(

@@ -27,10 +27,10 @@ import time
 import numpy as np
 import pytest
 
+from bench import fairprice as fp
 from fairfeed.core.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.core.registry import Registry
 from fairfeed.hotpath import fairmethods as fm
-from fairfeed.hotpath import fairprice as fp
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.kafka.encode import TickEncoder
 

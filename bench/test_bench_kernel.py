@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench import fairprice as fp
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
-from fairfeed.hotpath import fairprice as fp
 from fairfeed.hotpath.warmup import warm_up
 
 N_INSTRUMENTS = 1000

@@ -14,47 +14,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from fairfeed.core.config import AnomalyConfig, Config, anomaly_thresholds
+from fairfeed.core.config import Config
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Key, Stream
 from fairfeed.hotpath import anomaly as an
+from fairfeed.hotpath.anomaly import global_row, threshold_row
 
 NS = 1_000_000_000
-
-_THRESHOLD_COLUMNS = {
-    "no_data_after": (an.T_NO_DATA, NS),
-    "first_data_timeout": (an.T_FIRST, NS),
-    "divergence": (an.T_DIV, 1.0),
-    "divergence_for": (an.T_DIV_FOR, NS),
-    "divergence_clear": (an.T_DIV_CLEAR, 1.0),
-    "latency_exchange_provider_ms": (an.T_LAT_EX, 1e6),
-    "latency_provider_local_ms": (an.T_LAT_LOCAL, 1e6),
-    "clock_skew_ms": (an.T_SKEW, 1e6),
-    "latency_for": (an.T_LAT_FOR, NS),
-    "rate_drop_ratio": (an.T_RATE_RATIO, 1.0),
-    "rate_drop_clear": (an.T_RATE_CLEAR, 1.0),
-    "rate_floor": (an.T_RATE_FLOOR, 1.0),
-    "rate_drop_for": (an.T_RATE_FOR, NS),
-}
-
-
-def threshold_row(acfg: AnomalyConfig, data_class: str, instrument: str) -> np.ndarray:
-    """The kernel threshold row (``T_*`` columns, durations in ns) of one instrument."""
-    row = np.zeros(an.N_T)
-    for name, value in anomaly_thresholds(acfg, data_class, instrument).items():
-        col, scale = _THRESHOLD_COLUMNS[name]
-        row[col] = value * scale
-    return row
-
-
-def global_row(acfg: AnomalyConfig) -> np.ndarray:
-    g = np.zeros(an.N_G)
-    g[an.G_HB_TIMEOUT] = acfg.heartbeat_timeout * NS
-    g[an.G_GAP_QUIET] = acfg.gap_quiet * NS
-    g[an.G_RATE_FAST] = acfg.rate_fast * NS
-    g[an.G_RATE_BASE] = acfg.rate_baseline * NS
-    g[an.G_LAT_CLEAR] = acfg.latency_clear
-    return g
 
 
 class AnomalyDetector:
@@ -75,7 +41,7 @@ class AnomalyDetector:
         self.streams: list[Stream] = []  # monitored, in kernel order (a stream keeps its place)
         self.index: dict[Key, int] = {}
         self.subs: list[tuple[int, int]] = []  # (instrument id, source id) per stream
-        self.rows = np.zeros((0, an.N_T))
+        self.rows = np.zeros(0, an.THRESHOLD_DTYPE)
         self._build(list(cfg.streams() if streams is None else streams), start_ns)
         self.interval_ns = round(self.cfg.evaluate_interval * NS)
         self.next_ns = start_ns + self.interval_ns
@@ -94,7 +60,7 @@ class AnomalyDetector:
             )
         rows = [threshold_row(acfg, s.data_class, s.instrument) for s in new]
         # the configured thresholds, to restore after a disable
-        self.rows = np.vstack([self.rows, np.array(rows).reshape(len(rows), an.N_T)])
+        self.rows = np.concatenate([self.rows, np.array(rows, an.THRESHOLD_DTYPE).reshape(-1)])
         self.n_instruments = len(registry.instruments)
         self.state = an.AnomalyState(
             registry.instrument_classes,

@@ -40,9 +40,12 @@ Each ``*_nb`` kernel has a plain-Python oracle in :mod:`fairfeed.hotpath.anomaly
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
+from fairfeed.core.config import AnomalyConfig, anomaly_thresholds
 from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
@@ -119,70 +122,98 @@ REASON_NAMES = {
     REASON_HEARTBEAT: "heartbeat_timeout",
 }
 
-# sub_i64 columns
-SI_LAST_DATA = 0  # ts_receive of the last market record (0 = never)
-SI_QUIET_FROM = 1  # the no-data clock does not run before this (start, reconnect, roll-up end)
-SI_COUNT = 2  # market records since the last evaluation
-SI_EP_MAX = 3  # exchange -> provider latency, max / min since the last evaluation
-SI_EP_MIN = 4
-SI_LOC_MAX = 5  # provider -> us latency, max / min since the last evaluation
-SI_LOC_MIN = 6
-SI_N_EP = 7  # latency samples since the last evaluation
-SI_N_LOC = 8
-N_SI = 9
-# sub_f64 columns
-SF_PRICE = 0  # last trade price or quote mid, whichever came last (NaN = none)
-SF_BID = 1
-SF_ASK = 2
-SF_FAST = 3  # bias-corrected EWMAs of the update rate (msgs/s): raw value and weight
-SF_FAST_W = 4
-SF_BASE = 5
-SF_BASE_W = 6
-N_SF = 7
-# thresholds per subscription (thr columns; durations in ns)
-T_NO_DATA = 0
-T_FIRST = 1
-T_DIV = 2
-T_DIV_FOR = 3
-T_DIV_CLEAR = 4
-T_LAT_EX = 5
-T_LAT_LOCAL = 6
-T_SKEW = 7
-T_LAT_FOR = 8
-T_RATE_RATIO = 9
-T_RATE_CLEAR = 10
-T_RATE_FLOOR = 11
-T_RATE_FOR = 12
-N_T = 13
-# global thresholds (gthr)
-G_HB_TIMEOUT = 0  # ns
-G_GAP_QUIET = 1  # ns
-G_RATE_FAST = 2  # EWMA time constants, ns
-G_RATE_BASE = 3
-G_LAT_CLEAR = 4  # latency / skew episodes end below threshold x this
-N_G = 5
-# prov_i64 columns
-P_LAST_HB = 0
-P_HB_SEEN = 1
-P_LAST_ALIVE = 2  # last heartbeat, data or connect
-P_STATUS = 3  # last STATUS code (0 = none yet)
-P_DOWN_SINCE = 4  # ts of the first DISCONNECTED / SUBSCRIBE_ERROR not followed by CONNECTED
-P_DOWN_REASON = 5
-P_BLIP_START = 6  # a disconnect that began and ended between two evaluations
-P_BLIP_END = 7
-P_BLIP_REASON = 8
-P_OPEN = 9  # start of the open disconnect episode (0 = none)
-P_OPEN_REASON = 10
-N_P = 11
-# burst columns (gaps per source, then overflow per ring)
-B_COUNT = 0  # running totals
-B_MISSED = 1
-B_BASE_COUNT = 2  # totals when the open episode started
-B_BASE_MISSED = 3
-B_FIRST = 4  # first increment of the pending / open episode
-B_LAST = 5  # last increment
-B_OPEN = 6  # start of the open episode (0 = none)
-N_B = 7
+# The state, one structured array per kind of subject (a row per subscription, provider, burst,
+# venue segment); field names instead of column numbers, and a subscription's figures stay
+# together in memory as the per-subscription pass wants them.
+SUB_STATE_DTYPE = np.dtype([
+    ("last_data", "i8"),  # ts_receive of the last market record (0 = never)
+    ("quiet_from", "i8"),  # the no-data clock does not run before this (start, reconnect, roll-up)
+    ("count", "i8"),  # market records since the last evaluation
+    ("ep_max", "i8"),  # exchange -> provider latency, max / min since the last evaluation
+    ("ep_min", "i8"),
+    ("loc_max", "i8"),  # provider -> us latency, max / min since the last evaluation
+    ("loc_min", "i8"),
+    ("n_ep", "i8"),  # latency samples since the last evaluation
+    ("n_loc", "i8"),
+    ("price", "f8"),  # last trade price or quote mid, whichever came last (NaN = none)
+    ("bid", "f8"),
+    ("ask", "f8"),
+    ("fast", "f8"),  # bias-corrected EWMAs of the update rate (msgs/s): raw value and weight
+    ("fast_w", "f8"),
+    ("base", "f8"),
+    ("base_w", "f8"),
+])  # fmt: skip
+PROVIDER_STATE_DTYPE = np.dtype([
+    ("last_hb", "i8"),
+    ("hb_seen", "i8"),
+    ("last_alive", "i8"),  # last heartbeat, data or connect
+    ("status", "i8"),  # last STATUS code (0 = none yet)
+    ("down_since", "i8"),  # the first DISCONNECTED / SUBSCRIBE_ERROR not followed by CONNECTED
+    ("down_reason", "i8"),
+    ("blip_start", "i8"),  # a disconnect that began and ended between two evaluations
+    ("blip_end", "i8"),
+    ("blip_reason", "i8"),
+    ("open", "i8"),  # start of the open disconnect episode (0 = none)
+    ("open_reason", "i8"),
+])  # fmt: skip
+# bursts: gaps per source, then overflow per ring
+BURST_DTYPE = np.dtype([
+    ("count", "i8"),  # running totals
+    ("missed", "i8"),
+    ("base_count", "i8"),  # totals when the open episode started
+    ("base_missed", "i8"),
+    ("first", "i8"),  # first increment of the pending / open episode
+    ("last", "i8"),  # last increment
+    ("open", "i8"),  # start of the open episode (0 = none)
+])  # fmt: skip
+# venue divergence, per (instrument, venue) segment of two or more subscriptions
+VENUE_SPREAD_DTYPE = np.dtype([
+    ("onset", "i8"),  # detector state (as ``onset`` / ``active`` of a subscription)
+    ("active", "i8"),
+    ("open", "i8"),  # start of the open episode (0 = none)
+    ("spread", "f8"),  # last measure: max / min - 1, and the two prices
+    ("lo", "f8"),
+    ("hi", "f8"),
+])  # fmt: skip
+CLOCK_DTYPE = np.dtype([
+    ("last_eval", "i8"),
+    ("deferred", "i8"),  # transitions postponed because the event buffer was full
+])  # fmt: skip
+# thresholds per subscription (durations in ns)
+THRESHOLD_DTYPE = np.dtype([
+    ("no_data", "f8"),
+    ("first_data", "f8"),
+    ("div", "f8"),
+    ("div_for", "f8"),
+    ("div_clear", "f8"),
+    ("lat_ex", "f8"),
+    ("lat_local", "f8"),
+    ("skew", "f8"),
+    ("lat_for", "f8"),
+    ("rate_ratio", "f8"),
+    ("rate_clear", "f8"),
+    ("rate_floor", "f8"),
+    ("rate_for", "f8"),
+])  # fmt: skip
+# the layout of the monitored set
+SUB_META_DTYPE = np.dtype([
+    ("provider", "i8"), ("venue", "i8"), ("data_class", "i8"), ("instrument", "i8"),
+    ("source", "i8"),
+])  # fmt: skip
+SOURCE_META_DTYPE = np.dtype([("provider", "i8"), ("venue", "i8")])
+GROUP_META_DTYPE = np.dtype([("level", "i8"), ("id", "i8")])  # level: LV_PROVIDER ..., 0 = none
+
+
+class AnomalyGlobals(NamedTuple):
+    """Settings that are not per subscription (durations in ns)."""
+
+    hb_timeout: float
+    gap_quiet: float
+    rate_fast: float  # EWMA time constants
+    rate_base: float
+    lat_clear: float  # latency / skew episodes end below threshold x this
+
+
 # event rows
 E_KIND = 0
 E_PHASE = 1
@@ -197,16 +228,10 @@ E_DETECTED = 9  # evaluation time that produced the row
 E_COUNT = 10  # subscriptions covered (gap: -; ring: ring index)
 N_EI = 11
 N_EF = 4  # v0, v1, v2, threshold
-# misc
-M_LAST_EVAL = 0
-M_DEFERRED = 1  # transitions postponed because the event buffer was full
-N_M = 2
 
 
 @njit(cache=True)
-def update_nb(
-    records, n, sub_table, source_table, sub_i64, sub_f64, prov_i64, bursts
-):  # pragma: no cover
+def update_nb(records, n, sub_table, source_table, subs, provs, bursts):  # pragma: no cover
     """Apply ``records[:n]`` to the anomaly state; return the records ignored.
 
     Reference: ``anomaly_reference.update_reference``.
@@ -222,7 +247,7 @@ def update_nb(
     """
     n_inst = sub_table.shape[0]
     n_src = sub_table.shape[1]
-    n_prov = prov_i64.shape[0]
+    n_prov = provs.shape[0]
     ignored = 0
     for j in range(n):
         r = records[j]
@@ -244,75 +269,75 @@ def update_nb(
             if k < 0:
                 ignored += 1
                 continue
-            sub_i64[k, SI_LAST_DATA] = ts
-            sub_i64[k, SI_COUNT] += 1
-            if prov < n_prov and ts > prov_i64[prov, P_LAST_ALIVE]:
-                prov_i64[prov, P_LAST_ALIVE] = ts
+            subs[k].last_data = ts
+            subs[k].count += 1
+            if prov < n_prov and ts > provs[prov].last_alive:
+                provs[prov].last_alive = ts
             tex = r.ts_exchange
             tpr = r.ts_provider
             if tex > 0 and tpr > 0:
                 lat = tpr - tex
-                if sub_i64[k, SI_N_EP] == 0 or lat > sub_i64[k, SI_EP_MAX]:
-                    sub_i64[k, SI_EP_MAX] = lat
-                if sub_i64[k, SI_N_EP] == 0 or lat < sub_i64[k, SI_EP_MIN]:
-                    sub_i64[k, SI_EP_MIN] = lat
-                sub_i64[k, SI_N_EP] += 1
+                if subs[k].n_ep == 0 or lat > subs[k].ep_max:
+                    subs[k].ep_max = lat
+                if subs[k].n_ep == 0 or lat < subs[k].ep_min:
+                    subs[k].ep_min = lat
+                subs[k].n_ep += 1
             base = tpr if tpr > 0 else tex
             if base > 0 and ts > 0:
                 lat = ts - base
-                if sub_i64[k, SI_N_LOC] == 0 or lat > sub_i64[k, SI_LOC_MAX]:
-                    sub_i64[k, SI_LOC_MAX] = lat
-                if sub_i64[k, SI_N_LOC] == 0 or lat < sub_i64[k, SI_LOC_MIN]:
-                    sub_i64[k, SI_LOC_MIN] = lat
-                sub_i64[k, SI_N_LOC] += 1
+                if subs[k].n_loc == 0 or lat > subs[k].loc_max:
+                    subs[k].loc_max = lat
+                if subs[k].n_loc == 0 or lat < subs[k].loc_min:
+                    subs[k].loc_min = lat
+                subs[k].n_loc += 1
             price = r.price
             if np.isfinite(price):
                 if kind == KIND_TRADE:
-                    sub_f64[k, SF_PRICE] = price
+                    subs[k].price = price
                 else:
                     if kind == KIND_BID:
-                        sub_f64[k, SF_BID] = price
+                        subs[k].bid = price
                     else:
-                        sub_f64[k, SF_ASK] = price
-                    bid = sub_f64[k, SF_BID]
-                    ask = sub_f64[k, SF_ASK]
+                        subs[k].ask = price
+                    bid = subs[k].bid
+                    ask = subs[k].ask
                     if not (np.isnan(bid) or np.isnan(ask)):
-                        sub_f64[k, SF_PRICE] = (bid + ask) * 0.5
+                        subs[k].price = (bid + ask) * 0.5
         elif kind == KIND_HEARTBEAT:
             if prov >= n_prov:
                 ignored += 1
                 continue
-            prov_i64[prov, P_LAST_HB] = ts
-            prov_i64[prov, P_HB_SEEN] = 1
-            if ts > prov_i64[prov, P_LAST_ALIVE]:
-                prov_i64[prov, P_LAST_ALIVE] = ts
+            provs[prov].last_hb = ts
+            provs[prov].hb_seen = 1
+            if ts > provs[prov].last_alive:
+                provs[prov].last_alive = ts
         elif kind == KIND_STATUS:
             if prov >= n_prov:
                 ignored += 1
                 continue
             code = np.int64(r.flags)
             if code == STATUS_CONNECTED:
-                if prov_i64[prov, P_DOWN_SINCE] > 0 and prov_i64[prov, P_BLIP_START] == 0:
-                    prov_i64[prov, P_BLIP_START] = prov_i64[prov, P_DOWN_SINCE]
-                    prov_i64[prov, P_BLIP_END] = ts
-                    prov_i64[prov, P_BLIP_REASON] = prov_i64[prov, P_DOWN_REASON]
-                prov_i64[prov, P_DOWN_SINCE] = 0
-                prov_i64[prov, P_DOWN_REASON] = 0
-                if ts > prov_i64[prov, P_LAST_ALIVE]:
-                    prov_i64[prov, P_LAST_ALIVE] = ts
+                if provs[prov].down_since > 0 and provs[prov].blip_start == 0:
+                    provs[prov].blip_start = provs[prov].down_since
+                    provs[prov].blip_end = ts
+                    provs[prov].blip_reason = provs[prov].down_reason
+                provs[prov].down_since = 0
+                provs[prov].down_reason = 0
+                if ts > provs[prov].last_alive:
+                    provs[prov].last_alive = ts
             elif code == STATUS_DISCONNECTED or code == STATUS_SUBSCRIBE_ERROR:  # noqa: SIM109
-                if prov_i64[prov, P_DOWN_SINCE] == 0:
-                    prov_i64[prov, P_DOWN_SINCE] = max(ts, 1)
-                    prov_i64[prov, P_DOWN_REASON] = (
+                if provs[prov].down_since == 0:
+                    provs[prov].down_since = max(ts, 1)
+                    provs[prov].down_reason = (
                         REASON_DISCONNECTED if code == STATUS_DISCONNECTED
                         else REASON_SUBSCRIBE_ERROR
                     )  # fmt: skip
                 elif code == STATUS_SUBSCRIBE_ERROR:
-                    prov_i64[prov, P_DOWN_REASON] = REASON_SUBSCRIBE_ERROR
+                    provs[prov].down_reason = REASON_SUBSCRIBE_ERROR
             else:
                 ignored += 1
                 continue
-            prov_i64[prov, P_STATUS] = code
+            provs[prov].status = code
         elif kind == KIND_GAP:
             venue = np.int64(r.venue)
             if prov >= source_table.shape[0] or venue >= source_table.shape[1]:
@@ -322,11 +347,11 @@ def update_nb(
             if b < 0 or b >= n_src:
                 ignored += 1
                 continue
-            bursts[b, B_COUNT] += 1
-            bursts[b, B_MISSED] += np.int64(max(r.size, 0.0))
-            if bursts[b, B_FIRST] == 0:
-                bursts[b, B_FIRST] = max(ts, 1)
-            bursts[b, B_LAST] = max(ts, 1)
+            bursts[b].count += 1
+            bursts[b].missed += np.int64(max(r.size, 0.0))
+            if bursts[b].first == 0:
+                bursts[b].first = max(ts, 1)
+            bursts[b].last = max(ts, 1)
         else:
             ignored += 1
     return ignored
@@ -379,111 +404,129 @@ def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):  # pragma:
 
 
 @njit(cache=True)
-def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, sub_i64, sub_f64,
-                prov_i64, bursts, src_meta, ring_dropped, fair, onset, active, sub_open, meas,
-                group_open, iv_offsets, iv_subs, iv_state, iv_meas, misc, ev_i,
-                ev_f):  # fmt: skip  # pragma: no cover
+def evaluate_nb(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):  # pragma: no cover
     """One evaluation at ``now`` (ns); returns the number of event rows written.
 
-    Reference: ``anomaly_reference.evaluate_reference``. Rules: module docstring. ``fair[i]`` is
-    the latest fair price of instrument i (NaN = none); ``ring_dropped[r]`` the running drop
-    count of ring r; ``src_meta[s]`` = (provider, venue) of source s. ``sub_meta[k]`` =
-    (provider, venue, data class, instrument, source) of subscription k. A transition that
-    finds the event buffer full is postponed to the next
-    evaluation (counted in ``misc[M_DEFERRED]``).
+    Reference: ``anomaly_reference.evaluate_reference``. Rules: module docstring. ``thr``: one
+    ``THRESHOLD_DTYPE`` row per subscription; ``glob``: :class:`AnomalyGlobals`; ``layout``:
+    :class:`AnomalyLayout`; ``st``: :class:`AnomalyArrays`; ``fair[i]`` is the latest fair price
+    of instrument i (NaN = none); ``ring_dropped[r]`` the running drop count of ring r. A
+    transition that finds the event buffer full is postponed to the next evaluation (counted in
+    ``st.clock[0].deferred``). The phases run in order, each over its own subjects.
     """
-    n_sub = sub_meta.shape[0]
-    n_prov = prov_i64.shape[0]
-    n_src_b = bursts.shape[0] - ring_dropped.shape[0]
-    cap = ev_i.shape[0]
-    m = 0
-    last = misc[M_LAST_EVAL]
+    clock = st.clock
+    last = clock[0].last_eval
     dt = now - last if last > 0 else 0
-    misc[M_LAST_EVAL] = now
-    hb_timeout = gthr[G_HB_TIMEOUT]
+    clock[0].last_eval = now
+    down = np.zeros(st.provs.shape[0], np.bool_)
+    m = _disconnects(now, glob.hb_timeout, st.provs, down, clock, ev_i, ev_f, 0)
+    busy = np.zeros(N_DET, np.bool_)
+    mask = np.empty(layout.sub_meta.shape[0], np.uint8)
+    _detectors(now, dt, thr, glob, layout.sub_meta, st.subs, st.provs, fair, down, st.onset,
+               st.active, st.sub_open, st.meas, busy, mask)  # fmt: skip
+    m = _roll_up(now, thr, layout.sub_meta, layout.sub_groups, layout.group_meta,
+                 layout.group_size, st.subs, st.onset, st.active, st.sub_open, st.meas,
+                 st.group_open, down, busy, mask, clock, ev_i, ev_f, m)  # fmt: skip
+    m = _venue_spreads(now, thr, layout.sub_meta, layout.iv_offsets, layout.iv_subs, st.subs,
+                       st.spreads, down, clock, ev_i, ev_f, m)  # fmt: skip
+    return _bursts(now, glob.gap_quiet, st.bursts, layout.src_meta, ring_dropped, clock, ev_i,
+                   ev_f, m)  # fmt: skip
 
-    # 1. providers: disconnect episodes
-    down = np.zeros(n_prov, np.bool_)
-    for p in range(n_prov):
-        reason = prov_i64[p, P_DOWN_REASON] if prov_i64[p, P_DOWN_SINCE] > 0 else 0
-        since = prov_i64[p, P_DOWN_SINCE]
-        if reason == 0 and prov_i64[p, P_HB_SEEN] and now - prov_i64[p, P_LAST_ALIVE] > hb_timeout:
+
+@njit(cache=True)
+def _disconnects(now, hb_timeout, provs, down, clock, ev_i, ev_f, m):  # pragma: no cover
+    """Phase 1, per provider: disconnect episodes (and blips between two evaluations); marks
+    ``down[p]`` for every provider down now. Returns the event count."""
+    cap = ev_i.shape[0]
+    for p in range(provs.shape[0]):
+        reason = provs[p].down_reason if provs[p].down_since > 0 else 0
+        since = provs[p].down_since
+        if reason == 0 and provs[p].hb_seen and now - provs[p].last_alive > hb_timeout:
             reason = REASON_HEARTBEAT
-            since = prov_i64[p, P_LAST_ALIVE]
-        silent_s = (now - prov_i64[p, P_LAST_ALIVE]) / 1e9
-        if prov_i64[p, P_OPEN] > 0:
+            since = provs[p].last_alive
+        silent_s = (now - provs[p].last_alive) / 1e9
+        if provs[p].open > 0:
             if reason == 0:
                 if m >= cap:
-                    misc[M_DEFERRED] += 1
+                    clock[0].deferred += 1
                     down[p] = True
                     continue
-                end = prov_i64[p, P_BLIP_END] if prov_i64[p, P_BLIP_START] > 0 else now
-                end = max(end, prov_i64[p, P_OPEN])
+                end = provs[p].blip_end if provs[p].blip_start > 0 else now
+                end = max(end, provs[p].open)
                 m = _emit(ev_i, ev_f, m, A_DISCONNECT, PHASE_END, LV_PROVIDER, p, -1, -1, -1,
-                          prov_i64[p, P_OPEN], end, now, 0, prov_i64[p, P_OPEN_REASON],
+                          provs[p].open, end, now, 0, provs[p].open_reason,
                           silent_s, 0.0, hb_timeout / 1e9)  # fmt: skip
-                prov_i64[p, P_OPEN] = 0
-                prov_i64[p, P_OPEN_REASON] = 0
-                prov_i64[p, P_BLIP_START] = 0
-                prov_i64[p, P_BLIP_END] = 0
+                provs[p].open = 0
+                provs[p].open_reason = 0
+                provs[p].blip_start = 0
+                provs[p].blip_end = 0
             else:
                 down[p] = True
-                prov_i64[p, P_BLIP_START] = 0
+                provs[p].blip_start = 0
         elif reason != 0:
             if m >= cap:
-                misc[M_DEFERRED] += 1
+                clock[0].deferred += 1
             else:
                 since = max(since, 1)
                 m = _emit(ev_i, ev_f, m, A_DISCONNECT, PHASE_START, LV_PROVIDER, p, -1, -1, -1,
                           since, 0, now, 0, reason, silent_s, 0.0, hb_timeout / 1e9)  # fmt: skip
-                prov_i64[p, P_OPEN] = since
-                prov_i64[p, P_OPEN_REASON] = reason
+                provs[p].open = since
+                provs[p].open_reason = reason
             down[p] = True
-            prov_i64[p, P_BLIP_START] = 0
-        elif prov_i64[p, P_BLIP_START] > 0:
+            provs[p].blip_start = 0
+        elif provs[p].blip_start > 0:
             if m + 2 > cap:
-                misc[M_DEFERRED] += 1
+                clock[0].deferred += 1
                 continue
-            bs = prov_i64[p, P_BLIP_START]
-            be = max(prov_i64[p, P_BLIP_END], bs)
-            br = prov_i64[p, P_BLIP_REASON]
+            bs = provs[p].blip_start
+            be = max(provs[p].blip_end, bs)
+            br = provs[p].blip_reason
             m = _emit(ev_i, ev_f, m, A_DISCONNECT, PHASE_START, LV_PROVIDER, p, -1, -1, -1, bs,
                       0, now, 0, br, 0.0, 0.0, hb_timeout / 1e9)  # fmt: skip
             m = _emit(ev_i, ev_f, m, A_DISCONNECT, PHASE_END, LV_PROVIDER, p, -1, -1, -1, bs,
                       be, now, 0, br, 0.0, 0.0, hb_timeout / 1e9)  # fmt: skip
-            prov_i64[p, P_BLIP_START] = 0
-            prov_i64[p, P_BLIP_END] = 0
+            provs[p].blip_start = 0
+            provs[p].blip_end = 0
 
-    # 2. per subscription: detector states and measures. Each subscription's figures are read
-    # once into locals (the compiler cannot keep them across the stores: arrays may alias).
-    busy = np.zeros(N_DET, np.bool_)
-    mask = np.empty(n_sub, np.uint8)  # per subscription: bit d = detector d in progress
-    a_fast = 1.0 - np.exp(-dt / gthr[G_RATE_FAST]) if dt > 0 else 0.0
-    a_base = 1.0 - np.exp(-dt / gthr[G_RATE_BASE]) if dt > 0 else 0.0
-    lat_clear = gthr[G_LAT_CLEAR]
+    return m
+
+
+@njit(cache=True)
+def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, active, sub_open,
+               meas, busy, mask):  # fmt: skip  # pragma: no cover
+    """Phase 2, per subscription: the detector states and measures (no data, divergence from
+    the fair price, latencies and skew, update rate); resets the interval counters. Lists the
+    detectors in progress for the roll-up: ``mask[k]`` bit d, and ``busy[d]``."""
+    # Each subscription's figures are read once into locals (the compiler cannot keep them
+    # across the stores: arrays may alias).
+    n_sub = sub_meta.shape[0]
+    n_prov = provs.shape[0]
+    a_fast = 1.0 - np.exp(-dt / glob.rate_fast) if dt > 0 else 0.0
+    a_base = 1.0 - np.exp(-dt / glob.rate_base) if dt > 0 else 0.0
+    lat_clear = glob.lat_clear
     n_fair = fair.shape[0]
     for k in range(n_sub):
-        p = sub_meta[k, 0]
-        inst = sub_meta[k, 3]
+        p = sub_meta[k].provider
+        inst = sub_meta[k].instrument
         if p < n_prov and down[p]:
-            sub_i64[k, SI_QUIET_FROM] = now
+            subs[k].quiet_from = now
             for d in range(N_DET):
                 onset[k, d] = 0
                 active[k, d] = 0
         else:
-            last_data = sub_i64[k, SI_LAST_DATA]
-            n_ep = sub_i64[k, SI_N_EP]
-            n_loc = sub_i64[k, SI_N_LOC]
-            lim_nodata = thr[k, T_NO_DATA]
-            t0 = max(last_data, sub_i64[k, SI_QUIET_FROM])
+            last_data = subs[k].last_data
+            n_ep = subs[k].n_ep
+            n_loc = subs[k].n_loc
+            lim_nodata = thr[k].no_data
+            t0 = max(last_data, subs[k].quiet_from)
             silent = now - t0
             # no data (after some) / never any data
             if last_data > 0:
                 lim = lim_nodata
                 # alive but silent: a heartbeat well into the silence, not just one that
                 # happened to follow the last record before the connection died
-                hb_ok = (p >= n_prov or prov_i64[p, P_HB_SEEN] == 0
-                         or prov_i64[p, P_LAST_HB] - t0 > lim * 0.5)  # fmt: skip
+                hb_ok = (p >= n_prov or provs[p].hb_seen == 0
+                         or provs[p].last_hb - t0 > lim * 0.5)  # fmt: skip
                 on_nd = t0 if silent >= lim * 0.5 else 0
                 onset[k, D_NO_DATA] = on_nd
                 active[k, D_NO_DATA] = 1 if (silent >= lim and hb_ok) else 0
@@ -491,7 +534,7 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                 onset[k, D_NO_FIRST] = 0
                 active[k, D_NO_FIRST] = 0
             else:
-                lim = thr[k, T_FIRST]
+                lim = thr[k].first_data
                 on_nd = t0 if silent >= lim * 0.5 else 0
                 onset[k, D_NO_FIRST] = on_nd
                 active[k, D_NO_FIRST] = 1 if silent >= lim else 0
@@ -500,7 +543,7 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                 active[k, D_NO_DATA] = 0
             nodata = on_nd > 0
             # divergence from the fair price
-            price = sub_f64[k, SF_PRICE]
+            price = subs[k].price
             f = fair[inst] if inst < n_fair else np.nan
             fresh = last_data > 0 and now - last_data < lim_nodata
             if fresh and not np.isnan(price) and not np.isnan(f) and f > 0:
@@ -509,50 +552,50 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                 meas[k, D_DIVERGENCE, 1] = price
                 meas[k, D_DIVERGENCE, 2] = f
                 a = abs(dev)
-                _step(onset, active, D_DIVERGENCE, k, now, a > thr[k, T_DIV],
-                      a > thr[k, T_DIV_CLEAR], thr[k, T_DIV_FOR])  # fmt: skip
+                _step(onset, active, D_DIVERGENCE, k, now, a > thr[k].div,
+                      a > thr[k].div_clear, thr[k].div_for)  # fmt: skip
             else:
-                _step(onset, active, D_DIVERGENCE, k, now, False, False, thr[k, T_DIV_FOR])
+                _step(onset, active, D_DIVERGENCE, k, now, False, False, thr[k].div_for)
             # latencies (only intervals with samples move the state)
             if n_ep > 0 or n_loc > 0:
-                lat_for = thr[k, T_LAT_FOR]
+                lat_for = thr[k].lat_for
                 if n_ep > 0:
-                    lat = sub_i64[k, SI_EP_MAX]
-                    lim = thr[k, T_LAT_EX]
+                    lat = subs[k].ep_max
+                    lim = thr[k].lat_ex
                     meas[k, D_LAT_EX, 0] = lat / 1e6
                     _step(onset, active, D_LAT_EX, k, now, lat > lim, lat > lim * lat_clear,
                           lat_for)  # fmt: skip
                 if n_loc > 0:
-                    lat = sub_i64[k, SI_LOC_MAX]
-                    lim = thr[k, T_LAT_LOCAL]
+                    lat = subs[k].loc_max
+                    lim = thr[k].lat_local
                     meas[k, D_LAT_LOCAL, 0] = lat / 1e6
                     _step(onset, active, D_LAT_LOCAL, k, now, lat > lim, lat > lim * lat_clear,
                           lat_for)  # fmt: skip
                 lo = np.int64(0)
                 if n_ep > 0:
-                    lo = sub_i64[k, SI_EP_MIN]
-                if n_loc > 0 and (n_ep == 0 or sub_i64[k, SI_LOC_MIN] < lo):
-                    lo = sub_i64[k, SI_LOC_MIN]
-                lim = thr[k, T_SKEW]
+                    lo = subs[k].ep_min
+                if n_loc > 0 and (n_ep == 0 or subs[k].loc_min < lo):
+                    lo = subs[k].loc_min
+                lim = thr[k].skew
                 meas[k, D_SKEW, 0] = lo / 1e6
                 _step(onset, active, D_SKEW, k, now, lo < -lim, lo < -lim * lat_clear,
                       lat_for)  # fmt: skip
             # update rate against its baseline (frozen while silent or in a drop)
-            r_fast = sub_f64[k, SF_FAST]
-            r_fast_w = sub_f64[k, SF_FAST_W]
-            r_base = sub_f64[k, SF_BASE]
-            r_base_w = sub_f64[k, SF_BASE_W]
+            r_fast = subs[k].fast
+            r_fast_w = subs[k].fast_w
+            r_base = subs[k].base
+            r_base_w = subs[k].base_w
             if dt > 0 and last_data > 0 and not nodata:
-                rate = sub_i64[k, SI_COUNT] * 1e9 / dt
+                rate = subs[k].count * 1e9 / dt
                 r_fast += a_fast * (rate - r_fast)
                 r_fast_w += a_fast * (1.0 - r_fast_w)
-                sub_f64[k, SF_FAST] = r_fast
-                sub_f64[k, SF_FAST_W] = r_fast_w
+                subs[k].fast = r_fast
+                subs[k].fast_w = r_fast_w
                 if onset[k, D_RATE] == 0 and active[k, D_RATE] == 0:
                     r_base += a_base * (rate - r_base)
                     r_base_w += a_base * (1.0 - r_base_w)
-                    sub_f64[k, SF_BASE] = r_base
-                    sub_f64[k, SF_BASE_W] = r_base_w
+                    subs[k].base = r_base
+                    subs[k].base_w = r_base_w
             fast = r_fast / r_fast_w if r_fast_w > 0 else 0.0
             base = r_base / r_base_w if r_base_w > 0 else 0.0
             meas[k, D_RATE, 0] = fast
@@ -561,12 +604,12 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                 onset[k, D_RATE] = 0
                 active[k, D_RATE] = 0
             else:
-                ok = base >= thr[k, T_RATE_FLOOR]
-                _step(onset, active, D_RATE, k, now, ok and fast < base * thr[k, T_RATE_RATIO],
-                      ok and fast < base * thr[k, T_RATE_CLEAR], thr[k, T_RATE_FOR])  # fmt: skip
-        sub_i64[k, SI_COUNT] = 0
-        sub_i64[k, SI_N_EP] = 0
-        sub_i64[k, SI_N_LOC] = 0
+                ok = base >= thr[k].rate_floor
+                _step(onset, active, D_RATE, k, now, ok and fast < base * thr[k].rate_ratio,
+                      ok and fast < base * thr[k].rate_clear, thr[k].rate_for)  # fmt: skip
+        subs[k].count = 0
+        subs[k].n_ep = 0
+        subs[k].n_loc = 0
         # Detectors in progress (row k is final now): listed for the roll-up. Only an active
         # subscription or an open episode can make the roll-up emit or change anything (a
         # group opens only with a fresh active member; closes only when open), so those mark
@@ -580,11 +623,21 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                 bits |= np.uint8(1 << d)
         mask[k] = bits
 
-    # 3. roll-up and episodes of every per-subscription detector. Only subscriptions with
+
+@njit(cache=True)
+def _roll_up(now, thr, sub_meta, sub_groups, group_meta, group_size, subs, onset, active,
+             sub_open, meas, group_open, down, busy, mask, clock, ev_i, ev_f,
+             m):  # fmt: skip  # pragma: no cover
+    """Phase 3: roll-up and episodes of every per-subscription detector (group episodes level
+    by level, then the subscriptions' own). Returns the event count."""
+    # Only subscriptions with
     # something in progress for the detector (``mask`` bit from step 2: onset, active or an open
     # episode) can be pre-active, active or open, so the per-level work runs over that list; a
     # group with a member off the list cannot be all pre-active (``cnt`` < its size). The member
     # with the largest measure (the event's figures) is looked up only when a group emits.
+    n_sub = sub_meta.shape[0]
+    n_prov = down.shape[0]
+    cap = ev_i.shape[0]
     n_groups = group_size.shape[0]
     lst = np.empty(n_sub, np.int64)  # listed subscriptions, ascending
     pre_l = np.empty(n_sub, np.bool_)  # per listed: pre-active, active and not covered, covered
@@ -595,8 +648,6 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
     cnt = np.zeros(n_groups, np.int64)  # pre-active members
     n_open_lv = np.zeros(N_GROUP_LEVELS, np.int64)  # open groups per level
     fresh_act = np.zeros(n_groups, np.bool_)  # an active member not covered
-    thr_col = np.array([T_NO_DATA, T_FIRST, T_DIV, T_LAT_EX, T_LAT_LOCAL, T_SKEW, T_RATE_RATIO])
-    thr_scale = np.array([1e-9, 1e-9, 1.0, 1e-6, 1e-6, 1e-6, 1.0])
     # Skip detectors with no active subscription and no open episode: the roll-up would change
     # nothing (most passes). ``busy`` (subscriptions) was filled in step 2; here open groups.
     for d in range(N_DET):
@@ -610,8 +661,6 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
         if not busy[d]:
             continue
         kind = DET_KINDS[d]
-        tc = thr_col[d]
-        ts_ = thr_scale[d]
         bit = np.uint8(1 << d)
         n_l = 0
         for k in range(n_sub):
@@ -621,7 +670,7 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
         n_fresh = 0  # listed subscriptions active and not covered
         for x in range(n_l):
             k = lst[x]
-            p = sub_meta[k, 0]
+            p = sub_meta[k].provider
             cov_l[x] = (p < n_prov and down[p]) or sub_open[k, d] > 0
             act_l[x] = active[k, d] == 1
             if act_l[x] and not cov_l[x]:
@@ -629,8 +678,8 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
         for lv in range(N_GROUP_LEVELS):
             n_open_lv[lv] = 0
         for g in range(n_groups):
-            if group_open[d, g] > 0 and 1 <= group_meta[g, 0] <= N_GROUP_LEVELS:
-                n_open_lv[group_meta[g, 0] - 1] += 1
+            if group_open[d, g] > 0 and 1 <= group_meta[g].level <= N_GROUP_LEVELS:
+                n_open_lv[group_meta[g].level - 1] += 1
         stale = True  # pre_l / act_l must be (re)read: a group closed since
         for lv in range(N_GROUP_LEVELS):
             # Only an open group can close and only a group with a fresh active member can
@@ -662,34 +711,34 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                     fresh_act[g] = True
             for g in range(n_groups):
                 # (an open group may have shrunk below two by an unsubscribe: it still closes)
-                if group_meta[g, 0] != lv + 1 or (group_size[g] < 2 and group_open[d, g] == 0):
+                if group_meta[g].level != lv + 1 or (group_size[g] < 2 and group_open[d, g] == 0):
                     continue
                 all_pre = stamp[g] == pass_id and cnt[g] == group_size[g]
                 if group_open[d, g] > 0:
                     if not all_pre:
                         if m >= cap:
-                            misc[M_DEFERRED] += 1
+                            clock[0].deferred += 1
                             continue
                         b = _best_member(sub_groups, meas, lv, g, d)
                         if b >= 0:
                             v0, v1, v2, tv = (meas[b, d, 0], meas[b, d, 1], meas[b, d, 2],
-                                              thr[b, tc] * ts_)  # fmt: skip
+                                              _shown_threshold(thr, d, b))  # fmt: skip
                         else:  # every member unsubscribed
                             v0, v1, v2, tv = 0.0, 0.0, 0.0, np.nan
-                        m = _emit_group(ev_i, ev_f, m, kind, PHASE_END, group_meta[g, 0],
-                                        group_meta[g, 1], group_open[d, g], now, now,
+                        m = _emit_group(ev_i, ev_f, m, kind, PHASE_END, group_meta[g].level,
+                                        group_meta[g].id, group_open[d, g], now, now,
                                         group_size[g], v0, v1, v2, tv)  # fmt: skip
                         group_open[d, g] = 0
                         for k in range(n_sub):  # members start from scratch
                             if sub_groups[k, lv] == g:
                                 if d <= D_NO_FIRST:
-                                    sub_i64[k, SI_QUIET_FROM] = now
+                                    subs[k].quiet_from = now
                                 onset[k, d] = 0
                                 active[k, d] = 0
                         stale = True
                 elif all_pre and fresh_act[g]:
                     if m >= cap:
-                        misc[M_DEFERRED] += 1
+                        clock[0].deferred += 1
                         continue
                     start = now
                     for x in range(n_l):
@@ -697,10 +746,10 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
                         if grp_l[x] == g and onset[k, d] > 0 and onset[k, d] < start:
                             start = onset[k, d]
                     b = _best_member(sub_groups, meas, lv, g, d)
-                    m = _emit_group(ev_i, ev_f, m, kind, PHASE_START, group_meta[g, 0],
-                                    group_meta[g, 1], start, 0, now, group_size[g],
+                    m = _emit_group(ev_i, ev_f, m, kind, PHASE_START, group_meta[g].level,
+                                    group_meta[g].id, start, 0, now, group_size[g],
                                     meas[b, d, 0], meas[b, d, 1], meas[b, d, 2],
-                                    thr[b, tc] * ts_)  # fmt: skip
+                                    _shown_threshold(thr, d, b))  # fmt: skip
                     group_open[d, g] = start
             n_fresh = 0
             for x in range(n_l):
@@ -715,25 +764,35 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
             if sub_open[k, d] > 0:
                 if active[k, d] == 0:
                     if m >= cap:
-                        misc[M_DEFERRED] += 1
+                        clock[0].deferred += 1
                         continue
-                    m = _emit(ev_i, ev_f, m, kind, PHASE_END, LV_SUB, sub_meta[k, 0],
-                              sub_meta[k, 1], sub_meta[k, 2], sub_meta[k, 3], sub_open[k, d],
-                              now, now, 1, meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
-                              thr[k, tc] * ts_)  # fmt: skip
+                    sm = sub_meta[k]
+                    m = _emit(ev_i, ev_f, m, kind, PHASE_END, LV_SUB, sm.provider, sm.venue,
+                              sm.data_class, sm.instrument, sub_open[k, d], now, now, 1,
+                              meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
+                              _shown_threshold(thr, d, k))  # fmt: skip
                     sub_open[k, d] = 0
             elif active[k, d] == 1 and not cov_l[x]:
                 if m >= cap:
-                    misc[M_DEFERRED] += 1
+                    clock[0].deferred += 1
                     continue
                 start = onset[k, d] if onset[k, d] > 0 else now
-                m = _emit(ev_i, ev_f, m, kind, PHASE_START, LV_SUB, sub_meta[k, 0],
-                          sub_meta[k, 1], sub_meta[k, 2], sub_meta[k, 3], start, 0, now, 1,
+                sm = sub_meta[k]
+                m = _emit(ev_i, ev_f, m, kind, PHASE_START, LV_SUB, sm.provider, sm.venue,
+                          sm.data_class, sm.instrument, start, 0, now, 1,
                           meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
-                          thr[k, tc] * ts_)  # fmt: skip
+                          _shown_threshold(thr, d, k))  # fmt: skip
                 sub_open[k, d] = start
+    return m
 
-    # 4. venue divergence: spread between providers of one venue, per instrument
+
+@njit(cache=True)
+def _venue_spreads(now, thr, sub_meta, iv_offsets, iv_subs, subs, spreads, down, clock, ev_i,
+                   ev_f, m):  # fmt: skip  # pragma: no cover
+    """Phase 4, per (instrument, venue) with two or more providers: the spread of their prices
+    and its episodes. Returns the event count."""
+    n_prov = down.shape[0]
+    cap = ev_i.shape[0]
     n_iv = iv_offsets.shape[0] - 1
     for v in range(n_iv):
         lo = np.inf
@@ -742,111 +801,137 @@ def evaluate_nb(now, thr, gthr, sub_meta, sub_groups, group_meta, group_size, su
         npx = 0
         for j in range(iv_offsets[v], iv_offsets[v + 1]):
             k = iv_subs[j]
-            p = sub_meta[k, 0]
-            price = sub_f64[k, SF_PRICE]
-            ld = sub_i64[k, SI_LAST_DATA]
+            p = sub_meta[k].provider
+            price = subs[k].price
+            ld = subs[k].last_data
             if (p < n_prov and down[p]) or np.isnan(price) or ld == 0:
                 continue
-            if now - ld >= thr[k, T_NO_DATA]:
+            if now - ld >= thr[k].no_data:
                 continue
             lo = min(lo, price)
             hi = max(hi, price)
             npx += 1
+        sp = spreads[v]
         beyond_o = False
         beyond_c = False
         spread = 0.0
         if npx >= 2 and lo > 0:
             spread = hi / lo - 1.0
-            beyond_o = spread > thr[k0, T_DIV]
-            beyond_c = spread > thr[k0, T_DIV_CLEAR]
-            iv_meas[v, 0] = spread
-            iv_meas[v, 1] = lo
-            iv_meas[v, 2] = hi
-        st = iv_state[v]
-        if st[1]:
+            beyond_o = spread > thr[k0].div
+            beyond_c = spread > thr[k0].div_clear
+            sp.spread = spread
+            sp.lo = lo
+            sp.hi = hi
+        if sp.active > 0:
             if not beyond_c:
-                st[1] = 0
-                st[0] = 0
+                sp.active = 0
+                sp.onset = 0
         elif beyond_o:
-            if st[0] == 0:
-                st[0] = now
-            if now - st[0] >= thr[k0, T_DIV_FOR]:
-                st[1] = 1
+            if sp.onset == 0:
+                sp.onset = now
+            if now - sp.onset >= thr[k0].div_for:
+                sp.active = 1
         else:
-            st[0] = 0
-        if st[2] > 0 and st[1] == 0:
+            sp.onset = 0
+        if sp.open > 0 and sp.active == 0:
             if m >= cap:
-                misc[M_DEFERRED] += 1
+                clock[0].deferred += 1
                 continue
             m = _emit(ev_i, ev_f, m, A_VENUE_DIVERGENCE, PHASE_END, LV_VENUE_INSTRUMENT, -1,
-                      sub_meta[k0, 1], -1, sub_meta[k0, 3], st[2], now, now,
-                      iv_offsets[v + 1] - iv_offsets[v], iv_meas[v, 0], iv_meas[v, 1],
-                      iv_meas[v, 2], thr[k0, T_DIV])  # fmt: skip
-            st[2] = 0
-        elif st[2] == 0 and st[1] == 1:
+                      sub_meta[k0].venue, -1, sub_meta[k0].instrument, sp.open, now, now,
+                      iv_offsets[v + 1] - iv_offsets[v], sp.spread, sp.lo, sp.hi,
+                      thr[k0].div)  # fmt: skip
+            sp.open = 0
+        elif sp.open == 0 and sp.active == 1:
             if m >= cap:
-                misc[M_DEFERRED] += 1
+                clock[0].deferred += 1
                 continue
             m = _emit(ev_i, ev_f, m, A_VENUE_DIVERGENCE, PHASE_START, LV_VENUE_INSTRUMENT, -1,
-                      sub_meta[k0, 1], -1, sub_meta[k0, 3], st[0], 0, now,
-                      iv_offsets[v + 1] - iv_offsets[v], iv_meas[v, 0], iv_meas[v, 1],
-                      iv_meas[v, 2], thr[k0, T_DIV])  # fmt: skip
-            st[2] = st[0]
+                      sub_meta[k0].venue, -1, sub_meta[k0].instrument, sp.onset, 0, now,
+                      iv_offsets[v + 1] - iv_offsets[v], sp.spread, sp.lo, sp.hi,
+                      thr[k0].div)  # fmt: skip
+            sp.open = sp.onset
+    return m
 
-    # 5. bursts: gaps per source, overflow per ring
-    quiet = gthr[G_GAP_QUIET]
+
+@njit(cache=True)
+def _bursts(now, quiet, bursts, src_meta, ring_dropped, clock, ev_i, ev_f,
+            m):  # fmt: skip  # pragma: no cover
+    """Phase 5: sequence-gap bursts per source, overflow bursts per ring (``ring_dropped[r]``:
+    the running drop count of ring r). Returns the event count."""
+    n_src_b = bursts.shape[0] - ring_dropped.shape[0]
+    cap = ev_i.shape[0]
     for r in range(ring_dropped.shape[0]):
         b = n_src_b + r
-        if ring_dropped[r] > bursts[b, B_COUNT]:
-            bursts[b, B_MISSED] += ring_dropped[r] - bursts[b, B_COUNT]
-            bursts[b, B_COUNT] = ring_dropped[r]
-            if bursts[b, B_FIRST] == 0:
-                bursts[b, B_FIRST] = now
-            bursts[b, B_LAST] = now
+        if ring_dropped[r] > bursts[b].count:
+            bursts[b].missed += ring_dropped[r] - bursts[b].count
+            bursts[b].count = ring_dropped[r]
+            if bursts[b].first == 0:
+                bursts[b].first = now
+            bursts[b].last = now
     for b in range(bursts.shape[0]):
         is_gap = b < n_src_b
         kind = A_GAP if is_gap else A_RING_OVERFLOW
         level = LV_SOURCE if is_gap else LV_RING
-        prov = src_meta[b, 0] if is_gap else -1
-        venue = src_meta[b, 1] if is_gap else -1
+        prov = src_meta[b].provider if is_gap else -1
+        venue = src_meta[b].venue if is_gap else -1
         idx = 0 if is_gap else b - n_src_b
-        if bursts[b, B_OPEN] > 0:
-            if now - bursts[b, B_LAST] >= quiet:
+        if bursts[b].open > 0:
+            if now - bursts[b].last >= quiet:
                 if m >= cap:
-                    misc[M_DEFERRED] += 1
+                    clock[0].deferred += 1
                     continue
                 m = _emit(ev_i, ev_f, m, kind, PHASE_END, level, prov, venue, -1, -1,
-                          bursts[b, B_OPEN], bursts[b, B_LAST], now, idx,
-                          bursts[b, B_COUNT] - bursts[b, B_BASE_COUNT],
-                          bursts[b, B_MISSED] - bursts[b, B_BASE_MISSED], 0.0,
+                          bursts[b].open, bursts[b].last, now, idx,
+                          bursts[b].count - bursts[b].base_count,
+                          bursts[b].missed - bursts[b].base_missed, 0.0,
                           quiet / 1e9)  # fmt: skip
-                bursts[b, B_OPEN] = 0
-                bursts[b, B_FIRST] = 0
-                bursts[b, B_BASE_COUNT] = bursts[b, B_COUNT]
-                bursts[b, B_BASE_MISSED] = bursts[b, B_MISSED]
-        elif bursts[b, B_COUNT] > bursts[b, B_BASE_COUNT]:
+                bursts[b].open = 0
+                bursts[b].first = 0
+                bursts[b].base_count = bursts[b].count
+                bursts[b].base_missed = bursts[b].missed
+        elif bursts[b].count > bursts[b].base_count:
             if m >= cap:
-                misc[M_DEFERRED] += 1
+                clock[0].deferred += 1
                 continue
             m = _emit(ev_i, ev_f, m, kind, PHASE_START, level, prov, venue, -1, -1,
-                      bursts[b, B_FIRST], 0, now, idx,
-                      bursts[b, B_COUNT] - bursts[b, B_BASE_COUNT],
-                      bursts[b, B_MISSED] - bursts[b, B_BASE_MISSED], 0.0, quiet / 1e9)  # fmt: skip
-            bursts[b, B_OPEN] = bursts[b, B_FIRST]
+                      bursts[b].first, 0, now, idx,
+                      bursts[b].count - bursts[b].base_count,
+                      bursts[b].missed - bursts[b].base_missed, 0.0, quiet / 1e9)  # fmt: skip
+            bursts[b].open = bursts[b].first
     return m
 
 
 @njit(cache=True, _nrt=False)
 def _need(thr, d, k):  # pragma: no cover
     if d == D_DIVERGENCE:
-        return thr[k, T_DIV_FOR]
+        return thr[k].div_for
     if d == D_RATE:
-        return thr[k, T_RATE_FOR]
+        return thr[k].rate_for
     if d == D_NO_DATA:
-        return thr[k, T_NO_DATA]
+        return thr[k].no_data
     if d == D_NO_FIRST:
-        return thr[k, T_FIRST]
-    return thr[k, T_LAT_FOR]
+        return thr[k].first_data
+    return thr[k].lat_for
+
+
+@njit(cache=True, _nrt=False)
+def _shown_threshold(thr, d, k):  # pragma: no cover
+    """The threshold of detector ``d`` of subscription ``k`` as events show it (s, ms, ratio)."""
+    t = thr[k]
+    if d == D_NO_DATA:
+        return t.no_data * 1e-9
+    if d == D_NO_FIRST:
+        return t.first_data * 1e-9
+    if d == D_DIVERGENCE:
+        return t.div
+    if d == D_LAT_EX:
+        return t.lat_ex * 1e-6
+    if d == D_LAT_LOCAL:
+        return t.lat_local * 1e-6
+    if d == D_SKEW:
+        return t.skew * 1e-6
+    return t.rate_ratio
 
 
 @njit(cache=True, _nrt=False)
@@ -875,49 +960,101 @@ def _emit_group(ev_i, ev_f, m, kind, phase, level, gid, start, end, now, count, 
 # State holder used by the compute stage, the tests and the benchmark.
 
 
-def default_thresholds() -> np.ndarray:
-    """One row of thresholds (``T_*`` columns) with the configuration defaults."""
-    row = np.zeros(N_T)
-    row[T_NO_DATA] = 30e9
-    row[T_FIRST] = 30e9
-    row[T_DIV] = 0.06
-    row[T_DIV_FOR] = 30e9
-    row[T_DIV_CLEAR] = 0.04
-    row[T_LAT_EX] = 2000e6
-    row[T_LAT_LOCAL] = 1000e6
-    row[T_SKEW] = 100e6
-    row[T_LAT_FOR] = 10e9
-    row[T_RATE_RATIO] = 0.2
-    row[T_RATE_CLEAR] = 0.5
-    row[T_RATE_FLOOR] = 1.0
-    row[T_RATE_FOR] = 60e9
+NS = 1_000_000_000
+# ``[anomalies]`` threshold (``AnomalyThresholds`` field) -> threshold field and its scale to ns
+_THRESHOLD_FIELDS = {
+    "no_data_after": ("no_data", NS),
+    "first_data_timeout": ("first_data", NS),
+    "divergence": ("div", 1.0),
+    "divergence_for": ("div_for", NS),
+    "divergence_clear": ("div_clear", 1.0),
+    "latency_exchange_provider_ms": ("lat_ex", 1e6),
+    "latency_provider_local_ms": ("lat_local", 1e6),
+    "clock_skew_ms": ("skew", 1e6),
+    "latency_for": ("lat_for", NS),
+    "rate_drop_ratio": ("rate_ratio", 1.0),
+    "rate_drop_clear": ("rate_clear", 1.0),
+    "rate_floor": ("rate_floor", 1.0),
+    "rate_drop_for": ("rate_for", NS),
+}
+
+
+def threshold_row(acfg: AnomalyConfig, data_class: str = "", instrument: str = "") -> np.ndarray:
+    """The thresholds of one instrument (a 0-d ``THRESHOLD_DTYPE`` array, durations in ns)."""
+    row = np.zeros((), THRESHOLD_DTYPE)
+    for name, value in anomaly_thresholds(acfg, data_class, instrument).items():
+        field, scale = _THRESHOLD_FIELDS[name]
+        row[field] = value * scale
     return row
 
 
-def default_globals() -> np.ndarray:
-    g = np.zeros(N_G)
-    g[G_HB_TIMEOUT] = 10e9
-    g[G_GAP_QUIET] = 10e9
-    g[G_RATE_FAST] = 10e9
-    g[G_RATE_BASE] = 600e9
-    g[G_LAT_CLEAR] = 0.8
-    return g
+def global_row(acfg: AnomalyConfig) -> AnomalyGlobals:
+    """The settings of ``acfg`` that are not per subscription, in ns."""
+    return AnomalyGlobals(
+        hb_timeout=float(acfg.heartbeat_timeout * NS),
+        gap_quiet=float(acfg.gap_quiet * NS),
+        rate_fast=float(acfg.rate_fast * NS),
+        rate_base=float(acfg.rate_baseline * NS),
+        lat_clear=float(acfg.latency_clear),
+    )
+
+
+def default_thresholds() -> np.ndarray:
+    """The thresholds of the configuration's defaults (``AnomalyConfig()``)."""
+    return threshold_row(AnomalyConfig())
+
+
+def default_globals() -> AnomalyGlobals:
+    """The global settings of the configuration's defaults (``AnomalyConfig()``)."""
+    return global_row(AnomalyConfig())
+
+
+def threshold_rows(n: int, row: np.ndarray | None = None) -> np.ndarray:
+    """``n`` subscriptions' thresholds, each ``row`` (default: :func:`default_thresholds`)."""
+    return np.full(n, default_thresholds() if row is None else row, THRESHOLD_DTYPE)
 
 
 # Thresholds that can never be crossed (and let every open episode end): an unmonitored
 # subscription.
-DISABLED_THRESHOLDS = np.full(N_T, np.inf)
-DISABLED_THRESHOLDS[[T_RATE_RATIO, T_RATE_CLEAR]] = 0.0
-DISABLED_THRESHOLDS[[T_DIV_FOR, T_LAT_FOR, T_RATE_FOR]] = 0.0
+DISABLED_THRESHOLDS = np.full((), np.inf, THRESHOLD_DTYPE)
+for _name in ("rate_ratio", "rate_clear", "div_for", "lat_for", "rate_for"):
+    DISABLED_THRESHOLDS[_name] = 0.0
+
+
+class AnomalyLayout(NamedTuple):
+    """The monitored set as the kernels see it (fixed for a state, but for live unsubscribes)."""
+
+    sub_meta: np.ndarray  # SUB_META_DTYPE per subscription
+    sub_groups: np.ndarray  # i8 [subscription, level]: its group per roll-up level
+    group_meta: np.ndarray  # GROUP_META_DTYPE per group
+    group_size: np.ndarray  # i8 [group]: monitored members
+    src_meta: np.ndarray  # SOURCE_META_DTYPE per source
+    iv_offsets: np.ndarray  # i8: venue segment v = iv_subs[iv_offsets[v]:iv_offsets[v + 1]]
+    iv_subs: np.ndarray  # i8
+
+
+class AnomalyArrays(NamedTuple):
+    """The state the evaluation reads and writes."""
+
+    subs: np.ndarray  # SUB_STATE_DTYPE per subscription
+    provs: np.ndarray  # PROVIDER_STATE_DTYPE per provider
+    bursts: np.ndarray  # BURST_DTYPE per source, then per ring
+    onset: np.ndarray  # i8 [subscription, detector]: beyond the open threshold since (0 = not)
+    active: np.ndarray  # i8 [subscription, detector]
+    sub_open: np.ndarray  # i8 [subscription, detector]: start of its own open episode
+    meas: np.ndarray  # f8 [subscription, detector, 3]: last measures (event values)
+    group_open: np.ndarray  # i8 [detector, group]: start of the group's open episode
+    spreads: np.ndarray  # VENUE_SPREAD_DTYPE per venue segment
+    clock: np.ndarray  # CLOCK_DTYPE, one row
 
 
 class AnomalyState:
     """Every array the anomaly kernels read and write, built from the subscription list.
 
     ``instrument_classes[i]``: data-class code of instrument i; ``sources[s]`` = (provider,
-    venue); ``subscriptions``: (instrument, source) pairs; ``thresholds``: ``(n_sub, N_T)``
-    (one row per subscription, e.g. from ``default_thresholds``); ``globals_``: ``(N_G,)``.
-    ``start_ns`` starts the first-data clocks.
+    venue); ``subscriptions``: (instrument, source) pairs; ``thresholds``: one
+    ``THRESHOLD_DTYPE`` row per subscription (e.g. :func:`threshold_rows`); ``globals_``:
+    :class:`AnomalyGlobals`. ``start_ns`` starts the first-data clocks.
     """
 
     def __init__(
@@ -928,7 +1065,7 @@ class AnomalyState:
         n_venues: int,
         subscriptions,
         thresholds: np.ndarray,
-        globals_: np.ndarray,
+        globals_: AnomalyGlobals,
         n_rings: int = 0,
         start_ns: int = 0,
         max_events: int = 4096,
@@ -937,22 +1074,30 @@ class AnomalyState:
         n_src = len(sources)
         n_sub = len(subscriptions)
         self.n_sub = n_sub
+        thresholds = np.asarray(thresholds)
+        if thresholds.dtype != THRESHOLD_DTYPE or thresholds.shape != (n_sub,):
+            raise ValueError(
+                f"thresholds: one THRESHOLD_DTYPE row per subscription ({n_sub}), got "
+                f"{thresholds.shape} of {thresholds.dtype}"
+            )
         self.source_table = np.full((max(n_providers, 1), max(n_venues, 1)), -1, np.int32)
         for s, (p, v) in enumerate(sources):
             self.source_table[p, v] = s
-        self.src_meta = np.array(list(sources), np.int64).reshape(n_src, 2)
+        self.src_meta = np.zeros(n_src, SOURCE_META_DTYPE)
+        for s, (p, v) in enumerate(sources):
+            self.src_meta[s] = (p, v)
         self.sub_table = np.full((max(n_inst, 1), max(n_src, 1)), -1, np.int32)
-        self.sub_meta = np.zeros((n_sub, 5), np.int64)
+        self.sub_meta = np.zeros(n_sub, SUB_META_DTYPE)
         # groups: providers, venues, classes (codes 0..7), instruments
         offs = (0, n_providers, n_providers + n_venues, n_providers + n_venues + 8)
         self.group_offsets = offs
         # the last group (level 0, never evaluated) holds unmonitored subscriptions
         n_groups = offs[3] + n_inst + 1
         self.void_group = n_groups - 1
-        self.group_meta = np.zeros((n_groups, 2), np.int64)
+        self.group_meta = np.zeros(n_groups, GROUP_META_DTYPE)
         for lv, (a, count) in enumerate(zip(offs, (n_providers, n_venues, 8, n_inst), strict=True)):
-            self.group_meta[a : a + count, 0] = lv + 1
-            self.group_meta[a : a + count, 1] = np.arange(count)
+            self.group_meta["level"][a : a + count] = lv + 1
+            self.group_meta["id"][a : a + count] = np.arange(count)
         self.group_meta[self.void_group] = (0, -1)
         self.monitored = np.ones(n_sub, np.bool_)
         self.sub_groups = np.zeros((n_sub, N_GROUP_LEVELS), np.int64)
@@ -966,21 +1111,20 @@ class AnomalyState:
         # (instrument, venue) segments with two or more subscriptions (venue divergence)
         segs: dict[tuple[int, int], list[int]] = {}
         for k in range(n_sub):
-            segs.setdefault((int(self.sub_meta[k, 3]), int(self.sub_meta[k, 1])), []).append(k)
+            segs.setdefault(self._segment(k), []).append(k)
         multi = [ks for ks in segs.values() if len(ks) >= 2]
         self.iv_offsets = np.zeros(len(multi) + 1, np.int64)
         self.iv_offsets[1:] = np.cumsum([len(ks) for ks in multi])
         self.iv_subs = np.array([k for ks in multi for k in ks], np.int64)
-        self.iv_state = np.zeros((len(multi), 3), np.int64)
-        self.iv_meas = np.zeros((len(multi), 3))
-        self.thr = np.ascontiguousarray(thresholds, np.float64).reshape(n_sub, N_T)
-        self.gthr = np.ascontiguousarray(globals_, np.float64)
-        self.sub_i64 = np.zeros((n_sub, N_SI), np.int64)
-        self.sub_i64[:, SI_QUIET_FROM] = start_ns
-        self.sub_f64 = np.zeros((n_sub, N_SF))
-        self.sub_f64[:, SF_PRICE : SF_ASK + 1] = np.nan
-        self.prov_i64 = np.zeros((max(n_providers, 1), N_P), np.int64)
-        self.bursts = np.zeros((n_src + n_rings, N_B), np.int64)
+        self.spreads = np.zeros(len(multi), VENUE_SPREAD_DTYPE)
+        self.thr = np.ascontiguousarray(thresholds).copy()
+        self.gthr = AnomalyGlobals(*(float(x) for x in globals_))
+        self.subs = np.zeros(n_sub, SUB_STATE_DTYPE)
+        self.subs["quiet_from"] = start_ns
+        for name in ("price", "bid", "ask"):
+            self.subs[name] = np.nan
+        self.provs = np.zeros(max(n_providers, 1), PROVIDER_STATE_DTYPE)
+        self.bursts = np.zeros(n_src + n_rings, BURST_DTYPE)
         self.n_rings = n_rings
         # per-subscription detector state, [subscription, detector]: one pass touches each
         # subscription's figures together
@@ -989,10 +1133,20 @@ class AnomalyState:
         self.sub_open = np.zeros((n_sub, N_DET), np.int64)
         self.meas = np.zeros((n_sub, N_DET, 3))
         self.group_open = np.zeros((N_DET, n_groups), np.int64)
-        self.misc = np.zeros(N_M, np.int64)
+        self.clock = np.zeros(1, CLOCK_DTYPE)
         self.ev_i = np.zeros((max_events, N_EI), np.int64)
         self.ev_f = np.zeros((max_events, N_EF))
         self.ignored = 0
+        # the kernels' views; every array above is updated in place, never replaced
+        self.layout = AnomalyLayout(self.sub_meta, self.sub_groups, self.group_meta,
+                                    self.group_size, self.src_meta, self.iv_offsets,
+                                    self.iv_subs)  # fmt: skip
+        self.arrays = AnomalyArrays(self.subs, self.provs, self.bursts, self.onset, self.active,
+                                    self.sub_open, self.meas, self.group_open, self.spreads,
+                                    self.clock)  # fmt: skip
+
+    def _segment(self, k: int) -> tuple[int, int]:
+        return int(self.sub_meta[k]["instrument"]), int(self.sub_meta[k]["venue"])
 
     def carry_over(self, old: AnomalyState) -> None:
         """Continue ``old``'s clocks and open episodes here, so that growing the monitored set
@@ -1002,28 +1156,22 @@ class AnomalyState:
         n = old.n_sub
         if n > self.n_sub or not np.array_equal(self.sub_meta[:n], old.sub_meta):
             raise ValueError("carry_over: the old subscriptions must come first, in order")
-        for name in ("sub_i64", "sub_f64", "onset", "active", "sub_open", "meas", "thr"):
+        for name in ("subs", "onset", "active", "sub_open", "meas", "thr"):
             getattr(self, name)[:n] = getattr(old, name)
-        self.prov_i64[: len(old.prov_i64)] = old.prov_i64
+        self.provs[: len(old.provs)] = old.provs
         old_src = len(old.src_meta)
         self.bursts[:old_src] = old.bursts[:old_src]
         self.bursts[len(self.src_meta) :][: old.n_rings] = old.bursts[old_src:]
         # groups are numbered level by level: renumber by (level, id)
-        real = old.group_meta[:, 0] > 0
-        lv = old.group_meta[real, 0] - 1
-        new_index = np.asarray(self.group_offsets)[lv] + old.group_meta[real, 1]
+        real = old.group_meta["level"] > 0
+        lv = old.group_meta["level"][real] - 1
+        new_index = np.asarray(self.group_offsets)[lv] + old.group_meta["id"][real]
         self.group_open[:, new_index] = old.group_open[:, real]
-        segments = {
-            (int(self.sub_meta[self.iv_subs[self.iv_offsets[v]], 3]),
-             int(self.sub_meta[self.iv_subs[self.iv_offsets[v]], 1])): v
-            for v in range(len(self.iv_state))
-        }  # fmt: skip
-        for v in range(len(old.iv_state)):
-            k0 = old.iv_subs[old.iv_offsets[v]]
-            w = segments[(int(old.sub_meta[k0, 3]), int(old.sub_meta[k0, 1]))]
-            self.iv_state[w] = old.iv_state[v]
-            self.iv_meas[w] = old.iv_meas[v]
-        self.misc[:] = old.misc
+        segments = {self._segment(self.iv_subs[self.iv_offsets[v]]): v
+                    for v in range(len(self.spreads))}  # fmt: skip
+        for v in range(len(old.spreads)):
+            self.spreads[segments[old._segment(old.iv_subs[old.iv_offsets[v]])]] = old.spreads[v]
+        self.clock[:] = old.clock
         self.ignored = old.ignored
         for k in np.flatnonzero(~old.monitored):
             self._leave_groups(int(k))
@@ -1045,12 +1193,12 @@ class AnomalyState:
         """Monitor subscription ``k`` again (a re-subscribe), measured afresh from ``now_ns``:
         no stale price, rate baseline or no-data clock from before."""
         self.thr[k] = thresholds
-        self.sub_i64[k] = 0
-        self.sub_i64[k, SI_QUIET_FROM] = now_ns
-        self.sub_f64[k] = 0.0
-        self.sub_f64[k, SF_PRICE : SF_ASK + 1] = np.nan
+        self.subs[k] = 0
+        self.subs[k]["quiet_from"] = now_ns
+        for name in ("price", "bid", "ask"):
+            self.subs[k][name] = np.nan
         if not self.monitored[k]:
-            p, v, c, i, _s = self.sub_meta[k]
+            p, v, c, i, _s = self.sub_meta[k].tolist()
             o = self.group_offsets
             self.sub_groups[k] = (o[0] + p, o[1] + v, o[2] + c, o[3] + i)
             self.group_size[self.sub_groups[k]] += 1
@@ -1058,18 +1206,8 @@ class AnomalyState:
 
     def update(self, records: np.ndarray, n: int | None = None) -> int:
         count = len(records) if n is None else min(int(n), len(records))
-        ignored = int(
-            update_nb(
-                records,
-                count,
-                self.sub_table,
-                self.source_table,
-                self.sub_i64,
-                self.sub_f64,
-                self.prov_i64,
-                self.bursts,
-            )
-        )
+        ignored = int(update_nb(records, count, self.sub_table, self.source_table, self.subs,
+                                self.provs, self.bursts))  # fmt: skip
         self.ignored += ignored
         return ignored
 
@@ -1082,27 +1220,10 @@ class AnomalyState:
                 np.int64(now_ns),
                 self.thr,
                 self.gthr,
-                self.sub_meta,
-                self.sub_groups,
-                self.group_meta,
-                self.group_size,
-                self.sub_i64,
-                self.sub_f64,
-                self.prov_i64,
-                self.bursts,
-                self.src_meta,
+                self.layout,
+                self.arrays,
                 np.ascontiguousarray(ring_dropped, np.int64),
                 np.ascontiguousarray(fair, np.float64),
-                self.onset,
-                self.active,
-                self.sub_open,
-                self.meas,
-                self.group_open,
-                self.iv_offsets,
-                self.iv_subs,
-                self.iv_state,
-                self.iv_meas,
-                self.misc,
                 self.ev_i,
                 self.ev_f,
             )
@@ -1113,6 +1234,6 @@ class AnomalyState:
         """Episodes open now."""
         return int(
             (self.sub_open > 0).sum() + (self.group_open > 0).sum()
-            + (self.prov_i64[:, P_OPEN] > 0).sum() + (self.iv_state[:, 2] > 0).sum()
-            + (self.bursts[:, B_OPEN] > 0).sum()
+            + (self.provs["open"] > 0).sum() + (self.spreads["open"] > 0).sum()
+            + (self.bursts["open"] > 0).sum()
         )  # fmt: skip

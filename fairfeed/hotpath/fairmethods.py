@@ -51,20 +51,15 @@ them only; compile them before forking (``fairfeed.hotpath.warmup``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
+from fairfeed.core.config import FairConfig
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
-from fairfeed.hotpath.fairprice import (
-    INPUTS_CODES,
-    INPUTS_QUOTES,
-    INPUTS_TRADES,
-    NEVER_NS,
-    seconds_to_ns,
-)
 
 # Methods (``FairConfig.method``). Weighted median, everywhere below: sort by price, cumulative
 # weight ``c``; the first price with ``c ≥ W/2``; when ``c = W/2`` (to 1e-12·W) the mean of it and
@@ -107,9 +102,28 @@ REASON_NAMES = {
     REASON_NO_DATA: "no_data",
 }
 
+# Which records feed a source's last price (``FairConfig.inputs``).
+INPUTS_TRADES = 0  # last trade price
+INPUTS_QUOTES = 1  # mid of the last bid and ask, once both are known
+INPUTS_BOTH = 2  # whichever of the two came last
+INPUTS_CODES = {"trades": INPUTS_TRADES, "quotes": INPUTS_QUOTES, "both": INPUTS_BOTH}
+
+# ``last_emit_ns`` of an instrument never emitted: the min-interval throttle lets it through.
+NEVER_NS = np.iinfo(np.int64).min
+
+NS_PER_S = 1_000_000_000
 LN2 = math.log(2.0)
 VAR_FLOOR = 1e-30  # variance per ns below this counts as this (no division by zero)
 TIE_EPS = 1e-12  # relative tolerance of the weighted median's "exactly half" test
+
+
+# The settings' defaults are the configuration's: declared once, in ``FairConfig``.
+_DEFAULTS = FairConfig()
+
+
+def seconds_to_ns(seconds: float) -> int:
+    """Whole nanoseconds in ``seconds`` (rounded)."""
+    return round(seconds * NS_PER_S)
 
 
 class FairParams(NamedTuple):
@@ -173,22 +187,22 @@ class FairOut(NamedTuple):
 
 
 def make_params(
-    method: str = "two_level",
-    inputs: str = "trades",
-    stale_after: float = 10.0,
-    min_interval: float = 0.05,
-    heartbeat_interval: float = 5.0,
-    outlier_exclude: float = 0.05,
-    outlier_readmit: float = 0.025,
-    volume_halflife: float = 60.0,
-    freshness_tau: float = 5.0,
-    venue_cap: float = 0.5,
-    min_venues: int = 2,
-    window_bucket: float = 5.0,
-    window_buckets: int = 12,
-    trim: float = 0.2,
+    method: str = _DEFAULTS.method,
+    inputs: str = _DEFAULTS.inputs,
+    stale_after: float = _DEFAULTS.stale_after,
+    min_interval: float = _DEFAULTS.min_interval,
+    heartbeat_interval: float = _DEFAULTS.heartbeat_interval,
+    outlier_exclude: float = _DEFAULTS.outlier_exclude,
+    outlier_readmit: float = _DEFAULTS.outlier_readmit,
+    volume_halflife: float = _DEFAULTS.volume_halflife,
+    freshness_tau: float = _DEFAULTS.freshness_tau,
+    venue_cap: float = _DEFAULTS.venue_cap,
+    min_venues: int = _DEFAULTS.min_venues,
+    window_bucket: float = _DEFAULTS.window_bucket,
+    window_buckets: int = _DEFAULTS.window_buckets,
+    trim: float = _DEFAULTS.trim,
 ) -> FairParams:
-    """:class:`FairParams` from ``FairConfig``-style settings (seconds, names)."""
+    """:class:`FairParams` from ``FairConfig`` settings (seconds, names; defaults: its own)."""
     if method not in METHOD_CODES:
         raise ValueError(f"method must be one of {', '.join(METHOD_CODES)}, got {method!r}")
     if inputs not in INPUTS_CODES:
@@ -1214,7 +1228,7 @@ class FairBook:
         n_sources: int | None = None,
         **settings,
     ) -> None:
-        buckets = int(settings.get("window_buckets", 12))
+        buckets = int(settings.get("window_buckets", _DEFAULTS.window_buckets))
         self.params = make_params(**settings)
         self.method = METHOD_NAMES[self.params.method]
         # Kept by reference when already int32 and contiguous: a table filled in place later
@@ -1238,22 +1252,7 @@ class FairBook:
         self.arrays = self.arrays._replace(group_src=order, group_start=starts)
         self.params = self.params._replace(n_sources=len(source_venues))
 
-    SETTINGS = (
-        "method",
-        "inputs",
-        "stale_after",
-        "min_interval",
-        "heartbeat_interval",
-        "outlier_exclude",
-        "outlier_readmit",
-        "volume_halflife",
-        "freshness_tau",
-        "venue_cap",
-        "min_venues",
-        "window_bucket",
-        "window_buckets",
-        "trim",
-    )
+    SETTINGS = tuple(f.name for f in dataclasses.fields(FairConfig))
 
     @classmethod
     def from_config(

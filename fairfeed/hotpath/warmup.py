@@ -2,8 +2,8 @@
 
 The supervisor calls ``warm_up()`` once in the parent so children inherit compiled kernels and never
 compile or write the Numba cache concurrently (numba #10128, #4807). The tiny inputs use exactly
-the argument types the compute stage passes through ``FairState``, so no new specialization is
-compiled later.
+the argument types the compute stage passes through ``FairBook`` and ``AnomalyState``, so no new
+specialization is compiled later.
 
 ``python -m fairfeed.hotpath.warmup`` prints how long warming took in this process.
 """
@@ -37,7 +37,6 @@ def warm_up() -> float:
     recs["venue"] = (0, 1, 1)
     recs["price"] = (100.0, 99.0, 101.0)
     recs["ts_receive"] = 1
-    # (fairprice's plain-median kernels are only the benchmark baseline now: not warmed)
     _warm_fair_methods(table, recs)
     recs["sequence"] = (1, 3, 3)
     tracker = SequenceTracker(2, (KIND_TRADE, KIND_BID, KIND_ASK), max_gaps=4)
@@ -56,7 +55,7 @@ def _warm_anomaly() -> None:
     from fairfeed.hotpath import anomaly
 
     subs = [(0, 0), (0, 1)]
-    thr = np.tile(anomaly.default_thresholds(), (2, 1))
+    thr = anomaly.threshold_rows(2)
     st = anomaly.AnomalyState([1], [(0, 0), (1, 1)], 2, 2, subs, thr, anomaly.default_globals(), 1)
     recs = empty_records(2)
     recs["kind"] = KIND_TRADE

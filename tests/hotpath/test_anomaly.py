@@ -34,15 +34,13 @@ SUBS = [(i, s) for i in range(3) for s in range(4) if not (i == 2 and s == 0)]
 
 
 def make_state(thr_scale: float = 1.0, max_events: int = 256, n_rings: int = 2) -> an.AnomalyState:
-    thr = np.tile(an.default_thresholds(), (len(SUBS), 1))
-    for col in (an.T_NO_DATA, an.T_FIRST, an.T_DIV_FOR, an.T_LAT_FOR, an.T_RATE_FOR):
-        thr[:, col] = 2 * S * thr_scale
-    thr[:, an.T_LAT_EX] = thr[:, an.T_LAT_LOCAL] = 200e6
-    g = an.default_globals()
-    g[an.G_HB_TIMEOUT] = 3 * S
-    g[an.G_GAP_QUIET] = 2 * S
-    g[an.G_RATE_FAST] = 1 * S
-    g[an.G_RATE_BASE] = 20 * S
+    thr = an.threshold_rows(len(SUBS))
+    for name in ("no_data", "first_data", "div_for", "lat_for", "rate_for"):
+        thr[name] = 2 * S * thr_scale
+    thr["lat_ex"] = thr["lat_local"] = 200e6
+    g = an.default_globals()._replace(
+        hb_timeout=3.0 * S, gap_quiet=2.0 * S, rate_fast=1.0 * S, rate_base=20.0 * S
+    )
     return an.AnomalyState(CLASSES, SOURCES, 4, 3, SUBS, thr, g, n_rings, T0, max_events)
 
 
@@ -65,32 +63,35 @@ def run_both(state, steps, fair_of):
             step(ref)
         elif isinstance(step, np.ndarray):
             a = state.update(step)
-            b = update_reference(step, len(step), ref.sub_table, ref.source_table, ref.sub_i64,
-                                 ref.sub_f64, ref.prov_i64, ref.bursts)  # fmt: skip
+            b = update_reference(step, len(step), ref.sub_table, ref.source_table, ref.subs,
+                                 ref.provs, ref.bursts)  # fmt: skip
             assert a == b
         else:
             now, dropped = step
             fair = fair_of(now)
             ei, ef = state.evaluate(now, fair, dropped)
             got.append((ei.copy(), ef.copy()))
-            m = evaluate_reference(
-                now, ref.thr, ref.gthr, ref.sub_meta, ref.sub_groups, ref.group_meta,
-                ref.group_size, ref.sub_i64, ref.sub_f64, ref.prov_i64, ref.bursts, ref.src_meta,
-                dropped, fair, ref.onset, ref.active, ref.sub_open, ref.meas, ref.group_open,
-                ref.iv_offsets, ref.iv_subs, ref.iv_state, ref.iv_meas, ref.misc, ref.ev_i,
-                ref.ev_f,
-            )  # fmt: skip
+            m = evaluate_reference(now, ref.thr, ref.gthr, ref.layout, ref.arrays, dropped, fair,
+                                   ref.ev_i, ref.ev_f)  # fmt: skip
             want.append((ref.ev_i[:m].copy(), ref.ev_f[:m].copy()))
     for (gi, gf), (wi, wf) in zip(got, want, strict=True):
         np.testing.assert_array_equal(gi, wi)
         np.testing.assert_allclose(gf, wf, rtol=1e-12, equal_nan=True)
-    for name in ("sub_i64", "prov_i64", "bursts", "onset", "active", "sub_open", "group_open",
-                 "iv_state", "misc"):  # fmt: skip
-        np.testing.assert_array_equal(getattr(state, name), getattr(ref, name), err_msg=name)
-    for name in ("sub_f64", "meas", "iv_meas"):
-        np.testing.assert_allclose(getattr(state, name), getattr(ref, name), rtol=1e-12,
-                                   equal_nan=True, err_msg=name)  # fmt: skip
+    for name in ("subs", "provs", "bursts", "onset", "active", "sub_open", "group_open",
+                 "spreads", "clock", "meas"):  # fmt: skip
+        assert_same(getattr(state, name), getattr(ref, name), name)
     return got
+
+
+def assert_same(got: np.ndarray, want: np.ndarray, name: str) -> None:
+    """Integers equal, floats equal to 1e-12 (NaN = NaN), field by field."""
+    for field in got.dtype.names or [None]:
+        g, w = (got, want) if field is None else (got[field], want[field])
+        what = name if field is None else f"{name}.{field}"
+        if g.dtype.kind == "f":
+            np.testing.assert_allclose(g, w, rtol=1e-12, equal_nan=True, err_msg=what)
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=what)
 
 
 KINDS = [KIND_TRADE, KIND_BID, KIND_ASK, KIND_HEARTBEAT, KIND_STATUS, KIND_GAP, 99]
@@ -157,7 +158,7 @@ def _feed(state, t, insts=(0, 1, 2), srcs=(0, 1, 2, 3), price=100.0, hb=True):
 
 def _events(state, until, step=S // 4, fair=100.0, feed=None):
     out = []
-    t = state.misc[an.M_LAST_EVAL] or T0
+    t = int(state.clock[0]["last_eval"]) or T0
     while t < until:
         t += step
         if feed is not None:
@@ -264,7 +265,7 @@ def test_growing_the_monitored_set_continues_open_episodes() -> None:
     assert old.open_count() == 3  # the provider's silence, the divergence, the venue's spread
 
     sources = [*SOURCES, (4, 3)]
-    thr = np.vstack([old.thr, old.thr[:1]])
+    thr = np.concatenate([old.thr, old.thr[:1]])
     grown = an.AnomalyState(
         [*CLASSES, 3], sources, 5, 4, [*SUBS, (3, 4)], thr, old.gthr, 2, T0 + 9 * S, 256
     )
@@ -302,7 +303,7 @@ def test_growing_the_monitored_set_continues_open_episodes() -> None:
 def test_carry_over_refuses_a_reordered_subscription_list() -> None:
     old = make_state()
     reordered = list(reversed(SUBS))
-    thr = np.tile(an.default_thresholds(), (len(SUBS), 1))
+    thr = an.threshold_rows(len(SUBS))
     new = an.AnomalyState(CLASSES, SOURCES, 4, 3, reordered, thr, old.gthr, 2, T0, 256)
     with pytest.raises(ValueError, match="old subscriptions must come first"):
         new.carry_over(old)

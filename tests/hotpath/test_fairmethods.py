@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fairfeed.core.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.core.registry import Registry
 from fairfeed.hotpath import fairmethods as fm
-from fairfeed.hotpath.fairprice import INPUTS_BOTH, INPUTS_QUOTES, INPUTS_TRADES, NEVER_NS
+from fairfeed.hotpath.fairmethods import INPUTS_BOTH, INPUTS_QUOTES, INPUTS_TRADES, NEVER_NS
 
 S = 1_000_000_000
 METHODS = list(fm.METHOD_CODES)

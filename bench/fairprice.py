@@ -1,4 +1,5 @@
-"""Fair-price kernels: per-source state update and a plain median across fresh sources.
+"""The first fair-price kernels, kept as the benchmarks' baseline: per-source state update and a
+plain median across fresh sources (production: ``fairfeed.hotpath.fairmethods``).
 
 State is kept per (instrument, source), where a source is a (provider, venue) pair mapped to a
 dense id by ``Registry.source_table()``. Each source holds its latest observation: the last price
@@ -9,10 +10,8 @@ prices of its fresh sources.
 Every ``*_nb`` kernel has a slow pure-Python/numpy twin (``*_reference``) with the same signature
 and the same in-place effects; tests assert both agree exactly on random inputs.
 
-Kernels take numpy arrays and scalars only. Compile them in the parent before forking
-(``fairfeed.hotpath.warmup.warm_up``): the on-disk cache races when processes compile at once.
-Calling a kernel with other argument types (e.g. a non-contiguous record view, an int32 ``n``)
-compiles a new specialization, so go through ``FairState`` or pass the types ``warm_up`` uses.
+Kernels take numpy arrays and scalars only; the daemon never runs them, so ``warm_up`` does
+not compile them (the benchmarks call them once before timing).
 """
 
 from __future__ import annotations
@@ -23,17 +22,14 @@ import numpy as np
 from numba import njit
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
-
-# Which records feed a source's last price (``FairConfig.inputs``).
-INPUTS_TRADES = 0  # last trade price
-INPUTS_QUOTES = 1  # mid of the last bid and ask, once both are known
-INPUTS_BOTH = 2  # whichever of the two came last
-INPUTS_CODES = {"trades": INPUTS_TRADES, "quotes": INPUTS_QUOTES, "both": INPUTS_BOTH}
-
-# ``last_emit_ns`` value of an instrument never emitted: the min-interval throttle lets it through.
-NEVER_NS = np.iinfo(np.int64).min
-
-NS_PER_S = 1_000_000_000
+from fairfeed.hotpath.fairmethods import (
+    INPUTS_BOTH,
+    INPUTS_CODES,
+    INPUTS_QUOTES,
+    INPUTS_TRADES,
+    NEVER_NS,
+    seconds_to_ns,
+)
 
 
 @njit(cache=True)
@@ -341,8 +337,3 @@ class FairState:
             self.out_sources[:m],
             self.out_oldest_age_ns[:m],
         )
-
-
-def seconds_to_ns(seconds: float) -> int:
-    """Whole nanoseconds in ``seconds`` (rounded)."""
-    return round(seconds * NS_PER_S)

@@ -1,6 +1,10 @@
-"""Fair-price kernels against their plain references, plus hand-computed cases."""
+"""The baseline plain-median kernels (``bench/fairprice.py``) against their plain references,
+plus hand-computed cases."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +19,13 @@ from fairfeed.core.records import (
     empty_records,
 )
 from fairfeed.core.registry import Registry
-from fairfeed.hotpath import fairprice as fp
 from fairfeed.hotpath.warmup import warm_up
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `bench` is a top-level package of the repository, not installed
+    sys.path.insert(0, str(REPO))
+
+from bench import fairprice as fp  # noqa: E402
 
 S = 1_000_000_000
 
