@@ -13,12 +13,10 @@ from __future__ import annotations
 import struct
 from multiprocessing import shared_memory
 
-import numpy as np
+from fairfeed.ipc.ring import HEADER_BYTES, RingError, new_ring_segment, ring_header
+from fairfeed.ipc.shm import attach_segment
 
-from fairfeed.ipc.ring import HEADER_BYTES, RingError
-from fairfeed.ipc.shm import attach_segment, create_segment
-
-_HEAD, _TAIL, _DROPPED, _CAPACITY, _MAGIC = 0, 8, 16, 24, 25
+_HEAD, _TAIL, _DROPPED = 0, 8, 16  # the ring header's words (fairfeed.ipc.ring)
 MAGIC = 0x66666565_64626C62  # "ffeedblb"
 _LEN = struct.Struct("<Q")
 _WRAP = 0xFFFF_FFFF_FFFF_FFFF
@@ -35,23 +33,14 @@ class BlobRing:
         self._shm = shm
         self.name = shm.name
         self.owner = owner
-        self._hdr = np.ndarray((HEADER_BYTES // 8,), np.uint64, shm.buf)
-        if int(self._hdr[_MAGIC]) != MAGIC:
-            raise RingError(f"shared-memory segment {shm.name!r} is not a fairfeed blob ring")
-        self.capacity = int(self._hdr[_CAPACITY])
+        self._hdr, self.capacity = ring_header(shm, MAGIC, "blob ring")
         self._buf = shm.buf[HEADER_BYTES : HEADER_BYTES + self.capacity]
 
     @classmethod
     def create(cls, name: str, capacity: int) -> BlobRing:
         if capacity < 64 or capacity & (capacity - 1):
             raise RingError(f"blob ring capacity must be a power of two >= 64, got {capacity}")
-        shm = create_segment(name, HEADER_BYTES + capacity)
-        hdr = np.ndarray((HEADER_BYTES // 8,), np.uint64, shm.buf)
-        hdr[:] = 0
-        hdr[_CAPACITY] = capacity
-        hdr[_MAGIC] = MAGIC
-        del hdr
-        return cls(shm, owner=True)
+        return cls(new_ring_segment(name, HEADER_BYTES + capacity, capacity, MAGIC), owner=True)
 
     @classmethod
     def attach(cls, name: str) -> BlobRing:

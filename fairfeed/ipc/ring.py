@@ -73,6 +73,25 @@ def segment_size(capacity: int) -> int:
     return HEADER_BYTES + capacity * RECORD_SIZE + STAMPS * 16
 
 
+def new_ring_segment(name: str, size: int, capacity: int, magic: int) -> shared_memory.SharedMemory:
+    """A new segment whose header (the layout above) is zeroed but for capacity and magic."""
+    shm = create_segment(name, size)
+    hdr = np.ndarray((HEADER_BYTES // 8,), np.uint64, shm.buf)
+    hdr[:] = 0
+    hdr[_CAPACITY] = capacity
+    hdr[_MAGIC] = magic
+    del hdr  # no view may outlive the segment's close
+    return shm
+
+
+def ring_header(shm: shared_memory.SharedMemory, magic: int, what: str) -> tuple[np.ndarray, int]:
+    """The header words of a ring segment and its capacity; RingError if it is not a ``what``."""
+    hdr = np.ndarray((HEADER_BYTES // 8,), np.uint64, shm.buf)
+    if int(hdr[_MAGIC]) != magic:
+        raise RingError(f"shared-memory segment {shm.name!r} is not a fairfeed {what}")
+    return hdr, int(hdr[_CAPACITY])
+
+
 class Ring:
     """One SPSC ring. Use :meth:`create` in the supervisor and :meth:`attach` elsewhere.
 
@@ -83,10 +102,7 @@ class Ring:
         self._shm = shm
         self.owner = owner
         self.name = shm.name
-        self._hdr = np.ndarray((HEADER_BYTES // 8,), dtype=np.uint64, buffer=shm.buf)
-        if int(self._hdr[_MAGIC]) != MAGIC:
-            raise RingError(f"shared-memory segment {shm.name!r} is not a fairfeed ring")
-        self.capacity = int(self._hdr[_CAPACITY])
+        self._hdr, self.capacity = ring_header(shm, MAGIC, "ring")
         self._mask = self.capacity - 1
         self._data = np.ndarray((self.capacity,), dtype=_RAW, buffer=shm.buf, offset=HEADER_BYTES)
         off = HEADER_BYTES + self.capacity * RECORD_SIZE
@@ -99,13 +115,7 @@ class Ring:
         """Create and own a new ring; ``capacity`` must be a power of two ≥ 2."""
         if capacity < 2 or capacity & (capacity - 1):
             raise RingError(f"ring capacity must be a power of two >= 2, got {capacity}")
-        shm = create_segment(name, segment_size(capacity))
-        hdr = np.ndarray((HEADER_BYTES // 8,), dtype=np.uint64, buffer=shm.buf)
-        hdr[:] = 0
-        hdr[_CAPACITY] = capacity
-        hdr[_MAGIC] = MAGIC
-        del hdr
-        return cls(shm, owner=True)
+        return cls(new_ring_segment(name, segment_size(capacity), capacity, MAGIC), owner=True)
 
     @classmethod
     def attach(cls, name: str) -> Ring:

@@ -225,19 +225,6 @@ def encode_ticks(
     return TickEncoder(registry, max_records).ticks(batch)
 
 
-def encode_fair(
-    registry: Registry,
-    instruments: np.ndarray | Sequence[int],
-    prices: np.ndarray | Sequence[float],
-    sources: np.ndarray | Sequence[int],
-    oldest_age_ns: np.ndarray | Sequence[int],
-    ts: np.ndarray | Sequence[int] | int,
-    method: str = "median",
-) -> list[Message]:
-    """Convenience wrapper around :meth:`TickEncoder.fair`."""
-    return TickEncoder(registry).fair(instruments, prices, sources, oldest_age_ns, ts, method)
-
-
 # -- decoding (tests, tools) -----------------------------------------------------------------
 _COLUMN_DTYPES = {name: RECORD_DTYPE.fields[name][0] for name in TICK_COLUMNS}
 

@@ -27,7 +27,6 @@ from fairfeed.kafka.encode import (
     decode_fair,
     decode_ticks,
     decode_ticks_records,
-    encode_fair,
     encode_ticks,
 )
 
@@ -198,8 +197,7 @@ def test_non_finite_prices_become_null_and_nan(registry: Registry) -> None:
 
 
 def test_fair_messages(registry: Registry) -> None:
-    msgs = encode_fair(
-        registry,
+    msgs = TickEncoder(registry).fair(
         instruments=np.array([0, 2], np.int32),
         prices=np.array([65000.125, np.nan]),
         sources=np.array([3, 0], np.int32),
@@ -220,13 +218,13 @@ def test_fair_messages(registry: Registry) -> None:
     }
     assert orjson.loads(msgs[1][1])["price"] is None
     assert np.isnan(decode_fair(msgs[1][1])["price"])
-    assert encode_fair(registry, [], [], [], [], 0) == []
+    assert TickEncoder(registry).fair([], [], [], [], 0) == []
     with pytest.raises(ValueError):
-        encode_fair(registry, [0, 1], [1.0], [1, 1], [0, 0], 0)
+        TickEncoder(registry).fair([0, 1], [1.0], [1, 1], [0, 0], 0)
 
 
 def test_decode_rejects_other_types(registry: Registry) -> None:
-    [(_, fair)] = encode_fair(registry, [0], [1.0], [1], [0], 5)
+    [(_, fair)] = TickEncoder(registry).fair([0], [1.0], [1], [0], 5)
     with pytest.raises(ValueError):
         decode_ticks(fair)
     rec = random_batch(registry, 1)
