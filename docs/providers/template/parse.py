@@ -10,8 +10,6 @@ import numpy as np
 
 from fairfeed.core.records import KIND_TRADE, SIDE_BUY, SIDE_SELL
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers._template.symbols import to_symbol
-from fairfeed.providers._template.wire import DECODER
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
@@ -20,6 +18,9 @@ from fairfeed.providers.parsing import (
     RECORD_STRUCT,
     RecordParser,
 )
+
+from .symbols import to_symbol
+from .wire import DECODER
 
 _SIDES = {"buy": SIDE_BUY, "sell": SIDE_SELL}
 

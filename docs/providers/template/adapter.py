@@ -13,11 +13,12 @@ import itertools
 
 from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers._template.parse import TemplateParser
-from fairfeed.providers._template.symbols import to_symbol
-from fairfeed.providers._template.wire import Message, subscribe
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
+
+from .parse import TemplateParser
+from .symbols import to_symbol
+from .wire import Message, subscribe
 
 
 class TemplateAdapter(WsAdapter):
