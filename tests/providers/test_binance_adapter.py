@@ -30,7 +30,8 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.adapter import BinanceAdapter
-from tests.providers.harness import Sink, wait_for
+from tests.providers.harness import Sink
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USDT": 64000.0, "ETH-USDT": 3000.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5,
           "ADA-USDT": 0.4, "DOGE-USDT": 0.1, "BNB-USDT": 550.0}  # fmt: skip

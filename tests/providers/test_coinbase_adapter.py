@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,8 @@ from fairfeed.core.records import (
     KIND_BID,
     KIND_GAP,
     KIND_HEARTBEAT,
-    KIND_STATUS,
     KIND_TRADE,
     NO_INSTRUMENT,
-    RECORD_DTYPE,
     SIDE_BUY,
     SIDE_SELL,
     SIDE_UNKNOWN,
@@ -46,6 +43,8 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.replay import ReplayServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
+from tests.providers.harness import Sink
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
 CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
@@ -146,43 +145,8 @@ def expect(feed: str, texts: list[str]) -> tuple[list[tuple], int, int]:
 # --- harness ---------------------------------------------------------------------------------
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []
-        self.dead: list[tuple[str, bytes]] = []
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        self.batches.append(records.copy())
-
-    @property
-    def all(self) -> np.ndarray:
-        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def parsed(self) -> np.ndarray:
-        """What the parser wrote (market data, heartbeats, its gap records), in order."""
-        r = self.all
-        return r[r["kind"] != KIND_STATUS]
-
-    def kind(self, kind: int) -> np.ndarray:
-        r = self.all
-        return r[r["kind"] == kind]
-
-    @property
-    def statuses(self) -> list[int]:
-        return self.kind(KIND_STATUS)["flags"].tolist()
-
-
 def tuples(records: np.ndarray) -> list[tuple]:
     return [tuple(r[f].item() for f in FIELDS) for r in records]
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def context(feed: str, url: str, instruments, sink: Sink, counters: DictCounters) -> IngestContext:
@@ -191,7 +155,7 @@ def context(feed: str, url: str, instruments, sink: Sink, counters: DictCounters
     subs = tuple(Subscription.resolve(REGISTRY, "coinbase", "COINBASE", i, "spot")
                  for i in instruments)  # fmt: skip
     return IngestContext(provider, url, subs, REGISTRY, sink, counters,
-                         dead_letter=lambda e, f: sink.dead.append((e, f)))  # fmt: skip
+                         dead_letter=sink.dead_letter)  # fmt: skip
 
 
 class Harness:
@@ -225,7 +189,7 @@ class Harness:
 
     @property
     def n(self) -> int:
-        return sum(len(b) for b in self.sink.batches)
+        return sum(len(b) for b in self.sink.emitted)
 
     def sent(self) -> list[str]:
         return [t for _, t in self.server.sent_log]

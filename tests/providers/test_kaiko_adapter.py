@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import numpy as np
 from kaikosdk import sdk_pb2_grpc
@@ -16,11 +15,8 @@ from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
-    KIND_STATUS,
     KIND_TRADE,
-    MAX_MARKET_KIND,
     NO_INSTRUMENT,
-    RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
@@ -31,6 +27,8 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kaiko import KaikoServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
+from tests.providers.harness import Sink
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
 SUBS = [
@@ -43,37 +41,6 @@ REGISTRY = Registry.build(
     [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE")],
 )
 KEY = "secret-key"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data: list[np.ndarray] = []
-        self.health: list[np.ndarray] = []
-        self.dead: list[tuple[str, bytes]] = []
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        market = records["kind"] <= MAX_MARKET_KIND
-        if market.any():
-            self.data.append(records[market].copy())
-        if (~market).any():
-            self.health.append(records[~market].copy())
-
-    @property
-    def records(self) -> np.ndarray:
-        return np.concatenate(self.data) if self.data else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def statuses(self) -> list[int]:
-        h = np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
-        return h[h["kind"] == KIND_STATUS]["flags"].tolist()
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class Harness:
@@ -93,7 +60,7 @@ class Harness:
         subs = tuple(Subscription.resolve(REGISTRY, "kaiko", v, i, c) for v, i, c in self.subs)
         ctx = IngestContext(
             provider, self.server.target, subs, REGISTRY, self.sink, self.counters,
-            dead_letter=lambda e, f: self.sink.dead.append((e, f)),
+            dead_letter=self.sink.dead_letter,
         )  # fmt: skip
         self.kw.setdefault("backoff", Backoff(base=0.05, cap=0.2))
         self.kw.setdefault("stale_after", 2.0)
@@ -109,7 +76,7 @@ class Harness:
 
     @property
     def n(self) -> int:
-        return sum(len(b) for b in self.sink.data)
+        return self.sink.n
 
     def expected_records(self) -> int:
         return sum(s.trades + 2 * s.quotes for s in self.server.stats.values())

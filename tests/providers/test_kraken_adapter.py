@@ -32,7 +32,8 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kraken.adapter import KrakenAdapter
-from tests.providers.harness import Sink, wait_for
+from tests.providers.harness import Sink
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0, "XRP-USD": 0.5,
           "ADA-EUR": 0.4, "DOGE-USD": 0.1, "DOT-USD": 5.5}  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -17,8 +16,6 @@ from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,
-    MAX_MARKET_KIND,
-    RECORD_DTYPE,
     SIDE_BUY,
     SIDE_SELL,
     SIDE_UNKNOWN,
@@ -27,33 +24,14 @@ from fairfeed.core.registry import Registry
 from fairfeed.local.simulator import SimulatorServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.simulator.adapter import SimulatorAdapter
+from tests.providers.harness import Sink
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
 REGISTRY = Registry.build(
     [("XYZ-USD", CLASS_CODES["future"])] + [(s, CLASS_CODES["future"]) for s in PRICES],
     [("other", "v0"), ("sim", "simx")],
 )
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []  # market data
-        self.health: list[np.ndarray] = []  # status, heartbeat and gap records
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        market = records["kind"] <= MAX_MARKET_KIND
-        self.health.append(records[~market].copy())
-        if market.any():
-            self.batches.append(records[market].copy())
-
-    @property
-    def n(self) -> int:
-        return sum(len(b) for b in self.batches)
-
-    @property
-    def records(self) -> np.ndarray:
-        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
 
 
 def make_adapter(url: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw):
@@ -64,13 +42,6 @@ def make_adapter(url: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw
     ctx = IngestContext.for_instruments(provider, url, tuple(instruments), REGISTRY, sink, counters)
     kw.setdefault("backoff", Backoff(base=0.02, cap=0.1))
     return SimulatorAdapter(ctx, **kw), sink, counters
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or cond}"
-        await asyncio.sleep(0.005)
 
 
 def expected_records(log: list[tuple]) -> list[tuple]:
