@@ -32,6 +32,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections.abc import Sequence
@@ -91,7 +92,11 @@ class WsConnection:
         self.frag: bytearray | None = None
         self.parser_gaps = self.parser_missed = 0  # totals of a gap-detecting parser, counted
         self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
-        self.backoff = Backoff(base=adapter.backoff_base, cap=adapter.backoff_cap)
+        self.backoff = Backoff(
+            base=adapter.backoff_base,
+            cap=adapter.backoff_cap,
+            rng=adapter.backoff_rng if adapter.backoff_rng is not None else random.Random(),
+        )
         self.transport: WSTransport | None = None
         self.subscribed = False
         self.sent_subscriptions = False  # (no-ack protocols) all subscribe messages are out
@@ -444,6 +449,7 @@ class WsAdapter(Adapter):
     buffer_records = 8192
     backoff_base = 0.25
     backoff_cap = 30.0
+    backoff_rng: random.Random | None = None  # the reconnect jitter's source (tests seed it)
     log_interval = 1.0
 
     def __init__(self, ctx: IngestContext, **overrides: object) -> None:

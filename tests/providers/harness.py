@@ -1,9 +1,13 @@
-"""The record sink every adapter test hands to its adapter as ``ctx.emit``."""
+"""What the adapter tests share: the record sink they hand to the adapter as ``ctx.emit``, and
+the delays a seeded backoff draws."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
+from fairfeed.core.backoff import Backoff
 from fairfeed.core.records import KIND_STATUS, MAX_MARKET_KIND, RECORD_DTYPE
 
 
@@ -72,3 +76,10 @@ class Sink:
     def status(self, code: int) -> int:
         """How many STATUS records with ``code`` were emitted."""
         return self.statuses.count(code)
+
+
+def schedule(base: float, cap: float, seed: int, n: int) -> list[float]:
+    """The first ``n`` delays of ``Backoff(base, cap, rng=random.Random(seed))``: what an adapter
+    given the same seeded backoff waits, so a test can bound the time its retries must take."""
+    twin = Backoff(base=base, cap=cap, rng=random.Random(seed))
+    return [twin.next_delay() for _ in range(n)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.replay import ReplayServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
-from tests.providers.harness import Sink
+from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
@@ -63,6 +64,7 @@ IDS = {s: REGISTRY.instrument_id(s) for s in (*PRICES, *EXCHANGE_PRODUCTS)}
 FIELDS = ("ts_exchange", "ts_provider", "price", "size", "sequence", "instrument", "provider",
           "venue", "kind", "data_class", "side", "flags", "reserved")  # fmt: skip
 FEEDS = ("exchange", "advanced")
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 
 
 # --- independent expectations ----------------------------------------------------------------
@@ -377,17 +379,21 @@ def test_malformed_frames_are_counted_and_dead_lettered(feed):
 def test_rate_limit_refusal_backs_off_with_bounded_attempts(feed):
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=500, seed=2)
-        kw = {"backoff": Backoff(base=0.1, cap=0.4), "rate_limit_delay": 0.25}
-        async with Harness(feed, cfg, **kw) as h:
+        backoff = Backoff(base=0.1, cap=0.4, rng=random.Random(SEED))
+        async with Harness(feed, cfg, backoff=backoff, rate_limit_delay=0.25) as h:
             await wait_for(lambda: len(h.trades()) > 10)
             await h.server.inject(Fault.REJECT_SUBSCRIBE)
             await h.server.inject(Fault.DISCONNECT)
             t0 = time.monotonic()
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: h.counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            took = time.monotonic() - t0
             refused = h.server.stats.rejected
             attempts = h.server.stats.connections_total - 1
-            # each attempt waits >= max(rate_limit_delay, backoff): at most 1.5 / 0.25 = 6
-            assert 2 <= attempts <= 6 and attempts - 1 <= refused <= attempts
+            # The first attempt after the seeded backoff, each next one after
+            # max(rate_limit_delay, backoff): bounded attempts, never a hot loop.
+            d = schedule(0.1, 0.4, SEED, 3)
+            assert took >= d[0] + max(0.25, d[1]) + max(0.25, d[2])
+            assert attempts == 3 and attempts - 1 <= refused <= attempts
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == refused
             assert h.sink.statuses.count(STATUS_SUBSCRIBE_ERROR) == refused
             h.server.clear()

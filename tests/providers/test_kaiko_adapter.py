@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import numpy as np
@@ -27,7 +28,7 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kaiko import KaikoServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
-from tests.providers.harness import Sink
+from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
@@ -41,6 +42,7 @@ REGISTRY = Registry.build(
     [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE")],
 )
 KEY = "secret-key"
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 
 
 class Harness:
@@ -145,12 +147,15 @@ def test_trades_and_top_of_book_arrive_as_records():
 def test_wrong_api_key_is_a_counted_subscribe_error_without_hot_loop():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=1000)
-        async with Harness(cfg, api_key="wrong", backoff=Backoff(base=0.2, cap=0.4)) as h:
-            await asyncio.sleep(1.2)
-            assert h.counters[Slot.SUBSCRIBE_ERRORS] >= 1
-            # half-jittered delays of >= 0.1 s, then >= 0.2 s: sessions at 0, 0.1, 0.3, ... 1.1,
-            # so at most 7 of 4 calls in 1.2 s (a hot loop would make hundreds)
-            assert h.server.rejected <= 4 * 7
+        backoff = Backoff(base=0.2, cap=0.4, rng=random.Random(SEED))
+        t0 = time.monotonic()
+        async with Harness(cfg, api_key="wrong", backoff=backoff) as h:
+            await wait_for(lambda: h.counters[Slot.SUBSCRIBE_ERRORS] >= 5, what="5 refusals")
+            took = time.monotonic() - t0
+            # Five refused sessions of 4 calls, each after the seeded pause: no hot loop (which
+            # would make hundreds), and the next session is at least 0.1 s away.
+            assert took >= sum(schedule(0.2, 0.4, SEED, 4))
+            assert h.server.rejected <= 4 * 5
             assert h.server.subscribes == 0
             assert h.counters[Slot.CONNECTED] == 0
             assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
@@ -255,19 +260,20 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
         async with Harness(
             cfg,
             backoff=Backoff(base=0.02, cap=0.05),
-            rate_limit_backoff=Backoff(base=0.6, cap=0.6),
+            rate_limit_backoff=Backoff(base=0.6, cap=0.6, rng=random.Random(SEED)),
         ) as h:
             await wait_for(lambda: h.n > 50)
+            rejected, injected = h.server.rejected, time.monotonic()
             h.server.inject(Fault.REJECT_SUBSCRIBE)
             h.server.inject(Fault.DISCONNECT)
             await wait_for(lambda: h.adapter.rate_limits >= 1)
             t0 = time.monotonic()
-            rejected = h.server.rejected
-            await asyncio.sleep(1.0)
-            # Rate-limited delays are 0.3..0.6 s (half jitter): within 1 s at most 3 sessions
-            # after the one at t0, 4 calls each; the normal schedule (<= 50 ms) would give ~20.
-            assert h.server.rejected - rejected <= 4 * 4
-            assert h.adapter.rate_limits <= 4
+            await wait_for(lambda: h.adapter.rate_limits >= 3, what="3 rate-limited sessions")
+            # Between the 3 rate-limited sessions, the 2 seeded pauses of 0.3..0.6 s; the
+            # normal schedule (<= 50 ms) would be ~10 times quicker. 4 calls per session.
+            assert time.monotonic() - injected >= sum(schedule(0.6, 0.6, SEED, 2))
+            assert h.server.rejected - rejected <= 4 * 3
+            assert h.adapter.rate_limits == 3
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == h.adapter.subscribe_errors >= 1
             h.server.clear()
             subs = h.server.subscribes

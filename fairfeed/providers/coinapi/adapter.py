@@ -64,7 +64,9 @@ class CoinApiAdapter(WsAdapter):
                 "or empty; it must hold the CoinAPI API key"
             )
         if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
+            overrides.update(
+                backoff_base=backoff.base, backoff_cap=backoff.cap, backoff_rng=backoff.rng
+            )
         self.api_key = key
         self.error_retry_after = error_retry_after
         self.error_retry_cap = error_retry_cap

@@ -130,7 +130,9 @@ class CoinbaseAdapter(WsAdapter):
             raise ValueError(f"{ctx.provider.name}: coinbase feed must be one of {FEEDS}: {feed!r}")
         self.feed = feed
         if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
+            overrides.update(
+                backoff_base=backoff.base, backoff_cap=backoff.cap, backoff_rng=backoff.rng
+            )
         self._expected: dict[int, int] = {}  # connection index -> subscribe answers awaited
         super().__init__(ctx, **overrides)
 
