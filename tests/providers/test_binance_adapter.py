@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 
 import numpy as np
@@ -30,9 +31,10 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.adapter import BinanceAdapter
-from tests.providers.harness import Sink
+from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 PRICES = {"BTC-USDT": 64000.0, "ETH-USDT": 3000.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5,
           "ADA-USDT": 0.4, "DOGE-USDT": 0.1, "BNB-USDT": 550.0}  # fmt: skip
 REGISTRY = Registry.build(
@@ -314,12 +316,17 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
     async def main():
         async with BinanceServer("binance", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(server.url, backoff_base=0.05, backoff_cap=0.3)
+            adapter, sink, counters, _ = make(
+                server.url, backoff_base=0.05, backoff_cap=0.3, backoff_rng=random.Random(SEED)
+            )
             adapter.rate_limit_pause = 0.1
+            t0 = time.monotonic()
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            took = time.monotonic() - t0
             rejected = server.stats.rejected
-            assert 3 <= rejected <= 12  # retried, with growing pauses: bounded
+            # retried, with growing pauses: bounded (each >= the seeded backoff delay)
+            assert rejected == 3 and took >= sum(max(0.1, d) for d in schedule(0.05, 0.3, SEED, 2))
             assert (
                 counters[Slot.SUBSCRIBE_ERRORS] == rejected == sink.status(STATUS_SUBSCRIBE_ERROR)
             )

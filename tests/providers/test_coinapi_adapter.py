@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import numpy as np
@@ -30,10 +31,11 @@ from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinapi.adapter import CoinApiAdapter
 from fairfeed.providers.coinapi.parse import SIDES
 from fairfeed.providers.coinapi.symbols import from_symbol_id
-from tests.providers.harness import Sink
+from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
 KEY_ENV = "FAIRFEED_TEST_COINAPI_KEY"
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 PRICES = {
     "COINBASE_SPOT_BTC_USD": 64000.0,
     "KRAKEN_SPOT_BTC_USD": 64010.0,
@@ -243,13 +245,20 @@ def test_error_is_counted_backs_off_and_never_hot_loops(cause, monkeypatch) -> N
         async with server() as srv:
             if cause == "rate_limit":
                 await srv.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(srv.url, error_retry_after=0.2, error_retry_cap=0.8)
+            backoff = Backoff(base=0.02, cap=0.1, rng=random.Random(SEED))
+            adapter, sink, counters, _ = make(
+                srv.url, backoff=backoff, error_retry_after=0.2, error_retry_cap=0.8
+            )
+            t0 = time.monotonic()
             task = await running(adapter)
             try:
-                await asyncio.sleep(2.0)
+                await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 4, what="4 errors")
+                took = time.monotonic() - t0
                 attempts = srv.stats.connections_total
-                # waits 0.2, 0.4, 0.8, 0.8 ... (+ jittered backoff): 3 to 5 attempts in 2 s
-                assert 3 <= attempts <= 5, attempts
+                # waits 0.2, 0.4, 0.8, 0.8 ... (or the seeded backoff if longer): never a hot loop
+                jitter = schedule(0.02, 0.1, SEED, 3)
+                waits = [max(r, d) for r, d in zip((0.2, 0.4, 0.8), jitter, strict=True)]
+                assert attempts == 4 and took >= sum(waits), (attempts, took)
                 assert counters[Slot.SUBSCRIBE_ERRORS] == adapter.errors >= attempts - 1
                 assert srv.errors_sent == attempts and sink.n == 0
                 if cause == "bad_key":

@@ -6,6 +6,7 @@ import asyncio
 import calendar
 import itertools
 import json
+import random
 import time
 
 import numpy as np
@@ -32,9 +33,10 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kraken.adapter import KrakenAdapter
-from tests.providers.harness import Sink
+from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0, "XRP-USD": 0.5,
           "ADA-EUR": 0.4, "DOGE-USD": 0.1, "DOT-USD": 5.5}  # fmt: skip
 REGISTRY = Registry.build(
@@ -253,12 +255,19 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
     async def main():
         async with KrakenServer("kraken", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(server.url, backoff_base=0.05, backoff_cap=0.3)
+            adapter, sink, counters, _ = make(
+                server.url, backoff_base=0.05, backoff_cap=0.3, backoff_rng=random.Random(SEED)
+            )
             adapter.rate_limit_pause = 0.1
+            t0 = time.monotonic()
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: server.stats.connections_total >= 3, what="3 attempts")
+            await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            took = time.monotonic() - t0
             refused = counters[Slot.SUBSCRIBE_ERRORS]
-            assert 3 <= refused <= 12  # retried, with growing pauses: bounded
+            # retried, with growing pauses: bounded (each >= the seeded backoff delay)
+            assert 3 <= refused <= 6 and server.stats.connections_total == 3
+            assert took >= sum(max(0.1, d) for d in schedule(0.05, 0.3, SEED, 2))
             assert refused == sink.status(STATUS_SUBSCRIBE_ERROR)
             assert server.stats.rejected >= refused  # (the ticker request may be refused too)
             assert sink.n == 0 and sink.status(STATUS_CONNECTED) == 0
