@@ -207,7 +207,8 @@ def test_local_server_records_exact(feed):
                               seed=11)  # fmt: skip
         async with Harness(feed, cfg) as h:
             await wait_for(lambda: h.server.stats.events == 900)
-            await asyncio.sleep(0.35)  # a few heartbeats once the market is quiet
+            beats = h.counters[Slot.HEARTBEATS]  # and a few heartbeats once the market is quiet
+            await wait_for(lambda: h.counters[Slot.HEARTBEATS] >= beats + 3, what="3 heartbeats")
             await h.server.stop()  # closes after what was sent: nothing is in flight afterwards
             expected, acks, beats = expect(feed, h.sent())
             await wait_for(lambda: len(h.sink.parsed) == len(expected))

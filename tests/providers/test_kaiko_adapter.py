@@ -97,8 +97,8 @@ def test_trades_and_top_of_book_arrive_as_records():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=6000, max_events=300, seed=7)
         async with Harness(cfg) as h:
-            await wait_for(lambda: h.n and h.n == h.expected_records(), 10)
-            await asyncio.sleep(0.4)  # every call has reached max_events by now
+            # every call (2 venues x 2 services) has sent its max_events, and all has arrived
+            await wait_for(lambda: h.server.calls_capped == 4, 10, what="every call's events")
             await wait_for(lambda: h.n == h.expected_records(), 10)
             assert h.counters[Slot.CONNECTED] == 1
             stats = h.server.stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 
 import numpy as np
@@ -24,10 +25,11 @@ from fairfeed.core.registry import Registry
 from fairfeed.local.simulator import SimulatorServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.simulator.adapter import SimulatorAdapter
-from tests.providers.harness import Sink
+from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 REGISTRY = Registry.build(
     [("XYZ-USD", CLASS_CODES["future"])] + [(s, CLASS_CODES["future"]) for s in PRICES],
     [("other", "v0"), ("sim", "simx")],
@@ -224,20 +226,23 @@ def test_unknown_symbol_is_refused_and_retried_with_backoff():
 
     async def main():
         async with SimulatorServer("sim", cfg) as server:
+            backoff = Backoff(base=0.05, cap=0.1, rng=random.Random(SEED))
             adapter, sink, counters = make_adapter(
-                server.url, cfg, ("BTC-USD", "XYZ-USD"), backoff=Backoff(base=0.05, cap=0.1)
+                server.url, cfg, ("BTC-USD", "XYZ-USD"), backoff=backoff
             )
+            t0 = time.monotonic()
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(0.6)
+            await wait_for(lambda: adapter.subscribe_errors >= 4, what="4 refusals")
+            took = time.monotonic() - t0
             await adapter.close()
             await task
-            return server.stats, sink, counters, adapter
+            return server.stats, sink, counters, adapter, took
 
-    stats, sink, counters, adapter = asyncio.run(main())
+    stats, sink, counters, adapter, took = asyncio.run(main())
     assert sink.n == 0 and stats.events == 0
     assert stats.request_errors == adapter.subscribe_errors == stats.connections_total
-    # each refusal costs a backoff delay of 25..100 ms: a handful of attempts, no hot loop
-    assert 3 <= stats.connections_total <= 20
+    # each refusal costs the seeded backoff delay of 25..100 ms: no hot loop
+    assert stats.connections_total == 4 and took >= sum(schedule(0.05, 0.1, SEED, 3))
     assert counters[Slot.RECONNECTS] == stats.connections_total - 1
 
 

@@ -33,7 +33,9 @@ class SimulatorAdapter(WsAdapter):
         if "stale_after" not in overrides and not ctx.provider.stale_after:
             overrides["stale_after"] = 5 * serve.heartbeat_interval if serve else 5.0
         if backoff is not None:
-            overrides.update(backoff_base=backoff.base, backoff_cap=backoff.cap)
+            overrides.update(
+                backoff_base=backoff.base, backoff_cap=backoff.cap, backoff_rng=backoff.rng
+            )
         super().__init__(ctx, **overrides)
         self._request_ids: dict[int, int] = {}  # connection index -> id of its subscribe
 
