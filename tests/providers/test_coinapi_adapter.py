@@ -307,7 +307,7 @@ def test_sequence_gap_yields_gap_records_per_type_and_symbol() -> None:
             try:
                 await wait_for(lambda: sink.n > 10)
                 await srv.inject(Fault.SEQUENCE_GAP, 4)
-                await asyncio.sleep(0.5)
+                await wait_for(lambda: counters[Slot.GAPS] >= 1, what="a gap")
                 gaps = sink.events[sink.events["kind"] == KIND_GAP]
                 # one per (trade|quote, symbol) stream that emitted since: at most 8 streams
                 assert 1 <= len(gaps) <= 8 and np.all(gaps["size"] == 4.0)

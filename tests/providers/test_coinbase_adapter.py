@@ -343,7 +343,10 @@ def test_exchange_delay_and_price_offset_are_visible(feed):
             before = h.trades()
             assert (before["ts_receive"] - before["ts_exchange"] < 100e6).all()
             await h.server.inject(Fault.EXCHANGE_DELAY, 400)
-            await asyncio.sleep(0.05)
+            # one connection, frames in order: from the first delayed trade on, all are
+            await wait_for(
+                lambda: h.trades()["ts_receive"][-1] - h.trades()["ts_exchange"][-1] >= 400e6
+            )
             n = h.n
             await wait_for(lambda: len(h.trades(n)) > 30)
             lag = h.trades(n)["ts_receive"] - h.trades(n)["ts_exchange"]
@@ -351,7 +354,7 @@ def test_exchange_delay_and_price_offset_are_visible(feed):
             h.server.clear()
             p0 = float(h.trades()["price"][-1])
             await h.server.inject(Fault.PRICE_OFFSET, 500)
-            await asyncio.sleep(0.05)
+            await wait_for(lambda: h.trades()["price"][-1] / p0 > 1.045, what="an offset trade")
             n = h.n
             await wait_for(lambda: len(h.trades(n)) > 30)
             ratio = h.trades(n)["price"] / p0
