@@ -62,6 +62,7 @@ from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.shm import list_segments
 from fairfeed.kafka.broker import LocalBroker, ensure_topics, read_topic
 from fairfeed.local.simulator import SimulatorServer
+from tests.waiting import poll, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -402,17 +403,6 @@ def _config_text(
     return "\n".join(lines)
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 class _DaemonPipeline:
     name = "daemon"
 
@@ -491,13 +481,12 @@ class _DaemonPipeline:
         return self.proc.returncode
 
     def leftovers(self, grace: float = 3.0) -> list[str]:
-        deadline = time.monotonic() + grace
-        while True:
-            left = [f"process {p}" for p in sorted(self.pids) if alive(p)]
-            left += [f"/dev/shm/{n}" for n in list_segments(f"fairfeed-{self.proc.pid}-")]
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(0.05)
+        poll(lambda: not self._left(), grace)
+        return self._left()
+
+    def _left(self) -> list[str]:
+        left = [f"process {p}" for p in sorted(self.pids) if alive(p)]
+        return left + [f"/dev/shm/{n}" for n in list_segments(f"fairfeed-{self.proc.pid}-")]
 
 
 class _BaselinePipeline:
@@ -565,12 +554,11 @@ class _BaselinePipeline:
         return self.proc.returncode
 
     def leftovers(self, grace: float = 3.0) -> list[str]:
-        deadline = time.monotonic() + grace
-        while True:
-            left = [f"process {p}" for p in sorted(self.pids) if alive(p)]
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(0.05)
+        poll(lambda: not self._left(), grace)
+        return self._left()
+
+    def _left(self) -> list[str]:
+        return [f"process {p}" for p in sorted(self.pids) if alive(p)]
 
 
 def run_pipeline(
@@ -593,8 +581,8 @@ def run_pipeline(
         else:
             pipe = _BaselinePipeline(cfg_path, workdir)
         n_conns = wl.connections()
-        _wait(pipe.ready, 60, f"{kind} to start")
-        _wait(
+        wait_for(pipe.ready, 60, f"{kind} to start")
+        wait_for(
             lambda: sims.status()["prepared"] >= n_conns,
             120,
             f"{n_conns} subscribed connections with their events generated",

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from fairfeed.core.counters import Slot
 from fairfeed.ipc.control import ControlBlock
@@ -73,8 +74,16 @@ class Heartbeat:
     Also notices when the supervisor is gone (the parent pid changed) so an orphan stops.
     """
 
-    def __init__(self, control: ControlBlock, slot: int, interval: float) -> None:
+    def __init__(
+        self,
+        control: ControlBlock,
+        slot: int,
+        interval: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._control = control
+        self._clock = clock
         self._slot = slot
         self._interval = interval
         self._ppid = os.getppid()
@@ -82,7 +91,7 @@ class Heartbeat:
 
     def beat(self) -> bool:
         """Beat if due; returns False when the supervisor has died."""
-        now = time.monotonic()
+        now = self._clock()
         if now >= self._next:
             self._next = now + self._interval
             self._control.add(self._slot, Slot.HEARTBEAT)

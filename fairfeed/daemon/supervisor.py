@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import select
 import signal
 import sys
@@ -100,19 +101,29 @@ class Supervisor:
         on_tick: Callable[[Supervisor], None] | None = None,
         io: list[ServedIO] | None = None,
         on_hup: Callable[[], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
+        """``clock`` and ``rng`` (the restart jitter) are there for tests to make time and
+        delays deterministic; a shared ``rng`` is fine, children draw from it in turn."""
         self.cfg = cfg
         self.control = control
         self.children = children
         self.on_tick = on_tick
         self.io: list[ServedIO] = list(io or ())
         self.on_hup = on_hup
-        self.started = time.monotonic()
+        self._clock = clock
+        self.started = clock()
         self.stopping = False
         self._signals: list[int] = []
         self._pipe_r = self._pipe_w = -1
         for child in children:
-            child.backoff = Backoff(base=cfg.restart_backoff_base, cap=cfg.restart_backoff_cap)
+            child.backoff = Backoff(
+                base=cfg.restart_backoff_base,
+                cap=cfg.restart_backoff_cap,
+                rng=rng if rng is not None else random.Random(),
+            )
 
     # -- signals --------------------------------------------------------------------------
     def _install_signals(self) -> None:
@@ -207,8 +218,8 @@ class Supervisor:
 
     def _wait_ready(self, child: ChildSpec, timeout: float) -> None:
         """Wait until ``child`` is ready, has died, or ``timeout`` passed (then go on anyway)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self._signals:
+        deadline = self._clock() + timeout
+        while self._clock() < deadline and not self._signals:
             if self.control.get(child.slot, Slot.READY):
                 return
             self.reap_children()
@@ -242,7 +253,7 @@ class Supervisor:
                 os._exit(code)
         if child.pipe is not None:
             child.pipe.parent_side()
-        now = time.monotonic()
+        now = self._clock()
         child.pid = pid
         child.started = now
         child.last_beat = 0
@@ -264,7 +275,7 @@ class Supervisor:
             self._on_exit(child, status)
 
     def _on_exit(self, child: ChildSpec, status: int) -> None:
-        now = time.monotonic()
+        now = self._clock()
         was_ready = self.control.get(child.slot, Slot.READY) == 1
         child.pid = 0
         child.last_status = describe_status(status)
@@ -293,7 +304,7 @@ class Supervisor:
 
     def check_heartbeats(self) -> None:
         """Kill a child whose heartbeat counter has not moved for ``heartbeat_timeout``."""
-        now = time.monotonic()
+        now = self._clock()
         for child in self.children:
             if not child.pid:
                 continue
@@ -313,7 +324,7 @@ class Supervisor:
 
     def manage_children(self) -> None:
         """Spawn children that are down and whose backoff delay has passed."""
-        now = time.monotonic()
+        now = self._clock()
         for child in self.children:
             if not child.pid and now >= child.next_start:
                 self.spawn(child)
@@ -321,13 +332,13 @@ class Supervisor:
     # -- stop -----------------------------------------------------------------------------
     def stop_children(self) -> int:
         """Stop children phase by phase within ``stop_timeout``; kill what is left at the end."""
-        deadline = time.monotonic() + self.cfg.stop_timeout
+        deadline = self._clock() + self.cfg.stop_timeout
         forced = False
         for phase in sorted({c.stop_phase for c in self.children}):
             group = [c for c in self.children if c.stop_phase == phase and c.pid]
             for child in group:
                 self._kill(child.pid, signal.SIGTERM)
-            while any(c.pid for c in group) and time.monotonic() < deadline:
+            while any(c.pid for c in group) and self._clock() < deadline:
                 self._reap_quietly()
                 if any(c.pid for c in group):
                     self._sleep(0.02)

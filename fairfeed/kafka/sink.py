@@ -119,6 +119,9 @@ class KafkaSink:
         self._errors = 0
         self._dropped = 0
         self._retries = 0
+        # Messages produced and not yet reported. Not len(producer): librdkafka counts its
+        # queued error events there too (e.g. "brokers down" while nothing is waiting).
+        self._awaiting = 0
         self.last_delivery = time.monotonic()  # last successful delivery (or start)
         self.fatal_error: KafkaError | None = None
         self.client_errors = 0  # error_cb calls
@@ -142,6 +145,7 @@ class KafkaSink:
             except KafkaException as exc:
                 raise KafkaSinkError(f"cannot create Kafka producer: {exc.args[0]}") from exc
             self.last_delivery = time.monotonic()
+            self._awaiting = 0
         return self._producer
 
     def start(self) -> KafkaSink:
@@ -155,6 +159,7 @@ class KafkaSink:
 
     # -- callbacks (run inside poll/flush, on this thread) -----------------------------------
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        self._awaiting -= 1
         if err is None:
             self._delivered += 1
             return
@@ -213,6 +218,7 @@ class KafkaSink:
         kw = {} if on_delivery is None else {"on_delivery": self._chained(on_delivery)}
         try:
             p.produce(topic, value, key, **kw)
+            self._awaiting += 1
             self._saturated = False
             return True
         except BufferError:
@@ -226,6 +232,7 @@ class KafkaSink:
                 p.poll(min(RETRY_POLL, max(0.0, deadline - time.monotonic())))
                 try:
                     p.produce(topic, value, key, **kw)
+                    self._awaiting += 1
                     self._saturated = False
                     return True
                 except BufferError:
@@ -295,7 +302,7 @@ class KafkaSink:
         producer failed fatally: the owner should close and recreate the sink."""
         if self.fatal_error is not None:
             return True
-        return len(self) > 0 and time.monotonic() - self.last_delivery > after
+        return self._awaiting > 0 and time.monotonic() - self.last_delivery > after
 
     def close(self, timeout: float | None = None) -> int:
         """Flush (bounded), purge what is left (counted as dropped) and release the client.

@@ -78,6 +78,7 @@ class InstrumentStats:
 @dataclass(eq=False)
 class _Stream:
     malformed: int = 0  # malformed messages still to send
+    capped: bool = False  # has sent its cfg.max_events
 
 
 def _serialize(msg) -> bytes:
@@ -162,6 +163,7 @@ class KaikoServer:
         self.subscribes = 0  # calls accepted
         self.rejected = 0  # calls refused (bad key, rate limit, nothing matched)
         self.malformed_sent = 0
+        self.calls_capped = 0  # calls that have sent their cfg.max_events (tests wait on it)
         self.restarts = 0
         self._streams: set[_Stream] = set()
         self._server: grpc.aio.Server | None = None
@@ -332,6 +334,9 @@ class KaikoServer:
                     yield self._malformed(kinds, selected[0], trades and not quotes)
                     kinds += 1
                     self.malformed_sent += 1
+            if cap and generated >= cap and not state.capped:
+                state.capped = True
+                self.calls_capped += 1
             if f.stall or f.heartbeats_only or (cap and generated >= cap):
                 await asyncio.sleep(0.02)
                 t0, base = time.monotonic(), generated

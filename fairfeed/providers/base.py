@@ -9,11 +9,13 @@ hand. It never raises out of :meth:`Adapter.run` for bad input: malformed frames
 from __future__ import annotations
 
 import abc
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import ProviderConfig
 from fairfeed.core.counters import Counters
 from fairfeed.core.options import AdapterOptions
@@ -38,6 +40,14 @@ class IngestContext:
     counters: Counters
     # forward a malformed message with its error to the dead-letter topic (bounded, may drop)
     dead_letter: Callable[[str, bytes], None] = lambda error, frame: None
+    # the source of the reconnect jitter (None: a fresh one); tests seed it to know the schedule
+    rng: random.Random | None = None
+
+    def backoff(self, base: float, cap: float) -> Backoff:
+        """A reconnect schedule drawing its jitter from :attr:`rng`."""
+        return Backoff(
+            base=base, cap=cap, rng=self.rng if self.rng is not None else random.Random()
+        )
 
     @classmethod
     def for_instruments(

@@ -40,7 +40,6 @@ from collections.abc import Sequence
 import numpy as np
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import (
     RECORD_DTYPE,
@@ -91,7 +90,7 @@ class WsConnection:
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
-        self.backoff = Backoff(base=adapter.backoff_base, cap=adapter.backoff_cap)
+        self.backoff = adapter.ctx.backoff(adapter.backoff_base, adapter.backoff_cap)
         self.transport: WSTransport | None = None
         self.subscribed = False
         self.sent_subscriptions = False  # (no-ack protocols) all subscribe messages are out

@@ -7,24 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from fairfeed.ipc.shm import list_segments
+from tests.waiting import poll
 
 _STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``predicate`` until it returns a truthy value; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def alive(pid: int) -> bool:
@@ -119,13 +107,12 @@ class DaemonProcess:
         Allows ``grace`` seconds: multiprocessing's resource tracker (a child of the supervisor)
         exits only once it sees the supervisor's end of its pipe close.
         """
-        deadline = time.monotonic() + grace
-        while True:
-            left = [_describe(p) for p in sorted(self.seen_children) if alive(p)]
-            left += [f"/dev/shm/{n}" for n in list_segments(f"fairfeed-{self.pid}-")]
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(0.05)
+        poll(lambda: not self._left(), grace)
+        return self._left()
+
+    def _left(self) -> list[str]:
+        left = [_describe(p) for p in sorted(self.seen_children) if alive(p)]
+        return left + [f"/dev/shm/{n}" for n in list_segments(f"fairfeed-{self.pid}-")]
 
 
 def _describe(pid: int) -> str:

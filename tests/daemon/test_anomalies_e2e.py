@@ -22,7 +22,8 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
 from fairfeed.local.wsserver import ServerThread
 from tests.conftest import consume_all
-from tests.daemon.daemon_process import DaemonProcess, wait_for
+from tests.daemon.daemon_process import DaemonProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from fairfeed.kafka.broker import BrokerError, LocalBroker, ensure_topics
+from tests.waiting import wait_for
 
 
 def _alive(pid: int) -> bool:
@@ -109,10 +109,7 @@ def test_killed_parent_leaves_no_broker() -> None:
         assert _alive(pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(5)
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not _alive(pid)
+        wait_for(lambda: not _alive(pid), 5, "the broker to die with its parent", 0.02)
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -14,7 +14,8 @@ from fairfeed.core.config import SimulatorConfig
 from fairfeed.kafka.broker import LocalBroker
 from fairfeed.kafka.encode import decode_ticks
 from fairfeed.local.simulator import SimulatorServer, SimulatorThread
-from tests.daemon.daemon_process import DaemonProcess, wait_for
+from tests.daemon.daemon_process import DaemonProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

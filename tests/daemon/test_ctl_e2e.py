@@ -24,7 +24,8 @@ from fairfeed.daemon import ctl_client
 from fairfeed.kafka.encode import decode_ticks
 from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.conftest import consume_all
-from tests.daemon.daemon_process import DaemonProcess, wait_for
+from tests.daemon.daemon_process import DaemonProcess
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

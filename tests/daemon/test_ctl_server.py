@@ -14,6 +14,7 @@ import pytest
 
 from fairfeed.daemon import ctl_protocol as proto
 from fairfeed.daemon.ctl_server import ControlServer, ControlSocketError
+from tests.waiting import wait_for
 
 
 @pytest.mark.parametrize(
@@ -89,13 +90,6 @@ def _answers(s: socket.socket, n: int) -> list[dict]:
     return [orjson.loads(line) for line in buf.splitlines()]
 
 
-def _until(cond, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_socket_mode_and_pipelined_requests_in_order(served: Served) -> None:
     path = served.server.path
     assert oct(path.stat().st_mode & 0o777) == "0o660"
@@ -138,7 +132,7 @@ def test_silent_client_is_dropped_after_the_idle_timeout(served: Served) -> None
 def test_clients_beyond_the_limit_are_told_busy(served: Served) -> None:
     held = [_connect(served.server.path) for _ in range(4)]
     try:
-        _until(lambda: len(served.server.clients) == 4)
+        wait_for(lambda: len(served.server.clients) == 4, 3.0)
         with _connect(served.server.path) as extra:
             (a,) = _answers(extra, 1)
             assert a["error"]["code"] == "busy"
@@ -152,11 +146,11 @@ def test_clients_beyond_the_limit_are_told_busy(served: Served) -> None:
 def test_client_vanishing_mid_request_does_not_hurt(served: Served) -> None:
     for _ in range(5):  # 5 rounds of as many clients as allowed at once
         clients = [_connect(served.server.path) for _ in range(4)]
-        _until(lambda: len(served.server.clients) == 4)  # accepted, not still in the backlog
+        wait_for(lambda: len(served.server.clients) == 4, 3.0)  # accepted, not still in the backlog
         for s in clients:
             s.sendall(b'{"id": 1, "cmd": "li')
             s.close()
-        _until(lambda: served.server.clients == {})  # the hang-ups free their places
+        wait_for(lambda: served.server.clients == {}, 3.0)  # the hang-ups free their places
     with _connect(served.server.path) as s:
         s.sendall(proto.request(5, "list"))
         a = _answers(s, 1)

@@ -20,7 +20,8 @@ from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE
 from fairfeed.kafka.encode import decode_ticks
 from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.conftest import consume_all
-from tests.daemon.daemon_process import DaemonProcess, alive, wait_for
+from tests.daemon.daemon_process import DaemonProcess, alive
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

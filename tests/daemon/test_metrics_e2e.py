@@ -24,8 +24,9 @@ import pytest
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.kafka.broker import free_port
 from fairfeed.local.simulator import SimulatorServer, SimulatorThread
-from tests.daemon.daemon_process import DaemonProcess, wait_for
+from tests.daemon.daemon_process import DaemonProcess
 from tests.ops.test_grafana_dashboard import dashboard_queries, substitute
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 # The real server is required, never skipped: .ci/run installs the Debian package.

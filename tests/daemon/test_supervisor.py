@@ -15,6 +15,7 @@ from fairfeed.core.counters import Slot
 from fairfeed.daemon.child import EXIT_BOOT_ERROR
 from fairfeed.daemon.supervisor import EXIT_HALTED, ChildSpec, Supervisor
 from fairfeed.ipc.control import ControlBlock
+from tests.waiting import wait_for
 
 FAST = DaemonConfig(
     heartbeat_interval=0.05,
@@ -77,15 +78,6 @@ def _start(control: ControlBlock, kinds: list[str]) -> tuple[mp.Process, mp.Queu
     return proc, result
 
 
-def _wait(predicate, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -99,15 +91,18 @@ def _alive(pid: int) -> bool:
 def test_sigkilled_child_is_restarted_within_a_second(control: ControlBlock) -> None:
     proc, result = _start(control, ["ok", "ok"])
     try:
-        _wait(lambda: control.get(0, Slot.READY) and control.get(1, Slot.READY), 5)
+        wait_for(lambda: control.get(0, Slot.READY) and control.get(1, Slot.READY), 5)
         old = control.get(1, Slot.PID)
         os.kill(old, signal.SIGKILL)
-        took = _wait(
-            lambda: control.get(1, Slot.PID) not in (0, old) and control.get(1, Slot.READY), 5
+        t0 = time.monotonic()
+        wait_for(
+            lambda: control.get(1, Slot.PID) not in (0, old) and control.get(1, Slot.READY),
+            5,
+            interval=0.01,
         )
-        assert took < 1.0
+        assert time.monotonic() - t0 < 1.0
         beats = control.get(1, Slot.HEARTBEAT)
-        _wait(lambda: control.get(1, Slot.HEARTBEAT) > beats, 1)
+        wait_for(lambda: control.get(1, Slot.HEARTBEAT) > beats, 1)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.join(10)
@@ -118,9 +113,9 @@ def test_sigkilled_child_is_restarted_within_a_second(control: ControlBlock) -> 
 def test_child_that_stops_beating_is_killed_and_replaced(control: ControlBlock) -> None:
     proc, result = _start(control, ["hang"])
     try:
-        _wait(lambda: control.get(0, Slot.READY), 5)
+        wait_for(lambda: control.get(0, Slot.READY), 5)
         first = control.get(0, Slot.PID)
-        _wait(lambda: control.get(0, Slot.PID) not in (0, first), 5)
+        wait_for(lambda: control.get(0, Slot.PID) not in (0, first), 5)
         assert not _alive(first)
     finally:
         os.kill(proc.pid, signal.SIGTERM)
@@ -138,7 +133,7 @@ def test_child_that_cannot_boot_halts_the_supervisor(control: ControlBlock) -> N
 
 def test_sigterm_stops_every_child(control: ControlBlock) -> None:
     proc, result = _start(control, ["ok", "ok", "ok"])
-    _wait(lambda: all(control.get(s, Slot.READY) for s in range(3)), 5)
+    wait_for(lambda: all(control.get(s, Slot.READY) for s in range(3)), 5)
     pids = [control.get(s, Slot.PID) for s in range(3)]
     os.kill(proc.pid, signal.SIGTERM)
     proc.join(10)

@@ -1,54 +1,85 @@
-"""What the adapter tests share: a sink that keeps what an adapter emits, and an async wait."""
+"""What the adapter tests share: the record sink they hand to the adapter as ``ctx.emit``, and
+the delays a seeded backoff draws."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
+import random
 
 import numpy as np
 
+from fairfeed.core.backoff import Backoff
 from fairfeed.core.records import KIND_STATUS, MAX_MARKET_KIND, RECORD_DTYPE
 
 
 class Sink:
-    """``ctx.emit`` for tests: market records and health records (status, heartbeat, gap) apart."""
+    """``ctx.emit`` (and ``ctx.dead_letter``) for tests.
+
+    Keeps every emitted batch as it came (``emitted``, in order) and, apart, the market records
+    (``batches``) and the health records: status, heartbeat and gap (``health``).
+    """
 
     def __init__(self) -> None:
+        self.emitted: list[np.ndarray] = []
         self.batches: list[np.ndarray] = []
         self.health: list[np.ndarray] = []
+        self.dead: list[tuple[str, bytes]] = []
 
     def __call__(self, records: np.ndarray) -> None:
         assert records.dtype == RECORD_DTYPE
+        self.emitted.append(records.copy())
         market = records["kind"] <= MAX_MARKET_KIND
         if (~market).any():
             self.health.append(records[~market].copy())
         if market.any():
             self.batches.append(records[market].copy())
 
+    def dead_letter(self, error: str, frame: bytes) -> None:
+        """``ctx.dead_letter``: keeps (error, frame)."""
+        self.dead.append((error, frame))
+
     @property
     def n(self) -> int:
+        """How many market records were emitted."""
         return sum(len(b) for b in self.batches)
 
     @property
     def records(self) -> np.ndarray:
+        """The market records, in order."""
         return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
 
     @property
     def events(self) -> np.ndarray:
+        """The health records, in order."""
         return np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
+
+    @property
+    def all(self) -> np.ndarray:
+        """Every emitted record, market and health interleaved as emitted."""
+        return np.concatenate(self.emitted) if self.emitted else np.zeros(0, RECORD_DTYPE)
+
+    @property
+    def parsed(self) -> np.ndarray:
+        """What the parser wrote (market data, heartbeats, its gap records), in order."""
+        r = self.all
+        return r[r["kind"] != KIND_STATUS]
+
+    def kind(self, kind: int) -> np.ndarray:
+        """Every emitted record of ``kind``, in order."""
+        r = self.all
+        return r[r["kind"] == kind]
+
+    @property
+    def statuses(self) -> list[int]:
+        """The codes of the STATUS records, in order."""
+        return self.kind(KIND_STATUS)["flags"].tolist()
 
     def status(self, code: int) -> int:
         """How many STATUS records with ``code`` were emitted."""
-        e = self.events
-        return int(((e["kind"] == KIND_STATUS) & (e["flags"] == code)).sum())
+        return self.statuses.count(code)
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-    """Poll ``cond`` on the running loop until true; fail after ``timeout`` naming ``what``.
-    Returns the seconds it took."""
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what or cond}"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - t0
+def schedule(base: float, cap: float, seed: int, n: int) -> list[float]:
+    """The first ``n`` delays of ``Backoff(base, cap, rng=random.Random(seed))``: what an adapter
+    given the same seeded backoff waits, so a test can bound the time its retries must take."""
+    twin = Backoff(base=base, cap=cap, rng=random.Random(seed))
+    return [twin.next_delay() for _ in range(n)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 
 import numpy as np
@@ -31,8 +32,10 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.adapter import BinanceAdapter
-from tests.providers.harness import Sink, wait_for
+from tests.providers.harness import Sink, schedule
+from tests.waiting import wait_for_async as wait_for
 
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 PRICES = {"BTC-USDT": 64000.0, "ETH-USDT": 3000.0, "SOL-USDT": 150.0, "XRP-USDT": 0.5,
           "ADA-USDT": 0.4, "DOGE-USDT": 0.1, "BNB-USDT": 550.0}  # fmt: skip
 REGISTRY = Registry.build(
@@ -44,7 +47,7 @@ pytestmark = pytest.mark.timeout(30)
 
 def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams: int = 0,
          batch: int = 0, interval: float = 0.0, age: float = 0.0, stale: float = 2.0,
-         url_streams: bool = False, **kw):  # fmt: skip
+         url_streams: bool = False, rng: random.Random | None = None, **kw):  # fmt: skip
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
@@ -59,7 +62,7 @@ def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams
     )
     ctx = IngestContext(
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
-        counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)),
+        counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)), rng=rng,
     )  # fmt: skip
     adapter = BinanceAdapter(ctx)
     return adapter, sink, counters, dead
@@ -193,11 +196,18 @@ def test_pings_answered_and_planned_reconnect_before_max_age():
         ) as server:
             adapter, sink, counters, _ = make(server.url, age=0.4, stale=1.0)
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(1.8)
-            assert server.pings >= 8 and server.pongs >= 6 and server.pong_timeouts == 0
+            await wait_for(  # planned reconnects every 0.4 s, pings every 0.1 s
+                lambda: (
+                    server.stats.connections_total >= 3
+                    and counters[Slot.RECONNECTS] >= 2
+                    and server.pings >= 8
+                    and server.pongs >= 6
+                ),
+                what="3 connections, pings answered",
+            )
+            assert server.pong_timeouts == 0
             assert server.age_closes == 0  # we always left before the server's cut
-            assert server.stats.connections_total >= 3
-            assert counters[Slot.RECONNECTS] >= 2 and counters[Slot.DISCONNECTS] == 0
+            assert counters[Slot.DISCONNECTS] == 0
             assert counters[Slot.GAPS] == 0  # a reconnect is not a gap
             n = sink.n
             await wait_for(lambda: sink.n > n + 20, what="data after reconnects")
@@ -316,12 +326,16 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
         async with BinanceServer("binance", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
             adapter, sink, counters, _ = make(
-                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1
-            )
+                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1,
+                rng=random.Random(SEED),
+            )  # fmt: skip
+            t0 = time.monotonic()
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            took = time.monotonic() - t0
             rejected = server.stats.rejected
-            assert 3 <= rejected <= 12  # retried, with growing pauses: bounded
+            # retried, with growing pauses: bounded (each >= the seeded backoff delay)
+            assert rejected == 3 and took >= sum(max(0.1, d) for d in schedule(0.05, 0.3, SEED, 2))
             assert (
                 counters[Slot.SUBSCRIBE_ERRORS] == rejected == sink.status(STATUS_SUBSCRIBE_ERROR)
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import time
 
 import numpy as np
 import pytest
@@ -29,9 +31,11 @@ from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinapi.adapter import CoinApiAdapter
 from fairfeed.providers.coinapi.parse import SIDES
 from fairfeed.providers.coinapi.symbols import from_symbol_id
-from tests.providers.harness import Sink, wait_for
+from tests.providers.harness import Sink, schedule
+from tests.waiting import wait_for_async as wait_for
 
 KEY_ENV = "FAIRFEED_TEST_COINAPI_KEY"
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 PRICES = {
     "COINBASE_SPOT_BTC_USD": 64000.0,
     "KRAKEN_SPOT_BTC_USD": 64010.0,
@@ -47,7 +51,7 @@ REGISTRY = Registry.build(
 )  # fmt: skip
 
 
-def make(url: str, *, stale_after: float = 0.6, **kw):
+def make(url: str, *, stale_after: float = 0.6, rng: random.Random | None = None, **kw):
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
@@ -60,7 +64,7 @@ def make(url: str, *, stale_after: float = 0.6, **kw):
     sink, counters, dead = Sink(), DictCounters(), []
     ctx = IngestContext(
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
-        counters=counters, dead_letter=lambda error, frame: dead.append((error, frame)),
+        counters=counters, dead_letter=lambda error, frame: dead.append((error, frame)), rng=rng,
     )  # fmt: skip
     return CoinApiAdapter(ctx), sink, counters, dead
 
@@ -155,9 +159,12 @@ def test_heartbeats_keep_a_quiet_connection_alive(spelling) -> None:
                 await srv.inject(Fault.HEARTBEATS_ONLY)
                 await asyncio.sleep(0.2)
                 n, beats = sink.n, counters[Slot.HEARTBEATS]
-                await asyncio.sleep(1.5)  # three times stale_after without data
+                t0 = time.monotonic()
+                await wait_for(  # three times stale_after without data; ~10 heartbeats/s
+                    lambda: time.monotonic() - t0 > 1.5 and counters[Slot.HEARTBEATS] - beats >= 8,
+                    what="8 heartbeats over 1.5 s",
+                )
                 assert sink.n == n  # data stopped
-                assert counters[Slot.HEARTBEATS] - beats >= 8  # ~10/s of silence
                 assert srv.stats.connections_total == 1 and counters[Slot.RECONNECTS] == 0
                 assert (sink.events["kind"] == KIND_HEARTBEAT).sum() >= 1
                 srv.clear()
@@ -176,7 +183,9 @@ def test_stall_reconnects_after_stale_after_and_resubscribes() -> None:
             try:
                 await wait_for(lambda: sink.n > 10)
                 await srv.inject(Fault.STALL)
-                took = await wait_for(lambda: srv.stats.connections_total >= 2, what="reconnect")
+                t0 = time.monotonic()
+                await wait_for(lambda: srv.stats.connections_total >= 2, what="reconnect")
+                took = time.monotonic() - t0
                 assert 0.4 <= took < 2.0
                 srv.clear()
                 n = sink.n
@@ -216,7 +225,9 @@ def test_reconnect_notice_reconnects_at_once_before_the_deadline() -> None:
             try:
                 await wait_for(lambda: sink.n > 10)
                 assert await srv.inject(Fault.RECONNECT_NOTICE) == 1
-                took = await wait_for(lambda: srv.hellos == 2 and srv.connections() == 1)
+                t0 = time.monotonic()
+                await wait_for(lambda: srv.hellos == 2 and srv.connections() == 1)
+                took = time.monotonic() - t0
                 assert took < 0.5  # no backoff delay, far ahead of the 1 s deadline
                 n = sink.n
                 await wait_for(lambda: sink.n > n + 10, what="data after the reconnect")
@@ -239,13 +250,20 @@ def test_error_is_counted_backs_off_and_never_hot_loops(cause, monkeypatch) -> N
         async with server() as srv:
             if cause == "rate_limit":
                 await srv.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(srv.url, error_retry_after=0.2, error_retry_cap=0.8)
+            adapter, sink, counters, _ = make(
+                srv.url, backoff_base=0.02, backoff_cap=0.1, rng=random.Random(SEED),
+                error_retry_after=0.2, error_retry_cap=0.8,
+            )  # fmt: skip
+            t0 = time.monotonic()
             task = await running(adapter)
             try:
-                await asyncio.sleep(2.0)
+                await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 4, what="4 errors")
+                took = time.monotonic() - t0
                 attempts = srv.stats.connections_total
-                # waits 0.2, 0.4, 0.8, 0.8 ... (+ jittered backoff): 3 to 5 attempts in 2 s
-                assert 3 <= attempts <= 5, attempts
+                # waits 0.2, 0.4, 0.8, 0.8 ... (or the seeded backoff if longer): never a hot loop
+                jitter = schedule(0.02, 0.1, SEED, 3)
+                waits = [max(r, d) for r, d in zip((0.2, 0.4, 0.8), jitter, strict=True)]
+                assert attempts == 4 and took >= sum(waits), (attempts, took)
                 assert counters[Slot.SUBSCRIBE_ERRORS] == adapter.errors >= attempts - 1
                 assert srv.errors_sent == attempts and sink.n == 0
                 if cause == "bad_key":
@@ -291,7 +309,7 @@ def test_sequence_gap_yields_gap_records_per_type_and_symbol() -> None:
             try:
                 await wait_for(lambda: sink.n > 10)
                 await srv.inject(Fault.SEQUENCE_GAP, 4)
-                await asyncio.sleep(0.5)
+                await wait_for(lambda: counters[Slot.GAPS] >= 1, what="a gap")
                 gaps = sink.events[sink.events["kind"] == KIND_GAP]
                 # one per (trade|quote, symbol) stream that emitted since: at most 8 streams
                 assert 1 <= len(gaps) <= 8 and np.all(gaps["size"] == 4.0)

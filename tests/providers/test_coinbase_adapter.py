@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,8 @@ from fairfeed.core.records import (
     KIND_BID,
     KIND_GAP,
     KIND_HEARTBEAT,
-    KIND_STATUS,
     KIND_TRADE,
     NO_INSTRUMENT,
-    RECORD_DTYPE,
     SIDE_BUY,
     SIDE_SELL,
     SIDE_UNKNOWN,
@@ -46,6 +44,8 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.replay import ReplayServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
+from tests.providers.harness import Sink, schedule
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
 CAPTURES = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
@@ -64,6 +64,7 @@ IDS = {s: REGISTRY.instrument_id(s) for s in (*PRICES, *EXCHANGE_PRODUCTS)}
 FIELDS = ("ts_exchange", "ts_provider", "price", "size", "sequence", "instrument", "provider",
           "venue", "kind", "data_class", "side", "flags", "reserved")  # fmt: skip
 FEEDS = ("exchange", "advanced")
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 
 
 # --- independent expectations ----------------------------------------------------------------
@@ -146,54 +147,20 @@ def expect(feed: str, texts: list[str]) -> tuple[list[tuple], int, int]:
 # --- harness ---------------------------------------------------------------------------------
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []
-        self.dead: list[tuple[str, bytes]] = []
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        self.batches.append(records.copy())
-
-    @property
-    def all(self) -> np.ndarray:
-        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def parsed(self) -> np.ndarray:
-        """What the parser wrote (market data, heartbeats, its gap records), in order."""
-        r = self.all
-        return r[r["kind"] != KIND_STATUS]
-
-    def kind(self, kind: int) -> np.ndarray:
-        r = self.all
-        return r[r["kind"] == kind]
-
-    @property
-    def statuses(self) -> list[int]:
-        return self.kind(KIND_STATUS)["flags"].tolist()
-
-
 def tuples(records: np.ndarray) -> list[tuple]:
     return [tuple(r[f].item() for f in FIELDS) for r in records]
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def context(feed: str, url: str, instruments, sink: Sink, counters: DictCounters,
-            stale_after: float = 0.0, **options) -> IngestContext:  # fmt: skip
+            stale_after: float = 0.0, rng: random.Random | None = None,
+            **options) -> IngestContext:  # fmt: skip
     provider = ProviderConfig(name="coinbase", kind="coinbase", venue="COINBASE", url=url,
                               feed=feed, subscribe_interval=0.01, stale_after=stale_after,
                               options=CoinbaseOptions(**options))  # fmt: skip
     subs = tuple(Subscription.resolve(REGISTRY, "coinbase", "COINBASE", i, "spot")
                  for i in instruments)  # fmt: skip
     return IngestContext(provider, url, subs, REGISTRY, sink, counters,
-                         dead_letter=lambda e, f: sink.dead.append((e, f)))  # fmt: skip
+                         dead_letter=sink.dead_letter, rng=rng)  # fmt: skip
 
 
 class Harness:
@@ -230,7 +197,7 @@ class Harness:
 
     @property
     def n(self) -> int:
-        return sum(len(b) for b in self.sink.batches)
+        return sum(len(b) for b in self.sink.emitted)
 
     def sent(self) -> list[str]:
         return [t for _, t in self.server.sent_log]
@@ -246,7 +213,8 @@ def test_local_server_records_exact(feed):
                               seed=11)  # fmt: skip
         async with Harness(feed, cfg) as h:
             await wait_for(lambda: h.server.stats.events == 900)
-            await asyncio.sleep(0.35)  # a few heartbeats once the market is quiet
+            beats = h.counters[Slot.HEARTBEATS]  # and a few heartbeats once the market is quiet
+            await wait_for(lambda: h.counters[Slot.HEARTBEATS] >= beats + 3, what="3 heartbeats")
             await h.server.stop()  # closes after what was sent: nothing is in flight afterwards
             expected, acks, beats = expect(feed, h.sent())
             await wait_for(lambda: len(h.sink.parsed) == len(expected))
@@ -307,9 +275,12 @@ def test_stall_is_stale_and_replaced_heartbeats_only_is_alive(feed):
             await h.server.inject(Fault.HEARTBEATS_ONLY)
             await asyncio.sleep(0.2)
             n_trades, beats = len(h.trades()), h.counters[Slot.HEARTBEATS]
-            await asyncio.sleep(1.2)  # > 2 x stale_after
+            t0 = time.monotonic()
+            await wait_for(  # > 2 x stale_after without data, and heartbeats meanwhile
+                lambda: time.monotonic() - t0 > 1.2 and h.counters[Slot.HEARTBEATS] >= beats + 8,
+                what="8 heartbeats over 1.2 s",
+            )
             assert len(h.trades()) == n_trades
-            assert h.counters[Slot.HEARTBEATS] >= beats + 8
             assert len(h.sink.kind(KIND_HEARTBEAT)) >= 8
             assert h.counters[Slot.RECONNECTS] == 0 and h.server.stats.connections_total == 1
             h.server.clear()
@@ -378,7 +349,10 @@ def test_exchange_delay_and_price_offset_are_visible(feed):
             before = h.trades()
             assert (before["ts_receive"] - before["ts_exchange"] < 100e6).all()
             await h.server.inject(Fault.EXCHANGE_DELAY, 400)
-            await asyncio.sleep(0.05)
+            # one connection, frames in order: from the first delayed trade on, all are
+            await wait_for(
+                lambda: h.trades()["ts_receive"][-1] - h.trades()["ts_exchange"][-1] >= 400e6
+            )
             n = h.n
             await wait_for(lambda: len(h.trades(n)) > 30)
             lag = h.trades(n)["ts_receive"] - h.trades(n)["ts_exchange"]
@@ -386,7 +360,7 @@ def test_exchange_delay_and_price_offset_are_visible(feed):
             h.server.clear()
             p0 = float(h.trades()["price"][-1])
             await h.server.inject(Fault.PRICE_OFFSET, 500)
-            await asyncio.sleep(0.05)
+            await wait_for(lambda: h.trades()["price"][-1] / p0 > 1.045, what="an offset trade")
             n = h.n
             await wait_for(lambda: len(h.trades(n)) > 30)
             ratio = h.trades(n)["price"] / p0
@@ -419,16 +393,20 @@ def test_rate_limit_refusal_backs_off_with_bounded_attempts(feed):
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=500, seed=2)
         kw = {"backoff_base": 0.1, "backoff_cap": 0.4, "rate_limit_pause": 0.25}
-        async with Harness(feed, cfg, **kw) as h:
+        async with Harness(feed, cfg, rng=random.Random(SEED), **kw) as h:
             await wait_for(lambda: len(h.trades()) > 10)
             await h.server.inject(Fault.REJECT_SUBSCRIBE)
             await h.server.inject(Fault.DISCONNECT)
             t0 = time.monotonic()
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: h.counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            took = time.monotonic() - t0
             refused = h.server.stats.rejected
             attempts = h.server.stats.connections_total - 1
-            # each attempt waits >= max(rate_limit_pause, backoff): at most 1.5 / 0.25 = 6
-            assert 2 <= attempts <= 6 and attempts - 1 <= refused <= attempts
+            # The first attempt after the seeded backoff, each next one after
+            # max(rate_limit_pause, backoff): bounded attempts, never a hot loop.
+            d = schedule(0.1, 0.4, SEED, 3)
+            assert took >= d[0] + max(0.25, d[1]) + max(0.25, d[2])
+            assert attempts == 3 and attempts - 1 <= refused <= attempts
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == refused
             assert h.sink.statuses.count(STATUS_SUBSCRIBE_ERROR) == refused
             h.server.clear()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
-from collections.abc import Callable
 
 import numpy as np
 from kaikosdk import sdk_pb2_grpc
@@ -17,11 +17,8 @@ from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
-    KIND_STATUS,
     KIND_TRADE,
-    MAX_MARKET_KIND,
     NO_INSTRUMENT,
-    RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
@@ -32,6 +29,8 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kaiko import KaikoServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
+from tests.providers.harness import Sink, schedule
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
 SUBS = [
@@ -45,43 +44,16 @@ REGISTRY = Registry.build(
 )
 KEY = "secret-key"
 KEY_ENV = "FAIRFEED_TEST_KAIKO_KEY"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.data: list[np.ndarray] = []
-        self.health: list[np.ndarray] = []
-        self.dead: list[tuple[str, bytes]] = []
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        market = records["kind"] <= MAX_MARKET_KIND
-        if market.any():
-            self.data.append(records[market].copy())
-        if (~market).any():
-            self.health.append(records[~market].copy())
-
-    @property
-    def records(self) -> np.ndarray:
-        return np.concatenate(self.data) if self.data else np.zeros(0, RECORD_DTYPE)
-
-    @property
-    def statuses(self) -> list[int]:
-        h = np.concatenate(self.health) if self.health else np.zeros(0, RECORD_DTYPE)
-        return h[h["kind"] == KIND_STATUS]["flags"].tolist()
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 
 
 class Harness:
-    def __init__(self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, **kw) -> None:
+    def __init__(
+        self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, rng=None, **kw
+    ) -> None:
         self.server = KaikoServer(cfg, api_key=KEY, venues=("COINBASE", "BINANCE"))
         self.api_key = api_key
+        self.rng = rng
         self.subs = subs
         self.kw = kw
         self.sink = Sink()
@@ -100,7 +72,7 @@ class Harness:
         subs = tuple(Subscription.resolve(REGISTRY, "kaiko", v, i, c) for v, i, c in self.subs)
         ctx = IngestContext(
             provider, self.server.target, subs, REGISTRY, self.sink, self.counters,
-            dead_letter=lambda e, f: self.sink.dead.append((e, f)),
+            dead_letter=self.sink.dead_letter, rng=self.rng,
         )  # fmt: skip
         self.adapter = KaikoAdapter(ctx)
         self.task = asyncio.create_task(self.adapter.run())
@@ -115,7 +87,7 @@ class Harness:
 
     @property
     def n(self) -> int:
-        return sum(len(b) for b in self.sink.data)
+        return self.sink.n
 
     def expected_records(self) -> int:
         return sum(s.trades + 2 * s.quotes for s in self.server.stats.values())
@@ -134,8 +106,8 @@ def test_trades_and_top_of_book_arrive_as_records():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=6000, max_events=300, seed=7)
         async with Harness(cfg) as h:
-            await wait_for(lambda: h.n and h.n == h.expected_records(), 10)
-            await asyncio.sleep(0.4)  # every call has reached max_events by now
+            # every call (2 venues x 2 services) has sent its max_events, and all has arrived
+            await wait_for(lambda: h.server.calls_capped == 4, 10, what="every call's events")
             await wait_for(lambda: h.n == h.expected_records(), 10)
             assert h.counters[Slot.CONNECTED] == 1
             stats = h.server.stats
@@ -184,12 +156,16 @@ def test_trades_and_top_of_book_arrive_as_records():
 def test_wrong_api_key_is_a_counted_subscribe_error_without_hot_loop():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=1000)
-        async with Harness(cfg, api_key="wrong", backoff_base=0.2, backoff_cap=0.4) as h:
-            await asyncio.sleep(1.2)
-            assert h.counters[Slot.SUBSCRIBE_ERRORS] >= 1
-            # half-jittered delays of >= 0.1 s, then >= 0.2 s: sessions at 0, 0.1, 0.3, ... 1.1,
-            # so at most 7 of 4 calls in 1.2 s (a hot loop would make hundreds)
-            assert h.server.rejected <= 4 * 7
+        t0 = time.monotonic()
+        async with Harness(
+            cfg, api_key="wrong", backoff_base=0.2, backoff_cap=0.4, rng=random.Random(SEED)
+        ) as h:
+            await wait_for(lambda: h.counters[Slot.SUBSCRIBE_ERRORS] >= 5, what="5 refusals")
+            took = time.monotonic() - t0
+            # Five refused sessions of 4 calls, each after the seeded pause: no hot loop (which
+            # would make hundreds), and the next session is at least 0.1 s away.
+            assert took >= sum(schedule(0.2, 0.4, SEED, 4))
+            assert h.server.rejected <= 4 * 5
             assert h.server.subscribes == 0
             assert h.counters[Slot.CONNECTED] == 0
             assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
@@ -298,16 +274,17 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
             rate_limit_pause=0.6,
         ) as h:
             await wait_for(lambda: h.n > 50)
+            rejected, injected = h.server.rejected, time.monotonic()
             h.server.inject(Fault.REJECT_SUBSCRIBE)
             h.server.inject(Fault.DISCONNECT)
             await wait_for(lambda: h.adapter.rate_limits >= 1)
             t0 = time.monotonic()
-            rejected = h.server.rejected
-            await asyncio.sleep(1.0)
-            # Rate-limited delays are at least 0.6 s: within 1 s at most 3 sessions
-            # after the one at t0, 4 calls each; the normal schedule (<= 50 ms) would give ~20.
-            assert h.server.rejected - rejected <= 4 * 4
-            assert h.adapter.rate_limits <= 4
+            await wait_for(lambda: h.adapter.rate_limits >= 3, what="3 rate-limited sessions")
+            # Between the 3 rate-limited sessions, 2 pauses of at least rate_limit_pause
+            # (0.6 s); the normal schedule (<= 50 ms) would be ~10 times quicker. 4 calls a session.
+            assert time.monotonic() - injected >= 2 * 0.6
+            assert h.server.rejected - rejected <= 4 * 3
+            assert h.adapter.rate_limits == 3
             assert h.counters[Slot.SUBSCRIBE_ERRORS] == h.adapter.subscribe_errors >= 1
             h.server.clear()
             subs = h.server.subscribes

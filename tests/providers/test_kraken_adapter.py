@@ -6,6 +6,7 @@ import asyncio
 import calendar
 import itertools
 import json
+import random
 import time
 
 import numpy as np
@@ -33,8 +34,10 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kraken.adapter import KrakenAdapter
-from tests.providers.harness import Sink, wait_for
+from tests.providers.harness import Sink, schedule
+from tests.waiting import wait_for_async as wait_for
 
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0, "XRP-USD": 0.5,
           "ADA-EUR": 0.4, "DOGE-USD": 0.1, "DOT-USD": 5.5}  # fmt: skip
 REGISTRY = Registry.build(
@@ -45,7 +48,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch: int = 0,
-         interval: float = 0.0, stale: float = 2.0, **kw):  # fmt: skip
+         interval: float = 0.0, stale: float = 2.0, rng: random.Random | None = None,
+         **kw):  # fmt: skip
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
@@ -57,7 +61,7 @@ def make(url: str, instruments=tuple(PRICES)[:3], *, max_streams: int = 0, batch
     subs = tuple(Subscription.resolve(REGISTRY, "kraken", "kraken", i, "spot") for i in instruments)
     ctx = IngestContext(
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
-        counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)),
+        counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)), rng=rng,
     )  # fmt: skip
     return KrakenAdapter(ctx), sink, counters, dead
 
@@ -192,11 +196,19 @@ def test_heartbeats_keep_a_quiet_connection_and_pings_are_answered():
             await server.inject(Fault.HEARTBEATS_ONLY)
             await asyncio.sleep(0.1)
             n = sink.n
-            await asyncio.sleep(1.5)  # three times stale_after without data
+            t0 = time.monotonic()
+            await wait_for(  # three times stale_after without data; heartbeats and pings go on
+                lambda: (
+                    time.monotonic() - t0 > 1.5
+                    and counters[Slot.HEARTBEATS] >= 10
+                    and server.pings >= 8
+                    and adapter.pongs >= 8
+                ),
+                what="heartbeats and pings over 1.5 s",
+            )
             assert sink.n == n and server.stats.connections_total == 1
-            assert counters[Slot.HEARTBEATS] >= 10 and counters[Slot.RECONNECTS] == 0
+            assert counters[Slot.RECONNECTS] == 0
             assert (sink.events["kind"] == KIND_HEARTBEAT).sum() >= 1
-            assert server.pings >= 8 and adapter.pongs >= 8
             server.clear()
             await wait_for(lambda: sink.n > n + 20, what="data again")
             await adapter.close()
@@ -280,12 +292,18 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
         async with KrakenServer("kraken", cfg) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
             adapter, sink, counters, _ = make(
-                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1
-            )
+                server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1,
+                rng=random.Random(SEED),
+            )  # fmt: skip
+            t0 = time.monotonic()
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(1.5)
+            await wait_for(lambda: server.stats.connections_total >= 3, what="3 attempts")
+            await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            took = time.monotonic() - t0
             refused = counters[Slot.SUBSCRIBE_ERRORS]
-            assert 3 <= refused <= 12  # retried, with growing pauses: bounded
+            # retried, with growing pauses: bounded (each >= the seeded backoff delay)
+            assert 3 <= refused <= 6 and server.stats.connections_total == 3
+            assert took >= sum(max(0.1, d) for d in schedule(0.05, 0.3, SEED, 2))
             assert refused == sink.status(STATUS_SUBSCRIBE_ERROR)
             assert server.stats.rejected >= refused  # (the ticker request may be refused too)
             assert sink.n == 0 and sink.status(STATUS_CONNECTED) == 0

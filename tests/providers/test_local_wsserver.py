@@ -13,6 +13,7 @@ from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.faults import Fault
 from fairfeed.local.market import EventBatch
 from fairfeed.local.wsserver import Conn, LocalWsServer
+from tests.waiting import wait_for_async
 
 
 class Toy(LocalWsServer):
@@ -117,7 +118,6 @@ def test_paced_stream_stats_and_faults() -> None:
             assert server.stats.rejected == 1 and server.stats.malformed == 2
 
             assert await server.inject(Fault.DISCONNECT) == 1
-            await asyncio.sleep(0.1)
-            assert server.connections() == 0
+            await wait_for_async(lambda: server.connections() == 0, 2.0, "the disconnect")
 
     asyncio.run(main())

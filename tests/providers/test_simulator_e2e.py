@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -17,8 +17,6 @@ from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
     KIND_TRADE,
-    MAX_MARKET_KIND,
-    RECORD_DTYPE,
     SIDE_BUY,
     SIDE_SELL,
     SIDE_UNKNOWN,
@@ -27,36 +25,24 @@ from fairfeed.core.registry import Registry
 from fairfeed.local.simulator import SimulatorServer
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.simulator.adapter import SimulatorAdapter
+from tests.providers.harness import Sink, schedule
+from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "SOL-USD": 150.0}
+SEED = 20260801  # the reconnect jitter of tests that bound retry times
 REGISTRY = Registry.build(
     [("XYZ-USD", CLASS_CODES["future"])] + [(s, CLASS_CODES["future"]) for s in PRICES],
     [("other", "v0"), ("sim", "simx")],
 )
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []  # market data
-        self.health: list[np.ndarray] = []  # status, heartbeat and gap records
-
-    def __call__(self, records: np.ndarray) -> None:
-        assert records.dtype == RECORD_DTYPE
-        market = records["kind"] <= MAX_MARKET_KIND
-        self.health.append(records[~market].copy())
-        if market.any():
-            self.batches.append(records[market].copy())
-
-    @property
-    def n(self) -> int:
-        return sum(len(b) for b in self.batches)
-
-    @property
-    def records(self) -> np.ndarray:
-        return np.concatenate(self.batches) if self.batches else np.zeros(0, RECORD_DTYPE)
-
-
-def make_adapter(url: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw):
+def make_adapter(
+    url: str,
+    cfg: SimulatorConfig,
+    instruments=tuple(PRICES),
+    rng: random.Random | None = None,
+    **kw,
+):
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
@@ -65,14 +51,8 @@ def make_adapter(url: str, cfg: SimulatorConfig, instruments=tuple(PRICES), **kw
     )  # fmt: skip
     sink, counters = Sink(), DictCounters()
     ctx = IngestContext.for_instruments(provider, url, tuple(instruments), REGISTRY, sink, counters)
+    ctx.rng = rng
     return SimulatorAdapter(ctx), sink, counters
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or cond}"
-        await asyncio.sleep(0.005)
 
 
 def expected_records(log: list[tuple]) -> list[tuple]:
@@ -256,19 +236,22 @@ def test_unknown_symbol_is_refused_and_retried_with_backoff():
     async def main():
         async with SimulatorServer("sim", cfg) as server:
             adapter, sink, counters = make_adapter(
-                server.url, cfg, ("BTC-USD", "XYZ-USD"), backoff_base=0.05, backoff_cap=0.1
-            )
+                server.url, cfg, ("BTC-USD", "XYZ-USD"), backoff_base=0.05, backoff_cap=0.1,
+                rng=random.Random(SEED),
+            )  # fmt: skip
+            t0 = time.monotonic()
             task = asyncio.create_task(adapter.run())
-            await asyncio.sleep(0.6)
+            await wait_for(lambda: adapter.subscribe_errors >= 4, what="4 refusals")
+            took = time.monotonic() - t0
             await adapter.close()
             await task
-            return server.stats, sink, counters, adapter
+            return server.stats, sink, counters, adapter, took
 
-    stats, sink, counters, adapter = asyncio.run(main())
+    stats, sink, counters, adapter, took = asyncio.run(main())
     assert sink.n == 0 and stats.events == 0
     assert stats.request_errors == adapter.subscribe_errors == stats.connections_total
-    # each refusal costs a backoff delay of 25..100 ms: a handful of attempts, no hot loop
-    assert 3 <= stats.connections_total <= 20
+    # each refusal costs the seeded backoff delay of 25..100 ms: no hot loop
+    assert stats.connections_total == 4 and took >= sum(schedule(0.05, 0.1, SEED, 3))
     assert counters[Slot.RECONNECTS] == stats.connections_total - 1
 
 

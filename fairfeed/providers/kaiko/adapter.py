@@ -50,7 +50,6 @@ from kaikosdk.stream.market_update_v1 import commodity_pb2
 from kaikosdk.stream.market_update_v1.request_pb2 import StreamMarketUpdateRequestV1
 from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
-from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
 from fairfeed.core.options import KaikoOptions, split_key
 from fairfeed.core.records import (
@@ -221,7 +220,7 @@ class KaikoAdapter(Adapter):
             overrides={split_key(k): v for k, v in o.codes.items()},
             amount_units={split_key(k): v for k, v in o.amount_units.items()},
         )
-        self.backoff = Backoff(base=o.backoff_base, cap=o.backoff_cap)
+        self.backoff = ctx.backoff(o.backoff_base, o.backoff_cap)
         self.rate_limit_pause = o.rate_limit_pause
         self.stale_after = p.stale_after or (
             5 * p.serve.heartbeat_interval if p.serve is not None else 30.0
