@@ -477,9 +477,21 @@ def _sort2_nb(x, w, k):  # pragma: no cover - jitted
 
 
 @njit(cache=True, _nrt=False)
-def _median_nb(x, w, k):  # pragma: no cover - jitted
-    """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place; ``w`` is moved along)."""
-    _sort2_nb(x, w, k)
+def _sort_nb(x, k):  # pragma: no cover - jitted
+    """Insertion-sort ``x[:k]`` ascending."""
+    for j in range(1, k):
+        xv = x[j]
+        pos = j
+        while pos > 0 and x[pos - 1] > xv:
+            x[pos] = x[pos - 1]
+            pos -= 1
+        x[pos] = xv
+
+
+@njit(cache=True, _nrt=False)
+def _median_nb(x, k):  # pragma: no cover - jitted
+    """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place)."""
+    _sort_nb(x, k)
     half = k // 2
     if k % 2 == 1:
         return x[half]
@@ -598,13 +610,13 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
         if method == METHOD_TWO_LEVEL:
             _venue_reference(rows, cand, n, venue_of, a.work_f, a.work_i)
         else:
-            _plain_reference(rows, cand, ranked, n, a.work_f)
+            _plain_reference(rows, cand, ranked, n)
         _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n)
         if method == METHOD_MEDIAN:
-            _rank_used(rows, cand, ranked, n, a.work_f)
+            _rank_used(rows, cand, ranked, n)
             _median_of_ranked(rows, ranked, n)
         elif method == METHOD_TRIMMED_MEAN:
-            _rank_used(rows, cand, ranked, n, a.work_f)
+            _rank_used(rows, cand, ranked, n)
             _trimmed_mean_of_ranked(p.trim, rows, ranked, n)
         elif method == METHOD_TWO_LEVEL:
             _two_level(now, p, a.vol, a.vol_ts, rows, cand, n, venue_of, a.work_f, a.work_i)
@@ -615,7 +627,8 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
             _windowed_vwm(now, p.bucket_ns, a.bucket_id, a.bucket_price, a.bucket_vol, rows, cand,
                           n, a.work_f, a.work_i)  # fmt: skip
         m = _emit(method, p.min_venues, rows, cand, n, venue_of, gmark, a.last_fair,
-                  a.last_status, a.last_nsrc, a.last_nven, a.last_emit_ns, now, n_src, o, m)  # fmt: skip
+                  a.last_status, a.last_nsrc, a.last_nven, a.last_emit_ns, now, n_src, o,
+                  m)  # fmt: skip
     return m
 
 
@@ -676,11 +689,10 @@ def _classify(now, stale_ns, n_src, last_price, last_ts, rows, cand, reasons, m0
                 reasons[mr, s] = REASON_STALE
                 continue
             reasons[mr, s] = REASON_INCLUDED
-            c = cand[r, k]
-            c.src = s
-            c.price = price
-            c.age = age
-            c.used = 1
+            cand[r, k].src = s
+            cand[r, k].price = price
+            cand[r, k].age = age
+            cand[r, k].used = 1
             k += 1
         rows[r].k = k
         rows[r].n_used = k
@@ -688,10 +700,9 @@ def _classify(now, stale_ns, n_src, last_price, last_ts, rows, cand, reasons, m0
 
 
 @njit(cache=True, _nrt=False)
-def _plain_reference(rows, cand, ranked, n, work_f):  # pragma: no cover - jitted
+def _plain_reference(rows, cand, ranked, n):  # pragma: no cover - jitted
     """The gate's reference: the median of the candidates' prices, which stay sorted in
     ``ranked`` (the median methods reuse them when the gate excludes nothing)."""
-    ws = work_f[2]
     for r in range(n):
         k = rows[r].k
         if k == 0:
@@ -700,7 +711,7 @@ def _plain_reference(rows, cand, ranked, n, work_f):  # pragma: no cover - jitte
         for j in range(k):
             xs[j] = cand[r, j].price
         rows[r].units = k
-        rows[r].ref = _median_nb(xs, ws, k)
+        rows[r].ref = _median_nb(xs, k)
 
 
 @njit(cache=True, _nrt=False)
@@ -708,7 +719,6 @@ def _venue_reference(rows, cand, n, venue_of, work_f, work_i):  # pragma: no cov
     """two_level's reference: the median of the per-venue medians of the candidates, so one
     venue counts once. Leaves ``cand.order``: candidate positions by (venue group, source)."""
     xs = work_f[1]
-    ws = work_f[2]
     vmed = work_f[3]
     for r in range(n):
         k = rows[r].k
@@ -732,10 +742,10 @@ def _venue_reference(rows, cand, n, venue_of, work_f, work_i):  # pragma: no cov
                 c += 1
                 j += 1
             if g >= 0:
-                vmed[units] = xs[0] if c == 1 else _median_nb(xs, ws, c)
+                vmed[units] = xs[0] if c == 1 else _median_nb(xs, c)
                 units += 1
         rows[r].units = units
-        rows[r].ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
+        rows[r].ref = _median_nb(vmed, units) if units > 0 else np.nan
 
 
 @njit(cache=True, _nrt=False)
@@ -754,9 +764,8 @@ def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0,
         mr = m0 + r
         n_used = 0
         for j in range(k):
-            c = cand[r, j]
-            s = c.src
-            d = abs(c.price - ref) / ref
+            s = cand[r, j].src
+            d = abs(cand[r, j].price - ref) / ref
             out = gate_out[i, s]
             if out:
                 if d < outlier_readmit:
@@ -767,7 +776,7 @@ def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0,
                 gate_out[i, s] = True
             if out:
                 reasons[mr, s] = REASON_OUTLIER
-                c.used = 0
+                cand[r, j].used = 0
             else:
                 n_used += 1
         if n_used == 0:  # no consensus: use them all
@@ -779,10 +788,9 @@ def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0,
 
 
 @njit(cache=True, _nrt=False)
-def _rank_used(rows, cand, ranked, n, work_f):  # pragma: no cover - jitted
+def _rank_used(rows, cand, ranked, n):  # pragma: no cover - jitted
     """``ranked[r, :n_used]``: the used candidates' prices, sorted (already so when the gate
     kept every candidate)."""
-    ws = work_f[2]
     for r in range(n):
         k = rows[r].k
         if k == 0 or rows[r].n_used == k:
@@ -793,7 +801,7 @@ def _rank_used(rows, cand, ranked, n, work_f):  # pragma: no cover - jitted
             if cand[r, j].used == 1:
                 xs[c] = cand[r, j].price
                 c += 1
-        _sort2_nb(xs, ws, c)
+        _sort_nb(xs, c)
 
 
 @njit(cache=True, _nrt=False)
@@ -834,7 +842,6 @@ def _two_level(now, p, vol, vol_ts, rows, cand, n, venue_of, work_f,
     freshness_tau_ns = p.freshness_tau_ns
     venue_cap = p.venue_cap
     xs = work_f[1]
-    ws = work_f[2]
     vmed = work_f[3]
     vmax_of = work_f[4]
     fresh = work_f[5]
@@ -871,7 +878,7 @@ def _two_level(now, p, vol, vol_ts, rows, cand, n, venue_of, work_f,
                     amin = age
                 c += 1
             if c > 0:
-                vmed[nv] = xs[0] if c == 1 else _median_nb(xs, ws, c)
+                vmed[nv] = xs[0] if c == 1 else _median_nb(xs, c)
                 vmax_of[nv] = vmax
                 fresh[nv] = math.exp(-max(amin, 0) / freshness_tau_ns)
                 tot_vol += vmax
@@ -993,7 +1000,7 @@ def _windowed_vwm(now, bucket_ns, bucket_id, bucket_price, bucket_vol, rows, can
                 if cand[r, j].used == 1:
                     xs[c] = cand[r, j].price
                     c += 1
-            rows[r].fair = _median_nb(xs, ws, c)
+            rows[r].fair = _median_nb(xs, c)
 
 
 @njit(cache=True, _nrt=False)
@@ -1023,14 +1030,14 @@ def _emit(method, min_venues, rows, cand, n, venue_of, gmark, last_fair, last_st
             oldest = np.int64(0)
             n_ven = 0
             for j in range(k):
-                c = cand[r, j]
-                if c.used == 1:
-                    x = c.price
+                if cand[r, j].used == 1:
+                    x = cand[r, j].price
                     lo = min(lo, x)
                     hi = max(hi, x)
-                    if c.age > oldest:
-                        oldest = c.age
-                    g = venue_of[c.src]
+                    age = cand[r, j].age
+                    if age > oldest:
+                        oldest = age
+                    g = venue_of[cand[r, j].src]
                     if g >= 0 and gmark[g] != i:
                         gmark[g] = i
                         n_ven += 1
