@@ -138,6 +138,10 @@ ROW_DTYPE = np.dtype([
     ("units", "i8"),  # what the gate counts: candidates, or their venues for two_level
     ("ref", "f8"),  # the gate's reference price
     ("n_used", "i8"),  # candidates the gate kept
+    ("lo", "f8"),  # lowest and highest price of the used candidates
+    ("hi", "f8"),
+    ("oldest", "i8"),  # age of the oldest used input
+    ("n_ven", "i8"),  # venues of the used candidates
     ("fair", "f8"),  # the method's price
 ])  # fmt: skip
 # Per candidate source of a due instrument, ascending source id.
@@ -476,7 +480,7 @@ def _sort2_nb(x, w, k):  # pragma: no cover - jitted
         w[pos] = wv
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _sort_nb(x, k):  # pragma: no cover - jitted
     """Insertion-sort ``x[:k]`` ascending."""
     for j in range(1, k):
@@ -488,7 +492,7 @@ def _sort_nb(x, k):  # pragma: no cover - jitted
         x[pos] = xv
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _median_nb(x, k):  # pragma: no cover - jitted
     """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place)."""
     _sort_nb(x, k)
@@ -611,7 +615,8 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
             _venue_reference(rows, cand, n, venue_of, a.work_f, a.work_i)
         else:
             _plain_reference(rows, cand, ranked, n)
-        _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n)
+        _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n,
+              venue_of, gmark)  # fmt: skip
         if method == METHOD_MEDIAN:
             _rank_used(rows, cand, ranked, n)
             _median_of_ranked(rows, ranked, n)
@@ -626,9 +631,8 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
         else:
             _windowed_vwm(now, p.bucket_ns, a.bucket_id, a.bucket_price, a.bucket_vol, rows, cand,
                           n, a.work_f, a.work_i)  # fmt: skip
-        m = _emit(method, p.min_venues, rows, cand, n, venue_of, gmark, a.last_fair,
-                  a.last_status, a.last_nsrc, a.last_nven, a.last_emit_ns, now, n_src, o,
-                  m)  # fmt: skip
+        m = _emit(method, p.min_venues, rows, n, a.last_fair, a.last_status, a.last_nsrc,
+                  a.last_nven, a.last_emit_ns, now, n_src, o, m)  # fmt: skip
     return m
 
 
@@ -749,42 +753,80 @@ def _venue_reference(rows, cand, n, venue_of, work_f, work_i):  # pragma: no cov
 
 
 @njit(cache=True, _nrt=False)
-def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0,
-          n):  # fmt: skip  # pragma: no cover - jitted
-    """Step 2, the outlier gate with hysteresis (module docstring): ``cand.used``, the
-    ``gate_out`` flags, reason codes and ``rows.n_used``."""
-    if not outlier_exclude > 0.0:
-        return
+def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n, venue_of,
+          gmark):  # fmt: skip  # pragma: no cover - jitted
+    """Step 2: the outlier gate around the reference price, then a summary of the sources it
+    let through (the dispersion, age and venue figures of the output)."""
     for r in range(n):
-        k = rows[r].k
-        ref = rows[r].ref
-        if k == 0 or rows[r].units < 3 or not ref > 0.0:
+        if rows[r].k == 0:
             continue
-        i = rows[r].inst
-        mr = m0 + r
-        n_used = 0
+        ref = rows[r].ref
+        if outlier_exclude > 0.0 and rows[r].units >= 3 and ref > 0.0:
+            _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons,
+                              m0 + r, r)  # fmt: skip
+        _summarize_used(rows, cand, r, venue_of, gmark)
+
+
+# The per-row parts of the gate are force-inlined: a call per instrument costs more than a small
+# helper's work (arguments and the error check), measurably so at a few ns per instrument.
+@njit(cache=True, _nrt=False, inline="always")
+def _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, mr,
+                      r):  # fmt: skip  # pragma: no cover - jitted
+    """The gate with hysteresis (module docstring) on row ``r``: ``cand.used``, the
+    ``gate_out`` flags, reason codes (output row ``mr``) and ``rows.n_used``."""
+    i = rows[r].inst
+    k = rows[r].k
+    ref = rows[r].ref
+    n_used = 0
+    for j in range(k):
+        s = cand[r, j].src
+        d = abs(cand[r, j].price - ref) / ref
+        out = gate_out[i, s]
+        if out:
+            if d < outlier_readmit:
+                out = False
+                gate_out[i, s] = False
+        elif d > outlier_exclude:
+            out = True
+            gate_out[i, s] = True
+        if out:
+            reasons[mr, s] = REASON_OUTLIER
+            cand[r, j].used = 0
+        else:
+            n_used += 1
+    if n_used == 0:  # no consensus: use them all
         for j in range(k):
-            s = cand[r, j].src
-            d = abs(cand[r, j].price - ref) / ref
-            out = gate_out[i, s]
-            if out:
-                if d < outlier_readmit:
-                    out = False
-                    gate_out[i, s] = False
-            elif d > outlier_exclude:
-                out = True
-                gate_out[i, s] = True
-            if out:
-                reasons[mr, s] = REASON_OUTLIER
-                cand[r, j].used = 0
-            else:
-                n_used += 1
-        if n_used == 0:  # no consensus: use them all
-            for j in range(k):
-                reasons[mr, cand[r, j].src] = REASON_INCLUDED
-                cand[r, j].used = 1
-            n_used = k
-        rows[r].n_used = n_used
+            reasons[mr, cand[r, j].src] = REASON_INCLUDED
+            cand[r, j].used = 1
+        n_used = k
+    rows[r].n_used = n_used
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _summarize_used(rows, cand, r, venue_of, gmark):  # pragma: no cover - jitted
+    """Lowest and highest price, oldest age and venues of row ``r``'s used candidates;
+    ``gmark[g] == inst`` marks a venue group already counted for the instrument."""
+    i = rows[r].inst
+    lo = np.inf
+    hi = -np.inf
+    oldest = np.int64(0)
+    n_ven = 0
+    for j in range(rows[r].k):
+        if cand[r, j].used == 1:
+            x = cand[r, j].price
+            lo = min(lo, x)
+            hi = max(hi, x)
+            age = cand[r, j].age
+            if age > oldest:
+                oldest = age
+            g = venue_of[cand[r, j].src]
+            if g >= 0 and gmark[g] != i:
+                gmark[g] = i
+                n_ven += 1
+    rows[r].lo = lo
+    rows[r].hi = hi
+    rows[r].oldest = oldest
+    rows[r].n_ven = n_ven
 
 
 @njit(cache=True, _nrt=False)
@@ -1004,10 +1046,10 @@ def _windowed_vwm(now, bucket_ns, bucket_id, bucket_price, bucket_vol, rows, can
 
 
 @njit(cache=True, _nrt=False)
-def _emit(method, min_venues, rows, cand, n, venue_of, gmark, last_fair, last_status, last_nsrc,
-          last_nven, last_emit_ns, now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
-    """Step 4: per row the summary of the used sources (dispersion, oldest input, venues) and
-    the status; written to ``o`` row ``m`` on change or heartbeat. Returns the rows written."""
+def _emit(method, min_venues, rows, n, last_fair, last_status, last_nsrc, last_nven, last_emit_ns,
+          now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
+    """Step 4: per row the dispersion and status; written to ``o`` row ``m`` on change or
+    heartbeat. Returns the rows written."""
     m0 = m
     reasons = o.reasons
     for r in range(n):
@@ -1025,23 +1067,10 @@ def _emit(method, min_venues, rows, cand, n, venue_of, gmark, last_fair, last_st
         else:
             fair = rows[r].fair
             n_used = rows[r].n_used
-            lo = np.inf
-            hi = -np.inf
-            oldest = np.int64(0)
-            n_ven = 0
-            for j in range(k):
-                if cand[r, j].used == 1:
-                    x = cand[r, j].price
-                    lo = min(lo, x)
-                    hi = max(hi, x)
-                    age = cand[r, j].age
-                    if age > oldest:
-                        oldest = age
-                    g = venue_of[cand[r, j].src]
-                    if g >= 0 and gmark[g] != i:
-                        gmark[g] = i
-                        n_ven += 1
-            dispersion = (hi - lo) / fair if n_used > 1 and fair != 0.0 else 0.0
+            n_ven = rows[r].n_ven
+            oldest = rows[r].oldest
+            spread = rows[r].hi - rows[r].lo
+            dispersion = spread / fair if n_used > 1 and fair != 0.0 else 0.0
             if n_used == 1:
                 status = FAIR_SINGLE_SOURCE
             elif n_ven < min_venues:
