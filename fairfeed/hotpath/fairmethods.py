@@ -144,13 +144,13 @@ ROW_DTYPE = np.dtype([
     ("n_ven", "i8"),  # venues of the used candidates
     ("fair", "f8"),  # the method's price
 ])  # fmt: skip
-# Per candidate source of a due instrument, ascending source id.
+# Per candidate source of a due instrument, ascending source id (two_level: by venue group).
 CAND_DTYPE = np.dtype([
     ("src", "i8"),
     ("price", "f8"),
     ("age", "i8"),
     ("used", "i8"),  # 1 = passed the gate
-    ("order", "i8"),  # two_level: candidate positions by (venue group, source)
+    ("group", "i8"),  # its venue group, -1 = none
 ])  # fmt: skip
 
 
@@ -465,7 +465,7 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
 # given, never allocate or keep them), so a call costs no atomic increments either.
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _sort2_nb(x, w, k):  # pragma: no cover - jitted
     """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable)."""
     for j in range(1, k):
@@ -502,7 +502,7 @@ def _median_nb(x, k):  # pragma: no cover - jitted
     return (x[half - 1] + x[half]) / 2.0
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     """Weighted median of ``x[:k]`` with weights ``w[:k]`` (≥ 0); equal weights if all are 0."""
     _sort2_nb(x, w, k)
@@ -529,7 +529,7 @@ def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     return x[k - 1]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
     """Turn weights ``w[:k]`` into shares summing to 1, none above ``cap`` (water-filling).
 
@@ -610,13 +610,14 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     i = 0
     while i < n_inst:
         n, i = _due(now, p.min_interval_ns, p.heartbeat_ns, a.dirty, a.last_emit_ns, rows, i)
-        _classify(now, p.stale_ns, n_src, a.last_price, a.last_ts, rows, cand, o.reasons, m, n)
+        _classify(now, p.stale_ns, n_src, a.last_price, a.last_ts, venue_of, rows, cand, o.reasons,
+                  m, n)  # fmt: skip
         if method == METHOD_TWO_LEVEL:
-            _venue_reference(rows, cand, n, venue_of, a.work_f, a.work_i)
+            _venue_reference(rows, cand, n, a.work_f)
         else:
             _plain_reference(rows, cand, ranked, n)
         _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n,
-              venue_of, gmark)  # fmt: skip
+              gmark)  # fmt: skip
         if method == METHOD_MEDIAN:
             _rank_used(rows, cand, ranked, n)
             _median_of_ranked(rows, ranked, n)
@@ -624,7 +625,7 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
             _rank_used(rows, cand, ranked, n)
             _trimmed_mean_of_ranked(p.trim, rows, ranked, n)
         elif method == METHOD_TWO_LEVEL:
-            _two_level(now, p, a.vol, a.vol_ts, rows, cand, n, venue_of, a.work_f, a.work_i)
+            _two_level(now, p, a.vol, a.vol_ts, rows, cand, n, a.work_f, a.work_i)
         elif method == METHOD_INVERSE_VARIANCE:
             _inverse_variance(now, p.halflife_ns, a.vol, a.vol_ts, a.var_num, a.var_den, rows,
                               cand, n, a.work_f)  # fmt: skip
@@ -668,7 +669,7 @@ def _due(now, min_interval_ns, heartbeat_ns, dirty, last_emit_ns, rows, i):  # p
 
 
 @njit(cache=True, _nrt=False)
-def _classify(now, stale_ns, n_src, last_price, last_ts, rows, cand, reasons, m0,
+def _classify(now, stale_ns, n_src, last_price, last_ts, venue_of, rows, cand, reasons, m0,
               n):  # fmt: skip  # pragma: no cover - jitted
     """Step 1: a reason code per registered source; the fresh ones become the row's candidates
     (ascending source id, all used until the gate says otherwise). Row ``r``'s reason codes go
@@ -697,6 +698,7 @@ def _classify(now, stale_ns, n_src, last_price, last_ts, rows, cand, reasons, m0
             cand[r, k].price = price
             cand[r, k].age = age
             cand[r, k].used = 1
+            cand[r, k].group = venue_of[s]
             k += 1
         rows[r].k = k
         rows[r].n_used = k
@@ -719,30 +721,28 @@ def _plain_reference(rows, cand, ranked, n):  # pragma: no cover - jitted
 
 
 @njit(cache=True, _nrt=False)
-def _venue_reference(rows, cand, n, venue_of, work_f, work_i):  # pragma: no cover - jitted
+def _venue_reference(rows, cand, n, work_f):  # pragma: no cover - jitted
     """two_level's reference: the median of the per-venue medians of the candidates, so one
-    venue counts once. Leaves ``cand.order``: candidate positions by (venue group, source)."""
+    venue counts once. Leaves the candidates ordered by (venue group, source)."""
     xs = work_f[1]
     vmed = work_f[3]
     for r in range(n):
         k = rows[r].k
         if k == 0:
             continue
-        # stable insertion sort of the candidate positions by venue group
-        for j in range(k):
+        # stable insertion sort by venue group (the source ids ascend already)
+        for j in range(1, k):
             pos = j
-            gj = venue_of[cand[r, j].src]
-            while pos > 0 and venue_of[cand[r, cand[r, pos - 1].order].src] > gj:
-                cand[r, pos].order = cand[r, pos - 1].order
+            while pos > 0 and cand[r, pos - 1].group > cand[r, pos].group:
+                _swap_cand(cand, r, pos - 1, pos)
                 pos -= 1
-            cand[r, pos].order = j
         units = 0
         j = 0
         while j < k:
-            g = venue_of[cand[r, cand[r, j].order].src]
+            g = cand[r, j].group
             c = 0
-            while j < k and venue_of[cand[r, cand[r, j].order].src] == g:
-                xs[c] = cand[r, cand[r, j].order].price
+            while j < k and cand[r, j].group == g:
+                xs[c] = cand[r, j].price
                 c += 1
                 j += 1
             if g >= 0:
@@ -752,8 +752,25 @@ def _venue_reference(rows, cand, n, venue_of, work_f, work_i):  # pragma: no cov
         rows[r].ref = _median_nb(vmed, units) if units > 0 else np.nan
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _swap_cand(cand, r, p, q):  # pragma: no cover - jitted
+    """Swap candidates ``p`` and ``q`` of row ``r`` (before the gate: every one is used)."""
+    src = cand[r, p].src
+    price = cand[r, p].price
+    age = cand[r, p].age
+    group = cand[r, p].group
+    cand[r, p].src = cand[r, q].src
+    cand[r, p].price = cand[r, q].price
+    cand[r, p].age = cand[r, q].age
+    cand[r, p].group = cand[r, q].group
+    cand[r, q].src = src
+    cand[r, q].price = price
+    cand[r, q].age = age
+    cand[r, q].group = group
+
+
 @njit(cache=True, _nrt=False)
-def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n, venue_of,
+def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n,
           gmark):  # fmt: skip  # pragma: no cover - jitted
     """Step 2: the outlier gate around the reference price, then a summary of the sources it
     let through (the dispersion, age and venue figures of the output)."""
@@ -764,7 +781,7 @@ def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n
         if outlier_exclude > 0.0 and rows[r].units >= 3 and ref > 0.0:
             _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons,
                               m0 + r, r)  # fmt: skip
-        _summarize_used(rows, cand, r, venue_of, gmark)
+        _summarize_used(rows, cand, r, gmark)
 
 
 # The per-row parts of the gate are force-inlined: a call per instrument costs more than a small
@@ -803,7 +820,7 @@ def _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, re
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _summarize_used(rows, cand, r, venue_of, gmark):  # pragma: no cover - jitted
+def _summarize_used(rows, cand, r, gmark):  # pragma: no cover - jitted
     """Lowest and highest price, oldest age and venues of row ``r``'s used candidates;
     ``gmark[g] == inst`` marks a venue group already counted for the instrument."""
     i = rows[r].inst
@@ -819,7 +836,7 @@ def _summarize_used(rows, cand, r, venue_of, gmark):  # pragma: no cover - jitte
             age = cand[r, j].age
             if age > oldest:
                 oldest = age
-            g = venue_of[cand[r, j].src]
+            g = cand[r, j].group
             if g >= 0 and gmark[g] != i:
                 gmark[g] = i
                 n_ven += 1
@@ -876,10 +893,9 @@ def _trimmed_mean_of_ranked(trim, rows, ranked, n):  # pragma: no cover - jitted
 
 
 @njit(cache=True, _nrt=False)
-def _two_level(now, p, vol, vol_ts, rows, cand, n, venue_of, work_f,
-               work_i):  # fmt: skip  # pragma: no cover - jitted
+def _two_level(now, p, vol, vol_ts, rows, cand, n, work_f, work_i):  # pragma: no cover - jitted
     """METHOD_TWO_LEVEL: the median per venue of its used sources, then the capped volume ×
-    freshness weighted median of the venues (candidates visited in ``cand.order``)."""
+    freshness weighted median of the venues (candidates ordered by venue group)."""
     k_decay = -LN2 / p.halflife_ns
     freshness_tau_ns = p.freshness_tau_ns
     venue_cap = p.venue_cap
@@ -898,12 +914,12 @@ def _two_level(now, p, vol, vol_ts, rows, cand, n, venue_of, work_f,
         tot_vol = 0.0
         j = 0
         while j < k:
-            g = venue_of[cand[r, cand[r, j].order].src]
+            g = cand[r, j].group
             c = 0
             vmax = 0.0
             amin = np.int64(0)
-            while j < k and venue_of[cand[r, cand[r, j].order].src] == g:
-                q = cand[r, j].order
+            while j < k and cand[r, j].group == g:
+                q = j
                 j += 1
                 if g < 0 or cand[r, q].used == 0:
                     continue
