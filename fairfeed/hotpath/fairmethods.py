@@ -619,11 +619,9 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
         _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n,
               gmark)  # fmt: skip
         if method == METHOD_MEDIAN:
-            _rank_used(rows, cand, ranked, n)
-            _median_of_ranked(rows, ranked, n)
+            _median(rows, cand, ranked, n)
         elif method == METHOD_TRIMMED_MEAN:
-            _rank_used(rows, cand, ranked, n)
-            _trimmed_mean_of_ranked(p.trim, rows, ranked, n)
+            _trimmed_mean(p.trim, rows, cand, ranked, n)
         elif method == METHOD_TWO_LEVEL:
             _two_level(now, p, a.vol, a.vol_ts, rows, cand, n, a.work_f, a.work_i)
         elif method == METHOD_INVERSE_VARIANCE:
@@ -847,29 +845,12 @@ def _summarize_used(rows, cand, r, gmark):  # pragma: no cover - jitted
 
 
 @njit(cache=True, _nrt=False)
-def _rank_used(rows, cand, ranked, n):  # pragma: no cover - jitted
-    """``ranked[r, :n_used]``: the used candidates' prices, sorted (already so when the gate
-    kept every candidate)."""
-    for r in range(n):
-        k = rows[r].k
-        if k == 0 or rows[r].n_used == k:
-            continue
-        xs = ranked[r]
-        c = 0
-        for j in range(k):
-            if cand[r, j].used == 1:
-                xs[c] = cand[r, j].price
-                c += 1
-        _sort_nb(xs, c)
-
-
-@njit(cache=True, _nrt=False)
-def _median_of_ranked(rows, ranked, n):  # pragma: no cover - jitted
+def _median(rows, cand, ranked, n):  # pragma: no cover - jitted
     """METHOD_MEDIAN: the plain median of the used prices."""
     for r in range(n):
-        c = rows[r].n_used
         if rows[r].k == 0:
             continue
+        c = _rank_used(rows, cand, ranked, r)
         half = c // 2
         if c % 2 == 1:
             rows[r].fair = ranked[r, half]
@@ -878,18 +859,35 @@ def _median_of_ranked(rows, ranked, n):  # pragma: no cover - jitted
 
 
 @njit(cache=True, _nrt=False)
-def _trimmed_mean_of_ranked(trim, rows, ranked, n):  # pragma: no cover - jitted
+def _trimmed_mean(trim, rows, cand, ranked, n):  # pragma: no cover - jitted
     """METHOD_TRIMMED_MEAN: the mean of the used prices after dropping floor(trim·n) at each
     end."""
     for r in range(n):
-        c = rows[r].n_used
         if rows[r].k == 0:
             continue
+        c = _rank_used(rows, cand, ranked, r)
         t = math.floor(trim * c)
         acc = 0.0
         for j in range(t, c - t):
             acc += ranked[r, j]
         rows[r].fair = acc / (c - 2 * t)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _rank_used(rows, cand, ranked, r):  # pragma: no cover - jitted
+    """``ranked[r, :c]``: the used candidates' prices, sorted; returns ``c``. Already so when
+    the gate kept every candidate (``_plain_reference`` sorted them all)."""
+    k = rows[r].k
+    if rows[r].n_used == k:
+        return k
+    xs = ranked[r]
+    c = 0
+    for j in range(k):
+        if cand[r, j].used == 1:
+            xs[c] = cand[r, j].price
+            c += 1
+    _sort_nb(xs, c)
+    return c
 
 
 @njit(cache=True, _nrt=False)
