@@ -115,6 +115,7 @@ NS_PER_S = 1_000_000_000
 LN2 = math.log(2.0)
 VAR_FLOOR = 1e-30  # variance per ns below this counts as this (no division by zero)
 TIE_EPS = 1e-12  # relative tolerance of the weighted median's "exactly half" test
+BRANCHLESS_MAX = 8  # sorts of up to this many values run without branches (``_sort_nb``)
 
 
 # The settings' defaults are the configuration's: declared once, in ``FairConfig``.
@@ -467,7 +468,27 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
 
 @njit(cache=True, _nrt=False, inline="always")
 def _sort2_nb(x, w, k):  # pragma: no cover - jitted
-    """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable)."""
+    """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable; no NaN in ``x``).
+
+    Up to ``BRANCHLESS_MAX`` values without branches, as ``_sort_nb``: each new value travels
+    down the whole sorted prefix, the larger of each pair staying behind (a select, not a
+    jump); a value not larger than the one it meets stops it and travels on in its place.
+    """
+    if k <= BRANCHLESS_MAX:
+        for j in range(1, k):
+            v = x[j]
+            vw = w[j]
+            for q in range(j, 0, -1):
+                px = x[q - 1]
+                pw = w[q - 1]
+                up = px > v
+                x[q] = px if up else v
+                w[q] = pw if up else vw
+                v = v if up else px
+                vw = vw if up else pw
+            x[0] = v
+            w[0] = vw
+        return
     for j in range(1, k):
         xv = x[j]
         wv = w[j]
@@ -482,7 +503,22 @@ def _sort2_nb(x, w, k):  # pragma: no cover - jitted
 
 @njit(cache=True, _nrt=False, inline="always")
 def _sort_nb(x, k):  # pragma: no cover - jitted
-    """Insertion-sort ``x[:k]`` ascending."""
+    """Insertion-sort ``x[:k]`` ascending (no NaN).
+
+    Up to ``BRANCHLESS_MAX`` values without branches: each new value travels down the whole
+    sorted prefix through min / max pairs. On a handful of unordered prices the usual inner
+    loop's exit mispredicts, and that was the largest single cost of a compute pass; the few
+    extra compares are cheaper. Longer lists the usual way.
+    """
+    if k <= BRANCHLESS_MAX:
+        for j in range(1, k):
+            v = x[j]
+            for q in range(j, 0, -1):
+                prev = x[q - 1]
+                x[q] = max(prev, v)
+                v = min(prev, v)
+            x[0] = v
+        return
     for j in range(1, k):
         xv = x[j]
         pos = j
