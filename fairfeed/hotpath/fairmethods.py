@@ -452,18 +452,23 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
 
 
 # ---------------------------------------------------------------------------------------------
-# Compute kernel and its helpers (all on scratch rows of ``a.work_f`` / ``a.work_i``)
+# Compute kernel: a driver over one step function per stage of the module docstring
 #
-# Performance notes. The kernel unpacks every array from the NamedTuples once per call and the
-# per-instrument work indexes those locals only: passing the tuples (or views of them) into a
-# helper per instrument costs an atomic reference-count increment and decrement per array per
-# call (Numba's NRT), which used to be about half of the compute time. Per instrument the work is
-# bounded by the registered sources (``FairParams.n_sources``) for the classification and the
-# reason codes, and by the candidates (a compact list built while classifying) for everything
-# after. The helpers are ordinary (not force-inlined) jitted functions taking 1-D scratch
-# arrays: one compiled copy each, which keeps the cold compile short. They are compiled without
-# the reference-counting runtime (Numba's ``_nrt=False``: they only index the arrays they are
-# given, never allocate or keep them), so a call costs no atomic increments either.
+# ``compute_fair_full_nb`` takes the due instruments a chunk (``CHUNK``) at a time through
+# classify -> gate reference -> gate -> method -> emit; each step is one call over the whole chunk,
+# its figures in the structured scratch (``work_rows``: one row per due instrument,
+# ``work_cand``: its candidate sources). Performance notes:
+#
+# - A call per instrument costs more than much of the work (the arguments, several words per
+#   array, and the error check); a split into per-instrument helpers was 1.1-1.4x slower. So
+#   the steps loop over a chunk, and the small per-row helpers (sorts, medians, the gate's parts)
+#   are force-inlined (``inline="always"``).
+# - The NamedTuples are unpacked in the driver; the steps only index the arrays they are given,
+#   never allocate or keep them, so they are compiled without the reference-counting runtime
+#   (``_nrt=False``): no atomic increments per call either.
+# - Per instrument the work is bounded by the registered sources (``FairParams.n_sources``) for
+#   the classification and the reason codes, and by the candidates after that.
+# - Sorts of a few values run without branches (``_sort_nb``): see there.
 
 
 @njit(cache=True, _nrt=False, inline="always")
