@@ -115,6 +115,7 @@ NS_PER_S = 1_000_000_000
 LN2 = math.log(2.0)
 VAR_FLOOR = 1e-30  # variance per ns below this counts as this (no division by zero)
 TIE_EPS = 1e-12  # relative tolerance of the weighted median's "exactly half" test
+BRANCHLESS_MAX = 8  # sorts of up to this many values run without branches (``_sort_nb``)
 
 
 # The settings' defaults are the configuration's: declared once, in ``FairConfig``.
@@ -124,6 +125,34 @@ _DEFAULTS = FairConfig()
 def seconds_to_ns(seconds: float) -> int:
     """Whole nanoseconds in ``seconds`` (rounded)."""
     return round(seconds * NS_PER_S)
+
+
+# The compute kernel takes the due instruments a chunk at a time through each step; a chunk's
+# scratch stays in the first-level cache.
+CHUNK = 256
+# Per due instrument of a chunk.
+ROW_DTYPE = np.dtype([
+    ("inst", "i8"),
+    ("hb_due", "i8"),  # 1 = heartbeat due: written even when unchanged
+    ("k", "i8"),  # candidates: sources with a fresh price
+    ("newest", "i8"),  # age of the newest input of any source (0 = none)
+    ("units", "i8"),  # what the gate counts: candidates, or their venues for two_level
+    ("ref", "f8"),  # the gate's reference price
+    ("n_used", "i8"),  # candidates the gate kept
+    ("lo", "f8"),  # lowest and highest price of the used candidates
+    ("hi", "f8"),
+    ("oldest", "i8"),  # age of the oldest used input
+    ("n_ven", "i8"),  # venues of the used candidates
+    ("fair", "f8"),  # the method's price
+])  # fmt: skip
+# Per candidate source of a due instrument, ascending source id (two_level: by venue group).
+CAND_DTYPE = np.dtype([
+    ("src", "i8"),
+    ("price", "f8"),
+    ("age", "i8"),
+    ("used", "i8"),  # 1 = passed the gate
+    ("group", "i8"),  # its venue group, -1 = none
+])  # fmt: skip
 
 
 class FairParams(NamedTuple):
@@ -168,8 +197,11 @@ class FairArrays(NamedTuple):
     last_nven: np.ndarray  # i8 [inst]
     group_src: np.ndarray  # i8 [src]: sources ordered by venue
     group_start: np.ndarray  # i8 [groups + 1]: group g = group_src[start[g]:start[g+1]]
-    work_f: np.ndarray  # f8 [8, sources × buckets] scratch
-    work_i: np.ndarray  # i8 [8, sources × buckets] scratch
+    work_f: np.ndarray  # f8 [8, sources × buckets] scratch of one instrument
+    work_i: np.ndarray  # i8 [8, sources × buckets] scratch of one instrument
+    work_rows: np.ndarray  # ROW_DTYPE [CHUNK]: the due instruments of one chunk
+    work_cand: np.ndarray  # CAND_DTYPE [CHUNK × sources]: their candidate sources
+    work_ranked: np.ndarray  # f8 [CHUNK × sources]: their candidates' prices, sorted
 
 
 class FairOut(NamedTuple):
@@ -273,6 +305,9 @@ def make_arrays(
         group_start=starts,
         work_f=np.zeros((8, swidth)),
         work_i=np.zeros((8, swidth), np.int64),
+        work_rows=np.zeros(CHUNK, ROW_DTYPE),
+        work_cand=np.zeros(CHUNK * width, CAND_DTYPE),
+        work_ranked=np.zeros(CHUNK * width),
     )
 
 
@@ -417,23 +452,48 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
 
 
 # ---------------------------------------------------------------------------------------------
-# Compute kernel and its helpers (all on scratch rows of ``a.work_f`` / ``a.work_i``)
+# Compute kernel: a driver over one step function per stage of the module docstring
 #
-# Performance notes. The kernel unpacks every array from the NamedTuples once per call and the
-# per-instrument work indexes those locals only: passing the tuples (or views of them) into a
-# helper per instrument costs an atomic reference-count increment and decrement per array per
-# call (Numba's NRT), which used to be about half of the compute time. Per instrument the work is
-# bounded by the registered sources (``FairParams.n_sources``) for the classification and the
-# reason codes, and by the candidates (a compact list built while classifying) for everything
-# after. The helpers are ordinary (not force-inlined) jitted functions taking 1-D scratch
-# arrays: one compiled copy each, which keeps the cold compile short. They are compiled without
-# the reference-counting runtime (Numba's ``_nrt=False``: they only index the arrays they are
-# given, never allocate or keep them), so a call costs no atomic increments either.
+# ``compute_fair_full_nb`` takes the due instruments a chunk (``CHUNK``) at a time through
+# classify -> gate reference -> gate -> method -> emit; each step is one call over the whole chunk,
+# its figures in the structured scratch (``work_rows``: one row per due instrument,
+# ``work_cand``: its candidate sources). Performance notes:
+#
+# - A call per instrument costs more than much of the work (the arguments, several words per
+#   array, and the error check); a split into per-instrument helpers was 1.1-1.4x slower. So
+#   the steps loop over a chunk, and the small per-row helpers (sorts, medians, the gate's parts)
+#   are force-inlined (``inline="always"``).
+# - The NamedTuples are unpacked in the driver; the steps only index the arrays they are given,
+#   never allocate or keep them, so they are compiled without the reference-counting runtime
+#   (``_nrt=False``): no atomic increments per call either.
+# - Per instrument the work is bounded by the registered sources (``FairParams.n_sources``) for
+#   the classification and the reason codes, and by the candidates after that.
+# - Sorts of a few values run without branches (``_sort_nb``): see there.
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _sort2_nb(x, w, k):  # pragma: no cover - jitted
-    """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable)."""
+    """Insertion-sort ``x[:k]`` ascending, carrying ``w[:k]`` along (stable; no NaN in ``x``).
+
+    Up to ``BRANCHLESS_MAX`` values without branches, as ``_sort_nb``: each new value travels
+    down the whole sorted prefix, the larger of each pair staying behind (a select, not a
+    jump); a value not larger than the one it meets stops it and travels on in its place.
+    """
+    if k <= BRANCHLESS_MAX:
+        for j in range(1, k):
+            v = x[j]
+            vw = w[j]
+            for q in range(j, 0, -1):
+                px = x[q - 1]
+                pw = w[q - 1]
+                up = px > v
+                x[q] = px if up else v
+                w[q] = pw if up else vw
+                v = v if up else px
+                vw = vw if up else pw
+            x[0] = v
+            w[0] = vw
+        return
     for j in range(1, k):
         xv = x[j]
         wv = w[j]
@@ -446,17 +506,44 @@ def _sort2_nb(x, w, k):  # pragma: no cover - jitted
         w[pos] = wv
 
 
-@njit(cache=True, _nrt=False)
-def _median_nb(x, w, k):  # pragma: no cover - jitted
-    """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place; ``w`` is moved along)."""
-    _sort2_nb(x, w, k)
+@njit(cache=True, _nrt=False, inline="always")
+def _sort_nb(x, k):  # pragma: no cover - jitted
+    """Insertion-sort ``x[:k]`` ascending (no NaN).
+
+    Up to ``BRANCHLESS_MAX`` values without branches: each new value travels down the whole
+    sorted prefix through min / max pairs. On a handful of unordered prices the usual inner
+    loop's exit mispredicts, and that was the largest single cost of a compute pass; the few
+    extra compares are cheaper. Longer lists the usual way.
+    """
+    if k <= BRANCHLESS_MAX:
+        for j in range(1, k):
+            v = x[j]
+            for q in range(j, 0, -1):
+                prev = x[q - 1]
+                x[q] = max(prev, v)
+                v = min(prev, v)
+            x[0] = v
+        return
+    for j in range(1, k):
+        xv = x[j]
+        pos = j
+        while pos > 0 and x[pos - 1] > xv:
+            x[pos] = x[pos - 1]
+            pos -= 1
+        x[pos] = xv
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _median_nb(x, k):  # pragma: no cover - jitted
+    """Plain median of ``x[:k]`` (sorts ``x[:k]`` in place)."""
+    _sort_nb(x, k)
     half = k // 2
     if k % 2 == 1:
         return x[half]
     return (x[half - 1] + x[half]) / 2.0
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     """Weighted median of ``x[:k]`` with weights ``w[:k]`` (≥ 0); equal weights if all are 0."""
     _sort2_nb(x, w, k)
@@ -483,7 +570,7 @@ def _weighted_median_nb(x, w, k):  # pragma: no cover - jitted
     return x[k - 1]
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def _cap_shares_nb(w, k, cap, capped):  # pragma: no cover - jitted
     """Turn weights ``w[:k]`` into shares summing to 1, none above ``cap`` (water-filling).
 
@@ -545,356 +632,528 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
     dirty), or when a heartbeat is due (emitted before, heartbeats on, ``now − last_emit ≥
     heartbeat``). A due instrument's dirty flag is cleared; it is written (ascending instrument
     order) when its result changed or the heartbeat is due (module docstring).
+
+    The due instruments go through the steps a chunk at a time (``a.work_rows``): classify,
+    the gate's reference price, gate, the method, emit.
     """
-    # Arrays and settings, unpacked once (see the performance notes above).
-    last_price = a.last_price
-    last_ts = a.last_ts
-    vol = a.vol
-    vol_ts = a.vol_ts
-    var_num = a.var_num
-    var_den = a.var_den
-    bucket_id = a.bucket_id
-    bucket_price = a.bucket_price
-    bucket_vol = a.bucket_vol
-    gate_out = a.gate_out
-    dirty = a.dirty
-    last_emit_ns = a.last_emit_ns
-    last_fair = a.last_fair
-    last_status = a.last_status
-    last_nsrc = a.last_nsrc
-    last_nven = a.last_nven
-    group_src = a.group_src
-    group_start = a.group_start
-    wi = a.work_i
-    wf = a.work_f
-    # Scratch, per candidate j (position in the candidate list, ascending source id):
-    cidx = wi[0]  # source id
-    cage = wi[1]  # age of its last price
-    used = wi[2]  # 1 = used (passed the gate)
-    order = wi[3]  # two_level: candidate positions ordered by (venue group, source)
-    capped = wi[4]  # _cap_shares_nb
-    venue_of = wi[5]  # per source: venue group, -1 = none
-    gmark = wi[6]  # per venue group: last instrument that counted it
-    bcnt = wi[7]  # windowed_vwm: entries per bucket of the window
-    cpx = wf[0]  # candidate's last price
-    xs = wf[1]  # values / weights of one median
-    ws = wf[2]
-    vmed = wf[3]  # per unit figures
-    w3 = wf[4]
-    w4 = wf[5]
-    w5 = wf[6]
-    reasons = o.reasons
-    out_instrument = o.instrument
-    out_price = o.price
-    out_method = o.method
-    out_sources = o.sources
-    out_venues = o.venues
-    out_dispersion = o.dispersion
-    out_oldest = o.oldest_age_ns
-    out_status = o.status
-
-    method = p.method
-    two_level = method == METHOD_TWO_LEVEL
-    stale_ns = p.stale_ns
-    min_interval_ns = p.min_interval_ns
-    heartbeat_ns = p.heartbeat_ns
-    outlier_exclude = p.outlier_exclude
-    outlier_readmit = p.outlier_readmit
-    k_decay = -LN2 / p.halflife_ns
-    freshness_tau_ns = p.freshness_tau_ns
-    venue_cap = p.venue_cap
-    min_venues = p.min_venues
-    bucket_ns = p.bucket_ns
-    trim = p.trim
-    n_bucket = bucket_id.shape[2]
-
-    n_inst = last_price.shape[0]
-    n_src = last_price.shape[1]
+    n_src = a.last_price.shape[1]
     if 0 <= p.n_sources < n_src:
         n_src = p.n_sources
-    n_groups = group_start.shape[0] - 1
+    venue_of = a.work_i[5]
+    gmark = a.work_i[6]
+    _venue_of_sources(a.group_src, a.group_start, venue_of, gmark)
+    rows = a.work_rows
+    # [row, candidate] views as wide as the registered sources, not the capacity: 128 columns
+    # of which 5 are used spread a chunk over 1.5 MB (and one cache set), 1.3x slower
+    width = max(n_src, 1)
+    cand = a.work_cand[: CHUNK * width].reshape((CHUNK, width))
+    ranked = a.work_ranked[: CHUNK * width].reshape((CHUNK, width))
+    method = p.method
+    n_inst = a.last_price.shape[0]
+    m = 0
+    i = 0
+    while i < n_inst:
+        n, i = _due(now, p.min_interval_ns, p.heartbeat_ns, a.dirty, a.last_emit_ns, rows, i)
+        _classify(now, p.stale_ns, n_src, a.last_price, a.last_ts, venue_of, rows, cand, o.reasons,
+                  m, n)  # fmt: skip
+        if method == METHOD_TWO_LEVEL:
+            _venue_reference(rows, cand, n, a.work_f)
+        else:
+            _plain_reference(rows, cand, ranked, n)
+        _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n,
+              gmark)  # fmt: skip
+        if method == METHOD_MEDIAN:
+            _median(rows, cand, ranked, n)
+        elif method == METHOD_TRIMMED_MEAN:
+            _trimmed_mean(p.trim, rows, cand, ranked, n)
+        elif method == METHOD_TWO_LEVEL:
+            _two_level(now, p, a.vol, a.vol_ts, rows, cand, n, a.work_f, a.work_i)
+        elif method == METHOD_INVERSE_VARIANCE:
+            _inverse_variance(now, p.halflife_ns, a.vol, a.vol_ts, a.var_num, a.var_den, rows,
+                              cand, n, a.work_f)  # fmt: skip
+        else:
+            _windowed_vwm(now, p.bucket_ns, a.bucket_id, a.bucket_price, a.bucket_vol, rows, cand,
+                          n, a.work_f, a.work_i)  # fmt: skip
+        m = _emit(method, p.min_venues, rows, n, a.last_fair, a.last_status, a.last_nsrc,
+                  a.last_nven, a.last_emit_ns, now, n_src, o, m)  # fmt: skip
+    return m
+
+
+@njit(cache=True, _nrt=False)
+def _venue_of_sources(group_src, group_start, venue_of, gmark):  # pragma: no cover - jitted
+    """``venue_of[s]``: the venue group of source ``s`` (-1 = none); ``gmark`` reset."""
     for s in range(venue_of.shape[0]):
         venue_of[s] = -1
-    for g in range(n_groups):
+    for g in range(group_start.shape[0] - 1):
         gmark[g] = -1
         for q in range(group_start[g], group_start[g + 1]):
             venue_of[group_src[q]] = g
 
-    m = 0
-    for i in range(n_inst):
+
+@njit(cache=True, _nrt=False)
+def _due(now, min_interval_ns, heartbeat_ns, dirty, last_emit_ns, rows, i):  # pragma: no cover
+    """Due instruments from ``i`` on into ``rows`` (their dirty flags cleared), until the chunk
+    is full; returns (rows filled, the instrument to continue from)."""
+    n = 0
+    cap = rows.shape[0]
+    n_inst = dirty.shape[0]
+    while i < n_inst and n < cap:
         emitted = last_emit_ns[i]
         never = emitted == NEVER_NS
         hb_due = (not never) and heartbeat_ns > 0 and now - emitted >= heartbeat_ns
-        if not hb_due:
-            if not dirty[i]:
-                continue
-            if not never and now - emitted < min_interval_ns:
-                continue
-        dirty[i] = False
+        if hb_due or (dirty[i] and (never or now - emitted >= min_interval_ns)):
+            dirty[i] = False
+            rows[n].inst = i
+            rows[n].hb_due = hb_due
+            n += 1
+        i += 1
+    return n, i
 
-        # 1. classify every registered source; candidates into the compact list
+
+@njit(cache=True, _nrt=False)
+def _classify(now, stale_ns, n_src, last_price, last_ts, venue_of, rows, cand, reasons, m0,
+              n):  # fmt: skip  # pragma: no cover - jitted
+    """Step 1: a reason code per registered source; the fresh ones become the row's candidates
+    (ascending source id, all used until the gate says otherwise). Row ``r``'s reason codes go
+    to output row ``m0 + r``: at most one output per due instrument, so emitting only ever
+    moves a row down."""
+    for r in range(n):
+        i = rows[r].inst
+        mr = m0 + r
         k = 0
         newest = np.int64(0)
         any_data = False
         for s in range(n_src):
             price = last_price[i, s]
             if np.isnan(price):
-                reasons[m, s] = REASON_NO_DATA
+                reasons[mr, s] = REASON_NO_DATA
                 continue
             age = now - last_ts[i, s]
             if not any_data or age < newest:
                 newest = age
             any_data = True
             if age > stale_ns:
-                reasons[m, s] = REASON_STALE
+                reasons[mr, s] = REASON_STALE
                 continue
-            reasons[m, s] = REASON_INCLUDED
-            cidx[k] = s
-            cpx[k] = price
-            cage[k] = age
+            reasons[mr, s] = REASON_INCLUDED
+            cand[r, k].src = s
+            cand[r, k].price = price
+            cand[r, k].age = age
+            cand[r, k].used = 1
+            cand[r, k].group = venue_of[s]
             k += 1
+        rows[r].k = k
+        rows[r].n_used = k
+        rows[r].newest = max(newest, np.int64(0))
+
+
+@njit(cache=True, _nrt=False)
+def _plain_reference(rows, cand, ranked, n):  # pragma: no cover - jitted
+    """The gate's reference: the median of the candidates' prices, which stay sorted in
+    ``ranked`` (the median methods reuse them when the gate excludes nothing)."""
+    for r in range(n):
+        k = rows[r].k
         if k == 0:
-            last = last_fair[i]
-            if np.isnan(last):
+            continue
+        xs = ranked[r]
+        for j in range(k):
+            xs[j] = cand[r, j].price
+        rows[r].units = k
+        rows[r].ref = _median_nb(xs, k)
+
+
+@njit(cache=True, _nrt=False)
+def _venue_reference(rows, cand, n, work_f):  # pragma: no cover - jitted
+    """two_level's reference: the median of the per-venue medians of the candidates, so one
+    venue counts once. Leaves the candidates ordered by (venue group, source)."""
+    xs = work_f[1]
+    vmed = work_f[3]
+    for r in range(n):
+        k = rows[r].k
+        if k == 0:
+            continue
+        # stable insertion sort by venue group (the source ids ascend already)
+        for j in range(1, k):
+            pos = j
+            while pos > 0 and cand[r, pos - 1].group > cand[r, pos].group:
+                _swap_cand(cand, r, pos - 1, pos)
+                pos -= 1
+        units = 0
+        j = 0
+        while j < k:
+            g = cand[r, j].group
+            c = 0
+            while j < k and cand[r, j].group == g:
+                xs[c] = cand[r, j].price
+                c += 1
+                j += 1
+            if g >= 0:
+                vmed[units] = xs[0] if c == 1 else _median_nb(xs, c)
+                units += 1
+        rows[r].units = units
+        rows[r].ref = _median_nb(vmed, units) if units > 0 else np.nan
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _swap_cand(cand, r, p, q):  # pragma: no cover - jitted
+    """Swap candidates ``p`` and ``q`` of row ``r`` (before the gate: every one is used)."""
+    src = cand[r, p].src
+    price = cand[r, p].price
+    age = cand[r, p].age
+    group = cand[r, p].group
+    cand[r, p].src = cand[r, q].src
+    cand[r, p].price = cand[r, q].price
+    cand[r, p].age = cand[r, q].age
+    cand[r, p].group = cand[r, q].group
+    cand[r, q].src = src
+    cand[r, q].price = price
+    cand[r, q].age = age
+    cand[r, q].group = group
+
+
+@njit(cache=True, _nrt=False)
+def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n,
+          gmark):  # fmt: skip  # pragma: no cover - jitted
+    """Step 2: the outlier gate around the reference price, then a summary of the sources it
+    let through (the dispersion, age and venue figures of the output)."""
+    for r in range(n):
+        if rows[r].k == 0:
+            continue
+        ref = rows[r].ref
+        if outlier_exclude > 0.0 and rows[r].units >= 3 and ref > 0.0:
+            _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons,
+                              m0 + r, r)  # fmt: skip
+        _summarize_used(rows, cand, r, gmark)
+
+
+# The per-row parts of the gate are force-inlined: a call per instrument costs more than a small
+# helper's work (arguments and the error check), measurably so at a few ns per instrument.
+@njit(cache=True, _nrt=False, inline="always")
+def _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, mr,
+                      r):  # fmt: skip  # pragma: no cover - jitted
+    """The gate with hysteresis (module docstring) on row ``r``: ``cand.used``, the
+    ``gate_out`` flags, reason codes (output row ``mr``) and ``rows.n_used``."""
+    i = rows[r].inst
+    k = rows[r].k
+    ref = rows[r].ref
+    n_used = 0
+    for j in range(k):
+        s = cand[r, j].src
+        d = abs(cand[r, j].price - ref) / ref
+        out = gate_out[i, s]
+        if out:
+            if d < outlier_readmit:
+                out = False
+                gate_out[i, s] = False
+        elif d > outlier_exclude:
+            out = True
+            gate_out[i, s] = True
+        if out:
+            reasons[mr, s] = REASON_OUTLIER
+            cand[r, j].used = 0
+        else:
+            n_used += 1
+    if n_used == 0:  # no consensus: use them all
+        for j in range(k):
+            reasons[mr, cand[r, j].src] = REASON_INCLUDED
+            cand[r, j].used = 1
+        n_used = k
+    rows[r].n_used = n_used
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _summarize_used(rows, cand, r, gmark):  # pragma: no cover - jitted
+    """Lowest and highest price, oldest age and venues of row ``r``'s used candidates;
+    ``gmark[g] == inst`` marks a venue group already counted for the instrument."""
+    i = rows[r].inst
+    lo = np.inf
+    hi = -np.inf
+    oldest = np.int64(0)
+    n_ven = 0
+    for j in range(rows[r].k):
+        if cand[r, j].used == 1:
+            x = cand[r, j].price
+            lo = min(lo, x)
+            hi = max(hi, x)
+            age = cand[r, j].age
+            if age > oldest:
+                oldest = age
+            g = cand[r, j].group
+            if g >= 0 and gmark[g] != i:
+                gmark[g] = i
+                n_ven += 1
+    rows[r].lo = lo
+    rows[r].hi = hi
+    rows[r].oldest = oldest
+    rows[r].n_ven = n_ven
+
+
+@njit(cache=True, _nrt=False)
+def _median(rows, cand, ranked, n):  # pragma: no cover - jitted
+    """METHOD_MEDIAN: the plain median of the used prices."""
+    for r in range(n):
+        if rows[r].k == 0:
+            continue
+        c = _rank_used(rows, cand, ranked, r)
+        half = c // 2
+        if c % 2 == 1:
+            rows[r].fair = ranked[r, half]
+        else:
+            rows[r].fair = (ranked[r, half - 1] + ranked[r, half]) / 2.0
+
+
+@njit(cache=True, _nrt=False)
+def _trimmed_mean(trim, rows, cand, ranked, n):  # pragma: no cover - jitted
+    """METHOD_TRIMMED_MEAN: the mean of the used prices after dropping floor(trim·n) at each
+    end."""
+    for r in range(n):
+        if rows[r].k == 0:
+            continue
+        c = _rank_used(rows, cand, ranked, r)
+        t = math.floor(trim * c)
+        acc = 0.0
+        for j in range(t, c - t):
+            acc += ranked[r, j]
+        rows[r].fair = acc / (c - 2 * t)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _rank_used(rows, cand, ranked, r):  # pragma: no cover - jitted
+    """``ranked[r, :c]``: the used candidates' prices, sorted; returns ``c``. Already so when
+    the gate kept every candidate (``_plain_reference`` sorted them all)."""
+    k = rows[r].k
+    if rows[r].n_used == k:
+        return k
+    xs = ranked[r]
+    c = 0
+    for j in range(k):
+        if cand[r, j].used == 1:
+            xs[c] = cand[r, j].price
+            c += 1
+    _sort_nb(xs, c)
+    return c
+
+
+@njit(cache=True, _nrt=False)
+def _two_level(now, p, vol, vol_ts, rows, cand, n, work_f, work_i):  # pragma: no cover - jitted
+    """METHOD_TWO_LEVEL: the median per venue of its used sources, then the capped volume ×
+    freshness weighted median of the venues (candidates ordered by venue group)."""
+    k_decay = -LN2 / p.halflife_ns
+    freshness_tau_ns = p.freshness_tau_ns
+    venue_cap = p.venue_cap
+    xs = work_f[1]
+    vmed = work_f[3]
+    vmax_of = work_f[4]
+    fresh = work_f[5]
+    share = work_f[6]
+    capped = work_i[4]
+    for r in range(n):
+        k = rows[r].k
+        if k == 0:
+            continue
+        i = rows[r].inst
+        nv = 0
+        tot_vol = 0.0
+        j = 0
+        while j < k:
+            g = cand[r, j].group
+            c = 0
+            vmax = 0.0
+            amin = np.int64(0)
+            while j < k and cand[r, j].group == g:
+                q = j
+                j += 1
+                if g < 0 or cand[r, q].used == 0:
+                    continue
+                s = cand[r, q].src
+                xs[c] = cand[r, q].price
+                v = vol[i, s]
+                dt = now - vol_ts[i, s]
+                if dt > 0:
+                    v *= math.exp(k_decay * dt)
+                if v > vmax:
+                    vmax = v
+                age = cand[r, q].age
+                if c == 0 or age < amin:
+                    amin = age
+                c += 1
+            if c > 0:
+                vmed[nv] = xs[0] if c == 1 else _median_nb(xs, c)
+                vmax_of[nv] = vmax
+                fresh[nv] = math.exp(-max(amin, 0) / freshness_tau_ns)
+                tot_vol += vmax
+                nv += 1
+        for j in range(nv):
+            vol_part = vmax_of[j] if tot_vol > 0.0 else 1.0
+            share[j] = vol_part * fresh[j]
+        _cap_shares_nb(share, nv, venue_cap, capped)
+        rows[r].fair = _weighted_median_nb(vmed, share, nv)
+
+
+@njit(cache=True, _nrt=False)
+def _inverse_variance(now, halflife_ns, vol, vol_ts, var_num, var_den, rows, cand, n,
+                      work_f):  # fmt: skip  # pragma: no cover - jitted
+    """METHOD_INVERSE_VARIANCE: weighted median, w = ½ volume share + ½ inverse-variance share
+    (a source without a variance estimate counts with the largest known; none known: equal)."""
+    k_decay = -LN2 / halflife_ns
+    xs = work_f[1]
+    ws = work_f[2]
+    vols = work_f[4]
+    inv = work_f[5]
+    for r in range(n):
+        k = rows[r].k
+        if k == 0:
+            continue
+        i = rows[r].inst
+        c = 0
+        tot_vol = 0.0
+        var_max = -1.0
+        for j in range(k):
+            if cand[r, j].used == 0:
                 continue
-            fair = last
+            s = cand[r, j].src
+            xs[c] = cand[r, j].price
+            v = vol[i, s]
+            dt = now - vol_ts[i, s]
+            if dt > 0:
+                v *= math.exp(k_decay * dt)
+            vols[c] = v
+            tot_vol += v
+            den = var_den[i, s]
+            var = var_num[i, s] / den if den > 0.0 else -1.0
+            inv[c] = var
+            if var > var_max:
+                var_max = var
+            c += 1
+        tot_inv = 0.0
+        for j in range(c):
+            var = inv[j]
+            if var_max < 0.0:
+                x = 1.0
+            else:
+                if var < 0.0:
+                    var = var_max
+                x = 1.0 / max(var, VAR_FLOOR)
+            inv[j] = x
+            tot_inv += x
+        for j in range(c):
+            vs = vols[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
+            ws[j] = 0.5 * vs + 0.5 * inv[j] / tot_inv
+        rows[r].fair = _weighted_median_nb(xs, ws, c)
+
+
+@njit(cache=True, _nrt=False)
+def _windowed_vwm(now, bucket_ns, bucket_id, bucket_price, bucket_vol, rows, cand, n, work_f,
+                  work_i):  # fmt: skip  # pragma: no cover - jitted
+    """METHOD_WINDOWED_VWM: the volume-weighted median per bucket of the window, mean over the
+    buckets; nothing in the window: the plain median of the last prices."""
+    n_bucket = bucket_id.shape[2]
+    xs = work_f[1]
+    ws = work_f[2]
+    bpx = work_f[4]
+    bvol = work_f[5]
+    bcnt = work_i[7]
+    # Buckets now_b - B + 1 .. now_b. Each used source's ring is read once (contiguous); its
+    # in-window buckets are collected per bucket, in source order (bucket bi's entries at
+    # bpx / bvol[bi · k ...]), then one weighted median each.
+    now_b = now // bucket_ns
+    lo_b = now_b - n_bucket + 1
+    for r in range(n):
+        k = rows[r].k
+        if k == 0:
+            continue
+        i = rows[r].inst
+        for bi in range(n_bucket):
+            bcnt[bi] = 0
+        for j in range(k):
+            if cand[r, j].used == 0:
+                continue
+            s = cand[r, j].src
+            for slot in range(n_bucket):
+                bid = bucket_id[i, s, slot]
+                if bid < lo_b or bid > now_b:
+                    continue
+                bp = bucket_price[i, s, slot]
+                if np.isnan(bp):
+                    continue
+                bi = bid - lo_b
+                q = bi * k + bcnt[bi]
+                bpx[q] = bp
+                bvol[q] = bucket_vol[i, s, slot]
+                bcnt[bi] += 1
+        acc = 0.0
+        nb = 0
+        for bi in range(n_bucket):
+            c = bcnt[bi]
+            if c == 0:
+                continue
+            for q in range(c):
+                xs[q] = bpx[bi * k + q]
+                ws[q] = bvol[bi * k + q]
+            acc += _weighted_median_nb(xs, ws, c)
+            nb += 1
+        if nb > 0:
+            rows[r].fair = acc / nb
+        else:
+            c = 0
+            for j in range(k):
+                if cand[r, j].used == 1:
+                    xs[c] = cand[r, j].price
+                    c += 1
+            rows[r].fair = _median_nb(xs, c)
+
+
+@njit(cache=True, _nrt=False)
+def _emit(method, min_venues, rows, n, last_fair, last_status, last_nsrc, last_nven, last_emit_ns,
+          now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
+    """Step 4: per row the dispersion and status; written to ``o`` row ``m`` on change or
+    heartbeat. Returns the rows written."""
+    m0 = m
+    reasons = o.reasons
+    for r in range(n):
+        i = rows[r].inst
+        k = rows[r].k
+        if k == 0:  # nothing fresh: the last price carried, stale
+            fair = last_fair[i]
+            if np.isnan(fair):
+                continue
             status = FAIR_STALE
             n_used = 0
             n_ven = 0
             dispersion = np.nan
-            oldest = max(newest, np.int64(0))
+            oldest = rows[r].newest
         else:
-            # 2. outlier gate around the median of candidates (venue medians for two_level)
-            units = 0
-            xs_sorted = False  # xs[:k] = the candidates' prices, sorted
-            if two_level:
-                # candidates ordered by (venue group, source): stable insertion sort
-                for j in range(k):
-                    pos = j
-                    gj = venue_of[cidx[j]]
-                    while pos > 0 and venue_of[cidx[order[pos - 1]]] > gj:
-                        order[pos] = order[pos - 1]
-                        pos -= 1
-                    order[pos] = j
-                j = 0
-                while j < k:
-                    g = venue_of[cidx[order[j]]]
-                    c = 0
-                    while j < k and venue_of[cidx[order[j]]] == g:
-                        xs[c] = cpx[order[j]]
-                        c += 1
-                        j += 1
-                    if g >= 0:
-                        vmed[units] = xs[0] if c == 1 else _median_nb(xs, ws, c)
-                        units += 1
-                ref = _median_nb(vmed, ws, units) if units > 0 else np.nan
-            else:
-                for j in range(k):
-                    xs[j] = cpx[j]
-                units = k
-                ref = _median_nb(xs, ws, k)
-                xs_sorted = True
-            n_used = k
-            for j in range(k):
-                used[j] = 1
-            if units >= 3 and outlier_exclude > 0.0 and ref > 0.0:
-                n_used = 0
-                for j in range(k):
-                    s = cidx[j]
-                    d = abs(cpx[j] - ref) / ref
-                    out = gate_out[i, s]
-                    if out:
-                        if d < outlier_readmit:
-                            out = False
-                            gate_out[i, s] = False
-                    elif d > outlier_exclude:
-                        out = True
-                        gate_out[i, s] = True
-                    if out:
-                        reasons[m, s] = REASON_OUTLIER
-                        used[j] = 0
-                    else:
-                        n_used += 1
-                if n_used == 0:  # no consensus: use them all
-                    for j in range(k):
-                        reasons[m, cidx[j]] = REASON_INCLUDED
-                        used[j] = 1
-                    n_used = k
-            # used sources: used[j] == 1. Summary figures.
-            lo = np.inf
-            hi = -np.inf
-            oldest = np.int64(0)
-            n_ven = 0
-            for j in range(k):
-                if used[j] == 1:
-                    x = cpx[j]
-                    lo = min(lo, x)
-                    hi = max(hi, x)
-                    if cage[j] > oldest:
-                        oldest = cage[j]
-                    g = venue_of[cidx[j]]
-                    if g >= 0 and gmark[g] != i:
-                        gmark[g] = i
-                        n_ven += 1
-            # 3. the method
-            if method in (METHOD_MEDIAN, METHOD_TRIMMED_MEAN):
-                c = n_used
-                if not (xs_sorted and n_used == k):
-                    c = 0
-                    for j in range(k):
-                        if used[j] == 1:
-                            xs[c] = cpx[j]
-                            c += 1
-                    _sort2_nb(xs, ws, c)
-                if method == METHOD_MEDIAN:
-                    half = c // 2
-                    fair = xs[half] if c % 2 == 1 else (xs[half - 1] + xs[half]) / 2.0
-                else:
-                    t = math.floor(trim * c)
-                    acc = 0.0
-                    for j in range(t, c - t):
-                        acc += xs[j]
-                    fair = acc / (c - 2 * t)
-            elif two_level:
-                nv = 0
-                tot_vol = 0.0
-                j = 0
-                while j < k:
-                    g = venue_of[cidx[order[j]]]
-                    c = 0
-                    vmax = 0.0
-                    amin = np.int64(0)
-                    while j < k and venue_of[cidx[order[j]]] == g:
-                        q = order[j]
-                        j += 1
-                        if g < 0 or used[q] == 0:
-                            continue
-                        s = cidx[q]
-                        xs[c] = cpx[q]
-                        v = vol[i, s]
-                        dt = now - vol_ts[i, s]
-                        if dt > 0:
-                            v *= math.exp(k_decay * dt)
-                        if v > vmax:
-                            vmax = v
-                        if c == 0 or cage[q] < amin:
-                            amin = cage[q]
-                        c += 1
-                    if c > 0:
-                        vmed[nv] = xs[0] if c == 1 else _median_nb(xs, ws, c)
-                        w3[nv] = vmax
-                        w4[nv] = math.exp(-max(amin, 0) / freshness_tau_ns)
-                        tot_vol += vmax
-                        nv += 1
-                for j in range(nv):
-                    vol_part = w3[j] if tot_vol > 0.0 else 1.0
-                    w5[j] = vol_part * w4[j]
-                _cap_shares_nb(w5, nv, venue_cap, capped)
-                fair = _weighted_median_nb(vmed, w5, nv)
-            elif method == METHOD_INVERSE_VARIANCE:
-                c = 0
-                tot_vol = 0.0
-                var_max = -1.0
-                for j in range(k):
-                    if used[j] == 0:
-                        continue
-                    s = cidx[j]
-                    xs[c] = cpx[j]
-                    v = vol[i, s]
-                    dt = now - vol_ts[i, s]
-                    if dt > 0:
-                        v *= math.exp(k_decay * dt)
-                    w3[c] = v
-                    tot_vol += v
-                    den = var_den[i, s]
-                    var = var_num[i, s] / den if den > 0.0 else -1.0
-                    w4[c] = var
-                    if var > var_max:
-                        var_max = var
-                    c += 1
-                tot_inv = 0.0
-                for j in range(c):
-                    var = w4[j]
-                    if var_max < 0.0:
-                        inv = 1.0
-                    else:
-                        if var < 0.0:
-                            var = var_max
-                        inv = 1.0 / max(var, VAR_FLOOR)
-                    w4[j] = inv
-                    tot_inv += inv
-                for j in range(c):
-                    vs = w3[j] / tot_vol if tot_vol > 0.0 else 1.0 / c
-                    ws[j] = 0.5 * vs + 0.5 * w4[j] / tot_inv
-                fair = _weighted_median_nb(xs, ws, c)
-            else:  # METHOD_WINDOWED_VWM
-                # Buckets now_b - B + 1 .. now_b. Each used source's ring is read once
-                # (contiguous); its in-window buckets are collected per bucket, in source order
-                # (bucket bi's entries at w3 / w4[bi · k ...]), then one weighted median each.
-                now_b = now // bucket_ns
-                lo_b = now_b - n_bucket + 1
-                for bi in range(n_bucket):
-                    bcnt[bi] = 0
-                for j in range(k):
-                    if used[j] == 0:
-                        continue
-                    s = cidx[j]
-                    for slot in range(n_bucket):
-                        bid = bucket_id[i, s, slot]
-                        if bid < lo_b or bid > now_b:
-                            continue
-                        bp = bucket_price[i, s, slot]
-                        if np.isnan(bp):
-                            continue
-                        bi = bid - lo_b
-                        q = bi * k + bcnt[bi]
-                        w3[q] = bp
-                        w4[q] = bucket_vol[i, s, slot]
-                        bcnt[bi] += 1
-                acc = 0.0
-                nb = 0
-                for bi in range(n_bucket):
-                    c = bcnt[bi]
-                    if c == 0:
-                        continue
-                    for q in range(c):
-                        xs[q] = w3[bi * k + q]
-                        ws[q] = w4[bi * k + q]
-                    acc += _weighted_median_nb(xs, ws, c)
-                    nb += 1
-                if nb > 0:
-                    fair = acc / nb
-                else:  # nothing in the window: plain median of the last prices
-                    c = 0
-                    for j in range(k):
-                        if used[j] == 1:
-                            xs[c] = cpx[j]
-                            c += 1
-                    fair = _median_nb(xs, ws, c)
-            dispersion = (hi - lo) / fair if n_used > 1 and fair != 0.0 else 0.0
+            fair = rows[r].fair
+            n_used = rows[r].n_used
+            n_ven = rows[r].n_ven
+            oldest = rows[r].oldest
+            spread = rows[r].hi - rows[r].lo
+            dispersion = spread / fair if n_used > 1 and fair != 0.0 else 0.0
             if n_used == 1:
                 status = FAIR_SINGLE_SOURCE
             elif n_ven < min_venues:
                 status = FAIR_DEGRADED
             else:
                 status = FAIR_OK
-        # 4. emit on change or heartbeat
         changed = (
             fair != last_fair[i]
             or status != last_status[i]
             or n_used != last_nsrc[i]
             or n_ven != last_nven[i]
         )
-        if not (changed or hb_due):
+        if not (changed or rows[r].hb_due):
             continue
-        out_instrument[m] = i
-        out_price[m] = fair
-        out_method[m] = method
-        out_sources[m] = n_used
-        out_venues[m] = n_ven
-        out_dispersion[m] = dispersion
-        out_oldest[m] = oldest
-        out_status[m] = status
+        if m != m0 + r:
+            for s in range(n_src):
+                reasons[m, s] = reasons[m0 + r, s]
+        o.instrument[m] = i
+        o.price[m] = fair
+        o.method[m] = method
+        o.sources[m] = n_used
+        o.venues[m] = n_ven
+        o.dispersion[m] = dispersion
+        o.oldest_age_ns[m] = oldest
+        o.status[m] = status
         last_fair[i] = fair
         last_status[i] = status
         last_nsrc[i] = n_used

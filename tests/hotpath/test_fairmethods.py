@@ -414,3 +414,22 @@ def test_from_config_and_validation():
         fm.make_params(outlier_exclude=0.02, outlier_readmit=0.03)
     with pytest.raises(TypeError):
         b.update(np.zeros(3))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    xs=st.lists(st.sampled_from([1.0, 2.0, 2.0, 3.0, -0.5]) | st.floats(-1e6, 1e6), max_size=12),
+    data=st.data(),
+)
+def test_sorts_match_a_stable_sort(xs, data):
+    """Both sorts, with and without branches (up to / beyond ``BRANCHLESS_MAX`` values)."""
+    k = len(xs)
+    ws = data.draw(st.lists(st.floats(0, 10), min_size=k, max_size=k))
+    x = np.array([*xs, 7.0])  # a value past k stays put
+    fm._sort_nb(x, k)
+    assert x.tolist() == [*sorted(xs), 7.0]
+    x, w = np.array([*xs, 7.0]), np.array([*ws, 8.0])
+    fm._sort2_nb(x, w, k)
+    want = sorted(zip(xs, ws, strict=True), key=lambda t: t[0])  # stable: ties keep their order
+    assert list(zip(x[:k].tolist(), w[:k].tolist(), strict=True)) == want
+    assert (x[k], w[k]) == (7.0, 8.0)
