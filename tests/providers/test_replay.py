@@ -69,12 +69,13 @@ def test_original_timing_scaled():
             return await _arrivals(srv, len(frames))
 
     began, *got = asyncio.run(go())
-    t0, g0 = frames[0][0], got[0]
-    for (ts, _), g in zip(frames, got, strict=True):
-        due = (ts - t0) / 1e9 / speed
-        # never early (the schedule starts after the client began to connect, whatever the
-        # load), and not late against the first frame
-        assert g - began >= due and g - g0 <= due + 0.05
+    t0 = frames[0][0]
+    dues = [(ts - t0) / 1e9 / speed for ts, _ in frames]
+    # Never early: the schedule starts after the client began to connect, whatever the load.
+    assert all(g - began >= due for g, due in zip(got, dues, strict=True))
+    # Not the original pace (7.6 s) nor a drifting one: frames are due on an absolute schedule,
+    # so even the last arrives well within a second of its time (a late frame delays no other).
+    assert got[-1] - began <= dues[-1] + 1.0
 
 
 def test_fast_keep_open_and_close():
