@@ -11,6 +11,8 @@ tree are printed.
 
 The client (picows, in this process) counts frames and takes every frame as ``batch`` events
 (``max_events`` is 0, so every frame is full): it is cheap, and the server is the bottleneck.
+Besides events/s (wall), the server's CPU per event (utime + stime of its process over the same
+window, ``/proc/<pid>/stat``) is given: it moves less than wall time when the machine is shared.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from bench.e2e import cpu_seconds
 
 SERVER = """
 import asyncio, sys
@@ -35,23 +39,28 @@ asyncio.run(serve_forever([SimulatorServer("bench", cfg)], ready, None, True))
 """
 
 
-async def _receive(url: str, batch: int, events: int) -> float:
-    """Seconds for ``events`` events to arrive, from the first batch frame on."""
+def server_cpu(pid: int) -> float:
+    return cpu_seconds([pid])[pid]
+
+
+async def _receive(url: str, batch: int, events: int, pid: int) -> tuple[float, float]:
+    """(wall s, server CPU s) for ``events`` events to arrive, from the first batch frame on."""
     from picows import WSListener, WSMsgType, ws_connect
 
     done = asyncio.get_running_loop().create_future()
     frames_needed = -(-events // batch)
-    state = {"frames": 0, "t0": 0.0}
+    state = {"frames": 0, "t0": 0.0, "c0": 0.0}
 
     class Listener(WSListener):
         def on_ws_frame(self, transport, frame) -> None:  # type: ignore[no-untyped-def]
             if frame.get_payload_as_memoryview()[:15] != b'{"type":"batch"':
                 return
             if not state["t0"]:
-                state["t0"] = time.perf_counter()
+                state["t0"], state["c0"] = time.perf_counter(), server_cpu(pid)
             state["frames"] += 1
             if state["frames"] > frames_needed and not done.done():
-                done.set_result(time.perf_counter() - state["t0"])
+                cpu = server_cpu(pid) - state["c0"]
+                done.set_result((time.perf_counter() - state["t0"], cpu))
 
     transport, _ = await ws_connect(Listener, url)
     transport.send(WSMsgType.TEXT, b'{"op":"subscribe","id":1,"symbols":["BTC-USD","ETH-USD"]}')
@@ -60,8 +69,9 @@ async def _receive(url: str, batch: int, events: int) -> float:
     return dt
 
 
-def measure(tree: str | None, batch: int, events: int) -> float:
-    """Events per second from one fresh server process importing fairfeed from ``tree``."""
+def measure(tree: str | None, batch: int, events: int) -> tuple[float, float]:
+    """(events/s, server CPU µs/event) from one fresh server process importing fairfeed from
+    ``tree``."""
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = os.path.abspath(tree)
@@ -71,8 +81,8 @@ def measure(tree: str | None, batch: int, events: int) -> float:
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        dt = asyncio.run(_receive(f"ws://127.0.0.1:{port}", batch, events))
-        return events / dt
+        dt, cpu = asyncio.run(_receive(f"ws://127.0.0.1:{port}", batch, events, proc.pid))
+        return events / dt, cpu * 1e6 / events
     finally:
         proc.terminate()
         proc.wait(5)
@@ -88,16 +98,20 @@ def main() -> None:
     trees: list[str | None] = list(a.tree) or [None]
     for batch in a.batch:
         rates: dict[int, list[float]] = {i: [] for i in range(len(trees))}
+        cpus: dict[int, list[float]] = {i: [] for i in range(len(trees))}
         for _ in range(a.rounds):
             for i, tree in enumerate(trees):
-                rates[i].append(measure(tree, batch, a.events))
-        base = statistics.median(rates[0])
+                rate, cpu = measure(tree, batch, a.events)
+                rates[i].append(rate)
+                cpus[i].append(cpu)
+        base, base_cpu = statistics.median(rates[0]), statistics.median(cpus[0])
         for i, tree in enumerate(trees):
-            med = statistics.median(rates[i])
+            med, cpu = statistics.median(rates[i]), statistics.median(cpus[i])
             runs = " ".join(f"{r / 1e3:.0f}k" for r in rates[i])
             print(
-                f"batch={batch:<4} {tree or 'installed':<24} median {med:>10,.0f} events/s "
-                f"ratio {med / base:.3f}  ({runs})",
+                f"batch={batch:<4} {tree or 'installed':<24} median {med:>9,.0f} events/s "
+                f"(x{med / base:.3f}), server CPU {cpu:.3f} µs/event (x{cpu / base_cpu:.3f})"
+                f"  [{runs}]",
                 flush=True,
             )
 
