@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +52,8 @@ from fairfeed.providers.simulator.wire import (
     encode,
     ws_text_frame,
 )
+
+_SIDE = ('"sell"', '"buy"')  # indexed by taker_buy
 
 
 class SimulatorServer(LocalWsServer):
@@ -110,20 +113,28 @@ class SimulatorServer(LocalWsServer):
     # --- messages ---------------------------------------------------------------------------
 
     def format_events(self, conn: Conn, ev: EventBatch) -> list[str]:
+        # The hot path at rate = 0: one f-string per event over plain lists; the timestamp tail
+        # is formatted once when the chunk has one stamp (the market's way), 20% of the cost.
+        if len(ev) == 0:
+            return []
         names = self._json_names
+        te, tp = ev.ts_exchange, ev.ts_provider
+        if (te == te[0]).all() and (tp == tp[0]).all():
+            tails: Iterable[str] = itertools.repeat(f',"T":{te[0]},"P":{tp[0]}}}', len(ev))
+        else:
+            tails = [f',"T":{t},"P":{p}}}' for t, p in zip(te.tolist(), tp.tolist(), strict=True)]
         cols = zip(
             ev.symbol.tolist(), ev.is_quote.tolist(), ev.price.tolist(), ev.size.tolist(),
             ev.taker_buy.tolist(), ev.bid.tolist(), ev.bid_size.tolist(), ev.ask.tolist(),
-            ev.ask_size.tolist(), ev.seq.tolist(), ev.ts_exchange.tolist(),
-            ev.ts_provider.tolist(), strict=True,
+            ev.ask_size.tolist(), ev.seq.tolist(), tails, strict=True,
         )  # fmt: skip
         texts = [
             f'{{"e":"quote","s":{names[s]},"bp":{b!r},"bq":{bq!r},"ap":{a!r},"aq":{aq!r},'
-            f'"seq":{seq},"T":{t},"P":{p}}}'
+            f'"seq":{seq}{tail}'
             if q
-            else f'{{"e":"trade","s":{names[s]},"p":{px!r},"q":{sz!r},'
-            f'"side":"{"buy" if buy else "sell"}","seq":{seq},"T":{t},"P":{p}}}'
-            for s, q, px, sz, buy, b, bq, a, aq, seq, t, p in cols
+            else f'{{"e":"trade","s":{names[s]},"p":{px!r},"q":{sz!r},"side":{_SIDE[buy]},'
+            f'"seq":{seq}{tail}'
+            for s, q, px, sz, buy, b, bq, a, aq, seq, tail in cols
         ]
         b = self.cfg.batch
         return [

@@ -8,6 +8,7 @@ import json
 import multiprocessing as mp
 import time
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as sync_connect
@@ -211,3 +212,18 @@ def test_shared_faults_in_the_simulator_protocol():
     steps = [b - a for a, b in itertools.pairwise(seqs)]
     assert steps.count(8) == 1 and set(steps) == {1, 8}  # 7 numbers skipped, once
     assert stats.malformed == 1 and stats.notices == 0
+
+
+def test_format_events_per_event_timestamps_and_batches():
+    server = SimulatorServer("sim", SimulatorConfig(prices=PRICES, batch=3, quote_ratio=0.5))
+    ev = server.market.events([0, 1], 7)
+    ev.ts_exchange += np.arange(7)  # not one stamp per chunk: the per-event path
+    msgs = [json.loads(m) for m in server.format_events(None, ev)]  # type: ignore[arg-type]
+    assert [len(m["events"]) for m in msgs] == [3, 3, 1]
+    events = [e for m in msgs for e in m["events"]]
+    assert [e["T"] for e in events] == ev.ts_exchange.tolist()
+    assert [e["P"] for e in events] == ev.ts_provider.tolist()
+    assert [e["seq"] for e in events] == ev.seq.tolist()
+    assert [e["e"] == "quote" for e in events] == ev.is_quote.tolist()
+    names = list(PRICES)
+    assert [e["s"] for e in events] == [names[i] for i in ev.symbol.tolist()]
