@@ -6,7 +6,7 @@ One local broker (Tansu) serves the whole run. For each pipeline, fresh simulate
 in a separate process (their CPU counts against neither pipeline), at full speed with a fixed
 workload: every connection receives exactly ``max_events`` events. To keep the simulators from
 being the bottleneck and to keep start-up out of the measurement, they *pre-generate* each
-connection's events once it has subscribed (with the simulator's own generator) and hold them
+connection's events once it has subscribed (the simulator's ``gate`` option) and hold them
 behind a gate; the harness opens the gate once the pipeline is up and every connection is
 subscribed, so the measured window holds nothing but the data flow.
 
@@ -124,47 +124,6 @@ class Workload:
 
 # --- simulators in their own process -------------------------------------------------------
 
-_PREGEN_CHUNK = 4000
-
-
-class _GatedServer(SimulatorServer):
-    """A simulator that pre-generates each connection's ``max_events`` events once it has
-    subscribed, then writes them as fast as the client drains once the gate opens.
-
-    Built on the simulator's own generator (``_chunk``) and accounting (``_account``), so stats
-    and wire format are the simulator's; only the timing differs (timestamps are generation
-    time, a few seconds before the data is written).
-    """
-
-    def __init__(self, name: str, cfg: SimulatorConfig, gate: asyncio.Event) -> None:
-        super().__init__(name, cfg)
-        self.gate = gate
-        self.prepared = 0  # connections whose events are ready
-        self.finished = 0  # connections that got all of them
-
-    async def _stream(self, conn) -> None:  # type: ignore[override]
-        while not conn.symbols:
-            conn.wake.clear()
-            await conn.wake.wait()
-        total = self.cfg.max_events
-        step = _PREGEN_CHUNK - _PREGEN_CHUNK % self.cfg.batch
-        chunks = []
-        made = 0
-        while made < total:
-            k = min(step, total - made)
-            chunks.append((k, *self._chunk(conn, k)))
-            made += k
-            await asyncio.sleep(0)  # heartbeats keep flowing while we generate
-        self.prepared += 1
-        await self.gate.wait()
-        for k, data, frames, updates in chunks:
-            if not conn.write(data):
-                return
-            conn.sent += k
-            self._account(k, frames, updates)
-            await conn.ws.drain()
-        self.finished += 1
-
 
 def _sims_main(pipe, specs: list[tuple[str, dict[str, Any]]]) -> None:
     asyncio.run(_sims_async(pipe, specs))
@@ -173,17 +132,19 @@ def _sims_main(pipe, specs: list[tuple[str, dict[str, Any]]]) -> None:
 async def _sims_async(pipe, specs) -> None:
     loop = asyncio.get_running_loop()
     gate, stop = asyncio.Event(), asyncio.Event()
-    servers = [_GatedServer(name, SimulatorConfig(**kw), gate) for name, kw in specs]
+    # A gated simulator pre-generates each connection's max_events once it has subscribed and
+    # writes them as fast as the client drains once the gate opens (see fairfeed.local.wsserver).
+    servers = [SimulatorServer(name, SimulatorConfig(**kw), gate=gate) for name, kw in specs]
     for s in servers:
         await s.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     def status() -> dict[str, Any]:
-        st = [s._stats for s in servers]
+        st = [s.stats for s in servers]
         return {
-            "prepared": sum(s.prepared for s in servers),
-            "finished": sum(s.finished for s in servers),
+            "prepared": sum(x.prepared for x in st),
+            "finished": sum(x.finished for x in st),
             "connections_open": sum(x.connections_open for x in st),
             "connections_total": sum(x.connections_total for x in st),
             "events": sum(x.events for x in st),

@@ -30,12 +30,11 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
-from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.market import EventBatch
-from fairfeed.local.wsserver import Conn, LocalWsServer, log
+from fairfeed.local.wsserver import Conn, LocalWsServer
 from fairfeed.providers.binance.symbols import split_stream, to_stream_symbol, to_symbol
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, REQUEST_DECODER, encode
 
@@ -44,6 +43,7 @@ class BinanceServer(LocalWsServer):
     """Binance spot combined streams over the shared random-walk market."""
 
     heartbeat_interval = 0.0  # Binance sends WebSocket pings, no heartbeat messages
+    keepalive = None  # our own ping loop (counted, stall-aware) replaces websockets' keepalive
 
     def __init__(
         self,
@@ -77,15 +77,6 @@ class BinanceServer(LocalWsServer):
         self.age_closes = 0  # connections closed at max_connection_age
         self.rate_closes = 0  # connections closed for sending too many messages
         self.limit_errors = 0  # requests refused for exceeding max_streams
-
-    async def start(self) -> None:
-        # Our own ping loop (counted, stall-aware) replaces websockets' keepalive.
-        self._server = await serve(
-            self._handler, self.host, self.port, compression=None, max_size=1 << 22,
-            ping_interval=None,
-        )  # fmt: skip
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("%s listening on %s", self.name, self.url)
 
     # -- connection ----------------------------------------------------------------------------
     async def on_connect(self, conn: Conn) -> None:

@@ -26,11 +26,9 @@ import json
 import time
 from datetime import UTC, datetime
 
-from websockets.asyncio.server import serve
-
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.market import HALF_SPREAD, EventBatch
-from fairfeed.local.wsserver import Conn, LocalWsServer, log
+from fairfeed.local.wsserver import Conn, LocalWsServer
 from fairfeed.providers.kraken.symbols import from_symbol, to_symbol
 from fairfeed.providers.kraken.wire import RATE_LIMIT_ERROR, encode
 
@@ -45,6 +43,8 @@ def rfc3339(ns: int) -> str:
 
 class KrakenServer(LocalWsServer):
     """Kraken spot v2 ``trade`` / ``ticker`` channels over the shared random-walk market."""
+
+    keepalive = None  # the protocol has heartbeats; WebSocket pings are answered
 
     def __init__(
         self,
@@ -68,14 +68,6 @@ class KrakenServer(LocalWsServer):
         self.limit_errors = 0
         self._recent = [collections.deque(maxlen=SNAPSHOT_TRADES) for _ in self.wire]
         self._last_price = [0.0] * len(self.wire)
-
-    async def start(self) -> None:
-        self._server = await serve(
-            self._handler, self.host, self.port, compression=None, max_size=1 << 22,
-            ping_interval=None,  # the protocol has heartbeats; WebSocket pings are answered
-        )  # fmt: skip
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("%s listening on %s", self.name, self.url)
 
     # -- connection ----------------------------------------------------------------------------
     async def on_connect(self, conn: Conn) -> None:

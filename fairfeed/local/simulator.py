@@ -1,9 +1,14 @@
 """A simulated market-data provider: a WebSocket server streaming random-walk trades and quotes.
 
-Protocol: docs/simulator-protocol.md. Speed matters only for ``rate = 0`` (as fast as possible):
-events are generated in vectorized chunks, formatted straight to JSON text and written to the
-transport as pre-built WebSocket frames, one ``write`` per chunk (the library's ``send`` costs
-several µs per frame). Everything else (handshake, requests, close) goes through ``websockets``.
+Protocol: docs/simulator-protocol.md. The server is a :class:`LocalWsServer`: the random walk
+(:mod:`.market`), pacing, connection bookkeeping, statistics, the faults of :mod:`.faults`, the
+raw-frame injection and the benchmark gate are the base's. This module says only what is the
+simulator's: its wire encoding (batch frames of ``cfg.batch`` events), its answers to
+subscribe and unsubscribe, its heartbeat and malformed message.
+
+Speed matters for ``rate = 0`` (as fast as possible, what the benchmarks use): events are
+formatted straight to JSON text and written as pre-built WebSocket frames, one transport write
+per chunk (``write_frames``; the library's ``send`` costs several µs per frame).
 
 Semantics worth knowing (also in the protocol document):
 
@@ -14,29 +19,30 @@ Semantics worth knowing (also in the protocol document):
   ``rate / len(prices)`` events/s, so a connection subscribed to k instruments receives
   ``rate * k / len(prices)`` — the total is ``rate`` however subscriptions are partitioned.
 * ``max_events`` counts per connection; after it the connection receives heartbeats only.
-* :attr:`SimulatorServer.stats` counts what was actually written to sockets, server-wide.
+* :attr:`SimulatorServer.stats` counts what was actually written to sockets, server-wide
+  (``keep_log=True``: every event, in ``stats.log``).
+
+Faults (:meth:`SimulatorServer.inject`): every one of :class:`Fault` but RECONNECT_NOTICE (the
+protocol has no such message). REJECT_SUBSCRIBE answers subscribe requests with an error;
+SEQUENCE_GAP skips ``seq`` numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import logging
-import math
+import itertools
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import msgspec
-import numpy as np
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.protocol import State
 
 from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.market import EventBatch
 from fairfeed.local.thread import LoopThread
+from fairfeed.local.wsserver import Conn, LocalWsServer, ServerStats
 from fairfeed.providers.simulator.wire import (
     CLIENT_REQUEST_DECODER,
     Error,
@@ -47,96 +53,19 @@ from fairfeed.providers.simulator.wire import (
     ws_text_frame,
 )
 
-log = logging.getLogger(__name__)
-
-_FAST_CHUNK = 4096  # events generated per write when rate = 0
-_MAX_CHUNK = 65536  # cap on events per write when catching up with a rate
-_HALF_SPREAD = 0.5e-4  # half the bid/ask spread, relative to the mid
-_EXCHANGE_LAG_NS = 2_000_000  # T = generation time - 2 ms
-_PROVIDER_LAG_NS = 1_000_000  # P = generation time - 1 ms
+_SIDE = ('"sell"', '"buy"')  # indexed by taker_buy
 
 
-@dataclass
-class SymbolStats:
-    """What one server wrote for one instrument, over all connections."""
+class SimulatorServer(LocalWsServer):
+    """One simulated provider. ``port=0`` binds a free port; :attr:`port` holds it after start.
 
-    trades: int = 0
-    quotes: int = 0
-    # (price, size, side, seq, T, P) of the last trade written
-    last_trade: tuple[float, float, str, int, int, int] | None = None
-    # (bid, bid size, ask, ask size, seq, T, P) of the last quote written
-    last_quote: tuple[float, float, float, float, int, int, int] | None = None
+    ``gate``: a fixed, pre-generated workload for benchmarks (see :mod:`.wsserver`).
+    """
 
-    @property
-    def events(self) -> int:
-        return self.trades + self.quotes
-
-    @property
-    def records(self) -> int:
-        """Records these events normalize to: a trade is one, a quote two (bid + ask)."""
-        return self.trades + 2 * self.quotes
-
-
-@dataclass
-class ServerStats:
-    symbols: dict[str, SymbolStats] = field(default_factory=dict)
-    events: int = 0
-    frames: int = 0  # batch frames
-    heartbeats: int = 0
-    injected: int = 0
-    connections_open: int = 0
-    connections_total: int = 0
-    subscribe_requests: int = 0
-    request_errors: int = 0  # error answers sent
-    # With keep_log: every event written, in order, as
-    # ("trade", sym, price, size, side, seq, T, P) or ("quote", sym, bp, bq, ap, aq, seq, T, P).
-    log: list[tuple] = field(default_factory=list)
-
-    @property
-    def records(self) -> int:
-        return sum(s.records for s in self.symbols.values())
-
-    def symbol(self, name: str) -> SymbolStats:
-        return self.symbols.get(name) or SymbolStats()
-
-
-class _Market:
-    """Server-wide state of one instrument: mid price walk and sequence."""
-
-    def __init__(self, name: str, start: float, seed: int, index: int) -> None:
-        self.name = name
-        self.json_name = orjson.dumps(name).decode()
-        self.mid = start
-        self.seq = 0
-        self.rng = np.random.default_rng([seed, index])
-        mag = math.floor(math.log10(start)) if start > 0 else 0
-        self.decimals = max(2, 6 - mag)
-        self.tick = 10.0**-self.decimals
-        self.size_scale = 1000.0 / start if start > 0 else 1.0  # ~1000 (quote currency) a trade
-
-
-class _Conn:
-    def __init__(self, ws: ServerConnection, index: int, seed: int) -> None:
-        self.ws = ws
-        self.index = index
-        self.symbols: list[str] = []
-        self.sent = 0  # events written on this connection
-        self.rng = np.random.default_rng([seed, 1_000_003, index])
-        self.wake = asyncio.Event()
-
-    @property
-    def open(self) -> bool:
-        return self.ws.state is State.OPEN and not self.ws.transport.is_closing()
-
-    def write(self, data: bytes) -> bool:
-        if not self.open:
-            return False
-        self.ws.transport.write(data)
-        return True
-
-
-class SimulatorServer:
-    """One simulated provider. ``port=0`` binds a free port; :attr:`port` holds it after start."""
+    keepalive = None  # the protocol has its own heartbeats
+    write_frames = True
+    tick = 0.0  # a paced frame is written when it is due
+    fast_chunk = 4096
 
     def __init__(
         self,
@@ -146,282 +75,78 @@ class SimulatorServer:
         port: int = 0,
         *,
         keep_log: bool = False,
+        gate: asyncio.Event | None = None,
     ) -> None:
         if cfg.batch < 1 or cfg.rate < 0 or not 0 <= cfg.quote_ratio <= 1:
             raise ValueError("simulator needs batch >= 1, rate >= 0, 0 <= quote_ratio <= 1")
-        self.name = name
-        self.cfg = cfg
-        self.host = host
-        self.port = port
-        self.keep_log = keep_log
-        self._stats = ServerStats()
-        self._markets = {
-            sym: _Market(sym, float(px) * (1 + cfg.price_offset_bps / 1e4), cfg.seed, i)
-            for i, (sym, px) in enumerate(cfg.prices.items())
-        }
-        self._conns: set[_Conn] = set()
-        self._n_conns = 0
-        self._server: Server | None = None
-        self._tasks: set[asyncio.Task] = set()
+        super().__init__(name, cfg, host, port, log_events=keep_log, gate=gate)
+        self.heartbeat_interval = cfg.heartbeat_interval
+        self.pace_unit = cfg.batch  # a frame is sent once `batch` events are due
+        self._json_names = [orjson.dumps(s).decode() for s in self.market.symbols]
 
-    # --- lifecycle ------------------------------------------------------------------------
+    # --- requests ---------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await serve(
-            self._handler,
-            self.host,
-            self.port,
-            compression=None,  # raw frame writes rely on no extension being negotiated
-            ping_interval=None,  # the protocol has its own heartbeats
-            max_size=1 << 20,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("simulator %s listening on %s", self.name, self.url)
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        server, self._server = self._server, None
-        server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
-
-    async def __aenter__(self) -> SimulatorServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # --- test hooks ------------------------------------------------------------------------
-
-    @property
-    def stats(self) -> ServerStats:
-        """A snapshot (deep copy) of the counters; call from the server's loop thread."""
-        return copy.deepcopy(self._stats)
-
-    def inject(self, raw: bytes | str) -> int:
-        """Write ``raw`` as a text frame, verbatim (even invalid UTF-8), to every connection."""
-        data = raw.encode() if isinstance(raw, str) else bytes(raw)
-        frame = ws_text_frame(data)
-        n = sum(c.write(frame) for c in list(self._conns))
-        self._stats.injected += n
-        return n
-
-    def drop_connections(self) -> int:
-        """Abort every connection's TCP transport, as a network failure would."""
-        conns = list(self._conns)
-        for c in conns:
-            c.ws.transport.abort()
-        return len(conns)
-
-    def connections(self) -> int:
-        return len(self._conns)
-
-    # --- per connection --------------------------------------------------------------------
-
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        conn = _Conn(ws, self._n_conns, self.cfg.seed)
-        self._n_conns += 1
-        self._conns.add(conn)
-        self._stats.connections_open += 1
-        self._stats.connections_total += 1
-        streamer = self._spawn(self._stream(conn))
-        beater = self._spawn(self._heartbeat(conn))
-        try:
-            async for msg in ws:
-                self._request(conn, msg)
-        except Exception as exc:  # connection errors end the connection, nothing else
-            log.debug("simulator %s connection %d: %r", self.name, conn.index, exc)
-        finally:
-            streamer.cancel()
-            beater.cancel()
-            self._conns.discard(conn)
-            self._stats.connections_open -= 1
-
-    def _answer(self, conn: _Conn, msg: msgspec.Struct) -> None:
+    def _answer(self, conn: Conn, msg: msgspec.Struct) -> None:
+        # A raw write, not an await: a subscribe answer is on the wire before any of its data.
         if isinstance(msg, Error):
-            self._stats.request_errors += 1
+            self.stats.request_errors += 1
         conn.write(ws_text_frame(encode(msg)))
 
-    def _request(self, conn: _Conn, raw: str | bytes) -> None:
+    async def on_message(self, conn: Conn, text: str) -> None:
         try:
-            req = CLIENT_REQUEST_DECODER.decode(raw)
+            req = CLIENT_REQUEST_DECODER.decode(text)
         except msgspec.DecodeError as exc:
-            self._answer(conn, Error(id=_request_id(raw), message=f"bad request: {exc}"))
+            self._answer(conn, Error(id=_request_id(text), message=f"bad request: {exc}"))
             return
-        unknown = [s for s in req.symbols if s not in self._markets]
+        known, unknown = self.indexes(list(req.symbols))
         if unknown:
             self._answer(conn, Error(id=req.id, message=f"unknown symbol {' '.join(unknown)}"))
-            return
-        if isinstance(req, Subscribe):
-            self._stats.subscribe_requests += 1
-            for s in req.symbols:
-                if s not in conn.symbols:
-                    conn.symbols.append(s)
-            # The answer is written before any data of these symbols can be (no await between).
-            self._answer(conn, Subscribed(id=req.id, symbols=list(req.symbols)))
-            conn.wake.set()
-        else:
-            conn.symbols = [s for s in conn.symbols if s not in req.symbols]
+        elif not isinstance(req, Subscribe):
+            conn.unsubscribe(known)
             self._answer(conn, Unsubscribed(id=req.id, symbols=list(req.symbols)))
+        elif self.rejecting():
+            self._answer(conn, Error(id=req.id, message="rate limited: too many requests"))
+        else:
+            self._answer(conn, Subscribed(id=req.id, symbols=list(req.symbols)))
+            conn.subscribe(known)
 
-    async def _heartbeat(self, conn: _Conn) -> None:
-        interval = self.cfg.heartbeat_interval
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            if conn.write(ws_text_frame(b'{"type":"heartbeat","ts":%d}' % time.time_ns())):
-                self._stats.heartbeats += 1
+    # --- messages ---------------------------------------------------------------------------
 
-    async def _stream(self, conn: _Conn) -> None:
-        cfg = self.cfg
-        batch = cfg.batch
-        per_symbol_rate = cfg.rate / max(1, len(self._markets))
-        pace_key = None
-        t0 = 0.0
-        paced = 0
-        while True:
-            remaining = cfg.max_events - conn.sent if cfg.max_events else _MAX_CHUNK
-            if not conn.symbols or remaining <= 0:
-                conn.wake.clear()
-                await conn.wake.wait()
-                continue
-            if cfg.rate == 0:
-                n = max(batch, _FAST_CHUNK - _FAST_CHUNK % batch)
-            else:
-                conn_rate = per_symbol_rate * len(conn.symbols)
-                now = time.monotonic()
-                if pace_key != len(conn.symbols):
-                    pace_key, t0, paced = len(conn.symbols), now, 0
-                due = int((now - t0) * conn_rate) - paced
-                if due > max(conn_rate, _MAX_CHUNK):  # far behind (a stall): drop the backlog
-                    t0, paced, due = now - batch / conn_rate, 0, batch
-                if due < batch and due < remaining:
-                    await asyncio.sleep(max(0.0, (paced + batch) / conn_rate - (now - t0)))
-                    continue
-                n = min(due - due % batch, _MAX_CHUNK) or due
-                paced += n
-            n = min(n, remaining)
-            data, frames, updates = self._chunk(conn, n)
-            if not conn.write(data):
-                return
-            conn.sent += n
-            self._account(n, frames, updates)
-            await conn.ws.drain()
-            if cfg.rate == 0:
-                await asyncio.sleep(0)
-
-    # --- generation --------------------------------------------------------------------------
-
-    def _chunk(self, conn: _Conn, n: int) -> tuple[bytes, int, list]:
-        """``n`` events over the connection's symbols as raw frames of ``batch`` events."""
-        cfg = self.cfg
-        syms = conn.symbols
-        rng = conn.rng
-        which = rng.integers(len(syms), size=n) if len(syms) > 1 else np.zeros(n, np.int64)
-        is_quote = rng.random(n) < cfg.quote_ratio
-        texts: list[str] = [""] * n
-        logged: list[tuple] | None = [()] * n if self.keep_log else None
-        now = time.time_ns()
-        t_ex = now - _EXCHANGE_LAG_NS
-        t_pr = now - _PROVIDER_LAG_NS
-        vol = cfg.volatility_bps / 1e4
-        updates = []
-        for j, sym in enumerate(syms):
-            pos = np.flatnonzero(which == j)
-            m = len(pos)
-            if m == 0:
-                continue
-            mk = self._markets[sym]
-            mids = mk.mid * np.cumprod(1.0 + mk.rng.normal(0.0, vol, m))
-            mk.mid = float(mids[-1])
-            dec = mk.decimals
-            bids = np.round(mids * (1 - _HALF_SPREAD), dec)
-            asks = np.maximum(np.round(mids * (1 + _HALF_SPREAD), dec), bids + mk.tick)
-            asks = np.round(asks, dec)
-            sizes = np.round(mk.rng.exponential(mk.size_scale, (3, m)) + 1e-6, 6).tolist()
-            buys = (mk.rng.random(m) < 0.5).tolist()
-            quote_mask = is_quote[pos]
-            seq0 = mk.seq
-            mk.seq += m
-            name = mk.json_name
-            last_trade = last_quote = None
-            trades = 0
-            for k, (p, q, b, a, bq, aq, buy, isq) in enumerate(
-                zip(
-                    pos.tolist(),
-                    sizes[0],
-                    bids.tolist(),
-                    asks.tolist(),
-                    sizes[1],
-                    sizes[2],
-                    buys,
-                    quote_mask.tolist(),
-                    strict=True,
-                )
-            ):
-                seq = seq0 + k + 1
-                if isq:
-                    texts[p] = (
-                        f'{{"e":"quote","s":{name},"bp":{b!r},"bq":{bq!r},"ap":{a!r},'
-                        f'"aq":{aq!r},"seq":{seq},"T":{t_ex + p},"P":{t_pr + p}}}'
-                    )
-                    last_quote = (b, bq, a, aq, seq, t_ex + p, t_pr + p)
-                    if logged is not None:
-                        logged[p] = ("quote", sym, *last_quote)
-                else:
-                    px, side = (a, "buy") if buy else (b, "sell")
-                    texts[p] = (
-                        f'{{"e":"trade","s":{name},"p":{px!r},"q":{q!r},"side":"{side}",'
-                        f'"seq":{seq},"T":{t_ex + p},"P":{t_pr + p}}}'
-                    )
-                    trades += 1
-                    last_trade = (px, q, side, seq, t_ex + p, t_pr + p)
-                    if logged is not None:
-                        logged[p] = ("trade", sym, *last_trade)
-            updates.append((sym, trades, m - trades, last_trade, last_quote))
-        if logged is not None:
-            updates.append(("", 0, 0, None, logged))
-        b = cfg.batch
-        frames = [
-            ws_text_frame(
-                ('{"type":"batch","events":[' + ",".join(texts[i : i + b]) + "]}").encode()
-            )
-            for i in range(0, n, b)
+    def format_events(self, conn: Conn, ev: EventBatch) -> list[str]:
+        # The hot path at rate = 0: one f-string per event over plain lists; the timestamp tail
+        # is formatted once when the chunk has one stamp (the market's way), 20% of the cost.
+        if len(ev) == 0:
+            return []
+        names = self._json_names
+        te, tp = ev.ts_exchange, ev.ts_provider
+        if (te == te[0]).all() and (tp == tp[0]).all():
+            tails: Iterable[str] = itertools.repeat(f',"T":{te[0]},"P":{tp[0]}}}', len(ev))
+        else:
+            tails = [f',"T":{t},"P":{p}}}' for t, p in zip(te.tolist(), tp.tolist(), strict=True)]
+        cols = zip(
+            ev.symbol.tolist(), ev.is_quote.tolist(), ev.price.tolist(), ev.size.tolist(),
+            ev.taker_buy.tolist(), ev.bid.tolist(), ev.bid_size.tolist(), ev.ask.tolist(),
+            ev.ask_size.tolist(), ev.seq.tolist(), tails, strict=True,
+        )  # fmt: skip
+        texts = [
+            f'{{"e":"quote","s":{names[s]},"bp":{b!r},"bq":{bq!r},"ap":{a!r},"aq":{aq!r},'
+            f'"seq":{seq}{tail}'
+            if q
+            else f'{{"e":"trade","s":{names[s]},"p":{px!r},"q":{sz!r},"side":{_SIDE[buy]},'
+            f'"seq":{seq}{tail}'
+            for s, q, px, sz, buy, b, bq, a, aq, seq, tail in cols
         ]
-        return b"".join(frames), len(frames), updates
+        b = self.cfg.batch
+        return [
+            '{"type":"batch","events":[' + ",".join(texts[i : i + b]) + "]}"
+            for i in range(0, len(texts), b)
+        ]
 
-    def _account(self, n: int, frames: int, updates: list) -> None:
-        st = self._stats
-        st.events += n
-        st.frames += frames
-        for sym, trades, quotes, last_trade, last_quote in updates:
-            if not sym:
-                st.log.extend(last_quote)
-                continue
-            s = st.symbols.get(sym)
-            if s is None:
-                s = st.symbols[sym] = SymbolStats()
-            s.trades += trades
-            s.quotes += quotes
-            if last_trade is not None:
-                s.last_trade = last_trade
-            if last_quote is not None:
-                s.last_quote = last_quote
+    def heartbeat_messages(self, conn: Conn) -> list[str]:
+        return [f'{{"type":"heartbeat","ts":{time.time_ns()}}}']
+
+    def malformed_message(self) -> str:
+        return '{"type":"batch","events":[{"e":"trade","s":"BTC-USD","p":"not-a-number"'
 
     # --- running outside the caller's loop ---------------------------------------------------
 
@@ -455,10 +180,12 @@ class SimulatorThread(LoopThread):
         return self.server.port
 
     def stats(self, i: int = 0) -> ServerStats:
-        return self.call(lambda: self.servers[i].stats)
+        """A snapshot (deep copy) of server ``i``'s statistics."""
+        return self.call(lambda: copy.deepcopy(self.servers[i].stats))
 
     def inject(self, raw: bytes | str, i: int = 0) -> int:
-        return self.call(self.servers[i].inject, raw)
+        """Write ``raw`` verbatim as one text frame to every connection of server ``i``."""
+        return self.call(self.servers[i].inject_frame, raw)
 
     def drop_connections(self, i: int = 0) -> int:
         return self.call(self.servers[i].drop_connections)

@@ -3,9 +3,21 @@
 A subclass speaks one provider's protocol: it answers requests (:meth:`on_message`), formats
 generated market events as that provider's messages (:meth:`format_events`), and knows its
 heartbeat, malformed-message, reconnect-notice and rate-limit messages. This base runs the
-server (``websockets``: speed does not matter here), paces events per connection, keeps the
-statistics tests compare against, and applies the faults of :mod:`.faults` the same way for
-every protocol.
+server (``websockets``), paces events per connection, keeps the statistics tests compare
+against, and applies the faults of :mod:`.faults` the same way for every protocol.
+
+Two ways to write a chunk of events. By default each message goes through ``ws.send`` (several
+µs a message; it lets a subclass wrap :meth:`Conn.send`, as Coinbase does to number messages).
+A subclass that sets ``write_frames`` has its messages written as pre-built WebSocket frames,
+one transport write per chunk: what the simulator needs at ``rate = 0``, where the server is
+the bottleneck of the benchmarks. Pre-built frames rely on no extension being negotiated
+(``compression=None``).
+
+A ``gate`` (an :class:`asyncio.Event`) turns a server into a fixed workload for benchmarks: each
+connection's whole ``max_events`` is generated and encoded once it subscribes
+(``stats.prepared`` counts the connections ready), held until the gate is set, then written as
+fast as the client drains, whatever ``rate`` says (``stats.finished`` counts the connections
+that got all of it). Timestamps are then generation time, before the gate opened.
 """
 
 from __future__ import annotations
@@ -16,50 +28,86 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.faults import Fault, FaultState
 from fairfeed.local.market import EventBatch, Market
 from fairfeed.local.thread import LoopThread
+from fairfeed.providers.simulator.wire import ws_text_frame
 
 log = logging.getLogger(__name__)
 
 TICK = 0.01  # pacing granularity, seconds
-FAST_CHUNK = 2000  # events per step when rate = 0
+FAST_CHUNK = 2000  # events per step when rate = 0 (and at most per step when catching up)
 
 
 @dataclass
 class SymbolStats:
+    """What one server wrote for one instrument, over all connections."""
+
     trades: int = 0
     quotes: int = 0
-    last_trade: tuple[float, float, bool, int] | None = None  # price, size, taker buy, seq
-    last_quote: tuple[float, float, float, float, int] | None = None  # bid, bsz, ask, asz, seq
+    # (price, size, taker side "buy" | "sell", seq, exchange ns, provider ns) of the last trade
+    last_trade: tuple[float, float, str, int, int, int] | None = None
+    # (bid, bid size, ask, ask size, seq, exchange ns, provider ns) of the last quote
+    last_quote: tuple[float, float, float, float, int, int, int] | None = None
+
+    @property
+    def events(self) -> int:
+        return self.trades + self.quotes
 
     @property
     def records(self) -> int:
+        """Records these events normalize to: a trade is one, a quote two (bid + ask)."""
         return self.trades + 2 * self.quotes
 
 
 @dataclass
 class ServerStats:
+    """What a server did, server-wide; market figures count what was written to sockets."""
+
     connections_total: int = 0
     connections_open: int = 0
-    requests: int = 0
-    rejected: int = 0
+    requests: int = 0  # subscribe requests (counted by :meth:`LocalWsServer.rejecting`)
+    rejected: int = 0  # of which refused by the REJECT_SUBSCRIBE fault
+    request_errors: int = 0  # error answers, for protocols that count them
     heartbeats: int = 0
     malformed: int = 0
     notices: int = 0
+    injected: int = 0  # frames written by :meth:`LocalWsServer.inject_frame`
     events: int = 0
+    frames: int = 0  # data messages (frames) carrying the events
+    prepared: int = 0  # with a gate: connections whose workload is generated
+    finished: int = 0  # connections that were sent all their ``max_events``
     symbols: dict[str, SymbolStats] = field(default_factory=dict)
+    # With ``log_events``: every event written, in order, as
+    # ("trade", sym, price, size, side, seq, T, P) or ("quote", sym, bp, bq, ap, aq, seq, T, P).
+    log: list[tuple] = field(default_factory=list)
 
     @property
     def records(self) -> int:
         return sum(s.records for s in self.symbols.values())
+
+    @property
+    def subscribe_requests(self) -> int:
+        return self.requests
+
+    def symbol(self, name: str) -> SymbolStats:
+        return self.symbols.get(name) or SymbolStats()
+
+
+class _Chunk(NamedTuple):
+    """Events encoded for one connection, ready to write."""
+
+    ev: EventBatch
+    data: bytes | list[str]  # pre-built frames (``write_frames``), else messages to send
+    frames: int
 
 
 class Conn:
@@ -77,6 +125,17 @@ class Conn:
     async def send(self, text: str | bytes) -> None:
         await self.ws.send(text if isinstance(text, str) else text.decode(errors="replace"))
 
+    def write(self, frames: bytes) -> bool:
+        """Write pre-built WebSocket frames straight to the transport, if the connection is
+        open; the caller awaits :meth:`drain` before writing more."""
+        if self.ws.state is not State.OPEN or self.ws.transport.is_closing():
+            return False
+        self.ws.transport.write(frames)
+        return True
+
+    async def drain(self) -> None:
+        await self.ws.drain()
+
     def subscribe(self, indexes: list[int]) -> None:
         for i in indexes:
             if i not in self.symbols:
@@ -93,14 +152,30 @@ class LocalWsServer(abc.ABC):
     """A provider protocol on 127.0.0.1, streaming a random-walk market to its subscribers."""
 
     heartbeat_interval = 1.0  # 0 = the protocol has no heartbeat messages
+    keepalive: float | None = 20.0  # websockets' own ping interval; None: the protocol pings
+    write_frames = False  # write a chunk as pre-built frames, one transport write (see above)
+    pace_unit = 1  # events are paced (and cut into chunks) in multiples of this many
+    tick = TICK  # least wait between paced chunks; 0 = each unit as soon as it is due
+    fast_chunk = FAST_CHUNK
 
     def __init__(
-        self, name: str, cfg: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+        self,
+        name: str,
+        cfg: SimulatorConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_events: bool = False,
+        gate: asyncio.Event | None = None,
     ) -> None:
+        if gate is not None and cfg.max_events <= 0:
+            raise ValueError("a gated server needs max_events > 0 (its fixed workload)")
         self.name = name
         self.cfg = cfg
         self.host = host
         self.port = port
+        self.log_events = log_events
+        self.gate = gate
         self.market = Market(cfg)
         self.faults = FaultState()
         self.stats = ServerStats()
@@ -152,8 +227,9 @@ class LocalWsServer(abc.ABC):
 
     async def start(self) -> None:
         self._server = await serve(
-            self._handler, self.host, self.port, compression=None, max_size=1 << 22
-        )
+            self._handler, self.host, self.port, compression=None, max_size=1 << 22,
+            ping_interval=self.keepalive,
+        )  # fmt: skip
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s listening on %s", self.name, self.url)
 
@@ -174,15 +250,28 @@ class LocalWsServer(abc.ABC):
     def connections(self) -> int:
         return len(self._conns)
 
+    def drop_connections(self) -> int:
+        """Abort every connection's TCP transport, as a network failure would."""
+        conns = list(self._conns.values())
+        for c in conns:
+            c.ws.transport.abort()
+        return len(conns)
+
+    def inject_frame(self, raw: bytes | str) -> int:
+        """Write ``raw`` verbatim (even invalid UTF-8) as one text frame to every connection;
+        returns how many got it."""
+        frame = ws_text_frame(raw.encode() if isinstance(raw, str) else bytes(raw))
+        n = sum(c.write(frame) for c in list(self._conns.values()))
+        self.stats.injected += n
+        return n
+
     # -- faults --------------------------------------------------------------------------------
     async def inject(self, fault: Fault, amount: float = 0.0) -> int:
         """Apply ``fault`` now; returns how many connections it touched (or 1 if global)."""
         f = self.faults
         conns = list(self._conns.values())
         if fault is Fault.DISCONNECT:
-            for c in conns:
-                c.ws.transport.abort()
-            return len(conns)
+            return self.drop_connections()
         if fault is Fault.STALL:
             # Stop reading too: otherwise the WebSocket library keeps answering pings.
             f.stall = True
@@ -269,46 +358,98 @@ class LocalWsServer(abc.ABC):
                     self.stats.heartbeats += 1
 
     async def _stream(self, conn: Conn) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            if self.gate is not None:
+                await self._stream_gated(conn, self.gate)
+            else:
+                await self._stream_paced(conn)
+
+    def _chunk_events(self) -> int:
+        unit = self.pace_unit
+        return max(unit, self.fast_chunk - self.fast_chunk % unit)
+
+    async def _stream_paced(self, conn: Conn) -> None:
         cfg = self.cfg
+        unit = self.pace_unit
+        chunk = self._chunk_events()
         n_all = max(1, len(self.market.symbols))
         sent = 0
-        with contextlib.suppress(ConnectionClosed):
-            t0 = time.monotonic()
-            paced = 0.0
-            while True:
-                limit = cfg.max_events - sent if cfg.max_events else FAST_CHUNK
-                if not conn.symbols or limit <= 0:
-                    conn.wake.clear()
-                    await conn.wake.wait()
-                    t0, paced = time.monotonic(), 0.0
-                    continue
-                if self.faults.stall or self.faults.heartbeats_only or conn.changed:
+        t0, paced = time.monotonic(), 0
+        while True:
+            limit = cfg.max_events - sent if cfg.max_events else chunk
+            if not conn.symbols or limit <= 0:
+                conn.wake.clear()
+                await conn.wake.wait()
+                conn.changed = True
+                continue
+            if self.faults.stall or self.faults.heartbeats_only:
+                conn.changed = True  # pacing restarts afterwards: no burst of the missed events
+                await asyncio.sleep(TICK)
+                continue
+            if cfg.rate == 0:
+                n = chunk
+            else:
+                rate = cfg.rate * len(conn.symbols) / n_all
+                now = time.monotonic()
+                if conn.changed:
                     conn.changed = False
-                    t0, paced = time.monotonic(), 0.0
-                    if self.faults.stall or self.faults.heartbeats_only:
-                        await asyncio.sleep(TICK)
+                    t0, paced = now, 0
+                due = int((now - t0) * rate) - paced
+                if due > max(rate, chunk):  # a client that stopped reading: drop the backlog
+                    t0, paced, due = now - unit / rate, 0, unit
+                if due < unit and due < limit:
+                    await asyncio.sleep(max(self.tick, (paced + unit) / rate - (now - t0)))
                     continue
-                if cfg.rate == 0:
-                    n = min(FAST_CHUNK, limit)
-                else:
-                    rate = cfg.rate * len(conn.symbols) / n_all
-                    due = (time.monotonic() - t0) * rate - paced
-                    n = min(int(due), limit, FAST_CHUNK)
-                    if n < 1:
-                        await asyncio.sleep(TICK)
-                        continue
-                    paced += n
-                ev = self.market.events(conn.symbols, n)
-                for msg in self.format_events(conn, ev):
-                    await conn.send(msg)
-                self._account(ev)
-                sent += n
-                if cfg.rate == 0:
-                    await asyncio.sleep(0)
+                n = min(due - due % unit, chunk) or due
+                paced += n
+            n = min(n, limit)
+            if not await self._write(conn, self._prepare(conn, n)):
+                return
+            sent += n
+            if sent == cfg.max_events:
+                self.stats.finished += 1
+            if cfg.rate == 0:
+                await asyncio.sleep(0)
 
-    def _account(self, ev: EventBatch) -> None:
+    async def _stream_gated(self, conn: Conn, gate: asyncio.Event) -> None:
+        while not conn.symbols:
+            conn.wake.clear()
+            await conn.wake.wait()
+        total, step = self.cfg.max_events, self._chunk_events()
+        chunks = []
+        for made in range(0, total, step):
+            chunks.append(self._prepare(conn, min(step, total - made)))
+            await asyncio.sleep(0)  # heartbeats and requests go on while we generate
+        self.stats.prepared += 1
+        await gate.wait()
+        for c in chunks:
+            if not await self._write(conn, c):
+                return
+        self.stats.finished += 1
+
+    def _prepare(self, conn: Conn, n: int) -> _Chunk:
+        ev = self.market.events(conn.symbols, n)
+        msgs = self.format_events(conn, ev)
+        if self.write_frames:
+            return _Chunk(ev, b"".join([ws_text_frame(m.encode()) for m in msgs]), len(msgs))
+        return _Chunk(ev, msgs, len(msgs))
+
+    async def _write(self, conn: Conn, chunk: _Chunk) -> bool:
+        """Write ``chunk`` and count it; False once the connection is gone."""
+        if isinstance(chunk.data, bytes):
+            if not conn.write(chunk.data):
+                return False
+            await conn.drain()
+        else:
+            for msg in chunk.data:
+                await conn.send(msg)
+        self._account(chunk.ev, chunk.frames)
+        return True
+
+    def _account(self, ev: EventBatch, frames: int) -> None:
         st = self.stats
         st.events += len(ev)
+        st.frames += frames
         names = self.market.symbols
         for s in np.unique(ev.symbol):
             sym = st.symbols.setdefault(names[s], SymbolStats())
@@ -320,17 +461,34 @@ class LocalWsServer(abc.ABC):
             if trades.any():
                 i = int(np.flatnonzero(trades)[-1])
                 sym.last_trade = (
-                    float(ev.price[i]),
-                    float(ev.size[i]),
-                    bool(ev.taker_buy[i]),
-                    int(ev.seq[i]),
-                )
+                    float(ev.price[i]), float(ev.size[i]), "buy" if ev.taker_buy[i] else "sell",
+                    int(ev.seq[i]), int(ev.ts_exchange[i]), int(ev.ts_provider[i]),
+                )  # fmt: skip
             if quotes.any():
                 i = int(np.flatnonzero(quotes)[-1])
                 sym.last_quote = (
                     float(ev.bid[i]), float(ev.bid_size[i]), float(ev.ask[i]),
-                    float(ev.ask_size[i]), int(ev.seq[i]),
+                    float(ev.ask_size[i]), int(ev.seq[i]), int(ev.ts_exchange[i]),
+                    int(ev.ts_provider[i]),
                 )  # fmt: skip
+        if self.log_events:
+            st.log.extend(event_tuples(ev, names))
+
+
+def event_tuples(ev: EventBatch, names: list[str]) -> list[tuple]:
+    """``ev`` as the tuples of :attr:`ServerStats.log`."""
+    cols = zip(
+        ev.symbol.tolist(), ev.is_quote.tolist(), ev.price.tolist(), ev.size.tolist(),
+        ev.taker_buy.tolist(), ev.bid.tolist(), ev.bid_size.tolist(), ev.ask.tolist(),
+        ev.ask_size.tolist(), ev.seq.tolist(), ev.ts_exchange.tolist(), ev.ts_provider.tolist(),
+        strict=True,
+    )  # fmt: skip
+    return [
+        ("quote", names[s], b, bq, a, aq, seq, t, p)
+        if q
+        else ("trade", names[s], px, sz, "buy" if buy else "sell", seq, t, p)
+        for s, q, px, sz, buy, b, bq, a, aq, seq, t, p in cols
+    ]
 
 
 class ServerThread(LoopThread):

@@ -121,3 +121,30 @@ def test_paced_stream_stats_and_faults() -> None:
             await wait_for_async(lambda: server.connections() == 0, 2.0, "the disconnect")
 
     asyncio.run(main())
+
+
+def test_gate_message_path_and_stats_shape() -> None:
+    cfg = SimulatorConfig(prices={"A": 10.0, "B": 20.0}, rate=0, max_events=50, seed=3)
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        server = Toy("toy", cfg, log_events=True, gate=gate)
+        async with server, connect(server.url) as ws:
+            r = Reader(ws)
+            await ws.send('{"subscribe":["A","B"]}')
+            await wait_for_async(lambda: server.stats.prepared == 1, what="the workload")
+            assert [m for m in await r.read(0.1) if "s" in m] == []
+            gate.set()
+            await wait_for_async(lambda: server.stats.finished == 1, what="finished")
+            data = [m for m in await r.read(0.1) if "s" in m]
+            st = server.stats
+            assert len(data) == st.events == st.frames == len(st.log) == 50
+            assert [(m["s"], m["seq"]) for m in data] == [(e[1], e[-3]) for e in st.log]
+            for name in ("A", "B"):
+                trades = [e for e in st.log if e[:2] == ("trade", name)]
+                quotes = [e for e in st.log if e[:2] == ("quote", name)]
+                assert st.symbol(name).last_trade == trades[-1][2:]
+                assert st.symbol(name).last_quote == quotes[-1][2:]
+                assert st.symbol(name).records == len(trades) + 2 * len(quotes)
+
+    asyncio.run(main())

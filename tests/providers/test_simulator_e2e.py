@@ -210,9 +210,9 @@ def test_malformed_frames_are_counted_and_logged_once(caplog):
             await wait_for(lambda: sink.n == server.stats.records and server.stats.events == 9)
             n_before = sink.n
             for raw in bad:
-                assert server.inject(raw) == 1
-            server.inject('{"type":"batch","events":[{"e":"quote","s":"SOL-USD","bp":149.9,'
-                          '"bq":1,"ap":150.1,"aq":2,"seq":99,"T":5,"P":6}]}')  # fmt: skip
+                assert server.inject_frame(raw) == 1
+            server.inject_frame('{"type":"batch","events":[{"e":"quote","s":"SOL-USD","bp":149.9,'
+                                '"bq":1,"ap":150.1,"aq":2,"seq":99,"T":5,"P":6}]}')  # fmt: skip
             await wait_for(lambda: sink.n == n_before + 2, what="the valid injected quote")
             errors = counters[Slot.PARSE_ERRORS]
             connected = counters[Slot.CONNECTED]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import multiprocessing as mp
 import time
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as sync_connect
 
 from fairfeed.core.config import SimulatorConfig
+from fairfeed.local.faults import Fault
 from fairfeed.local.simulator import SimulatorServer, serve_forever
+from tests.waiting import wait_for_async
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0}
 
@@ -141,3 +145,85 @@ def test_serve_forever_in_a_child_process_stops_on_sigterm():
     finally:
         if proc.is_alive():
             proc.kill()
+
+
+def test_gate_holds_a_pregenerated_workload_until_it_opens():
+    cfg = SimulatorConfig(prices=PRICES, rate=0, batch=4, max_events=10, heartbeat_interval=0.05)
+
+    async def main():
+        gate = asyncio.Event()
+        async with SimulatorServer("sim", cfg, gate=gate) as server, connect(server.url) as ws:
+            await ws.send(sub("subscribe", 1, *PRICES))
+            assert (await recv_json(ws))["type"] == "subscribed"
+            await wait_for_async(lambda: server.stats.prepared == 1, what="the workload")
+            # behind the gate: heartbeats only, nothing counted as written
+            assert (await recv_json(ws))["type"] == "heartbeat"
+            assert server.stats.events == 0 and server.stats.finished == 0
+            gate.set()
+            events = []
+            while len(events) < 10:
+                msg = await recv_json(ws)
+                events += msg.get("events", ())
+            await wait_for_async(lambda: server.stats.finished == 1, what="finished")
+            return events, server.stats
+
+    events, stats = asyncio.run(main())
+    assert stats.events == 10 and stats.frames == 3  # frames of 4, 4, 2
+    by_symbol = {s: [e["seq"] for e in events if e["s"] == s] for s in PRICES}
+    for sym, seqs in by_symbol.items():
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert stats.symbol(sym).events == len(seqs)
+    with pytest.raises(ValueError, match="max_events"):
+        SimulatorServer("sim", SimulatorConfig(prices=PRICES), gate=asyncio.Event())
+
+
+def test_shared_faults_in_the_simulator_protocol():
+    cfg = SimulatorConfig(prices=PRICES, rate=2000, batch=2, heartbeat_interval=0.05)
+
+    async def main():
+        async with SimulatorServer("sim", cfg) as server, connect(server.url) as ws:
+            await server.inject(Fault.REJECT_SUBSCRIBE)
+            await ws.send(sub("subscribe", 1, "BTC-USD"))
+            refused = await recv_json(ws)
+            server.clear()
+            await ws.send(sub("subscribe", 2, "BTC-USD"))
+            while (await recv_json(ws))["type"] != "subscribed":
+                pass
+            seqs: list[int] = []
+
+            async def read_until(n: int) -> None:
+                while len(seqs) < n:
+                    seqs.extend(e["seq"] for e in (await recv_json(ws)).get("events", ()))
+
+            await read_until(10)
+            await server.inject(Fault.SEQUENCE_GAP, 7)
+            await read_until(len(seqs) + 40)  # past what was in flight before the fault
+            assert await server.inject(Fault.MALFORMED, 1) == 1
+            assert await server.inject(Fault.RECONNECT_NOTICE) == 0  # the protocol has none
+            while await asyncio.wait_for(ws.recv(), 2) != server.malformed_message():
+                pass
+            return refused, seqs, server.stats
+
+    refused, seqs, stats = asyncio.run(main())
+    assert (
+        refused["type"] == "error" and refused["id"] == 1 and "rate limited" in refused["message"]
+    )
+    assert stats.requests == 2 and stats.rejected == 1 and stats.request_errors == 1
+    steps = [b - a for a, b in itertools.pairwise(seqs)]
+    assert steps.count(8) == 1 and set(steps) == {1, 8}  # 7 numbers skipped, once
+    assert stats.malformed == 1 and stats.notices == 0
+
+
+def test_format_events_per_event_timestamps_and_batches():
+    server = SimulatorServer("sim", SimulatorConfig(prices=PRICES, batch=3, quote_ratio=0.5))
+    ev = server.market.events([0, 1], 7)
+    ev.ts_exchange += np.arange(7)  # not one stamp per chunk: the per-event path
+    msgs = [json.loads(m) for m in server.format_events(None, ev)]  # type: ignore[arg-type]
+    assert [len(m["events"]) for m in msgs] == [3, 3, 1]
+    events = [e for m in msgs for e in m["events"]]
+    assert [e["T"] for e in events] == ev.ts_exchange.tolist()
+    assert [e["P"] for e in events] == ev.ts_provider.tolist()
+    assert [e["seq"] for e in events] == ev.seq.tolist()
+    assert [e["e"] == "quote" for e in events] == ev.is_quote.tolist()
+    names = list(PRICES)
+    assert [e["s"] for e in events] == [names[i] for i in ev.symbol.tolist()]

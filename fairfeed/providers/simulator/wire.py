@@ -4,7 +4,8 @@ One set of msgspec Structs describes every frame. The client decodes server fram
 :data:`SERVER_FRAME_DECODER` (a tagged union on ``"type"``; events are a tagged union on ``"e"``);
 the server decodes client requests with :data:`CLIENT_REQUEST_DECODER` (tagged on ``"op"``).
 The server never builds these Structs on its hot path: it formats event JSON directly (see
-:mod:`.server`), and :func:`ws_text_frame` wraps a payload into a raw unmasked server frame.
+:mod:`fairfeed.local.simulator`), and :func:`ws_text_frame` wraps a payload into a raw unmasked
+server frame (the local servers' pre-built-frame write path, :mod:`fairfeed.local.wsserver`).
 """
 
 from __future__ import annotations
