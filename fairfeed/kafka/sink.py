@@ -216,30 +216,25 @@ class KafkaSink:
         the sink's own accounting when this message's delivery report is served."""
         p = self.producer
         kw = {} if on_delivery is None else {"on_delivery": self._chained(on_delivery)}
-        try:
-            p.produce(topic, value, key, **kw)
-            self._awaiting += 1
-            self._saturated = False
-            return True
-        except BufferError:
-            pass
-        except KafkaException as exc:
-            return self._rejected(topic, exc)
-        deadline = time.monotonic() + (0.0 if self._saturated else self._buffer_timeout)
+        deadline: float | None = None  # set by the first full queue
         try:
             while True:
-                self._retries += 1
-                p.poll(min(RETRY_POLL, max(0.0, deadline - time.monotonic())))
                 try:
                     p.produce(topic, value, key, **kw)
-                    self._awaiting += 1
-                    self._saturated = False
-                    return True
                 except BufferError:
-                    if time.monotonic() >= deadline:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + (0.0 if self._saturated else self._buffer_timeout)
+                    elif now >= deadline:
                         break
+                    self._retries += 1
+                    p.poll(min(RETRY_POLL, max(0.0, deadline - now)))
+                    continue
                 except KafkaException as exc:
                     return self._rejected(topic, exc)
+                self._awaiting += 1
+                self._saturated = False
+                return True
             self._saturated = True
             self._dropped += 1
             self._log(
@@ -252,7 +247,8 @@ class KafkaSink:
             )
             return False
         finally:
-            self._push()
+            if deadline is not None:  # the queue was full: publish the retry counts now
+                self._push()
 
     def _rejected(self, topic: str, exc: KafkaException) -> bool:
         self._errors += 1
