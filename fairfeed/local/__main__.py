@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=a.seed,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    server = SimulatorServer(a.name, cfg, a.host, a.port)
+    server = SimulatorServer(a.name, cfg, host=a.host, port=a.port)
     ready = lambda servers: print(f"serving {servers[0].url}", flush=True)  # noqa: E731
     asyncio.run(serve_forever([server], ready, handle_signals=True))
 

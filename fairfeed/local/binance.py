@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -49,8 +50,6 @@ class BinanceServer(LocalWsServer):
         self,
         name: str,
         cfg: SimulatorConfig,
-        host: str = "127.0.0.1",
-        port: int = 0,
         *,
         max_streams: int = 1024,
         ping_interval: float = 20.0,
@@ -58,8 +57,9 @@ class BinanceServer(LocalWsServer):
         max_connection_age: float = 24 * 3600.0,
         max_messages_per_second: int = 5,
         keep_log: bool = False,
+        **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
-        super().__init__(name, cfg, host, port)
+        super().__init__(name, cfg, **base)
         self.max_streams = max_streams
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout

@@ -63,15 +63,15 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
     if p.kind == "binance":
         from fairfeed.local.binance import BinanceServer
 
-        return BinanceServer(p.name, s, host, port)
+        return BinanceServer(p.name, s, host=host, port=port)
     if p.kind == "kraken":
         from fairfeed.local.kraken import KrakenServer
 
-        return KrakenServer(p.name, s, host, port)
+        return KrakenServer(p.name, s, host=host, port=port)
     if p.kind == "coinbase":
         from fairfeed.local.coinbase import CoinbaseServer
 
-        return CoinbaseServer(p.name, s, host, port, feed=p.feed or "exchange")
+        return CoinbaseServer(p.name, s, host=host, port=port, feed=p.feed or "exchange")
     if p.kind == "kaiko":
         from fairfeed.local.kaiko import KaikoServer
 

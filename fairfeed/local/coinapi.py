@@ -33,6 +33,7 @@ import calendar
 import contextlib
 import time
 from collections import deque
+from typing import Any
 
 import msgspec
 from websockets.exceptions import ConnectionClosed
@@ -78,10 +79,9 @@ class CoinApiServer(LocalWsServer):
         heartbeat_interval: float | None = None,
         reconnect_within: float = 10.0,
         keep_log: int = 0,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
-        super().__init__(name, cfg, host, port)
+        super().__init__(name, cfg, **base)
         if heartbeat_type not in ("hearbeat", "heartbeat"):
             raise ValueError(f"heartbeat_type must be hearbeat or heartbeat: {heartbeat_type!r}")
         self.api_key = api_key

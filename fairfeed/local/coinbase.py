@@ -1,6 +1,6 @@
 """A local Coinbase server on loopback: the Exchange feed (ws-feed) or Advanced Trade market data.
 
-``CoinbaseServer(name, cfg, host, port, feed="exchange" | "advanced")`` speaks one feed's
+``CoinbaseServer(name, cfg, feed="exchange" | "advanced", host=..., port=...)`` speaks one feed's
 public market-data protocol over the shared local-server base
 (:class:`~fairfeed.local.wsserver.LocalWsServer`): pacing, statistics and the fault
 set are the base's, the messages are Coinbase's, shaped like the real captures
@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -111,15 +112,14 @@ class CoinbaseServer(LocalWsServer):
         self,
         name: str,
         cfg: SimulatorConfig,
-        host: str = "127.0.0.1",
-        port: int = 0,
         *,
         feed: str = "exchange",
         keep_log: bool = False,
+        **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
-        super().__init__(name, cfg, host, port)
+        super().__init__(name, cfg, **base)
         self.feed = feed
         self.heartbeat_interval = cfg.heartbeat_interval
         self.sent_log: list[tuple[int, str]] | None = [] if keep_log else None

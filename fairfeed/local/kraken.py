@@ -25,6 +25,7 @@ import collections
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.market import HALF_SPREAD, EventBatch
@@ -50,14 +51,13 @@ class KrakenServer(LocalWsServer):
         self,
         name: str,
         cfg: SimulatorConfig,
-        host: str = "127.0.0.1",
-        port: int = 0,
         *,
         heartbeat_interval: float = 1.0,
         max_streams: int = 0,
         keep_log: bool = False,
+        **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
-        super().__init__(name, cfg, host, port)
+        super().__init__(name, cfg, **base)
         self.heartbeat_interval = heartbeat_interval
         self.max_streams = max_streams  # channel x symbol per connection, 0 = no limit
         self.keep_log = keep_log

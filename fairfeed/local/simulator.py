@@ -35,6 +35,7 @@ import itertools
 import signal
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 import orjson
@@ -71,15 +72,14 @@ class SimulatorServer(LocalWsServer):
         self,
         name: str,
         cfg: SimulatorConfig,
-        host: str = "127.0.0.1",
-        port: int = 0,
         *,
         keep_log: bool = False,
         gate: asyncio.Event | None = None,
+        **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
         if cfg.batch < 1 or cfg.rate < 0 or not 0 <= cfg.quote_ratio <= 1:
             raise ValueError("simulator needs batch >= 1, rate >= 0, 0 <= quote_ratio <= 1")
-        super().__init__(name, cfg, host, port, log_events=keep_log, gate=gate)
+        super().__init__(name, cfg, **base, log_events=keep_log, gate=gate)
         self.heartbeat_interval = cfg.heartbeat_interval
         self.pace_unit = cfg.batch  # a frame is sent once `batch` events are due
         self._json_names = [orjson.dumps(s).decode() for s in self.market.symbols]

@@ -162,9 +162,9 @@ class LocalWsServer(abc.ABC):
         self,
         name: str,
         cfg: SimulatorConfig,
+        *,
         host: str = "127.0.0.1",
         port: int = 0,
-        *,
         log_events: bool = False,
         gate: asyncio.Event | None = None,
     ) -> None:
