@@ -82,3 +82,18 @@ def test_core_imports_nothing_else_of_ours() -> None:
     for path in (ROOT / "core").rglob("*.py"):
         for line, mod in _imports(path):
             assert mod == "fairfeed" or _layer(mod) == "core", f"{path}:{line} imports {mod}"
+
+
+def test_the_provider_template_stays_in_the_providers_layer() -> None:
+    """A copy of docs/providers/template/ becomes fairfeed/providers/<kind>/: it must import
+    only what a provider may."""
+    template = ROOT.parent / "docs" / "providers" / "template"
+    files = sorted(template.glob("*.py"))
+    assert files
+    for path in files:
+        for line, mod in _imports(path):
+            if mod == "fairfeed":
+                continue
+            layer = _layer(mod)
+            ok = layer == "providers" or RANK[layer] < RANK["providers"]
+            assert ok, f"{path.name}:{line} imports {mod} ({layer})"
