@@ -54,10 +54,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.config import KafkaConfig, SimulatorConfig
 from fairfeed.core.counters import Slot
 from fairfeed.core.partition import worker_for
-from fairfeed.daemon.run import TOPIC_PARTITIONS
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.shm import list_segments
 from fairfeed.kafka.broker import LocalBroker, ensure_topics, read_topic
@@ -529,7 +528,7 @@ def run_pipeline(
     res = Result(kind, index)
     tag = f"{run_id}-{index}-{kind}"
     ticks, fair = f"{tag}.ticks", f"{tag}.fair"
-    ensure_topics(broker.bootstrap, [ticks, fair], TOPIC_PARTITIONS)
+    ensure_topics(broker.bootstrap, [ticks, fair], KafkaConfig().topic_partitions)
     sims = SimProcess(wl.sim_specs())
     pipe: _DaemonPipeline | _BaselinePipeline | None = None
     try:

@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fairfeed.daemon.run import run
 
-    return run(cfg, live_view=args.live)
+    try:
+        return run(cfg, live_view=args.live)
+    except config.ConfigError as exc:  # found at start (e.g. an unusable spool directory)
+        print(f"fairfeed: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

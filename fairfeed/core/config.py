@@ -64,10 +64,14 @@ class KafkaConfig:
     anomalies_topic: str = "fairfeed.anomalies"  # anomaly episodes (start and end events)
     linger_ms: float = 5.0
     queue_max_messages: int = 100_000
-    buffer_full_timeout_ms: float = 1000.0  # retry a full local queue this long, then drop
-    flush_timeout: float = 10.0  # seconds to flush at stop
+    flush_timeout: float = 10.0  # seconds to flush at stop (the rest stays in the spool)
     stall_timeout: float = 30.0  # nothing delivered this long with messages waiting: new producer
     client_id: str = "fairfeed"
+    # Output waits here while the broker cannot take it ("" = "spool" next to the state file).
+    spool_dir: str = ""
+    spool_max_bytes: int = 1 << 30  # beyond this, output is dropped (counted, announced)
+    create_topics: bool = True  # create missing topics (at start, after a broker restart)
+    topic_partitions: int = 3  # partitions of the topics fairfeed creates
 
 
 @dataclass(frozen=True)
@@ -410,6 +414,12 @@ def _check(cfg: Config) -> None:
     if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
             and cfg.kafka.anomalies_topic):  # fmt: skip
         fail("kafka", "topic names must not be empty")
+    if cfg.kafka.spool_max_bytes < 1 << 20:
+        fail(
+            "kafka.spool_max_bytes", f"must be >= 1048576 (1 MiB), got {cfg.kafka.spool_max_bytes}"
+        )
+    if cfg.kafka.topic_partitions < 1:
+        fail("kafka.topic_partitions", "must be >= 1")
     seen: set[str] = set()
     for i, p in enumerate(cfg.providers):
         key = f"providers[{i}]"

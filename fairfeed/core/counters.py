@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import enum
 
-SLOT_WORDS = 32  # uint64 words per child slot
+SLOT_WORDS = 48  # uint64 words per child slot
 
 
 class Slot(enum.IntEnum):
@@ -40,6 +40,17 @@ class Slot(enum.IntEnum):
     DEAD_LETTERS_DROPPED = 22  # malformed frames not forwarded (dead-letter ring full)
     ANOMALIES_OPEN = 23  # compute: anomaly episodes open now
     ANOMALIES_TOTAL = 24  # compute: anomaly events published (starts and ends)
+    # compute's Kafka output (fairfeed/kafka/sink.py)
+    SPOOL_BYTES = 25  # bytes of output in the spool not yet acknowledged by the broker
+    SPOOL_MESSAGES = 26  # messages in the spool not yet acknowledged by the broker
+    SPOOL_RESENT = 27  # messages sent again (producer replaced, restart): Kafka may hold 2 copies
+    OUTPUT_STATE = 28  # fairfeed.kafka.sink.OutputState
+    OUTPUT_SINCE = 29  # wall time (ns) the current output problem began, 0 when delivering
+    DROPPED_TICKS = 30  # records dropped because the spool was full, per topic
+    DROPPED_FAIR = 31
+    DROPPED_ANOMALIES = 32
+    DROPPED_DEAD_LETTERS = 33
+    DROPPED_OTHER = 34
 
 
 class Counters(abc.ABC):

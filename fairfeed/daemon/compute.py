@@ -6,6 +6,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from fairfeed.ipc.metricsboard import KafkaHop as _KafkaHop
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
-from fairfeed.kafka.encode import TickEncoder, encode_anomalies
+from fairfeed.kafka.encode import TickEncoder, encode_anomalies, encode_output_overflows
 from fairfeed.kafka.sink import KafkaSink
 
 log = logging.getLogger("fairfeed.compute")
@@ -49,6 +50,8 @@ class ComputeWorker:
     metrics: MetricsBoard | None = None  # latency, prices, kernel time for /metrics
     # The supervisor's live subscription set (its book); a forked child sees it as of the fork.
     live: SubscriptionSet | None = None
+    spool_dir: Path | None = None  # the Kafka output spool (None: a temporary one)
+    ring_prefix: str = ""  # the rings' name prefix: ties a spool position marker to them
     name: str = "compute"
 
     def main(self) -> int:
@@ -62,7 +65,8 @@ class ComputeWorker:
 
         signal.signal(signal.SIGTERM, on_term)
         counters = SlotCounters(self.control, self.slot)
-        sink = KafkaSink(self.cfg.kafka, counters)
+        sink = output_sink(self.cfg, counters, self.spool_dir)
+        self._resume(sink)
         pipeline = Pipeline(
             self.cfg,
             self.registry,
@@ -78,6 +82,7 @@ class ComputeWorker:
         self.control.set(self.slot, Slot.READY, 1)
         log.info("reading %d rings, publishing to %s", len(self.rings), self.cfg.kafka.bootstrap)
         buf = np.empty(self.cfg.ring.read_batch, dtype=RECORD_DTYPE)
+        marker = self.ring_prefix.encode()
         while True:
             if not heartbeat.beat():
                 log.error("supervisor is gone: stopping")
@@ -87,7 +92,7 @@ class ComputeWorker:
                     pipeline.command(cmd)
             got = 0
             for ring in self.rings:
-                k = ring.read_into(buf)
+                k = ring.read_into(buf, commit=False)
                 if k:
                     pipeline.process(buf[:k], ring)
                     got += k
@@ -96,20 +101,14 @@ class ComputeWorker:
                     pipeline.dead_letters(blobs.read())
             pipeline.emit_fair(time.time_ns())
             pipeline.check_anomalies(time.time_ns(), self.rings)
+            pipeline.output_events()
+            # Write the pass's output to the spool, then release the records it came from:
+            # a crash now loses nothing that reached a ring (the spool has it, or the ring).
+            if got:
+                sink.commit(marker, np.array([r.cursor for r in self.rings], np.int64))
+                for ring in self.rings:
+                    ring.commit()
             sink.poll()
-            if sink.stalled(self.cfg.kafka.stall_timeout):
-                # An idempotent producer never recovers from a broker that lost its state
-                # (FIELD-NOTES): it hangs or fails fatally. Give up what it holds (counted as
-                # dropped) and start afresh.
-                why = (
-                    f"failed fatally ({sink.fatal_error})"
-                    if sink.fatal_error is not None
-                    else f"delivered nothing for {self.cfg.kafka.stall_timeout:.0f}s"
-                )
-                log.error("kafka: the producer %s with %d messages waiting: recreating the "
-                          "producer", why, len(sink))  # fmt: skip
-                sink.close(timeout=1.0)
-                sink = pipeline.sink = KafkaSink(self.cfg.kafka, counters)
             if not got:
                 # Stop only once the rings are empty: the supervisor stops the ingest workers
                 # first, so nothing more arrives after SIGTERM reached us.
@@ -119,11 +118,10 @@ class ComputeWorker:
         for blobs in self.dead_letters:
             pipeline.dead_letters(blobs.read(1 << 30))
         pipeline.emit_fair(time.time_ns(), final=True)
+        sink.commit()
         # Orphaned, the broker may well have died with the supervisor: do not linger.
         flush = min(2.0, self.cfg.kafka.flush_timeout) if heartbeat.orphaned() else None
-        remaining = sink.close(self.cfg.kafka.flush_timeout if flush is None else flush)
-        if remaining:
-            log.error("%d Kafka messages not delivered at stop (counted as dropped)", remaining)
+        sink.close(self.cfg.kafka.flush_timeout if flush is None else flush)
         log.info(
             "stopped: %d records in, %d fair prices, %d Kafka messages delivered",
             counters[Slot.RECORDS_IN],
@@ -131,6 +129,36 @@ class ComputeWorker:
             counters[Slot.KAFKA_DELIVERED],
         )
         return EXIT_OK
+
+    def _resume(self, sink: KafkaSink) -> None:
+        """Skip what an earlier compute process of this daemon already spooled: its last
+        position marker is ahead of the rings' tails when it died between writing a pass to
+        the spool and committing the rings."""
+        pos = sink.spool.positions
+        if pos is None or pos[0] != self.ring_prefix.encode() or len(pos[1]) != len(self.rings):
+            return
+        for ring, tail in zip(self.rings, pos[1].tolist(), strict=True):
+            if tail > ring.read_count:
+                log.warning("%s: %d records already spooled by the previous compute process: "
+                            "skipped", ring.name, tail - ring.read_count)  # fmt: skip
+                ring.commit(tail)
+
+
+def output_sink(cfg: Config, counters: SlotCounters, spool_dir: Path | None) -> KafkaSink:
+    """The compute process's sink: its spool, per-topic drop counters, the anomaly reserve."""
+    k = cfg.kafka
+    return KafkaSink(
+        k,
+        counters,
+        spool_dir=spool_dir,
+        drop_slots={
+            k.ticks_topic: Slot.DROPPED_TICKS,
+            k.fair_topic: Slot.DROPPED_FAIR,
+            k.anomalies_topic: Slot.DROPPED_ANOMALIES,
+            k.dead_letter_topic: Slot.DROPPED_DEAD_LETTERS,
+        },
+        reserve_topics=frozenset({k.anomalies_topic}),
+    )
 
 
 class Pipeline:
@@ -228,7 +256,7 @@ class Pipeline:
         if self.streams is not None:
             self.streams.update(records, self.source_table)
         if metrics is not None:
-            tail0 = ring.read_count - len(records) if ring is not None else 0
+            tail0 = ring.cursor - len(records) if ring is not None else 0
             seen = metrics.update(records, self.source_table, wall0, ring, tail0)
             metrics.batch_done(time.perf_counter_ns() - t0)
         kinds = records["kind"]
@@ -238,14 +266,14 @@ class Pipeline:
         produce = self.sink.produce
         topic = self.ticks_topic
         msgs = self.encoder.ticks(records)
+        counts = self.encoder.counts
+        hop = None
         if metrics is not None and msgs and len(seen):
             # kernel -> Kafka: until the broker acknowledges the batch's last tick message
-            for key, value in msgs[:-1]:
-                produce(topic, key, value)
-            produce(topic, *msgs[-1], on_delivery=_KafkaHop(metrics, seen, t0))
-        else:
-            for key, value in msgs:
-                produce(topic, key, value)
+            hop = _KafkaHop(metrics, seen, t0)
+        last = len(msgs) - 1
+        for i, (key, value) in enumerate(msgs):
+            produce(topic, key, value, hop if i == last else None, counts[i])
         self.counters.add(Slot.RECORDS_OUT, len(records))
 
     def check_anomalies(self, now_ns: int, rings: list[Ring]) -> None:
@@ -265,6 +293,14 @@ class Pipeline:
                 self.metrics.anomaly_event(kind, provider, phase == PHASE_START)
         self.counters.set(Slot.ANOMALIES_OPEN, det.open_count())
         self.counters.set(Slot.ANOMALIES_TOTAL, det.total)
+
+    def output_events(self) -> None:
+        """Announce the output spool's overflow episodes on the anomalies topic."""
+        events = self.sink.overflow_events()
+        if events:
+            topic = self.cfg.kafka.anomalies_topic
+            for key, value in encode_output_overflows(events):
+                self.sink.produce(topic, key, value)
 
     def dead_letters(self, blobs: list[bytes]) -> None:
         """Publish malformed provider messages (``provider NUL value``) keyed by provider."""

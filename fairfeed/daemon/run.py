@@ -30,12 +30,43 @@ from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
 from fairfeed.ipc.streams import StreamBoard
-from fairfeed.kafka.broker import LocalBroker, ensure_topics, free_port
+from fairfeed.kafka.broker import LocalBroker, free_port
+from fairfeed.kafka.sink import producer_config
+from fairfeed.kafka.spool import Spool, SpoolError
+from fairfeed.kafka.topics import check_topics
 from fairfeed.local.catalog import local_url, prepare_local_keys
 
 log = logging.getLogger("fairfeed")
 
-TOPIC_PARTITIONS = 3
+
+def check_output_topics(cfg: Config) -> None:
+    """Create the output topics (or name the missing ones); a broker that is down is not an
+    error: output waits in the spool and the compute process checks again."""
+    k = cfg.kafka
+    topics = [k.ticks_topic, k.fair_topic, k.dead_letter_topic, k.anomalies_topic]
+    check = check_topics(producer_config(k), topics, k.topic_partitions, k.create_topics)
+    if check.created:
+        log.info("created topics %s (%d partitions)", ", ".join(check.created), k.topic_partitions)
+    if check.error:
+        log.warning("kafka at %s: %s; output is spooled until it answers", k.bootstrap, check.error)
+    elif check.missing:
+        log.error("kafka: topic(s) %s missing on %s and kafka.create_topics is false; output is "
+                  "spooled until they exist", ", ".join(check.missing), k.bootstrap)  # fmt: skip
+
+
+def check_spool(path: Path, max_bytes: int) -> None:
+    """Open the output spool once before forking: a bad or locked directory stops the start
+    with a clear message, and leftovers of an earlier run are announced."""
+    try:
+        spool = Spool(path, max_bytes)
+    except SpoolError as exc:
+        raise ConfigError(f"kafka.spool_dir: {exc}") from None
+    try:
+        if spool.pending:
+            log.warning("the output spool %s holds %d messages (%d bytes) of an earlier run: "
+                        "they are sent first", path, spool.pending, spool.bytes)  # fmt: skip
+    finally:
+        spool.close()
 
 
 def build_registry(cfg: Config) -> Registry:
@@ -109,12 +140,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             cfg = dataclasses.replace(
                 cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap=broker.bootstrap)
             )
-        k = cfg.kafka
-        ensure_topics(
-            k.bootstrap,
-            [k.ticks_topic, k.fair_topic, k.dead_letter_topic, k.anomalies_topic],
-            TOPIC_PARTITIONS,
-        )
+        check_output_topics(cfg)
         prepare_local_keys(cfg)
         served = [p for p in cfg.providers if p.serve is not None or p.replay is not None]
         ports = {p.name: free_port() for p in served}
@@ -139,6 +165,10 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
 
         book = SubscriptionBook(cfg, registry, n_workers)
         state_path = Path(d.state_file) if d.state_file else default_state_file()
+        spool_dir = (
+            Path(cfg.kafka.spool_dir) if cfg.kafka.spool_dir else state_path.parent / "spool"
+        )
+        check_spool(spool_dir, cfg.kafka.spool_max_bytes)
         log.info("%s", book.restore(state_path))
         book.save(state_path)
         parts = book.partition()
@@ -172,6 +202,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             pipe,
             metrics=board,
             live=book.live,
+            spool_dir=spool_dir,
+            ring_prefix=prefix,
         )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 

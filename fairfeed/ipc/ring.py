@@ -109,6 +109,9 @@ class Ring:
         #: publish stamps: ``stamp_end[i % STAMPS]`` = head after write i, ``stamp_ns`` its time
         self.stamp_end = np.ndarray((STAMPS,), np.int64, shm.buf, off)
         self.stamp_ns = np.ndarray((STAMPS,), np.int64, shm.buf, off + STAMPS * 8)
+        # The consumer's read position when it reads ahead of its commits (None: the tail).
+        # Per process: a forked consumer starts from the committed tail.
+        self._cursor: int | None = None
 
     @classmethod
     def create(cls, name: str, capacity: int) -> Ring:
@@ -188,10 +191,19 @@ class Ring:
             self._data[: len(records) - first] = records[first:]
 
     # -- consumer -------------------------------------------------------------------------
-    def read_into(self, out: np.ndarray) -> int:
-        """Consume up to ``len(out)`` records into ``out``; returns how many."""
+    @property
+    def cursor(self) -> int:
+        """Records this consumer has read (ahead of ``read_count`` until :meth:`commit`)."""
+        return self._cursor if self._cursor is not None else int(self._hdr[_TAIL])
+
+    def read_into(self, out: np.ndarray, commit: bool = True) -> int:
+        """Consume up to ``len(out)`` records into ``out``; returns how many.
+
+        With ``commit=False`` the records are read but the ring keeps them (the producer
+        cannot overwrite them) until :meth:`commit`: a consumer that dies before committing
+        leaves them for its successor."""
         hdr = self._hdr
-        tail = int(hdr[_TAIL])
+        tail = self.cursor
         k = min(len(out), int(hdr[_HEAD]) - tail)
         if k <= 0:
             return 0
@@ -203,8 +215,19 @@ class Ring:
         raw[:first] = self._data[start : start + first]
         if first < k:
             raw[first:k] = self._data[: k - first]
-        hdr[_TAIL] = tail + k
+        self._cursor = tail + k
+        if commit:
+            hdr[_TAIL] = tail + k
         return k
+
+    def commit(self, position: int | None = None) -> None:
+        """Release what was read up to ``position`` (default: everything read) to the
+        producer."""
+        pos = self.cursor if position is None else position
+        if pos > int(self._hdr[_TAIL]):
+            self._hdr[_TAIL] = pos
+            if pos > self.cursor:
+                self._cursor = pos
 
     def read(self, max_records: int) -> np.ndarray:
         """Consume up to ``max_records`` records and return them as a new array."""

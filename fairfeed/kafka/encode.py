@@ -67,6 +67,7 @@ class TickEncoder:
         self.max_records = max_records
         self._keys = [name.encode() for name in registry.instruments]
         self._source_names: list[str] = []  # "provider/venue" per source id, built when needed
+        self.counts: list[int] = []  # records in each message of the last ticks() call
 
     def refresh(self) -> None:
         """Pick up instruments the registry gained since."""
@@ -80,6 +81,7 @@ class TickEncoder:
         """One ``(key, value)`` per (instrument, provider, venue) group of ``batch``."""
         n = len(batch)
         if n == 0:
+            self.counts = []
             return []
         if batch.dtype != RECORD_DTYPE:
             raise TypeError(f"expected RECORD_DTYPE records, got {batch.dtype}")
@@ -105,6 +107,7 @@ class TickEncoder:
         }
         reg = self.registry
         out: list[Message] = []
+        counts = self.counts = []
         step = self.max_records
         starts_l = starts.tolist()
         for g in range(len(starts_l) - 1):
@@ -127,6 +130,7 @@ class TickEncoder:
                 for name in TICK_COLUMNS:
                     msg[name] = cols[name][a:b]
                 out.append((kb, orjson.dumps(msg, option=_OPTS)))
+                counts.append(b - a)
                 a = b
         return out
 
@@ -360,6 +364,32 @@ def encode_anomalies(
         out.append((key.encode(), orjson.dumps(value)))
     return out
 
+
+def encode_output_overflows(
+    events: list[tuple[str, str, int, int, int, int]],
+) -> list[tuple[bytes, bytes]]:
+    """Anomaly events of the output spool's overflow episodes (``KafkaSink.overflow_events``):
+    keyed ``output/<topic>``, kind ``output_overflow``, the records and messages dropped."""
+    out = []
+    for topic, phase, start, end, records, messages in events:
+        value = {
+            "schema": SCHEMA_VERSION,
+            "type": "anomaly",
+            "kind": OUTPUT_OVERFLOW,
+            "phase": phase,
+            "subject": {"topic": topic},
+            "level": "output",
+            "start": start,
+            "end": end or None,
+            "detected": end or start,
+            "values": {"dropped_records": records, "dropped_messages": messages},
+            "threshold": None,
+        }
+        out.append((f"output/{topic}".encode(), orjson.dumps(value)))
+    return out
+
+
+OUTPUT_OVERFLOW = "output_overflow"  # the anomaly kind of a full output spool
 
 LEVEL_NAMES = {
     an.LV_SUB: "subscription",

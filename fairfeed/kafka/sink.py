@@ -1,45 +1,72 @@
-"""The compute process's one Kafka producer: a thin wrapper over confluent-kafka.
+"""The compute process's Kafka output: a spool on disk in front of one confluent-kafka producer.
 
-Modelled on Quix Streams' producer wrapper: the librdkafka client is created lazily (the compute
-process builds the sink after fork, and nothing touches librdkafka before the first produce or
-:meth:`KafkaSink.start`), its configuration is a copy built once and never mutated, client errors
-are classified in one error callback, and the backpressure policy is explicit:
+Every message goes through the spool (:mod:`fairfeed.kafka.spool`) first:
 
-- ``produce`` on a full local queue (``BufferError``) serves callbacks with a short ``poll`` and
-  retries, counting ``KAFKA_RETRIES``, for at most ``buffer_full_timeout_ms``; past that bound the
-  message is dropped, counted in ``KAFKA_DROPPED`` and logged (rate-limited).
-- After such a drop the sink is *saturated*: further produces try once (after a ``poll(0)``) and
-  drop at once if the queue is still full, so a dead broker costs one bounded wait, not one per
-  message. The first produce that fits clears the state.
-- Every delivery report is counted: ``KAFKA_DELIVERED`` or ``KAFKA_ERRORS`` (errors logged with
-  the topic and the error at a bounded rate, with a count of suppressed lines). Messages purged at
-  close are counted in ``KAFKA_DROPPED``.
+- :meth:`KafkaSink.produce` appends a message to the spool's pass buffer; :meth:`KafkaSink.commit`
+  (once per pass, before the caller commits its ring read positions) writes the pass to disk and
+  hands what it can to the producer. A message reaches librdkafka only once it is on disk.
+- A delivery report acknowledges the message in the spool. The producer holds at most
+  ``queue_max_messages`` unacknowledged messages; the rest wait in the spool and are read back in
+  order as room appears. So a broker that is down, hung or slow costs disk, never data: output
+  for a key is sent in the order it was produced, older before newer.
+- When the producer cannot recover by itself — a fatal error (an idempotent producer meeting a
+  broker that lost its state: UNKNOWN_PRODUCER_ID), nothing delivered for ``stall_timeout``
+  with messages waiting (the same broker restart can hang it forever, FIELD-NOTES), or a
+  delivery error — the sink purges it, creates a new one after a capped, jittered backoff, checks
+  the topics (recreating missing ones when ``create_topics``; otherwise it names the missing
+  topic and keeps spooling) and resends every unacknowledged message from the spool. Messages
+  that were in flight at the purge may already be in Kafka: they are counted as resent
+  (``Slot.SPOOL_RESENT``), the only duplicates this path can make.
+- Only when the spool is full (``spool_max_bytes``) is output dropped: counted in records per
+  topic (``Slot.DROPPED_*``), logged with how much and since when, and reported as an
+  ``output_overflow`` episode (:meth:`KafkaSink.overflow_events`; the anomaly events themselves
+  may use a small reserve beyond the bound so the announcement is not lost too).
+- :attr:`KafkaSink.state` (``Slot.OUTPUT_STATE``, since ``Slot.OUTPUT_SINCE``) says whether
+  output is being delivered; ``/readyz`` reports it.
 
-Delivery counts are accumulated in the callback and pushed to the :class:`Counters` once per
-``poll``/``produce``/``flush``, not once per message.
-
-Note (FIELD-NOTES): after a broker restart an idempotent producer can stall forever without a
-fatal error; :meth:`KafkaSink.stalled` reports it so the owner can recreate the sink.
+The librdkafka client is created lazily (after fork) from a configuration built once.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import random
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import KafkaConfig
 from fairfeed.core.counters import Counters, Slot
+from fairfeed.kafka.spool import Spool
+from fairfeed.kafka.topics import TopicCheck, TopicGuard
 
 log = logging.getLogger("fairfeed.sink")
 
-RETRY_POLL = 0.005  # seconds per poll while waiting for room in a full local queue
 LOG_INTERVAL = 5.0  # seconds between two log lines of one kind (others are counted)
+BLOCKED_AFTER = 2.0  # seconds without a delivery while messages wait: output is blocked
+REJOIN_GRACE = 3.0  # seconds a producer has to deliver once its broker answers again
+CATCH_UP_BATCH = 5000  # messages read back from the spool per pass
+TOPIC_RETRY = (0.5, 10.0)  # backoff base and cap between two topic checks that failed
+RECOVER_BACKOFF = (0.2, 5.0)  # backoff base and cap between two producer replacements
 
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+# Delivery errors that no resend can cure: the message is given up (counted as dropped).
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError._INVALID_ARG,
+    }
+)
 _UNREACHABLE = frozenset(
     {
         KafkaError._ALL_BROKERS_DOWN,
@@ -51,7 +78,26 @@ _UNREACHABLE = frozenset(
 
 
 class KafkaSinkError(RuntimeError):
-    """The sink cannot be used (bad configuration, or a fatal producer error)."""
+    """The sink cannot be used (bad configuration)."""
+
+
+class OutputState(enum.IntEnum):
+    """Whether output reaches Kafka (``Slot.OUTPUT_STATE``)."""
+
+    OK = 0
+    BLOCKED = 1  # messages wait, nothing delivered for BLOCKED_AFTER (broker down or hung)
+    RECOVERING = 2  # the producer was replaced; waiting for the broker and the topic check
+    TOPIC_MISSING = 3  # a topic is missing and create_topics is off
+    SPOOL_FULL = 4  # output is being dropped
+
+
+STATE_TEXT = {
+    OutputState.OK: "delivering",
+    OutputState.BLOCKED: "broker not acknowledging",
+    OutputState.RECOVERING: "reconnecting to the broker",
+    OutputState.TOPIC_MISSING: "topic missing",
+    OutputState.SPOOL_FULL: "spool full, output dropped",
+}
 
 
 class _RateLimitedLog:
@@ -88,17 +134,38 @@ def producer_config(cfg: KafkaConfig, extra: Mapping[str, Any] | None = None) ->
         "compression.type": "lz4",
         "linger.ms": cfg.linger_ms,
         "queue.buffering.max.messages": cfg.queue_max_messages,
+        # Retry forever: the sink, not a timeout, decides when a producer is beyond repair, and
+        # a timed-out message would have to be resent out of order.
+        "message.timeout.ms": 0,
+        # Topics are created by the sink's topic check with the configured partitions, never
+        # by a metadata request with the broker's defaults.
+        "allow.auto.create.topics": False,
     }
     if extra:
         conf.update(extra)
     return conf
 
 
-class KafkaSink:
-    """One confluent-kafka ``Producer`` with counted delivery and a bounded full-queue policy.
+class _Overflow:
+    """One topic's ongoing output-overflow episode."""
 
-    ``extra`` is passed through to librdkafka (tests use it for e.g. ``message.timeout.ms``);
-    it overrides the defaults above.
+    __slots__ = ("announced", "messages", "records", "start_ns")
+
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self.records = 0
+        self.messages = 0
+        self.announced = False
+
+
+class KafkaSink:
+    """A spool and one confluent-kafka ``Producer`` (see the module docstring).
+
+    ``spool_dir`` is where the spool lives (None: a temporary directory removed at close, for
+    tests and benchmarks); ``cfg.spool_max_bytes`` bounds it. ``extra`` is passed through to
+    librdkafka and overrides the defaults. ``drop_slots`` maps a topic to the counter of
+    records dropped for it (others count in ``Slot.DROPPED_OTHER``); ``reserve_topics`` may use
+    the spool's reserve.
     """
 
     def __init__(
@@ -106,25 +173,63 @@ class KafkaSink:
         cfg: KafkaConfig,
         counters: Counters,
         extra: Mapping[str, Any] | None = None,
+        spool_dir: str | Path | None = None,
+        drop_slots: Mapping[str, Slot] | None = None,
+        reserve_topics: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
         self.counters = counters
         self._config = producer_config(cfg, extra)  # validated now, used at first produce
+        self._tmp = spool_dir is None
+        path = Path(tempfile.mkdtemp(prefix="fairfeed-spool-")) if spool_dir is None else spool_dir
+        self.spool = Spool(path, cfg.spool_max_bytes)
+        self._clock = clock
+        rng = rng if rng is not None else random.Random()
+        self._recover_backoff = Backoff(*RECOVER_BACKOFF, rng=rng)
+        self._topic_backoff = Backoff(*TOPIC_RETRY, rng=rng)
+        self.drop_slots = dict(drop_slots or {})
+        self.reserve_topics = reserve_topics
         self._producer: Producer | None = None
-        self._buffer_timeout = max(0.0, cfg.buffer_full_timeout_ms / 1000.0)
-        self._saturated = False
         self._log = _RateLimitedLog()
-        # accumulated in callbacks, pushed to counters by _push()
-        self._delivered = 0
-        self._errors = 0
-        self._dropped = 0
-        self._retries = 0
-        # Messages produced and not yet reported. Not len(producer): librdkafka counts its
-        # queued error events there too (e.g. "brokers down" while nothing is waiting).
-        self._awaiting = 0
-        self.last_delivery = time.monotonic()  # last successful delivery (or start)
+        self._fresh: list[tuple[int, str, bytes | None, bytes, Any]] = []  # this pass's messages
+        self._send = self.spool.low  # next sequence number to hand to the producer
+        self._inflight = 0  # handed to the producer, report not served yet
+        self._full = False  # the producer's queue refused a message: wait for reports
+        self._delivered = self._errors = self._dropped = self._resent = 0
+        now = clock()
+        self.last_delivery = now
+        self._waiting_since: float | None = None  # since when messages wait (None: none do)
         self.fatal_error: KafkaError | None = None
-        self.client_errors = 0  # error_cb calls
+        self.client_errors = 0
+        self._broken = ""  # why the producer must be replaced ("" = it is fine)
+        # The broker was unreachable: once a probe reaches it again, the producer has
+        # REJOIN_GRACE to deliver (a broker restarted without its data hangs an idempotent one).
+        self._unreachable = False
+        self._back_at: float | None = None
+        self._next_recover = 0.0
+        self._topics: set[str] = set()  # topics seen in produce()
+        self._verified: set[str] = set()  # topics the last check found
+        self._missing: tuple[str, ...] = ()
+        self._topic_error = ""
+        self._next_topic_check = 0.0
+        self.guard = TopicGuard(self._config, cfg.topic_partitions, cfg.create_topics)
+        self.state = OutputState.OK
+        self.state_since_ns = 0
+        self._delivering_once = False  # the first start is no recovery worth a log line
+        self.overflows: dict[str, _Overflow] = {}
+        self._overflow_ended: list[tuple[str, _Overflow, int]] = []
+        self.resent_at_open = self.spool.recovered
+        if self.spool.recovered:
+            log.warning(
+                "kafka: %d messages (%d bytes) left in the spool %s by an earlier run are sent "
+                "first; those delivered just before it stopped may reach Kafka twice",
+                self.spool.recovered,
+                self.spool.bytes,
+                self.spool.dir,
+            )
+            self._resent += self.spool.recovered
 
     # -- client ------------------------------------------------------------------------------
     @property
@@ -135,69 +240,82 @@ class KafkaSink:
     @property
     def producer(self) -> Producer:
         if self._producer is None:
-            if self.fatal_error is not None:
-                raise KafkaSinkError(f"producer failed fatally: {self.fatal_error}")
             conf = dict(self._config)
             conf["error_cb"] = self._on_error
-            conf["on_delivery"] = self._on_delivery
             try:
                 self._producer = Producer(conf)
             except KafkaException as exc:
                 raise KafkaSinkError(f"cannot create Kafka producer: {exc.args[0]}") from exc
-            self.last_delivery = time.monotonic()
-            self._awaiting = 0
+            self.last_delivery = self._clock()
+            self._inflight = 0
+            self._full = False
         return self._producer
 
     def start(self) -> KafkaSink:
-        """Create the client now (otherwise the first produce does)."""
+        """Create the client now and check the topics (otherwise the first pass does)."""
         _ = self.producer
         return self
 
     def __len__(self) -> int:
-        """Messages waiting in librdkafka (queued or in flight)."""
-        return len(self._producer) if self._producer is not None else 0
+        """Messages handed to the producer and not yet reported."""
+        return self._inflight
+
+    @property
+    def spooled(self) -> int:
+        """Messages in the spool not yet acknowledged (handed to the producer or waiting)."""
+        return self.spool.pending
 
     # -- callbacks (run inside poll/flush, on this thread) -----------------------------------
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        self._awaiting -= 1
+    def _on_delivery(self, seq: int, callback: Any, err: KafkaError | None, msg: Message) -> None:
+        self._inflight -= 1
         if err is None:
+            self.spool.ack(seq)
             self._delivered += 1
+            if callback is not None:
+                callback(err, msg)
             return
-        if err.code() in _PURGED:
+        code = err.code()
+        if code in _PURGED:  # our own purge: resent from the spool
+            if code == KafkaError._PURGE_INFLIGHT:
+                self._resent += 1
+            return
+        if code in _PERMANENT:
+            self.spool.ack(seq)  # no resend can cure it: given up, counted
             self._dropped += 1
-            self._log("purged", logging.WARNING, "kafka: message to %s purged unsent", msg.topic())
+            self._count_drop(msg.topic() or "", 1)
+            self._log("permanent:" + (msg.topic() or ""), logging.ERROR,
+                      "kafka: message to %s rejected by the broker, dropped: %s",
+                      msg.topic(), err)  # fmt: skip
             return
         self._errors += 1
-        self._log(
-            "delivery:" + (msg.topic() or ""),
-            logging.ERROR,
-            "kafka: delivery to topic %s failed: %s",
-            msg.topic(),
-            err,
-        )
-
-    def _chained(self, callback: Any) -> Any:
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            self._on_delivery(err, msg)
-            callback(err, msg)
-
-        return on_delivery
+        self._log("delivery:" + (msg.topic() or ""), logging.ERROR,
+                  "kafka: delivery to topic %s failed: %s (resent from the spool)",
+                  msg.topic(), err)  # fmt: skip
+        if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            self._verified.discard(msg.topic() or "")
+        self._break(f"delivery failed ({err.name()})")
 
     def _on_error(self, err: KafkaError) -> None:
         self.client_errors += 1
         if err.fatal():
             self.fatal_error = err
-            log.critical("kafka: fatal producer error, the sink must be recreated: %s", err)
+            self._break(f"failed fatally ({err})")
         elif err.code() in _UNREACHABLE:
+            self._unreachable = True
             self._log("unreachable", logging.WARNING, "kafka: broker unreachable: %s", err)
         else:
             self._log(f"client:{err.code()}", logging.ERROR, "kafka: client error: %s", err)
+
+    def _break(self, why: str) -> None:
+        if not self._broken:
+            self._broken = why
 
     def _push(self) -> None:
         c = self.counters
         if self._delivered:
             c.add(Slot.KAFKA_DELIVERED, self._delivered)
-            self.last_delivery = time.monotonic()
+            self.last_delivery = self._clock()
+            self._recover_backoff.reset()
             self._delivered = 0
         if self._errors:
             c.add(Slot.KAFKA_ERRORS, self._errors)
@@ -205,118 +323,309 @@ class KafkaSink:
         if self._dropped:
             c.add(Slot.KAFKA_DROPPED, self._dropped)
             self._dropped = 0
-        if self._retries:
-            c.add(Slot.KAFKA_RETRIES, self._retries)
-            self._retries = 0
+        if self._resent:
+            c.add(Slot.SPOOL_RESENT, self._resent)
+            self._resent = 0
+        c.set(Slot.KAFKA_QUEUE, self._inflight)
+        c.set(Slot.SPOOL_BYTES, self.spool.waiting_bytes)
+        c.set(Slot.SPOOL_MESSAGES, self.spool.pending)
+        c.set(Slot.OUTPUT_STATE, int(self.state))
+        c.set(Slot.OUTPUT_SINCE, self.state_since_ns)
 
     # -- producing ---------------------------------------------------------------------------
-    def produce(self, topic: str, key: bytes | None, value: bytes, on_delivery: Any = None) -> bool:
-        """Queue one message. False if it was dropped (full queue past the bound, or rejected);
-        every drop is counted and logged. ``on_delivery(err, msg)``, if given, is called after
-        the sink's own accounting when this message's delivery report is served."""
-        p = self.producer
-        kw = {} if on_delivery is None else {"on_delivery": self._chained(on_delivery)}
-        deadline: float | None = None  # set by the first full queue
-        try:
-            while True:
-                try:
-                    p.produce(topic, value, key, **kw)
-                except BufferError:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + (0.0 if self._saturated else self._buffer_timeout)
-                    elif now >= deadline:
-                        break
-                    self._retries += 1
-                    p.poll(min(RETRY_POLL, max(0.0, deadline - now)))
-                    continue
-                except KafkaException as exc:
-                    return self._rejected(topic, exc)
-                self._awaiting += 1
-                self._saturated = False
-                return True
-            self._saturated = True
-            self._dropped += 1
-            self._log(
-                "dropped:" + topic,
-                logging.ERROR,
-                "kafka: local queue full (%d messages) for %.0f ms: message to %s dropped",
-                len(p),
-                self._buffer_timeout * 1000,
-                topic,
-            )
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: Any = None,
+        records: int = 1,
+    ) -> bool:
+        """Spool one message carrying ``records`` records (sent at the next :meth:`commit`).
+        False when the spool is full: the message is dropped and counted. ``on_delivery(err,
+        msg)``, if given, is called when the broker acknowledges it (first send only)."""
+        seq = self.spool.append(topic, key, value, records, reserve=topic in self.reserve_topics)
+        if seq < 0:
+            self._overflow(topic, records)
             return False
-        finally:
-            if deadline is not None:  # the queue was full: publish the retry counts now
-                self._push()
+        if topic not in self._topics:
+            self._topics.add(topic)
+        ov = self.overflows.get(topic)
+        if ov is not None:
+            self._overflow_ended.append((topic, self.overflows.pop(topic), time.time_ns()))
+            log.warning("kafka: output to %s is spooled again after %d records (%d messages) "
+                        "were dropped", topic, ov.records, ov.messages)  # fmt: skip
+        self._fresh.append((seq, topic, key, value, on_delivery))
+        return True
 
-    def _rejected(self, topic: str, exc: KafkaException) -> bool:
-        self._errors += 1
-        self._log(
-            "rejected:" + topic,
-            logging.ERROR,
-            "kafka: produce to %s rejected: %s",
-            topic,
-            exc.args[0],
+    def _overflow(self, topic: str, records: int) -> None:
+        self._dropped += 1
+        self._count_drop(topic, records)
+        ov = self.overflows.get(topic)
+        if ov is None:
+            ov = self.overflows[topic] = _Overflow(time.time_ns())
+            self._set_state(OutputState.SPOOL_FULL)
+        ov.records += records
+        ov.messages += 1
+        self._log("overflow:" + topic, logging.ERROR,
+                  "kafka: spool full (%d of %d bytes): %d records (%d messages) to %s dropped "
+                  "since %s", self.spool.bytes, self.spool.max_bytes, ov.records, ov.messages,
+                  topic, time.strftime("%H:%M:%S", time.localtime(ov.start_ns / 1e9)))  # fmt: skip
+
+    def _count_drop(self, topic: str, records: int) -> None:
+        self.counters.add(self.drop_slots.get(topic, Slot.DROPPED_OTHER), records)
+
+    def overflow_events(self) -> list[tuple[str, str, int, int, int, int]]:
+        """Overflow episodes to announce, once each: ``(topic, phase, start_ns, end_ns,
+        records, messages)`` with phase ``start`` (end 0) or ``end``."""
+        out = []
+        for topic, ov in self.overflows.items():
+            if not ov.announced:
+                ov.announced = True
+                out.append((topic, "start", ov.start_ns, 0, ov.records, ov.messages))
+        for topic, ov, end in self._overflow_ended:
+            if not ov.announced:
+                out.append((topic, "start", ov.start_ns, 0, ov.records, ov.messages))
+            out.append((topic, "end", ov.start_ns, end, ov.records, ov.messages))
+        self._overflow_ended.clear()
+        return out
+
+    def commit(self, prefix: bytes = b"", tails: Any = None) -> None:
+        """End of a pass: write the spooled messages (and, with ``tails``, the caller's read
+        positions) to disk, then hand what the producer can take to it."""
+        if tails is not None and self._fresh:
+            self.spool.mark(prefix, tails)
+        self.spool.write()
+        self._pump()
+
+    def _sendable(self) -> bool:
+        return (
+            not self._broken
+            and not self._full
+            and not self.guard.busy
+            and not self._missing
+            and not self._topic_error
+            and self._topics <= self._verified
         )
-        self._push()
-        return False
 
-    def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery/error callbacks (non-blocking by default) and update the counters;
-        call once per loop pass. Returns the number of events served."""
-        if self._producer is None:
-            self.counters.set(Slot.KAFKA_QUEUE, 0)
-            return 0
+    def _pump(self) -> None:
+        fresh, self._fresh = self._fresh, []
+        if not self._sendable():
+            if self._topics - self._verified:
+                self._check_topics()
+            return
+        window = self.cfg.queue_max_messages
+        # Messages of this pass are sent from memory once everything before them was sent.
+        if fresh and fresh[0][0] == self._send:
+            for i, (seq, topic, key, value, cb) in enumerate(fresh):
+                if self._inflight >= window or not self._hand(seq, topic, key, value, cb):
+                    return
+                if i == len(fresh) - 1:
+                    return
+        while self._send < self.spool.next and self._inflight < window and self._sendable():
+            entries = self.spool.read(self._send, min(CATCH_UP_BATCH, window - self._inflight))
+            if not entries:
+                self._send = self.spool.next
+                return
+            for e in entries:
+                if not self._hand(e.seq, e.topic, e.key, e.value, None):
+                    return
+            if len(entries) < CATCH_UP_BATCH:
+                return
+
+    def _hand(self, seq: int, topic: str, key: bytes | None, value: bytes, cb: Any) -> bool:
+        """Give one message to the producer; False when it cannot take more now."""
         try:
-            n = self._producer.poll(timeout)
+            self.producer.produce(
+                topic, value, key, on_delivery=partial(self._on_delivery, seq, cb)
+            )
+        except BufferError:
+            self._full = True
+            return False
         except KafkaException as exc:
-            # A fatal producer error (e.g. UNKNOWN_PRODUCER_ID after the broker lost its state)
-            # surfaces here once; the owner sees it through stalled() and recreates the sink.
-            err = exc.args[0]
-            if not err.fatal():
-                raise
-            self.fatal_error = err
-            log.critical("kafka: fatal producer error, the sink must be recreated: %s", err)
-            n = 0
+            # Rejected before sending (e.g. larger than message.max.bytes): no resend can help.
+            self.spool.ack(seq)
+            self._errors += 1
+            self._dropped += 1
+            self._count_drop(topic, 1)
+            self._log("rejected:" + topic, logging.ERROR, "kafka: produce to %s rejected: %s",
+                      topic, exc.args[0])  # fmt: skip
+            self._send = seq + 1
+            return True
+        self._inflight += 1
+        self._send = seq + 1
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports, resend what waits in the spool, replace a broken producer,
+        update the counters; call once per loop pass. Returns the reports served."""
+        self.commit()
+        n = 0
+        if self._producer is not None:
+            try:
+                n = self._producer.poll(timeout)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.fatal():
+                    raise
+                self.fatal_error = err
+                self._break(f"failed fatally ({err})")
+            self._full = self._full and self._inflight >= self.cfg.queue_max_messages // 2
+        self.spool.advance()
+        now = self._clock()
+        if not self.spool.pending:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now
+        if not self._broken and self._inflight > 0 and self._silent(now) > self.cfg.stall_timeout:
+            self._break(f"delivered nothing for {self.cfg.stall_timeout:.0f}s")
+        if not self._broken and self._inflight > 0 and self._silent(now) > BLOCKED_AFTER:
+            if self._unreachable and not self.guard.busy and now >= self._next_topic_check:
+                self._check_topics()  # a probe: is the broker back?
+            elif self._back_at is not None and now - max(self._back_at, self.last_delivery) > (
+                REJOIN_GRACE
+            ):
+                self._break(f"delivered nothing for {REJOIN_GRACE:.0f}s after the broker came back")
+        elif self._inflight == 0 or self._silent(now) == 0.0:
+            self._back_at = None
+        if self._broken and now >= self._next_recover:
+            self._recover(now)
+        check = self.guard.result()
+        if check is not None:
+            if self._unreachable and not check.error:
+                self._unreachable, self._back_at = False, now
+            self._topics_checked(check, now)
+        elif (self._missing or self._topic_error) and now >= self._next_topic_check:
+            self._check_topics()
+        self._pump()
+        self._update_state(now)
         self._push()
-        self.counters.set(Slot.KAFKA_QUEUE, len(self._producer))
         return n
 
+    def _recover(self, now: float) -> None:
+        p = self._producer
+        log.error("kafka: the producer %s with %d messages in flight and %d waiting in the "
+                  "spool: replacing it and resending from the spool", self._broken,
+                  self._inflight, self.spool.pending - self._inflight)  # fmt: skip
+        if p is not None:
+            p.purge(in_queue=True, in_flight=True, blocking=False)
+            p.flush(0)  # serves the purge reports: counted as resent when they were in flight
+            self._producer = None
+        self._inflight = 0
+        self._full = False
+        self._send = self.spool.low
+        self._broken = ""
+        self.fatal_error = None
+        self._unreachable, self._back_at = False, None
+        self._verified.clear()
+        self._next_recover = now + self._recover_backoff.next_delay()
+        self._set_state(OutputState.RECOVERING)
+        self._check_topics()
+
+    def _check_topics(self) -> None:
+        if not self.guard.busy:
+            self.guard.request(self._topics)
+
+    def _topics_checked(self, check: TopicCheck, now: float) -> None:
+        if check.created:
+            log.warning("kafka: created missing topics %s (%d partitions)",
+                        ", ".join(check.created), self.cfg.topic_partitions)  # fmt: skip
+        if check.ok:
+            self._verified |= self._topics
+            self._missing, self._topic_error = (), ""
+            self._topic_backoff.reset()
+            return
+        self._missing, self._topic_error = check.missing, check.error
+        self._next_topic_check = now + self._topic_backoff.next_delay()
+        if check.error:
+            self._log("topics", logging.ERROR, "kafka: cannot check the topics: %s; output "
+                      "is kept in the spool (%d messages)", check.error,
+                      self.spool.pending)  # fmt: skip
+        else:
+            self._log("topics", logging.ERROR,
+                      "kafka: topic(s) %s missing on %s and kafka.create_topics is false: "
+                      "output is kept in the spool (%d messages, %d bytes) until they exist",
+                      ", ".join(check.missing), self.cfg.bootstrap, self.spool.pending,
+                      self.spool.bytes)  # fmt: skip
+
+    def _update_state(self, now: float) -> None:
+        if self.overflows:
+            state = OutputState.SPOOL_FULL
+        elif self._missing and not self._topic_error:
+            state = OutputState.TOPIC_MISSING
+        elif self._broken or self._topic_error or (self._topics - self._verified):
+            state = OutputState.RECOVERING
+        elif self._silent(now) > BLOCKED_AFTER:
+            state = OutputState.BLOCKED
+        else:
+            state = OutputState.OK
+        self._set_state(state)
+
+    def _silent(self, now: float) -> float:
+        """Seconds without a delivery while messages wait (0 when nothing waits)."""
+        if self._waiting_since is None:
+            return 0.0
+        return now - max(self.last_delivery, self._waiting_since)
+
+    def _set_state(self, state: OutputState) -> None:
+        if state == self.state:
+            return
+        if state == OutputState.OK:
+            if self._delivering_once:
+                took = (time.time_ns() - self.state_since_ns) / 1e9
+                log.info("kafka: delivering again (%s; %.1fs after the problem began)",
+                         STATE_TEXT[self.state], took)  # fmt: skip
+            self.state_since_ns = 0
+        elif self.state == OutputState.OK:
+            self.state_since_ns = time.time_ns()  # kept while the problem changes shape
+        if state == OutputState.OK:
+            self._delivering_once = True
+        self.state = state
+
     def flush(self, timeout: float | None = None) -> int:
-        """Wait up to ``timeout`` seconds (default ``cfg.flush_timeout``) for every queued
-        message to be delivered; returns how many are still waiting."""
-        if self._producer is None:
-            return 0
-        remaining = self._producer.flush(self.cfg.flush_timeout if timeout is None else timeout)
-        self._push()
-        self.counters.set(Slot.KAFKA_QUEUE, remaining)
-        return remaining
+        """Send and wait up to ``timeout`` seconds (default ``cfg.flush_timeout``) until every
+        spooled message is acknowledged; returns how many are still waiting."""
+        end = self._clock() + (self.cfg.flush_timeout if timeout is None else timeout)
+        while True:
+            self.poll(0.0 if self._inflight == 0 else min(0.05, max(0.0, end - self._clock())))
+            if not self.spool.pending or self._clock() >= end:
+                break
+            if self._inflight == 0:
+                time.sleep(0.01)  # a producer replacement or topic check is under way
+        return self.spool.pending
 
     def stalled(self, after: float) -> bool:
-        """True when messages are waiting but nothing was delivered for ``after`` seconds, or the
-        producer failed fatally: the owner should close and recreate the sink."""
-        if self.fatal_error is not None:
-            return True
-        return self._awaiting > 0 and time.monotonic() - self.last_delivery > after
+        """True when messages wait but nothing was delivered for ``after`` seconds."""
+        return self._silent(self._clock()) > after
 
     def close(self, timeout: float | None = None) -> int:
-        """Flush (bounded), purge what is left (counted as dropped) and release the client.
-        Idempotent. Returns how many messages were given up."""
-        p = self._producer
-        if p is None:
+        """Flush (bounded), then release the client; what is not delivered stays in the spool
+        for the next start (a temporary spool is removed: counted as dropped). Idempotent.
+        Returns how many messages were left undelivered."""
+        if self.spool is None:
             return 0
-        remaining = self.flush(timeout)
+        remaining = self.flush(timeout) if (self._producer is not None or self.spool.pending) else 0
+        p, self._producer = self._producer, None
+        if p is not None:
+            p.purge(in_queue=True, in_flight=True, blocking=False)
+            p.poll(0)
+            p.flush(0)
+        self.guard.close()
         if remaining:
-            log.warning("kafka: %d messages undelivered at close, purging them", remaining)
-            p.purge(in_queue=True, in_flight=True, blocking=True)
-            p.poll(0)  # purged messages' reports: counted in _dropped
-            lost = len(p)  # reports not served yet, if any
-            self._dropped += lost
+            if self._tmp:
+                log.error("kafka: %d messages undelivered at close: dropped", remaining)
+                self._dropped += remaining
+            else:
+                log.warning("kafka: %d messages undelivered at close: kept in the spool %s for "
+                            "the next start", remaining, self.spool.dir)  # fmt: skip
+        self._inflight = 0
         self._push()
-        self._producer = None
-        p.close()
         self.counters.set(Slot.KAFKA_QUEUE, 0)
+        self.spool.close()
+        if self._tmp:
+            shutil.rmtree(self.spool.dir, ignore_errors=True)
+        self.spool = None  # type: ignore[assignment]
         return remaining
 
     def __enter__(self) -> KafkaSink:

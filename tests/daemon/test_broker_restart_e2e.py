@@ -84,7 +84,7 @@ instruments = ["BTC-USD"]
         # librdkafka either fails fatally (unknown producer id) or hangs; either way the compute
         # process replaces its producer in place, without a restart.
         err = daemon.stderr()
-        assert "recreating the producer" in err, err[-3000:]
+        assert "replacing it and resending from the spool" in err, err[-3000:]
         assert "died" not in err, err[-3000:]
         assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()
         assert daemon.leftovers() == []
