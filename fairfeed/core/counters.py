@@ -27,10 +27,10 @@ class Slot(enum.IntEnum):
     FAIR_OUT = 9  # fair-price records produced
     KAFKA_DELIVERED = 10  # Kafka messages acknowledged by the broker
     KAFKA_ERRORS = 11  # delivery reports with an error
-    KAFKA_RETRIES = 12  # produce attempts retried after BufferError
-    KAFKA_DROPPED = 13  # messages given up after the BufferError retry bound
+    KAFKA_RETRIES = 12  # messages the producer's full queue refused (kept in the spool, retried)
+    KAFKA_DROPPED = 13  # messages given up: spool full, or rejected for good by the broker
     CONNECTED = 14  # ingest: open provider connections
-    KAFKA_QUEUE = 15  # messages waiting in librdkafka's local queue
+    KAFKA_QUEUE = 15  # messages handed to librdkafka, not yet acknowledged
     GAPS = 16  # sequence gaps detected by adapters
     MISSED = 17  # messages missed in those gaps
     HEARTBEATS = 18  # provider heartbeats received

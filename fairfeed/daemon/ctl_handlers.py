@@ -281,6 +281,10 @@ class ControlHandlers:
                 "retries": g(c, Slot.KAFKA_RETRIES),
                 "dropped": g(c, Slot.KAFKA_DROPPED),
                 "queue": g(c, Slot.KAFKA_QUEUE),
+                "spool_messages": g(c, Slot.SPOOL_MESSAGES),
+                "spool_bytes": g(c, Slot.SPOOL_BYTES),
+                "resent": g(c, Slot.SPOOL_RESENT),
+                "output_state": g(c, Slot.OUTPUT_STATE),
             },
             "stopping": bool(sup and sup.stopping),
         }

@@ -36,6 +36,7 @@ from fairfeed.core.counters import Slot
 from fairfeed.core.records import CLASS_NAMES
 from fairfeed.hotpath.metrics import BOUNDS_S, HOPS, M_UNTIMED
 from fairfeed.ipc.metricsboard import MetricsBoard
+from fairfeed.kafka.sink import STATE_TEXT, OutputState
 
 if TYPE_CHECKING:
     from fairfeed.daemon.ctl_handlers import Runtime
@@ -64,13 +65,21 @@ _SLOT_COUNTERS = (
     ("fair_prices", Slot.FAIR_OUT, "Fair prices produced"),
     ("kafka_delivered", Slot.KAFKA_DELIVERED, "Kafka messages acknowledged by the broker"),
     ("kafka_errors", Slot.KAFKA_ERRORS, "Kafka delivery errors"),
-    ("kafka_retries", Slot.KAFKA_RETRIES, "Kafka produce attempts retried on a full queue"),
-    ("kafka_dropped", Slot.KAFKA_DROPPED, "Kafka messages given up"),
+    (
+        "kafka_retries",
+        Slot.KAFKA_RETRIES,
+        "Messages a full producer queue refused (kept in the spool)",
+    ),
+    ("kafka_dropped", Slot.KAFKA_DROPPED, "Kafka messages given up (spool full, rejected)"),
     ("anomaly_events", Slot.ANOMALIES_TOTAL, "Anomaly events published (starts and ends)"),
 )
 _SLOT_GAUGES = (
     ("connections", Slot.CONNECTED, "Open provider connections"),
-    ("kafka_queue_messages", Slot.KAFKA_QUEUE, "Messages waiting in librdkafka's local queue"),
+    (
+        "kafka_queue_messages",
+        Slot.KAFKA_QUEUE,
+        "Messages handed to librdkafka, not yet acknowledged",
+    ),
     ("anomaly_episodes_open", Slot.ANOMALIES_OPEN, "Anomaly episodes open now (all kinds)"),
 )
 
@@ -116,6 +125,7 @@ class FairfeedCollector(Collector):
         yield from self._streams()
         yield from self._latency()
         yield from self._anomalies()
+        yield from self._output()
         self.scrapes += 1
         g = GaugeMetricFamily(
             "fairfeed_metrics_collect_seconds", "Time the previous scrape took to collect"
@@ -123,6 +133,48 @@ class FairfeedCollector(Collector):
         g.add_metric([], self.last_duration)
         yield g
         self.last_duration = time.perf_counter() - start
+
+    # -- Kafka output and its spool ---------------------------------------------------------
+    def _output(self) -> Iterator[Metric]:
+        rt = self.rt
+        k = rt.cfg.kafka
+        slot = rt.compute.slot
+        get = rt.control.get
+        dropped = CounterMetricFamily(
+            "fairfeed_output_dropped_records",
+            "Records dropped because the output spool was full (or rejected for good), per topic",
+            labels=["topic"],
+        )
+        for topic, field in ((k.ticks_topic, Slot.DROPPED_TICKS), (k.fair_topic, Slot.DROPPED_FAIR),
+                             (k.anomalies_topic, Slot.DROPPED_ANOMALIES),
+                             (k.dead_letter_topic, Slot.DROPPED_DEAD_LETTERS),
+                             ("other", Slot.DROPPED_OTHER)):  # fmt: skip
+            dropped.add_metric([topic], get(slot, field))
+        yield dropped
+        for name, field, doc in (
+            ("spool_bytes", Slot.SPOOL_BYTES, "Bytes of output in the spool not yet acknowledged"),
+            ("spool_messages", Slot.SPOOL_MESSAGES, "Messages in the spool not yet acknowledged"),
+            ("output_state", Slot.OUTPUT_STATE,
+             "0 delivering, 1 broker not acknowledging, 2 reconnecting, 3 topic missing, "
+             "4 spool full"),
+        ):  # fmt: skip
+            g = GaugeMetricFamily(f"fairfeed_{name}", doc)
+            g.add_metric([], get(slot, field))
+            yield g
+        since = get(slot, Slot.OUTPUT_SINCE)
+        g = GaugeMetricFamily(
+            "fairfeed_output_blocked_seconds",
+            "Seconds output has not been delivered (0 when it is)",
+        )
+        g.add_metric([], (time.time_ns() - since) / 1e9 if since else 0.0)
+        yield g
+        c = CounterMetricFamily(
+            "fairfeed_spool_resent",
+            "Messages sent again from the spool (producer replaced, restart): Kafka may hold two "
+            "copies of them",
+        )
+        c.add_metric([], get(slot, Slot.SPOOL_RESENT))
+        yield c
 
     # -- per process -----------------------------------------------------------------------
     def _technical(self) -> Iterator[Metric]:
@@ -468,16 +520,9 @@ class Readiness:
         self.rt = rt
         self.compute_slot = compute_slot
         self.last_tick = time.monotonic()
-        self._delivered = -1
-        self._delivered_at = time.monotonic()
 
     def tick(self) -> None:
-        now = time.monotonic()
-        self.last_tick = now
-        d = self.rt.control.get(self.compute_slot, Slot.KAFKA_DELIVERED)
-        if d != self._delivered:
-            self._delivered = d
-            self._delivered_at = now
+        self.last_tick = time.monotonic()
 
     def healthz(self) -> tuple[bool, str]:
         age = time.monotonic() - self.last_tick
@@ -497,10 +542,15 @@ class Readiness:
                 timeout, 2.0 + 4 * rt.cfg.daemon.heartbeat_interval
             ):
                 problems.append(f"{ch.name} heartbeat {now - ch.last_beat_change:.1f}s old")
-        queue = rt.control.get(self.compute_slot, Slot.KAFKA_QUEUE)
-        stall = min(rt.cfg.kafka.stall_timeout, 10.0)
-        if queue and now - self._delivered_at > stall:
-            problems.append(f"kafka: {queue} messages waiting, none delivered for {stall:.0f}s")
+        state = rt.control.get(self.compute_slot, Slot.OUTPUT_STATE)
+        if state:
+            since = rt.control.get(self.compute_slot, Slot.OUTPUT_SINCE)
+            waited = (time.time_ns() - since) / 1e9 if since else 0.0
+            problems.append(
+                f"kafka output: {STATE_TEXT.get(OutputState(state), state)} for {waited:.1f}s, "
+                f"{rt.control.get(self.compute_slot, Slot.SPOOL_MESSAGES)} messages "
+                f"({rt.control.get(self.compute_slot, Slot.SPOOL_BYTES)} bytes) in the spool"
+            )
         if problems:
             return False, "not ready: " + "; ".join(problems)
         return True, "ready"

@@ -197,7 +197,7 @@ class KafkaSink:
         self._send = self.spool.low  # next sequence number to hand to the producer
         self._inflight = 0  # handed to the producer, report not served yet
         self._full = False  # the producer's queue refused a message: wait for reports
-        self._delivered = self._errors = self._dropped = self._resent = 0
+        self._delivered = self._errors = self._dropped = self._resent = self._retries = 0
         now = clock()
         self.last_delivery = now
         self._waiting_since: float | None = None  # since when messages wait (None: none do)
@@ -326,6 +326,9 @@ class KafkaSink:
         if self._resent:
             c.add(Slot.SPOOL_RESENT, self._resent)
             self._resent = 0
+        if self._retries:
+            c.add(Slot.KAFKA_RETRIES, self._retries)
+            self._retries = 0
         c.set(Slot.KAFKA_QUEUE, self._inflight)
         c.set(Slot.SPOOL_BYTES, self.spool.waiting_bytes)
         c.set(Slot.SPOOL_MESSAGES, self.spool.pending)
@@ -440,7 +443,8 @@ class KafkaSink:
                 topic, value, key, on_delivery=partial(self._on_delivery, seq, cb)
             )
         except BufferError:
-            self._full = True
+            self._full = True  # it stays in the spool and is handed over again later
+            self._retries += 1
             return False
         except KafkaException as exc:
             # Rejected before sending (e.g. larger than message.max.bytes): no resend can help.

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fairfeed.core.config import KafkaConfig
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Stream, SubscriptionSet
@@ -40,8 +41,11 @@ def rt():
     board.anomaly_event(1, 0, True)
     control.set(1, Slot.KAFKA_DELIVERED, 42)
     children = [ChildSpec("ingest-0", 0, lambda: 0), ChildSpec("compute", 1, lambda: 0)]
+    control.set(1, Slot.DROPPED_FAIR, 7)
+    control.set(1, Slot.SPOOL_BYTES, 1234)
     ns = SimpleNamespace(
-        cfg=SimpleNamespace(),
+        cfg=SimpleNamespace(kafka=KafkaConfig()),
+        compute=SimpleNamespace(slot=1),
         registry=reg,
         book=SimpleNamespace(live=SubscriptionSet([Stream("p0", "V0", 'I0-"x"', "spot")])),
         control=control,
@@ -83,6 +87,10 @@ def test_render_text_matches_generate_latest(rt) -> None:
     assert a[("fairfeed_anomalies_total", (("kind", "no_data"), ("provider", "p0")))] == 1
     assert a[("fairfeed_latency_seconds_count",
               (("hop", "ring_kernel"), ("provider", "p0"), ("venue", "V0")))] == 7  # fmt: skip
+    dropped = "fairfeed_output_dropped_records_total"
+    assert a[(dropped, (("topic", "fairfeed.fair"),))] == 7
+    assert a[(dropped, (("topic", "fairfeed.ticks"),))] == 0
+    assert a[("fairfeed_spool_bytes", ())] == 1234
 
 
 def test_budget_folds_streams_into_overflow(rt) -> None:
