@@ -408,8 +408,9 @@ class LocalWsServer(abc.ABC):
             sent += n
             if sent == cfg.max_events:
                 self.stats.finished += 1
-            if cfg.rate == 0:
-                await asyncio.sleep(0)
+            # A write that fits the socket buffer does not suspend: yield, or a server behind
+            # its rate (or at rate 0) starves its other connections and heartbeats.
+            await asyncio.sleep(0)
 
     async def _stream_gated(self, conn: Conn, gate: asyncio.Event) -> None:
         while not conn.symbols:

@@ -12,13 +12,17 @@ size the scenario; ``make outage`` runs it at the reference load for 10 s and 60
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
 import os
 import signal
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -80,14 +84,63 @@ class Metrics:
             return exc.code, exc.read().decode()
 
 
+def _serve(pipe: Connection, rate: float) -> None:  # pragma: no cover - a spawned process
+    """The load server's process: a Binance server, driven through ``pipe``."""
+    prices = {s: 100.0 * (i + 1) for i, s in enumerate(SYMBOLS)}
+    cfg = SimulatorConfig(prices, rate, quote_ratio=0.0, heartbeat_interval=0.5, seed=7)
+    server = BinanceServer("binance", cfg)
+    with LoopThread(server).start() as loop:
+        pipe.send(server.url)
+        while True:
+            cmd, arg = pipe.recv()
+            if cmd == "pause":
+                loop.call(lambda on=arg: setattr(server.faults, "heartbeats_only", on), timeout=60)
+                pipe.send(None)
+            elif cmd == "ids":
+                ids = loop.call(lambda: server.market.trade_id.tolist(), timeout=60)
+                pipe.send(dict(zip(server.market.symbols, ids, strict=True)))
+            else:
+                return
+
+
+class LoadServer:
+    """The Binance-protocol server with numbered trades, in a process of its own (at the
+    reference rate it needs a core; a thread would fight the test for the GIL)."""
+
+    def __init__(self, rate: float) -> None:
+        ctx = mp.get_context("spawn")
+        self._pipe, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, rate), daemon=True)
+        self.proc.start()
+        child.close()
+        self.url = self._ask(None)
+
+    def _ask(self, msg: tuple[str, object] | None) -> Any:
+        if msg is not None:
+            self._pipe.send(msg)
+        if not self._pipe.poll(60):
+            raise AssertionError("the load server did not answer within 60 s")
+        return self._pipe.recv()
+
+    def pause(self, on: bool) -> None:
+        self._ask(("pause", on))
+
+    def ids(self) -> dict[str, int]:
+        return self._ask(("ids", None))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._pipe.send(("stop", None))
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
 class Rig:
-    """A Binance-protocol server with numbered trades, a broker and the daemon between them."""
+    """The load server, a broker and the daemon between them."""
 
     def __init__(self, tmp_path: Path, rate: float = RATE) -> None:
-        prices = {s: 100.0 * (i + 1) for i, s in enumerate(SYMBOLS)}
-        cfg = SimulatorConfig(prices, rate, quote_ratio=0.0, heartbeat_interval=0.5, seed=7)
-        self.server = BinanceServer("binance", cfg)
-        self.loop = LoopThread(self.server).start()
+        self.server = LoadServer(rate)
         self.broker = LocalBroker().start()
         metrics_port = free_port()
         conf = tmp_path / "f.toml"
@@ -115,12 +168,11 @@ instruments = {orjson.dumps(SYMBOLS).decode()}
 
     def pause(self, on: bool) -> None:
         """Stop (or resume) the trades; heartbeats go on, the connections stay."""
-        self.loop.call(lambda: setattr(self.server.faults, "heartbeats_only", on))
+        self.server.pause(on)
 
     def generated(self) -> dict[str, int]:
         """The last trade id the server generated, per instrument (ids start at 1)."""
-        ids = self.loop.call(lambda: self.server.market.trade_id.tolist())
-        return dict(zip(self.server.market.symbols, ids, strict=True))
+        return self.server.ids()
 
     def drained(self) -> bool:
         return self.metrics.value("fairfeed_spool_messages") == 0
@@ -144,7 +196,7 @@ instruments = {orjson.dumps(SYMBOLS).decode()}
     def close(self) -> None:
         if self.daemon.proc.poll() is None:
             self.daemon.kill()
-        self.loop.stop()
+        self.server.stop()
         for b in self.brokers:
             b.stop(grace=0.1)
 
