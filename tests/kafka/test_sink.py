@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -260,3 +262,44 @@ def test_rejected_message_is_counted(kafka_broker: LocalBroker, caplog) -> None:
     assert counters[Slot.DROPPED_OTHER] == 1
     assert "rejected" in caplog.text
     sink.close(timeout=1)
+
+
+def test_hung_broker_keeps_the_producer_and_loses_nothing(tmp_path) -> None:
+    """SIGSTOP: the broker hangs with connections open. The producer keeps what it holds (no
+    replacement within stall_timeout), newer output waits in the spool, and after SIGCONT
+    everything arrives once, in order per key."""
+    topic = "sink-hung"
+    with LocalBroker() as broker:
+        counters = DictCounters()
+        sink = KafkaSink(cfg_for(broker.bootstrap, queue_max_messages=200), counters,
+                         spool_dir=tmp_path)  # fmt: skip
+        n = 0
+
+        def send(k: int) -> None:
+            nonlocal n
+            for _ in range(k):
+                assert sink.produce(topic, b"k%d" % (n % 4), b"%d" % n)
+                n += 1
+            sink.commit()
+            sink.poll()
+
+        send(100)
+        assert sink.flush(20) == 0
+        os.killpg(broker.pid, signal.SIGSTOP)
+        try:
+            for _ in range(20):
+                send(50)
+            wait_for(lambda: sink.poll() >= 0 and sink.state == OutputState.BLOCKED, 20,
+                     "output reported blocked")  # fmt: skip
+            assert len(sink) == 200  # the producer's window is full, the rest waits on disk
+            assert sink.spool.pending == 1000
+        finally:
+            os.killpg(broker.pid, signal.SIGCONT)
+        assert sink.flush(30) == 0
+        assert counters[Slot.SPOOL_RESENT] == 0  # the same producer went on: no copies
+        got = consume_all(broker.bootstrap, topic)
+        assert sorted(int(v) for _, _, v in got) == list(range(1100))
+        for part in {p for p, _, _ in got}:
+            seq = [int(v) for p, _, v in got if p == part]
+            assert seq == sorted(seq)
+        sink.close()
