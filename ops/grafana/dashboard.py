@@ -139,7 +139,10 @@ def _panels() -> list:
             _target("fairfeed_kafka_queue_messages", "queue {{process}}"),
             _target(f"rate(fairfeed_kafka_delivered_total[{rate}])", "delivered/s", "B"),
             _target(f"rate(fairfeed_kafka_errors_total[{rate}]) + "
-                    f"rate(fairfeed_kafka_dropped_total[{rate}])", "errors+drops/s", "C")),
+                    f"rate(fairfeed_kafka_dropped_total[{rate}])", "errors+drops/s", "C"),
+            _target("fairfeed_spool_messages", "waiting in the spool", "D"),
+            _target(f"sum by (topic) (rate(fairfeed_output_dropped_records_total[{rate}]))",
+                    "records dropped/s {{topic}}", "E")),
         _ts(10, "Records per process", (0, 34, 12, 8), "reqps",
             _target(f"rate(fairfeed_records_in_total[{rate}])", "in {{process}}"),
             _target(f"rate(fairfeed_records_out_total[{rate}])", "out {{process}}", "B")),
