@@ -193,7 +193,8 @@ class KafkaSink:
         self.reserve_topics = reserve_topics
         self._producer: Producer | None = None
         self._log = _RateLimitedLog()
-        self._fresh: list[tuple[int, str, bytes | None, bytes, Any]] = []  # this pass's messages
+        # this pass's messages: (seq, topic, key, value, records, on_delivery)
+        self._fresh: list[tuple[int, str, bytes | None, bytes, int, Any]] = []
         self._send = self.spool.low  # next sequence number to hand to the producer
         self._inflight = 0  # handed to the producer, report not served yet
         self._full = False  # the producer's queue refused a message: wait for reports
@@ -266,7 +267,9 @@ class KafkaSink:
         return self.spool.pending
 
     # -- callbacks (run inside poll/flush, on this thread) -----------------------------------
-    def _on_delivery(self, seq: int, callback: Any, err: KafkaError | None, msg: Message) -> None:
+    def _on_delivery(
+        self, seq: int, records: int, callback: Any, err: KafkaError | None, msg: Message
+    ) -> None:
         self._inflight -= 1
         if err is None:
             self.spool.ack(seq)
@@ -282,7 +285,7 @@ class KafkaSink:
         if code in _PERMANENT:
             self.spool.ack(seq)  # no resend can cure it: given up, counted
             self._dropped += 1
-            self._count_drop(msg.topic() or "", 1)
+            self._count_drop(msg.topic() or "", records)
             self._log("permanent:" + (msg.topic() or ""), logging.ERROR,
                       "kafka: message to %s rejected by the broker, dropped: %s",
                       msg.topic(), err)  # fmt: skip
@@ -358,7 +361,7 @@ class KafkaSink:
             self._overflow_ended.append((topic, self.overflows.pop(topic), time.time_ns()))
             log.warning("kafka: output to %s is spooled again after %d records (%d messages) "
                         "were dropped", topic, ov.records, ov.messages)  # fmt: skip
-        self._fresh.append((seq, topic, key, value, on_delivery))
+        self._fresh.append((seq, topic, key, value, records, on_delivery))
         return True
 
     def _overflow(self, topic: str, records: int) -> None:
@@ -420,8 +423,8 @@ class KafkaSink:
         window = self.cfg.queue_max_messages
         # Messages of this pass are sent from memory once everything before them was sent.
         if fresh and fresh[0][0] == self._send:
-            for i, (seq, topic, key, value, cb) in enumerate(fresh):
-                if self._inflight >= window or not self._hand(seq, topic, key, value, cb):
+            for i, (seq, topic, key, value, records, cb) in enumerate(fresh):
+                if self._inflight >= window or not self._hand(seq, topic, key, value, records, cb):
                     return
                 if i == len(fresh) - 1:
                     return
@@ -431,17 +434,18 @@ class KafkaSink:
                 self._send = self.spool.next
                 return
             for e in entries:
-                if not self._hand(e.seq, e.topic, e.key, e.value, None):
+                if not self._hand(e.seq, e.topic, e.key, e.value, e.records, None):
                     return
             if len(entries) < CATCH_UP_BATCH:
                 return
 
-    def _hand(self, seq: int, topic: str, key: bytes | None, value: bytes, cb: Any) -> bool:
+    def _hand(
+        self, seq: int, topic: str, key: bytes | None, value: bytes, records: int, cb: Any
+    ) -> bool:
         """Give one message to the producer; False when it cannot take more now."""
         try:
-            self.producer.produce(
-                topic, value, key, on_delivery=partial(self._on_delivery, seq, cb)
-            )
+            report = partial(self._on_delivery, seq, records, cb)
+            self.producer.produce(topic, value, key, on_delivery=report)
         except BufferError:
             self._full = True  # it stays in the spool and is handed over again later
             self._retries += 1
@@ -451,7 +455,7 @@ class KafkaSink:
             self.spool.ack(seq)
             self._errors += 1
             self._dropped += 1
-            self._count_drop(topic, 1)
+            self._count_drop(topic, records)
             self._log("rejected:" + topic, logging.ERROR, "kafka: produce to %s rejected: %s",
                       topic, exc.args[0])  # fmt: skip
             self._send = seq + 1
