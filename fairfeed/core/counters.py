@@ -40,6 +40,9 @@ class Slot(enum.IntEnum):
     DEAD_LETTERS_DROPPED = 22  # malformed frames not forwarded (dead-letter ring full)
     ANOMALIES_OPEN = 23  # compute: anomaly episodes open now
     ANOMALIES_TOTAL = 24  # compute: anomaly events published (starts and ends)
+    REPEATS_DROPPED = (
+        25  # ingest: numbered records dropped as published already (reconnect overlap)
+    )
 
 
 class Counters(abc.ABC):
