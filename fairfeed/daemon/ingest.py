@@ -20,6 +20,7 @@ from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogL
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
+from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.kafka.encode import encode_dead_letter
 from fairfeed.providers.base import Adapter, IngestContext
@@ -42,6 +43,7 @@ class IngestWorker:
     urls: dict[str, str]  # provider -> resolved endpoint
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
     pipe: CommandPipe | None = None  # commands from the supervisor
+    last_ids: LastIds | None = None  # last id published per stream (outlives this process)
 
     @property
     def name(self) -> str:
@@ -136,6 +138,7 @@ class IngestWorker:
             emit=self._emit,
             counters=self.counters,
             dead_letter=self._dead_letter_for(provider),
+            last_ids=self.last_ids,
         )
         adapter = adapter_class(pcfg.kind)(ctx)
         self.adapters[provider] = adapter
@@ -167,6 +170,14 @@ class IngestWorker:
             logging.getLogger().setLevel(cmd.level)
         elif isinstance(cmd, Subscribe | Unsubscribe):
             changed = self.subs.apply(cmd)
+            if self.last_ids is not None:
+                # A stream (re)subscribed starts afresh, however long it was away; this worker
+                # is the rows' only writer, and a removed stream's records are muted first.
+                for s in changed:
+                    self.last_ids.clear(
+                        self.registry.instrument_id(s.instrument),
+                        self.registry.source_id(s.provider, s.venue),
+                    )
             for provider in dict.fromkeys(s.provider for s in changed):
                 mine = tuple(Subscription.of(self.registry, s) for s in changed
                              if s.provider == provider)  # fmt: skip

@@ -26,6 +26,7 @@ from fairfeed.hotpath.metrics import warm_metrics
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
@@ -131,6 +132,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
     blobs: list[BlobRing] = []
     control: ControlBlock | None = None
     streams: StreamBoard | None = None
+    last_ids: LastIds | None = None
     ctl: ControlServer | None = None
     board: MetricsBoard | None = None
     http = None
@@ -155,6 +157,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         d = cfg.daemon
         control = ControlBlock.create(f"{prefix}-control", n_slots, d.max_instruments)
         streams = StreamBoard.create(f"{prefix}-streams", d.max_instruments, d.max_sources)
+        last_ids = LastIds.create(f"{prefix}-lastids", d.max_instruments, d.max_sources)
         if cfg.metrics.listen:
             board = MetricsBoard.create(f"{prefix}-metrics", d.max_instruments, d.max_sources)
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
@@ -184,7 +187,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         for i in range(n_workers):
             pipe = CommandPipe()
             w = IngestWorker(
-                i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe
+                i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe, last_ids
             )
             children.append(ChildSpec(w.name, slot, w.main, stop_phase=0, pipe=pipe))
             workers.append(w)
@@ -246,7 +249,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
-        for seg in (control, streams, board):
+        for seg in (control, streams, board, last_ids):
             if seg is not None:
                 seg.close()
                 seg.unlink()

@@ -1,10 +1,16 @@
-"""Per-instrument sequence-gap detection over record batches (one tracker per connection).
+"""Per-stream sequence tracking over record batches: gaps, and records already published.
 
 A venue that numbers its messages per instrument lets us see what we missed: after sequence
-``s``, the next tracked record must carry ``s`` (a repeat, e.g. the bid and ask of one quote) or
-``s + 1``; ``s + k`` with k > 1 means k - 1 messages were lost and yields one KIND_GAP record.
-Older numbers (a replay or a duplicate) change nothing. The first number seen after a (re)connect
-sets the expectation: a reconnect is reported as a reconnect, never as a gap.
+``s``, the next tracked record of the stream must carry ``s`` (a repeat, e.g. the bid and ask of
+one quote) or ``s + 1``; ``s + k`` with k > 1 means k - 1 messages were lost and yields one
+KIND_GAP record. A stream is (instrument, source), a source being a provider × venue pair.
+
+The last number per stream lives in a table the caller owns (``last_ids[instrument, source]``,
+-1 = none yet), not in the connection: it outlives reconnects and, in shared memory, the ingest
+worker, so the first number after a reconnect or a worker restart reports what was missed
+meanwhile. A record numbered below the stream's last one, or a trade numbered equal to it, was
+published already (a planned reconnect's two sessions overlap): it is dropped. Quotes may share
+their number (bid and ask), so only a lower one drops them.
 """
 
 from __future__ import annotations
@@ -12,74 +18,102 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fairfeed.core.records import KIND_GAP, RECORD_DTYPE
+from fairfeed.core.records import KIND_GAP, KIND_TRADE, RECORD_DTYPE
 
 
 @njit(cache=True)
-def detect_gaps_nb(records, start, end, last_seq, tracked, gaps):  # pragma: no cover - jitted
-    """Check ``records[start:end]``; write one KIND_GAP record per gap into ``gaps``.
+def track_sequences_nb(records, n, last_ids, source_of_venue, tracked, gaps):  # pragma: no cover
+    """Check ``records[:n]``, compacting the records kept to the front; write gap records.
 
-    ``last_seq[instrument]`` is the last number seen (-1 = none yet), updated in place;
-    ``tracked[kind]`` is 1 for kinds whose ``sequence`` is contiguous per instrument. A gap
-    record copies the record after the gap with kind KIND_GAP, price 0 and ``size`` = the number
-    of messages missed. Returns the gap records written (at most ``len(gaps)``; further gaps
-    update the state but are not written). Reference: :func:`detect_gaps_reference`.
+    ``last_ids[instrument, source]`` is the last number published per stream (-1 = none),
+    updated in place; ``source_of_venue[venue]`` is the source id of the caller's provider at
+    that venue (-1 = not tracked); ``tracked[kind]`` is 1 for kinds whose ``sequence`` is
+    contiguous per stream. A gap record copies the record after the gap with kind KIND_GAP,
+    price 0 and ``size`` = the number of messages missed. Returns (records kept, gap records
+    written); gaps beyond ``len(gaps)`` update the state but are not written.
+    Reference: :func:`track_sequences_reference`.
     """
     m = 0
-    n_inst = last_seq.shape[0]
-    for i in range(start, end):
+    k = 0
+    n_inst = last_ids.shape[0]
+    n_src = last_ids.shape[1]
+    n_venue = source_of_venue.shape[0]
+    for i in range(n):
         r = records[i]
         seq = r.sequence
-        if seq < 0 or tracked[r.kind] == 0:
-            continue
-        inst = r.instrument
-        if inst >= n_inst:
-            continue
-        last = last_seq[inst]
-        if last >= 0 and seq > last + 1 and m < gaps.shape[0]:
-            gaps[m] = r
-            gaps[m].kind = KIND_GAP
-            gaps[m].price = 0.0
-            gaps[m].size = float(seq - last - 1)
-            m += 1
-        if seq > last:
-            last_seq[inst] = seq
-    return m
+        keep = True
+        if seq >= 0 and tracked[r.kind] != 0 and r.venue < n_venue:
+            src = source_of_venue[r.venue]
+            inst = r.instrument
+            if src >= 0 and src < n_src and inst < n_inst:
+                last = last_ids[inst, src]
+                if last >= 0 and (seq < last or (seq == last and r.kind == KIND_TRADE)):
+                    keep = False
+                else:
+                    if last >= 0 and seq > last + 1 and m < gaps.shape[0]:
+                        gaps[m] = r
+                        gaps[m].kind = KIND_GAP
+                        gaps[m].price = 0.0
+                        gaps[m].size = float(seq - last - 1)
+                        m += 1
+                    if seq > last:
+                        last_ids[inst, src] = seq
+        if keep:
+            if k != i:
+                records[k] = records[i]
+            k += 1
+    return k, m
 
 
-def detect_gaps_reference(
-    records: np.ndarray, start: int, end: int, last_seq: np.ndarray, tracked: np.ndarray
-) -> list[tuple[int, int, int]]:
-    """Plain-Python oracle: ``(instrument, sequence after the gap, missed)`` per gap."""
-    out = []
-    for r in records[start:end]:
-        seq, inst = int(r["sequence"]), int(r["instrument"])
-        if seq < 0 or not tracked[r["kind"]] or inst >= len(last_seq):
+def track_sequences_reference(
+    records: np.ndarray,
+    last_ids: np.ndarray,
+    source_of_venue: np.ndarray,
+    tracked: np.ndarray,
+) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    """Plain-Python oracle: indexes of the records kept, and ``(instrument, source, sequence
+    after the gap, missed)`` per gap; ``last_ids`` is updated in place."""
+    kept, gaps = [], []
+    for i, r in enumerate(records):
+        seq, inst, venue, kind = (int(r[f]) for f in ("sequence", "instrument", "venue", "kind"))
+        src = int(source_of_venue[venue]) if venue < len(source_of_venue) else -1
+        numbered = seq >= 0 and tracked[kind] and 0 <= src < last_ids.shape[1]
+        if not numbered or inst >= last_ids.shape[0]:
+            kept.append(i)
             continue
-        last = int(last_seq[inst])
+        last = int(last_ids[inst, src])
+        if last >= 0 and (seq < last or (seq == last and kind == KIND_TRADE)):
+            continue  # published already
+        kept.append(i)
         if last >= 0 and seq > last + 1:
-            out.append((inst, seq, seq - last - 1))
+            gaps.append((inst, src, seq, seq - last - 1))
         if seq > last:
-            last_seq[inst] = seq
-    return out
+            last_ids[inst, src] = seq
+    return kept, gaps
 
 
 class SequenceTracker:
-    """Gap detection state of one connection; :meth:`reset` it on every (re)connect."""
+    """Gap and repeat checks of one connection against a last-id table shared by connections.
 
-    def __init__(self, n_instruments: int, kinds: tuple[int, ...], max_gaps: int = 1024) -> None:
-        self.last_seq = np.full(max(n_instruments, 1), -1, np.int64)
+    ``source_of_venue[venue]`` names the connection's source id per venue (-1 = none).
+    """
+
+    def __init__(
+        self, source_of_venue: np.ndarray, kinds: tuple[int, ...], max_gaps: int = 1024
+    ) -> None:
+        self.source_of_venue = np.asarray(source_of_venue, np.int32)
         self.tracked = np.zeros(256, np.uint8)
         self.tracked[list(kinds)] = 1
         self.gaps = np.zeros(max_gaps, RECORD_DTYPE)
         self.enabled = bool(kinds)
 
-    def reset(self) -> None:
-        self.last_seq[:] = -1
-
-    def check(self, records: np.ndarray, start: int, end: int) -> np.ndarray:
-        """Gap records for ``records[start:end]`` (a view valid until the next call)."""
-        if not self.enabled or end <= start:
-            return self.gaps[:0]
-        m = detect_gaps_nb(records, start, end, self.last_seq, self.tracked, self.gaps)
-        return self.gaps[:m]
+    def check(self, records: np.ndarray, last_ids: np.ndarray) -> tuple[int, np.ndarray]:
+        """Compact ``records`` in place to the records not published yet; returns how many and
+        the gap records (a view valid until the next call)."""
+        n = len(records)
+        if not self.enabled or n == 0:
+            return n, self.gaps[:0]
+        kept, m = track_sequences_nb(
+            records, n, last_ids, self.source_of_venue, self.tracked, self.gaps
+        )
+        return kept, self.gaps[:m]

@@ -39,8 +39,9 @@ def warm_up() -> float:
     recs["ts_receive"] = 1
     _warm_fair_methods(table, recs)
     recs["sequence"] = (1, 3, 3)
-    tracker = SequenceTracker(2, (KIND_TRADE, KIND_BID, KIND_ASK), max_gaps=4)
-    assert len(tracker.check(recs, 0, 3)) == 1
+    tracker = SequenceTracker(np.array([0, 0], np.int32), (KIND_TRADE, KIND_BID, KIND_ASK), 4)
+    last_ids = np.full((1, 1), -1, np.int64)
+    assert len(tracker.check(recs.copy(), last_ids)[1]) == 1
     count = np.zeros((2, 2), np.uint64)
     last = np.zeros((2, 2), np.int64)
     count_streams_nb(recs, len(recs), table, count, last)

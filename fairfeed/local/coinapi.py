@@ -189,7 +189,8 @@ class CoinApiServer(LocalWsServer):
                 msg = (
                     f'{{"type":"trade","symbol_id":"{sym}","sequence":{seq},'
                     f'"time_exchange":"{tx}","time_coinapi":"{tp}",'
-                    f'"uuid":"00000000-0000-4000-8000-{self.trades_sent:012d}",'
+                    # one uuid per trade of the market, the same on every connection
+                    f'"uuid":"00000000-0000-4000-{int(ev.symbol[i]):04d}-{int(ev.trade_id[i]):012d}",'
                     f'"price":{float(ev.price[i]):.9f},"size":{float(ev.size[i]):.9f},'
                     f'"taker_side":"{self._side(bool(ev.taker_buy[i]))}"}}'
                 )

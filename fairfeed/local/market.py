@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -40,6 +40,10 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.symbol)
+
+    def take(self, which: np.ndarray) -> EventBatch:
+        """The events selected by ``which`` (a mask or indexes), in order."""
+        return EventBatch(*(getattr(self, f.name)[which] for f in fields(self)))
 
 
 class Market:

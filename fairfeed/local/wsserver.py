@@ -18,6 +18,14 @@ connection's whole ``max_events`` is generated and encoded once it subscribes
 (``stats.prepared`` counts the connections ready), held until the gate is set, then written as
 fast as the client drains, whatever ``rate`` says (``stats.finished`` counts the connections
 that got all of it). Timestamps are then generation time, before the gate opened.
+
+By default each connection is paced on its own and gets events of its own (the numbering is
+server-wide, so ids never repeat across connections). With ``tape=True`` the server is one
+market, as a venue is: events are generated at ``cfg.rate`` over every instrument from start,
+whether anyone listens or not, and each connection gets those of its instruments from the
+moment it subscribed. Two connections of one client then see the same trades, and a client
+that reconnects misses the ids generated while it was away. (``max_events`` and ``gate`` are
+per-connection workloads and do not apply to a tape.)
 """
 
 from __future__ import annotations
@@ -121,6 +129,7 @@ class Conn:
         self.changed = False  # the symbol set changed: the stream restarts its pacing
         self.state: dict[str, Any] = {}  # protocol-specific (ids, channels, auth...)
         self.wake = asyncio.Event()
+        self.tape: asyncio.Queue[EventBatch] = asyncio.Queue()  # the server's tape (tape=True)
 
     async def send(self, text: str | bytes) -> None:
         await self.ws.send(text if isinstance(text, str) else text.decode(errors="replace"))
@@ -167,15 +176,20 @@ class LocalWsServer(abc.ABC):
         port: int = 0,
         log_events: bool = False,
         gate: asyncio.Event | None = None,
+        tape: bool = False,
     ) -> None:
         if gate is not None and cfg.max_events <= 0:
             raise ValueError("a gated server needs max_events > 0 (its fixed workload)")
+        if tape and (gate is not None or cfg.rate <= 0):
+            raise ValueError("a tape needs rate > 0 and no gate (one paced market for all)")
         self.name = name
         self.cfg = cfg
         self.host = host
         self.port = port
         self.log_events = log_events
         self.gate = gate
+        self.tape = tape
+        self._pump: asyncio.Task | None = None
         self.market = Market(cfg)
         self.faults = FaultState()
         self.stats = ServerStats()
@@ -231,9 +245,14 @@ class LocalWsServer(abc.ABC):
             ping_interval=self.keepalive,
         )  # fmt: skip
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.tape:
+            self._pump = asyncio.create_task(self._run_tape())
         log.info("%s listening on %s", self.name, self.url)
 
     async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
         if self._server is not None:
             server, self._server = self._server, None
             server.close()
@@ -359,7 +378,10 @@ class LocalWsServer(abc.ABC):
 
     async def _stream(self, conn: Conn) -> None:
         with contextlib.suppress(ConnectionClosed):
-            if self.gate is not None:
+            if self.tape:
+                while await self._write(conn, self._encode(conn, await conn.tape.get())):
+                    pass
+            elif self.gate is not None:
                 await self._stream_gated(conn, self.gate)
             else:
                 await self._stream_paced(conn)
@@ -428,8 +450,34 @@ class LocalWsServer(abc.ABC):
                 return
         self.stats.finished += 1
 
+    async def _run_tape(self) -> None:
+        """Generate the market at ``cfg.rate`` and hand each connection its instruments' part."""
+        rate, chunk = self.cfg.rate, self._chunk_events()
+        everything = list(range(len(self.market.symbols)))
+        t0, paced = time.monotonic(), 0
+        while True:
+            await asyncio.sleep(self.tick)
+            now = time.monotonic()
+            if self.faults.stall or self.faults.heartbeats_only:
+                t0, paced = now, 0  # nothing happens meanwhile: no burst afterwards
+                continue
+            due = int((now - t0) * rate) - paced
+            if due > max(rate, chunk):  # the loop was blocked: do not make up for it
+                t0, paced, due = now, 0, 0
+            if due <= 0:
+                continue
+            paced += due
+            ev = self.market.events(everything, due)
+            for conn in list(self._conns.values()):
+                if conn.symbols:
+                    mine = np.isin(ev.symbol, conn.symbols)
+                    if mine.any():
+                        conn.tape.put_nowait(ev.take(mine))
+
     def _prepare(self, conn: Conn, n: int) -> _Chunk:
-        ev = self.market.events(conn.symbols, n)
+        return self._encode(conn, self.market.events(conn.symbols, n))
+
+    def _encode(self, conn: Conn, ev: EventBatch) -> _Chunk:
         msgs = self.format_events(conn, ev)
         if self.write_frames:
             return _Chunk(ev, b"".join([ws_text_frame(m.encode()) for m in msgs]), len(msgs))

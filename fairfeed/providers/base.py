@@ -21,6 +21,7 @@ from fairfeed.core.counters import Counters
 from fairfeed.core.options import AdapterOptions
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.ipc.lastids import LastIds
 
 
 @dataclass
@@ -42,6 +43,9 @@ class IngestContext:
     dead_letter: Callable[[str, bytes], None] = lambda error, frame: None
     # the source of the reconnect jitter (None: a fresh one); tests seed it to know the schedule
     rng: random.Random | None = None
+    # the last id published per stream (the daemon's shared table, so a restarted worker sees
+    # its predecessor's); None: the adapter keeps a private one
+    last_ids: LastIds | None = None
 
     def backoff(self, base: float, cap: float) -> Backoff:
         """A reconnect schedule drawing its jitter from :attr:`rng`."""

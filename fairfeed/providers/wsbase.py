@@ -12,8 +12,16 @@ every provider:
 * **Reconnects** with capped, jittered backoff (:class:`~fairfeed.core.backoff.Backoff`, reset only
   once a subscription is acknowledged), re-subscription on every connect, subscribe requests
   staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
-  the backoff keeps growing), and a planned reconnect before a protocol's maximum connection age
-  or when the provider announces one.
+  the backoff keeps growing).
+* **Planned reconnects** (before a protocol's maximum connection age, or when the provider
+  announces one) make before they break: a new session connects and subscribes next to the old
+  one, and takes over once it is acknowledged and delivers; only then does the old one close
+  (cleanly, so what it still sends is read). During the overlap numbered records already
+  published are dropped (below); the new session's unnumbered records are dropped until it takes
+  over, and the old one's last reads may repeat a few of them (quotes; CoinAPI's trades, which
+  carry no id spanning connections). A new session that does not come up within
+  ``subscribe_timeout`` is given up, and the old one reconnects the plain way. No disconnect
+  status is written for a switch.
 * **Liveness.** Data and heartbeats are tracked apart. A connection that delivers neither data,
   heartbeats nor pings for ``stale_after`` is dead and is replaced; one that only heartbeats is
   alive but silent (a quiet market, or a provider that stopped sending: the anomaly detectors
@@ -21,8 +29,13 @@ every provider:
 * **Health records** travel through the ring in order with the data (the rules are
   :class:`~fairfeed.providers.health.Health`'s, shared with Kaiko): KIND_STATUS on connect,
   disconnect and refused subscriptions, KIND_HEARTBEAT at most once per second per connection,
-  and KIND_GAP when a sequenced venue skips numbers (reset on reconnect, so a reconnect is never
-  reported as a gap).
+  and KIND_GAP when a sequenced venue skips numbers.
+* **Sequences** (``gap_kinds``: a venue numbering per instrument across connections) are
+  checked against the last id published per stream (instrument, source), a table that outlives
+  connections (``ctx.last_ids``: in the daemon, shared memory that outlives the worker too). So
+  the ids an unplanned reconnect or a worker restart missed are reported as one gap per stream,
+  with the exact count, and a record numbered at or below what was published is dropped
+  (Slot.REPEATS_DROPPED).
 * **Bad input** never stops anything: a malformed frame is counted (Slot.PARSE_ERRORS), logged at
   a bounded rate and forwarded to the dead-letter channel with its error.
 """
@@ -49,6 +62,7 @@ from fairfeed.core.records import (
 )
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.health import Health
 from fairfeed.providers.parsing import (
@@ -89,7 +103,7 @@ class WsConnection:
         self.frag: bytearray | None = None
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
-        self.gaps = SequenceTracker(len(adapter.ctx.registry.instruments), adapter.gap_kinds)
+        self.gaps = SequenceTracker(adapter.sources_by_venue(subs), adapter.gap_kinds)
         self.backoff = adapter.ctx.backoff(adapter.backoff_base, adapter.backoff_cap)
         self.transport: WSTransport | None = None
         self.subscribed = False
@@ -102,7 +116,12 @@ class WsConnection:
         self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
         self.planned = ""  # reason of a planned reconnect (no backoff, not a failure)
         self.muted: np.ndarray | None = None  # (instrument << 16 | venue) keys dropped on flush
-        self.closing = False  # removed by a live unsubscribe: do not reconnect
+        self.closing = False  # removed (live unsubscribe, or replaced): do not reconnect
+        self.closing_since = 0.0  # monotonic time our close frame went out (0: abort at once)
+        # A planned switch: the new session of this connection, or the old one this replaces.
+        self.successor: WsConnection | None = None
+        self.predecessor: WsConnection | None = None
+        self.switch_reason = ""
         self.task: asyncio.Task | None = None
         first = subs[0] if subs else None
         self.provider_id = first.provider_id if first else 0
@@ -138,11 +157,58 @@ class WsConnection:
         self.disconnect()
 
     def reconnect_soon(self, reason: str) -> None:
-        """A planned reconnect (provider notice, maximum connection age): no backoff."""
-        if not self.planned:
-            self.planned = reason
-            log.info("%s: reconnecting: %s", self.name, reason)
-            self.disconnect()
+        """A planned reconnect (provider notice, maximum connection age): a new session takes
+        over before this one closes (:meth:`WsAdapter.switch`)."""
+        if self.planned or self.successor is not None or self.predecessor is not None:
+            return  # one switch at a time; a session not yet in charge is new anyway
+        if self.closing or self.adapter.stopping.is_set():
+            return
+        log.info("%s: planned reconnect: %s", self.name, reason)
+        self.adapter.switch(self, reason)
+
+    def _fall_back(self, reason: str) -> None:
+        """Reconnect the plain way (break before make, no backoff)."""
+        self.planned = reason
+        self.disconnect()
+
+    def _take_over(self) -> None:
+        """This new session is acknowledged and delivers: close the one it replaces."""
+        old, self.predecessor = self.predecessor, None
+        if old is None:
+            return
+        old.successor = None
+        a = self.adapter
+        if old in a.connections:
+            a.connections.remove(old)
+        log.info("%s: took over from %s (%s)", self.name, old.name, self.switch_reason)
+        old.close_gracefully()
+
+    def _give_up_switch(self) -> None:
+        """This new session failed before taking over: drop it, the old one reconnects."""
+        old, self.predecessor = self.predecessor, None
+        self.closing = True
+        a = self.adapter
+        if self in a.connections:
+            a.connections.remove(self)
+        if old is None:
+            return
+        old.successor = None
+        log.warning("%s: new session did not come up; %s reconnects instead (%s)",
+                    self.name, old.name, self.switch_reason)  # fmt: skip
+        old._fall_back(self.switch_reason)
+
+    def close_gracefully(self) -> None:
+        """Send a close frame and keep reading until the server's answer ends the session
+        (the watchdog aborts it after ``close_timeout``): what the server sent before is kept."""
+        self.closing = True
+        self.closing_since = time.monotonic()
+        t = self.transport
+        if t is None or t.is_disconnected:
+            return
+        try:
+            t.send_close(WSCloseCode.OK)
+        except Exception:
+            t.disconnect()
 
     def disconnect(self) -> None:
         t = self.transport
@@ -164,9 +230,19 @@ class WsConnection:
             if self.muted is not None:  # unsubscribed streams still in flight on this connection
                 keep = ~np.isin(_stream_keys(batch), self.muted)
                 batch = batch[keep]
-            gaps = self.gaps.check(batch, 0, len(batch))
+            if self.predecessor is not None:
+                # A new session not yet in charge: the old one still delivers what carries no
+                # number; numbered records are sorted out by the tracker below.
+                numbered = self.gaps.tracked[batch["kind"]] != 0
+                c.add(Slot.REPEATS_DROPPED, len(batch) - int(numbered.sum()))
+                batch = batch[numbered]
+            kept, gaps = self.gaps.check(batch, a.last_ids.table)
+            if kept < len(batch):
+                c.add(Slot.REPEATS_DROPPED, len(batch) - kept)
+                batch = batch[:kept]
             try:
-                a.ctx.emit(batch)
+                if kept:
+                    a.ctx.emit(batch)
                 if len(gaps):
                     c.add(Slot.GAPS, len(gaps))
                     c.add(Slot.MISSED, int(gaps["size"].sum()))
@@ -176,6 +252,8 @@ class WsConnection:
             except Exception:
                 log.exception("%s: emit failed, %d records lost", self.name, n)
             c.add(Slot.RECORDS_IN, n)
+            if self.predecessor is not None and self.subscribed:
+                self._take_over()
         if self.frames:
             c.add(Slot.FRAMES_IN, self.frames)
             self.frames = 0
@@ -287,8 +365,7 @@ class WsConnection:
             # more, so stop filtering every batch (after the old session's buffered data).
             self.flush()
             self.muted = None
-        self.gaps.reset()
-        self.parser.reset()
+        self.parser.reset()  # per-connection numbering; per-stream ids live in last_ids
         self.opened += 1
         self.health.connected(True)
 
@@ -320,6 +397,9 @@ class WsConnection:
                 )
             except (TimeoutError, OSError, WSError) as exc:
                 a.conn_log(f"{self.name}: cannot connect to {url}: {exc!r}")
+                if self.predecessor is not None:
+                    self._give_up_switch()
+                    break
                 await a.pause(self.backoff.next_delay())
                 continue
             sender = asyncio.create_task(self._subscribe())
@@ -331,6 +411,20 @@ class WsConnection:
             if sender.done() and not sender.cancelled() and sender.exception() is not None:
                 log.error("%s: subscribing failed", self.name, exc_info=sender.exception())
             if a.stopping.is_set() or self.closing:
+                break
+            if self.predecessor is not None:  # a new session that ended before taking over
+                self._give_up_switch()
+                break
+            if self.successor is not None:
+                # Lost while its replacement comes up: the new session carries on; what fell
+                # between the two is reported by the sequence check.
+                a.conn_log(f"{self.name}: closed during a planned switch to "
+                           f"{self.successor.name}")  # fmt: skip
+                self.successor.predecessor = None
+                self.successor = None
+                self.closing = True
+                if self in a.connections:
+                    a.connections.remove(self)
                 break
             self.status(STATUS_DISCONNECTED)
             if self.planned:
@@ -366,6 +460,9 @@ class WsConnection:
                     with contextlib.suppress(Exception):
                         transport.send_close(WSCloseCode.OK)
                     transport.disconnect()
+                elif self.closing:
+                    if now - self.closing_since > a.close_timeout:
+                        transport.disconnect()
                 elif not self.subscribed and now - self.opened_at > a.subscribe_timeout:
                     a.conn_log(f"{self.name}: subscription not acknowledged, reconnecting")
                     transport.disconnect()
@@ -375,8 +472,10 @@ class WsConnection:
                         f"{now - self.last_alive:.1f}s, reconnecting"
                     )
                     transport.disconnect()
+                elif self.predecessor is not None and now - self.opened_at > a.subscribe_timeout:
+                    self._take_over()  # acknowledged, but its streams are quiet: nothing to lose
                 elif a.max_connection_age and now - self.opened_at > a.max_connection_age:
-                    self.reconnect_soon(f"connection older than {a.max_connection_age:.0f}s")
+                    self.reconnect_soon(f"connection older than {a.max_connection_age:g}s")
             await done
         finally:
             done.cancel()
@@ -430,6 +529,7 @@ class WsAdapter(Adapter):
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
     acknowledges_subscriptions = True  # False: consider subscribed once the requests are sent
     handshake_timeout = 10.0
+    close_timeout = 2.0  # seconds a replaced session may take to answer our close frame
     gap_kinds: tuple[int, ...] = ()  # record kinds whose `sequence` is contiguous per instrument
     min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
     buffer_records = 8192
@@ -457,6 +557,8 @@ class WsAdapter(Adapter):
         self.conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
         self.parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
         self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
+        reg = ctx.registry
+        self.last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
         step = self.subscriptions_per_connection
         subs = ctx.subscriptions
         self.connections = [
@@ -503,6 +605,27 @@ class WsAdapter(Adapter):
         return ssl.create_default_context() if url.startswith("wss:") else None
 
     # -- shared behaviour --------------------------------------------------------------------
+    def sources_by_venue(self, subs: Sequence[Subscription]) -> np.ndarray:
+        """``table[venue id]`` = source id of ``subs``' (provider, venue), -1 elsewhere; makes
+        room for them in the last-id table."""
+        reg = self.ctx.registry
+        table = np.full(max((s.venue_id for s in subs), default=0) + 1, -1, np.int32)
+        for s in subs:
+            table[s.venue_id] = reg.source_id(s.provider, s.venue)
+        self.last_ids.ensure(len(reg.instruments), len(reg.sources))
+        return table
+
+    def switch(self, old: WsConnection, reason: str) -> None:
+        """Open a new session for ``old``'s subscriptions; it takes over once it delivers."""
+        new = WsConnection(self, self._next_index(), old.subs)
+        new.predecessor, new.switch_reason = old, reason
+        old.successor = new
+        self.connections.append(new)
+        self.ctx.counters.add(Slot.RECONNECTS)
+        if self._running:
+            new.task = asyncio.create_task(new.run())
+            self._tasks.append(new.task)
+
     @staticmethod
     def batches(items: Sequence, size: int) -> list:
         """``items`` cut into lists of at most ``size``."""
