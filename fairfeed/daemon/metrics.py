@@ -58,6 +58,11 @@ _SLOT_COUNTERS = (
     ("disconnects", Slot.DISCONNECTS, "Provider connections lost"),
     ("sequence_gaps", Slot.GAPS, "Sequence gaps detected"),
     ("sequence_missed", Slot.MISSED, "Messages missed in sequence gaps"),
+    (
+        "sequence_repeats_dropped",
+        Slot.REPEATS_DROPPED,
+        "Numbered records dropped as already published (reconnect overlap, replays)",
+    ),
     ("provider_heartbeats", Slot.HEARTBEATS, "Provider heartbeats received"),
     ("subscribe_errors", Slot.SUBSCRIBE_ERRORS, "Subscriptions refused by a provider"),
     ("dead_letters", Slot.DEAD_LETTERS, "Malformed frames forwarded to the dead-letter topic"),
