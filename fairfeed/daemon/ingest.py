@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fairfeed.core.config import Config
@@ -46,6 +46,7 @@ class IngestWorker:
     urls: dict[str, str]  # provider -> resolved endpoint
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
     pipe: CommandPipe | None = None  # commands from the supervisor
+    writer: RingWriter | None = field(default=None, init=False)  # its emit, set in the child
 
     @property
     def name(self) -> str:
@@ -150,7 +151,7 @@ class IngestWorker:
             dead_letter=self._dead_letter_for(provider),
         )
         adapter = adapter_class(pcfg.kind)(ctx)
-        if self.writer.paused:  # its connections open paused
+        if self.writer is not None and self.writer.paused:  # its connections open paused
             adapter.pause_reading()
         self.adapters[provider] = adapter
         self.tasks[provider] = asyncio.create_task(adapter.run(), name=f"{self.name}:{provider}")
