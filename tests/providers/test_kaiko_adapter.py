@@ -160,7 +160,10 @@ def test_paused_reading_holds_records_in_the_threads_and_loses_nothing():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=4000, max_events=400, seed=8)
         async with Harness(cfg, buffer_records=64) as h:
-            await wait_for(lambda: h.n > 0, 10, what="first records")
+            # connected first: a status record drains the buffer even while paused (order)
+            await wait_for(
+                lambda: h.counters[Slot.CONNECTED] == 1 and h.n > 0, 10, what="first records"
+            )
             h.adapter.pause_reading()
             n = h.n
             await wait_for(lambda: h.adapter._n >= 64, 10, what="the hand-off buffer full")
