@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from fairfeed.core.records import RECORD_DTYPE
-from fairfeed.ipc.ring import OverflowPolicy, Ring
-
-DROP = OverflowPolicy(block_timeout=0)
+from fairfeed.ipc.ring import Ring
 
 
 @pytest.fixture
@@ -29,7 +27,7 @@ def test_ring_write_then_read(benchmark, ring: Ring, batch: int) -> None:
     out = np.empty(batch, RECORD_DTYPE)
 
     def cycle() -> int:
-        ring.write(recs, DROP)
+        ring.write(recs)
         return ring.read_into(out)
 
     assert benchmark(cycle) == batch

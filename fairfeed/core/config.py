@@ -50,7 +50,10 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class RingConfig:
     capacity: int = 1 << 16  # records per ingest worker ring, power of two
-    block_timeout_ms: float = 50.0  # producer waits this long for room, then drops (counted)
+    # A full ring: the worker holds records back and pauses reading its sockets (pings too) at
+    # most this long, then drops them (counted). <= MAX_BLOCK_TIMEOUT_MS; 0 drops at once.
+    block_timeout_ms: float = 50.0
+    pending_records: int = 16384  # records a worker may hold back while its ring is full
     read_batch: int = 4096  # compute reads at most this many records per ring per pass
     dead_letter_bytes: int = 1 << 20  # per worker ring of malformed frames (power of two)
 
@@ -252,6 +255,9 @@ PROVIDER_KINDS = tuple(OPTIONS)  # every kind has an adapter, and so its options
 FAIR_METHODS = ("two_level", "median", "inverse_variance", "windowed_vwm", "trimmed_mean")
 FAIR_INPUTS = ("trades", "quotes", "both")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# While its ring is full a worker reads no socket, so pings go unanswered: a pause must stay
+# well under the shortest ping deadline we run with, our own client's pong timeout (>= 1 s).
+MAX_BLOCK_TIMEOUT_MS = 500.0
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -402,8 +408,16 @@ def _check(cfg: Config) -> None:
         fail("ring.dead_letter_bytes", f"must be a power of two >= 4096, got {dl}")
     if cfg.ring.read_batch < 1:
         fail("ring.read_batch", "must be >= 1")
-    if cfg.ring.block_timeout_ms < 0:
-        fail("ring.block_timeout_ms", "must be >= 0")
+    bt = cfg.ring.block_timeout_ms
+    if not 0 <= bt <= MAX_BLOCK_TIMEOUT_MS:
+        fail(
+            "ring.block_timeout_ms",
+            f"must be between 0 and {MAX_BLOCK_TIMEOUT_MS:.0f}, got {bt:g}: reading (pings "
+            "included) is paused that long when the ring is full, and the WebSocket client's "
+            "pong deadline is 1 s",
+        )
+    if cfg.ring.pending_records < 1:
+        fail("ring.pending_records", f"must be >= 1, got {cfg.ring.pending_records}")
     if cfg.fair.method not in FAIR_METHODS:
         fail("fair.method", f"must be one of {', '.join(FAIR_METHODS)}, got {cfg.fair.method!r}")
     if cfg.fair.inputs not in FAIR_INPUTS:
@@ -446,6 +460,12 @@ def _check(cfg: Config) -> None:
         for num in ("stale_after", "subscribe_interval", "max_connection_age"):
             if getattr(p, num) < 0:
                 fail(f"{key}.{num}", "must be >= 0")
+        if p.stale_after and bt / 1000 > p.stale_after / 2:
+            fail(
+                f"{key}.stale_after",
+                f"{p.stale_after:g} s is less than twice ring.block_timeout_ms ({bt:g} ms): "
+                f"a connection paused by a full ring would be judged dead (provider {p.name!r})",
+            )
         if p.max_streams_per_connection < 0 or p.subscribe_batch < 0:
             fail(key, "max_streams_per_connection and subscribe_batch must be >= 0")
         if p.serve is not None and p.replay is not None:

@@ -1,4 +1,9 @@
-"""Ingest worker: one process, one asyncio loop, the provider connections of one partition."""
+"""Ingest worker: one process, one asyncio loop, the provider connections of one partition.
+
+Its ``emit`` is a :class:`~fairfeed.daemon.backpressure.RingWriter`: a full ring never blocks the
+loop; records that do not fit are held back while every adapter stops reading, for at most
+``ring.block_timeout_ms``, then dropped and counted.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from fairfeed.core.config import Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscribe, Subscription, SubscriptionSet, Unsubscribe
+from fairfeed.daemon.backpressure import RingWriter
 from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, enter_child, sigterm_event
 from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.ipc.blobring import BlobRing
@@ -44,6 +48,7 @@ class IngestWorker:
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
     pipe: CommandPipe | None = None  # commands from the supervisor
     last_ids: LastIds | None = None  # last id published per stream (outlives this process)
+    writer: RingWriter | None = field(default=None, init=False)  # its emit, set in the child
 
     @property
     def name(self) -> str:
@@ -57,17 +62,15 @@ class IngestWorker:
     async def _run(self) -> int:
         stop = sigterm_event()
         self.counters = counters = SlotCounters(self.control, self.slot)
-        policy = OverflowPolicy(block_timeout=self.cfg.ring.block_timeout_ms / 1000)
-        ring = self.ring
-
-        def emit(records: np.ndarray) -> None:
-            written = ring.write(records, policy)
-            counters.add(Slot.RECORDS_OUT, written)
-            if written < len(records):
-                counters.add(Slot.RING_DROPPED, len(records) - written)
-
-        self._emit = emit
+        policy = OverflowPolicy(
+            block_timeout=self.cfg.ring.block_timeout_ms / 1000,
+            pending_records=self.cfg.ring.pending_records,
+        )
         self.adapters: dict[str, Adapter] = {}
+        self.writer = writer = RingWriter(
+            self.ring, counters, policy, self._pause_reading, self._resume_reading
+        )
+        self._emit = writer.emit
         self.tasks: dict[str, asyncio.Task] = {}
         self._pending: set[asyncio.Future] = set()
         for provider in self.subs.providers():
@@ -107,6 +110,8 @@ class IngestWorker:
                 await asyncio.wait_for(adapter.close(), timeout=5)
             except Exception:
                 log.exception("closing %s failed", adapter.ctx.provider.name)
+        await writer.drain()  # the adapters' last records: bounded by block_timeout
+        writer.close()
         tasks = list(self.tasks.values())
         for t in (*tasks, stop_wait):
             t.cancel()
@@ -115,6 +120,14 @@ class IngestWorker:
         return status
 
     # -- adapters ----------------------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.pause_reading()
+
+    def _resume_reading(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.resume_reading()
+
     def _dead_letter_for(self, provider: str) -> Callable[[str, bytes], None]:
         key = provider.encode() + b"\0"
         counters = self.counters
@@ -141,6 +154,8 @@ class IngestWorker:
             last_ids=self.last_ids,
         )
         adapter = adapter_class(pcfg.kind)(ctx)
+        if self.writer is not None and self.writer.paused:  # its connections open paused
+            adapter.pause_reading()
         self.adapters[provider] = adapter
         self.tasks[provider] = asyncio.create_task(adapter.run(), name=f"{self.name}:{provider}")
 

@@ -8,7 +8,7 @@ line  counter                                                 written by
 ====  ======================================================  ========
 0     ``head``: records ever published (= records written)    producer
 1     ``tail``: records ever consumed (= records read)        consumer
-2     ``dropped``: records refused because the ring was full  producer
+2     ``dropped``: records refused for good (ring full)       producer
 3     ``capacity`` and a magic number, set at creation        creator
 ====  ======================================================  ========
 
@@ -23,6 +23,11 @@ Indexes are ``counter & (capacity - 1)``. The producer copies records in, then s
 the consumer reads ``head``, copies records out, then stores ``tail``. Each counter is an aligned
 8-byte store by a single writer, and x86-64 keeps stores (and loads) in program order, so no
 lock is needed. (On weakly ordered CPUs this needs release/acquire fences: not supported yet.)
+
+:meth:`Ring.write` never waits: it publishes what fits and returns the count. What to do with
+the rest is the producer's decision (:class:`OverflowPolicy`; the ingest worker holds it back,
+pauses its sockets and retries, ``fairfeed.daemon.backpressure``); records it gives up on are
+counted with :meth:`Ring.count_dropped`.
 """
 
 from __future__ import annotations
@@ -57,15 +62,17 @@ class RingError(RuntimeError):
 
 @dataclass(frozen=True)
 class OverflowPolicy:
-    """What a producer does when the ring is full.
+    """What a producer does with records that do not fit a full ring.
 
-    It waits up to ``block_timeout`` seconds for the consumer to make room (sleeping
-    ``poll_interval`` between checks), then writes what fits and drops the rest, counting
-    every dropped record. ``block_timeout=0`` drops at once.
+    It holds up to ``pending_records`` of them back (in order, ahead of newer ones), stops
+    reading its input and retries every ``retry_interval`` seconds without blocking; once the
+    input has been paused ``block_timeout`` seconds the held records are dropped and counted.
+    ``block_timeout=0`` drops at once. Applied by ``fairfeed.daemon.backpressure.RingWriter``.
     """
 
     block_timeout: float = 0.05
-    poll_interval: float = 0.0002
+    retry_interval: float = 0.0005
+    pending_records: int = 16384
 
 
 def segment_size(capacity: int) -> int:
@@ -138,7 +145,7 @@ class Ring:
 
     @property
     def dropped(self) -> int:
-        """Records refused because the ring stayed full beyond the overflow policy."""
+        """Records the producer gave up on because the ring stayed full (its overflow policy)."""
         return int(self._hdr[_DROPPED])
 
     @property
@@ -150,25 +157,23 @@ class Ring:
         """Records published and not yet consumed."""
         return int(self._hdr[_HEAD]) - int(self._hdr[_TAIL])
 
-    # -- producer -------------------------------------------------------------------------
-    def write(self, records: np.ndarray, policy: OverflowPolicy = OverflowPolicy()) -> int:
-        """Publish ``records`` (a RECORD_DTYPE array); returns how many were written.
+    def free(self) -> int:
+        """Records that fit now."""
+        return self.capacity - self.fill()
 
-        Writes in as few copies as the wraparound allows. If the ring stays full beyond
-        ``policy.block_timeout``, the records that do not fit are dropped and counted.
+    # -- producer -------------------------------------------------------------------------
+    def write(self, records: np.ndarray) -> int:
+        """Publish what fits of ``records`` (a RECORD_DTYPE array) now; returns how many.
+
+        Never waits and counts nothing as dropped: the caller keeps or drops the rest
+        (:meth:`count_dropped`). Writes in as few copies as the wraparound allows.
         """
         n = len(records)
         if n == 0:
             return 0
         hdr = self._hdr
         head = int(hdr[_HEAD])
-        free = self.capacity - (head - int(hdr[_TAIL]))
-        if free < n and policy.block_timeout > 0:
-            deadline = time.monotonic() + policy.block_timeout
-            while free < n and time.monotonic() < deadline:
-                time.sleep(policy.poll_interval)
-                free = self.capacity - (head - int(hdr[_TAIL]))
-        k = min(n, free)
+        k = min(n, self.capacity - (head - int(hdr[_TAIL])))
         if k:
             self._copy_in(head, records[:k] if k < n else records)
             w = int(hdr[_STAMP_COUNT])
@@ -176,9 +181,12 @@ class Ring:
             self.stamp_ns[w & (STAMPS - 1)] = time.time_ns()
             hdr[_STAMP_COUNT] = w + 1
             hdr[_HEAD] = head + k
-        if k < n:
-            hdr[_DROPPED] = int(hdr[_DROPPED]) + (n - k)
         return k
+
+    def count_dropped(self, n: int) -> None:
+        """Count ``n`` records the producer gave up on (the ``dropped`` counter)."""
+        if n > 0:
+            self._hdr[_DROPPED] = int(self._hdr[_DROPPED]) + n
 
     def _copy_in(self, head: int, records: np.ndarray) -> None:
         if records.dtype != RECORD_DTYPE:

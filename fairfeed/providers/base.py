@@ -4,6 +4,8 @@ An adapter owns one provider connection (reconnecting by itself with :class:`Bac
 wire frames straight into RECORD_DTYPE arrays and hands them to ``ctx.emit`` in batches — as many
 records per call as the wire delivered together, never one call per message when a batch is at
 hand. It never raises out of :meth:`Adapter.run` for bad input: malformed frames are counted.
+``emit`` never blocks; when the worker's ring is full the worker asks every adapter to stop
+reading for a while (:meth:`Adapter.pause_reading` / :meth:`Adapter.resume_reading`).
 """
 
 from __future__ import annotations
@@ -108,3 +110,18 @@ class Adapter(abc.ABC):
     def remove(self, subs: tuple[Subscription, ...]) -> None:
         """Stop streaming ``subs`` (only when :attr:`live_changes`)."""
         raise NotImplementedError
+
+    #: True between :meth:`pause_reading` and :meth:`resume_reading`.
+    reading_paused = False
+
+    def pause_reading(self) -> None:
+        """Stop reading from the provider: the worker's ring is full (back-pressure).
+
+        Records already read may still be emitted; a connection opened while paused starts
+        paused. Called from the loop, possibly from inside ``emit``. The default only notes it.
+        """
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Read again. Must not call ``emit`` synchronously (schedule it on the loop)."""
+        self.reading_paused = False

@@ -36,6 +36,9 @@ every provider:
   the ids an unplanned reconnect or a worker restart missed are reported as one gap per stream,
   with the exact count, and a record numbered at or below what was published is dropped
   (Slot.REPEATS_DROPPED).
+* **Back-pressure.** While the worker's ring is full it pauses reading (``pause_reading``: every
+  connection's socket, and a connection opening meanwhile starts paused), pings included, so TCP
+  pushes back on the provider; the pause is bounded by ``ring.block_timeout_ms``.
 * **Bad input** never stops anything: a malformed frame is counted (Slot.PARSE_ERRORS), logged at
   a bounded rate and forwarded to the dead-letter channel with its error.
 """
@@ -214,6 +217,18 @@ class WsConnection:
         t = self.transport
         if t is not None:
             t.disconnect()
+
+    # -- back-pressure (the worker's ring is full) -------------------------------------------
+    def pause_reading(self) -> None:
+        """Stop reading the socket (frames already read are still delivered)."""
+        t = self.transport
+        if t is not None and not t.is_disconnected:
+            t.underlying_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        t = self.transport
+        if t is not None and not t.is_disconnected:
+            t.underlying_transport.resume_reading()
 
     # -- records -----------------------------------------------------------------------------
     def status(self, code: int) -> None:
@@ -496,6 +511,8 @@ class _Listener(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.conn.on_connected(transport)
+        if self.conn.adapter.reading_paused:  # opened while the worker's ring is full
+            self.conn.pause_reading()
         self.conn.adapter.on_open(self.conn)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -636,6 +653,17 @@ class WsAdapter(Adapter):
         self.ctx.counters.add(Slot.PARSE_ERRORS)
         self.parse_log(f"{conn.name}: {error}", frame)
         self.ctx.dead_letter(error, frame)
+
+    def pause_reading(self) -> None:
+        """Stop reading every connection's socket (the worker's ring is full)."""
+        super().pause_reading()
+        for c in self.connections:
+            c.pause_reading()
+
+    def resume_reading(self) -> None:
+        super().resume_reading()
+        for c in self.connections:
+            c.resume_reading()
 
     async def pause(self, seconds: float) -> None:
         """Sleep ``seconds`` unless the adapter is closed meanwhile."""

@@ -38,3 +38,13 @@ def test_e2e_tiny_workload(tmp_path):
     ratio = report["summary"]["ratio"]
     assert ratio["records_per_s"] > 0 and ratio["cpu_us_per_record"] > 0
     assert report["leftovers"] == []
+
+
+@pytest.mark.timeout(60)
+def test_backpressure_bench_runs_both_policies():
+    from bench.backpressure import run
+
+    for policy in ("old", "new"):
+        r = run(policy, seconds=0.5, rate=500, capacity=64)
+        assert r["policy"] == policy and r["emitted"] > 0
+        assert 0 <= r["drop_pct"] <= 100 and r["worst_loop_lag_ms"] >= 0

@@ -37,6 +37,16 @@ def test_embedded_default_is_valid_and_frozen() -> None:
         ("[kafka]\nbootstrap = 9092\n", "kafka.bootstrap: expected a string, got an integer"),
         ("providers = 1\n", "providers: expected an array"),
         ("[ring]\ncapacity = 1000\n", "ring.capacity: must be a power of two"),
+        (
+            "[ring]\nblock_timeout_ms = 600\n",
+            "ring.block_timeout_ms: must be between 0 and 500, got 600: reading (pings included)",
+        ),
+        ("[ring]\nblock_timeout_ms = -1\n", "ring.block_timeout_ms: must be between 0 and 500"),
+        ("[ring]\npending_records = 0\n", "ring.pending_records: must be >= 1, got 0"),
+        (
+            "[ring]\nblock_timeout_ms = 300\n" + PROVIDER + "stale_after = 0.5\n",
+            "providers[0].stale_after: 0.5 s is less than twice ring.block_timeout_ms (300 ms)",
+        ),
         ("[daemon]\nworkers = 0\n", "daemon.workers: must be >= 1"),
         ("[fair]\nmethod = 'mean'\n", "fair.method: must be one of two_level, median"),
         ("[fair]\noutlier_readmit = 0.06\n", "fair.outlier_readmit: must be between 0 and"),

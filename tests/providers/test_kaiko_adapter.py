@@ -153,6 +153,30 @@ def test_trades_and_top_of_book_arrive_as_records():
     asyncio.run(main())
 
 
+def test_paused_reading_holds_records_in_the_threads_and_loses_nothing():
+    """While the worker's ring is full the loop emits nothing: the reader threads fill the
+    bounded hand-off buffer and wait (HTTP/2 pushes back); on resume everything arrives."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=4000, max_events=400, seed=8)
+        async with Harness(cfg, buffer_records=64) as h:
+            # connected first: a status record drains the buffer even while paused (order)
+            await wait_for(
+                lambda: h.counters[Slot.CONNECTED] == 1 and h.n > 0, 10, what="first records"
+            )
+            h.adapter.pause_reading()
+            n = h.n
+            await wait_for(lambda: h.adapter._n >= 64, 10, what="the hand-off buffer full")
+            assert h.n == n  # nothing emitted while paused
+            h.adapter.resume_reading()
+            assert h.n == n  # resume never emits from inside the call
+            await wait_for(lambda: h.server.calls_capped == 4, 10, what="every call's events")
+            await wait_for(lambda: h.n == h.expected_records(), 10, what="every record")
+            assert h.counters[Slot.RECONNECTS] == 0
+
+    asyncio.run(main())
+
+
 def test_wrong_api_key_is_a_counted_subscribe_error_without_hot_loop():
     async def main():
         cfg = SimulatorConfig(prices=PRICES, rate=1000)

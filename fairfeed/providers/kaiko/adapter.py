@@ -20,6 +20,8 @@ records accumulate in a bounded buffer under a lock and the loop is woken with
 ``call_soon_threadsafe`` once per batch (a wake-up is only requested when none is pending, so
 while the loop is busy the batch simply grows). When the buffer is full the reading thread waits
 for the loop to drain it: memory is bounded and back-pressure reaches the HTTP/2 flow control.
+While the worker's ring is full (``pause_reading``) the loop leaves the buffer alone, so that is
+how a full ring pushes back on the server.
 
 Health. Reconnects use :class:`Backoff` (capped, jittered; reset only once a session delivered
 data, so a server that accepts and then fails cannot cause a hot loop). RESOURCE_EXHAUSTED (rate
@@ -277,6 +279,7 @@ class KaikoAdapter(Adapter):
         self._dead: list[tuple[str, bytes]] = []  # malformed messages for the dead-letter topic
         self._dead_dropped = 0
         self._signaled = False
+        self._held = False  # a wake-up arrived while reading was paused: drain on resume
         self._cond = threading.Condition(threading.Lock())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session = 0
@@ -327,9 +330,30 @@ class KaikoAdapter(Adapter):
     def _drain_later(self) -> None:
         """Loop: the readers have records; let a batch gather for ``batch_delay`` first."""
         if self.batch_delay > 0 and not self._closed:
-            self._loop.call_later(self.batch_delay, self._drain)  # type: ignore[union-attr]
+            self._loop.call_later(self.batch_delay, self._drain_unless_paused)  # type: ignore[union-attr]
+        else:
+            self._drain_unless_paused()
+
+    def _drain_unless_paused(self) -> None:
+        """Loop: the readers' wake-up. While paused the records stay in the hand-off buffer
+        (still flagged, so readers post no more wake-ups): once it is full they wait."""
+        if self.reading_paused and not self._closed:
+            self._held = True
         else:
             self._drain()
+
+    # --- back-pressure (the worker's ring is full) --------------------------------------------
+
+    def resume_reading(self) -> None:
+        """Hand the records held while paused to the loop (never from inside this call).
+
+        While paused (the base's flag) the loop leaves the hand-off buffer alone: the reader
+        threads block once it is full and HTTP/2 flow control pushes back on the server.
+        Explicit flushes (health records, session end) still drain, so records stay in order."""
+        super().resume_reading()
+        if self._held:
+            self._held = False
+            self._loop.call_soon(self._drain)  # type: ignore[union-attr]
 
     def _drain(self) -> None:
         """Loop: emit what the readers buffered."""
