@@ -52,6 +52,7 @@ log = logging.getLogger("fairfeed.sink")
 
 LOG_INTERVAL = 5.0  # seconds between two log lines of one kind (others are counted)
 BLOCKED_AFTER = 2.0  # seconds without a delivery while messages wait: output is blocked
+ROOM_AGAIN = 0.75  # an overflow episode ends once the spool is back under this share of its bound
 REJOIN_GRACE = 3.0  # seconds a producer has to deliver once its broker answers again
 CATCH_UP_BATCH = 5000  # messages read back from the spool per pass
 TOPIC_RETRY = (0.5, 10.0)  # backoff base and cap between two topic checks that failed
@@ -356,11 +357,6 @@ class KafkaSink:
             return False
         if topic not in self._topics:
             self._topics.add(topic)
-        ov = self.overflows.get(topic)
-        if ov is not None:
-            self._overflow_ended.append((topic, self.overflows.pop(topic), time.time_ns()))
-            log.warning("kafka: output to %s is spooled again after %d records (%d messages) "
-                        "were dropped", topic, ov.records, ov.messages)  # fmt: skip
         self._fresh.append((seq, topic, key, value, records, on_delivery))
         return True
 
@@ -507,9 +503,20 @@ class KafkaSink:
         elif (self._missing or self._topic_error) and now >= self._next_topic_check:
             self._check_topics()
         self._pump()
+        if self.overflows and self.spool.bytes <= self.spool.max_bytes * ROOM_AGAIN:
+            self._end_overflows()
         self._update_state(now)
         self._push()
         return n
+
+    def _end_overflows(self) -> None:
+        """The spool has room again: the overflow episodes end (also with no new output)."""
+        end = time.time_ns()
+        for topic, ov in self.overflows.items():
+            self._overflow_ended.append((topic, ov, end))
+            log.warning("kafka: the spool has room again; %d records (%d messages) to %s were "
+                        "dropped", ov.records, ov.messages, topic)  # fmt: skip
+        self.overflows.clear()
 
     def _recover(self, now: float) -> None:
         p = self._producer

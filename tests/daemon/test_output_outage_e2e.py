@@ -333,3 +333,63 @@ def test_ingest_worker_killed_loss_is_the_reported_gap(tmp_path: Path) -> None:
         assert d.stop(signal.SIGTERM) == 0, d.stderr()[-3000:]
     finally:
         rig.close()
+
+
+def test_full_spool_drops_counted_announced_and_bounded(tmp_path: Path) -> None:
+    """The broker stays away until the spool (1 MiB) is full: output is dropped, counted in
+    records per topic, announced as an output_overflow episode and on /readyz, the compute
+    process's memory stays put, and once a broker is back trades in Kafka + trades dropped =
+    trades sent."""
+    rig = Rig(tmp_path, kafka="spool_max_bytes = 1048576")
+    m, d = rig.metrics, rig.daemon
+    dropped = "fairfeed_output_dropped_records_total"
+    try:
+        rig.wait_delivering()
+        before = sum(rig.settle().values())
+        port = rig.broker.port
+        rig.broker.kill()
+        rig.pause(False)
+        wait_for(lambda: m.value(dropped, topic=TICKS) > 0, 120, "ticks dropped", 0.5)
+        wait_for(lambda: "spool full" in m.ready()[1], 30, "/readyz: spool full")
+        rss0 = _rss(d.pid_of("compute"))
+        first_drop = m.value(dropped, topic=TICKS)
+        wait_for(lambda: m.value(dropped, topic=TICKS) > first_drop + 20 * RATE / 10, 60,
+                 "more drops", 0.5)  # fmt: skip
+        assert _rss(d.pid_of("compute")) < rss0 + (32 << 20)  # nothing piles up in memory
+        assert m.value("fairfeed_spool_bytes") <= (1 << 20) + (1 << 20)  # bound + reserve
+        rig.brokers.append(LocalBroker(port=port).start())
+        rig.pause(True)
+        b = rig.brokers[-1].bootstrap
+        wait_for(lambda: m.ready()[0] == 200 and rig.drained(), 120, "the spool sent", 0.5)
+        after = trade_ids(b)
+        sent = sum(rig.generated().values()) - before
+        lost = int(m.value(dropped, topic=TICKS))
+        assert sum(after.values()) + lost == sent, (sum(after.values()), lost, sent)
+        assert sum(c - 1 for c in after.values() if c > 1) == 0
+        wait_for(lambda: {(e["kind"], e["phase"]) for e in _anomalies(b)}
+                 >= {("output_overflow", "start"), ("output_overflow", "end")}, 60,
+                 "output_overflow start and end events", 0.5)  # fmt: skip
+        ev = [e for e in _anomalies(b) if e["kind"] == "output_overflow"]
+        ticks = [e for e in ev if e["subject"] == {"topic": TICKS}]
+        ends = [e for e in ticks if e["phase"] == "end"]
+        assert ends and ticks[0]["phase"] == "start"
+        got = [(e["phase"], e["values"]) for e in ticks]
+        assert sum(e["values"]["dropped_records"] for e in ends) == lost, (lost, got)
+        assert d.proc.poll() is None and " died: " not in d.stderr()  # nothing restarted
+        assert d.stop(signal.SIGTERM) == 0, d.stderr()[-3000:]
+    finally:
+        rig.close()
+
+
+def _rss(pid: int | None) -> int:
+    assert pid is not None
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _anomalies(bootstrap: str) -> list[dict[str, Any]]:
+    try:
+        msgs = list(read_topic(bootstrap, "fairfeed.anomalies", group="outage-test", timeout=10))
+    except Exception:  # not created yet
+        return []
+    return [orjson.loads(x.value()) for x in msgs]
