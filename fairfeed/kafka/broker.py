@@ -106,9 +106,12 @@ class LocalBroker:
         binary: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
         cluster_id: str = "fairfeed",
+        advertise: str | None = None,
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port(host)
+        # host:port clients are told to use (a proxy in front of the broker, in fault tests)
+        self.advertise = advertise
         self.binary = str(binary) if binary is not None else None
         self.cluster_id = cluster_id
         self.process: subprocess.Popen[bytes] | None = None
@@ -128,6 +131,7 @@ class LocalBroker:
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertise}" if self.advertise else url
         return [
             self.binary or default_binary(),
             "broker",
@@ -136,7 +140,7 @@ class LocalBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ]
