@@ -26,10 +26,10 @@ bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 	$(BIN)/python -m bench.e2e
 
-## outage: Kafka outages (10 s and 60 s) and compute kills at the reference load, 28k trades/s
+## outage: Kafka outages (10 s and 60 s), process kills, a full spool at the reference load, 28k trades/s
 outage: $(STAMP)
 	FAIRFEED_OUTAGE_RATE=28000 FAIRFEED_OUTAGE_SECONDS=10 $(BIN)/pytest -s -p no:cacheprovider tests/daemon/test_output_outage_e2e.py
-	FAIRFEED_OUTAGE_RATE=28000 FAIRFEED_OUTAGE_SECONDS=60 $(BIN)/pytest -s -p no:cacheprovider tests/daemon/test_output_outage_e2e.py -k broker_outage
+	FAIRFEED_OUTAGE_RATE=28000 FAIRFEED_OUTAGE_SECONDS=60 $(BIN)/pytest -s -p no:cacheprovider tests/daemon/test_output_outage_e2e.py -k "broker_outage or network"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
