@@ -68,6 +68,7 @@ from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.health import Health
+from fairfeed.providers.overlap import OverlapFilter
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
@@ -125,6 +126,8 @@ class WsConnection:
         self.successor: WsConnection | None = None
         self.predecessor: WsConnection | None = None
         self.switch_reason = ""
+        # Keys both sessions of a switch publish (protocols with ``overlap_key``), until it ends.
+        self.overlap: OverlapFilter | None = None
         self.task: asyncio.Task | None = None
         first = subs[0] if subs else None
         self.provider_id = first.provider_id if first else 0
@@ -247,10 +250,21 @@ class WsConnection:
                 batch = batch[keep]
             if self.predecessor is not None:
                 # A new session not yet in charge: the old one still delivers what carries no
-                # number; numbered records are sorted out by the tracker below.
+                # number or key; numbered records are sorted out by the tracker below, keyed
+                # ones by the overlap filter.
                 numbered = self.gaps.tracked[batch["kind"]] != 0
+                if a.overlap_key is not None:
+                    numbered |= batch[a.overlap_key] != 0
                 c.add(Slot.REPEATS_DROPPED, len(batch) - int(numbered.sum()))
                 batch = batch[numbered]
+            ov = self.overlap
+            if ov is not None:
+                if ov.ended:  # the other session ended the switch
+                    self.overlap = None
+                else:
+                    before = len(batch)
+                    batch = ov.filter(batch)
+                    c.add(Slot.REPEATS_DROPPED, before - len(batch))
             kept, gaps = self.gaps.check(batch, a.last_ids.table)
             if kept < len(batch):
                 c.add(Slot.REPEATS_DROPPED, len(batch) - kept)
@@ -388,6 +402,9 @@ class WsConnection:
         self.flush()
         self.transport = None
         self.health.connected(False)
+        if self.overlap is not None:  # one session of a switch is gone: the overlap is over
+            self.overlap.end()
+            self.overlap = None
 
     async def run(self) -> None:
         """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
@@ -548,6 +565,9 @@ class WsAdapter(Adapter):
     handshake_timeout = 10.0
     close_timeout = 2.0  # seconds a replaced session may take to answer our close frame
     gap_kinds: tuple[int, ...] = ()  # record kinds whose `sequence` is contiguous per instrument
+    # A record field holding a key unique per stream but not ordered (0 = none): during a
+    # planned switch both sessions deliver such records, the first arrival of each key wins.
+    overlap_key: str | None = None
     min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
     buffer_records = 8192
     log_interval = 1.0
@@ -637,6 +657,8 @@ class WsAdapter(Adapter):
         new = WsConnection(self, self._next_index(), old.subs)
         new.predecessor, new.switch_reason = old, reason
         old.successor = new
+        if self.overlap_key is not None:
+            old.overlap = new.overlap = OverlapFilter(self.overlap_key)
         self.connections.append(new)
         self.ctx.counters.add(Slot.RECONNECTS)
         if self._running:
