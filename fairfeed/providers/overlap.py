@@ -25,16 +25,32 @@ def overlap_keys(records: np.ndarray, field: str) -> np.ndarray:
 
 
 class OverlapFilter:
-    """The keys published while a switch lasts; shared by its two sessions."""
+    """The keys published while a switch lasts; shared by its two sessions.
 
-    __slots__ = ("cap", "ended", "field", "keys", "n")
+    Looked up in a sorted copy (``searchsorted``: a batch costs O(m log n) to check and one
+    copy of the keys to insert, not a sort of all of them); ``keys[:n]`` keeps arrival order
+    for forgetting the oldest."""
+
+    __slots__ = ("cap", "ended", "field", "keys", "n", "sessions", "sorted")
 
     def __init__(self, field: str, cap: int = DEFAULT_CAP) -> None:
         self.field = field
         self.cap = cap
         self.keys = np.zeros(cap, np.uint64)
         self.n = 0
+        self.sorted = np.zeros(0, np.uint64)
+        self.sessions = 0  # sessions delivering through this filter
         self.ended = False  # the switch is over: its sessions stop filtering
+
+    def join(self) -> None:
+        """One more session delivers through the filter."""
+        self.sessions += 1
+
+    def leave(self) -> None:
+        """A session has ended: with one left there is no overlap any more."""
+        self.sessions -= 1
+        if self.sessions <= 1:
+            self.end()
 
     def filter(self, batch: np.ndarray) -> np.ndarray:
         """``batch`` without the keyed records already published during the overlap (order
@@ -43,7 +59,7 @@ class OverlapFilter:
         if not keyed.any():
             return batch
         keys = overlap_keys(batch, self.field)
-        seen = keyed & np.isin(keys, self.keys[: self.n])
+        seen = keyed & self._known(keys)
         fresh = np.flatnonzero(keyed & ~seen)
         # a key twice within the batch: the first one wins
         _, first = np.unique(keys[fresh], return_index=True)
@@ -53,20 +69,36 @@ class OverlapFilter:
         self._remember(keys[fresh])
         return batch[~seen] if seen.any() else batch
 
+    def _known(self, keys: np.ndarray) -> np.ndarray:
+        s = self.sorted
+        if not len(s):
+            return np.zeros(len(keys), np.bool_)
+        pos = np.minimum(np.searchsorted(s, keys), len(s) - 1)
+        return s[pos] == keys
+
     def _remember(self, new: np.ndarray) -> None:
-        m = len(new)
-        if m >= self.cap:
-            self.keys[:] = new[-self.cap :]
-            self.n = self.cap
+        """Add ``new`` (unique, none known yet); past ``cap``, forget the oldest (a quarter at
+        least, so the shift is rare)."""
+        m, cap = len(new), self.cap
+        if m >= cap:
+            self.keys[:] = new[-cap:]
+            self.n = cap
+            self.sorted = np.sort(self.keys)
             return
-        if self.n + m > self.cap:  # forget the oldest
-            keep = self.cap - m
-            self.keys[:keep] = self.keys[self.n - keep : self.n]
-            self.n = keep
-        self.keys[self.n : self.n + m] = new
-        self.n += m
+        n = self.n
+        if n + m > cap:
+            k = min(n, max(n + m - cap, cap // 4))
+            old = self.keys[:k]
+            self.sorted = np.delete(self.sorted, np.searchsorted(self.sorted, old))
+            self.keys[: n - k] = self.keys[k:n]
+            n -= k
+        self.keys[n : n + m] = new
+        self.n = n + m
+        add = np.sort(new)
+        self.sorted = np.insert(self.sorted, np.searchsorted(self.sorted, add), add)
 
     def end(self) -> None:
         """The switch is over: forget every key."""
         self.ended = True
         self.n = 0
+        self.sorted = self.sorted[:0]

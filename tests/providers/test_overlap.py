@@ -42,10 +42,16 @@ def test_records_without_a_key_always_pass() -> None:
 
 
 def test_keys_are_forgotten_when_the_switch_ends() -> None:
+    """It ends once one session is left; a switch started while the previous one's old session
+    still closes shares the filter (three sessions)."""
     f = OverlapFilter("reserved")
+    for _ in range(3):
+        f.join()
     f.filter(batch((1, 1, 10)))
-    f.end()
-    assert f.ended and f.n == 0
+    f.leave()  # the first old session closed: two still overlap
+    assert not f.ended and len(f.filter(batch((1, 1, 10)))) == 0
+    f.leave()
+    assert f.ended and f.n == 0 and len(f.sorted) == 0
     assert len(f.filter(batch((1, 1, 10)))) == 1
 
 
@@ -65,3 +71,26 @@ def test_keys_combine_instrument_venue_and_the_32_bit_key() -> None:
         (3 << 48) | (2 << 32) | 0xFFFFFFFF,
         (3 << 48) | (2 << 32) | 1,
     ]
+
+
+def test_matches_a_reference_on_random_batches() -> None:
+    """First arrival wins, as a set of seen keys says; the sorted index stays the FIFO's."""
+    rng = np.random.default_rng(3)
+    f, small = OverlapFilter("reserved"), OverlapFilter("reserved", cap=64)
+    seen: set[tuple[int, int, int]] = set()
+    for _ in range(200):
+        rows = [(int(i), int(v), int(k)) for i, v, k in rng.integers(0, [3, 3, 40], (12, 3))]
+        want = []
+        for row in rows:
+            if row[2] == 0:  # no key: always passes
+                want.append(row)
+            elif row not in seen:
+                want.append(row)
+                seen.add(row)
+        out = f.filter(batch(*rows))
+        got = list(zip(out["instrument"].tolist(), out["venue"].tolist(),
+                       out["reserved"].tolist(), strict=True))  # fmt: skip
+        assert got == want
+        small.filter(batch(*rows))
+        assert small.n <= 64
+        assert small.sorted.tolist() == sorted(small.keys[: small.n].tolist())
