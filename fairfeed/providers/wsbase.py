@@ -17,9 +17,12 @@ every provider:
   announces one) make before they break: a new session connects and subscribes next to the old
   one, and takes over once it is acknowledged and delivers; only then does the old one close
   (cleanly, so what it still sends is read). During the overlap numbered records already
-  published are dropped (below); the new session's unnumbered records are dropped until it takes
-  over, and the old one's last reads may repeat a few of them (quotes; CoinAPI's trades, which
-  carry no id spanning connections). A new session that does not come up within
+  published are dropped (below). Records with a unique but unordered key (``overlap_key``:
+  CoinAPI's trades, a hash of their uuid) are delivered by both sessions until the old one has
+  ended, and the first arrival of each (instrument, venue, key) wins
+  (:class:`~fairfeed.providers.overlap.OverlapFilter`): none lost, none twice. The new session's
+  records with neither are dropped until it takes over, and the old one's last reads may repeat
+  a few of them (quotes). A new session that does not come up within
   ``subscribe_timeout`` is given up, and the old one reconnects the plain way. No disconnect
   status is written for a switch.
 * **Liveness.** Data and heartbeats are tracked apart. A connection that delivers neither data,
@@ -193,6 +196,7 @@ class WsConnection:
         """This new session failed before taking over: drop it, the old one reconnects."""
         old, self.predecessor = self.predecessor, None
         self.closing = True
+        self._leave_overlap()  # it may never have connected
         a = self.adapter
         if self in a.connections:
             a.connections.remove(self)
@@ -402,8 +406,12 @@ class WsConnection:
         self.flush()
         self.transport = None
         self.health.connected(False)
-        if self.overlap is not None:  # one session of a switch is gone: the overlap is over
-            self.overlap.end()
+        self._leave_overlap()
+
+    def _leave_overlap(self) -> None:
+        """This session ended: with one left, the switch's overlap is over."""
+        if self.overlap is not None:
+            self.overlap.leave()
             self.overlap = None
 
     async def run(self) -> None:
@@ -658,7 +666,12 @@ class WsAdapter(Adapter):
         new.predecessor, new.switch_reason = old, reason
         old.successor = new
         if self.overlap_key is not None:
-            old.overlap = new.overlap = OverlapFilter(self.overlap_key)
+            ov = old.overlap  # the previous switch's old session may still be closing: share
+            if ov is None or ov.ended:
+                ov = old.overlap = OverlapFilter(self.overlap_key)
+                ov.join()
+            new.overlap = ov
+            ov.join()
         self.connections.append(new)
         self.ctx.counters.add(Slot.RECONNECTS)
         if self._running:
