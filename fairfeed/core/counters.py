@@ -51,7 +51,7 @@ class Slot(enum.IntEnum):
     DROPPED_ANOMALIES = 32
     DROPPED_DEAD_LETTERS = 33
     DROPPED_OTHER = 34
-    REPEATS_DROPPED = 35  # ingest: numbered records dropped as published already (overlap)
+    REPEATS_DROPPED = 35  # ingest: numbered or keyed records published already (switch overlap)
 
 
 class Counters(abc.ABC):

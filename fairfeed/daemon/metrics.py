@@ -61,7 +61,7 @@ _SLOT_COUNTERS = (
     (
         "sequence_repeats_dropped",
         Slot.REPEATS_DROPPED,
-        "Numbered records dropped as already published (reconnect overlap, replays)",
+        "Numbered or keyed records dropped as already published (reconnect overlap, replays)",
     ),
     ("provider_heartbeats", Slot.HEARTBEATS, "Provider heartbeats received"),
     ("subscribe_errors", Slot.SUBSCRIBE_ERRORS, "Subscriptions refused by a provider"),

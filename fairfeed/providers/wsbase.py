@@ -17,9 +17,12 @@ every provider:
   announces one) make before they break: a new session connects and subscribes next to the old
   one, and takes over once it is acknowledged and delivers; only then does the old one close
   (cleanly, so what it still sends is read). During the overlap numbered records already
-  published are dropped (below); the new session's unnumbered records are dropped until it takes
-  over, and the old one's last reads may repeat a few of them (quotes; CoinAPI's trades, which
-  carry no id spanning connections). A new session that does not come up within
+  published are dropped (below). Records with a unique but unordered key (``overlap_key``:
+  CoinAPI's trades, a hash of their uuid) are delivered by both sessions until the old one has
+  ended, and the first arrival of each (instrument, venue, key) wins
+  (:class:`~fairfeed.providers.overlap.OverlapFilter`): none lost, none twice. The new session's
+  records with neither are dropped until it takes over, and the old one's last reads may repeat
+  a few of them (quotes). A new session that does not come up within
   ``subscribe_timeout`` is given up, and the old one reconnects the plain way. No disconnect
   status is written for a switch.
 * **Liveness.** Data and heartbeats are tracked apart. A connection that delivers neither data,
@@ -68,6 +71,7 @@ from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.health import Health
+from fairfeed.providers.overlap import OverlapFilter
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
@@ -125,6 +129,8 @@ class WsConnection:
         self.successor: WsConnection | None = None
         self.predecessor: WsConnection | None = None
         self.switch_reason = ""
+        # Keys both sessions of a switch publish (protocols with ``overlap_key``), until it ends.
+        self.overlap: OverlapFilter | None = None
         self.task: asyncio.Task | None = None
         first = subs[0] if subs else None
         self.provider_id = first.provider_id if first else 0
@@ -190,6 +196,7 @@ class WsConnection:
         """This new session failed before taking over: drop it, the old one reconnects."""
         old, self.predecessor = self.predecessor, None
         self.closing = True
+        self._leave_overlap()  # it may never have connected
         a = self.adapter
         if self in a.connections:
             a.connections.remove(self)
@@ -247,10 +254,21 @@ class WsConnection:
                 batch = batch[keep]
             if self.predecessor is not None:
                 # A new session not yet in charge: the old one still delivers what carries no
-                # number; numbered records are sorted out by the tracker below.
+                # number or key; numbered records are sorted out by the tracker below, keyed
+                # ones by the overlap filter.
                 numbered = self.gaps.tracked[batch["kind"]] != 0
+                if a.overlap_key is not None:
+                    numbered |= batch[a.overlap_key] != 0
                 c.add(Slot.REPEATS_DROPPED, len(batch) - int(numbered.sum()))
                 batch = batch[numbered]
+            ov = self.overlap
+            if ov is not None:
+                if ov.ended:  # the other session ended the switch
+                    self.overlap = None
+                else:
+                    before = len(batch)
+                    batch = ov.filter(batch)
+                    c.add(Slot.REPEATS_DROPPED, before - len(batch))
             kept, gaps = self.gaps.check(batch, a.last_ids.table)
             if kept < len(batch):
                 c.add(Slot.REPEATS_DROPPED, len(batch) - kept)
@@ -388,6 +406,13 @@ class WsConnection:
         self.flush()
         self.transport = None
         self.health.connected(False)
+        self._leave_overlap()
+
+    def _leave_overlap(self) -> None:
+        """This session ended: with one left, the switch's overlap is over."""
+        if self.overlap is not None:
+            self.overlap.leave()
+            self.overlap = None
 
     async def run(self) -> None:
         """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
@@ -548,6 +573,9 @@ class WsAdapter(Adapter):
     handshake_timeout = 10.0
     close_timeout = 2.0  # seconds a replaced session may take to answer our close frame
     gap_kinds: tuple[int, ...] = ()  # record kinds whose `sequence` is contiguous per instrument
+    # A record field holding a key unique per stream but not ordered (0 = none): during a
+    # planned switch both sessions deliver such records, the first arrival of each key wins.
+    overlap_key: str | None = None
     min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
     buffer_records = 8192
     log_interval = 1.0
@@ -637,6 +665,13 @@ class WsAdapter(Adapter):
         new = WsConnection(self, self._next_index(), old.subs)
         new.predecessor, new.switch_reason = old, reason
         old.successor = new
+        if self.overlap_key is not None:
+            ov = old.overlap  # the previous switch's old session may still be closing: share
+            if ov is None or ov.ended:
+                ov = old.overlap = OverlapFilter(self.overlap_key)
+                ov.join()
+            new.overlap = ov
+            ov.join()
         self.connections.append(new)
         self.ctx.counters.add(Slot.RECONNECTS)
         if self._running:

@@ -51,6 +51,11 @@ REGISTRY = Registry.build(
 )  # fmt: skip
 
 
+SUBS_BY_SYMBOL = {
+    sid: Subscription.resolve(REGISTRY, "coinapi", *from_symbol_id(sid)) for sid in SUBSCRIBED
+}
+
+
 def make(url: str, *, stale_after: float = 0.6, rng: random.Random | None = None, **kw):
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
@@ -58,9 +63,7 @@ def make(url: str, *, stale_after: float = 0.6, rng: random.Random | None = None
         name="coinapi", kind="coinapi", url=url, api_key_env=KEY_ENV, stale_after=stale_after,
         options=CoinApiOptions(**kw),
     )  # fmt: skip
-    subs = tuple(
-        Subscription.resolve(REGISTRY, "coinapi", *from_symbol_id(sid)) for sid in SUBSCRIBED
-    )
+    subs = tuple(SUBS_BY_SYMBOL.values())
     sink, counters, dead = Sink(), DictCounters(), []
     ctx = IngestContext(
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,

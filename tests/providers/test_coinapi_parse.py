@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from fairfeed.core.records import (
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.local.coinapi import iso7, iso_to_ns_reference
-from fairfeed.providers.coinapi.parse import CoinApiParser
+from fairfeed.providers.coinapi.parse import CoinApiParser, uuid_key
 from fairfeed.providers.coinapi.symbols import from_symbol_id, to_symbol_id
 from fairfeed.providers.coinapi.wire import Error, Reconnect
 from fairfeed.providers.parsing import CONTROL, HEARTBEAT, NEED_SPACE, PARSE_ERROR
@@ -120,6 +121,20 @@ def test_trade_is_one_record_with_exact_clocks() -> None:
     assert (r["kind"], r["side"], r["sequence"]) == (KIND_TRADE, SIDE_BUY, 41)
     assert (r["instrument"], r["provider"], r["venue"], r["data_class"]) == (0, 7, 1, CLASS_SPOT)
     assert out[0]["kind"] == 0 and out[2]["kind"] == 0  # nothing written around it
+
+
+def test_trade_uuid_hash_goes_to_reserved() -> None:
+    """The key that deduplicates a trade both sessions of a planned switch deliver."""
+    p = CoinApiParser(SYMBOLS, provider=7)
+    out = empty_records(8)
+    assert p.parse(trade(), out, 0, 1) == 1
+    assert int(out[0]["reserved"]) == zlib.crc32(b"770C7A3B-7258-4441-8182-83740F3E2457")
+    assert int(out[0]["reserved"]) == uuid_key("770C7A3B-7258-4441-8182-83740F3E2457") != 0
+    no_uuid = json.loads(trade())
+    del no_uuid["uuid"]
+    assert p.parse(json.dumps(no_uuid).encode(), out, 1, 1) == 1
+    assert p.parse(quote(), out, 2, 1) == 2
+    assert out["reserved"][1:4].tolist() == [0, 0, 0]  # no key: never deduplicated
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ publishes nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.coinapi import CoinApiServer
 from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
+from fairfeed.providers.coinapi.parse import uuid_key
 from tests.providers import test_binance_adapter as binance
 from tests.providers import test_coinapi_adapter as coinapi
 from tests.providers import test_kraken_adapter as kraken
@@ -123,39 +125,58 @@ def test_binance_planned_reconnect_loses_and_repeats_nothing(feed: str) -> None:
     asyncio.run(main())
 
 
-def test_coinapi_reconnect_notice_switches_without_loss_or_disconnect(monkeypatch) -> None:
-    """CoinAPI's trades carry no id spanning connections: none may be lost; the old session's
-    last reads may repeat a few (docs/providers/coinapi.md)."""
+def sent_trades(server: CoinApiServer) -> dict[tuple[int, int, int], tuple[str, int]]:
+    """Every trade the server sent (on any connection): (instrument, venue, uuid key) ->
+    (symbol id, market trade id, from the uuid's last group)."""
+    out = {}
+    for text in server.log:
+        m = json.loads(text)
+        if m["type"] == "trade":
+            sub = coinapi.SUBS_BY_SYMBOL[m["symbol_id"]]
+            key = (sub.instrument_id, sub.venue_id, uuid_key(m["uuid"]))
+            out[key] = (m["symbol_id"], int(m["uuid"].rsplit("-", 1)[1]))
+    return out
+
+
+def test_coinapi_reconnect_notices_publish_every_trade_exactly_once(monkeypatch) -> None:
+    """CoinAPI's trades carry no number spanning connections: both sessions of a switch deliver
+    and the trade uuid (its hash in ``reserved``) keeps the first arrival of each."""
     monkeypatch.setenv(coinapi.KEY_ENV, "k-123")
-    cfg = SimulatorConfig(prices=coinapi.PRICES, rate=600, seed=12)
+    cfg = SimulatorConfig(prices=coinapi.PRICES, rate=1500, quote_ratio=0.5, seed=12)
 
     async def main():
         srv = CoinApiServer("coinapi-local", cfg, api_key="k-123", heartbeat_interval=0.1,
-                            reconnect_within=20.0, tape=True, log_events=True)  # fmt: skip
+                            reconnect_within=20.0, tape=True, keep_log=1_000_000)  # fmt: skip
         async with srv as server:
             adapter, sink, counters, _ = coinapi.make(server.url, stale_after=5.0)
             task = asyncio.create_task(adapter.run())
-            await wait_for(lambda: sink.n > 50, what="data")
-            assert await server.inject(Fault.RECONNECT_NOTICE) == 1
-            await wait_for(lambda: server.stats.connections_total == 2, what="a new session")
-            await wait_for(lambda: server.stats.connections_open == 1, what="old session closed")
-            n = sink.n
-            await wait_for(lambda: sink.n > n + 50, what="data after the switch")
+            await wait_for(lambda: len(sink.kind(KIND_TRADE)) > 50, what="trades")
+            for k in (2, 3):
+                assert await server.inject(Fault.RECONNECT_NOTICE) == 1
+                await wait_for(lambda k=k: server.stats.connections_total == k, what="a session")
+                await wait_for(lambda: server.stats.connections_open == 1, what="old one closed")
+                n = len(sink.kind(KIND_TRADE))
+                await wait_for(lambda n=n: len(sink.kind(KIND_TRADE)) > n + 50, what="trades")
+                await wait_for(
+                    lambda: all(c.overlap is None for c in adapter.connections),
+                    what="the switch's keys forgotten",
+                )
             await adapter.close()
             await task
             assert STATUS_DISCONNECTED not in sink.statuses
-            assert counters[Slot.DISCONNECTS] == 0 and counters[Slot.RECONNECTS] == 1
+            assert counters[Slot.DISCONNECTS] == 0 and counters[Slot.RECONNECTS] == 2
             assert server.forced_closes == 0
-            r = sink.records
-            r = r[r["kind"] == KIND_TRADE]
-            got = set(zip(r["ts_exchange"].tolist(), r["price"].round(6).tolist(), strict=True))
-            first, last = int(r["ts_exchange"].min()), int(r["ts_exchange"].max())
-            sent = {
-                (e[6] // 100 * 100, round(e[2], 6))  # CoinAPI times have 7 decimals
-                for e in server.stats.log
-                if e[0] == "trade" and first < e[6] < last and e[1] in coinapi.SUBSCRIBED
-            }
-            assert sent and sent <= got, sorted(sent - got)[:5]
+            sent = sent_trades(server)
+            r = sink.kind(KIND_TRADE)
+            got = list(zip(r["instrument"].tolist(), r["venue"].tolist(),
+                           r["reserved"].tolist(), strict=True))  # fmt: skip
+            assert len(got) == len(set(got)), "a trade published twice"
+            assert set(got) <= set(sent)
+            for sym in coinapi.SUBSCRIBED:
+                ids = [sent[k][1] for k in got if sent[k][0] == sym]
+                # every trade of the window, in order; the window: the first to the last one
+                # published (the ones in flight at the close are not)
+                assert ids == list(range(ids[0], ids[-1] + 1)), sym
 
     asyncio.run(main())
 

@@ -8,7 +8,8 @@ mean (details in docs/providers/coinapi.md):
   quote, every subscription as an exact ``subscribe_filter_symbol_id`` entry ``SYMBOL$``); a
   ``hello`` replaces the whole scope, so further batches of one connection go as ``subscribe``;
 * CoinAPI acknowledges nothing, so a connection counts as subscribed once the requests are sent;
-* ``reconnect`` notice → reconnect at once (planned, no backoff), well before its deadline;
+* ``reconnect`` notice → a planned switch at once (make before break, no backoff), well before
+  its deadline; each trade is published once across it (``overlap_key``: its uuid's hash);
 * ``error`` is permanent (the server closes after it: bad API key, quota, bad request) → counted
   as a refused subscription and retried after the option ``error_retry_after`` seconds, doubling
   per consecutive error up to ``error_retry_cap`` — never a hot loop;
@@ -40,6 +41,9 @@ class CoinApiAdapter(WsAdapter):
     stale_after = 10.0  # heartbeats come after each second of silence
     min_record_bytes = 80  # a trade message is ~250 bytes for 1 record, a quote ~280 for 2
     gap_kinds = ()  # sequence gaps are checked by the parser per (type, symbol id)
+    # Trades carry no number spanning connections, but a uuid (its hash is in ``reserved``): a
+    # planned switch publishes each trade once, whichever session delivers it first.
+    overlap_key = "reserved"
     parser_class = CoinApiParser
     options: CoinApiOptions
 

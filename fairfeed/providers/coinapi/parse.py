@@ -12,7 +12,9 @@ one dict built from the subscriptions (a CoinAPI connection carries many venues 
 Semantics:
 
 * ``trade`` → one TRADE: ``price``, ``size`` (base asset amount), ``taker_side`` BUY /
-  BUY_ESTIMATED → buy, SELL / SELL_ESTIMATED → sell, anything else → unknown.
+  BUY_ESTIMATED → buy, SELL / SELL_ESTIMATED → sell, anything else → unknown; ``reserved`` =
+  :func:`uuid_key` of the trade's ``uuid`` (0 without one): the key that deduplicates a trade
+  both sessions of a planned switch deliver (WsAdapter.overlap_key).
 * ``quote`` → one BID (``bid_price``, ``bid_size``) and one ASK record with the same clocks and
   sequence. A size of 0 means "unknown" on CoinAPI and is kept as 0.
 * Clocks: ``time_exchange`` → ``ts_exchange``, ``time_coinapi`` → ``ts_provider``, the read time
@@ -31,6 +33,7 @@ Semantics:
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
@@ -65,6 +68,13 @@ SIDES = {
     "SELL_ESTIMATED": SIDE_SELL,
 }
 _MAX_RECORDS = 3  # per message: a gap record + bid + ask
+_crc32 = zlib.crc32
+
+
+def uuid_key(uuid: str) -> int:
+    """A trade uuid's 32-bit key: CRC-32 of its text (stable across processes, unlike
+    ``hash``; any text, not only a well-formed uuid). 0 = no uuid."""
+    return _crc32(uuid.encode()) if uuid else 0
 
 
 class CoinApiParser(RecordParser):
@@ -189,8 +199,10 @@ class CoinApiParser(RecordParser):
                         if self.on_gap is not None:
                             self.on_gap(missed)
             if t is Trade:
+                u = msg.uuid  # inline uuid_key: one call less per trade
                 pack(buf, off, tx, tp, ts_receive, msg.price, msg.size, seq, inst, prov, venue,
-                     KIND_TRADE, dc, SIDES.get(msg.taker_side, SIDE_UNKNOWN), 0, 0)  # fmt: skip
+                     KIND_TRADE, dc, SIDES.get(msg.taker_side, SIDE_UNKNOWN), 0,
+                     _crc32(u.encode()) if u else 0)  # fmt: skip
                 off += 64
             else:
                 pack(buf, off, tx, tp, ts_receive, msg.bid_price, msg.bid_size, seq, inst, prov,

@@ -1,7 +1,7 @@
 """CoinAPI market-data WebSocket v1: the messages as msgspec Structs (JSON text frames).
 
 Server → client messages are a tagged union on ``"type"`` (:data:`SERVER_DECODER`); each Struct
-holds only the fields we read (msgspec skips the others, e.g. a trade's ``uuid``, in C). Both
+holds only the fields we read (msgspec skips the others in C). Both
 heartbeat spellings decode: CoinAPI documents ``{"type": "hearbeat"}`` (sic) and we also accept
 the corrected ``"heartbeat"``. Numbers are JSON numbers on CoinAPI; ``strict=False`` also takes
 numeric strings, exactly as ``float(str)``. Timestamps stay strings here: the parser turns them
@@ -26,6 +26,7 @@ class Trade(msgspec.Struct, tag_field="type", tag="trade", gc=False):
     size: float  # base asset amount (0 = a data point without volume, e.g. an index)
     taker_side: str = "UNKNOWN"  # BUY, SELL, BUY_ESTIMATED, SELL_ESTIMATED, UNKNOWN
     sequence: int = -1  # per (type, symbol_id), valid for the lifespan of the connection
+    uuid: str = ""  # the trade's unique id, the same on every connection (not ordered)
 
 
 class Quote(msgspec.Struct, tag_field="type", tag="quote", gc=False):
