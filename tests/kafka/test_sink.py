@@ -286,6 +286,7 @@ def test_hung_broker_keeps_the_producer_and_loses_nothing(tmp_path) -> None:
         send(100)
         assert sink.flush(20) == 0
         os.killpg(broker.pid, signal.SIGSTOP)
+        wait_for(lambda: _state(broker.pid) == "T", 10, "the broker stopped")  # signals are async
         try:
             for _ in range(20):
                 send(50)
@@ -303,3 +304,8 @@ def test_hung_broker_keeps_the_producer_and_loses_nothing(tmp_path) -> None:
             seq = [int(v) for p, _, v in got if p == part]
             assert seq == sorted(seq)
         sink.close()
+
+
+def _state(pid: int | None) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(") ", 1)[1][0]
