@@ -191,8 +191,10 @@ def test_pings_answered_and_planned_reconnect_before_max_age():
     cfg = SimulatorConfig(prices=PRICES, rate=300, seed=2)
 
     async def main():
+        # A tape (one market for every connection, as on the venue): during a switch both
+        # sessions see the same trade ids, so the overlap is deduplicated, never a gap.
         async with BinanceServer(
-            "binance", cfg, ping_interval=0.1, ping_timeout=0.3, max_connection_age=1.2
+            "binance", cfg, ping_interval=0.1, ping_timeout=0.3, max_connection_age=1.2, tape=True
         ) as server:
             adapter, sink, counters, _ = make(server.url, age=0.4, stale=1.0)
             task = asyncio.create_task(adapter.run())
