@@ -189,7 +189,12 @@ class Pipeline:
         self.source_table = np.full((max(len(cfg.providers), 1), d.max_sources), -1, np.int32)
         self._fill_source_table()
         self.state = FairBook.from_config(
-            registry, cfg.fair, d.max_instruments, d.max_sources, self.source_table
+            registry,
+            cfg.fair,
+            d.max_instruments,
+            d.max_sources,
+            self.source_table,
+            dispute=cfg.anomalies.divergence,
         )
         self.ticks_topic = cfg.kafka.ticks_topic
         self.fair_topic = cfg.kafka.fair_topic

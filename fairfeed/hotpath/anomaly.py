@@ -32,8 +32,14 @@ KIND_HEARTBEAT, KIND_STATUS, KIND_GAP) to the state. ``evaluate_nb`` runs every
   disconnect event) and their no-data clocks restart when it comes back.
 * **Bursts** (sequence gaps per source, ring overflow per ring): open at the first increment,
   close after ``gap_quiet`` without another.
-* **Venue divergence** (per instrument × venue with two or more providers): the spread of their
-  prices (max / min - 1), with the divergence thresholds of the instrument; not rolled up.
+* **Divergence** (per instrument over its *fresh* sources: provider up, a price, data within
+  ``no_data_after``; n of them). n >= 3: each source is measured against the median of the
+  fresh prices (the outlier is the source beyond the threshold; the event names it and its
+  peer, the fresh source farthest from it), through the per-subscription detector and its
+  roll-up. n == 2: the pair's ratio max / min - 1 is one episode per instrument naming both
+  sources (no outlier can be told); it supersedes the per-subscription detector, which then
+  measures nothing. n <= 1: the per-subscription detector measures price / fair - 1. Pairs on
+  one venue are pairs like any other (``venue_divergence`` is no longer emitted).
 
 Each ``*_nb`` kernel has a plain-Python oracle in :mod:`fairfeed.hotpath.anomaly_reference`.
 """
@@ -107,6 +113,7 @@ LV_INSTRUMENT = 4
 LV_SOURCE = 5  # provider, venue
 LV_VENUE_INSTRUMENT = 6
 LV_RING = 7  # no subject fields; the ring index is in the values
+LV_PAIR = 8  # provider, venue, data class, instrument of one source; the peer in E_PEER_*
 N_GROUP_LEVELS = 4  # provider, venue, class, instrument (sub_groups columns, roll-up order)
 
 PHASE_START = 0
@@ -138,6 +145,8 @@ SUB_STATE_DTYPE = np.dtype([
     ("price", "f8"),  # last trade price or quote mid, whichever came last (NaN = none)
     ("bid", "f8"),
     ("ask", "f8"),
+    ("ref", "f8"),  # this evaluation's divergence reference (fair, median; NaN = not measured)
+    ("peer", "i8"),  # the fresh subscription farthest from it (n >= 3; -1 = none)
     ("fast", "f8"),  # bias-corrected EWMAs of the update rate (msgs/s): raw value and weight
     ("fast_w", "f8"),
     ("base", "f8"),
@@ -166,14 +175,16 @@ BURST_DTYPE = np.dtype([
     ("last", "i8"),  # last increment
     ("open", "i8"),  # start of the open episode (0 = none)
 ])  # fmt: skip
-# venue divergence, per (instrument, venue) segment of two or more subscriptions
-VENUE_SPREAD_DTYPE = np.dtype([
+# pairwise divergence, per instrument (an episode while exactly two sources are fresh)
+PAIR_DTYPE = np.dtype([
     ("onset", "i8"),  # detector state (as ``onset`` / ``active`` of a subscription)
     ("active", "i8"),
     ("open", "i8"),  # start of the open episode (0 = none)
     ("spread", "f8"),  # last measure: max / min - 1, and the two prices
     ("lo", "f8"),
     ("hi", "f8"),
+    ("k_hi", "i8"),  # the subscriptions of the two prices
+    ("k_lo", "i8"),
 ])  # fmt: skip
 CLOCK_DTYPE = np.dtype([
     ("last_eval", "i8"),
@@ -226,7 +237,9 @@ E_START = 7
 E_END = 8  # 0 while open
 E_DETECTED = 9  # evaluation time that produced the row
 E_COUNT = 10  # subscriptions covered (gap: -; ring: ring index)
-N_EI = 11
+E_PEER_PROVIDER = 11  # divergence: the other source of the pair (-1 = none)
+E_PEER_VENUE = 12
+N_EI = 13
 N_EF = 4  # v0, v1, v2, threshold
 
 
@@ -380,6 +393,8 @@ def _emit(ev_i, ev_f, m, kind, phase, level, prov, venue, cls, inst, start, end,
     ev_i[m, E_END] = end
     ev_i[m, E_DETECTED] = now
     ev_i[m, E_COUNT] = count
+    ev_i[m, E_PEER_PROVIDER] = -1
+    ev_i[m, E_PEER_VENUE] = -1
     ev_f[m, 0] = v0
     ev_f[m, 1] = v1
     ev_f[m, 2] = v2
@@ -420,15 +435,17 @@ def evaluate_nb(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):  # 
     clock[0].last_eval = now
     down = np.zeros(st.provs.shape[0], np.bool_)
     m = _disconnects(now, glob.hb_timeout, st.provs, down, clock, ev_i, ev_f, 0)
+    m = _pairs(now, thr, layout.sub_meta, layout.in_offsets, layout.in_subs, st.subs, fair,
+               down, st.spreads, clock, ev_i, ev_f, m)  # fmt: skip
     busy = np.zeros(N_DET, np.bool_)
     mask = np.empty(layout.sub_meta.shape[0], np.uint8)
     _detectors(now, dt, thr, glob, layout.sub_meta, st.subs, st.provs, fair, down, st.onset,
                st.active, st.sub_open, st.meas, busy, mask)  # fmt: skip
+    m0 = m
     m = _roll_up(now, thr, layout.sub_meta, layout.sub_groups, layout.group_meta,
                  layout.group_size, st.subs, st.onset, st.active, st.sub_open, st.meas,
                  st.group_open, down, busy, mask, clock, ev_i, ev_f, m)  # fmt: skip
-    m = _venue_spreads(now, thr, layout.sub_meta, layout.iv_offsets, layout.iv_subs, st.subs,
-                       st.spreads, down, clock, ev_i, ev_f, m)  # fmt: skip
+    _name_peers(ev_i, m0, m, layout.sub_meta, layout.in_offsets, layout.in_subs, st.subs)
     return _bursts(now, glob.gap_quiet, st.bursts, layout.src_meta, ring_dropped, clock, ev_i,
                    ev_f, m)  # fmt: skip
 
@@ -504,10 +521,8 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
     a_fast = 1.0 - np.exp(-dt / glob.rate_fast) if dt > 0 else 0.0
     a_base = 1.0 - np.exp(-dt / glob.rate_base) if dt > 0 else 0.0
     lat_clear = glob.lat_clear
-    n_fair = fair.shape[0]
     for k in range(n_sub):
         p = sub_meta[k].provider
-        inst = sub_meta[k].instrument
         if p < n_prov and down[p]:
             subs[k].quiet_from = now
             for d in range(N_DET):
@@ -542,9 +557,9 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
                 onset[k, D_NO_DATA] = 0
                 active[k, D_NO_DATA] = 0
             nodata = on_nd > 0
-            # divergence from the fair price
+            # divergence from this evaluation's reference (phase 2a: fair or median)
             price = subs[k].price
-            f = fair[inst] if inst < n_fair else np.nan
+            f = subs[k].ref
             fresh = last_data > 0 and now - last_data < lim_nodata
             if fresh and not np.isnan(price) and not np.isnan(f) and f > 0:
                 dev = price / f - 1.0
@@ -786,42 +801,78 @@ def _roll_up(now, thr, sub_meta, sub_groups, group_meta, group_size, subs, onset
     return m
 
 
+@njit(cache=True, _nrt=False)
+def _fresh(now, thr, sub_meta, subs, down, k):  # pragma: no cover
+    """Whether subscription ``k`` has a price that counts now: monitored (an unsubscribed one
+    has infinite thresholds), provider up, data within ``no_data_after``, a positive price."""
+    p = sub_meta[k].provider
+    ld = subs[k].last_data
+    lim = thr[k].no_data
+    if (p < down.shape[0] and down[p]) or np.isinf(lim):
+        return False
+    return ld > 0 and now - ld < lim and subs[k].price > 0
+
+
 @njit(cache=True)
-def _venue_spreads(now, thr, sub_meta, iv_offsets, iv_subs, subs, spreads, down, clock, ev_i,
-                   ev_f, m):  # fmt: skip  # pragma: no cover
-    """Phase 4, per (instrument, venue) with two or more providers: the spread of their prices
-    and its episodes. Returns the event count."""
-    n_prov = down.shape[0]
+def _pairs(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, clock, ev_i,
+           ev_f, m):  # fmt: skip  # pragma: no cover
+    """Phase 2a, per instrument over its fresh sources (n): each subscription's divergence
+    reference (``ref``; n >= 3: the median of the fresh prices, and ``peer``, the fresh source
+    farthest from it; n == 2: none, the pair episode here measures; n <= 1: the fair price),
+    and the pair episodes (n == 2: max / min - 1 with the instrument's divergence thresholds).
+    Returns the event count."""
     cap = ev_i.shape[0]
-    n_iv = iv_offsets.shape[0] - 1
-    for v in range(n_iv):
-        lo = np.inf
-        hi = -np.inf
-        k0 = iv_subs[iv_offsets[v]]
-        npx = 0
-        for j in range(iv_offsets[v], iv_offsets[v + 1]):
-            k = iv_subs[j]
-            p = sub_meta[k].provider
-            price = subs[k].price
-            ld = subs[k].last_data
-            if (p < n_prov and down[p]) or np.isnan(price) or ld == 0:
-                continue
-            if now - ld >= thr[k].no_data:
-                continue
-            lo = min(lo, price)
-            hi = max(hi, price)
-            npx += 1
-        sp = spreads[v]
+    n_fair = fair.shape[0]
+    px = np.empty(max(in_subs.shape[0], 1))
+    for i in range(in_offsets.shape[0] - 1):
+        a0 = in_offsets[i]
+        a1 = in_offsets[i + 1]
+        if a1 == a0:
+            continue
+        n = 0
+        k_hi = -1
+        k_lo = -1
+        for j in range(a0, a1):
+            k = in_subs[j]
+            subs[k].peer = -1
+            if _fresh(now, thr, sub_meta, subs, down, k):
+                price = subs[k].price
+                px[n] = price
+                n += 1
+                if k_hi < 0 or price >= subs[k_hi].price:
+                    k_hi = k
+                if k_lo < 0 or price < subs[k_lo].price:
+                    k_lo = k
+        if n >= 3:
+            med = np.median(px[:n])
+            for j in range(a0, a1):
+                k = in_subs[j]
+                subs[k].ref = med
+                if _fresh(now, thr, sub_meta, subs, down, k):
+                    q = k_lo if subs[k].price >= med else k_hi
+                    subs[k].peer = k_hi if q == k else q
+        else:
+            r = np.nan
+            if n <= 1 and i < n_fair:
+                r = fair[i]
+            for j in range(a0, a1):
+                subs[in_subs[j]].ref = r
+        # the pair episode (the per-subscription detector measures nothing with two sources)
+        sp = spreads[i]
+        k0 = k_hi if n == 2 else sp.k_hi  # thresholds: the instrument's (any monitored member)
         beyond_o = False
         beyond_c = False
-        spread = 0.0
-        if npx >= 2 and lo > 0:
+        if n == 2:
+            hi = subs[k_hi].price
+            lo = subs[k_lo].price
             spread = hi / lo - 1.0
             beyond_o = spread > thr[k0].div
             beyond_c = spread > thr[k0].div_clear
             sp.spread = spread
             sp.lo = lo
             sp.hi = hi
+            sp.k_hi = k_hi
+            sp.k_lo = k_lo
         if sp.active > 0:
             if not beyond_c:
                 sp.active = 0
@@ -833,25 +884,47 @@ def _venue_spreads(now, thr, sub_meta, iv_offsets, iv_subs, subs, spreads, down,
                 sp.active = 1
         else:
             sp.onset = 0
+        phase = -1
         if sp.open > 0 and sp.active == 0:
-            if m >= cap:
-                clock[0].deferred += 1
-                continue
-            m = _emit(ev_i, ev_f, m, A_VENUE_DIVERGENCE, PHASE_END, LV_VENUE_INSTRUMENT, -1,
-                      sub_meta[k0].venue, -1, sub_meta[k0].instrument, sp.open, now, now,
-                      iv_offsets[v + 1] - iv_offsets[v], sp.spread, sp.lo, sp.hi,
-                      thr[k0].div)  # fmt: skip
-            sp.open = 0
+            phase = PHASE_END
         elif sp.open == 0 and sp.active == 1:
-            if m >= cap:
-                clock[0].deferred += 1
-                continue
-            m = _emit(ev_i, ev_f, m, A_VENUE_DIVERGENCE, PHASE_START, LV_VENUE_INSTRUMENT, -1,
-                      sub_meta[k0].venue, -1, sub_meta[k0].instrument, sp.onset, 0, now,
-                      iv_offsets[v + 1] - iv_offsets[v], sp.spread, sp.lo, sp.hi,
-                      thr[k0].div)  # fmt: skip
-            sp.open = sp.onset
+            phase = PHASE_START
+        if phase < 0:
+            continue
+        if m >= cap:
+            clock[0].deferred += 1
+            continue
+        a = sub_meta[sp.k_hi]
+        b = sub_meta[sp.k_lo]
+        start = sp.open if phase == PHASE_END else sp.onset
+        m = _emit(ev_i, ev_f, m, A_DIVERGENCE, phase, LV_PAIR, a.provider, a.venue,
+                  a.data_class, i, start, now if phase == PHASE_END else 0, now, 2, sp.spread,
+                  sp.hi, sp.lo, thr[k0].div)  # fmt: skip
+        ev_i[m - 1, E_PEER_PROVIDER] = b.provider
+        ev_i[m - 1, E_PEER_VENUE] = b.venue
+        sp.open = 0 if phase == PHASE_END else sp.onset
     return m
+
+
+@njit(cache=True)
+def _name_peers(ev_i, m0, m, sub_meta, in_offsets, in_subs, subs):  # pragma: no cover
+    """Phase 3b: a subscription's divergence rows ``m0:m`` name its peer (n >= 3); group rows
+    span instruments and name none."""
+    for e in range(m0, m):
+        if ev_i[e, E_KIND] != A_DIVERGENCE or ev_i[e, E_LEVEL] != LV_SUB:
+            continue
+        i = ev_i[e, E_INSTRUMENT]
+        for j in range(in_offsets[i], in_offsets[i + 1]):
+            k = in_subs[j]
+            if (
+                sub_meta[k].provider == ev_i[e, E_PROVIDER]
+                and sub_meta[k].venue == ev_i[e, E_VENUE]
+            ):
+                q = subs[k].peer
+                if q >= 0:
+                    ev_i[e, E_PEER_PROVIDER] = sub_meta[q].provider
+                    ev_i[e, E_PEER_VENUE] = sub_meta[q].venue
+                break
 
 
 @njit(cache=True)
@@ -1029,8 +1102,8 @@ class AnomalyLayout(NamedTuple):
     group_meta: np.ndarray  # GROUP_META_DTYPE per group
     group_size: np.ndarray  # i8 [group]: monitored members
     src_meta: np.ndarray  # SOURCE_META_DTYPE per source
-    iv_offsets: np.ndarray  # i8: venue segment v = iv_subs[iv_offsets[v]:iv_offsets[v + 1]]
-    iv_subs: np.ndarray  # i8
+    in_offsets: np.ndarray  # i8: instrument i's subscriptions = in_subs[in_offsets[i]:...[i + 1]]
+    in_subs: np.ndarray  # i8
 
 
 class AnomalyArrays(NamedTuple):
@@ -1044,7 +1117,7 @@ class AnomalyArrays(NamedTuple):
     sub_open: np.ndarray  # i8 [subscription, detector]: start of its own open episode
     meas: np.ndarray  # f8 [subscription, detector, 3]: last measures (event values)
     group_open: np.ndarray  # i8 [detector, group]: start of the group's open episode
-    spreads: np.ndarray  # VENUE_SPREAD_DTYPE per venue segment
+    spreads: np.ndarray  # PAIR_DTYPE per instrument
     clock: np.ndarray  # CLOCK_DTYPE, one row
 
 
@@ -1108,21 +1181,19 @@ class AnomalyState:
             self.sub_meta[k] = (p, v, c, i, s)
             self.sub_groups[k] = (offs[0] + p, offs[1] + v, offs[2] + c, offs[3] + i)
         self.group_size = np.bincount(self.sub_groups.ravel(), minlength=n_groups).astype(np.int64)
-        # (instrument, venue) segments with two or more subscriptions (venue divergence)
-        segs: dict[tuple[int, int], list[int]] = {}
-        for k in range(n_sub):
-            segs.setdefault(self._segment(k), []).append(k)
-        multi = [ks for ks in segs.values() if len(ks) >= 2]
-        self.iv_offsets = np.zeros(len(multi) + 1, np.int64)
-        self.iv_offsets[1:] = np.cumsum([len(ks) for ks in multi])
-        self.iv_subs = np.array([k for ks in multi for k in ks], np.int64)
-        self.spreads = np.zeros(len(multi), VENUE_SPREAD_DTYPE)
+        # every instrument's subscriptions, in order (divergence)
+        inst_of = self.sub_meta["instrument"]
+        self.in_subs = np.argsort(inst_of, kind="stable").astype(np.int64)
+        self.in_offsets = np.zeros(max(n_inst, 1) + 1, np.int64)
+        self.in_offsets[1:] = np.cumsum(np.bincount(inst_of, minlength=max(n_inst, 1)))
+        self.spreads = np.zeros(max(n_inst, 1), PAIR_DTYPE)
         self.thr = np.ascontiguousarray(thresholds).copy()
         self.gthr = AnomalyGlobals(*(float(x) for x in globals_))
         self.subs = np.zeros(n_sub, SUB_STATE_DTYPE)
         self.subs["quiet_from"] = start_ns
-        for name in ("price", "bid", "ask"):
+        for name in ("price", "bid", "ask", "ref"):
             self.subs[name] = np.nan
+        self.subs["peer"] = -1
         self.provs = np.zeros(max(n_providers, 1), PROVIDER_STATE_DTYPE)
         self.bursts = np.zeros(n_src + n_rings, BURST_DTYPE)
         self.n_rings = n_rings
@@ -1139,14 +1210,11 @@ class AnomalyState:
         self.ignored = 0
         # the kernels' views; every array above is updated in place, never replaced
         self.layout = AnomalyLayout(self.sub_meta, self.sub_groups, self.group_meta,
-                                    self.group_size, self.src_meta, self.iv_offsets,
-                                    self.iv_subs)  # fmt: skip
+                                    self.group_size, self.src_meta, self.in_offsets,
+                                    self.in_subs)  # fmt: skip
         self.arrays = AnomalyArrays(self.subs, self.provs, self.bursts, self.onset, self.active,
                                     self.sub_open, self.meas, self.group_open, self.spreads,
                                     self.clock)  # fmt: skip
-
-    def _segment(self, k: int) -> tuple[int, int]:
-        return int(self.sub_meta[k]["instrument"]), int(self.sub_meta[k]["venue"])
 
     def carry_over(self, old: AnomalyState) -> None:
         """Continue ``old``'s clocks and open episodes here, so that growing the monitored set
@@ -1167,10 +1235,7 @@ class AnomalyState:
         lv = old.group_meta["level"][real] - 1
         new_index = np.asarray(self.group_offsets)[lv] + old.group_meta["id"][real]
         self.group_open[:, new_index] = old.group_open[:, real]
-        segments = {self._segment(self.iv_subs[self.iv_offsets[v]]): v
-                    for v in range(len(self.spreads))}  # fmt: skip
-        for v in range(len(old.spreads)):
-            self.spreads[segments[old._segment(old.iv_subs[old.iv_offsets[v]])]] = old.spreads[v]
+        self.spreads[: len(old.spreads)] = old.spreads  # per instrument: ids only grew
         self.clock[:] = old.clock
         self.ignored = old.ignored
         for k in np.flatnonzero(~old.monitored):

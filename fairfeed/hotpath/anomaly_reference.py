@@ -145,7 +145,7 @@ class _Out:
 
     def emit(self, kind, phase, level, prov, venue, cls, inst, start, end, now, count, vals, thr):
         m = len(self.rows)
-        self.ev_i[m] = [kind, phase, level, prov, venue, cls, inst, start, end, now, count]
+        self.ev_i[m] = [kind, phase, level, prov, venue, cls, inst, start, end, now, count, -1, -1]
         self.ev_f[m] = [*vals, thr]
         self.rows.append((list(self.ev_i[m]), list(self.ev_f[m])))
 
@@ -165,7 +165,7 @@ def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):
 
 def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):
     """Plain-Python twin of ``evaluate_nb``."""
-    sub_meta, sub_groups, group_meta, group_size, src_meta, iv_offsets, iv_subs = layout
+    sub_meta, sub_groups, group_meta, group_size, src_meta, in_offsets, in_subs = layout
     subs, provs, bursts, onset, active, sub_open, meas, group_open, spreads, clock = st
     misc = clock[0]
     out = _Out(ev_i, ev_f, misc)
@@ -217,11 +217,13 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                          (br, 0.0, 0.0), hb_s)  # fmt: skip
             st["blip_start"] = st["blip_end"] = 0
 
+    _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, out)
+
     a_fast = 1.0 - math.exp(-dt / glob.rate_fast) if dt > 0 else 0.0
     a_base = 1.0 - math.exp(-dt / glob.rate_base) if dt > 0 else 0.0
     lc = float(glob.lat_clear)
     for k in range(n_sub):
-        p, inst = int(sub_meta[k]["provider"]), int(sub_meta[k]["instrument"])
+        p = int(sub_meta[k]["provider"])
         si = sf = subs[k]
         t = thr[k]
         if p in down:
@@ -244,7 +246,7 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
             nodata = onset[k, a.D_NO_DATA] > 0 or onset[k, a.D_NO_FIRST] > 0
 
             price = sf["price"]
-            f = fair[inst] if inst < len(fair) else math.nan
+            f = sf["ref"]
             fresh = last_data > 0 and now - last_data < t["no_data"]
             if fresh and not math.isnan(price) and not math.isnan(f) and f > 0:
                 dev = price / f - 1.0
@@ -287,6 +289,7 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                       ok and fast < base * t["rate_clear"], t["rate_for"])  # fmt: skip
         si["count"] = si["n_ep"] = si["n_loc"] = 0
 
+    m0 = len(out.rows)
     members: dict[int, list[int]] = {}
     for k in range(n_sub):
         for lv in range(a.N_GROUP_LEVELS):
@@ -350,46 +353,19 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                          thr[k][tcol] * scale)  # fmt: skip
                 sub_open[k, d] = start
 
-    for v in range(len(iv_offsets) - 1):
-        ks = [int(k) for k in iv_subs[iv_offsets[v] : iv_offsets[v + 1]]]
-        k0 = ks[0]
-        prices = [
-            subs[k]["price"]
-            for k in ks
-            if int(sub_meta[k]["provider"]) not in down
-            and not math.isnan(subs[k]["price"])
-            and subs[k]["last_data"] != 0
-            and now - subs[k]["last_data"] < thr[k]["no_data"]
-        ]
-        sp = spreads[v]
-        bo = bc = False
-        if len(prices) >= 2 and min(prices) > 0:
-            lo, hi = min(prices), max(prices)
-            spread = hi / lo - 1.0
-            bo, bc = spread > thr[k0]["div"], spread > thr[k0]["div_clear"]
-            sp["spread"], sp["lo"], sp["hi"] = spread, lo, hi
-        if sp["active"]:
-            if not bc:
-                sp["onset"] = sp["active"] = 0
-        elif bo:
-            if sp["onset"] == 0:
-                sp["onset"] = now
-            if now - sp["onset"] >= thr[k0]["div_for"]:
-                sp["active"] = 1
-        else:
-            sp["onset"] = 0
-        subject = (-1, int(sub_meta[k0]["venue"]), -1, int(sub_meta[k0]["instrument"]))
-        if sp["open"] > 0 and sp["active"] == 0:
-            if out.room():
-                out.emit(a.A_VENUE_DIVERGENCE, a.PHASE_END, a.LV_VENUE_INSTRUMENT, *subject,
-                         int(sp["open"]), now, now, len(ks), (sp["spread"], sp["lo"], sp["hi"]),
-                         thr[k0]["div"])  # fmt: skip
-                sp["open"] = 0
-        elif sp["open"] == 0 and sp["active"] == 1 and out.room():
-            out.emit(a.A_VENUE_DIVERGENCE, a.PHASE_START, a.LV_VENUE_INSTRUMENT, *subject,
-                     int(sp["onset"]), 0, now, len(ks), (sp["spread"], sp["lo"], sp["hi"]),
-                     thr[k0]["div"])  # fmt: skip
-            sp["open"] = sp["onset"]
+    for e in range(m0, len(out.rows)):  # a subscription's divergence rows name its peer
+        row = ev_i[e]
+        if row[a.E_KIND] != a.A_DIVERGENCE or row[a.E_LEVEL] != a.LV_SUB:
+            continue
+        i = int(row[a.E_INSTRUMENT])
+        for k in in_subs[in_offsets[i] : in_offsets[i + 1]]:
+            sm = sub_meta[k]
+            if (sm["provider"], sm["venue"]) == (row[a.E_PROVIDER], row[a.E_VENUE]):
+                q = int(subs[k]["peer"])
+                if q >= 0:
+                    row[a.E_PEER_PROVIDER] = sub_meta[q]["provider"]
+                    row[a.E_PEER_VENUE] = sub_meta[q]["venue"]
+                break
 
     quiet = float(glob.gap_quiet)
     n_src = bursts.shape[0] - len(ring_dropped)
@@ -419,3 +395,72 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                      idx, vals, quiet / 1e9)  # fmt: skip
             b["open"] = b["first"]
     return len(out.rows)
+
+
+def _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, out):
+    """Twin of ``anomaly._pairs``: divergence references and the two-source pair episodes."""
+    for i in range(len(in_offsets) - 1):
+        ks = [int(k) for k in in_subs[in_offsets[i] : in_offsets[i + 1]]]
+        if not ks:
+            continue
+
+        def fresh(k):
+            lim, ld = thr[k]["no_data"], int(subs[k]["last_data"])
+            return (int(sub_meta[k]["provider"]) not in down and not math.isinf(lim)
+                    and ld > 0 and now - ld < lim and subs[k]["price"] > 0)  # fmt: skip
+
+        live = [k for k in ks if fresh(k)]
+        for k in ks:
+            subs[k]["peer"] = -1
+        prices = [float(subs[k]["price"]) for k in live]
+        k_hi = k_lo = -1
+        for k in live:  # ties: the last highest, the first lowest (as the kernel)
+            if k_hi < 0 or subs[k]["price"] >= subs[k_hi]["price"]:
+                k_hi = k
+            if k_lo < 0 or subs[k]["price"] < subs[k_lo]["price"]:
+                k_lo = k
+        if len(live) >= 3:
+            med = float(np.median(prices))
+            for k in ks:
+                subs[k]["ref"] = med
+            for k in live:
+                q = k_lo if subs[k]["price"] >= med else k_hi
+                subs[k]["peer"] = k_hi if q == k else q
+        else:
+            r = float(fair[i]) if len(live) <= 1 and i < len(fair) else math.nan
+            for k in ks:
+                subs[k]["ref"] = r
+        sp = spreads[i]
+        k0 = k_hi if len(live) == 2 else int(sp["k_hi"])
+        bo = bc = False
+        if len(live) == 2:
+            hi, lo = float(subs[k_hi]["price"]), float(subs[k_lo]["price"])
+            spread = hi / lo - 1.0
+            bo, bc = spread > thr[k0]["div"], spread > thr[k0]["div_clear"]
+            sp["spread"], sp["lo"], sp["hi"], sp["k_hi"], sp["k_lo"] = spread, lo, hi, k_hi, k_lo
+        if sp["active"]:
+            if not bc:
+                sp["onset"] = sp["active"] = 0
+        elif bo:
+            if sp["onset"] == 0:
+                sp["onset"] = now
+            if now - sp["onset"] >= thr[k0]["div_for"]:
+                sp["active"] = 1
+        else:
+            sp["onset"] = 0
+        if sp["open"] > 0 and sp["active"] == 0:
+            phase, start, end = a.PHASE_END, int(sp["open"]), now
+        elif sp["open"] == 0 and sp["active"] == 1:
+            phase, start, end = a.PHASE_START, int(sp["onset"]), 0
+        else:
+            continue
+        if not out.room():
+            continue
+        sa, sb = sub_meta[int(sp["k_hi"])], sub_meta[int(sp["k_lo"])]
+        out.emit(a.A_DIVERGENCE, phase, a.LV_PAIR, int(sa["provider"]), int(sa["venue"]),
+                 int(sa["data_class"]), i, start, end, now, 2, (sp["spread"], sp["hi"], sp["lo"]),
+                 thr[k0]["div"])  # fmt: skip
+        row = out.ev_i[len(out.rows) - 1]
+        row[a.E_PEER_PROVIDER], row[a.E_PEER_VENUE] = sb["provider"], sb["venue"]
+        out.rows[-1] = (list(row), out.rows[-1][1])
+        sp["open"] = 0 if phase == a.PHASE_END else start

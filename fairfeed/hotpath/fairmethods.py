@@ -78,16 +78,19 @@ METHOD_CODES = {
 }
 METHOD_NAMES = {code: name for name, code in METHOD_CODES.items()}
 
-# Output status, in priority order stale > single source > degraded > ok.
+# Output status, in priority order stale > single source > disputed > degraded > ok.
 FAIR_OK = 0
 FAIR_SINGLE_SOURCE = 1  # exactly one source used
 FAIR_DEGRADED = 2  # fewer venues used than ``min_venues``
 FAIR_STALE = 3  # no fresh source: the last price carried
+# two sources (or two venues) apart beyond ``dispute``: their midpoint is no consensus
+FAIR_DISPUTED = 4
 FAIR_STATUS_NAMES = {
     FAIR_OK: "ok",
     FAIR_SINGLE_SOURCE: "single_source",
     FAIR_DEGRADED: "degraded",
     FAIR_STALE: "stale",
+    FAIR_DISPUTED: "disputed",
 }
 
 # Per source slot of an output: why it was not used.
@@ -172,6 +175,7 @@ class FairParams(NamedTuple):
     bucket_ns: int
     trim: float
     n_sources: int = -1  # sources >= this are not registered yet and ignored; -1 = all
+    dispute: float = math.inf  # max / min - 1 of two sources or venues beyond: ``disputed``
 
 
 class FairArrays(NamedTuple):
@@ -233,6 +237,7 @@ def make_params(
     window_bucket: float = _DEFAULTS.window_bucket,
     window_buckets: int = _DEFAULTS.window_buckets,
     trim: float = _DEFAULTS.trim,
+    dispute: float = math.inf,
 ) -> FairParams:
     """:class:`FairParams` from ``FairConfig`` settings (seconds, names; defaults: its own)."""
     if method not in METHOD_CODES:
@@ -259,6 +264,7 @@ def make_params(
         min_venues=int(min_venues),
         bucket_ns=max(1, seconds_to_ns(window_bucket)),
         trim=float(trim),
+        dispute=float(dispute) if dispute > 0 else math.inf,
     )
 
 
@@ -674,8 +680,8 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
         else:
             _windowed_vwm(now, p.bucket_ns, a.bucket_id, a.bucket_price, a.bucket_vol, rows, cand,
                           n, a.work_f, a.work_i)  # fmt: skip
-        m = _emit(method, p.min_venues, rows, n, a.last_fair, a.last_status, a.last_nsrc,
-                  a.last_nven, a.last_emit_ns, now, n_src, o, m)  # fmt: skip
+        m = _emit(method, p.min_venues, p.dispute, rows, n, a.last_fair, a.last_status,
+                  a.last_nsrc, a.last_nven, a.last_emit_ns, now, n_src, o, m)  # fmt: skip
     return m
 
 
@@ -1104,8 +1110,8 @@ def _windowed_vwm(now, bucket_ns, bucket_id, bucket_price, bucket_vol, rows, can
 
 
 @njit(cache=True, _nrt=False)
-def _emit(method, min_venues, rows, n, last_fair, last_status, last_nsrc, last_nven, last_emit_ns,
-          now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
+def _emit(method, min_venues, dispute, rows, n, last_fair, last_status, last_nsrc, last_nven,
+          last_emit_ns, now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
     """Step 4: per row the dispersion and status; written to ``o`` row ``m`` on change or
     heartbeat. Returns the rows written."""
     m0 = m
@@ -1131,6 +1137,8 @@ def _emit(method, min_venues, rows, n, last_fair, last_status, last_nsrc, last_n
             dispersion = spread / fair if n_used > 1 and fair != 0.0 else 0.0
             if n_used == 1:
                 status = FAIR_SINGLE_SOURCE
+            elif (n_used == 2 or n_ven == 2) and rows[r].hi > rows[r].lo * (1.0 + dispute):
+                status = FAIR_DISPUTED
             elif n_ven < min_venues:
                 status = FAIR_DEGRADED
             else:
@@ -1424,6 +1432,8 @@ def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
         dispersion = (max(prices) - min(prices)) / fair if n_used > 1 and fair != 0 else 0.0
         if n_used == 1:
             status = FAIR_SINGLE_SOURCE
+        elif (n_used == 2 or n_ven == 2) and max(prices) > min(prices) * (1.0 + p.dispute):
+            status = FAIR_DISPUTED
         elif n_ven < p.min_venues:
             status = FAIR_DEGRADED
         else:
@@ -1521,13 +1531,15 @@ class FairBook:
         n_instruments: int | None = None,
         n_sources: int | None = None,
         source_table: np.ndarray | None = None,
+        dispute: float = math.inf,
     ) -> FairBook:
         """Book for ``registry`` with the settings of ``fair_config`` (a ``FairConfig``).
 
         Sized for the registry unless capacities are given; ``source_table`` defaults to
-        ``registry.source_table()``.
+        ``registry.source_table()``; ``dispute``: the ``[anomalies] divergence`` ratio.
         """
         settings = {k: getattr(fair_config, k) for k in cls.SETTINGS if hasattr(fair_config, k)}
+        settings["dispute"] = dispute
         table = registry.source_table() if source_table is None else source_table
         n = len(registry.instruments) if n_instruments is None else n_instruments
         venues = [v for _p, v in registry.sources]

@@ -302,14 +302,18 @@ def encode_dead_letter(provider: str, error: str, frame: bytes, ts_receive: int)
 
 
 # -- anomalies ---------------------------------------------------------------------------
-def _anomaly_values(kind: int, ef: list[float], count: int) -> dict[str, Any]:
+def _anomaly_values(kind: int, level: int, ef: list[float], count: int) -> dict[str, Any]:
     v0, v1, v2, _thr = ef
     if kind in (an.A_NO_DATA,):
         return {"silent_s": v0, "subscriptions": count}
     if kind == an.A_NO_FIRST_DATA:
         return {"waited_s": v0, "subscriptions": count}
+    if kind == an.A_DIVERGENCE and level == an.LV_PAIR:
+        return {"deviation": v0, "ratio": v1 / v2 if v2 else None, "price": v1, "peer_price": v2,
+                "subscriptions": count}  # fmt: skip
     if kind == an.A_DIVERGENCE:
-        return {"deviation": v0, "price": v1, "fair": v2, "subscriptions": count}
+        return {"deviation": v0, "ratio": v0 + 1.0, "price": v1, "reference": v2,
+                "subscriptions": count}  # fmt: skip
     if kind == an.A_VENUE_DIVERGENCE:
         return {"spread": v0, "low": v1, "high": v2, "subscriptions": count}
     if kind in (an.A_LATENCY_EXCHANGE, an.A_LATENCY_LOCAL, an.A_CLOCK_SKEW):
@@ -323,6 +327,19 @@ def _anomaly_values(kind: int, ef: list[float], count: int) -> dict[str, Any]:
     if kind == an.A_RING_OVERFLOW:
         return {"ring": count, "dropped": int(v0)}
     return {}
+
+
+def _divergence_sources(row_i: list[int], subject: dict, reg: Registry) -> dict[str, Any]:
+    """A divergence's two sources: the subject's and its ``peer`` (null for a roll-up, whose
+    instruments have different peers); the ``outlier`` is the subject unless the event is a
+    two-source ``pair`` (no outlier can be told)."""
+    pp, pv = row_i[an.E_PEER_PROVIDER], row_i[an.E_PEER_VENUE]
+    peer = None
+    if 0 <= pp < len(reg.providers) and 0 <= pv < len(reg.venues):
+        peer = {"provider": reg.providers[pp], "venue": reg.venues[pv]}
+    own = {"provider": subject["provider"], "venue": subject["venue"]}
+    outlier = None if row_i[an.E_LEVEL] == an.LV_PAIR else own
+    return {"source": own, "peer": peer, "outlier": outlier}
 
 
 def encode_anomalies(
@@ -358,9 +375,11 @@ def encode_anomalies(
             "start": row_i[an.E_START],
             "end": end if end else None,
             "detected": row_i[an.E_DETECTED],
-            "values": _anomaly_values(kind, row_f, row_i[an.E_COUNT]),
+            "values": _anomaly_values(kind, row_i[an.E_LEVEL], row_f, row_i[an.E_COUNT]),
             "threshold": row_f[3],
         }
+        if kind == an.A_DIVERGENCE:
+            value["values"].update(_divergence_sources(row_i, subject, reg))
         out.append((key.encode(), orjson.dumps(value)))
     return out
 
@@ -400,6 +419,7 @@ LEVEL_NAMES = {
     an.LV_SOURCE: "source",
     an.LV_VENUE_INSTRUMENT: "venue_instrument",
     an.LV_RING: "ring",
+    an.LV_PAIR: "pair",
 }
 
 

@@ -262,7 +262,7 @@ def test_growing_the_monitored_set_continues_open_episodes() -> None:
         state.update(rec(KIND_TRADE, 1, 2, t, 108.0))
 
     _events(old, T0 + 9 * S, feed=lambda t: trouble(old, t))
-    assert old.open_count() == 3  # the provider's silence, the divergence, the venue's spread
+    assert old.open_count() == 2  # the provider's silence, the outlier's divergence
 
     sources = [*SOURCES, (4, 3)]
     thr = np.concatenate([old.thr, old.thr[:1]])
@@ -294,7 +294,6 @@ def test_growing_the_monitored_set_continues_open_episodes() -> None:
     assert ends == {
         (an.A_NO_DATA, an.LV_PROVIDER),
         (an.A_DIVERGENCE, an.LV_SUB),
-        (an.A_VENUE_DIVERGENCE, an.LV_VENUE_INSTRUMENT),
     }
     assert not [e for e in want if e[1 + an.E_PHASE] == 0]  # nothing restarted
     assert grown.open_count() == control.open_count() == 0
@@ -355,3 +354,96 @@ def test_a_heartbeat_just_before_a_stall_does_not_make_it_no_data() -> None:
     ev = _events(state, T0 + 12 * S, feed=others)
     kinds = [(e[1 + an.E_KIND], e[1 + an.E_PHASE], e[1 + an.E_PROVIDER]) for e in ev]
     assert kinds == [(an.A_DISCONNECT, an.PHASE_START, 1)]
+
+
+def _pair_state(sources, n_prov, n_venue) -> an.AnomalyState:
+    """One instrument on each of ``sources`` (2 s thresholds, 6 % divergence, 4 % clear)."""
+    thr = an.threshold_rows(len(sources))
+    for name in ("no_data", "first_data", "div_for", "lat_for", "rate_for"):
+        thr[name] = 2 * S
+    thr["div"], thr["div_clear"] = 0.06, 0.04
+    subs = [(0, s) for s in range(len(sources))]
+    return an.AnomalyState([1], sources, n_prov, n_venue, subs, thr, an.default_globals(), 0, T0)
+
+
+def _pair_events(state, sources, until, prices, fair=None):
+    """Trades at ``prices(t)`` (one per source), evaluated every 250 ms up to ``until``."""
+    out, t = [], int(state.clock[0]["last_eval"]) or T0
+    while t < until:
+        t += S // 4
+        rows = []
+        for s, price in enumerate(prices(t)):
+            r = np.zeros(1, RECORD_DTYPE)
+            r["kind"], r["instrument"], (r["provider"], r["venue"]) = KIND_TRADE, 0, sources[s]
+            r["ts_receive"], r["price"] = t, price
+            rows.append(r)
+        state.update(np.concatenate(rows))
+        ei, ef = state.evaluate(t, np.array([fair(t) if fair else np.nan]))
+        out += [(t, *ri, *rf) for ri, rf in zip(ei.tolist(), ef.tolist(), strict=True)]
+    return out
+
+
+def _brief(e):
+    return (e[1 + an.E_KIND], e[1 + an.E_PHASE], e[1 + an.E_LEVEL], e[1 + an.E_PROVIDER],
+            e[1 + an.E_VENUE], e[1 + an.E_PEER_PROVIDER], e[1 + an.E_PEER_VENUE])  # fmt: skip
+
+
+@pytest.mark.parametrize("sources", [[(0, 0), (1, 1)], [(0, 0), (1, 0)]], ids=["2venues", "1venue"])
+def test_two_sources_8pct_apart_are_one_pair_event_naming_both(sources) -> None:
+    """With two sources the fair price is their midpoint (each 4 % off): only the pair sees it.
+    On one venue too, and no ``venue_divergence`` besides."""
+    state = _pair_state(sources, 2, 2)
+    mid = lambda t: 104.0  # noqa: E731 - the fair price of two sources 8 % apart
+    assert _pair_events(state, sources, T0 + 3 * S, lambda t: (100.0, 100.0), mid) == []
+    t1 = T0 + 3 * S
+    ev = _pair_events(state, sources, T0 + 8 * S, lambda t: (100.0, 108.0), mid)
+    assert [_brief(e) for e in ev] == [(an.A_DIVERGENCE, 0, an.LV_PAIR, *sources[1], *sources[0])]
+    assert ev[0][0] - t1 <= 2 * S + S // 4  # the duration, then the next evaluation
+    assert ev[0][1 + an.N_EI] == pytest.approx(0.08)
+    ev = _pair_events(state, sources, T0 + 10 * S, lambda t: (100.0, 105.0), mid)
+    assert ev == []  # above the clear threshold
+    ev = _pair_events(state, sources, T0 + 12 * S, lambda t: (100.0, 103.0), mid)
+    assert [_brief(e)[:3] for e in ev] == [(an.A_DIVERGENCE, 1, an.LV_PAIR)]
+    assert state.open_count() == 0
+
+
+def test_small_offsets_and_single_spikes_raise_nothing() -> None:
+    sources = [(0, 0), (1, 1)]
+    state = _pair_state(sources, 2, 2)
+    assert _pair_events(state, sources, T0 + 6 * S, lambda t: (100.0, 100.3)) == []
+    spike = T0 + 7 * S
+    ev = _pair_events(state, sources, T0 + 12 * S,
+                      lambda t: (100.0, 110.0 if t == spike else 100.0))  # fmt: skip
+    assert ev == []
+
+
+def test_three_sources_name_the_outlier_and_its_peer() -> None:
+    sources = [(0, 0), (1, 1), (2, 2)]
+    state = _pair_state(sources, 3, 3)
+    ev = _pair_events(state, sources, T0 + 6 * S, lambda t: (100.0, 100.1, 92.0))
+    assert [_brief(e) for e in ev] == [(an.A_DIVERGENCE, 0, an.LV_SUB, 2, 2, 1, 1)]
+    assert ev[0][1 + an.N_EI] == pytest.approx(92.0 / 100.0 - 1.0)  # from the median
+    ev = _pair_events(state, sources, T0 + 9 * S, lambda t: (100.0, 100.1, 100.0))
+    assert [_brief(e)[:3] for e in ev] == [(an.A_DIVERGENCE, 1, an.LV_SUB)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([92.0, 100.0, 100.3, 108.0]),
+                          st.integers(1, 8)), min_size=1, max_size=40))  # fmt: skip
+def test_pair_and_outlier_kernels_match_the_oracle(steps) -> None:
+    """Each step: which of 4 sources (0 = all) trade, at which price, then an evaluation after
+    ``n`` x 250 ms (so sources go stale and the fresh count moves through 1, 2, 3, 4)."""
+    sources = [(0, 0), (1, 1), (2, 1), (3, 2)]
+    state = _pair_state(sources, 4, 3)
+    plan, now = [], T0
+    for who, price, wait in steps:
+        batch = []
+        for s in range(4) if who == 0 else [who]:
+            r = np.zeros(1, RECORD_DTYPE)
+            r["kind"], r["instrument"], (r["provider"], r["venue"]) = KIND_TRADE, 0, sources[s]
+            r["ts_receive"], r["price"] = now, price if s else 100.0
+            batch.append(r)
+        plan.append(np.concatenate(batch))
+        now += wait * S // 4
+        plan.append((now, np.zeros(0, np.int64)))
+    run_both(state, plan, lambda t: np.array([100.0 + (t // S) % 3]))

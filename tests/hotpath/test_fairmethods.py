@@ -87,6 +87,7 @@ def scenarios(draw, method: str):
         trim=draw(st.sampled_from([0.0, 0.2, 0.34])),
         # Sources registered so far (capacity beyond them, as when the registry grows live).
         n_sources=draw(st.sampled_from([-1, -1, len(venues), max(len(venues) - 1, 0)])),
+        dispute=draw(st.sampled_from([np.inf, 0.05, 0.2])),
     )
     buckets = draw(st.sampled_from([1, 3]))
     base = draw(st.sampled_from([100.0, 1e-4, 31000.0]))
@@ -251,6 +252,27 @@ def test_gate_needs_three_venues_and_two_vendors_of_one_venue_count_once():
     m = book("median")
     m.update(trades((0, 0, 100.0, S), (1, 0, 100.0, S), (0, 1, 110.0, S)))
     assert m.compute(S).price.tolist() == [100.0]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_sources_or_two_venues_apart_are_disputed_not_ok(method):
+    """8 % apart, 6 % dispute threshold: the midpoint is no consensus; 0.3 % apart is ``ok``."""
+    b = book(method, dispute=0.06, min_venues=2)
+    b.update(trades((0, 0, 100.0, S), (0, 1, 108.0, S)))
+    assert b.compute(S).status.tolist() == [fm.FAIR_DISPUTED]
+    b.update(trades((0, 1, 100.3, S + 1)))
+    assert b.compute(S + 1).status.tolist() == [fm.FAIR_OK]
+    # a third venue: the gate decides, no dispute
+    b.update(trades((0, 1, 108.0, S + 2), (0, 2, 100.0, S + 2)))
+    assert b.compute(S + 2).status.tolist() != [fm.FAIR_DISPUTED]
+
+
+def test_two_venues_of_two_level_apart_are_disputed():
+    """Two venues, one of them through two vendors (three sources): still two venues apart."""
+    b = book("two_level", dispute=0.06)
+    b.update(trades((0, 0, 100.0, S), (1, 0, 100.0, S), (0, 1, 108.0, S)))
+    out = b.compute(S)
+    assert out.venues.tolist() == [2] and out.status.tolist() == [fm.FAIR_DISPUTED]
 
 
 def test_volume_weights_and_ewma_decay():
