@@ -21,12 +21,26 @@ def main(argv: list[str] | None = None) -> int:
     view.add_argument("--no-live", dest="live", action="store_false")
     check_p = sub.add_parser("check-config", help="validate a configuration and exit")
     check_p.add_argument("config", nargs="?")
+    replay_p = sub.add_parser(
+        "replay", help="run the pipeline on a capture as fast as possible, print its results"
+    )
+    replay_p.add_argument("capture", help="a capture (.jsonl.zst or .ws.<n>)")
+    replay_p.add_argument("--config", "-c", help="TOML configuration with one replay provider")
+    replay_p.add_argument("--json", dest="json_out", help="write the results to this file")
+    record_p = sub.add_parser("record", help="record the configured providers' frames")
+    record_p.add_argument("--config", "-c", required=True)
+    record_p.add_argument("--out", "-o", required=True, help="the capture to write (.jsonl.zst)")
+    record_p.add_argument("--seconds", type=float, default=60.0)
     from fairfeed.daemon import ctl_client
 
     ctl_client.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "ctl":
         return ctl_client.main(args)
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "record":
+        return _record(args)
 
     from fairfeed.core import config
 
@@ -45,6 +59,42 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:  # found at start (e.g. an unusable spool directory)
         print(f"fairfeed: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fairfeed.core.config import ConfigError
+    from fairfeed.daemon.replayrun import ReplayError, check_capture, replay
+    from fairfeed.local.replayproto import ReplayProtocolError
+
+    capture = Path(args.capture)
+    try:
+        if not capture.is_file():
+            raise ReplayError(f"{capture}: no such capture file")
+        check_capture(capture)
+        return replay(
+            capture,
+            Path(args.config) if args.config else None,
+            Path(args.json_out) if args.json_out else None,
+        )
+    except (ReplayError, ReplayProtocolError, ConfigError) as exc:
+        print(f"fairfeed replay: {exc}", file=sys.stderr)
+        return 2
+
+
+def _record(args: argparse.Namespace) -> int:
+    from fairfeed.core import config
+    from fairfeed.daemon.record import RecordError, record
+
+    try:
+        cfg = config.load(args.config)
+        n = record(cfg, args.out, args.seconds)
+    except (config.ConfigError, RecordError) as exc:
+        print(f"fairfeed record: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {n} frames recorded")
+    return 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ class Slot(enum.IntEnum):
     DROPPED_DEAD_LETTERS = 33
     DROPPED_OTHER = 34
     REPEATS_DROPPED = 35  # ingest: numbered or keyed records published already (switch overlap)
+    REPLAY_SENT = 36  # simulators: frames the capture replays sent (answers included)
+    REPLAY_DONE = 37  # simulators: 1 once every replayed capture was played to its end
 
 
 class Counters(abc.ABC):

@@ -27,6 +27,7 @@ from fairfeed.ipc.metricsboard import KafkaHop as _KafkaHop
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
+from fairfeed.kafka.collect import CollectSink
 from fairfeed.kafka.encode import TickEncoder, encode_anomalies, encode_output_overflows
 from fairfeed.kafka.sink import KafkaSink
 
@@ -52,6 +53,8 @@ class ComputeWorker:
     live: SubscriptionSet | None = None
     spool_dir: Path | None = None  # the Kafka output spool (None: a temporary one)
     ring_prefix: str = ""  # the rings' name prefix: ties a spool position marker to them
+    # `fairfeed replay` without a broker: fair prices and anomalies go to this JSON-lines file
+    collect: Path | None = None
     name: str = "compute"
 
     def main(self) -> int:
@@ -65,7 +68,7 @@ class ComputeWorker:
 
         signal.signal(signal.SIGTERM, on_term)
         counters = SlotCounters(self.control, self.slot)
-        sink = output_sink(self.cfg, counters, self.spool_dir)
+        sink = output_sink(self.cfg, counters, self.spool_dir, self.collect)
         self._resume(sink)
         pipeline = Pipeline(
             self.cfg,
@@ -118,6 +121,9 @@ class ComputeWorker:
         for blobs in self.dead_letters:
             pipeline.dead_letters(blobs.read(1 << 30))
         pipeline.emit_fair(time.time_ns(), final=True)
+        if self.collect is not None:
+            # a replay is often shorter than one evaluation interval: evaluate what it showed
+            pipeline.check_anomalies(time.time_ns(), self.rings, force=True)
         sink.commit()
         # Orphaned, the broker may well have died with the supervisor: do not linger.
         flush = min(2.0, self.cfg.kafka.flush_timeout) if heartbeat.orphaned() else None
@@ -130,7 +136,7 @@ class ComputeWorker:
         )
         return EXIT_OK
 
-    def _resume(self, sink: KafkaSink) -> None:
+    def _resume(self, sink: KafkaSink | CollectSink) -> None:
         """Skip what an earlier compute process of this daemon already spooled: its last
         position marker is ahead of the rings' tails when it died between writing a pass to
         the spool and committing the rings."""
@@ -144,9 +150,14 @@ class ComputeWorker:
                 ring.commit(tail)
 
 
-def output_sink(cfg: Config, counters: SlotCounters, spool_dir: Path | None) -> KafkaSink:
-    """The compute process's sink: its spool, per-topic drop counters, the anomaly reserve."""
+def output_sink(
+    cfg: Config, counters: SlotCounters, spool_dir: Path | None, collect: Path | None = None
+) -> KafkaSink | CollectSink:
+    """The compute process's sink: its spool, per-topic drop counters, the anomaly reserve;
+    or, for a replay without a broker (``collect``), the file of fair prices and anomalies."""
     k = cfg.kafka
+    if collect is not None and not k.bootstrap:
+        return CollectSink(collect, frozenset({k.fair_topic, k.anomalies_topic}), counters)
     return KafkaSink(
         k,
         counters,
@@ -168,7 +179,7 @@ class Pipeline:
         self,
         cfg: Config,
         registry: Registry,
-        sink: KafkaSink,
+        sink: KafkaSink | CollectSink,
         control: ControlBlock,
         counters: SlotCounters,
         streams: StreamBoard | None = None,
@@ -281,10 +292,10 @@ class Pipeline:
             produce(topic, key, value, hop if i == last else None, counts[i])
         self.counters.add(Slot.RECORDS_OUT, len(records))
 
-    def check_anomalies(self, now_ns: int, rings: list[Ring]) -> None:
-        """Evaluate the anomaly detectors when due and publish their events."""
+    def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> None:
+        """Evaluate the anomaly detectors when due (or ``force``) and publish their events."""
         det = self.anomalies
-        if det is None or not det.due(now_ns):
+        if det is None or not (force or det.due(now_ns)):
             return
         dropped = np.array([r.dropped for r in rings], np.int64)
         topic = self.cfg.kafka.anomalies_topic

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from fairfeed.core.config import Config, ConfigError
@@ -114,8 +115,20 @@ def sweep_stale_segments(prefix: str) -> list[str]:
     return removed
 
 
-def run(cfg: Config, *, live_view: bool | None = None) -> int:
-    """Run the daemon until SIGTERM / SIGINT; returns the exit status."""
+def run(
+    cfg: Config,
+    *,
+    live_view: bool | None = None,
+    collect: Path | None = None,
+    stop_when: Callable[[ControlBlock, int, list[int]], bool] | None = None,
+) -> int:
+    """Run the daemon until SIGTERM / SIGINT; returns the exit status.
+
+    For ``fairfeed replay``: ``collect`` is the file the compute process writes fair prices and
+    anomalies to when no broker is configured (no local broker is started then);
+    ``stop_when(control, simulators_slot, ingest_slots)``, asked every supervisor tick, starts
+    the graceful stop when it returns True.
+    """
     configure_logging("supervisor", cfg.daemon.log_level)
     registry = build_registry(cfg)
     for name in sweep_stale_segments(cfg.daemon.shm_prefix):
@@ -137,12 +150,14 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
     board: MetricsBoard | None = None
     http = None
     try:
-        if not cfg.kafka.bootstrap:
+        to_file = collect is not None and not cfg.kafka.bootstrap
+        if not cfg.kafka.bootstrap and not to_file:
             broker = LocalBroker().start()
             cfg = dataclasses.replace(
                 cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap=broker.bootstrap)
             )
-        check_output_topics(cfg)
+        if not to_file:
+            check_output_topics(cfg)
         prepare_local_keys(cfg)
         served = [p for p in cfg.providers if p.serve is not None or p.replay is not None]
         ports = {p.name: free_port() for p in served}
@@ -171,7 +186,8 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
         spool_dir = (
             Path(cfg.kafka.spool_dir) if cfg.kafka.spool_dir else state_path.parent / "spool"
         )
-        check_spool(spool_dir, cfg.kafka.spool_max_bytes)
+        if not to_file:
+            check_spool(spool_dir, cfg.kafka.spool_max_bytes)
         log.info("%s", book.restore(state_path))
         book.save(state_path)
         parts = book.partition()
@@ -207,6 +223,7 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
             live=book.live,
             spool_dir=spool_dir,
             ring_prefix=prefix,
+            collect=collect if to_file else None,
         )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 
@@ -232,11 +249,22 @@ def run(cfg: Config, *, live_view: bool | None = None) -> int:
                 cfg.daemon.live_view == "auto" and sys.stdout.isatty()
             )
         view = LiveView(registry, ingest_slots, slot) if live_view else None
+        on_tick = view
+        if stop_when is not None:
+            ctl_block = control
+
+            def on_tick(sup: Supervisor) -> None:
+                if view is not None:
+                    view(sup)
+                if not sup.stopping and stop_when(ctl_block, 0, ingest_slots):
+                    log.info("replay complete: stopping")
+                    sup.stopping = True
+
         rt.supervisor = Supervisor(
             cfg.daemon,
             control,
             children,
-            on_tick=view,
+            on_tick=on_tick,
             io=[ctl] if http is None else [ctl, http],
             on_hup=handlers.reload_now,
         )

@@ -11,6 +11,7 @@ from fairfeed.core.counters import Slot
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, enter_child, sigterm_event
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.local.catalog import local_server
+from fairfeed.local.replay import ReplayServer
 
 log = logging.getLogger("fairfeed.simulators")
 
@@ -46,6 +47,8 @@ class SimulatorHost:
             await server.start()
             servers.append(server)
             log.info("serving %s (%s) on port %d", p.name, p.kind, self.ports[p.name])
+        replays = [s for s in servers if isinstance(s, ReplayServer) and s.protocol is not None]
+        done = asyncio.create_task(self._announce_end(replays)) if replays else None
         self.control.set(self.slot, Slot.READY, 1)
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
         while not stop.is_set():
@@ -55,6 +58,16 @@ class SimulatorHost:
                 await asyncio.wait_for(stop.wait(), self.cfg.daemon.heartbeat_interval / 2)
             except TimeoutError:
                 pass
+        if done is not None:
+            done.cancel()
         for server in servers:
             await server.stop()
         return EXIT_OK
+
+    async def _announce_end(self, replays: list[ReplayServer]) -> None:
+        """Tell the supervisor (``fairfeed replay``) that every capture was played, and how many
+        frames that took, so it can stop once the ingest workers have read them all."""
+        await asyncio.gather(*(r.finished.wait() for r in replays))
+        self.control.set(self.slot, Slot.REPLAY_SENT, sum(r.sent for r in replays))
+        self.control.set(self.slot, Slot.REPLAY_DONE, 1)
+        log.info("every capture played to its end")

@@ -38,6 +38,7 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
     host = "127.0.0.1"
     if p.replay is not None:
         from fairfeed.local.replay import ReplayServer
+        from fairfeed.local.replayproto import protocol_for
 
         r = p.replay
         return ReplayServer(
@@ -47,6 +48,8 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
             conn=r.connection or None,
             host=host,
             port=port,
+            protocol=protocol_for(p.kind, p.feed),
+            expect=wire_symbols(cfg, p),
         )
     s = p.serve
     if s is None:
@@ -78,3 +81,26 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
         venues = tuple(dict.fromkeys(s.venue for s in cfg.streams() if s.provider == p.name))
         return KaikoServer(s, api_key=key, venues=venues or (p.venue,), host=host, port=port)
     raise KeyError(f"no local server for provider kind {p.kind!r}")
+
+
+def wire_symbols(cfg: Config, p: ProviderConfig) -> set[str]:
+    """The venue's names of provider ``p``'s configured subscriptions (what a replay of its
+    capture waits for before its clock starts)."""
+    streams = [s for s in cfg.streams() if s.provider == p.name]
+    if p.kind == "coinbase":
+        from fairfeed.providers.coinbase.symbols import to_product_id
+
+        return {to_product_id(s.instrument) for s in streams}
+    if p.kind == "binance":
+        from fairfeed.providers.binance.symbols import to_symbol
+
+        return {to_symbol(s.instrument) for s in streams}
+    if p.kind == "kraken":
+        from fairfeed.providers.kraken.symbols import to_symbol as kraken_symbol
+
+        return {kraken_symbol(s.instrument) for s in streams}
+    if p.kind == "coinapi":
+        from fairfeed.providers.coinapi.symbols import to_symbol_id
+
+        return {to_symbol_id(s.venue, s.instrument, s.data_class) for s in streams}
+    return set()
