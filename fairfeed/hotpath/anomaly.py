@@ -479,8 +479,8 @@ def _rate_test(now, dt, thr, sig, subs, onset, active, meas, k, base, quiet,
     also significantly below ``mu``, from the window's start; active after ``rate_for``. Active:
     the window is the recovery's; a new one while ``n <= clear x mu``; it ends once ``n`` is
     significantly above ``clear x mu``. ``sig`` = dispersion x ln(1 / alpha). Silences are
-    ``no_data``'s: the test pauses while ``quiet`` (silent for half the no-data threshold) and
-    starts a new window once ``gone`` (the whole of it); an open drop stays open."""
+    ``no_data``'s: the test pauses while ``quiet`` and starts a new window once ``gone`` (an
+    open drop stays open)."""
     t = thr[k]
     start = subs[k].rd_from
     if gone:
@@ -661,7 +661,11 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
                 onset[k, D_NO_DATA] = 0
                 active[k, D_NO_DATA] = 0
             nodata = on_nd > 0
-            gone = nodata and silent >= lim  # silent for the whole no-data threshold
+            # a silence is no_data's, not a rate drop: the rate test pauses after half of the
+            # shorter of the two thresholds and starts afresh after the whole of it
+            lim_q = min(lim, thr[k].rate_for) if last_data > 0 else 0.0
+            quiet = nodata or silent >= lim_q * 0.5
+            gone = silent >= lim_q
             # divergence from the fair price
             price = subs[k].price
             f = fair[inst] if inst < n_fair else np.nan
@@ -706,7 +710,7 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
             r_sq = subs[k].base_sq
             r_base_w = subs[k].base_w
             dt_s = dt / 1e9
-            if (dt > 0 and last_data > 0 and not nodata and onset[k, D_RATE] == 0
+            if (dt > 0 and last_data > 0 and not quiet and onset[k, D_RATE] == 0
                     and active[k, D_RATE] == 0):  # fmt: skip
                 c = float(subs[k].count)
                 r_base += a_base * (c / dt_s - r_base)
@@ -723,7 +727,7 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
                 disp = max(1.0, (r_sq / r_base_w - base * base * dt_s) / base)
             meas[k, D_RATE, 1] = base
             _rate_test(now, dt, thr, glob.rate_sig * disp, subs, onset, active, meas, k, base,
-                       nodata, gone)  # fmt: skip
+                       quiet, gone)  # fmt: skip
         subs[k].count = 0
         subs[k].gap_max = 0
         subs[k].n_ep = 0

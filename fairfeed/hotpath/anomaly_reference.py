@@ -315,7 +315,8 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                 meas[k, d_on, 1] = lim / 1e9
             onset[k, d_off] = active[k, d_off] = 0
             nodata = onset[k, a.D_NO_DATA] > 0 or onset[k, a.D_NO_FIRST] > 0
-            gone = nodata and silent >= lim
+            lim_q = min(lim, t["rate_for"]) if last_data else 0.0
+            quiet, gone = nodata or silent >= lim_q * 0.5, silent >= lim_q
 
             price = sf["price"]
             f = fair[inst] if inst < len(fair) else math.nan
@@ -343,7 +344,7 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                 meas[k, a.D_SKEW, 0] = lo / 1e6
                 _step(onset, active, a.D_SKEW, k, now, lo < -t["skew"], lo < -t["skew"] * lc,
                       t["lat_for"])  # fmt: skip
-            if (dt > 0 and last_data > 0 and not nodata and onset[k, a.D_RATE] == 0
+            if (dt > 0 and last_data > 0 and not quiet and onset[k, a.D_RATE] == 0
                     and active[k, a.D_RATE] == 0):  # fmt: skip
                 c, dt_s = float(si["count"]), dt / 1e9
                 sf["base"] += a_base * (c / dt_s - sf["base"])
@@ -354,7 +355,7 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
             if base > 0:
                 disp = max(1.0, (sf["base_sq"] / sf["base_w"] - base * base * dt / 1e9) / base)
             meas[k, a.D_RATE, 1] = base
-            _rate(now, dt, t, glob.rate_sig * disp, si, onset, active, meas, k, base, nodata, gone)
+            _rate(now, dt, t, glob.rate_sig * disp, si, onset, active, meas, k, base, quiet, gone)
         si["count"] = si["gap_max"] = si["n_ep"] = si["n_loc"] = 0
 
     members: dict[int, list[int]] = {}
