@@ -489,8 +489,13 @@ def _rate_test(now, dt, thr, sig, subs, onset, active, meas, k, base, quiet,
         return
     if quiet:
         return
-    if base < t.rate_floor or start == 0 or start < subs[k].quiet_from:
-        # illiquid, or measured afresh: no test, a new window
+    if base < t.rate_floor:  # illiquid: no test, no window (most streams: no stores)
+        if start != 0 or onset[k, D_RATE] != 0 or active[k, D_RATE] != 0:
+            onset[k, D_RATE] = 0
+            active[k, D_RATE] = 0
+            _rate_window(subs, k, 0)
+        return
+    if start == 0 or start < subs[k].quiet_from:  # measured afresh: a new window
         onset[k, D_RATE] = 0
         active[k, D_RATE] = 0
         _rate_window(subs, k, now)
@@ -723,7 +728,7 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
             # dispersion: variance / mean of the counts (1 for Poisson arrivals, more for
             # bursts); the tests ask for that much more evidence
             disp = 1.0
-            if base > 0:
+            if base > 0 and base >= thr[k].rate_floor:  # (only a tested stream needs it)
                 disp = max(1.0, (r_sq / r_base_w - base * base * dt_s) / base)
             meas[k, D_RATE, 1] = base
             _rate_test(now, dt, thr, glob.rate_sig * disp, subs, onset, active, meas, k, base,

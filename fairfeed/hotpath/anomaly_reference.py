@@ -193,7 +193,11 @@ def _rate(now, dt, t, sig, s, onset, active, meas, k, base, quiet, gone) -> None
         return
     if quiet:
         return
-    if base < t["rate_floor"] or start == 0 or start < s["quiet_from"]:
+    if base < t["rate_floor"]:  # illiquid: no window
+        onset[k, d] = active[k, d] = 0
+        s["rd_from"], s["rd_n"], s["rd_mu"] = 0, 0, 0.0
+        return
+    if start == 0 or start < s["quiet_from"]:
         onset[k, d] = active[k, d] = 0
         new_window()
         return

@@ -7,10 +7,11 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairfeed.core.config import AnomalyConfig
+from fairfeed.core.config import AnomalyConfig, ConfigError, loads
 from fairfeed.core.records import KIND_HEARTBEAT, KIND_TRADE, NO_INSTRUMENT, RECORD_DTYPE
 from fairfeed.hotpath import anomaly as an
 from tests.hotpath.test_anomaly import run_both
@@ -205,3 +206,18 @@ def test_a_liquid_stream_that_stops_alarms_beside_a_quiet_one_that_does_not() ->
     ev = simulate(ADAPTIVE, [poisson(stops), poisson(steady(0.2))], stop + 30.0)
     assert [e[1:5] for e in ev] == [("no_data", an.PHASE_START, an.LV_SUB, 0)]
     assert ev[0][0] <= stop + ADAPTIVE.no_data_floor + 1.0
+
+
+def test_the_new_keys_load_check_and_reach_the_threshold_rows() -> None:
+    cfg = loads(
+        "[anomalies]\nno_data_adaptive = true\nno_data_floor = 2\nrate_drop_alpha = 1e-3\n"
+        "[anomalies.classes.spot]\nno_data_adaptive = false\n"
+    ).anomalies
+    row = an.threshold_row(cfg, "perpetual", "X")
+    assert (row["nd_factor"], row["nd_floor"], row["nd_cap"]) == (4.0, 2 * S, 600 * S)
+    assert an.threshold_row(cfg, "spot", "X")["nd_factor"] == 0.0  # fixed for this class
+    assert an.threshold_row(AnomalyConfig())["nd_factor"] == 0.0  # off by default
+    assert an.global_row(cfg).rate_sig == pytest.approx(math.log(1e3))
+    for bad in ("no_data_adaptive = true\nno_data_floor = 700", "rate_drop_alpha = 0"):
+        with pytest.raises(ConfigError):
+            loads(f"[anomalies]\n{bad}\n")
