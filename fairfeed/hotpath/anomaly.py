@@ -129,8 +129,6 @@ SUB_STATE_DTYPE = np.dtype([
     ("last_data", "i8"),  # ts_receive of the last market record (0 = never)
     ("quiet_from", "i8"),  # the no-data clock does not run before this (start, reconnect, roll-up)
     ("gap_max", "i8"),  # longest inter-arrival time that ended since the last evaluation
-    ("gap_hi", "f8"),  # decaying maximum of those (the adaptive no-data threshold) ...
-    ("gap_n", "i8"),  # ... over this many evaluations
     ("count", "i8"),  # market records since the last evaluation
     ("ep_max", "i8"),  # exchange -> provider latency, max / min since the last evaluation
     ("ep_min", "i8"),
@@ -141,6 +139,8 @@ SUB_STATE_DTYPE = np.dtype([
     ("price", "f8"),  # last trade price or quote mid, whichever came last (NaN = none)
     ("bid", "f8"),
     ("ask", "f8"),
+    ("gap_hi", "f8"),  # decaying maximum of gap_max (the adaptive no-data threshold) over
+    ("gap_n", "i8"),  # this many evaluations (evaluation-only: kept off update_nb's lines)
     ("rd_from", "i8"),  # rate test window (drop, or recovery while active): start (0 = none),
     ("rd_n", "i8"),  # records in it, and records expected at the baseline rate
     ("rd_mu", "f8"),
