@@ -102,6 +102,10 @@ class AnomalyThresholds:
     """Per data class or per instrument overrides of `[anomalies]` (unset = inherited)."""
 
     no_data_after: float | None = None
+    no_data_adaptive: bool | None = None
+    no_data_factor: float | None = None
+    no_data_floor: float | None = None
+    no_data_cap: float | None = None
     first_data_timeout: float | None = None
     divergence: float | None = None
     divergence_for: float | None = None
@@ -123,6 +127,11 @@ class AnomalyConfig:
     enabled: bool = True
     evaluate_interval: float = 0.25  # seconds between two evaluations
     no_data_after: float = 30.0  # a subscription silent this long (with its provider alive)
+    # ... or, adaptive: factor x its longest recent inter-arrival time, within [floor, cap]
+    no_data_adaptive: bool = False
+    no_data_factor: float = 4.0
+    no_data_floor: float = 5.0
+    no_data_cap: float = 600.0
     first_data_timeout: float = 30.0  # a subscription without any data this long after start
     heartbeat_timeout: float = 10.0  # a provider that heartbeats, silent this long: disconnect
     divergence: float = 0.06  # |source price / fair - 1| beyond this ...
@@ -137,8 +146,9 @@ class AnomalyConfig:
     rate_drop_clear: float = 0.5  # ... closes above baseline x this
     rate_floor: float = 1.0  # msgs/s: a baseline below this never alarms (illiquid)
     rate_drop_for: float = 60.0
-    rate_fast: float = 10.0  # EWMA time constants of the current rate and of the baseline
-    rate_baseline: float = 600.0
+    rate_drop_alpha: float = 1e-5  # significance of the Poisson tests that open and close a drop
+    rate_fast: float = 10.0  # unused (the rate tests replaced the fast EWMA); old files still load
+    rate_baseline: float = 600.0  # EWMA time constant of the baseline rate
     gap_quiet: float = 10.0  # a gap / ring-overflow episode ends after this long without more
     max_events: int = 4096  # event rows per evaluation (more transitions wait for the next)
     classes: dict[str, AnomalyThresholds] = field(default_factory=dict)
@@ -524,6 +534,8 @@ def _check_anomalies(cfg: Config, fail: Any) -> None:
             fail(f"anomalies.{key}", "must be > 0")
     if not 0 < an.latency_clear <= 1:
         fail("anomalies.latency_clear", "must be in (0, 1]")
+    if not 0 < an.rate_drop_alpha < 0.5:
+        fail("anomalies.rate_drop_alpha", "must be in (0, 0.5)")
     for where, over in [("anomalies", an)] + [
         (f"anomalies.classes.{c}", t) for c, t in an.classes.items()
     ] + [(f"anomalies.instruments.{i}", t) for i, t in an.instruments.items()]:  # fmt: skip
@@ -542,6 +554,9 @@ def _check_anomalies(cfg: Config, fail: Any) -> None:
             fail(f"{where}.divergence_clear", "must not exceed divergence (hysteresis)")
         if t["rate_drop_clear"] < t["rate_drop_ratio"]:
             fail(f"{where}.rate_drop_clear", "must not be below rate_drop_ratio (hysteresis)")
+        floor, cap = t["no_data_floor"], t["no_data_cap"]
+        if t["no_data_adaptive"] and not (t["no_data_factor"] > 0 and 0 < floor <= cap):
+            fail(f"{where}.no_data_floor", "adaptive no data: factor > 0, 0 < floor <= cap")
 
 
 def anomaly_thresholds(an: AnomalyConfig, data_class: str, instrument: str) -> dict[str, float]:

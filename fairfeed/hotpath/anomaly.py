@@ -135,6 +135,7 @@ REASON_NAMES = {
 SUB_STATE_DTYPE = np.dtype([
     ("last_data", "i8"),  # ts_receive of the last market record (0 = never)
     ("quiet_from", "i8"),  # the no-data clock does not run before this (start, reconnect, roll-up)
+    ("gap_max", "i8"),  # longest inter-arrival time that ended since the last evaluation
     ("count", "i8"),  # market records since the last evaluation
     ("ep_max", "i8"),  # exchange -> provider latency, max / min since the last evaluation
     ("ep_min", "i8"),
@@ -147,9 +148,13 @@ SUB_STATE_DTYPE = np.dtype([
     ("ask", "f8"),
     ("ref", "f8"),  # this evaluation's divergence reference (fair, median; NaN = not measured)
     ("peer", "i8"),  # the fresh subscription farthest from it (n >= 3; -1 = none)
-    ("fast", "f8"),  # bias-corrected EWMAs of the update rate (msgs/s): raw value and weight
-    ("fast_w", "f8"),
-    ("base", "f8"),
+    ("gap_hi", "f8"),  # decaying maximum of gap_max (the adaptive no-data threshold) over
+    ("gap_n", "i8"),  # this many evaluations (evaluation-only: kept off update_nb's lines)
+    ("rd_from", "i8"),  # rate test window (drop, or recovery while active): start (0 = none),
+    ("rd_n", "i8"),  # records in it, and records expected at the baseline rate
+    ("rd_mu", "f8"),
+    ("base", "f8"),  # bias-corrected EWMAs of the update rate (msgs/s), of count^2 / dt (s)
+    ("base_sq", "f8"),  # (the dispersion of the counts), and their weight
     ("base_w", "f8"),
 ])  # fmt: skip
 PROVIDER_STATE_DTYPE = np.dtype([
@@ -193,6 +198,9 @@ CLOCK_DTYPE = np.dtype([
 # thresholds per subscription (durations in ns)
 THRESHOLD_DTYPE = np.dtype([
     ("no_data", "f8"),
+    ("nd_factor", "f8"),  # adaptive no-data threshold: factor x longest recent gap (0 = fixed),
+    ("nd_floor", "f8"),  # clamped to [floor, cap]
+    ("nd_cap", "f8"),
     ("first_data", "f8"),
     ("div", "f8"),
     ("div_for", "f8"),
@@ -220,8 +228,8 @@ class AnomalyGlobals(NamedTuple):
 
     hb_timeout: float
     gap_quiet: float
-    rate_fast: float  # EWMA time constants
-    rate_base: float
+    rate_sig: float  # ln(1 / rate_drop_alpha): the rate tests' significance
+    rate_base: float  # EWMA time constant of the baseline rate
     lat_clear: float  # latency / skew episodes end below threshold x this
 
 
@@ -282,6 +290,11 @@ def update_nb(records, n, sub_table, source_table, subs, provs, bursts):  # prag
             if k < 0:
                 ignored += 1
                 continue
+            # the inter-arrival time, on the no-data clock (from a restart, not across it)
+            prev = subs[k].last_data
+            gap = ts - max(prev, subs[k].quiet_from)
+            if prev > 0 and gap > subs[k].gap_max:
+                subs[k].gap_max = gap
             subs[k].last_data = ts
             subs[k].count += 1
             if prov < n_prov and ts > provs[prov].last_alive:
@@ -418,6 +431,117 @@ def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):  # pragma:
         onset[k, d] = 0
 
 
+# The adaptive no-data threshold remembers about ND_MEMORY evaluation intervals with data; the
+# cap applies until it has learned ND_WARMUP of them.
+ND_MEMORY = 256.0
+ND_DECAY = 1.0 - 1.0 / ND_MEMORY
+ND_WARMUP = 16
+
+
+@njit("f8(f8, i8, f8, f8, f8)", cache=True, _nrt=False)
+def _adaptive_limit(hi, n, factor, floor, cap):  # pragma: no cover
+    """``factor`` x the longest recent gap ``hi``, within [floor, cap]; the cap while learning."""
+    if n < ND_WARMUP:
+        return cap
+    return min(max(factor * hi, floor), cap)
+
+
+@njit(cache=True, _nrt=False)
+def _no_data_limit(thr, subs, k):  # pragma: no cover
+    """The no-data threshold of subscription ``k`` (ns): fixed, or adaptive (``nd_factor`` >
+    0). The adaptive one first learns this interval's longest gap, clipped to the threshold: a
+    silence that alarmed teaches it at most the threshold, not the length of an outage."""
+    t = thr[k]
+    if t.nd_factor <= 0:
+        return t.no_data
+    hi = subs[k].gap_hi
+    n = subs[k].gap_n
+    lim = _adaptive_limit(hi, n, t.nd_factor, t.nd_floor, t.nd_cap)
+    g = subs[k].gap_max
+    if g > 0:
+        hi = max(min(float(g), lim), hi * ND_DECAY)
+        n += 1
+        subs[k].gap_hi = hi
+        subs[k].gap_n = n
+        lim = _adaptive_limit(hi, n, t.nd_factor, t.nd_floor, t.nd_cap)
+    return lim
+
+
+@njit("f8(f8, f8)", cache=True, _nrt=False)
+def _poisson_g(n, mu):  # pragma: no cover
+    """The Chernoff exponent of a Poisson count: P(N <= n) (n < mu) and P(N >= n) (n > mu) are
+    at most exp(-G) for N ~ Poisson(mu)."""
+    if mu <= 0:
+        return 0.0
+    if n <= 0:
+        return mu
+    return mu - n + n * np.log(n / mu)
+
+
+@njit(cache=True, _nrt=False)
+def _rate_window(subs, k, now):  # pragma: no cover
+    subs[k].rd_from = now
+    subs[k].rd_n = 0
+    subs[k].rd_mu = 0.0
+
+
+@njit(cache=True, _nrt=False)
+def _rate_test(now, dt, thr, sig, subs, onset, active, meas, k, base, quiet,
+               gone):  # fmt: skip  # pragma: no cover
+    """The rate-drop state of subscription ``k`` (docs/anomalies.md, ``rate_drop``): the window
+    counts records ``n`` and expects ``mu`` at the baseline rate. Not active: a new window as soon
+    as ``n >= ratio x mu`` (not below the drop rate); beyond the open threshold while ``n`` is
+    also significantly below ``mu``, from the window's start; active after ``rate_for``. Active:
+    the window is the recovery's; a new one while ``n <= clear x mu``; it ends once ``n`` is
+    significantly above ``clear x mu``. ``sig`` = dispersion x ln(1 / alpha). Silences are
+    ``no_data``'s: the test pauses while ``quiet`` and starts a new window once ``gone`` (an
+    open drop stays open)."""
+    t = thr[k]
+    start = subs[k].rd_from
+    if gone:
+        onset[k, D_RATE] = 0 if active[k, D_RATE] == 0 else onset[k, D_RATE]
+        _rate_window(subs, k, now)
+        return
+    if quiet:
+        return
+    if base < t.rate_floor:  # illiquid: no test, no window (most streams: no stores)
+        if start != 0 or onset[k, D_RATE] != 0 or active[k, D_RATE] != 0:
+            onset[k, D_RATE] = 0
+            active[k, D_RATE] = 0
+            _rate_window(subs, k, 0)
+        return
+    if start == 0 or start < subs[k].quiet_from:  # measured afresh: a new window
+        onset[k, D_RATE] = 0
+        active[k, D_RATE] = 0
+        _rate_window(subs, k, now)
+        return
+    if dt <= 0 or now <= start:
+        return
+    n = subs[k].rd_n + subs[k].count
+    mu = subs[k].rd_mu + base * dt / 1e9
+    subs[k].rd_n = n
+    subs[k].rd_mu = mu
+    meas[k, D_RATE, 0] = n * 1e9 / (now - start)
+    if active[k, D_RATE]:
+        lo = t.rate_clear * mu
+        if n <= lo:
+            _rate_window(subs, k, now)
+        elif _poisson_g(float(n), lo) >= sig:
+            active[k, D_RATE] = 0
+            onset[k, D_RATE] = 0
+            _rate_window(subs, k, now)
+    elif n >= t.rate_ratio * mu:
+        onset[k, D_RATE] = 0
+        _rate_window(subs, k, now)
+    elif _poisson_g(float(n), mu) >= sig:
+        onset[k, D_RATE] = start
+        if now - start >= t.rate_for:
+            active[k, D_RATE] = 1
+            _rate_window(subs, k, now)  # from now on the window tests the recovery
+    else:
+        onset[k, D_RATE] = 0
+
+
 @njit(cache=True)
 def evaluate_nb(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):  # pragma: no cover
     """One evaluation at ``now`` (ns); returns the number of event rows written.
@@ -518,7 +642,6 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
     # across the stores: arrays may alias).
     n_sub = sub_meta.shape[0]
     n_prov = provs.shape[0]
-    a_fast = 1.0 - np.exp(-dt / glob.rate_fast) if dt > 0 else 0.0
     a_base = 1.0 - np.exp(-dt / glob.rate_base) if dt > 0 else 0.0
     lat_clear = glob.lat_clear
     for k in range(n_sub):
@@ -537,7 +660,7 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
             silent = now - t0
             # no data (after some) / never any data
             if last_data > 0:
-                lim = lim_nodata
+                lim = _no_data_limit(thr, subs, k)
                 # alive but silent: a heartbeat well into the silence, not just one that
                 # happened to follow the last record before the connection died
                 hb_ok = (p >= n_prov or provs[p].hb_seen == 0
@@ -546,6 +669,7 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
                 onset[k, D_NO_DATA] = on_nd
                 active[k, D_NO_DATA] = 1 if (silent >= lim and hb_ok) else 0
                 meas[k, D_NO_DATA, 0] = silent / 1e9
+                meas[k, D_NO_DATA, 1] = lim / 1e9
                 onset[k, D_NO_FIRST] = 0
                 active[k, D_NO_FIRST] = 0
             else:
@@ -557,6 +681,11 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
                 onset[k, D_NO_DATA] = 0
                 active[k, D_NO_DATA] = 0
             nodata = on_nd > 0
+            # a silence is no_data's, not a rate drop: the rate test pauses after half of the
+            # shorter of the two thresholds and starts afresh after the whole of it
+            lim_q = min(lim, thr[k].rate_for) if last_data > 0 else 0.0
+            quiet = nodata or silent >= lim_q * 0.5
+            gone = silent >= lim_q
             # divergence from this evaluation's reference (phase 2a: fair or median)
             price = subs[k].price
             f = subs[k].ref
@@ -595,34 +724,32 @@ def _detectors(now, dt, thr, glob, sub_meta, subs, provs, fair, down, onset, act
                 meas[k, D_SKEW, 0] = lo / 1e6
                 _step(onset, active, D_SKEW, k, now, lo < -lim, lo < -lim * lat_clear,
                       lat_for)  # fmt: skip
-            # update rate against its baseline (frozen while silent or in a drop)
-            r_fast = subs[k].fast
-            r_fast_w = subs[k].fast_w
+            # update rate: Poisson tests of the count in a window against the baseline
+            # (docs/anomalies.md); the baseline is frozen while silent or in a drop
             r_base = subs[k].base
+            r_sq = subs[k].base_sq
             r_base_w = subs[k].base_w
-            if dt > 0 and last_data > 0 and not nodata:
-                rate = subs[k].count * 1e9 / dt
-                r_fast += a_fast * (rate - r_fast)
-                r_fast_w += a_fast * (1.0 - r_fast_w)
-                subs[k].fast = r_fast
-                subs[k].fast_w = r_fast_w
-                if onset[k, D_RATE] == 0 and active[k, D_RATE] == 0:
-                    r_base += a_base * (rate - r_base)
-                    r_base_w += a_base * (1.0 - r_base_w)
-                    subs[k].base = r_base
-                    subs[k].base_w = r_base_w
-            fast = r_fast / r_fast_w if r_fast_w > 0 else 0.0
+            dt_s = dt / 1e9
+            if (dt > 0 and last_data > 0 and not quiet and onset[k, D_RATE] == 0
+                    and active[k, D_RATE] == 0):  # fmt: skip
+                c = float(subs[k].count)
+                r_base += a_base * (c / dt_s - r_base)
+                r_sq += a_base * (c * c / dt_s - r_sq)
+                r_base_w += a_base * (1.0 - r_base_w)
+                subs[k].base = r_base
+                subs[k].base_sq = r_sq
+                subs[k].base_w = r_base_w
             base = r_base / r_base_w if r_base_w > 0 else 0.0
-            meas[k, D_RATE, 0] = fast
+            # dispersion: variance / mean of the counts (1 for Poisson arrivals, more for
+            # bursts); the tests ask for that much more evidence
+            disp = 1.0
+            if base > 0 and base >= thr[k].rate_floor:  # (only a tested stream needs it)
+                disp = max(1.0, (r_sq / r_base_w - base * base * dt_s) / base)
             meas[k, D_RATE, 1] = base
-            if nodata:
-                onset[k, D_RATE] = 0
-                active[k, D_RATE] = 0
-            else:
-                ok = base >= thr[k].rate_floor
-                _step(onset, active, D_RATE, k, now, ok and fast < base * thr[k].rate_ratio,
-                      ok and fast < base * thr[k].rate_clear, thr[k].rate_for)  # fmt: skip
+            _rate_test(now, dt, thr, glob.rate_sig * disp, subs, onset, active, meas, k, base,
+                       quiet, gone)  # fmt: skip
         subs[k].count = 0
+        subs[k].gap_max = 0
         subs[k].n_ep = 0
         subs[k].n_loc = 0
         # Detectors in progress (row k is final now): listed for the roll-up. Only an active
@@ -737,7 +864,7 @@ def _roll_up(now, thr, sub_meta, sub_groups, group_meta, group_size, subs, onset
                         b = _best_member(sub_groups, meas, lv, g, d)
                         if b >= 0:
                             v0, v1, v2, tv = (meas[b, d, 0], meas[b, d, 1], meas[b, d, 2],
-                                              _shown_threshold(thr, d, b))  # fmt: skip
+                                              _shown_threshold(thr, meas, d, b))  # fmt: skip
                         else:  # every member unsubscribed
                             v0, v1, v2, tv = 0.0, 0.0, 0.0, np.nan
                         m = _emit_group(ev_i, ev_f, m, kind, PHASE_END, group_meta[g].level,
@@ -764,7 +891,7 @@ def _roll_up(now, thr, sub_meta, sub_groups, group_meta, group_size, subs, onset
                     m = _emit_group(ev_i, ev_f, m, kind, PHASE_START, group_meta[g].level,
                                     group_meta[g].id, start, 0, now, group_size[g],
                                     meas[b, d, 0], meas[b, d, 1], meas[b, d, 2],
-                                    _shown_threshold(thr, d, b))  # fmt: skip
+                                    _shown_threshold(thr, meas, d, b))  # fmt: skip
                     group_open[d, g] = start
             n_fresh = 0
             for x in range(n_l):
@@ -785,7 +912,7 @@ def _roll_up(now, thr, sub_meta, sub_groups, group_meta, group_size, subs, onset
                     m = _emit(ev_i, ev_f, m, kind, PHASE_END, LV_SUB, sm.provider, sm.venue,
                               sm.data_class, sm.instrument, sub_open[k, d], now, now, 1,
                               meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
-                              _shown_threshold(thr, d, k))  # fmt: skip
+                              _shown_threshold(thr, meas, d, k))  # fmt: skip
                     sub_open[k, d] = 0
             elif active[k, d] == 1 and not cov_l[x]:
                 if m >= cap:
@@ -796,7 +923,7 @@ def _roll_up(now, thr, sub_meta, sub_groups, group_meta, group_size, subs, onset
                 m = _emit(ev_i, ev_f, m, kind, PHASE_START, LV_SUB, sm.provider, sm.venue,
                           sm.data_class, sm.instrument, start, 0, now, 1,
                           meas[k, d, 0], meas[k, d, 1], meas[k, d, 2],
-                          _shown_threshold(thr, d, k))  # fmt: skip
+                          _shown_threshold(thr, meas, d, k))  # fmt: skip
                 sub_open[k, d] = start
     return m
 
@@ -989,11 +1116,12 @@ def _need(thr, d, k):  # pragma: no cover
 
 
 @njit(cache=True, _nrt=False)
-def _shown_threshold(thr, d, k):  # pragma: no cover
-    """The threshold of detector ``d`` of subscription ``k`` as events show it (s, ms, ratio)."""
+def _shown_threshold(thr, meas, d, k):  # pragma: no cover
+    """The threshold of detector ``d`` of subscription ``k`` as events show it (s, ms, ratio);
+    no data: the one in use (fixed or adaptive)."""
     t = thr[k]
     if d == D_NO_DATA:
-        return t.no_data * 1e-9
+        return meas[k, D_NO_DATA, 1]
     if d == D_NO_FIRST:
         return t.first_data * 1e-9
     if d == D_DIVERGENCE:
@@ -1037,6 +1165,9 @@ NS = 1_000_000_000
 # ``[anomalies]`` threshold (``AnomalyThresholds`` field) -> threshold field and its scale to ns
 _THRESHOLD_FIELDS = {
     "no_data_after": ("no_data", NS),
+    "no_data_factor": ("nd_factor", 1.0),  # 0 unless no_data_adaptive (threshold_row)
+    "no_data_floor": ("nd_floor", NS),
+    "no_data_cap": ("nd_cap", NS),
     "first_data_timeout": ("first_data", NS),
     "divergence": ("div", 1.0),
     "divergence_for": ("div_for", NS),
@@ -1055,9 +1186,13 @@ _THRESHOLD_FIELDS = {
 def threshold_row(acfg: AnomalyConfig, data_class: str = "", instrument: str = "") -> np.ndarray:
     """The thresholds of one instrument (a 0-d ``THRESHOLD_DTYPE`` array, durations in ns)."""
     row = np.zeros((), THRESHOLD_DTYPE)
-    for name, value in anomaly_thresholds(acfg, data_class, instrument).items():
-        field, scale = _THRESHOLD_FIELDS[name]
-        row[field] = value * scale
+    values = anomaly_thresholds(acfg, data_class, instrument)
+    for name, value in values.items():
+        if name in _THRESHOLD_FIELDS:
+            field, scale = _THRESHOLD_FIELDS[name]
+            row[field] = value * scale
+    if not values["no_data_adaptive"]:
+        row["nd_factor"] = 0.0  # the fixed no_data_after
     return row
 
 
@@ -1066,7 +1201,7 @@ def global_row(acfg: AnomalyConfig) -> AnomalyGlobals:
     return AnomalyGlobals(
         hb_timeout=float(acfg.heartbeat_timeout * NS),
         gap_quiet=float(acfg.gap_quiet * NS),
-        rate_fast=float(acfg.rate_fast * NS),
+        rate_sig=float(np.log(1.0 / acfg.rate_drop_alpha)),
         rate_base=float(acfg.rate_baseline * NS),
         lat_clear=float(acfg.latency_clear),
     )

@@ -44,6 +44,9 @@ def update_reference(records, n, sub_table, source_table, subs, provs, bursts):
                 continue
             k = int(sub_table[inst, src])
             s = subs[k]
+            if s["last_data"] > 0:
+                gap = ts - max(int(s["last_data"]), int(s["quiet_from"]))
+                s["gap_max"] = max(int(s["gap_max"]), gap)
             s["last_data"] = ts
             s["count"] += 1
             if prov < n_prov:
@@ -150,6 +153,79 @@ class _Out:
         self.rows.append((list(self.ev_i[m]), list(self.ev_f[m])))
 
 
+def _chernoff(n: float, mu: float) -> float:
+    """G with P(N <= n), P(N >= n) <= exp(-G) for N ~ Poisson(mu) (n below, above mu)."""
+    if mu <= 0:
+        return 0.0
+    return mu if n <= 0 else mu - n + n * math.log(n / mu)
+
+
+def _no_data_limit(t, s) -> float:
+    """Fixed, or factor x the decaying longest gap within [floor, cap] (learning this one)."""
+    if t["nd_factor"] <= 0:
+        return float(t["no_data"])
+
+    def limit():
+        if s["gap_n"] < a.ND_WARMUP:
+            return t["nd_cap"]
+        return min(max(t["nd_factor"] * s["gap_hi"], t["nd_floor"]), t["nd_cap"])
+
+    lim = limit()
+    if s["gap_max"] > 0:
+        s["gap_hi"] = max(min(float(s["gap_max"]), lim), s["gap_hi"] * a.ND_DECAY)
+        s["gap_n"] += 1
+        lim = limit()
+    return float(lim)
+
+
+def _rate(now, dt, t, sig, s, onset, active, meas, k, base, quiet, gone) -> None:
+    """The rate-drop window test (docs/anomalies.md)."""
+    d = a.D_RATE
+
+    def new_window():
+        s["rd_from"], s["rd_n"], s["rd_mu"] = now, 0, 0.0
+
+    start = int(s["rd_from"])
+    if gone:  # no_data's silence: an open drop stays open, the window starts afresh
+        if not active[k, d]:
+            onset[k, d] = 0
+        new_window()
+        return
+    if quiet:
+        return
+    if base < t["rate_floor"]:  # illiquid: no window
+        onset[k, d] = active[k, d] = 0
+        s["rd_from"], s["rd_n"], s["rd_mu"] = 0, 0, 0.0
+        return
+    if start == 0 or start < s["quiet_from"]:
+        onset[k, d] = active[k, d] = 0
+        new_window()
+        return
+    if dt <= 0 or now <= start:
+        return
+    s["rd_n"] += s["count"]
+    s["rd_mu"] += base * dt / 1e9
+    n, mu = int(s["rd_n"]), float(s["rd_mu"])
+    meas[k, d, 0] = n * 1e9 / (now - start)
+    if active[k, d]:
+        lo = t["rate_clear"] * mu
+        if n <= lo:
+            new_window()
+        elif _chernoff(n, lo) >= sig:
+            onset[k, d] = active[k, d] = 0
+            new_window()
+    elif n >= t["rate_ratio"] * mu:
+        onset[k, d] = 0
+        new_window()
+    elif _chernoff(n, mu) >= sig:
+        onset[k, d] = start
+        if now - start >= t["rate_for"]:
+            active[k, d] = 1
+            new_window()
+    else:
+        onset[k, d] = 0
+
+
 def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):
     if active[k, d]:
         if not beyond_clear:
@@ -219,7 +295,6 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
 
     _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, out)
 
-    a_fast = 1.0 - math.exp(-dt / glob.rate_fast) if dt > 0 else 0.0
     a_base = 1.0 - math.exp(-dt / glob.rate_base) if dt > 0 else 0.0
     lc = float(glob.lat_clear)
     for k in range(n_sub):
@@ -235,15 +310,19 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
             t0 = max(last_data, int(si["quiet_from"]))
             silent = now - t0
             d_on, d_off = (a.D_NO_DATA, a.D_NO_FIRST) if last_data else (a.D_NO_FIRST, a.D_NO_DATA)
-            lim = t["no_data"] if last_data else t["first_data"]
+            lim = _no_data_limit(t, si) if last_data else t["first_data"]
             proven = True
             if last_data and p < n_prov and provs[p]["hb_seen"]:
                 proven = provs[p]["last_hb"] - t0 > lim * 0.5
             onset[k, d_on] = t0 if silent >= lim * 0.5 else 0
             active[k, d_on] = int(silent >= lim and proven)
             meas[k, d_on, 0] = silent / 1e9
+            if last_data:
+                meas[k, d_on, 1] = lim / 1e9
             onset[k, d_off] = active[k, d_off] = 0
             nodata = onset[k, a.D_NO_DATA] > 0 or onset[k, a.D_NO_FIRST] > 0
+            lim_q = min(lim, t["rate_for"]) if last_data else 0.0
+            quiet, gone = nodata or silent >= lim_q * 0.5, silent >= lim_q
 
             price = sf["price"]
             f = sf["ref"]
@@ -271,23 +350,19 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                 meas[k, a.D_SKEW, 0] = lo / 1e6
                 _step(onset, active, a.D_SKEW, k, now, lo < -t["skew"], lo < -t["skew"] * lc,
                       t["lat_for"])  # fmt: skip
-            if dt > 0 and last_data > 0 and not nodata:
-                rate = int(si["count"]) * 1e9 / dt
-                sf["fast"] += a_fast * (rate - sf["fast"])
-                sf["fast_w"] += a_fast * (1.0 - sf["fast_w"])
-                if onset[k, a.D_RATE] == 0 and active[k, a.D_RATE] == 0:
-                    sf["base"] += a_base * (rate - sf["base"])
-                    sf["base_w"] += a_base * (1.0 - sf["base_w"])
-            fast = sf["fast"] / sf["fast_w"] if sf["fast_w"] > 0 else 0.0
+            if (dt > 0 and last_data > 0 and not quiet and onset[k, a.D_RATE] == 0
+                    and active[k, a.D_RATE] == 0):  # fmt: skip
+                c, dt_s = float(si["count"]), dt / 1e9
+                sf["base"] += a_base * (c / dt_s - sf["base"])
+                sf["base_sq"] += a_base * (c * c / dt_s - sf["base_sq"])
+                sf["base_w"] += a_base * (1.0 - sf["base_w"])
             base = sf["base"] / sf["base_w"] if sf["base_w"] > 0 else 0.0
-            meas[k, a.D_RATE, 0], meas[k, a.D_RATE, 1] = fast, base
-            if nodata:
-                onset[k, a.D_RATE] = active[k, a.D_RATE] = 0
-            else:
-                ok = base >= t["rate_floor"]
-                _step(onset, active, a.D_RATE, k, now, ok and fast < base * t["rate_ratio"],
-                      ok and fast < base * t["rate_clear"], t["rate_for"])  # fmt: skip
-        si["count"] = si["n_ep"] = si["n_loc"] = 0
+            disp = 1.0  # variance / mean of the counts
+            if base > 0:
+                disp = max(1.0, (sf["base_sq"] / sf["base_w"] - base * base * dt / 1e9) / base)
+            meas[k, a.D_RATE, 1] = base
+            _rate(now, dt, t, glob.rate_sig * disp, si, onset, active, meas, k, base, quiet, gone)
+        si["count"] = si["gap_max"] = si["n_ep"] = si["n_loc"] = 0
 
     m0 = len(out.rows)
     members: dict[int, list[int]] = {}
@@ -297,6 +372,9 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
     for d in range(a.N_DET):
         kind = int(a.DET_KINDS[d])
         tcol, scale = _THR_COL[d]
+
+        def shown(k, d=d, tcol=tcol, scale=scale):  # no data: the threshold in use
+            return meas[k, d, 1] if d == a.D_NO_DATA else thr[k][tcol] * scale
 
         def pre(k, d=d):
             if active[k, d]:
@@ -317,7 +395,7 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                     if abs(meas[k, d, 0]) > abs(meas[b, d, 0]):
                         b = k
                 vals = tuple(meas[b, d]) if ks else (0.0, 0.0, 0.0)
-                group_thr = thr[b][tcol] * scale if ks else np.nan
+                group_thr = shown(b) if ks else np.nan
                 level, gid = int(group_meta[g]["level"]), int(group_meta[g]["id"])
                 subject = [gid if level == x else -1 for x in (1, 2, 3, 4)]
                 all_pre = bool(ks) and all(pre(k) for k in ks)  # an emptied group closes
@@ -345,12 +423,12 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
             if sub_open[k, d] > 0:
                 if not active[k, d] and out.room():
                     out.emit(kind, a.PHASE_END, a.LV_SUB, *subject, int(sub_open[k, d]), now, now,
-                             1, vals, thr[k][tcol] * scale)  # fmt: skip
+                             1, vals, shown(k))  # fmt: skip
                     sub_open[k, d] = 0
             elif active[k, d] and k not in covered and out.room():
                 start = int(onset[k, d]) or now
                 out.emit(kind, a.PHASE_START, a.LV_SUB, *subject, start, 0, now, 1, vals,
-                         thr[k][tcol] * scale)  # fmt: skip
+                         shown(k))  # fmt: skip
                 sub_open[k, d] = start
 
     for e in range(m0, len(out.rows)):  # a subscription's divergence rows name its peer

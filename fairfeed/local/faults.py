@@ -15,6 +15,7 @@ class Fault(enum.Enum):
     DISCONNECT = "disconnect"  # abort every connection's TCP transport (one-shot)
     STALL = "stall"  # socket stays open, nothing at all is sent (no data, no heartbeat)
     HEARTBEATS_ONLY = "heartbeats_only"  # heartbeats continue, data stops
+    RATE_SCALE = "rate_scale"  # the data rate is multiplied by `amount` (> 0), e.g. 0.05
     SEQUENCE_GAP = "sequence_gap"  # the next event of each instrument skips `amount` numbers
     EXCHANGE_DELAY = "exchange_delay"  # exchange timestamps lag by `amount` ms
     PRICE_OFFSET = "price_offset"  # prices move by `amount` basis points
@@ -29,6 +30,7 @@ class FaultState:
 
     stall: bool = False
     heartbeats_only: bool = False
+    rate_scale: float = 1.0
     exchange_delay_ms: float = 0.0
     price_offset_bps: float = 0.0
     reject_subscribe: bool = False
@@ -36,3 +38,4 @@ class FaultState:
     def clear(self) -> None:
         self.stall = self.heartbeats_only = self.reject_subscribe = False
         self.exchange_delay_ms = self.price_offset_bps = 0.0
+        self.rate_scale = 1.0

@@ -14,7 +14,7 @@ Faithful to what the adapter depends on (docs/providers/kraken.md):
   one taker order.
 
 Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, nothing
-read: not even a WebSocket pong), HEARTBEATS_ONLY, SEQUENCE_GAP (trade ids skip),
+read: not even a WebSocket pong), HEARTBEATS_ONLY, RATE_SCALE, SEQUENCE_GAP (trade ids skip),
 EXCHANGE_DELAY, PRICE_OFFSET, MALFORMED, REJECT_SUBSCRIBE (``"EGeneral:Too many requests"``).
 Kraken's v2 API has no reconnect notice: RECONNECT_NOTICE does nothing.
 """

@@ -298,6 +298,11 @@ class LocalWsServer(abc.ABC):
                 c.ws.transport.pause_reading()
         elif fault is Fault.HEARTBEATS_ONLY:
             f.heartbeats_only = True
+        elif fault is Fault.RATE_SCALE:
+            if not amount > 0:
+                raise ValueError("rate_scale: amount must be > 0 (no data at all: heartbeats_only)")
+            f.rate_scale = amount
+            self._repace()
         elif fault is Fault.SEQUENCE_GAP:
             self.market.skip_sequence(int(amount or 5))
         elif fault is Fault.EXCHANGE_DELAY:
@@ -333,10 +338,17 @@ class LocalWsServer(abc.ABC):
             for c in self._conns.values():
                 with contextlib.suppress(Exception):
                     c.ws.transport.resume_reading()
+        if self.faults.rate_scale != 1.0:
+            self._repace()
         self.faults.clear()
         self.market.skip_sequence(0)
         self.market.exchange_delay_ns = 0
         self.market.extra_offset_bps = 0.0
+
+    def _repace(self) -> None:
+        """The rate changed: every stream restarts its pacing (no burst, no backlog)."""
+        for c in self._conns.values():
+            c.changed = True
 
     # -- per connection ------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
@@ -411,7 +423,7 @@ class LocalWsServer(abc.ABC):
             if cfg.rate == 0:
                 n = chunk
             else:
-                rate = cfg.rate * len(conn.symbols) / n_all
+                rate = cfg.rate * self.faults.rate_scale * len(conn.symbols) / n_all
                 now = time.monotonic()
                 if conn.changed:
                     conn.changed = False
@@ -452,15 +464,19 @@ class LocalWsServer(abc.ABC):
 
     async def _run_tape(self) -> None:
         """Generate the market at ``cfg.rate`` and hand each connection its instruments' part."""
-        rate, chunk = self.cfg.rate, self._chunk_events()
+        chunk = self._chunk_events()
         everything = list(range(len(self.market.symbols)))
         t0, paced = time.monotonic(), 0
+        rate = self.cfg.rate
         while True:
             await asyncio.sleep(self.tick)
             now = time.monotonic()
             if self.faults.stall or self.faults.heartbeats_only:
                 t0, paced = now, 0  # nothing happens meanwhile: no burst afterwards
                 continue
+            if rate != self.cfg.rate * self.faults.rate_scale:  # paced afresh at the new rate
+                rate = self.cfg.rate * self.faults.rate_scale
+                t0, paced = now, 0
             due = int((now - t0) * rate) - paced
             if due > max(rate, chunk):  # the loop was blocked: do not make up for it
                 t0, paced, due = now, 0, 0

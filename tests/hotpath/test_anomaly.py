@@ -38,9 +38,7 @@ def make_state(thr_scale: float = 1.0, max_events: int = 256, n_rings: int = 2) 
     for name in ("no_data", "first_data", "div_for", "lat_for", "rate_for"):
         thr[name] = 2 * S * thr_scale
     thr["lat_ex"] = thr["lat_local"] = 200e6
-    g = an.default_globals()._replace(
-        hb_timeout=3.0 * S, gap_quiet=2.0 * S, rate_fast=1.0 * S, rate_base=20.0 * S
-    )
+    g = an.default_globals()._replace(hb_timeout=3.0 * S, gap_quiet=2.0 * S, rate_base=20.0 * S)
     return an.AnomalyState(CLASSES, SOURCES, 4, 3, SUBS, thr, g, n_rings, T0, max_events)
 
 

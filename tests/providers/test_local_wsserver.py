@@ -148,3 +148,26 @@ def test_gate_message_path_and_stats_shape() -> None:
                 assert st.symbol(name).records == len(trades) + 2 * len(quotes)
 
     asyncio.run(main())
+
+
+def test_rate_scale_slows_the_paced_stream_until_cleared() -> None:
+    async def main() -> None:
+        async with Toy("toy", CFG) as server, connect(server.url) as ws:
+            r = Reader(ws)
+            await ws.send('{"subscribe":["A","B"]}')
+            await wait_for_async(lambda: server.stats.events > 20, what="data at the full rate")
+            with pytest.raises(ValueError, match="amount must be > 0"):
+                await server.inject(Fault.RATE_SCALE, 0.0)
+            assert await server.inject(Fault.RATE_SCALE, 0.05) == 1
+            await r.drain(server)  # what was sent at the full rate
+            before, t0 = server.stats.events, asyncio.get_running_loop().time()
+            await r.read(0.5)
+            elapsed = asyncio.get_running_loop().time() - t0
+            # paced never ahead of its rate: 400/s x 0.05 = 20/s (+ one unit)
+            assert server.stats.events - before <= 20 * elapsed + 1
+            server.clear()
+            assert server.faults.rate_scale == 1.0
+            more = server.stats.events + 100
+            await wait_for_async(lambda: server.stats.events > more, what="the full rate again")
+
+    asyncio.run(main())

@@ -1,0 +1,138 @@
+"""Rate drops and adaptive no-data thresholds end to end: the real daemon against local Kraken
+servers over real sockets, faults injected on the liquid server, events read back from the
+anomalies topic (docs/anomalies.md).
+
+Server kr-a streams two liquid instruments (~100 msgs/s each); kr-b one illiquid instrument (a
+record every ~1.7 s: longer than the 1.5 s floor of the no-data threshold, far below the rate
+floor). Under the adaptive threshold kr-b never alarms, while kr-a alarms 1.5 s into a silence.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.kafka.encode import decode_anomaly
+from fairfeed.local.faults import Fault
+from fairfeed.local.kraken import KrakenServer
+from fairfeed.local.wsserver import ServerThread
+from tests.conftest import consume_all
+from tests.daemon.daemon_process import DaemonProcess
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+TAG = "rate"
+LIQUID = {"BTC-USD": 64000.0, "ETH-USD": 3200.0}
+ILLIQUID = {"SOL-USD": 150.0}
+RATE_DROP_FOR = 2.0
+NO_DATA_FLOOR = 1.5
+ANOMALIES = f"""
+[anomalies]
+evaluate_interval = 0.2
+first_data_timeout = 10.0
+heartbeat_timeout = 3.0
+no_data_adaptive = true
+no_data_factor = 4.0
+no_data_floor = {NO_DATA_FLOOR}
+no_data_cap = 60.0
+rate_drop_for = {RATE_DROP_FOR}
+"""
+
+
+def _config(tmp_path: Path, servers: list[KrakenServer], bootstrap: str) -> Path:
+    lines = [
+        "[daemon]\nworkers = 1\nheartbeat_interval = 0.1\nheartbeat_timeout = 3.0\n",
+        f'[kafka]\nbootstrap = "{bootstrap}"\nticks_topic = "{TAG}.ticks"\n'
+        f'fair_topic = "{TAG}.fair"\nanomalies_topic = "{TAG}.anomalies"\n',
+        "[fair]\nstale_after = 30.0\nmin_interval = 0.05\n",
+        ANOMALIES,
+    ]
+    for (name, venue, insts), server in zip(
+        (("kr-a", "VENUE-A", LIQUID), ("kr-b", "VENUE-B", ILLIQUID)), servers, strict=True
+    ):
+        listed = ", ".join(f'"{i}"' for i in insts)
+        lines.append(
+            f'[[providers]]\nname = "{name}"\nkind = "kraken"\nvenue = "{venue}"\n'
+            f'url = "{server.url}"\n'
+        )
+        lines.append(f'[[subscriptions]]\nprovider = "{name}"\ninstruments = [{listed}]\n')
+    path = tmp_path / "fairfeed.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _events(bootstrap: str, t0: int = 0) -> list[dict]:
+    try:
+        msgs = consume_all(bootstrap, f"{TAG}.anomalies", timeout=20)
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return []
+        raise
+    out = []
+    for _p, key, value in msgs:
+        ev = decode_anomaly(value)
+        ev["key"] = key.decode()
+        out.append(ev)
+    return sorted((e for e in out if e["detected"] >= t0), key=lambda e: e["detected"])
+
+
+def _brief(e: dict) -> tuple:
+    return (e["kind"], e["phase"], e["key"])
+
+
+def test_rate_drop_and_adaptive_no_data(tmp_path: Path, kafka_broker) -> None:
+    bootstrap = kafka_broker.bootstrap
+    servers = [
+        KrakenServer("kr-a", SimulatorConfig(prices=LIQUID, rate=200, seed=1, volatility_bps=0.5),
+                     heartbeat_interval=0.5),
+        KrakenServer("kr-b", SimulatorConfig(prices=ILLIQUID, rate=0.6, seed=2,
+                                             volatility_bps=0.5), heartbeat_interval=0.5),
+    ]  # fmt: skip
+    threads = ServerThread(*servers).start()
+    daemon = DaemonProcess(tmp_path, _config(tmp_path, servers, bootstrap))
+    try:
+        # Clean: until the illiquid stream has shown its rhythm (the adaptive threshold learns
+        # 16 gaps, under the cap meanwhile) nothing at all, though its gaps exceed the floor.
+        wait_for(lambda: servers[0].stats.records > 0, 30, "data from kr-a")
+        wait_for(lambda: servers[1].stats.events >= 20, 60, "20 illiquid events", interval=0.5)
+        assert _events(bootstrap) == []
+
+        def scenario(fault, amount, kind, threshold_s):
+            t0 = time.time_ns()
+            threads.inject(fault, amount, 0)
+            start = wait_for(
+                lambda: [e for e in _events(bootstrap, t0) if e["phase"] == "start"],
+                threshold_s + 10, f"a {kind} event", interval=0.3,
+            )  # fmt: skip
+            assert [_brief(e) for e in start] == [(kind, "start", "kr-a/*/*/*")], start
+            late = (start[0]["detected"] - t0) / 1e9
+            assert late <= threshold_s + 1.0, f"{kind} detected after {late:.2f}s"
+            threads.call(servers[0].clear)
+            wait_for(
+                lambda: any(e["phase"] == "end" for e in _events(bootstrap, t0)),
+                20, f"the end of {kind}", interval=0.3,
+            )  # fmt: skip
+            # nothing else: in particular no second start, and nothing about kr-b
+            got = _events(bootstrap, t0)
+            assert [_brief(e) for e in got] == [
+                (kind, "start", "kr-a/*/*/*"), (kind, "end", "kr-a/*/*/*"),
+            ], [(*_brief(e), (e["detected"] - t0) / 1e9, e["values"]) for e in got]  # fmt: skip
+            return got
+
+        # the liquid pair's adaptive threshold is the floor: its gaps are a few ms
+        silent = scenario(Fault.HEARTBEATS_ONLY, 0, "no_data", NO_DATA_FLOOR)
+        assert silent[0]["threshold"] == NO_DATA_FLOOR
+        drop = scenario(Fault.RATE_SCALE, 0.05, "rate_drop", RATE_DROP_FOR)
+        assert drop[0]["values"]["rate"] < 0.2 * drop[0]["values"]["baseline"]
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()
+        assert not [e for e in _events(bootstrap) if "kr-b" in e["key"]]
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        threads.stop()
