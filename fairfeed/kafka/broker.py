@@ -41,7 +41,9 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+
+from fairfeed.kafka.topics import check_topics
 
 STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 _PR_SET_PDEATHSIG = 1
@@ -286,28 +288,12 @@ def ensure_topics(
     partitions: int = 1,
     timeout: float = 10.0,
 ) -> None:
-    """Create ``topics`` with ``partitions`` partitions; topics that exist are left as they are."""
-    names = list(dict.fromkeys(topics))
-    if not names:
-        return
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    missing = [t for t in names if t not in existing]
-    if not missing:
-        return
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing],
-        operation_timeout=timeout,
-        request_timeout=timeout,
-    )
-    for topic, fut in futures.items():
-        try:
-            fut.result(timeout)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if getattr(err, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
-                continue
-            raise BrokerError(f"cannot create topic {topic!r} on {bootstrap}: {err}") from exc
+    """Create ``topics`` with ``partitions`` partitions; topics that exist are left as they are.
+    Raises BrokerError naming what could not be created."""
+    check = check_topics({"bootstrap.servers": bootstrap}, topics, partitions, True, timeout)
+    if not check.ok:
+        raise BrokerError(f"cannot create topics {', '.join(check.missing)} on {bootstrap}: "
+                          f"{check.error}")  # fmt: skip
 
 
 def read_topic(

@@ -262,11 +262,6 @@ class KafkaSink:
         """Messages handed to the producer and not yet reported."""
         return self._inflight
 
-    @property
-    def spooled(self) -> int:
-        """Messages in the spool not yet acknowledged (handed to the producer or waiting)."""
-        return self.spool.pending
-
     # -- callbacks (run inside poll/flush, on this thread) -----------------------------------
     def _on_delivery(
         self, seq: int, records: int, callback: Any, err: KafkaError | None, msg: Message
@@ -355,8 +350,7 @@ class KafkaSink:
         if seq < 0:
             self._overflow(topic, records)
             return False
-        if topic not in self._topics:
-            self._topics.add(topic)
+        self._topics.add(topic)
         self._fresh.append((seq, topic, key, value, records, on_delivery))
         return True
 
@@ -609,10 +603,6 @@ class KafkaSink:
             if self._inflight == 0:
                 time.sleep(0.01)  # a producer replacement or topic check is under way
         return self.spool.pending
-
-    def stalled(self, after: float) -> bool:
-        """True when messages wait but nothing was delivered for ``after`` seconds."""
-        return self._silent(self._clock()) > after
 
     def close(self, timeout: float | None = None) -> int:
         """Flush (bounded), then release the client; what is not delivered stays in the spool

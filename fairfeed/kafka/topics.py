@@ -50,8 +50,8 @@ def check_topics(
     create: bool,
     timeout: float = 5.0,
 ) -> TopicCheck:
-    """Which of ``topics`` are missing; creates them (``partitions``, replication 1... the
-    broker default) when ``create``. Never raises: a failure is the result's ``error``."""
+    """Which of ``topics`` are missing; creates them (``partitions`` partitions, the broker's
+    default replication) when ``create``. Never raises: a failure is the result's ``error``."""
     names = sorted(set(topics))
     try:
         admin = AdminClient(admin_config(conf, timeout))
