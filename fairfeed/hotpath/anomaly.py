@@ -30,8 +30,12 @@ KIND_HEARTBEAT, KIND_STATUS, KIND_GAP) to the state. ``evaluate_nb`` runs every
   ``heartbeat_timeout``. A disconnect shorter than one evaluation still yields a start and an end
   event. While a provider is down, its subscriptions' detectors are reset (covered by the
   disconnect event) and their no-data clocks restart when it comes back.
-* **Bursts** (sequence gaps per source, ring overflow per ring): open at the first increment,
-  close after ``gap_quiet`` without another.
+* **Bursts** (sequence gaps, ring overflow per ring): open at the first increment, close after
+  ``gap_quiet`` without another. A gap of a known subscription is one episode per (instrument,
+  source); gaps of one source's sequence (no instrument) and the gaps of two or more of its
+  subscriptions that start in one evaluation are rolled up into one episode of the source,
+  which then takes every further gap of its subscriptions until it closes (an instrument whose
+  own episode is already open keeps it).
 * **Divergence** (per instrument over its *fresh* sources: provider up, a price, data within
   ``no_data_after``; n of them). n >= 3: each source is measured against the median of the
   fresh prices (the outlier is the source beyond the threshold; the event names it and its
@@ -170,7 +174,7 @@ PROVIDER_STATE_DTYPE = np.dtype([
     ("open", "i8"),  # start of the open disconnect episode (0 = none)
     ("open_reason", "i8"),
 ])  # fmt: skip
-# bursts: gaps per source, then overflow per ring
+# bursts: gaps per source, then overflow per ring; and gaps per subscription
 BURST_DTYPE = np.dtype([
     ("count", "i8"),  # running totals
     ("missed", "i8"),
@@ -179,6 +183,9 @@ BURST_DTYPE = np.dtype([
     ("first", "i8"),  # first increment of the pending / open episode
     ("last", "i8"),  # last increment
     ("open", "i8"),  # start of the open episode (0 = none)
+    # a source's burst: the subscriptions rolled into its episode; a subscription's: 1 while
+    # it is one of them
+    ("covered", "i8"),
 ])  # fmt: skip
 # pairwise divergence, per instrument (an episode while exactly two sources are fresh)
 PAIR_DTYPE = np.dtype([
@@ -190,6 +197,8 @@ PAIR_DTYPE = np.dtype([
     ("hi", "f8"),
     ("k_hi", "i8"),  # the subscriptions of the two prices
     ("k_lo", "i8"),
+    ("s_hi", "i8"),  # the open episode's subject and peer: its start's k_hi and k_lo (the end
+    ("s_lo", "i8"),  # names the same sources, whichever is higher by then)
 ])  # fmt: skip
 CLOCK_DTYPE = np.dtype([
     ("last_eval", "i8"),
@@ -244,7 +253,7 @@ E_INSTRUMENT = 6
 E_START = 7
 E_END = 8  # 0 while open
 E_DETECTED = 9  # evaluation time that produced the row
-E_COUNT = 10  # subscriptions covered (gap: -; ring: ring index)
+E_COUNT = 10  # subscriptions covered (a source's gap: rolled into it; ring: ring index)
 E_PEER_PROVIDER = 11  # divergence: the other source of the pair (-1 = none)
 E_PEER_VENUE = 12
 N_EI = 13
@@ -252,7 +261,8 @@ N_EF = 4  # v0, v1, v2, threshold
 
 
 @njit(cache=True)
-def update_nb(records, n, sub_table, source_table, subs, provs, bursts):  # pragma: no cover
+def update_nb(records, n, sub_table, source_table, subs, provs, bursts,
+              sub_bursts):  # fmt: skip  # pragma: no cover
     """Apply ``records[:n]`` to the anomaly state; return the records ignored.
 
     Reference: ``anomaly_reference.update_reference``.
@@ -264,7 +274,8 @@ def update_nb(records, n, sub_table, source_table, subs, provs, bursts):  # prag
     (trade price, or quote mid once bid and ask are known); they also make their provider alive.
     KIND_HEARTBEAT marks the provider alive. KIND_STATUS CONNECTED ends a pending disconnect
     (kept as a blip for the evaluation); DISCONNECTED / SUBSCRIBE_ERROR start one. KIND_GAP adds
-    one gap and ``size`` missed messages to its source's burst.
+    one gap and ``size`` missed messages to its subscription's burst, or to its source's when
+    the record names no subscribed instrument (a connection's sequence).
     """
     n_inst = sub_table.shape[0]
     n_src = sub_table.shape[1]
@@ -369,18 +380,29 @@ def update_nb(records, n, sub_table, source_table, subs, provs, bursts):  # prag
             if prov >= source_table.shape[0] or venue >= source_table.shape[1]:
                 ignored += 1
                 continue
-            b = np.int64(source_table[prov, venue])
-            if b < 0 or b >= n_src:
+            src = np.int64(source_table[prov, venue])
+            if src < 0 or src >= n_src:
                 ignored += 1
                 continue
-            bursts[b].count += 1
-            bursts[b].missed += np.int64(max(r.size, 0.0))
-            if bursts[b].first == 0:
-                bursts[b].first = max(ts, 1)
-            bursts[b].last = max(ts, 1)
+            inst = np.int64(r.instrument)
+            k = np.int64(sub_table[inst, src]) if inst < n_inst else -1
+            missed = np.int64(max(r.size, 0.0))
+            if k >= 0:
+                _burst_add(sub_bursts, k, ts, missed)
+            else:
+                _burst_add(bursts, src, ts, missed)
         else:
             ignored += 1
     return ignored
+
+
+@njit(cache=True, _nrt=False)
+def _burst_add(bursts, b, ts, missed):  # pragma: no cover
+    bursts[b].count += 1
+    bursts[b].missed += missed
+    if bursts[b].first == 0:
+        bursts[b].first = max(ts, 1)
+    bursts[b].last = max(ts, 1)
 
 
 # Explicit signatures: one compiled copy each (call sites with literal arguments would each
@@ -570,8 +592,10 @@ def evaluate_nb(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):  # 
                  layout.group_size, st.subs, st.onset, st.active, st.sub_open, st.meas,
                  st.group_open, down, busy, mask, clock, ev_i, ev_f, m)  # fmt: skip
     _name_peers(ev_i, m0, m, layout.sub_meta, layout.in_offsets, layout.in_subs, st.subs)
-    return _bursts(now, glob.gap_quiet, st.bursts, layout.src_meta, ring_dropped, clock, ev_i,
-                   ev_f, m)  # fmt: skip
+    m = _gaps(now, glob.gap_quiet, st.bursts, st.sub_bursts, layout.sub_meta, layout.src_meta,
+              clock, ev_i, ev_f, m)  # fmt: skip
+    return _overflows(now, glob.gap_quiet, st.bursts, layout.src_meta.shape[0], ring_dropped,
+                      clock, ev_i, ev_f, m)  # fmt: skip
 
 
 @njit(cache=True)
@@ -1021,12 +1045,16 @@ def _pairs(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, c
         if m >= cap:
             clock[0].deferred += 1
             continue
-        a = sub_meta[sp.k_hi]
-        b = sub_meta[sp.k_lo]
+        if phase == PHASE_START:
+            sp.s_hi = sp.k_hi
+            sp.s_lo = sp.k_lo
+        a = sub_meta[sp.s_hi]
+        b = sub_meta[sp.s_lo]
+        same = sp.k_hi == sp.s_hi
         start = sp.open if phase == PHASE_END else sp.onset
         m = _emit(ev_i, ev_f, m, A_DIVERGENCE, phase, LV_PAIR, a.provider, a.venue,
                   a.data_class, i, start, now if phase == PHASE_END else 0, now, 2, sp.spread,
-                  sp.hi, sp.lo, thr[k0].div)  # fmt: skip
+                  sp.hi if same else sp.lo, sp.lo if same else sp.hi, thr[k0].div)  # fmt: skip
         ev_i[m - 1, E_PEER_PROVIDER] = b.provider
         ev_i[m - 1, E_PEER_VENUE] = b.venue
         sp.open = 0 if phase == PHASE_END else sp.onset
@@ -1055,48 +1083,129 @@ def _name_peers(ev_i, m0, m, sub_meta, in_offsets, in_subs, subs):  # pragma: no
 
 
 @njit(cache=True)
-def _bursts(now, quiet, bursts, src_meta, ring_dropped, clock, ev_i, ev_f,
-            m):  # fmt: skip  # pragma: no cover
-    """Phase 5: sequence-gap bursts per source, overflow bursts per ring (``ring_dropped[r]``:
-    the running drop count of ring r). Returns the event count."""
-    n_src_b = bursts.shape[0] - ring_dropped.shape[0]
+def _gaps(now, quiet, bursts, sub_bursts, sub_meta, src_meta, clock, ev_i, ev_f,
+          m):  # fmt: skip  # pragma: no cover
+    """Phase 5: sequence-gap episodes, per source (its own sequence, and the roll-up of its
+    subscriptions' gaps), then per subscription. Returns the event count."""
+    n_src = src_meta.shape[0]
+    cap = ev_i.shape[0]
+    pending = np.zeros(n_src, np.int64)
+    for k in range(sub_bursts.shape[0]):
+        if sub_bursts[k].open == 0 and sub_bursts[k].count > sub_bursts[k].base_count:
+            pending[sub_meta[k].source] += 1
+    absorb = np.zeros(n_src, np.bool_)
+    for s in range(n_src):
+        absorb[s] = (bursts[s].open > 0 or pending[s] >= 2
+                     or bursts[s].count > bursts[s].base_count)  # fmt: skip
+    for k in range(sub_bursts.shape[0]):
+        s = sub_meta[k].source
+        if absorb[s] and sub_bursts[k].open == 0 and sub_bursts[k].count > sub_bursts[k].base_count:
+            _fold(bursts, s, sub_bursts, k)
+    for s in range(n_src):
+        prov = src_meta[s].provider
+        venue = src_meta[s].venue
+        if bursts[s].open > 0:
+            if now - bursts[s].last < quiet:
+                continue
+            if m >= cap:
+                clock[0].deferred += 1
+                continue
+            m = _emit(ev_i, ev_f, m, A_GAP, PHASE_END, LV_SOURCE, prov, venue, -1, -1,
+                      bursts[s].open, bursts[s].last, now, bursts[s].covered,
+                      bursts[s].count - bursts[s].base_count,
+                      bursts[s].missed - bursts[s].base_missed, 0.0, quiet / 1e9)  # fmt: skip
+            _close(bursts, s)
+            bursts[s].covered = 0
+            for k in range(sub_bursts.shape[0]):
+                if sub_meta[k].source == s:
+                    sub_bursts[k].covered = 0
+        elif bursts[s].count > bursts[s].base_count:
+            if m >= cap:
+                clock[0].deferred += 1
+                continue
+            m = _emit(ev_i, ev_f, m, A_GAP, PHASE_START, LV_SOURCE, prov, venue, -1, -1,
+                      bursts[s].first, 0, now, bursts[s].covered,
+                      bursts[s].count - bursts[s].base_count,
+                      bursts[s].missed - bursts[s].base_missed, 0.0, quiet / 1e9)  # fmt: skip
+            bursts[s].open = bursts[s].first
+    for k in range(sub_bursts.shape[0]):
+        b = sub_bursts[k]
+        if b.open > 0 and now - b.last < quiet:
+            continue
+        if b.open == 0 and b.count == b.base_count:
+            continue
+        if m >= cap:
+            clock[0].deferred += 1
+            continue
+        sm = sub_meta[k]
+        phase = PHASE_END if b.open > 0 else PHASE_START
+        m = _emit(ev_i, ev_f, m, A_GAP, phase, LV_SUB, sm.provider, sm.venue, sm.data_class,
+                  sm.instrument, b.open if b.open > 0 else b.first,
+                  b.last if b.open > 0 else 0, now, 1, b.count - b.base_count,
+                  b.missed - b.base_missed, 0.0, quiet / 1e9)  # fmt: skip
+        if phase == PHASE_END:
+            _close(sub_bursts, k)
+        else:
+            sub_bursts[k].open = b.first
+    return m
+
+
+@njit(cache=True, _nrt=False)
+def _fold(bursts, s, sub_bursts, k):  # pragma: no cover
+    """Move subscription ``k``'s pending gaps into source ``s``'s episode."""
+    bursts[s].count += sub_bursts[k].count - sub_bursts[k].base_count
+    bursts[s].missed += sub_bursts[k].missed - sub_bursts[k].base_missed
+    first = sub_bursts[k].first
+    if bursts[s].first == 0 or first < bursts[s].first:
+        bursts[s].first = first
+    bursts[s].last = max(bursts[s].last, sub_bursts[k].last)
+    sub_bursts[k].base_count = sub_bursts[k].count
+    sub_bursts[k].base_missed = sub_bursts[k].missed
+    sub_bursts[k].first = 0
+    if sub_bursts[k].covered == 0:
+        sub_bursts[k].covered = 1
+        bursts[s].covered += 1
+
+
+@njit(cache=True, _nrt=False)
+def _close(bursts, b):  # pragma: no cover
+    bursts[b].open = 0
+    bursts[b].first = 0
+    bursts[b].base_count = bursts[b].count
+    bursts[b].base_missed = bursts[b].missed
+
+
+@njit(cache=True)
+def _overflows(now, quiet, bursts, n_src, ring_dropped, clock, ev_i, ev_f,
+               m):  # fmt: skip  # pragma: no cover
+    """Phase 6: overflow episodes per ring (``ring_dropped[r]``: the running drop count of ring
+    r, kept in ``bursts[n_src + r]``). Returns the event count."""
     cap = ev_i.shape[0]
     for r in range(ring_dropped.shape[0]):
-        b = n_src_b + r
+        b = n_src + r
         if ring_dropped[r] > bursts[b].count:
             bursts[b].missed += ring_dropped[r] - bursts[b].count
             bursts[b].count = ring_dropped[r]
             if bursts[b].first == 0:
                 bursts[b].first = now
             bursts[b].last = now
-    for b in range(bursts.shape[0]):
-        is_gap = b < n_src_b
-        kind = A_GAP if is_gap else A_RING_OVERFLOW
-        level = LV_SOURCE if is_gap else LV_RING
-        prov = src_meta[b].provider if is_gap else -1
-        venue = src_meta[b].venue if is_gap else -1
-        idx = 0 if is_gap else b - n_src_b
         if bursts[b].open > 0:
             if now - bursts[b].last >= quiet:
                 if m >= cap:
                     clock[0].deferred += 1
                     continue
-                m = _emit(ev_i, ev_f, m, kind, PHASE_END, level, prov, venue, -1, -1,
-                          bursts[b].open, bursts[b].last, now, idx,
+                m = _emit(ev_i, ev_f, m, A_RING_OVERFLOW, PHASE_END, LV_RING, -1, -1, -1, -1,
+                          bursts[b].open, bursts[b].last, now, r,
                           bursts[b].count - bursts[b].base_count,
                           bursts[b].missed - bursts[b].base_missed, 0.0,
                           quiet / 1e9)  # fmt: skip
-                bursts[b].open = 0
-                bursts[b].first = 0
-                bursts[b].base_count = bursts[b].count
-                bursts[b].base_missed = bursts[b].missed
+                _close(bursts, b)
         elif bursts[b].count > bursts[b].base_count:
             if m >= cap:
                 clock[0].deferred += 1
                 continue
-            m = _emit(ev_i, ev_f, m, kind, PHASE_START, level, prov, venue, -1, -1,
-                      bursts[b].first, 0, now, idx,
-                      bursts[b].count - bursts[b].base_count,
+            m = _emit(ev_i, ev_f, m, A_RING_OVERFLOW, PHASE_START, LV_RING, -1, -1, -1, -1,
+                      bursts[b].first, 0, now, r, bursts[b].count - bursts[b].base_count,
                       bursts[b].missed - bursts[b].base_missed, 0.0, quiet / 1e9)  # fmt: skip
             bursts[b].open = bursts[b].first
     return m
@@ -1247,6 +1356,7 @@ class AnomalyArrays(NamedTuple):
     subs: np.ndarray  # SUB_STATE_DTYPE per subscription
     provs: np.ndarray  # PROVIDER_STATE_DTYPE per provider
     bursts: np.ndarray  # BURST_DTYPE per source, then per ring
+    sub_bursts: np.ndarray  # BURST_DTYPE per subscription
     onset: np.ndarray  # i8 [subscription, detector]: beyond the open threshold since (0 = not)
     active: np.ndarray  # i8 [subscription, detector]
     sub_open: np.ndarray  # i8 [subscription, detector]: start of its own open episode
@@ -1331,6 +1441,7 @@ class AnomalyState:
         self.subs["peer"] = -1
         self.provs = np.zeros(max(n_providers, 1), PROVIDER_STATE_DTYPE)
         self.bursts = np.zeros(n_src + n_rings, BURST_DTYPE)
+        self.sub_bursts = np.zeros(n_sub, BURST_DTYPE)
         self.n_rings = n_rings
         # per-subscription detector state, [subscription, detector]: one pass touches each
         # subscription's figures together
@@ -1347,9 +1458,9 @@ class AnomalyState:
         self.layout = AnomalyLayout(self.sub_meta, self.sub_groups, self.group_meta,
                                     self.group_size, self.src_meta, self.in_offsets,
                                     self.in_subs)  # fmt: skip
-        self.arrays = AnomalyArrays(self.subs, self.provs, self.bursts, self.onset, self.active,
-                                    self.sub_open, self.meas, self.group_open, self.spreads,
-                                    self.clock)  # fmt: skip
+        self.arrays = AnomalyArrays(self.subs, self.provs, self.bursts, self.sub_bursts,
+                                    self.onset, self.active, self.sub_open, self.meas,
+                                    self.group_open, self.spreads, self.clock)  # fmt: skip
 
     def carry_over(self, old: AnomalyState) -> None:
         """Continue ``old``'s clocks and open episodes here, so that growing the monitored set
@@ -1359,7 +1470,7 @@ class AnomalyState:
         n = old.n_sub
         if n > self.n_sub or not np.array_equal(self.sub_meta[:n], old.sub_meta):
             raise ValueError("carry_over: the old subscriptions must come first, in order")
-        for name in ("subs", "onset", "active", "sub_open", "meas", "thr"):
+        for name in ("subs", "sub_bursts", "onset", "active", "sub_open", "meas", "thr"):
             getattr(self, name)[:n] = getattr(old, name)
         self.provs[: len(old.provs)] = old.provs
         old_src = len(old.src_meta)
@@ -1407,7 +1518,7 @@ class AnomalyState:
     def update(self, records: np.ndarray, n: int | None = None) -> int:
         count = len(records) if n is None else min(int(n), len(records))
         ignored = int(update_nb(records, count, self.sub_table, self.source_table, self.subs,
-                                self.provs, self.bursts))  # fmt: skip
+                                self.provs, self.bursts, self.sub_bursts))  # fmt: skip
         self.ignored += ignored
         return ignored
 
@@ -1435,5 +1546,5 @@ class AnomalyState:
         return int(
             (self.sub_open > 0).sum() + (self.group_open > 0).sum()
             + (self.provs["open"] > 0).sum() + (self.spreads["open"] > 0).sum()
-            + (self.bursts["open"] > 0).sum()
+            + (self.bursts["open"] > 0).sum() + (self.sub_bursts["open"] > 0).sum()
         )  # fmt: skip

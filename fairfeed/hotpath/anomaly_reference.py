@@ -25,7 +25,7 @@ from fairfeed.core.records import (
 from fairfeed.hotpath import anomaly as a
 
 
-def update_reference(records, n, sub_table, source_table, subs, provs, bursts):
+def update_reference(records, n, sub_table, source_table, subs, provs, bursts, sub_bursts):
     """Plain-Python twin of ``update_nb``."""
     n_prov = provs.shape[0]
     ignored = 0
@@ -103,7 +103,8 @@ def update_reference(records, n, sub_table, source_table, subs, provs, bursts):
                 continue
             p["status"] = code
         elif kind == KIND_GAP and src >= 0:
-            b = bursts[src]
+            k = int(sub_table[inst, src]) if inst < sub_table.shape[0] else -1
+            b = sub_bursts[k] if k >= 0 else bursts[src]
             b["count"] += 1
             b["missed"] += int(max(float(rec["size"]), 0.0))
             if b["first"] == 0:
@@ -242,7 +243,7 @@ def _step(onset, active, d, k, now, beyond_open, beyond_clear, need):
 def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):
     """Plain-Python twin of ``evaluate_nb``."""
     sub_meta, sub_groups, group_meta, group_size, src_meta, in_offsets, in_subs = layout
-    subs, provs, bursts, onset, active, sub_open, meas, group_open, spreads, clock = st
+    subs, provs, bursts, sub_bursts, onset, active, sub_open, meas, group_open, spreads, clock = st
     misc = clock[0]
     out = _Out(ev_i, ev_f, misc)
     n_sub = sub_meta.shape[0]
@@ -446,7 +447,8 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
                 break
 
     quiet = float(glob.gap_quiet)
-    n_src = bursts.shape[0] - len(ring_dropped)
+    n_src = src_meta.shape[0]
+    _gaps_reference(now, quiet, bursts, sub_bursts, sub_meta, src_meta, out)
     for r, total in enumerate(ring_dropped):
         b = bursts[n_src + r]
         if total > b["count"]:
@@ -455,24 +457,64 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
             if b["first"] == 0:
                 b["first"] = now
             b["last"] = now
-    for i in range(bursts.shape[0]):
-        b = bursts[i]
-        gap = i < n_src
-        kind, level = (a.A_GAP, a.LV_SOURCE) if gap else (a.A_RING_OVERFLOW, a.LV_RING)
-        prov, venue = (int(src_meta[i]["provider"]), int(src_meta[i]["venue"])) if gap else (-1, -1)
-        idx = 0 if gap else i - n_src
-        vals = (b["count"] - b["base_count"], b["missed"] - b["base_missed"], 0.0)
-        if b["open"] > 0:
-            if now - b["last"] >= quiet and out.room():
-                out.emit(kind, a.PHASE_END, level, prov, venue, -1, -1, int(b["open"]),
-                         int(b["last"]), now, idx, vals, quiet / 1e9)  # fmt: skip
-                b["open"] = b["first"] = 0
-                b["base_count"], b["base_missed"] = b["count"], b["missed"]
-        elif b["count"] > b["base_count"] and out.room():
-            out.emit(kind, a.PHASE_START, level, prov, venue, -1, -1, int(b["first"]), 0, now,
-                     idx, vals, quiet / 1e9)  # fmt: skip
-            b["open"] = b["first"]
+        _episode(b, now, quiet, out, a.A_RING_OVERFLOW, a.LV_RING, (-1, -1, -1, -1), r)
     return len(out.rows)
+
+
+def _episode(b, now, quiet, out, kind, level, subject, count) -> None:
+    """A burst's start or end event, if due (twin of the kernels' burst episodes)."""
+    vals = (b["count"] - b["base_count"], b["missed"] - b["base_missed"], 0.0)
+    if b["open"] > 0:
+        if now - b["last"] >= quiet and out.room():
+            out.emit(kind, a.PHASE_END, level, *subject, int(b["open"]), int(b["last"]), now,
+                     count, vals, quiet / 1e9)  # fmt: skip
+            b["open"] = b["first"] = 0
+            b["base_count"], b["base_missed"] = b["count"], b["missed"]
+            return
+    elif b["count"] > b["base_count"] and out.room():
+        out.emit(kind, a.PHASE_START, level, *subject, int(b["first"]), 0, now, count, vals,
+                 quiet / 1e9)  # fmt: skip
+        b["open"] = b["first"]
+
+
+def _gaps_reference(now, quiet, bursts, sub_bursts, sub_meta, src_meta, out) -> None:
+    """Twin of ``anomaly._gaps``."""
+
+    def pending(b):
+        return b["open"] == 0 and b["count"] > b["base_count"]
+
+    members: dict[int, list[int]] = {}
+    for k in range(len(sub_meta)):
+        members.setdefault(int(sub_meta[k]["source"]), []).append(k)
+    for s in range(len(src_meta)):
+        mine = members.get(s, [])
+        src = bursts[s]
+        waiting = [k for k in mine if pending(sub_bursts[k])]
+        if src["open"] > 0 or len(waiting) >= 2 or src["count"] > src["base_count"]:
+            for k in waiting:
+                kb = sub_bursts[k]
+                src["count"] += kb["count"] - kb["base_count"]
+                src["missed"] += kb["missed"] - kb["base_missed"]
+                src["first"] = kb["first"] if src["first"] == 0 else min(src["first"], kb["first"])
+                src["last"] = max(src["last"], kb["last"])
+                kb["base_count"], kb["base_missed"], kb["first"] = kb["count"], kb["missed"], 0
+                if not kb["covered"]:
+                    kb["covered"] = 1
+                    src["covered"] += 1
+    for s in range(len(src_meta)):
+        src = bursts[s]
+        was_open = src["open"] > 0
+        subject = (int(src_meta[s]["provider"]), int(src_meta[s]["venue"]), -1, -1)
+        _episode(src, now, quiet, out, a.A_GAP, a.LV_SOURCE, subject, int(src["covered"]))
+        if was_open and src["open"] == 0:
+            src["covered"] = 0
+            for k in members.get(s, []):
+                sub_bursts[k]["covered"] = 0
+    for k in range(len(sub_meta)):
+        sm = sub_meta[k]
+        subject = (int(sm["provider"]), int(sm["venue"]), int(sm["data_class"]),
+                   int(sm["instrument"]))  # fmt: skip
+        _episode(sub_bursts[k], now, quiet, out, a.A_GAP, a.LV_SUB, subject, 1)
 
 
 def _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, out):
@@ -534,9 +576,12 @@ def _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, 
             continue
         if not out.room():
             continue
-        sa, sb = sub_meta[int(sp["k_hi"])], sub_meta[int(sp["k_lo"])]
+        if phase == a.PHASE_START:  # the end names the start's sources, in its order
+            sp["s_hi"], sp["s_lo"] = sp["k_hi"], sp["k_lo"]
+        sa, sb = sub_meta[int(sp["s_hi"])], sub_meta[int(sp["s_lo"])]
+        prices = (sp["hi"], sp["lo"]) if sp["k_hi"] == sp["s_hi"] else (sp["lo"], sp["hi"])
         out.emit(a.A_DIVERGENCE, phase, a.LV_PAIR, int(sa["provider"]), int(sa["venue"]),
-                 int(sa["data_class"]), i, start, end, now, 2, (sp["spread"], sp["hi"], sp["lo"]),
+                 int(sa["data_class"]), i, start, end, now, 2, (sp["spread"], *prices),
                  thr[k0]["div"])  # fmt: skip
         row = out.ev_i[len(out.rows) - 1]
         row[a.E_PEER_PROVIDER], row[a.E_PEER_VENUE] = sb["provider"], sb["venue"]

@@ -321,7 +321,7 @@ def _anomaly_values(kind: int, level: int, ef: list[float], count: int) -> dict[
     if kind == an.A_RATE_DROP:
         return {"rate": v0, "baseline": v1, "subscriptions": count}
     if kind == an.A_GAP:
-        return {"gaps": int(v0), "missed": int(v1)}
+        return {"gaps": int(v0), "missed": int(v1), "subscriptions": count}
     if kind == an.A_DISCONNECT:
         return {"reason": an.REASON_NAMES.get(int(v0), "unknown"), "silent_s": v1}
     if kind == an.A_RING_OVERFLOW:

@@ -70,9 +70,13 @@ class Market:
         # that happened to carry only the others.
         self.pending_skip = np.zeros(len(start), np.int64)
 
-    def skip_sequence(self, amount: int) -> None:
-        """The next event of each instrument skips ``amount`` sequence numbers (0 cancels)."""
-        self.pending_skip[:] = amount
+    def skip_sequence(self, amount: int, symbol: str | None = None) -> None:
+        """The next event of each instrument (of ``symbol`` only, if given) skips ``amount``
+        sequence numbers (0 cancels)."""
+        if symbol is None:
+            self.pending_skip[:] = amount
+        else:
+            self.pending_skip[self.index[symbol]] = amount
 
     def events(self, symbols: list[int], n: int, now_ns: int | None = None) -> EventBatch:
         """``n`` events spread uniformly over instrument indexes ``symbols``."""

@@ -14,14 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 
 from fairfeed.core.config import SimulatorConfig
-from fairfeed.kafka.encode import decode_anomaly
 from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
 from fairfeed.local.wsserver import ServerThread
-from tests.conftest import consume_all
+from tests.daemon.anomaly_rig import Feed, brief, read_events, write_config
 from tests.daemon.daemon_process import DaemonProcess
 from tests.waiting import wait_for
 
@@ -45,45 +43,8 @@ rate_drop_for = {RATE_DROP_FOR}
 """
 
 
-def _config(tmp_path: Path, servers: list[KrakenServer], bootstrap: str) -> Path:
-    lines = [
-        "[daemon]\nworkers = 1\nheartbeat_interval = 0.1\nheartbeat_timeout = 3.0\n",
-        f'[kafka]\nbootstrap = "{bootstrap}"\nticks_topic = "{TAG}.ticks"\n'
-        f'fair_topic = "{TAG}.fair"\nanomalies_topic = "{TAG}.anomalies"\n',
-        "[fair]\nstale_after = 30.0\nmin_interval = 0.05\n",
-        ANOMALIES,
-    ]
-    for (name, venue, insts), server in zip(
-        (("kr-a", "VENUE-A", LIQUID), ("kr-b", "VENUE-B", ILLIQUID)), servers, strict=True
-    ):
-        listed = ", ".join(f'"{i}"' for i in insts)
-        lines.append(
-            f'[[providers]]\nname = "{name}"\nkind = "kraken"\nvenue = "{venue}"\n'
-            f'url = "{server.url}"\n'
-        )
-        lines.append(f'[[subscriptions]]\nprovider = "{name}"\ninstruments = [{listed}]\n')
-    path = tmp_path / "fairfeed.toml"
-    path.write_text("\n".join(lines))
-    return path
-
-
 def _events(bootstrap: str, t0: int = 0) -> list[dict]:
-    try:
-        msgs = consume_all(bootstrap, f"{TAG}.anomalies", timeout=20)
-    except KafkaException as exc:
-        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            return []
-        raise
-    out = []
-    for _p, key, value in msgs:
-        ev = decode_anomaly(value)
-        ev["key"] = key.decode()
-        out.append(ev)
-    return sorted((e for e in out if e["detected"] >= t0), key=lambda e: e["detected"])
-
-
-def _brief(e: dict) -> tuple:
-    return (e["kind"], e["phase"], e["key"])
+    return read_events(bootstrap, TAG, t0)
 
 
 def test_rate_drop_and_adaptive_no_data(tmp_path: Path, kafka_broker) -> None:
@@ -95,7 +56,11 @@ def test_rate_drop_and_adaptive_no_data(tmp_path: Path, kafka_broker) -> None:
                                              volatility_bps=0.5), heartbeat_interval=0.5),
     ]  # fmt: skip
     threads = ServerThread(*servers).start()
-    daemon = DaemonProcess(tmp_path, _config(tmp_path, servers, bootstrap))
+    feeds = [
+        Feed("kr-a", "VENUE-A", servers[0].url, tuple(LIQUID)),
+        Feed("kr-b", "VENUE-B", servers[1].url, tuple(ILLIQUID)),
+    ]
+    daemon = DaemonProcess(tmp_path, write_config(tmp_path, TAG, bootstrap, ANOMALIES, feeds))
     try:
         # Clean: until the illiquid stream has shown its rhythm (the adaptive threshold learns
         # 16 gaps, under the cap meanwhile) nothing at all, though its gaps exceed the floor.
@@ -110,7 +75,7 @@ def test_rate_drop_and_adaptive_no_data(tmp_path: Path, kafka_broker) -> None:
                 lambda: [e for e in _events(bootstrap, t0) if e["phase"] == "start"],
                 threshold_s + 10, f"a {kind} event", interval=0.3,
             )  # fmt: skip
-            assert [_brief(e) for e in start] == [(kind, "start", "kr-a/*/*/*")], start
+            assert [brief(e) for e in start] == [(kind, "start", "kr-a/*/*/*")], start
             late = (start[0]["detected"] - t0) / 1e9
             assert late <= threshold_s + 1.0, f"{kind} detected after {late:.2f}s"
             threads.call(servers[0].clear)
@@ -120,9 +85,9 @@ def test_rate_drop_and_adaptive_no_data(tmp_path: Path, kafka_broker) -> None:
             )  # fmt: skip
             # nothing else: in particular no second start, and nothing about kr-b
             got = _events(bootstrap, t0)
-            assert [_brief(e) for e in got] == [
+            assert [brief(e) for e in got] == [
                 (kind, "start", "kr-a/*/*/*"), (kind, "end", "kr-a/*/*/*"),
-            ], [(*_brief(e), (e["detected"] - t0) / 1e9, e["values"]) for e in got]  # fmt: skip
+            ], [(*brief(e), (e["detected"] - t0) / 1e9, e["values"]) for e in got]  # fmt: skip
             return got
 
         # the liquid pair's adaptive threshold is the floor: its gaps are a few ms

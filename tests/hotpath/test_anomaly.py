@@ -62,7 +62,7 @@ def run_both(state, steps, fair_of):
         elif isinstance(step, np.ndarray):
             a = state.update(step)
             b = update_reference(step, len(step), ref.sub_table, ref.source_table, ref.subs,
-                                 ref.provs, ref.bursts)  # fmt: skip
+                                 ref.provs, ref.bursts, ref.sub_bursts)  # fmt: skip
             assert a == b
         else:
             now, dropped = step
@@ -75,8 +75,8 @@ def run_both(state, steps, fair_of):
     for (gi, gf), (wi, wf) in zip(got, want, strict=True):
         np.testing.assert_array_equal(gi, wi)
         np.testing.assert_allclose(gf, wf, rtol=1e-12, equal_nan=True)
-    for name in ("subs", "provs", "bursts", "onset", "active", "sub_open", "group_open",
-                 "spreads", "clock", "meas"):  # fmt: skip
+    for name in ("subs", "provs", "bursts", "sub_bursts", "onset", "active", "sub_open",
+                 "group_open", "spreads", "clock", "meas"):  # fmt: skip
         assert_same(getattr(state, name), getattr(ref, name), name)
     return got
 
@@ -247,6 +247,58 @@ def test_gap_burst_and_ring_overflow() -> None:
     ]  # fmt: skip
 
 
+def _gap_rows(ev):
+    return [
+        (e[1 + an.E_PHASE], e[1 + an.E_LEVEL], e[1 + an.E_INSTRUMENT], e[1 + an.E_COUNT])
+        for e in ev
+        if e[1 + an.E_KIND] == an.A_GAP
+    ]
+
+
+def test_a_second_instrument_gapping_during_the_first_ones_episode_has_its_own() -> None:
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+    t = T0 + 3 * S
+    state.update(rec(KIND_GAP, 0, 1, t + 1, size=5.0))
+    ev = _events(state, t + S, feed=lambda t: _feed(state, t))
+    state.update(rec(KIND_GAP, 1, 1, t + S + 1, size=7.0))  # instrument 0's episode is open
+    ev += _events(state, t + 8 * S, feed=lambda t: _feed(state, t))
+    assert _gap_rows(ev) == [
+        (an.PHASE_START, an.LV_SUB, 0, 1), (an.PHASE_START, an.LV_SUB, 1, 1),
+        (an.PHASE_END, an.LV_SUB, 0, 1), (an.PHASE_END, an.LV_SUB, 1, 1),
+    ]  # fmt: skip
+    subjects = [(e[1 + an.E_PROVIDER], e[1 + an.E_VENUE], e[1 + an.E_CLASS]) for e in ev]
+    assert subjects == [(1, 1, CLASSES[0]), (1, 1, CLASSES[1])] * 2
+
+
+def test_gaps_of_many_instruments_at_once_are_one_event_of_their_source() -> None:
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+    t = T0 + 3 * S
+    state.update(np.concatenate([rec(KIND_GAP, i, 1, t + i, size=2.0) for i in range(3)]))
+    ev = _events(state, t + S, feed=lambda t: _feed(state, t))
+    state.update(rec(KIND_GAP, 0, 1, t + S + 1, size=4.0))  # joins the open source episode
+    ev += _events(state, t + 8 * S, feed=lambda t: _feed(state, t))
+    assert _gap_rows(ev) == [
+        (an.PHASE_START, an.LV_SOURCE, -1, 3),
+        (an.PHASE_END, an.LV_SOURCE, -1, 3),
+    ]
+    state.update(rec(KIND_GAP, 2, 1, t + 8 * S + 1, size=1.0))  # after it: its own again
+    ev = _events(state, t + 9 * S, feed=lambda t: _feed(state, t))
+    assert _gap_rows(ev) == [(an.PHASE_START, an.LV_SUB, 2, 1)]
+
+
+def test_a_gap_in_a_connection_sequence_is_an_event_of_its_source() -> None:
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+    t = T0 + 3 * S
+    state.update(rec(KIND_GAP, NO_INSTRUMENT, 3, t + 1, size=9.0))
+    ei, ef = state.evaluate(t + S // 4, np.full(3, 100.0))
+    assert ei[:, an.E_LEVEL].tolist() == [an.LV_SOURCE]
+    assert ei[0, [an.E_PROVIDER, an.E_VENUE, an.E_COUNT]].tolist() == [3, 2, 0]
+    assert ef[0, :2].tolist() == [1.0, 9.0]
+
+
 def test_growing_the_monitored_set_continues_open_episodes() -> None:
     """A state rebuilt with one more subscription (new instrument, source, provider and venue)
     and carried over emits exactly the events the old state emits for the old subscriptions:
@@ -400,8 +452,10 @@ def test_two_sources_8pct_apart_are_one_pair_event_naming_both(sources) -> None:
     assert ev[0][1 + an.N_EI] == pytest.approx(0.08)
     ev = _pair_events(state, sources, T0 + 10 * S, lambda t: (100.0, 105.0), mid)
     assert ev == []  # above the clear threshold
-    ev = _pair_events(state, sources, T0 + 12 * S, lambda t: (100.0, 103.0), mid)
-    assert [_brief(e)[:3] for e in ev] == [(an.A_DIVERGENCE, 1, an.LV_PAIR)]
+    ev = _pair_events(state, sources, T0 + 12 * S, lambda t: (101.0, 100.0), mid)
+    # the end names the start's sources in the start's order, though the other is higher now
+    assert [_brief(e) for e in ev] == [(an.A_DIVERGENCE, 1, an.LV_PAIR, *sources[1], *sources[0])]
+    assert ev[0][1 + an.N_EI + 1 : 1 + an.N_EI + 3] == (100.0, 101.0)  # its price, the peer's
     assert state.open_count() == 0
 
 
