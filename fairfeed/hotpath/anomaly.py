@@ -41,8 +41,9 @@ KIND_HEARTBEAT, KIND_STATUS, KIND_GAP) to the state. ``evaluate_nb`` runs every
   fresh prices (the outlier is the source beyond the threshold; the event names it and its
   peer, the fresh source farthest from it), through the per-subscription detector and its
   roll-up. n == 2: the pair's ratio max / min - 1 is one episode per instrument naming both
-  sources (no outlier can be told); it supersedes the per-subscription detector, which then
-  measures nothing. n <= 1: the per-subscription detector measures price / fair - 1. Pairs on
+  sources (no outlier can be told), or one per source pair when several instruments of the
+  same two sources diverge together (``_pair_episodes``); it supersedes the per-subscription
+  detector, which then measures nothing. n <= 1: the per-subscription detector measures price / fair - 1. Pairs on
   one venue are pairs like any other (``venue_divergence`` is no longer emitted).
 
 Each ``*_nb`` kernel has a plain-Python oracle in :mod:`fairfeed.hotpath.anomaly_reference`.
@@ -199,6 +200,17 @@ PAIR_DTYPE = np.dtype([
     ("k_lo", "i8"),
     ("s_hi", "i8"),  # the open episode's subject and peer: its start's k_hi and k_lo (the end
     ("s_lo", "i8"),  # names the same sources, whichever is higher by then)
+    ("group", "i8"),  # 1 + the instrument whose row holds the source-pair episode it is in
+    # a source-pair episode held in this row: open since (0 = none), members now and in all,
+    # its sources (subscriptions naming subject and peer), and its last measure
+    ("g_open", "i8"),
+    ("g_n", "i8"),
+    ("g_count", "i8"),
+    ("g_hi", "i8"),
+    ("g_lo", "i8"),
+    ("g_spread", "f8"),
+    ("g_phi", "f8"),
+    ("g_plo", "f8"),
 ])  # fmt: skip
 CLOCK_DTYPE = np.dtype([
     ("last_eval", "i8"),
@@ -581,8 +593,8 @@ def evaluate_nb(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):  # 
     clock[0].last_eval = now
     down = np.zeros(st.provs.shape[0], np.bool_)
     m = _disconnects(now, glob.hb_timeout, st.provs, down, clock, ev_i, ev_f, 0)
-    m = _pairs(now, thr, layout.sub_meta, layout.in_offsets, layout.in_subs, st.subs, fair,
-               down, st.spreads, clock, ev_i, ev_f, m)  # fmt: skip
+    m = _pairs(now, thr, layout.sub_meta, layout.src_meta.shape[0], layout.in_offsets,
+               layout.in_subs, st.subs, fair, down, st.spreads, clock, ev_i, ev_f, m)  # fmt: skip
     busy = np.zeros(N_DET, np.bool_)
     mask = np.empty(layout.sub_meta.shape[0], np.uint8)
     _detectors(now, dt, thr, glob, layout.sub_meta, st.subs, st.provs, fair, down, st.onset,
@@ -965,14 +977,13 @@ def _fresh(now, thr, sub_meta, subs, down, k):  # pragma: no cover
 
 
 @njit(cache=True)
-def _pairs(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, clock, ev_i,
-           ev_f, m):  # fmt: skip  # pragma: no cover
+def _pairs(now, thr, sub_meta, n_src, in_offsets, in_subs, subs, fair, down, spreads, clock,
+           ev_i, ev_f, m):  # fmt: skip  # pragma: no cover
     """Phase 2a, per instrument over its fresh sources (n): each subscription's divergence
     reference (``ref``; n >= 3: the median of the fresh prices, and ``peer``, the fresh source
     farthest from it; n == 2: none, the pair episode here measures; n <= 1: the fair price),
     and the pair episodes (n == 2: max / min - 1 with the instrument's divergence thresholds).
     Returns the event count."""
-    cap = ev_i.shape[0]
     n_fair = fair.shape[0]
     px = np.empty(max(in_subs.shape[0], 1))
     for i in range(in_offsets.shape[0] - 1):
@@ -1035,12 +1046,125 @@ def _pairs(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, c
                 sp.active = 1
         else:
             sp.onset = 0
-        phase = -1
+    return _pair_episodes(now, thr, sub_meta, n_src, spreads, clock, ev_i, ev_f, m)
+
+
+@njit(cache=True, _nrt=False)
+def _pair_pre(now, thr, sp):  # pragma: no cover
+    """Pre-active (see the module docstring), for a pair."""
+    return sp.active == 1 or (sp.onset > 0 and now - sp.onset >= thr[sp.k_hi].div_for / 2)
+
+
+@njit(cache=True, _nrt=False)
+def _pair_prices(sub_meta, sp, k_subject):  # pragma: no cover
+    """``sp``'s two prices, the one of ``k_subject``'s source first."""
+    if sub_meta[sp.k_hi].source == sub_meta[k_subject].source:
+        return sp.hi, sp.lo
+    return sp.lo, sp.hi
+
+
+@njit(cache=True)
+def _pair_episodes(now, thr, sub_meta, n_src, spreads, clock, ev_i, ev_f,
+                   m):  # fmt: skip  # pragma: no cover
+    """Phase 2b: pair episodes. Instruments whose pairs are the same two sources (in the same
+    roles) roll up into one episode of the source pair (instrument -1), as subscriptions roll
+    up into groups: it opens when at least two are pre-active and one of them is active,
+    takes every instrument of that source pair that becomes pre-active while it is open, and
+    ends when none is left. An instrument alone has its own episode. Returns the event count."""
+    cap = ev_i.shape[0]
+    n_inst = spreads.shape[0]
+    # members that cleared leave; a source-pair episode without members ends
+    for i in range(n_inst):
+        g = spreads[i].group - 1
+        if g >= 0 and not _pair_pre(now, thr, spreads[i]):
+            spreads[g].g_n -= 1
+            spreads[g].g_spread = spreads[i].spread
+            phi, plo = _pair_prices(sub_meta, spreads[i], spreads[g].g_hi)
+            spreads[g].g_phi = phi
+            spreads[g].g_plo = plo
+            spreads[i].group = 0
+            spreads[i].open = 0
+    for g in range(n_inst):
+        if spreads[g].g_open > 0 and spreads[g].g_n == 0:
+            if m >= cap:
+                clock[0].deferred += 1
+                continue
+            m = _emit_pair(ev_i, ev_f, m, PHASE_END, sub_meta, spreads[g].g_hi, spreads[g].g_lo,
+                           -1, spreads[g].g_open, now, now, 2 * spreads[g].g_count,
+                           spreads[g].g_spread, spreads[g].g_phi, spreads[g].g_plo,
+                           thr[spreads[g].g_hi].div)  # fmt: skip
+            spreads[g].g_open = 0
+    # pre-active instruments in no episode join their source pair's open episode, or count
+    table = np.zeros((n_src, n_src), np.int64)  # 1 + the row holding the pair's open episode
+    for g in range(n_inst):
+        if spreads[g].g_open > 0:
+            table[sub_meta[spreads[g].g_hi].source, sub_meta[spreads[g].g_lo].source] = g + 1
+    pre = np.zeros((n_src, n_src), np.int64)
+    act = np.zeros((n_src, n_src), np.int64)
+    for i in range(n_inst):
+        if spreads[i].group != 0 or spreads[i].open != 0 or not _pair_pre(now, thr, spreads[i]):
+            continue
+        a = sub_meta[spreads[i].k_hi].source
+        b = sub_meta[spreads[i].k_lo].source
+        g = table[a, b] - 1
+        if g >= 0:
+            spreads[i].group = g + 1
+            spreads[i].open = spreads[g].g_open
+            spreads[g].g_n += 1
+            spreads[g].g_count += 1
+        else:
+            pre[a, b] += 1
+            act[a, b] += spreads[i].active
+    # a new source-pair episode: held by its first instrument, the widest one's measure
+    for i in range(n_inst):
+        sp = spreads[i]
+        if sp.group != 0 or sp.open != 0 or sp.g_open != 0 or not _pair_pre(now, thr, sp):
+            continue
+        a = sub_meta[sp.k_hi].source
+        b = sub_meta[sp.k_lo].source
+        if pre[a, b] < 2 or act[a, b] == 0:
+            continue
+        if m >= cap:
+            clock[0].deferred += 1
+            pre[a, b] = 0  # once per source pair
+            continue
+        start = sp.onset
+        w = i
+        n = 0
+        for j in range(i, n_inst):
+            q = spreads[j]
+            if (q.group == 0 and q.open == 0 and _pair_pre(now, thr, q)
+                    and sub_meta[q.k_hi].source == a and sub_meta[q.k_lo].source == b):  # fmt: skip
+                n += 1
+                start = min(start, q.onset)
+                if q.spread > spreads[w].spread:
+                    w = j
+        for j in range(i, n_inst):
+            q = spreads[j]
+            if (q.group == 0 and q.open == 0 and _pair_pre(now, thr, q)
+                    and sub_meta[q.k_hi].source == a and sub_meta[q.k_lo].source == b):  # fmt: skip
+                spreads[j].group = i + 1
+                spreads[j].open = start
+        spreads[i].g_open = start
+        spreads[i].g_n = n
+        spreads[i].g_count = n
+        spreads[i].g_hi = spreads[i].k_hi
+        spreads[i].g_lo = spreads[i].k_lo
+        phi, plo = _pair_prices(sub_meta, spreads[w], spreads[i].k_hi)
+        m = _emit_pair(ev_i, ev_f, m, PHASE_START, sub_meta, spreads[i].k_hi, spreads[i].k_lo,
+                       -1, start, 0, now, 2 * n, spreads[w].spread, phi, plo,
+                       thr[spreads[i].k_hi].div)  # fmt: skip
+        pre[a, b] = 0  # every instrument of the pair is in it now
+    # the instruments alone: their own episodes
+    for i in range(n_inst):
+        sp = spreads[i]
+        if sp.group != 0:
+            continue
         if sp.open > 0 and sp.active == 0:
             phase = PHASE_END
         elif sp.open == 0 and sp.active == 1:
             phase = PHASE_START
-        if phase < 0:
+        else:
             continue
         if m >= cap:
             clock[0].deferred += 1
@@ -1048,16 +1172,27 @@ def _pairs(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, spreads, c
         if phase == PHASE_START:
             sp.s_hi = sp.k_hi
             sp.s_lo = sp.k_lo
-        a = sub_meta[sp.s_hi]
-        b = sub_meta[sp.s_lo]
-        same = sp.k_hi == sp.s_hi
-        start = sp.open if phase == PHASE_END else sp.onset
-        m = _emit(ev_i, ev_f, m, A_DIVERGENCE, phase, LV_PAIR, a.provider, a.venue,
-                  a.data_class, i, start, now if phase == PHASE_END else 0, now, 2, sp.spread,
-                  sp.hi if same else sp.lo, sp.lo if same else sp.hi, thr[k0].div)  # fmt: skip
-        ev_i[m - 1, E_PEER_PROVIDER] = b.provider
-        ev_i[m - 1, E_PEER_VENUE] = b.venue
+        phi, plo = _pair_prices(sub_meta, sp, sp.s_hi)
+        m = _emit_pair(ev_i, ev_f, m, phase, sub_meta, sp.s_hi, sp.s_lo, i,
+                       sp.open if phase == PHASE_END else sp.onset,
+                       now if phase == PHASE_END else 0, now, 2, sp.spread, phi, plo,
+                       thr[sp.s_hi].div)  # fmt: skip
         sp.open = 0 if phase == PHASE_END else sp.onset
+    return m
+
+
+@njit(cache=True)
+def _emit_pair(ev_i, ev_f, m, phase, sub_meta, k_subject, k_peer, inst, start, end, now, count,
+               spread, p_subject, p_peer, thr):  # fmt: skip  # pragma: no cover
+    """A ``pair`` divergence row: subject ``k_subject``'s source, the peer ``k_peer``'s; the
+    data class and instrument of ``inst`` (-1: a source-pair episode, over instruments)."""
+    a = sub_meta[k_subject]
+    b = sub_meta[k_peer]
+    cls = a.data_class if inst >= 0 else -1
+    m = _emit(ev_i, ev_f, m, A_DIVERGENCE, phase, LV_PAIR, a.provider, a.venue, cls, inst,
+              start, end, now, count, spread, p_subject, p_peer, thr)  # fmt: skip
+    ev_i[m - 1, E_PEER_PROVIDER] = b.provider
+    ev_i[m - 1, E_PEER_VENUE] = b.venue
     return m
 
 
@@ -1545,6 +1680,7 @@ class AnomalyState:
         """Episodes open now."""
         return int(
             (self.sub_open > 0).sum() + (self.group_open > 0).sum()
-            + (self.provs["open"] > 0).sum() + (self.spreads["open"] > 0).sum()
+            + (self.provs["open"] > 0).sum() + (self.spreads["g_open"] > 0).sum()
+            + ((self.spreads["open"] > 0) & (self.spreads["group"] == 0)).sum()
             + (self.bursts["open"] > 0).sum() + (self.sub_bursts["open"] > 0).sum()
         )  # fmt: skip

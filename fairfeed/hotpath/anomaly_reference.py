@@ -568,6 +568,106 @@ def _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, 
                 sp["active"] = 1
         else:
             sp["onset"] = 0
+    _pair_episodes_reference(now, thr, sub_meta, spreads, out)
+
+
+def _pair_episodes_reference(now, thr, sub_meta, spreads, out):
+    """Twin of ``anomaly._pair_episodes``: own and source-pair episodes."""
+
+    def pre(sp):
+        return sp["active"] == 1 or (
+            sp["onset"] > 0 and now - sp["onset"] >= thr[int(sp["k_hi"])]["div_for"] / 2
+        )
+
+    def src(k):
+        return int(sub_meta[int(k)]["source"])
+
+    def key(sp):
+        return (src(sp["k_hi"]), src(sp["k_lo"]))
+
+    def prices(sp, k_subject):
+        same = src(sp["k_hi"]) == src(k_subject)
+        return (sp["hi"], sp["lo"]) if same else (sp["lo"], sp["hi"])
+
+    def emit(phase, k_subject, k_peer, inst, start, end, count, vals):
+        sa, sb = sub_meta[int(k_subject)], sub_meta[int(k_peer)]
+        cls = int(sa["data_class"]) if inst >= 0 else -1
+        out.emit(a.A_DIVERGENCE, phase, a.LV_PAIR, int(sa["provider"]), int(sa["venue"]), cls,
+                 inst, int(start), int(end), now, count, vals,
+                 thr[int(k_subject)]["div"])  # fmt: skip
+        row = out.ev_i[len(out.rows) - 1]
+        row[a.E_PEER_PROVIDER], row[a.E_PEER_VENUE] = sb["provider"], sb["venue"]
+        out.rows[-1] = (list(row), out.rows[-1][1])
+
+    rows = range(len(spreads))
+    for i in rows:
+        sp = spreads[i]
+        g = int(sp["group"]) - 1
+        if g >= 0 and not pre(sp):
+            lead = spreads[g]
+            lead["g_n"] -= 1
+            lead["g_spread"] = sp["spread"]
+            lead["g_phi"], lead["g_plo"] = prices(sp, lead["g_hi"])
+            sp["group"] = sp["open"] = 0
+    for g in rows:
+        lead = spreads[g]
+        if lead["g_open"] > 0 and lead["g_n"] == 0 and out.room():
+            emit(
+                a.PHASE_END,
+                lead["g_hi"],
+                lead["g_lo"],
+                -1,
+                lead["g_open"],
+                now,
+                2 * int(lead["g_count"]),
+                (lead["g_spread"], lead["g_phi"], lead["g_plo"]),
+            )
+            lead["g_open"] = 0
+    held = {key({"k_hi": spreads[g]["g_hi"], "k_lo": spreads[g]["g_lo"]}): g
+            for g in rows if spreads[g]["g_open"] > 0}  # fmt: skip
+    waiting: dict[tuple[int, int], list[int]] = {}
+    for i in rows:
+        sp = spreads[i]
+        if sp["group"] != 0 or sp["open"] != 0 or not pre(sp):
+            continue
+        if key(sp) in held:
+            g = held[key(sp)]
+            sp["group"], sp["open"] = g + 1, spreads[g]["g_open"]
+            spreads[g]["g_n"] += 1
+            spreads[g]["g_count"] += 1
+        else:
+            waiting.setdefault(key(sp), []).append(i)
+    leads = []  # (the instrument holding it, its candidates), in the order of the former
+    for members in waiting.values():
+        if len(members) < 2 or not any(spreads[j]["active"] for j in members):
+            continue
+        lead_i = next((j for j in members if spreads[j]["g_open"] == 0), None)
+        if lead_i is not None:
+            leads.append((lead_i, [j for j in members if j >= lead_i]))
+    for lead_i, members in sorted(leads):
+        if not out.room():
+            continue
+        start = min(int(spreads[j]["onset"]) for j in members)
+        widest = max(members, key=lambda j: (spreads[j]["spread"], -j))
+        lead = spreads[lead_i]
+        for j in members:
+            spreads[j]["group"], spreads[j]["open"] = lead_i + 1, start
+        lead["g_open"], lead["g_n"], lead["g_count"] = start, len(members), len(members)
+        lead["g_hi"], lead["g_lo"] = lead["k_hi"], lead["k_lo"]
+        emit(
+            a.PHASE_START,
+            lead["k_hi"],
+            lead["k_lo"],
+            -1,
+            start,
+            0,
+            2 * len(members),
+            (spreads[widest]["spread"], *prices(spreads[widest], lead["k_hi"])),
+        )
+    for i in rows:
+        sp = spreads[i]
+        if sp["group"] != 0:
+            continue
         if sp["open"] > 0 and sp["active"] == 0:
             phase, start, end = a.PHASE_END, int(sp["open"]), now
         elif sp["open"] == 0 and sp["active"] == 1:
@@ -578,12 +678,7 @@ def _pairs_reference(now, thr, sub_meta, in_offsets, in_subs, subs, fair, down, 
             continue
         if phase == a.PHASE_START:  # the end names the start's sources, in its order
             sp["s_hi"], sp["s_lo"] = sp["k_hi"], sp["k_lo"]
-        sa, sb = sub_meta[int(sp["s_hi"])], sub_meta[int(sp["s_lo"])]
-        prices = (sp["hi"], sp["lo"]) if sp["k_hi"] == sp["s_hi"] else (sp["lo"], sp["hi"])
-        out.emit(a.A_DIVERGENCE, phase, a.LV_PAIR, int(sa["provider"]), int(sa["venue"]),
-                 int(sa["data_class"]), i, start, end, now, 2, (sp["spread"], *prices),
-                 thr[k0]["div"])  # fmt: skip
-        row = out.ev_i[len(out.rows) - 1]
-        row[a.E_PEER_PROVIDER], row[a.E_PEER_VENUE] = sb["provider"], sb["venue"]
-        out.rows[-1] = (list(row), out.rows[-1][1])
+        emit(
+            phase, sp["s_hi"], sp["s_lo"], i, start, end, 2, (sp["spread"], *prices(sp, sp["s_hi"]))
+        )
         sp["open"] = 0 if phase == a.PHASE_END else start

@@ -499,3 +499,93 @@ def test_pair_and_outlier_kernels_match_the_oracle(steps) -> None:
         now += wait * S // 4
         plan.append((now, np.zeros(0, np.int64)))
     run_both(state, plan, lambda t: np.array([100.0 + (t // S) % 3]))
+
+
+def _pairs_of(n_inst, sources, max_events=256) -> an.AnomalyState:
+    """``n_inst`` instruments on each of ``sources`` (as :func:`_pair_state`)."""
+    subs = [(i, s) for i in range(n_inst) for s in range(len(sources))]
+    thr = an.threshold_rows(len(subs))
+    for name in ("no_data", "first_data", "div_for", "lat_for", "rate_for"):
+        thr[name] = 2 * S
+    thr["div"], thr["div_clear"] = 0.06, 0.04
+    n_prov = max(p for p, _v in sources) + 1
+    n_venue = max(v for _p, v in sources) + 1
+    return an.AnomalyState([1] * n_inst, sources, n_prov, n_venue, subs, thr,
+                           an.default_globals(), 0, T0, max_events)  # fmt: skip
+
+
+def _trades(sources, t, prices) -> np.ndarray:
+    """One trade per (instrument, source) at ``prices[instrument][source]`` (NaN: none)."""
+    rows = []
+    for i, row in enumerate(prices):
+        for s, price in enumerate(row):
+            if price == price:
+                r = np.zeros(1, RECORD_DTYPE)
+                r["kind"], r["instrument"], (r["provider"], r["venue"]) = KIND_TRADE, i, sources[s]
+                r["ts_receive"], r["price"] = t, price
+                rows.append(r)
+    return np.concatenate(rows)
+
+
+def test_a_source_off_on_every_instrument_is_one_source_pair_event() -> None:
+    """Two sources, one of them 8 % off on three instruments: one `pair` event over them (no
+    instrument), which a fourth instrument joins, and which ends once all are back."""
+    sources = [(0, 0), (1, 1)]
+    state = _pairs_of(4, sources)
+    out, t = [], T0
+
+    def run(until, prices):
+        nonlocal t
+        while t < until:
+            t += S // 4
+            state.update(_trades(sources, t, prices))
+            ei, ef = state.evaluate(t, np.full(4, np.nan))
+            out.extend((t, ri, rf) for ri, rf in zip(ei.tolist(), ef.tolist(), strict=True))
+
+    run(T0 + 3 * S, [(100.0, 100.0)] * 4)
+    assert out == []
+    run(T0 + 6 * S, [(100.0, 108.0)] * 3 + [(100.0, 100.0)])
+    run(T0 + 10 * S, [(100.0, 108.0)] * 4)  # the fourth joins the open episode
+    assert len(out) == 1
+    _t, ri, rf = out[0]
+    assert (ri[an.E_KIND], ri[an.E_PHASE], ri[an.E_LEVEL], ri[an.E_INSTRUMENT]) == (
+        an.A_DIVERGENCE, an.PHASE_START, an.LV_PAIR, -1,
+    )  # fmt: skip
+    assert (ri[an.E_PROVIDER], ri[an.E_PEER_PROVIDER], ri[an.E_COUNT]) == (1, 0, 6)
+    assert rf[:3] == pytest.approx([0.08, 108.0, 100.0])
+    run(T0 + 12 * S, [(100.0, 100.0)] * 2 + [(100.0, 108.0)] * 2)  # still two of them
+    assert len(out) == 1
+    run(T0 + 14 * S, [(100.0, 100.0)] * 4)
+    assert len(out) == 2
+    _t, ri, rf = out[1]
+    assert (ri[an.E_PHASE], ri[an.E_INSTRUMENT], ri[an.E_COUNT]) == (an.PHASE_END, -1, 8)
+    assert state.open_count() == 0
+    # one instrument alone afterwards: its own episode
+    run(T0 + 18 * S, [(100.0, 100.0)] * 3 + [(100.0, 108.0)])
+    assert [(ri[an.E_PHASE], ri[an.E_INSTRUMENT]) for _t, ri, _f in out[2:]] == [(0, 3)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    # biased towards every instrument and the pair trading at once: source-pair episodes
+    st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 3, 3]), st.sampled_from([0, 0, 0, 1, 2, 3]),
+                       st.sampled_from([92.0, 100.0, 100.3, 108.0]), st.integers(1, 4)),
+             min_size=1, max_size=50),
+    st.integers(1, 12),
+)  # fmt: skip
+def test_source_pair_roll_up_matches_the_oracle(steps, cap) -> None:
+    """Each step: which instrument (3 = all) and source (0 = the first two, the pair) trade at
+    which price (source 0 at 100), then an evaluation after ``n`` x 250 ms (sources go stale,
+    the fresh count moves through 1, 2, 3); a small event buffer defers."""
+    sources = [(0, 0), (1, 1), (2, 1)]
+    state = _pairs_of(3, sources, cap)
+    plan, now = [], T0
+    for inst, who, price, wait in steps:
+        prices = [[np.nan] * 3 for _ in range(3)]
+        for i in range(3) if inst == 3 else [inst]:
+            for s in (0, 1) if who == 0 else [who - 1]:
+                prices[i][s] = price if s else 100.0
+        plan.append(_trades(sources, now, prices))
+        now += wait * S // 4
+        plan.append((now, np.zeros(0, np.int64)))
+    run_both(state, plan, lambda t: np.full(3, 100.0 + (t // S) % 3))
