@@ -43,8 +43,9 @@ KIND_HEARTBEAT, KIND_STATUS, KIND_GAP) to the state. ``evaluate_nb`` runs every
   roll-up. n == 2: the pair's ratio max / min - 1 is one episode per instrument naming both
   sources (no outlier can be told), or one per source pair when several instruments of the
   same two sources diverge together (``_pair_episodes``); it supersedes the per-subscription
-  detector, which then measures nothing. n <= 1: the per-subscription detector measures price / fair - 1. Pairs on
-  one venue are pairs like any other (``venue_divergence`` is no longer emitted).
+  detector, which then measures nothing. n <= 1: the per-subscription detector measures
+  price / fair - 1. Pairs on one venue are pairs like any other (``venue_divergence`` is no
+  longer emitted).
 
 Each ``*_nb`` kernel has a plain-Python oracle in :mod:`fairfeed.hotpath.anomaly_reference`.
 """
