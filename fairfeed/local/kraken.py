@@ -15,7 +15,9 @@ Faithful to what the adapter depends on (docs/providers/kraken.md):
 
 Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, nothing
 read: not even a WebSocket pong), HEARTBEATS_ONLY, RATE_SCALE, SEQUENCE_GAP (trade ids skip),
-EXCHANGE_DELAY, PRICE_OFFSET, MALFORMED, REJECT_SUBSCRIBE (``"EGeneral:Too many requests"``).
+EXCHANGE_DELAY, PRICE_OFFSET, MALFORMED, REJECT_SUBSCRIBE (``"EGeneral:Too many requests"``, or
+with ``msg_rate_error`` the request dropped with ``{"Error":"Exceeded msg rate"}``, as Kraken
+answers requests sent too fast).
 Kraken's v2 API has no reconnect notice: RECONNECT_NOTICE does nothing.
 """
 
@@ -54,12 +56,14 @@ class KrakenServer(LocalWsServer):
         *,
         heartbeat_interval: float = 1.0,
         max_streams: int = 0,
+        msg_rate_error: bool = False,
         keep_log: bool = False,
         **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
         super().__init__(name, cfg, **base)
         self.heartbeat_interval = heartbeat_interval
         self.max_streams = max_streams  # channel x symbol per connection, 0 = no limit
+        self.msg_rate_error = msg_rate_error
         self.keep_log = keep_log
         self.sent: list[str] = []  # every market message sent (keep_log), in order
         self.requests: list[tuple[float, int, str, str, int]] = []  # t, conn, method, channel, n
@@ -114,7 +118,10 @@ class KrakenServer(LocalWsServer):
             await conn.send(self._answer(req, False, error=f"Method not found: {method}"))
             return
         if method == "subscribe" and self.rejecting():
-            await conn.send(self._answer(req, False, error=RATE_LIMIT_ERROR))
+            if self.msg_rate_error:
+                await conn.send(encode({"Error": "Exceeded msg rate"}))
+            else:
+                await conn.send(self._answer(req, False, error=RATE_LIMIT_ERROR))
             return
         chans: dict[str, set[int]] = conn.state["channels"]
         if channel not in chans or not isinstance(symbols, list):

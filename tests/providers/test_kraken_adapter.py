@@ -294,13 +294,16 @@ def test_sequence_gap_records():
     assert gaps["instrument"][0] == REGISTRY.instrument_id("ETH-USD")
 
 
-def test_rate_limited_subscribe_backs_off_then_recovers():
+@pytest.mark.parametrize("msg_rate_error", [False, True], ids=["answer", "exceeded-msg-rate"])
+def test_rate_limited_subscribe_backs_off_then_recovers(msg_rate_error):
+    """A refused request (the v2 answer, or the request dropped with ``{"Error": "Exceeded msg
+    rate"}``) is a paced retry: no dead letter, no 10 s subscribe timeout."""
     cfg = SimulatorConfig(prices=PRICES, rate=300)
 
     async def main():
-        async with KrakenServer("kraken", cfg) as server:
+        async with KrakenServer("kraken", cfg, msg_rate_error=msg_rate_error) as server:
             await server.inject(Fault.REJECT_SUBSCRIBE)
-            adapter, sink, counters, _ = make(
+            adapter, sink, counters, dead = make(
                 server.url, backoff_base=0.05, backoff_cap=0.3, rate_limit_pause=0.1,
                 rng=random.Random(SEED),
             )  # fmt: skip
@@ -316,6 +319,7 @@ def test_rate_limited_subscribe_backs_off_then_recovers():
             assert refused == sink.status(STATUS_SUBSCRIBE_ERROR)
             assert server.stats.rejected >= refused  # (the ticker request may be refused too)
             assert sink.n == 0 and sink.status(STATUS_CONNECTED) == 0
+            assert counters[Slot.PARSE_ERRORS] == 0 and dead == []
             server.clear()
             await wait_for(lambda: sink.n > 20, timeout=3, what="data after the limit")
             assert sink.status(STATUS_CONNECTED) == 1

@@ -10,7 +10,9 @@ Kraken-specific behaviour, the rest being :mod:`fairfeed.providers.wsbase`:
   symbol of every request is answered. A refused symbol (``"Currency pair not supported"``,
   the answer names the symbol) is counted and reported (STATUS record) but does not reconnect:
   retrying cannot help. A refusal of the whole request (no symbol: rate limit, too many
-  subscriptions) reconnects with backoff;
+  subscriptions) reconnects with backoff, as does ``{"Error": "Exceeded msg rate"}`` (the
+  request was dropped unanswered) while a subscription waits for its answers: after at least
+  ``rate_limit_pause``;
 * liveness: the ``heartbeat`` channel (about 1/s once subscribed) keeps a quiet market's
   connection alive, and the adapter sends an application ``ping`` every ``ping_interval``
   seconds (option, default 10) whose ``pong`` counts as liveness too;
@@ -30,7 +32,15 @@ from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kraken.parse import KrakenParser
 from fairfeed.providers.kraken.symbols import to_symbol
-from fairfeed.providers.kraken.wire import RATE_LIMIT_ERROR, Answer, Pong, Status, ping, subscribe
+from fairfeed.providers.kraken.wire import (
+    RATE_LIMIT_ERROR,
+    Answer,
+    Pong,
+    Refusal,
+    Status,
+    ping,
+    subscribe,
+)
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
 log = logging.getLogger(__name__)
@@ -111,6 +121,13 @@ class KrakenAdapter(WsAdapter):
             del pending[msg.req_id]
             if not pending:
                 conn.acknowledge()
+        elif t is Refusal:
+            pending = self._pending.get(conn.index)
+            if pending:
+                pending.clear()
+                conn.refuse(msg.error, retry_after=self.rate_limit_pause)
+            else:  # a ping or an unsubscribe dropped: nothing waits on it
+                self.conn_log(f"{conn.name}: Kraken dropped a request: {msg.error}")
         elif t is Pong:
             self.pongs += 1
         elif t is Status and msg.system != "online":

@@ -32,7 +32,7 @@ import numpy as np
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SEQ_NONE, SIDE_BUY, SIDE_SELL
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.kraken.symbols import to_symbol
-from fairfeed.providers.kraken.wire import FRAME_DECODER, Answer, Other, Pong, Status
+from fairfeed.providers.kraken.wire import FRAME_DECODER, Answer, Other, Pong, Refusal, Status
 from fairfeed.providers.parsing import (
     CONTROL,
     HEARTBEAT,
@@ -156,6 +156,8 @@ class KrakenParser(RecordParser):
             )  # fmt: skip
         elif m == "pong":
             self.control = Pong(f.req_id)
+        elif f.refusal is not None:
+            self.control = Refusal(f.refusal)
         elif f.channel == "status":
             items = f.data or ()
             self.control = Status(items[0].system if items else "")

@@ -12,7 +12,9 @@ Server → client (JSON numbers are numbers in v2; times are RFC 3339 with micro
   "ask_qty":…,"last":…,"volume":…,…}]}`` (no time stamp);
 * answers: ``{"method":"subscribe","result":{"channel":…,"symbol":…,…},"success":true,
   "req_id":n,"time_in":…,"time_out":…}`` (one per symbol), ``{"method":"subscribe",
-  "success":false,"error":"…","symbol":…?,"req_id":n,…}``, ``{"method":"pong","req_id":n,…}``.
+  "success":false,"error":"…","symbol":…?,"req_id":n,…}``, ``{"method":"pong","req_id":n,…}``;
+* ``{"Error":"Exceeded msg rate"}``: requests sent too fast are dropped with this instead of an
+  answer (no method, no req_id).
 
 Client → server: ``{"method":"subscribe"|"unsubscribe","params":{"channel":…,"symbol":[…],
 "snapshot":bool,"event_trigger":"bbo"|"trades"},"req_id":n}`` and ``{"method":"ping",
@@ -62,6 +64,9 @@ class Frame(msgspec.Struct, gc=False):
     symbol: str | None = None
     req_id: int | None = None
     result: Result | None = None
+    # the connection-level refusal, capitalised and outside any method:
+    # {"Error": "Exceeded msg rate"} when the client sends requests too fast
+    refusal: str | None = msgspec.field(default=None, name="Error")
 
 
 FRAME_DECODER = msgspec.json.Decoder(Frame)
@@ -87,6 +92,13 @@ class Pong(msgspec.Struct, frozen=True):
 
 class Status(msgspec.Struct, frozen=True):
     system: str  # "online", "maintenance", "cancel_only", "post_only"
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """``{"Error": "Exceeded msg rate"}``: a request was dropped, not answered; the requests
+    still waiting on this connection will never be answered either."""
+
+    error: str
 
 
 class Other(msgspec.Struct, frozen=True):
