@@ -29,7 +29,8 @@ set are the base's, the messages are Coinbase's, shaped like the real captures
   ``ticker`` (a ``snapshot`` on subscribe, an ``update`` per quote event), ``heartbeats`` (one per
   ``heartbeat_interval`` with a rising ``heartbeat_counter``). ``sequence_num`` numbers every
   message of the connection, assigned when the frame is sent. Errors:
-  ``{"type":"error","message":...}``.
+  ``{"type":"error","message":...}``. A -USDC product the market lacks is served as the
+  matching -USD product, named so in every message, as Coinbase does.
 
 Faults (:class:`~fairfeed.local.faults.Fault`): DISCONNECT, STALL, HEARTBEATS_ONLY,
 EXCHANGE_DELAY, PRICE_OFFSET and MALFORMED as in the base. SEQUENCE_GAP: Exchange — the next
@@ -57,6 +58,7 @@ from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.faults import Fault
 from fairfeed.local.market import EventBatch
 from fairfeed.local.wsserver import Conn, LocalWsServer
+from fairfeed.providers.coinbase.symbols import advanced_data_product
 
 FEEDS = ("exchange", "advanced")
 EXCHANGE_CHANNELS = frozenset(("matches", "ticker", "heartbeat"))
@@ -257,7 +259,7 @@ class CoinbaseServer(LocalWsServer):
             return
         if kind == "subscribe" and await self._refused(conn):
             return
-        known, unknown = self.indexes(products)
+        known, unknown = self.indexes([self._data_product(p) for p in products])
         if unknown:
             await self._error(conn, "Failure to subscribe", f"unknown product {unknown[0]}")
             return
@@ -287,6 +289,16 @@ class CoinbaseServer(LocalWsServer):
                     ev = f'{{"type":"snapshot","tickers":[{self._quote[i]}]}}'
                     await conn.send(self._at("ticker", ev))
         self._update_streams(conn)
+
+    def _data_product(self, product: str) -> str:
+        """Advanced Trade: the product whose data a subscription to ``product`` gets (a -USDC
+        product not in the market is served as its -USD alias, named so)."""
+        if product in self.market.index:
+            return product
+        try:
+            return advanced_data_product(product)
+        except ValueError:
+            return product
 
     # -- streams -------------------------------------------------------------------------------
     def format_events(self, conn: Conn, ev: EventBatch) -> list[str]:

@@ -54,8 +54,14 @@ ADVANCED_CAPTURE = CAPTURES / "COINBASE.jsonl.zst"
 EXCHANGE_PRODUCTS = ("SKL-USD", "SKL-BTC", "BAND-GBP", "NMR-EUR", "BAND-BTC", "YFI-BTC",
                      "DASH-BTC", "NU-GBP", "CRV-EUR", "SKL-GBP")  # fmt: skip
 SPOT = CLASS_CODES["spot"]
+USDC = ("BTC-USDC", "ETH-USDC")  # served by Advanced Trade as BTC-USD, ETH-USD
 REGISTRY = Registry.build(
-    [("XRP-USD", SPOT), *((s, SPOT) for s in PRICES), *((s, SPOT) for s in EXCHANGE_PRODUCTS)],
+    [
+        ("XRP-USD", SPOT),
+        *((s, SPOT) for s in PRICES),
+        *((s, SPOT) for s in EXCHANGE_PRODUCTS),
+        *((s, SPOT) for s in USDC),
+    ],
     [("other", "KRAKEN"), ("coinbase", "COINBASE")],
 )
 PROV = REGISTRY.provider_id("coinbase")
@@ -237,6 +243,44 @@ def test_local_server_records_exact(feed):
         for inst in IDS.values():
             seq = trades[trades["instrument"] == inst]["sequence"]
             assert (np.diff(seq) == 1).all()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("with_usd", [False, True], ids=["usdc-only", "usd-and-usdc"])
+def test_advanced_usdc_product_reads_the_usd_products_data(with_usd):
+    """Advanced Trade answers a BTC-USDC subscription with BTC-USD's data, named BTC-USD in
+    every message: read as BTC-USDC (and, with BTC-USD subscribed too, as both), never as a
+    parse error."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=3000, max_events=900, heartbeat_interval=0.1,
+                              seed=12)  # fmt: skip
+        insts = ("BTC-USDC", "ETH-USD", *(("BTC-USD",) if with_usd else ()))
+        async with Harness("advanced", cfg, instruments=insts) as h:
+            await wait_for(lambda: h.server.stats.events == 900)
+            await h.server.stop()
+            expected, _, _ = expect("advanced", h.sent())
+            await wait_for(lambda: len(h.sink.parsed) >= len(expected))
+            got = h.sink.parsed
+            c = h.counters
+        usd, usdc = IDS["BTC-USD"], REGISTRY.instrument_id("BTC-USDC")
+        want = []
+        for r in expected:
+            if r[5] == usd:
+                want.append((*r[:5], usdc, *r[6:]))
+                if with_usd:
+                    want.append(r)
+            else:
+                want.append(r)
+        assert sorted(tuples(got)) == sorted(want)
+        btc_trades = h.server.stats.symbols["BTC-USD"].trades
+        assert btc_trades > 0
+        trades = got[got["kind"] == KIND_TRADE]
+        assert (trades["instrument"] == usdc).sum() == btc_trades
+        assert (trades["instrument"] == usd).sum() == (btc_trades if with_usd else 0)
+        assert c[Slot.PARSE_ERRORS] == c[Slot.DEAD_LETTERS] == c[Slot.GAPS] == 0
+        assert h.sink.dead == []
 
     asyncio.run(main())
 

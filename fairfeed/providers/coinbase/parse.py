@@ -60,7 +60,7 @@ from fairfeed.core.records import (
     SIDE_UNKNOWN,
 )
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.coinbase.symbols import to_product_id
+from fairfeed.providers.coinbase.symbols import advanced_data_product, to_product_id
 from fairfeed.providers.coinbase.wire import ADVANCED_DECODER, EXCHANGE_DECODER
 from fairfeed.providers.parsing import (
     CONTROL,
@@ -214,9 +214,13 @@ class AdvancedTradeParser(_Base):
 
     ``side_is_maker`` (default True, measured on the capture: see docs/providers/coinbase.md)
     says the wire ``side`` is the maker's, so the taker side is its opposite.
+
+    ``symbols`` maps the subscribed product ids. A -USDC product's data arrives under the
+    matching -USD product's id (:func:`advanced_data_product`): it is read as the -USDC
+    instrument, or, when the -USD product is subscribed too, written for both.
     """
 
-    __slots__ = ("_last_seq", "_pending", "_sides", "snapshot_trades")
+    __slots__ = ("_last_seq", "_pending", "_sides", "_twin_ids", "_twins", "snapshot_trades")
 
     def __init__(
         self,
@@ -228,6 +232,17 @@ class AdvancedTradeParser(_Base):
         side_is_maker: bool = True,
     ) -> None:
         super().__init__(symbols, provider, venue, data_class)
+        # instrument id of a -USD product -> that of its -USDC alias, both subscribed
+        self._twins: dict[int, int] = {}
+        for pid, iid in symbols.items():
+            data = advanced_data_product(pid)
+            if data == pid:
+                continue
+            if data in symbols:
+                self._twins[symbols[data]] = iid
+            else:
+                self.symbols[data] = iid
+        self._twin_ids = np.array(sorted(self._twins), np.uint32)
         self.snapshot_trades = snapshot_trades
         self._sides = _AT_MAKER_TAKER if side_is_maker else _AT_AS_IS
         self._last_seq = -1  # last sequence_num of this connection, -1 = none yet
@@ -288,6 +303,8 @@ class AdvancedTradeParser(_Base):
                 need += 2 * len(e.tickers)
         elif kind == KIND_HEARTBEAT:
             need += len(events)
+        if self._twins and kind != KIND_HEARTBEAT:
+            need *= 2  # at most: every record twice
         if start + need > len(out):
             self.needed = need
             return NEED_SPACE
@@ -352,6 +369,8 @@ class AdvancedTradeParser(_Base):
         except struct.error as exc:  # an integer outside int64
             self.error = f"{ch}: value out of range: {exc}"
             return PARSE_ERROR
+        if self._twins and kind != KIND_HEARTBEAT:
+            off = self._write_twins(out, start, off >> 6) << 6
         if kind:
             self._advance(seq, None)
         else:
@@ -362,6 +381,19 @@ class AdvancedTradeParser(_Base):
         if kind == KIND_HEARTBEAT and events:
             self.heartbeats += 1
         return (off >> 6) - start
+
+    def _write_twins(self, out: np.ndarray, start: int, end: int) -> int:
+        """Copy the records ``out[start:end]`` of a -USD product whose -USDC alias is
+        subscribed too, as the alias's; returns the new end."""
+        written = out[start:end]
+        inst = written["instrument"]
+        which = np.flatnonzero(np.isin(inst, self._twin_ids))
+        n = len(which)
+        if n:
+            out[end : end + n] = written[which]
+            twins = self._twins
+            out["instrument"][end : end + n] = [twins[int(i)] for i in inst[which]]
+        return end + n
 
     def _advance(self, seq: int, gap: tuple[int, int] | None) -> None:
         """Accept ``seq`` as the connection's last number; keep an unwritten gap for later."""

@@ -25,3 +25,19 @@ def to_product_id(instrument: str) -> str:
 def from_product_id(product_id: str) -> str:
     """Canonical instrument name of a Coinbase spot product id."""
     return _check(product_id)
+
+
+# Advanced Trade serves a -USDC product with the data of the matching -USD product, named so
+# in every message ("-USDC product IDs other than USDT-USDC and EURC-USDC return the same data
+# as the matching -USD product": the WebSocket endpoints page). The public product list agrees
+# (each such product has ``"alias": "X-USD"``) and shows two more without an alias.
+USDC_UNALIASED = frozenset({"USDT-USDC", "EURC-USDC", "AUDD-USDC", "TGBP-USDC"})
+
+
+def advanced_data_product(product_id: str) -> str:
+    """The product id whose data Advanced Trade sends for a subscription to ``product_id``
+    (``"BTC-USDC"`` → ``"BTC-USD"``; every other product → itself)."""
+    base, _, quote = _check(product_id).partition("-")
+    if quote == "USDC" and product_id not in USDC_UNALIASED:
+        return f"{base}-USD"
+    return product_id
