@@ -135,11 +135,20 @@ def test_symbols():
 # --- Exchange feed ---------------------------------------------------------------------------
 
 
+def test_exchange_last_match_is_history_not_a_trade():
+    """``last_match`` (sent on every (re)connect: the product's last trade, maybe minutes old,
+    maybe already published) writes nothing."""
+    out = empty_records(2)
+    out["kind"] = 99
+    assert ex().parse(match(side="buy", type="last_match"), out, 0, TS) == 0
+    assert (out["kind"] == 99).all()
+
+
 def test_exchange_match_taker_is_opposite_of_maker_side():
     out = empty_records(4)
     p = ex()
     assert p.parse(match(side="sell"), out, 0, TS) == 1
-    assert p.parse(match(side="buy", type="last_match"), out, 1, TS) == 1
+    assert p.parse(match(side="buy"), out, 1, TS) == 1
     r = out[0]
     assert r["kind"] == KIND_TRADE and r["side"] == SIDE_BUY
     assert out[1]["side"] == SIDE_SELL

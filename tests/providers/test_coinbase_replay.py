@@ -68,7 +68,7 @@ def expect_exchange(frames, ids):
     for _, text in frames:
         m = json.loads(text)
         t = m["type"]
-        if t in ("match", "last_match"):
+        if t == "match":  # last_match is history: never published
             taker = SIDE_BUY if m["side"] == "sell" else SIDE_SELL
             out.append(rec(ns(m["time"]), 0, float(m["price"]), float(m["size"]), m["sequence"],
                            ids[m["product_id"]], KIND_TRADE, taker, m["trade_id"]))  # fmt: skip
@@ -153,10 +153,10 @@ def test_exchange_feed_capture_exact():
     products = sorted({json.loads(t).get("product_id") for _, t in frames} - {None})
     ids = {p: 100 + i for i, p in enumerate(products)}
     expected, controls = expect_exchange(frames, ids)
-    # The capture, counted: 97 match + 10 last_match, 107 tickers, 3 subscriptions answers.
+    # The capture, counted: 97 match (and 10 last_match: history), 107 tickers, 3 answers.
     kinds = [r[8] for r in expected]
     assert (kinds.count(KIND_TRADE), kinds.count(KIND_BID), kinds.count(KIND_ASK)) == (
-        107,
+        97,
         107,
         107,
     )

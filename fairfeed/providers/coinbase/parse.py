@@ -15,7 +15,8 @@ Timestamps go through :func:`iso_to_ns`, exact to the nanosecond (no float on th
 
 Semantics (details and the evidence in docs/providers/coinbase.md):
 
-* Exchange feed: ``match``/``last_match`` → one TRADE; ``side`` is the maker's, the taker is the
+* Exchange feed: ``match`` → one TRADE (``last_match``, the last trade before the subscription,
+  sent on every (re)connect, is history: skipped); ``side`` is the maker's, the taker is the
   opposite. ``sequence`` → record ``sequence`` (the per-product venue sequence), ``trade_id`` →
   ``reserved`` (low 32 bits); with ``trade_sequence=True`` the trade id goes to ``sequence``
   instead (contiguous per product: what a gap tracker wants when only ``matches`` is
@@ -132,8 +133,13 @@ class ExchangeFeedParser(_Base):
             self.error = str(exc)
             return PARSE_ERROR
         t = m.type
-        if t == "match" or t == "last_match":
+        if t == "match":
             kind = KIND_TRADE
+        elif t == "last_match":
+            # History, not news: sent on every (re)connect, possibly minutes old, and already
+            # published if we saw it live. The gap tracker needs it not: the first live match
+            # after a reconnect is compared with the last trade id seen before it.
+            return 0
         elif t == "ticker":
             kind = KIND_BID
         elif t == "heartbeat":
