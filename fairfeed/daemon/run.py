@@ -37,6 +37,8 @@ from fairfeed.kafka.sink import producer_config
 from fairfeed.kafka.spool import Spool, SpoolError
 from fairfeed.kafka.topics import check_topics
 from fairfeed.local.catalog import local_url, prepare_local_keys
+from fairfeed.providers.base import required_api_key
+from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed")
 
@@ -69,6 +71,19 @@ def check_spool(path: Path, max_bytes: int) -> None:
                         "they are sent first", path, spool.pending, spool.bytes)  # fmt: skip
     finally:
         spool.close()
+
+
+def check_api_keys(cfg: Config) -> None:
+    """Every provider whose protocol needs an API key has one (served ones got the local key):
+    without it an adapter would only loop on authentication errors, so the start stops here,
+    naming the environment variable."""
+    for p in cfg.providers:
+        service = adapter_class(p.kind).api_key_service
+        if service:
+            try:
+                required_api_key(p, service)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def build_registry(cfg: Config) -> Registry:
@@ -131,6 +146,8 @@ def run(
     """
     configure_logging("supervisor", cfg.daemon.log_level)
     registry = build_registry(cfg)
+    prepare_local_keys(cfg)
+    check_api_keys(cfg)
     for name in sweep_stale_segments(cfg.daemon.shm_prefix):
         log.warning("removed shared-memory segment %s left by a dead daemon", name)
     # A first start compiles every kernel (~15 s on 2 cores); later starts load the cache.
@@ -158,7 +175,6 @@ def run(
             )
         if not to_file:
             check_output_topics(cfg)
-        prepare_local_keys(cfg)
         served = [p for p in cfg.providers if p.serve is not None or p.replay is not None]
         ports = {p.name: free_port() for p in served}
         urls = {

@@ -11,6 +11,7 @@ reading for a while (:meth:`Adapter.pause_reading` / :meth:`Adapter.resume_readi
 from __future__ import annotations
 
 import abc
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +79,30 @@ class IngestContext:
         return tuple(dict.fromkeys(s.instrument for s in self.subscriptions))
 
 
+def required_api_key(p: ProviderConfig, service: str) -> str:
+    """The API key of ``p`` from the environment variable its ``api_key_env`` names; a
+    ValueError naming the variable if there is none (a provider without a key only loops on
+    authentication errors: better to stop at start)."""
+    if not p.api_key_env:
+        raise ValueError(
+            f"provider {p.name!r} ({p.kind}): set api_key_env to the name of the environment "
+            f"variable holding the {service} API key"
+        )
+    key = os.environ.get(p.api_key_env, "")
+    if not key:
+        raise ValueError(
+            f"provider {p.name!r} ({p.kind}): environment variable {p.api_key_env} is not set "
+            f"or empty; it must hold the {service} API key"
+        )
+    return key
+
+
 class Adapter(abc.ABC):
     """One provider connection inside an ingest worker's asyncio loop."""
+
+    #: The service whose API key the protocol needs ("" = none): the daemon checks at start
+    #: that :func:`required_api_key` finds it.
+    api_key_service = ""
 
     def __init__(self, ctx: IngestContext) -> None:
         """Everything an adapter is told is in ``ctx``: its provider's configuration, with the

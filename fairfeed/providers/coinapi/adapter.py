@@ -19,11 +19,9 @@ mean (details in docs/providers/coinapi.md):
 
 from __future__ import annotations
 
-import os
-
 from fairfeed.core.options import CoinApiOptions
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.base import IngestContext
+from fairfeed.providers.base import IngestContext, required_api_key
 from fairfeed.providers.coinapi.parse import CoinApiParser
 from fairfeed.providers.coinapi.symbols import to_symbol_id
 from fairfeed.providers.coinapi.wire import Error, Hello, Reconnect, Subscribe, encode, exact
@@ -44,23 +42,12 @@ class CoinApiAdapter(WsAdapter):
     # Trades carry no number spanning connections, but a uuid (its hash is in ``reserved``): a
     # planned switch publishes each trade once, whichever session delivers it first.
     overlap_key = "reserved"
+    api_key_service = "CoinAPI"
     parser_class = CoinApiParser
     options: CoinApiOptions
 
     def __init__(self, ctx: IngestContext) -> None:
-        p = ctx.provider
-        if not p.api_key_env:
-            raise ValueError(
-                f"provider {p.name!r} (coinapi): set api_key_env to the name of the environment "
-                "variable holding the CoinAPI API key"
-            )
-        key = os.environ.get(p.api_key_env, "")
-        if not key:
-            raise ValueError(
-                f"provider {p.name!r} (coinapi): environment variable {p.api_key_env} is not set "
-                "or empty; it must hold the CoinAPI API key"
-            )
-        self.api_key = key
+        self.api_key = required_api_key(ctx.provider, self.api_key_service)
         super().__init__(ctx)
         self.error_retry_after = self.options.error_retry_after
         self.error_retry_cap = self.options.error_retry_cap

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +59,7 @@ from fairfeed.core.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.base import Adapter, IngestContext, required_api_key
 from fairfeed.providers.health import Health
 from fairfeed.providers.kaiko.parse import KaikoParser
 from fairfeed.providers.kaiko.symbols import KaikoSymbols
@@ -208,14 +207,13 @@ class KaikoAdapter(Adapter):
 
     options: KaikoOptions
     log_interval = 1.0
+    api_key_service = "Kaiko"
 
     def __init__(self, ctx: IngestContext) -> None:
         super().__init__(ctx)
         p = ctx.provider
         o = self.options
-        api_key = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
-        if not api_key:
-            log.error("%s: no API key (set %s)", p.name, p.api_key_env or "api_key_env")
+        api_key = required_api_key(p, self.api_key_service)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self.target, self.tls = parse_target(ctx.url, p.tls)
         self.symbols = KaikoSymbols(
