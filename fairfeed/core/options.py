@@ -32,6 +32,7 @@ class SimulatorOptions(AdapterOptions):
 @dataclass(frozen=True)
 class BinanceOptions(AdapterOptions):
     url_streams: bool = False  # streams in the URL (`/stream?streams=…`) instead of SUBSCRIBE
+    market: str = "spot"  # "spot" (stream.binance.com) or "usdm" (USD-M futures, fstream)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
         bad.append(("subscribe_timeout", "must be > 0"))
     if isinstance(options, CoinApiOptions) and options.error_retry_cap < options.error_retry_after:
         bad.append(("error_retry_cap", "must be >= error_retry_after"))
+    if isinstance(options, BinanceOptions) and options.market not in ("spot", "usdm"):
+        bad.append(("market", f"must be 'spot' or 'usdm', not {options.market!r}"))
     if isinstance(options, KaikoOptions):
         if options.buffer_records < 1:
             bad.append(("buffer_records", "must be >= 1"))

@@ -1,6 +1,7 @@
 """`fairfeed record`: the configured WebSocket providers' frames, written as a capture.
 
-One connection per provider, carrying all its configured subscriptions: the adapter's own
+One connection per provider (per route, where the protocol splits streams across endpoints),
+carrying all its configured subscriptions: the adapter's own
 subscribe requests are sent (so the recording is what the daemon would receive), and every
 frame received is written with its receive time in integer nanoseconds
 (:class:`~fairfeed.local.recordfmt.CaptureWriter`). ``fairfeed replay`` plays the file.
@@ -72,12 +73,28 @@ def _adapter(cfg: Config, p: ProviderConfig) -> WsAdapter:
 async def _record(
     adapter: WsAdapter, subs: tuple[Subscription, ...], writer: CaptureWriter, seconds: float
 ) -> int:
-    conn_id = f"{adapter.ctx.provider.name}.ws.1"
-    url = adapter.url_for(subs)
-    conn = WsConnection(adapter, 0, subs)
+    deadline = time.monotonic() + seconds
+    counts = await asyncio.gather(*(
+        _record_route(adapter, subs, route, i, writer, deadline)
+        for i, route in enumerate(adapter.routes)
+    ))  # fmt: skip
+    return sum(counts)
+
+
+async def _record_route(
+    adapter: WsAdapter,
+    subs: tuple[Subscription, ...],
+    route: str,
+    index: int,
+    writer: CaptureWriter,
+    deadline: float,
+) -> int:
+    """One connection (one per route of the protocol), as the daemon would open it."""
+    conn_id = f"{adapter.ctx.provider.name}.ws.{index + 1}"
+    conn = WsConnection(adapter, index, subs, route)
+    url = adapter.url_for(conn)
     adapter.on_open(conn)
     frames = 0
-    deadline = time.monotonic() + seconds
     try:
         ws = await connect(url, max_size=None, additional_headers=adapter.extra_headers())
     except (OSError, TimeoutError) as exc:

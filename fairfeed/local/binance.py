@@ -1,4 +1,5 @@
-"""A local Binance spot market-stream server (combined streams), for tests and the daemon.
+"""A local Binance market-stream server (combined streams, spot or USD-M futures), for tests and
+the daemon.
 
 Faithful to what the adapter depends on (docs/providers/binance.md):
 
@@ -14,7 +15,13 @@ Faithful to what the adapter depends on (docs/providers/binance.md):
   closed (1008), as Binance does;
 * a WebSocket ping every ``ping_interval``; a client that does not pong within
   ``ping_timeout`` is dropped (TCP abort);
-* a connection is closed (1001) once it is ``max_connection_age`` old (Binance: 24 hours).
+* a connection is closed (1001) once it is ``max_connection_age`` old (Binance: 24 hours);
+* ``market="usdm"`` (USD-M futures): instruments ``BASE-QUOTE-PERP`` / ``BASE-QUOTE-YYMMDD``
+  (symbols ``BTCUSDT`` / ``BTCUSDT_250328``); streams are routed as on ``fstream`` since 2026:
+  ``/public/...`` pushes ``bookTicker`` (with ``"e"``, ``"E"`` and ``"T"``), ``/market/...``
+  pushes ``aggTrade``; a stream subscribed on the other route (or ``aggTrade`` on an unrouted
+  connection) is accepted and never pushes anything, as there. Defaults there: 200 streams and
+  10 messages per second per connection.
 
 Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, requests and
 pings unread, so not even a WebSocket pong leaves), HEARTBEATS_ONLY (no data; pings go on:
@@ -36,7 +43,12 @@ from websockets.exceptions import ConnectionClosed
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.market import EventBatch
 from fairfeed.local.wsserver import Conn, LocalWsServer
-from fairfeed.providers.binance.symbols import split_stream, to_stream_symbol, to_symbol
+from fairfeed.providers.binance.symbols import (
+    USDM_ROUTES,
+    split_stream,
+    to_stream_symbol,
+    to_symbol,
+)
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, REQUEST_DECODER, encode
 
 
@@ -51,25 +63,28 @@ class BinanceServer(LocalWsServer):
         name: str,
         cfg: SimulatorConfig,
         *,
-        max_streams: int = 1024,
+        market: str = "spot",
+        max_streams: int = 0,
         ping_interval: float = 20.0,
         ping_timeout: float = 60.0,
         max_connection_age: float = 24 * 3600.0,
-        max_messages_per_second: int = 5,
+        max_messages_per_second: int = 0,
         keep_log: bool = False,
         **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
         super().__init__(name, cfg, **base)
-        self.max_streams = max_streams
+        usdm = market == "usdm"
+        self.binance_market = market  # self.market is the random walk
+        self.max_streams = max_streams or (200 if usdm else 1024)
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_connection_age = max_connection_age
-        self.max_messages_per_second = max_messages_per_second
+        self.max_messages_per_second = max_messages_per_second or (10 if usdm else 5)
         self.keep_log = keep_log
         self.sent: list[str] = []  # every market message sent (keep_log), in order
         self.requests: list[tuple[float, int, str, int]] = []  # (monotonic, conn, method, n)
-        self.stream_symbols = [to_stream_symbol(s) for s in self.market.symbols]
-        self.symbols_upper = [to_symbol(s) for s in self.market.symbols]
+        self.stream_symbols = [to_stream_symbol(s, market) for s in self.market.symbols]
+        self.symbols_upper = [to_symbol(s, market) for s in self.market.symbols]
         self._by_stream_symbol = {s: i for i, s in enumerate(self.stream_symbols)}
         self.pings = 0
         self.pongs = 0
@@ -81,9 +96,15 @@ class BinanceServer(LocalWsServer):
     # -- connection ----------------------------------------------------------------------------
     async def on_connect(self, conn: Conn) -> None:
         url = urlsplit(conn.path)
+        path = url.path
+        route = ""
+        if self.binance_market == "usdm":
+            first = path.lstrip("/").partition("/")[0]
+            if first in ("public", "market"):
+                route, path = first, path[len(first) + 1 :]
         conn.state.update(
-            streams=set(), combined=not url.path.startswith("/ws"), window=(0.0, 0),
-            keeper=asyncio.create_task(self._keep(conn)),
+            streams=set(), combined=not path.startswith("/ws"), window=(0.0, 0),
+            pushed=self._pushed(route), keeper=asyncio.create_task(self._keep(conn)),
         )  # fmt: skip
         names = [s for v in parse_qs(url.query).get("streams", []) for s in v.split("/") if s]
         if not names:
@@ -100,6 +121,13 @@ class BinanceServer(LocalWsServer):
             return
         conn.state["streams"].update(names)
         self._update(conn)
+
+    def _pushed(self, route: str) -> frozenset[str]:
+        """The stream kinds a connection of ``route`` receives data of."""
+        if self.binance_market != "usdm":
+            return frozenset(("trade", "aggTrade", "bookTicker"))
+        # an unrouted connection gets the public route's data only
+        return frozenset(k for k, r in USDM_ROUTES.items() if r == (route or "public"))
 
     async def _keep(self, conn: Conn) -> None:
         """Ping every ``ping_interval``, drop a client whose pong is late, close at max age."""
@@ -174,7 +202,8 @@ class BinanceServer(LocalWsServer):
             if req.method == "SUBSCRIBE" and self.rejecting():
                 await self._error(
                     conn, req.id, RATE_LIMIT_CODE,
-                    "Too many requests; current limit is 5 requests per second.",
+                    "Too many requests; current limit is "
+                    f"{self.max_messages_per_second} requests per second.",
                 )  # fmt: skip
                 return
             try:
@@ -204,8 +233,10 @@ class BinanceServer(LocalWsServer):
 
     # -- market messages -----------------------------------------------------------------------
     def format_events(self, conn: Conn, ev: EventBatch) -> list[str]:
-        streams: set[str] = conn.state["streams"]
+        pushed: frozenset[str] = conn.state["pushed"]
+        streams = {s for s in conn.state["streams"] if s.partition("@")[2] in pushed}
         combined = conn.state["combined"]
+        usdm = self.binance_market == "usdm"
         names = self.stream_symbols
         upper = self.symbols_upper
         out = []
@@ -231,6 +262,9 @@ class BinanceServer(LocalWsServer):
                         f'{{"u":{seq[i]},"s":"{upper[sym[i]]}","b":"{bid[i]:.8f}",'
                         f'"B":"{bsz[i]:.8f}","a":"{ask[i]:.8f}","A":"{asz[i]:.8f}"}}'
                     )
+                    if usdm:  # futures book tickers name their event and carry two times
+                        data = (f'{{"e":"bookTicker",{data[1:-1]},"T":{ts_e[i]},'
+                                f'"E":{ts_p[i]}}}')  # fmt: skip
                     out.append(f'{{"stream":"{stream}","data":{data}}}' if combined else data)
                 continue
             m = "false" if buy[i] else "true"  # m: the buyer is the maker, i.e. the taker sold
@@ -247,7 +281,7 @@ class BinanceServer(LocalWsServer):
                 data = (
                     f'{{"e":"aggTrade","E":{ts_p[i]},"s":"{upper[sym[i]]}","a":{t},'
                     f'"p":"{price[i]:.8f}","q":"{size[i]:.8f}","f":{3 * t - 2},"l":{3 * t},'
-                    f'"T":{ts_e[i]},"m":{m},"M":true}}'
+                    f'"T":{ts_e[i]},"m":{m}' + ("}" if usdm else ',"M":true}')
                 )
                 out.append(f'{{"stream":"{stream}","data":{data}}}' if combined else data)
         if self.keep_log:

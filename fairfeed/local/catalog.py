@@ -66,7 +66,8 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
     if p.kind == "binance":
         from fairfeed.local.binance import BinanceServer
 
-        return BinanceServer(p.name, s, host=host, port=port)
+        market = getattr(p.options, "market", "spot")
+        return BinanceServer(p.name, s, market=market, host=host, port=port)
     if p.kind == "kraken":
         from fairfeed.local.kraken import KrakenServer
 
@@ -94,7 +95,8 @@ def wire_symbols(cfg: Config, p: ProviderConfig) -> set[str]:
     if p.kind == "binance":
         from fairfeed.providers.binance.symbols import to_symbol
 
-        return {to_symbol(s.instrument) for s in streams}
+        market = getattr(p.options, "market", "spot")
+        return {to_symbol(s.instrument, market) for s in streams}
     if p.kind == "kraken":
         from fairfeed.providers.kraken.symbols import to_symbol as kraken_symbol
 

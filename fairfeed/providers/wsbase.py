@@ -95,11 +95,14 @@ _HEADROOM = 4  # records kept free after a flush threshold so one more small fra
 class WsConnection:
     """One WebSocket connection of an adapter and the subscriptions it carries."""
 
-    def __init__(self, adapter: WsAdapter, index: int, subs: tuple[Subscription, ...]) -> None:
+    def __init__(
+        self, adapter: WsAdapter, index: int, subs: tuple[Subscription, ...], route: str = ""
+    ) -> None:
         self.adapter = adapter
         self.index = index
         self.subs = subs
-        self.name = f"{adapter.ctx.provider.name}#{index}"
+        self.route = route  # which of the adapter's ``routes`` this connection serves
+        self.name = f"{adapter.ctx.provider.name}#{index}" + (f"/{route}" if route else "")
         self.parser: Parser = adapter.make_parser(subs)
         self.buf = np.zeros(adapter.buffer_records, RECORD_DTYPE)
         self.u8 = self.buf.view(np.uint8)
@@ -422,7 +425,7 @@ class WsConnection:
             if self.connects:
                 ctx.counters.add(Slot.RECONNECTS)
             self.connects += 1
-            url = a.url_for(self.subs)
+            url = a.url_for(self)
             try:
                 transport, _ = await ws_connect(
                     lambda: _Listener(self),
@@ -566,6 +569,9 @@ class WsAdapter(Adapter):
     # Protocol streams one subscription takes (Binance, Kraken: 2). The one rule for how many
     # subscriptions fit a connection, at start and on a live add: subscriptions_per_connection.
     streams_per_subscription = 1
+    # Endpoints a subscription's streams are split across (Binance USD-M: book tickers on one,
+    # trades on another): every group of subscriptions gets one connection per route.
+    routes: tuple[str, ...] = ("",)
     subscribe_batch = 100  # streams per subscribe message
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
@@ -606,10 +612,8 @@ class WsAdapter(Adapter):
         self.last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
         step = self.subscriptions_per_connection
         subs = ctx.subscriptions
-        self.connections = [
-            WsConnection(self, i, subs[k : k + step])
-            for i, k in enumerate(range(0, len(subs), step))
-        ]
+        groups = [(subs[k : k + step], r) for k in range(0, len(subs), step) for r in self.routes]
+        self.connections = [WsConnection(self, i, g, r) for i, (g, r) in enumerate(groups)]
         self._running = False
         self._tasks: list[asyncio.Task] = []
 
@@ -639,8 +643,8 @@ class WsAdapter(Adapter):
     def on_open(self, conn: WsConnection) -> None:
         """Called when the WebSocket handshake completed, before subscribing."""
 
-    def url_for(self, subs: tuple[Subscription, ...]) -> str:
-        """The endpoint for a connection carrying ``subs`` (some protocols put streams in it)."""
+    def url_for(self, conn: WsConnection) -> str:
+        """The endpoint of ``conn`` (some protocols put its route or its streams in it)."""
         return self.ctx.url
 
     def extra_headers(self) -> dict[str, str] | None:
@@ -662,7 +666,7 @@ class WsAdapter(Adapter):
 
     def switch(self, old: WsConnection, reason: str) -> None:
         """Open a new session for ``old``'s subscriptions; it takes over once it delivers."""
-        new = WsConnection(self, self._next_index(), old.subs)
+        new = WsConnection(self, self._next_index(), old.subs, old.route)
         new.predecessor, new.switch_reason = old, reason
         old.successor = new
         if self.overlap_key is not None:
@@ -714,11 +718,12 @@ class WsAdapter(Adapter):
         new = tuple(s for s in subs if (s.venue, s.instrument) not in have)
         step = self.subscriptions_per_connection
         for k in range(0, len(new), step):
-            conn = WsConnection(self, self._next_index(), new[k : k + step])
-            self.connections.append(conn)
-            if self._running:
-                conn.task = asyncio.create_task(conn.run())
-                self._tasks.append(conn.task)
+            for route in self.routes:
+                conn = WsConnection(self, self._next_index(), new[k : k + step], route)
+                self.connections.append(conn)
+                if self._running:
+                    conn.task = asyncio.create_task(conn.run())
+                    self._tasks.append(conn.task)
 
     def remove(self, subs: tuple[Subscription, ...]) -> None:
         """Stop ``subs``: a connection left with nothing is closed; one that keeps other streams

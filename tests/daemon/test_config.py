@@ -64,7 +64,7 @@ def test_embedded_default_is_valid_and_frozen() -> None:
         (
             BINANCE + "[providers.options]\nurl_stream = true\n",
             "unknown key 'providers[0].options.url_stream' (allowed here: backoff_base, "
-            "backoff_cap, rate_limit_pause, subscribe_timeout, url_streams) "
+            "backoff_cap, market, rate_limit_pause, subscribe_timeout, url_streams) "
             "(provider 'b', kind binance)",
         ),
         (
@@ -133,7 +133,7 @@ def test_check_config_accepts_the_shipped_default(tmp_path: Path) -> None:
     assert f"ok ({len(config.load().providers)} providers)" in proc.stdout
 
 
-def test_provider_options_reach_the_adapter() -> None:
+def test_provider_options_reach_the_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     """`[providers.options]` is validated at load and the adapter the ingest worker builds
     (``adapter_class(kind)(ctx)``) takes its settings from it; absent options are defaults."""
     from fairfeed.core.options import BinanceOptions, KaikoOptions, KrakenOptions
@@ -146,10 +146,12 @@ def test_provider_options_reach_the_adapter() -> None:
         BINANCE + "[providers.options]\nurl_streams = true\nrate_limit_pause = 2.5\n"
         '[[providers]]\nname = "kr"\nkind = "kraken"\nvenue = "KRAKEN"\nurl = "ws://y"\n'
         + KAIKO
+        + 'api_key_env = "FAIRFEED_TEST_CONFIG_KAIKO_KEY"\n'
         + "[providers.options]\nquotes = false\n"
         'codes = {"BINANCE:future:BTC-USD-250328" = "btcusd_250328"}\n'
         'amount_units = {"BINANCE:future:BTC-USD-250328" = 0.001, "BINANCE:spot:X" = "quote"}\n'
     )
+    monkeypatch.setenv("FAIRFEED_TEST_CONFIG_KAIKO_KEY", "k")
     cfg = config.loads(text)
     b, kr, k = cfg.providers
     assert b.options == BinanceOptions(url_streams=True, rate_limit_pause=2.5)
@@ -167,7 +169,7 @@ def test_provider_options_reach_the_adapter() -> None:
 
     binance = build(b, "BTC-USD", "spot")
     assert binance.url_streams and binance.rate_limit_pause == 2.5
-    assert "?streams=" in binance.url_for(binance.connections[0].subs)
+    assert "?streams=" in binance.url_for(binance.connections[0])
     assert build(kr, "BTC-USD", "spot").ping_interval == KrakenOptions.ping_interval
     kaiko = build(k, "BTC-USD-250328", "future")
     assert [c.name.rsplit("-", 1)[1] for c in kaiko.calls] == ["trades"]  # quotes = false

@@ -16,6 +16,7 @@ from fairfeed.core.config import ProviderConfig, SimulatorConfig
 from fairfeed.core.counters import DictCounters, Slot
 from fairfeed.core.options import BinanceOptions
 from fairfeed.core.records import (
+    CLASS_CODES,
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
@@ -406,3 +407,82 @@ def test_staggered_subscribe_requests():
             await task
 
     asyncio.run(main())
+
+
+# --- USD-M futures ---------------------------------------------------------------------------
+FUTURES = {"BTC-USDT-PERP": 64000.0, "ETH-USDT-250328": 3000.0}
+FUT_CLASS = {"BTC-USDT-PERP": "perpetual", "ETH-USDT-250328": "future"}
+FUT_REGISTRY = Registry.build(
+    [("BTC-USDT-PERP", CLASS_CODES["perpetual"]), ("ETH-USDT-250328", CLASS_CODES["future"])],
+    [("binance-f", "binance")],
+)
+
+
+def test_usdm_routes_trades_and_book_tickers_and_keeps_quote_times():
+    """USD-M futures push book tickers on /public and aggregate trades on /market only: one
+    connection per route gets both (one unrouted connection would never see a trade), and the
+    futures book ticker's T and E reach the records."""
+    cfg = SimulatorConfig(prices=FUTURES, rate=0, max_events=1000, quote_ratio=0.5, seed=4)
+
+    async def main():
+        async with BinanceServer("binance-f", cfg, market="usdm", keep_log=True) as server:
+            provider = ProviderConfig(
+                name="binance-f", kind="binance", venue="binance", url=server.url,
+                stale_after=2.0, options=BinanceOptions(market="usdm", backoff_base=0.02,
+                                                        backoff_cap=0.1),
+            )  # fmt: skip
+            sink, counters = Sink(), DictCounters()
+            subs = tuple(Subscription.resolve(FUT_REGISTRY, "binance-f", "binance", i,
+                                              FUT_CLASS[i]) for i in FUTURES)  # fmt: skip
+            adapter = BinanceAdapter(IngestContext(provider, server.url, subs, FUT_REGISTRY,
+                                                   sink, counters))  # fmt: skip
+            assert sorted(c.route for c in adapter.connections) == ["market", "public"]
+            task = asyncio.create_task(adapter.run())
+            # each connection gets its own max_events; each pushes only its route's streams
+            await wait_for(lambda: server.stats.finished == 2, what="both connections served")
+            trades = sum('@aggTrade"' in t for t in server.sent)
+            quotes = sum('@bookTicker"' in t for t in server.sent)
+            await wait_for(lambda: sink.n >= trades + 2 * quotes, what="every record")
+            await adapter.close()
+            await task
+            return server, sink, counters, trades, quotes
+
+    server, sink, counters, trades, quotes = asyncio.run(main())
+    r = sink.parsed
+    assert (r["kind"] == KIND_TRADE).sum() == trades > 0
+    assert (r["kind"] == KIND_BID).sum() == (r["kind"] == KIND_ASK).sum() == quotes > 0
+    sent = [json.loads(t) for t in server.sent]
+    books = [m["data"] for m in sent if m["stream"].endswith("@bookTicker")]
+    bids = r[r["kind"] == KIND_BID]
+    assert bids["ts_exchange"].tolist() == [b["T"] * 1_000_000 for b in books]
+    assert bids["ts_provider"].tolist() == [b["E"] * 1_000_000 for b in books]
+    assert (bids["ts_exchange"] > 0).all()
+    dated = FUT_REGISTRY.instrument_id("ETH-USDT-250328")
+    assert {m["data"]["s"] for m in sent} == {"BTCUSDT", "ETHUSDT_250328"}
+    assert (r["instrument"] == dated).any()
+    assert counters[Slot.PARSE_ERRORS] == 0
+
+
+def test_usdm_server_pushes_each_stream_on_its_route_only():
+    """The local server as fstream since the 2026 split: an unrouted connection subscribed to
+    aggTrade and bookTicker gets book tickers only (the failure the routes fix)."""
+    cfg = SimulatorConfig(prices=FUTURES, rate=0, max_events=400, quote_ratio=0.5, seed=5)
+
+    async def main():
+        async with BinanceServer("binance-f", cfg, market="usdm", keep_log=True) as server:
+            url = f"{server.url}/stream?streams=btcusdt@aggTrade/btcusdt@bookTicker"
+            got: list[str] = []
+
+            class Listener(WSListener):
+                def on_ws_frame(self, transport, frame) -> None:
+                    if frame.msg_type == WSMsgType.TEXT:
+                        got.append(frame.get_payload_as_ascii_text())
+
+            transport, _ = await ws_connect(Listener, url)
+            await wait_for(lambda: server.stats.finished == 1, what="the connection served")
+            await wait_for(lambda: len(got) >= len(server.sent) > 10, what="every message")
+            transport.disconnect()
+            return got
+
+    got = asyncio.run(main())
+    assert {json.loads(t)["stream"] for t in got} == {"btcusdt@bookTicker"}

@@ -54,6 +54,44 @@ def test_symbols():
         raise AssertionError(bad)
 
 
+def test_usdm_futures_symbols():
+    assert to_symbol("BTC-USDT-PERP", "usdm") == "BTCUSDT"
+    assert to_symbol("ETH-USDT-250328", "usdm") == "ETHUSDT_250328"
+    assert stream_name("ETH-USDT-250328", "aggTrade", "usdm") == "ethusdt_250328@aggTrade"
+    for bad in ("BTC-USDT", "BTC-USDT-2503", "BTC-USDT-PERPX", "BTC-PERP", "BTC-USDT-25032X"):
+        try:
+            to_symbol(bad, "usdm")
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
+def test_usdm_frames_as_documented():
+    """USD-M futures payloads exactly as Binance documents them: the book ticker has an event
+    type and two times, which the records keep (the spot book ticker has none)."""
+    streams = {"bnbusdt@bookTicker": 7, "btcusdt@aggTrade": 8}
+    p = BinanceParser(streams, 1, 2, 3, agg=True)
+    out = empty_records(4)
+    book = {"stream": "bnbusdt@bookTicker", "data": {
+        "e": "bookTicker", "u": 400900217, "E": 1568014460893, "T": 1568014460891,
+        "s": "BNBUSDT", "b": "25.35190000", "B": "31.21000000", "a": "25.36520000",
+        "A": "40.66000000"}}  # fmt: skip
+    assert p.parse(json.dumps(book).encode(), out, 0, TS) == 2
+    assert out["kind"][:2].tolist() == [KIND_BID, KIND_ASK]
+    assert out["ts_exchange"][:2].tolist() == [1568014460891_000_000] * 2
+    assert out["ts_provider"][:2].tolist() == [1568014460893_000_000] * 2
+    assert out["price"][:2].tolist() == [25.3519, 25.3652]
+    assert out["sequence"][:2].tolist() == [400900217] * 2
+    agg = {"stream": "btcusdt@aggTrade", "data": {
+        "e": "aggTrade", "E": 123456789, "s": "BTCUSDT", "a": 5933014, "p": "0.001",
+        "q": "100", "f": 100, "l": 105, "T": 123456785, "m": True}}  # fmt: skip
+    assert p.parse(json.dumps(agg).encode(), out, 2, TS) == 1
+    r = out[2]
+    assert (r["kind"], r["sequence"], r["side"], r["instrument"]) == (KIND_TRADE, 5933014,
+                                                                     SIDE_SELL, 8)  # fmt: skip
+    assert (r["ts_exchange"], r["ts_provider"]) == (123456785_000_000, 123456789_000_000)
+
+
 def test_trade_exact_and_taker_side():
     p = parser()
     out = empty_records(4)

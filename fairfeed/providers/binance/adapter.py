@@ -1,7 +1,14 @@
-"""Binance spot adapter: combined market streams on the shared WebSocket machinery.
+"""Binance adapter (spot and USD-M futures): combined market streams on the shared WebSocket
+machinery.
 
 Per instrument two streams: ``<symbol>@trade`` (or ``@aggTrade`` with ``feed = "aggTrade"``)
-and ``<symbol>@bookTicker``. By default the adapter connects to ``<url>/stream`` and sends
+and ``<symbol>@bookTicker``. With the option ``market = "usdm"`` (USD-M futures,
+``wss://fstream.binance.com``; instruments ``BASE-QUOTE-PERP`` and dated
+``BASE-QUOTE-YYMMDD``) the two streams live on different routed endpoints since Binance split
+them (2026): ``bookTicker`` on ``<url>/public``, ``aggTrade`` on ``<url>/market`` (there is no
+raw ``@trade`` stream); a connection without a route only gets public data, so every group of
+instruments gets one connection per route. USD-M allows 200 streams and 10 incoming
+messages per second per connection. By default the adapter connects to ``<url>/stream`` and sends
 ``SUBSCRIBE`` requests (``subscribe_batch`` streams each, ``subscribe_interval`` apart: Binance
 drops a connection that sends more than 5 messages per second) and waits for every request's
 ``{"result":null,"id":n}``; with the option ``url_streams = true`` the streams go in the URL instead
@@ -29,12 +36,13 @@ from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.parse import BinanceParser
-from fairfeed.providers.binance.symbols import stream_name
+from fairfeed.providers.binance.symbols import USDM_ROUTES, stream_name
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, Ack, Error, subscribe
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
 FEEDS = ("trade", "aggTrade")
 MAX_STREAMS = 1024  # Binance's limit per connection
+USDM_MAX_STREAMS = 200  # USD-M futures' limit per connection
 MAX_AGE = 24 * 3600.0  # Binance closes a connection after 24 hours
 
 
@@ -52,10 +60,19 @@ class BinanceAdapter(WsAdapter):
     options: BinanceOptions
 
     def __init__(self, ctx: IngestContext) -> None:
-        feed = ctx.provider.feed or "trade"
+        p = ctx.provider
+        market = p.options.market if isinstance(p.options, BinanceOptions) else "spot"
+        feed = p.feed or ("aggTrade" if market == "usdm" else "trade")
         if feed not in FEEDS:
-            raise ValueError(f"{ctx.provider.name}: unknown Binance feed {feed!r} (known: {FEEDS})")
+            raise ValueError(f"{p.name}: unknown Binance feed {feed!r} (known: {FEEDS})")
+        if market == "usdm" and feed != "aggTrade":
+            raise ValueError(f"{p.name}: USD-M futures have no raw {feed!r} stream: use aggTrade")
         self.feed = feed
+        self.market = market
+        if market == "usdm":  # one connection per route, each carrying one stream per instrument
+            self.routes = tuple(USDM_ROUTES[k] for k in (feed, "bookTicker"))
+            self.streams_per_subscription = 1
+            self.max_streams_per_connection = USDM_MAX_STREAMS
         super().__init__(ctx)
         self.url_streams = self.options.url_streams
         if self.url_streams:
@@ -63,24 +80,31 @@ class BinanceAdapter(WsAdapter):
         self._ids = itertools.count(1)
         self._pending: dict[int, set[int]] = {}  # connection index -> unanswered request ids
 
-    @property
-    def kinds(self) -> tuple[str, str]:
-        return (self.feed, "bookTicker")
+    def kinds(self, route: str = "") -> tuple[str, ...]:
+        """The stream kinds a connection of ``route`` carries per instrument."""
+        both = (self.feed, "bookTicker")
+        return tuple(k for k in both if USDM_ROUTES[k] == route) if route else both
 
-    def streams(self, subs: tuple[Subscription, ...]) -> list[str]:
-        """Stream names of ``subs``, in order (trade stream, then book ticker, per instrument)."""
-        return [stream_name(s.instrument, k) for s in subs for k in self.kinds]
+    def streams(self, subs: tuple[Subscription, ...], route: str = "") -> list[str]:
+        """Stream names of ``subs`` on ``route``, in order (per instrument: the trade stream,
+        then the book ticker)."""
+        kinds = self.kinds(route)
+        return [stream_name(s.instrument, k, self.market) for s in subs for k in kinds]
 
     # -- protocol hooks ------------------------------------------------------------------------
     def parser_variant(self) -> dict[str, object]:
-        return {"agg": self.feed == "aggTrade"}
+        return {"agg": self.feed == "aggTrade", "market": self.market}
 
-    def url_for(self, subs: tuple[Subscription, ...]) -> str:
+    def url_for(self, conn: WsConnection) -> str:
         scheme, netloc, path, _, _ = urlsplit(self.ctx.url)
         path = path.rstrip("/")
-        if not path.endswith("/stream"):
-            path = path + "/stream"
-        query = "streams=" + "/".join(self.streams(subs)) if self.url_streams else ""
+        if path.endswith("/stream"):
+            path = path[: -len("/stream")]
+        if conn.route:
+            path = f"{path}/{conn.route}"
+        path += "/stream"
+        streams = self.streams(conn.subs, conn.route)
+        query = "streams=" + "/".join(streams) if self.url_streams else ""
         return urlunsplit((scheme, netloc, path, query, ""))
 
     def subscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
@@ -89,7 +113,7 @@ class BinanceAdapter(WsAdapter):
             return []
         msgs = []
         ids = set()
-        for batch in self.batches(self.streams(subs), self.subscribe_batch):
+        for batch in self.batches(self.streams(subs, conn.route), self.subscribe_batch):
             rid = next(self._ids)
             ids.add(rid)
             msgs.append(subscribe(batch, rid))

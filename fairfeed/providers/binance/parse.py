@@ -79,13 +79,15 @@ class BinanceParser(RecordParser):
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
 
     @classmethod
-    def for_subscriptions(cls, subs: Sequence[Subscription], *, agg: bool = False) -> BinanceParser:
+    def for_subscriptions(
+        cls, subs: Sequence[Subscription], *, agg: bool = False, market: str = "spot"
+    ) -> BinanceParser:
         """Two streams per subscription: its trade feed (``aggTrade`` with ``agg``) and
-        ``bookTicker``."""
+        ``bookTicker``, named for ``market`` (``"spot"``, ``"usdm"``)."""
         first = subs[0] if subs else None
         kinds = ("aggTrade" if agg else "trade", "bookTicker")
         return cls(
-            {stream_name(s.instrument, k): s.instrument_id for s in subs for k in kinds},
+            {stream_name(s.instrument, k, market): s.instrument_id for s in subs for k in kinds},
             first.provider_id if first else 0,
             first.venue_id if first else 0,
             first.class_code if first else 0,
@@ -131,9 +133,11 @@ class BinanceParser(RecordParser):
                     return PARSE_ERROR
                 u8 = self._u8
                 seq = d.u
-                _pack(u8, off, 0, 0, ts_receive, b, bq, seq, inst, self.provider, self.venue,
-                      KIND_BID, self.data_class, 0, 0, 0)  # fmt: skip
-                _pack(u8, off + 64, 0, 0, ts_receive, bs, aq, seq, inst, self.provider,
+                # futures book tickers carry T (transaction) and E (event) times; spot's none
+                t_ex, t_pr = d.T * _MS, d.E * _MS
+                _pack(u8, off, t_ex, t_pr, ts_receive, b, bq, seq, inst, self.provider,
+                      self.venue, KIND_BID, self.data_class, 0, 0, 0)  # fmt: skip
+                _pack(u8, off + 64, t_ex, t_pr, ts_receive, bs, aq, seq, inst, self.provider,
                       self.venue, KIND_ASK, self.data_class, 0, 0, 0)  # fmt: skip
                 return 2
             p = d.p

@@ -8,7 +8,8 @@ Server → client, on ``/stream`` (combined streams) every market message is wra
 * ``aggTrade``: ``{"e":"aggTrade","E":…,"s":…,"a":agg id,"p":…,"q":…,"f":first trade id,
   "l":last trade id,"T":…,"m":…,"M":true}``;
 * ``bookTicker`` (spot: no event type, no timestamps): ``{"u":update id,"s":…,"b":"bid",
-  "B":"bid qty","a":"ask","A":"ask qty"}``.
+  "B":"bid qty","a":"ask","A":"ask qty"}``; on USD-M futures with ``"e":"bookTicker"``,
+  ``"E"`` (event ms) and ``"T"`` (transaction ms).
 
 Answers to requests: ``{"result":null,"id":n}`` (SUBSCRIBE / UNSUBSCRIBE accepted),
 ``{"result":[…],"id":n}`` (LIST_SUBSCRIPTIONS) and errors ``{"error":{"code":c,"msg":"…"},
