@@ -25,6 +25,7 @@ from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
 from fairfeed.ipc.lastids import LastIds
+from fairfeed.ipc.pacer import Pacer
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.kafka.encode import encode_dead_letter
 from fairfeed.providers.base import Adapter, IngestContext
@@ -48,6 +49,7 @@ class IngestWorker:
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
     pipe: CommandPipe | None = None  # commands from the supervisor
     last_ids: LastIds | None = None  # last id published per stream (outlives this process)
+    pacer: Pacer | None = None  # per-IP pacing of connections and messages, shared by workers
     writer: RingWriter | None = field(default=None, init=False)  # its emit, set in the child
 
     @property
@@ -152,6 +154,7 @@ class IngestWorker:
             counters=self.counters,
             dead_letter=self._dead_letter_for(provider),
             last_ids=self.last_ids,
+            pacer=self.pacer,
         )
         adapter = adapter_class(pcfg.kind)(ctx)
         if self.writer is not None and self.writer.paused:  # its connections open paused

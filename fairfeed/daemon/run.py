@@ -29,6 +29,7 @@ from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.metricsboard import MetricsBoard
+from fairfeed.ipc.pacer import Pacer
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
 from fairfeed.ipc.streams import StreamBoard
@@ -163,6 +164,7 @@ def run(
     control: ControlBlock | None = None
     streams: StreamBoard | None = None
     last_ids: LastIds | None = None
+    pacer: Pacer | None = None
     ctl: ControlServer | None = None
     board: MetricsBoard | None = None
     http = None
@@ -189,6 +191,7 @@ def run(
         control = ControlBlock.create(f"{prefix}-control", n_slots, d.max_instruments)
         streams = StreamBoard.create(f"{prefix}-streams", d.max_instruments, d.max_sources)
         last_ids = LastIds.create(f"{prefix}-lastids", d.max_instruments, d.max_sources)
+        pacer = Pacer.create(f"{prefix}-pacer", [p.name for p in cfg.providers])
         if cfg.metrics.listen:
             board = MetricsBoard.create(f"{prefix}-metrics", d.max_instruments, d.max_sources)
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
@@ -219,8 +222,9 @@ def run(
         for i in range(n_workers):
             pipe = CommandPipe()
             w = IngestWorker(
-                i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe, last_ids
-            )
+                i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe, last_ids,
+                pacer,
+            )  # fmt: skip
             children.append(ChildSpec(w.name, slot, w.main, stop_phase=0, pipe=pipe))
             workers.append(w)
             ingest_slots.append(slot)
@@ -293,7 +297,7 @@ def run(
         for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
-        for seg in (control, streams, board, last_ids):
+        for seg in (control, streams, board, last_ids, pacer):
             if seg is not None:
                 seg.close()
                 seg.unlink()

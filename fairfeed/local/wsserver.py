@@ -83,6 +83,10 @@ class ServerStats:
     connections_total: int = 0
     connections_open: int = 0
     requests: int = 0  # subscribe requests (counted by :meth:`LocalWsServer.rejecting`)
+    # time.monotonic() of every connection accepted and every subscribe request, in order
+    # (what a per-IP rate limit counts)
+    connect_times: list[float] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)
     rejected: int = 0  # of which refused by the REJECT_SUBSCRIBE fault
     request_errors: int = 0  # error answers, for protocols that count them
     heartbeats: int = 0
@@ -229,6 +233,7 @@ class LocalWsServer(abc.ABC):
     def rejecting(self) -> bool:
         """Whether subscribe requests are to be refused now (the rate-limit fault); counts it."""
         self.stats.requests += 1
+        self.stats.request_times.append(time.monotonic())
         if self.faults.reject_subscribe:
             self.stats.rejected += 1
             return True
@@ -359,6 +364,7 @@ class LocalWsServer(abc.ABC):
         self._conns[conn.index] = conn
         self.stats.connections_total += 1
         self.stats.connections_open += 1
+        self.stats.connect_times.append(time.monotonic())
         tasks = [asyncio.create_task(self._stream(conn)), asyncio.create_task(self._beat(conn))]
         try:
             await self.on_connect(conn)

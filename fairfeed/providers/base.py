@@ -25,6 +25,7 @@ from fairfeed.core.options import AdapterOptions
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.ipc.lastids import LastIds
+from fairfeed.ipc.pacer import Pacer
 
 
 @dataclass
@@ -49,6 +50,9 @@ class IngestContext:
     # the last id published per stream (the daemon's shared table, so a restarted worker sees
     # its predecessor's); None: the adapter keeps a private one
     last_ids: LastIds | None = None
+    # the daemon's per-IP pacing of connections and subscribe messages, shared by every
+    # worker; None: the adapter paces itself alone
+    pacer: Pacer | None = None
 
     def backoff(self, base: float, cap: float) -> Backoff:
         """A reconnect schedule drawing its jitter from :attr:`rng`."""

@@ -69,6 +69,7 @@ from fairfeed.core.records import (
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.ipc.lastids import LastIds
+from fairfeed.ipc.pacer import Pacer
 from fairfeed.providers.base import Adapter, IngestContext
 from fairfeed.providers.health import Health
 from fairfeed.providers.overlap import OverlapFilter
@@ -121,6 +122,10 @@ class WsConnection:
         self.connects = 0  # connection attempts
         self.opened = 0  # successful handshakes
         self.opened_at = 0.0
+        self.requested_at = 0.0  # every subscribe message sent (0 = not yet on this session)
+        # removed while this session's (paced) subscribe messages were still going out: their
+        # unsubscribe follows the last of them, or it would arrive first and be undone
+        self.deferred_unsubscribe: tuple[Subscription, ...] = ()
         self.last_data = 0.0  # monotonic time of the last data frame
         self.last_alive = 0.0  # last data, heartbeat or ping
         self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
@@ -396,6 +401,8 @@ class WsConnection:
         self.planned = ""
         self.retry_after = 0.0
         self.opened_at = self.last_alive = self.last_data = now
+        self.requested_at = 0.0
+        self.deferred_unsubscribe = ()  # this session subscribes the current set
         if self.muted is not None:
             # A new session subscribes to ``subs`` only: nothing unsubscribed can arrive any
             # more, so stop filtering every batch (after the old session's buffered data).
@@ -426,6 +433,9 @@ class WsConnection:
                 ctx.counters.add(Slot.RECONNECTS)
             self.connects += 1
             url = a.url_for(self)
+            await a.pace("connect")
+            if a.stopping.is_set():
+                break
             try:
                 transport, _ = await ws_connect(
                     lambda: _Listener(self),
@@ -483,7 +493,13 @@ class WsConnection:
         for i, msg in enumerate(requests):
             if i:
                 await asyncio.sleep(a.subscribe_interval)
+            await a.pace("message")
             self.send(msg)
+        self.requested_at = time.monotonic()
+        if self.deferred_unsubscribe:
+            for msg in a.unsubscribe_messages(self, self.deferred_unsubscribe):
+                self.send(msg)
+            self.deferred_unsubscribe = ()
         # Without explicit acks, the first data or heartbeat afterwards acknowledges: an error
         # answer then never resets the backoff.
         self.sent_subscriptions = not a.acknowledges_subscriptions
@@ -506,10 +522,13 @@ class WsConnection:
                 elif self.closing:
                     if now - self.closing_since > a.close_timeout:
                         transport.disconnect()
-                elif not self.subscribed and now - self.opened_at > a.subscribe_timeout:
+                elif (not self.subscribed and self.requested_at
+                      and now - self.requested_at > a.subscribe_timeout):  # fmt: skip
                     a.conn_log(f"{self.name}: subscription not acknowledged, reconnecting")
                     transport.disconnect()
-                elif Health.stale(now, self.last_alive, a.stale_after):
+                elif self.requested_at and Health.stale(
+                    now, max(self.last_alive, self.requested_at), a.stale_after
+                ):  # (not while our own pacing holds the subscribe messages back)
                     a.conn_log(
                         f"{self.name}: no data, heartbeat or ping for "
                         f"{now - self.last_alive:.1f}s, reconnecting"
@@ -572,6 +591,10 @@ class WsAdapter(Adapter):
     # Endpoints a subscription's streams are split across (Binance USD-M: book tickers on one,
     # trades on another): every group of subscriptions gets one connection per route.
     routes: tuple[str, ...] = ("",)
+    # The provider's limits per IP address (per second; 0 = none), paced across the whole
+    # daemon (fairfeed.ipc.pacer): new connections, and subscribe messages.
+    connect_rate = 0.0
+    message_rate = 0.0
     subscribe_batch = 100  # streams per subscribe message
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
@@ -610,6 +633,7 @@ class WsAdapter(Adapter):
         self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
         reg = ctx.registry
         self.last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
+        self.pacer = ctx.pacer or Pacer.local([p.name])
         step = self.subscriptions_per_connection
         subs = ctx.subscriptions
         groups = [(subs[k : k + step], r) for k in range(0, len(subs), step) for r in self.routes]
@@ -709,6 +733,23 @@ class WsAdapter(Adapter):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
+    async def pace(self, action: str) -> None:
+        """Wait for this provider's next ``action`` slot ("connect", "message") under its
+        per-IP rate, shared with every worker of the daemon."""
+        rate = self.connect_rate if action == "connect" else self.message_rate
+        if rate <= 0:
+            return
+        interval = 1.0 / rate
+        for _ in range(3):
+            now = time.monotonic()
+            at = self.pacer.reserve(self.ctx.provider.name, action, interval, now)
+            if at > now:
+                await self.pause(at - now)
+            # Woken late (the loop was busy): so were the others waiting for the slots after
+            # this one, and all would go at once. A fresh slot spaces them out again.
+            if self.stopping.is_set() or time.monotonic() - at <= interval / 2:
+                return
+
     # -- live subscription changes -----------------------------------------------------------
     live_changes = True
 
@@ -742,6 +783,8 @@ class WsAdapter(Adapter):
                 conn.disconnect()
                 if conn.task is not None:
                     conn.task.cancel()
+            elif conn.transport is not None and not conn.requested_at:
+                conn.deferred_unsubscribe += removed
             else:
                 for msg in self.unsubscribe_messages(conn, removed):
                     conn.send(msg)

@@ -49,6 +49,7 @@ url = "ws://127.0.0.1:9"
 name = "kaiko"
 kind = "kaiko"
 url = "grpc://127.0.0.1:9"
+api_key_env = "FAIRFEED_TEST_FLOW_KAIKO_KEY"
 
 [[subscriptions]]
 provider = "sim"
@@ -77,7 +78,8 @@ class Child:
 
 
 @pytest.fixture
-def rt(tmp_path: Path) -> Runtime:
+def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
+    monkeypatch.setenv("FAIRFEED_TEST_FLOW_KAIKO_KEY", "k")
     cfg = config.loads(CONFIG, "<test>")
     registry = build_registry(cfg)
     book = SubscriptionBook(cfg, registry, WORKERS)

@@ -38,6 +38,7 @@ from fairfeed.core.records import (
 )
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.ipc.pacer import Pacer
 from fairfeed.local.capture import received
 from fairfeed.local.coinbase import CoinbaseServer
 from fairfeed.local.faults import Fault
@@ -294,12 +295,15 @@ def test_disconnect_reconnects_resubscribes_and_reports_exactly_what_it_missed(f
         cfg = SimulatorConfig(prices=PRICES, rate=2000, heartbeat_interval=0.2, seed=5)
         async with Harness(feed, cfg) as h:
             await wait_for(lambda: len(h.trades()) > 50)
+            # every request answered (they are paced: trades flow before the last is sent)
+            await wait_for(lambda: h.sink.statuses[:1] == [STATUS_CONNECTED])
             subscribes = h.server.subscribes
             assert await h.server.inject(Fault.DISCONNECT) == 1
             h.server.market.events(list(range(len(PRICES))), 300)  # trades we miss while away
             n = h.n
             await wait_for(lambda: h.server.stats.connections_total == 2)
             await wait_for(lambda: len(h.trades(n)) > 50)
+            await wait_for(lambda: len(h.sink.statuses) >= 3, what="subscribed again")
             assert h.server.subscribes == 2 * subscribes  # everything subscribed again
             assert h.counters[Slot.RECONNECTS] == 1 and h.counters[Slot.DISCONNECTS] == 1
             st = h.sink.statuses
@@ -574,3 +578,44 @@ def test_capture_replayed_through_the_adapter_exact(feed, path, products):
     assert counters[Slot.PARSE_ERRORS] == 0 and counters[Slot.GAPS] == 0
     assert counters[Slot.HEARTBEATS] == beats and counters[Slot.FRAMES_IN] == len(frames)
     assert sink.statuses[0] == STATUS_CONNECTED  # acknowledged by the recorded answers
+
+
+def test_connections_and_subscribe_messages_are_paced_per_ip_across_workers():
+    """Coinbase allows about 8 new connections and 8 messages a second per IP: two adapters
+    (two ingest workers) sharing the daemon's pacer open 12 connections and send 36 subscribe
+    messages without ever exceeding that in any second (unpaced, all would go at once)."""
+    products = [f"C{i}-USD" for i in range(12)]
+    reg = Registry.build([(p, SPOT) for p in products], [("coinbase", "COINBASE")])
+    pacer = Pacer.local(["coinbase"])
+
+    def per_second_max(times: list[float]) -> int:
+        t = np.sort(np.array(times))
+        return int(max(np.searchsorted(t, t + 1.0, side="left") - np.arange(len(t))))
+
+    async def main():
+        cfg = SimulatorConfig(prices=dict.fromkeys(products, 10.0), rate=50, seed=2)
+        async with CoinbaseServer("coinbase", cfg, feed="advanced") as server:
+            adapters = []
+            for half in (products[:6], products[6:]):
+                provider = ProviderConfig(
+                    name="coinbase", kind="coinbase", venue="COINBASE", url=server.url,
+                    feed="advanced", max_streams_per_connection=1, stale_after=10.0,
+                    options=CoinbaseOptions(backoff_base=0.05, backoff_cap=0.2),
+                )  # fmt: skip
+                subs = tuple(Subscription.resolve(reg, "coinbase", "COINBASE", p, "spot")
+                             for p in half)  # fmt: skip
+                ctx = IngestContext(provider, server.url, subs, reg, Sink(), DictCounters(),
+                                    pacer=pacer)  # fmt: skip
+                adapters.append(CoinbaseAdapter(ctx))
+            tasks = [asyncio.create_task(a.run()) for a in adapters]
+            await wait_for(lambda: len(server.stats.request_times) == 36, timeout=30,
+                           what="every subscribe message")  # fmt: skip
+            for a in adapters:
+                await a.close()
+            await asyncio.gather(*tasks)
+            return server.stats
+
+    stats = asyncio.run(main())
+    assert len(stats.connect_times) == 12
+    assert per_second_max(stats.connect_times) <= 9  # 8 a second, +1 at the window's edge
+    assert per_second_max(stats.request_times) <= 9

@@ -66,6 +66,10 @@ class CoinbaseAdapter(WsAdapter):
     """
 
     gap_kinds = (KIND_TRADE,)
+    # Per IP: about 8 new connections and 8 messages a second unauthenticated (Coinbase's
+    # WebSocket rate limits), paced across every worker of the daemon
+    connect_rate = 8.0
+    message_rate = 8.0
     max_streams_per_connection = 100  # Coinbase advises spreading products over connections
     subscribe_batch = 100
     stale_after = 10.0  # heartbeats arrive every second on both feeds
