@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shlex
 import shutil
 import subprocess
 import sys
@@ -15,54 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dockerfile_parse import DockerfileParser
 
 from fairfeed.cli import main as cli_main
 from fairfeed.daemon.metrics_http import MetricsHTTPServer
+from tests.ops import dockerfile as df
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _stages() -> list[list[dict]]:
-    """The Dockerfile's instructions, one list per stage (the ARGs before the first FROM
-    are stage 0's)."""
-    stages: list[list[dict]] = [[]]
-    for ins in DockerfileParser(str(ROOT / "Dockerfile")).structure:
-        if (
-            ins["instruction"] == "FROM"
-            and stages[-1]
-            and any(i["instruction"] == "FROM" for i in stages[-1])
-        ):
-            stages.append([])
-        if ins["instruction"] != "COMMENT":
-            stages[-1].append(ins)
-    return stages
-
-
-def _final(instruction: str) -> list[str]:
-    return [i["value"] for i in _stages()[-1] if i["instruction"] == instruction]
-
-
-def _env(stage: list[dict]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for ins in stage:
-        if ins["instruction"] == "ENV":
-            for word in shlex.split(ins["value"]):
-                key, _, value = word.partition("=")
-                env[key] = value
-    return env
-
-
-def _arg_defaults() -> dict[str, str]:
-    """Every ``ARG name=default`` of every stage."""
-    out = {}
-    for stage in _stages():
-        for ins in stage:
-            if ins["instruction"] == "ARG" and "=" in ins["value"]:
-                key, _, value = ins["value"].partition("=")
-                out[key.strip()] = value.strip()
-    return out
 
 
 def test_hadolint_passes() -> None:
@@ -73,42 +31,42 @@ def test_hadolint_passes() -> None:
 
 
 def test_multi_stage_on_slim_python_311() -> None:
-    stages = _stages()
+    stages = df.stages()
     assert len(stages) >= 2
-    base = _arg_defaults()["PYTHON_IMAGE"]
+    base = df.arg_defaults()["PYTHON_IMAGE"]
     assert base.startswith("python:3.11-slim"), base
     froms = [i["value"] for s in stages for i in s if i["instruction"] == "FROM"]
     assert all(f.startswith("${PYTHON_IMAGE}") for f in froms), froms
     # The runtime stage takes the built environment, not the sources and the build tools.
-    assert any(v.startswith("--from=build ") for v in _final("COPY"))
-    assert not any(v.split()[0] in ("fairfeed", ".") for v in _final("COPY"))
+    assert any(v.startswith("--from=build ") for v in df.final("COPY"))
+    assert not any(v.split()[0] in ("fairfeed", ".") for v in df.final("COPY"))
 
 
 def test_runs_as_a_non_root_numeric_user() -> None:
-    (user,) = _final("USER")
+    (user,) = df.final("USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) > 0, user  # numeric: runAsNonRoot can verify it
 
 
 def test_warm_up_runs_as_that_user_into_the_cache_dir() -> None:
-    final = _stages()[-1]
+    final = df.stages()[-1]
     kinds = [i["instruction"] for i in final]
     warm = [n for n, i in enumerate(final) if i["instruction"] == "RUN" and "warm-up" in i["value"]]
     assert warm and kinds.index("USER") < warm[0]
-    env = _env(final)
+    env = df.env(final)
     assert env["NUMBA_CACHE_DIR"].startswith("/opt/fairfeed/")
-    assert env["NUMBA_CPU_NAME"] == "${NUMBA_CPU_NAME}" and _arg_defaults()["NUMBA_CPU_NAME"]
+    assert env["NUMBA_CPU_NAME"] == "${NUMBA_CPU_NAME}" and df.arg_defaults()["NUMBA_CPU_NAME"]
 
 
 def test_health_check_entry_point_and_stop_signal() -> None:
-    (health,) = _final("HEALTHCHECK")
+    (health,) = df.final("HEALTHCHECK")
     assert "/healthz" in health
-    assert _final("STOPSIGNAL") in ([], ["SIGTERM"])  # SIGTERM: the daemon's graceful stop
-    (entry,) = _final("ENTRYPOINT")
-    (cmd,) = _final("CMD")
+    assert df.final("STOPSIGNAL") in ([], ["SIGTERM"])  # SIGTERM: the daemon's graceful stop
+    (entry,) = df.final("ENTRYPOINT")
+    (cmd,) = df.final("CMD")
     argv = json.loads(entry) + json.loads(cmd)
     assert argv[:2] == ["fairfeed", "run"] and "--no-live" in argv
-    env = _env(_stages()[-1])
+    env = df.env(df.stages()[-1])
     assert env["STATE_DIRECTORY"] and env["RUNTIME_DIRECTORY"]
     # The CLI accepts the image's arguments (argparse exits 0 on --help after parsing them).
     with pytest.raises(SystemExit) as exc:
@@ -118,7 +76,7 @@ def test_health_check_entry_point_and_stop_signal() -> None:
 
 def _health_argv(port: int) -> list[str]:
     """The HEALTHCHECK command with the port changed (9464 may be taken on this machine)."""
-    (health,) = _final("HEALTHCHECK")
+    (health,) = df.final("HEALTHCHECK")
     argv = json.loads(health[health.index("CMD") + 3 :].strip())
     assert argv[0] == "python"
     return [sys.executable, *[a.replace(":9464/", f":{port}/") for a in argv[1:]]]
@@ -152,9 +110,14 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
     }
     assert {".git", ".venv"} <= ignored
     copied = {
-        w for v in _stages()[1] if v["instruction"] == "COPY" for w in v["value"].split()[:-1]
+        word
+        for stage in df.stages()
+        for ins in stage
+        if ins["instruction"] == "COPY" and not ins["value"].startswith("--from=")
+        for word in ins["value"].split()[:-1]
     }
-    assert copied and not copied & ignored, copied & ignored
+    assert {"pyproject.toml", "README.md", "fairfeed"} <= copied
+    assert not copied & ignored, copied & ignored
 
 
 _PROBE = textwrap.dedent(
@@ -177,11 +140,11 @@ def test_the_image_warm_up_leaves_a_cache_a_new_process_loads_without_compiling(
     """What `RUN fairfeed warm-up` does at build time, with the image's Numba settings; then a
     copy of the cache elsewhere (the pod's init container copies it to a writable volume)."""
     (warm,) = [
-        i["value"] for i in _stages()[-1] if i["instruction"] == "RUN" and "warm-up" in i["value"]
+        i["value"] for i in df.stages()[-1] if i["instruction"] == "RUN" and "warm-up" in i["value"]
     ]
     built = tmp_path / "image-cache"
     env = dict(
-        os.environ, NUMBA_CACHE_DIR=str(built), NUMBA_CPU_NAME=_arg_defaults()["NUMBA_CPU_NAME"]
+        os.environ, NUMBA_CACHE_DIR=str(built), NUMBA_CPU_NAME=df.arg_defaults()["NUMBA_CPU_NAME"]
     )
     env["PATH"] = f"{BIN}:{env['PATH']}"
     proc = subprocess.run(warm, shell=True, env=env, capture_output=True, text=True, timeout=600)
