@@ -20,6 +20,9 @@ from fairfeed.daemon.sdnotify import NotifyError, SdNotify, monotonic_usec
 log = logging.getLogger("fairfeed.service")
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+# A degraded state's words change every tick (how long, how many messages spooled): the loop's
+# STATUS updates go out at most this often, the latest words each time.
+STATUS_INTERVAL = 1.0
 
 
 class ServiceNotifier:
@@ -39,6 +42,7 @@ class ServiceNotifier:
         self._clock = clock
         self._last_ping = float("-inf")
         self._status = ""
+        self._status_at = float("-inf")
         self._failed: set[str] = set()
 
     def _send(self, *lines: str) -> None:
@@ -52,11 +56,17 @@ class ServiceNotifier:
                 self._failed.add(key)
                 log.error("%s", exc)
 
-    def status(self, text: str) -> None:
-        """``STATUS=text`` when it differs from the last one sent."""
-        if text != self._status:
-            self._status = text
-            self._send(f"STATUS={text}")
+    def status(self, text: str, *, throttle: bool = False) -> None:
+        """``STATUS=text`` when it differs from the last one sent (with ``throttle``, not
+        sooner than :data:`STATUS_INTERVAL` after it: the next call sends the latest text)."""
+        if text == self._status:
+            return
+        now = self._clock()
+        if throttle and now - self._status_at < STATUS_INTERVAL:
+            return
+        self._status = text
+        self._status_at = now
+        self._send(f"STATUS={text}")
 
     def beat(self) -> None:
         """``WATCHDOG=1`` if half the watchdog interval has passed since the last ping."""
@@ -75,10 +85,11 @@ class ServiceNotifier:
         if ok and not self.ready_sent:
             self.ready_sent = True
             self._status = text
+            self._status_at = self._clock()
             self._send("READY=1", f"STATUS={text}")
-            log.info("ready: %s", text)
+            log.info("%s", text)
         else:
-            self.status(text)
+            self.status(text, throttle=True)
 
     def reloading(self) -> None:
         self._status = "reloading the configuration (SIGHUP)"

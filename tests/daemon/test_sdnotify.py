@@ -92,13 +92,20 @@ def test_notifier_pings_at_the_interval_and_says_ready_once() -> None:
     svc.tick()  # same status: not repeated
     assert rec.sent == [("STATUS=starting, not ready: compute not ready",)]
     state[0] = (True, "ready: 4 children up")
+    svc.tick()  # READY=1 is never held back
     svc.tick()
+    now[0] = 1.0
+    state[0] = (False, "not ready: kafka output blocked for 0.1s")
+    svc.tick()  # within a second of the last status: held back
+    now[0] = 1.4
+    state[0] = (False, "not ready: kafka output blocked for 0.5s")
     svc.tick()
-    state[0] = (False, "not ready: ingest-0 down")
-    svc.tick()
+    now[0] = 1.6
+    state[0] = (False, "not ready: kafka output blocked for 0.7s")
+    svc.tick()  # a second on: the latest words go out
     assert rec.sent[1:] == [
         ("READY=1", "STATUS=ready: 4 children up"),
-        ("STATUS=not ready: ingest-0 down",),
+        ("STATUS=not ready: kafka output blocked for 0.7s",),
     ]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fairfeed.kafka.broker import LocalBroker, free_port
 from tests.daemon.daemon_process import DaemonProcess
 from tests.waiting import wait_for
 
@@ -58,6 +59,21 @@ class NotifyListener:
         return out
 
 
+def _default_config(tmp_path: Path, bootstrap: str = "") -> Path:
+    """The packaged default as a file (so that SIGHUP has a file to reload)."""
+    text = resources.files("fairfeed.core").joinpath("default.toml").read_text()
+    if bootstrap:
+        assert 'bootstrap = ""' in text
+        text = text.replace('bootstrap = ""', f'bootstrap = "{bootstrap}"', 1)
+    path = tmp_path / "fairfeed.toml"
+    path.write_text(text)
+    return path
+
+
+def _status(msg: list[str]) -> str:
+    return next((line[7:] for line in msg if line.startswith("STATUS=")), "")
+
+
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(") ", 1)[1][0] == "T"
@@ -71,9 +87,7 @@ def listener(tmp_path: Path) -> Iterator[NotifyListener]:
 
 
 def test_daemon_speaks_sd_notify(tmp_path: Path, listener: NotifyListener) -> None:
-    # The packaged default as a file, so that SIGHUP has a file to reload.
-    config = tmp_path / "fairfeed.toml"
-    config.write_text(resources.files("fairfeed.core").joinpath("default.toml").read_text())
+    config = _default_config(tmp_path)
     env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     daemon = DaemonProcess(tmp_path, config, env=env)
     try:
@@ -116,3 +130,33 @@ def test_daemon_speaks_sd_notify(tmp_path: Path, listener: NotifyListener) -> No
     finally:
         if daemon.proc.poll() is None:
             daemon.kill()
+
+
+def test_ready_waits_for_kafka(tmp_path: Path, listener: NotifyListener) -> None:
+    """Every child up is not enough: READY=1 comes once the broker answers."""
+    port = free_port()
+    config = _default_config(tmp_path, f"127.0.0.1:{port}")
+    daemon = DaemonProcess(tmp_path, config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    broker = None
+    try:
+
+        def only_kafka_missing(msg: list[str]) -> bool:
+            text = _status(msg)
+            if not text.startswith("starting, not ready: "):
+                return False
+            problems = text.removeprefix("starting, not ready: ").split("; ")
+            return all(p.startswith("kafka") for p in problems)
+
+        waiting = listener.until(only_kafka_missing, 120.0, "a status naming only Kafka")
+        assert f"kafka at 127.0.0.1:{port} has not answered yet" in _status(waiting)
+        assert not any("READY=1" in m for m in listener.messages), listener.messages
+
+        broker = LocalBroker(port=port).start(timeout=15.0)
+        ready = listener.until(lambda m: "READY=1" in m, 120.0, "READY=1 once Kafka is up")
+        assert _status(ready).startswith("ready: "), ready
+        assert daemon.stop() == 0, daemon.stderr()
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+        if broker is not None:
+            broker.stop(grace=0.2)
