@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _warm_up() -> int:
     """Fill the kernel cache ahead of the first start (container build, ExecStartPre)."""
+    import numba
+
     from fairfeed.hotpath.metrics import warm_metrics
     from fairfeed.hotpath.warmup import warm_up
 
     seconds = warm_up()
     warm_metrics()
-    import numba
-
     where = numba.config.CACHE_DIR or "next to the package (__pycache__)"
     print(f"kernels ready in {seconds:.2f}s; cache: {where}")
     return 0
