@@ -195,6 +195,11 @@ def test_api_keys_come_from_the_secret(target: str, tmp_path: Path) -> None:
         if p.api_key_env:
             assert env[p.api_key_env]["valueFrom"]["secretKeyRef"]["name"] == "fairfeed-api-keys"
     assert not any("value" in e and "KEY" in name for name, e in env.items())
+    # The example Secret operators copy has exactly the keys the pod reads.
+    example = yaml.safe_load((K8S / "base" / "secret-example.yaml").read_text())
+    kubernetes_validate.validate(example, KUBERNETES_VERSION, strict=True)
+    refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in env.values() if "valueFrom" in e}
+    assert set(example["stringData"]) == refs
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
