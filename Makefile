@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench outage lint format clean
+.PHONY: run test tools bench outage lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/fairfeed run
 
+## tools: the system tools the tests run (apt as root, else the command to type)
+tools:
+	tools/test-tools.sh
+
 ## test: lint, then the whole test suite
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/pytest

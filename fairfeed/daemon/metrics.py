@@ -34,9 +34,9 @@ from prometheus_client.utils import floatToGoString
 
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import CLASS_NAMES
+from fairfeed.daemon.readiness import readiness_problems
 from fairfeed.hotpath.metrics import BOUNDS_S, HOPS, M_UNTIMED
 from fairfeed.ipc.metricsboard import MetricsBoard
-from fairfeed.kafka.sink import STATE_TEXT, OutputState
 
 if TYPE_CHECKING:
     from fairfeed.daemon.ctl_handlers import Runtime
@@ -535,27 +535,7 @@ class Readiness:
 
     def readyz(self) -> tuple[bool, str]:
         rt = self.rt
-        now = time.monotonic()
-        problems = []
-        timeout = rt.cfg.daemon.heartbeat_timeout
-        for ch in rt.children:
-            if not ch.pid:
-                problems.append(f"{ch.name} down")
-            elif rt.control.get(ch.slot, Slot.READY) != 1:
-                problems.append(f"{ch.name} not ready")
-            elif now - ch.last_beat_change > min(
-                timeout, 2.0 + 4 * rt.cfg.daemon.heartbeat_interval
-            ):
-                problems.append(f"{ch.name} heartbeat {now - ch.last_beat_change:.1f}s old")
-        state = rt.control.get(self.compute_slot, Slot.OUTPUT_STATE)
-        if state:
-            since = rt.control.get(self.compute_slot, Slot.OUTPUT_SINCE)
-            waited = (time.time_ns() - since) / 1e9 if since else 0.0
-            problems.append(
-                f"kafka output: {STATE_TEXT.get(OutputState(state), state)} for {waited:.1f}s, "
-                f"{rt.control.get(self.compute_slot, Slot.SPOOL_MESSAGES)} messages "
-                f"({rt.control.get(self.compute_slot, Slot.SPOOL_BYTES)} bytes) in the spool"
-            )
+        problems = readiness_problems(rt.cfg.daemon, rt.control, rt.children, self.compute_slot)
         if problems:
             return False, "not ready: " + "; ".join(problems)
         return True, "ready"

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fairfeed.core.config import Config, ConfigError
+from fairfeed.core.counters import Slot
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.registry import Registry, RegistryError
 from fairfeed.core.subscriptions import SubscriptionSet
@@ -20,6 +21,9 @@ from fairfeed.daemon.ctl_handlers import ControlHandlers, Runtime
 from fairfeed.daemon.ctl_server import ControlServer, default_socket_path
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
+from fairfeed.daemon.readiness import readiness_problems
+from fairfeed.daemon.sdnotify import SdNotify, watchdog_interval
+from fairfeed.daemon.service import ReadyCheck, ServiceNotifier
 from fairfeed.daemon.simulators import SimulatorHost
 from fairfeed.daemon.subscriptions import SubscriptionBook, default_state_file
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
@@ -44,9 +48,10 @@ from fairfeed.providers.catalog import adapter_class
 log = logging.getLogger("fairfeed")
 
 
-def check_output_topics(cfg: Config) -> None:
+def check_output_topics(cfg: Config) -> bool:
     """Create the output topics (or name the missing ones); a broker that is down is not an
-    error: output waits in the spool and the compute process checks again."""
+    error: output waits in the spool and the compute process checks again. Returns whether the
+    broker answered."""
     k = cfg.kafka
     topics = [k.ticks_topic, k.fair_topic, k.dead_letter_topic, k.anomalies_topic]
     check = check_topics(producer_config(k), topics, k.topic_partitions, k.create_topics)
@@ -57,6 +62,7 @@ def check_output_topics(cfg: Config) -> None:
     elif check.missing:
         log.error("kafka: topic(s) %s missing on %s and kafka.create_topics is false; output is "
                   "spooled until they exist", ", ".join(check.missing), k.bootstrap)  # fmt: skip
+    return not check.error
 
 
 def check_spool(path: Path, max_bytes: int) -> None:
@@ -146,6 +152,8 @@ def run(
     the graceful stop when it returns True.
     """
     configure_logging("supervisor", cfg.daemon.log_level)
+    service = ServiceNotifier(SdNotify.from_environment(), watchdog_interval())
+    service.status("starting: loading the configuration")
     registry = build_registry(cfg)
     prepare_local_keys(cfg)
     check_api_keys(cfg)
@@ -153,6 +161,7 @@ def run(
         log.warning("removed shared-memory segment %s left by a dead daemon", name)
     # A first start compiles every kernel (~15 s on 2 cores); later starts load the cache.
     log.info("loading the Numba kernels (compiled and cached on a first start)")
+    service.status("starting: loading the Numba kernels")
     compile_s = warm_up()
     if cfg.metrics.listen:
         warm_metrics()
@@ -170,13 +179,13 @@ def run(
     http = None
     try:
         to_file = collect is not None and not cfg.kafka.bootstrap
+        service.status("starting: checking Kafka")
         if not cfg.kafka.bootstrap and not to_file:
             broker = LocalBroker().start()
             cfg = dataclasses.replace(
                 cfg, kafka=dataclasses.replace(cfg.kafka, bootstrap=broker.bootstrap)
             )
-        if not to_file:
-            check_output_topics(cfg)
+        kafka_answered = to_file or check_output_topics(cfg)
         served = [p for p in cfg.providers if p.serve is not None or p.replay is not None]
         ports = {p.name: free_port() for p in served}
         urls = {
@@ -279,6 +288,7 @@ def run(
                 if not sup.stopping and stop_when(ctl_block, 0, ingest_slots):
                     log.info("replay complete: stopping")
                     sup.stopping = True
+                    sup.stop_reason = "replay complete"
 
         rt.supervisor = Supervisor(
             cfg.daemon,
@@ -287,7 +297,10 @@ def run(
             on_tick=on_tick,
             io=[ctl] if http is None else [ctl, http],
             on_hup=handlers.reload_now,
+            service=service,
         )
+        service.ready_check = _ready_check(rt, slot, kafka_answered)
+        service.status(f"starting: {len(children)} children")
         return rt.supervisor.run()
     finally:
         if ctl is not None:
@@ -304,6 +317,23 @@ def run(
         if broker is not None:
             broker.stop()
         log.info("stopped; shared memory unlinked%s", ", broker stopped" if broker else "")
+        service.notify.close()
+
+
+def _ready_check(rt: Runtime, compute_slot: int, kafka_answered: bool) -> ReadyCheck:
+    """systemd's readiness: what ``/readyz`` checks, and a broker that has answered once."""
+
+    def check() -> tuple[bool, str]:
+        problems = readiness_problems(rt.cfg.daemon, rt.control, rt.children, compute_slot)
+        answered = kafka_answered or rt.control.get(compute_slot, Slot.KAFKA_DELIVERED) > 0
+        if not answered:
+            problems.append(f"kafka at {rt.cfg.kafka.bootstrap} has not answered yet")
+        if problems:
+            return False, "starting, not ready: " + "; ".join(problems)
+        up = sum(1 for ch in rt.children if ch.pid)
+        return True, f"ready: {up} children up, Kafka output delivering"
+
+    return check
 
 
 def _open_metrics(rt: Runtime, board: MetricsBoard | None, compute_slot: int):

@@ -54,6 +54,16 @@ class ServedIO(Protocol):
     def tick(self) -> None: ...
 
 
+class ServiceHooks(Protocol):
+    """What the supervisor tells its service manager (``daemon.service.ServiceNotifier``)."""
+
+    def beat(self) -> None: ...
+    def tick(self) -> None: ...
+    def reloading(self) -> None: ...
+    def reloaded(self, error: str) -> None: ...
+    def stopping(self, why: str) -> None: ...
+
+
 @dataclass
 class ChildSpec:
     """One child process the supervisor keeps alive.
@@ -101,6 +111,7 @@ class Supervisor:
         on_tick: Callable[[Supervisor], None] | None = None,
         io: list[ServedIO] | None = None,
         on_hup: Callable[[], None] | None = None,
+        service: ServiceHooks | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -113,9 +124,11 @@ class Supervisor:
         self.on_tick = on_tick
         self.io: list[ServedIO] = list(io or ())
         self.on_hup = on_hup
+        self.service = service
         self._clock = clock
         self.started = clock()
         self.stopping = False
+        self.stop_reason = "stop requested"
         self._signals: list[int] = []
         self._pipe_r = self._pipe_w = -1
         for child in children:
@@ -142,6 +155,10 @@ class Supervisor:
 
     def _sleep(self, timeout: float) -> None:
         """Wait for a signal, I/O of the served sockets, or ``timeout``; serve the I/O."""
+        if self.service is not None:
+            # Every wait of every loop (start, main, stop) passes here: a supervisor stuck
+            # anywhere stops the watchdog pings.
+            self.service.beat()
         served = self.io if not self.stopping else []
         readers = [self._pipe_r]
         writers: list[int] = []
@@ -165,20 +182,28 @@ class Supervisor:
     def handle_sigterm(self) -> None:
         log.info("SIGTERM: graceful stop")
         self.stopping = True
+        self.stop_reason = "SIGTERM"
 
     def handle_sigint(self) -> None:
         log.info("SIGINT: graceful stop")
         self.stopping = True
+        self.stop_reason = "SIGINT"
 
     def handle_sighup(self) -> None:
         if self.on_hup is None:
             log.warning("SIGHUP: nothing to reload; ignored")
             return
         log.info("SIGHUP: reloading the configuration")
+        if self.service is not None:
+            self.service.reloading()
+        error = ""
         try:
             self.on_hup()
         except Exception as exc:  # a bad file must not stop the daemon
             log.error("reload failed, nothing changed: %s", exc)
+            error = str(exc)
+        if self.service is not None:
+            self.service.reloaded(error)
 
     def handle_sigchld(self) -> None:
         pass  # reaping happens every tick
@@ -207,12 +232,17 @@ class Supervisor:
                         child.pipe.flush()
                 if self.on_tick is not None:
                     self.on_tick(self)
+                if self.service is not None:
+                    self.service.tick()
                 self._sleep(self.TICK)
         except HaltServer as halt:
             log.error("halting: %s", halt.reason)
             print(f"fairfeed: halting: {halt.reason}", file=sys.stderr, flush=True)
             status = halt.exit_status
+            self.stop_reason = f"halted: {halt.reason}"
         finally:
+            if self.service is not None:
+                self.service.stopping(self.stop_reason)
             stop_status = self.stop_children()
         return status if status != EXIT_OK else stop_status
 

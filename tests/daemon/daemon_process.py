@@ -40,7 +40,14 @@ def children_of(pid: int) -> list[int]:
 class DaemonProcess:
     """``fairfeed run`` in a subprocess with its output in files under ``workdir``."""
 
-    def __init__(self, workdir: Path, config: Path | None, live: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Path | None,
+        live: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: extra environment variables for the daemon (e.g. ``NOTIFY_SOCKET``)."""
         self.out_path = workdir / "daemon.out"
         self.err_path = workdir / "daemon.err"
         args = [sys.executable, "-m", "fairfeed", "run", "--live" if live else "--no-live"]
@@ -51,10 +58,14 @@ class DaemonProcess:
         # Each daemon gets its own control socket and state file (never the user's).
         self.socket = workdir / "run" / "fairfeed" / "control.sock"
         self.state = workdir / "state" / "fairfeed" / "subscriptions.json"
+        extra_env = env
         env = dict(os.environ, XDG_RUNTIME_DIR=str(workdir / "run"))
         env["XDG_STATE_HOME"] = str(workdir / "state")
         env.pop("RUNTIME_DIRECTORY", None)
         env.pop("STATE_DIRECTORY", None)
+        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(key, None)  # a test runner started by systemd must not lend its socket
+        env.update(extra_env or {})
         self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._err, env=env)
         self.pid = self.proc.pid
         self.seen_children: set[int] = set()

@@ -250,7 +250,7 @@ def test_a_hung_first_phase_leaves_later_phases_sigterm_then_sigkill(
 
 
 def _run_with_signals(
-    control: ControlBlock, clock: Clock, on_hup, sends: list[int | None]
+    control: ControlBlock, clock: Clock, on_hup, sends: list[int | None], service=None
 ) -> tuple[int, Supervisor, list[float]]:
     """Run the supervisor; at tick n it sends itself ``sends[n]`` (a real signal, through its
     own handler and wake-up pipe)."""
@@ -263,7 +263,9 @@ def _run_with_signals(
             os.kill(os.getpid(), sends[n])
 
     children = [ChildSpec("ingest-0", 0, _never), ChildSpec("compute", 1, _never, stop_phase=2)]
-    sup = Supervisor(CFG, control, children, on_tick=on_tick, on_hup=on_hup, clock=clock)
+    sup = Supervisor(
+        CFG, control, children, on_tick=on_tick, on_hup=on_hup, service=service, clock=clock
+    )
     try:
         code = sup.run()
     finally:
@@ -308,6 +310,55 @@ def test_sighup_without_a_reload_hook_is_ignored(
     code, _, ticks = _run_with_signals(control, clock, None, [signal.SIGHUP, signal.SIGTERM])
     assert code == 0 and len(ticks) == 2
     assert "SIGHUP: nothing to reload; ignored" in caplog.text
+
+
+class RecordingService:
+    """What the supervisor tells its service manager, in order, with the fake OS's kills."""
+
+    def __init__(self, fake_os: FakeOS) -> None:
+        self.fake_os = fake_os
+        self.calls: list[tuple[str, ...]] = []
+
+    def _note(self, *call: str) -> None:
+        kills = sum(1 for e in self.fake_os.events if e[0] == "kill")
+        self.calls.append((*call, f"kills={kills}"))
+
+    def beat(self) -> None:
+        self._note("beat")
+
+    def tick(self) -> None:
+        self._note("tick")
+
+    def reloading(self) -> None:
+        self._note("reloading")
+
+    def reloaded(self, error: str) -> None:
+        self._note("reloaded", error)
+
+    def stopping(self, why: str) -> None:
+        self._note("stopping", why)
+
+
+@pytest.mark.usefixtures("own_signals")
+def test_service_hears_ticks_reloads_and_the_stop_before_children_are_signalled(
+    control: ControlBlock, clock: Clock, fake_os: FakeOS
+) -> None:
+    def bad_reload() -> None:
+        raise ValueError("line 3: unknown provider 'nope'")
+
+    svc = RecordingService(fake_os)
+    code, _, ticks = _run_with_signals(
+        control, clock, bad_reload, [signal.SIGHUP, None, signal.SIGTERM], svc
+    )
+    assert code == 0
+    names = [c[0] for c in svc.calls]
+    assert names.count("tick") == len(ticks)  # once per loop pass
+    # Every wait beats: one per loop pass at least, and the stop's waits too.
+    assert names.count("beat") >= len(ticks)
+    r = names.index("reloading")
+    assert svc.calls[r + 1][:2] == ("reloaded", "line 3: unknown provider 'nope'")
+    stops = [c for c in svc.calls if c[0] == "stopping"]
+    assert stops == [("stopping", "SIGTERM", "kills=0")]  # said before any child got SIGTERM
 
 
 # --- heartbeats and restarts -------------------------------------------------------------------
