@@ -62,6 +62,9 @@ class KaikoOptions(AdapterOptions):
     # "VENUE:class:INSTRUMENT" -> "base" | "quote" | contract size in base currency
     amount_units: dict[str, str | float] = field(default_factory=dict)
     buffer_records: int = 8192  # records the reader threads may hold for the event loop
+    # HTTP/2 keepalive of the channel: a ping after this long without a read, ...
+    keepalive_time: float = 20.0
+    keepalive_timeout: float = 10.0  # ... unanswered this long: the channel is dead
     batch_delay: float = 0.0005  # let records gather this long before one emit; 0 = at once
 
 
@@ -105,6 +108,9 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
     if isinstance(options, KaikoOptions):
         if options.buffer_records < 1:
             bad.append(("buffer_records", "must be >= 1"))
+        for name in ("keepalive_time", "keepalive_timeout"):
+            if getattr(options, name) < 0.001:
+                bad.append((name, "must be >= 0.001 (seconds)"))
         for name in ("codes", "amount_units"):
             for key in getattr(options, name):
                 try:
