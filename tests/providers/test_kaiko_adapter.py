@@ -9,6 +9,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 from kaikosdk import sdk_pb2_grpc
 
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
@@ -41,7 +42,13 @@ SUBS = [
     ("BINANCE", "BTC-USDT-PERP", "perpetual"),
 ]
 REGISTRY = Registry.build(
-    [("XRP-USD", CLASS_CODES["spot"]), ("BTC-USD", 1), ("ETH-USD", 1), ("BTC-USDT-PERP", 3)],
+    [
+        ("XRP-USD", CLASS_CODES["spot"]),
+        ("BTC-USD", 1),
+        ("ETH-USD", 1),
+        ("BTC-USDT-PERP", 3),
+        ("BTC-USD-250328", CLASS_CODES["future"]),
+    ],
     [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE"), ("kaiko", "KRAKEN")],
 )
 KEY = "secret-key"
@@ -445,5 +452,42 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
             await wait_for(lambda: h.n > n + 50)
             assert h.counters[Slot.CONNECTED] == 1
             assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
+
+    asyncio.run(main())
+
+
+def test_dated_future_code_and_contract_sizes_over_grpc():
+    """A dated future is subscribed by Kaiko's code (``btcusd250328``); the sizes of an inverse
+    future (contracts of 100 USD) and of a contract-sized perpetual (0.001 BTC) arrive in base
+    currency."""
+
+    async def main():
+        prices = {"BTC-USD-250328": 64100.0, "BTC-USDT-PERP": 64010.0}
+        cfg = SimulatorConfig(prices=prices, rate=2000, quote_ratio=0.0, max_events=200, seed=12)
+        subs = [("BINANCE", "BTC-USD-250328", "future"), ("BINANCE", "BTC-USDT-PERP", "perpetual")]
+        units = {
+            "BINANCE:future:BTC-USD-250328": "100 quote",
+            "BINANCE:perpetual:BTC-USDT-PERP": 0.001,
+        }
+        async with Harness(
+            cfg, subs=subs, venues=("BINANCE",), quotes=False, amount_units=units
+        ) as h:
+            assert sorted(c.request.instrument_criteria.code for c in h.adapter.calls) == [
+                "btc-usdt", "btcusd250328",
+            ]  # fmt: skip
+            await wait_for(lambda: h.server.calls_capped == 2, 10, what="both calls' events")
+            await wait_for(lambda: h.n == h.expected_records(), 10, what="every record")
+            recs = h.sink.records
+        for inst, key, size_of in (
+            ("BTC-USD-250328", "binc:future:btcusd250328", lambda a, p: a * 100 / p),
+            ("BTC-USDT-PERP", "binc:perpetual-future:btc-usdt", lambda a, p: a * 0.001),
+        ):
+            st = h.server.stats[key]
+            mine = recs[recs["instrument"] == REGISTRY.instrument_id(inst)]
+            assert len(mine) == st.trades > 0
+            price, amount = st.last_trade[:2]
+            assert mine[-1]["price"] == price
+            assert mine[-1]["size"] == pytest.approx(size_of(amount, price), rel=1e-12)
+            assert mine[-1]["size"] != amount
 
     asyncio.run(main())

@@ -63,7 +63,7 @@ from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
-from fairfeed.core.options import KaikoOptions, split_key
+from fairfeed.core.options import KaikoOptions
 from fairfeed.core.records import (
     RECORD_DTYPE,
     STATUS_CONNECTED,
@@ -261,10 +261,7 @@ class KaikoAdapter(Adapter):
         api_key = required_api_key(p, self.api_key_service)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self.target, self.tls = parse_target(ctx.url, p.tls)
-        self.symbols = KaikoSymbols(
-            overrides={split_key(k): v for k, v in o.codes.items()},
-            amount_units={split_key(k): v for k, v in o.amount_units.items()},
-        )
+        self.symbols = KaikoSymbols.from_options(o)
         self.backoff = ctx.backoff(o.backoff_base, o.backoff_cap)  # the channel's
         self.rate_limit_pause = o.rate_limit_pause
         self.subscribe_timeout = o.subscribe_timeout
