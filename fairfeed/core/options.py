@@ -66,6 +66,9 @@ class KaikoOptions(AdapterOptions):
     # "100 quote"); records carry base-currency sizes
     amount_units: dict[str, str | float] = field(default_factory=dict)
     buffer_records: int = 8192  # records the reader threads may hold for the event loop
+    # venues whose trade ids Kaiko passes on contiguous per instrument (e.g. "COINBASE"): a jump
+    # is a gap record (what a restarted call missed), a repeat is dropped; off by default
+    gap_venues: tuple[str, ...] = ()
     # HTTP/2 keepalive of the channel: a ping after this long without a read, ...
     keepalive_time: float = 20.0
     keepalive_timeout: float = 10.0  # ... unanswered this long: the channel is dead

@@ -19,6 +19,7 @@ from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
+    KIND_GAP,
     KIND_TRADE,
     NO_INSTRUMENT,
     STATUS_CONNECTED,
@@ -489,5 +490,43 @@ def test_dated_future_code_and_contract_sizes_over_grpc():
             assert mine[-1]["price"] == price
             assert mine[-1]["size"] == pytest.approx(size_of(amount, price), rel=1e-12)
             assert mine[-1]["size"] != amount
+
+    asyncio.run(main())
+
+
+def test_trade_id_gaps_of_gap_venues_and_no_false_gap_after_a_call_restart():
+    """With ``gap_venues`` = BINANCE, a jump of Binance's trade ids is one gap record (what a
+    restarted call missed would show so); the restart itself makes no false gap and drops
+    nothing; Coinbase (not listed) is not tracked."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.0, seed=13)
+        async with Harness(cfg, quotes=False, gap_venues=("BINANCE",)) as h:
+            await wait_for(lambda: h.records_of("BINANCE") > 50, what="binance trades")
+            assert h.server.end_calls("BINANCE") == 1
+            await wait_for(lambda: h.counters[Slot.STREAM_RESTARTS] == 1, what="the restart")
+            n = h.records_of("BINANCE")
+            await wait_for(lambda: h.records_of("BINANCE") > n + 50)
+            assert h.counters[Slot.GAPS] == h.counters[Slot.REPEATS_DROPPED] == 0
+            h.server.inject(Fault.SEQUENCE_GAP, 1000)  # every instrument's ids skip 1000
+            await wait_for(lambda: h.counters[Slot.GAPS] == 1, what="the gap record")
+            n = h.records_of("BINANCE")
+            await wait_for(lambda: h.records_of("BINANCE") > n + 50)
+            gaps = h.sink.kind(KIND_GAP)
+            assert len(gaps) == 1 and h.counters[Slot.MISSED] == 1000
+            assert gaps[0]["size"] == 1000
+            assert gaps[0]["instrument"] == REGISTRY.instrument_id("BTC-USDT-PERP")
+            assert gaps[0]["venue"] == REGISTRY.venue_id("BINANCE")
+
+            def coinbase_steps() -> np.ndarray:
+                r = h.sink.records
+                mine = r[(r["venue"] == REGISTRY.venue_id("COINBASE"))
+                         & (r["instrument"] == REGISTRY.instrument_id("BTC-USD"))]  # fmt: skip
+                return np.diff(mine["sequence"])
+
+            # Coinbase's jump is in its data, and untracked: no gap record
+            await wait_for(lambda: 1001 in coinbase_steps(), what="coinbase's jump")
+            assert h.counters[Slot.GAPS] == 1
+            assert h.counters[Slot.REPEATS_DROPPED] == 0
 
     asyncio.run(main())

@@ -65,11 +65,14 @@ from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
 from fairfeed.core.options import KaikoOptions
 from fairfeed.core.records import (
+    KIND_TRADE,
     RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
+from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext, required_api_key
 from fairfeed.providers.health import Health
 from fairfeed.providers.kaiko.parse import KaikoParser
@@ -309,6 +312,16 @@ class KaikoAdapter(Adapter):
         venues: dict[int, int] = {}
         for s in ctx.subscriptions:
             venues.setdefault(s.venue_id, s.class_code)
+        # Trade ids of `gap_venues` are contiguous per instrument: a jump is a gap record, a
+        # repeat is dropped; the last id per stream outlives calls, channels and the worker.
+        reg = ctx.registry
+        self._last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
+        self._last_ids.ensure(len(reg.instruments), len(reg.sources))
+        tracked = [s for s in ctx.subscriptions if s.venue in o.gap_venues]
+        source_of_venue = np.full(max((s.venue_id for s in tracked), default=0) + 1, -1, np.int32)
+        for s in tracked:
+            source_of_venue[s.venue_id] = reg.source_id(s.provider, s.venue)
+        self._tracker = SequenceTracker(source_of_venue, (KIND_TRADE,) if tracked else ())
         order = sorted(venues)
         # the WebSocket base's health rules, for the whole session (every venue it carries)
         self.health = Health(
@@ -339,6 +352,7 @@ class KaikoAdapter(Adapter):
         self.call_restarts = 0  # calls restarted on their own (the channel stayed up)
         self._parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
         self._conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
+        self._gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
 
     # --- reader threads -> loop ------------------------------------------------------------
 
@@ -414,13 +428,23 @@ class KaikoAdapter(Adapter):
             return
         c = self.ctx.counters
         if n:
+            # the loop owns `buf` until the next swap: the tracker may compact it in place
+            kept, gaps = self._tracker.check(buf[:n], self._last_ids.table)
             try:
-                self.ctx.emit(buf[:n])
+                if kept:
+                    self.ctx.emit(buf[:kept])
+                if len(gaps):
+                    c.add(Slot.GAPS, len(gaps))
+                    c.add(Slot.MISSED, int(gaps["size"].sum()))
+                    self._gap_log(f"{len(gaps)} trade id gap(s), {int(gaps['size'].sum())} missed")
+                    self.ctx.emit(gaps)
             except Exception:
-                log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, n)
+                log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, kept)
             c.add(Slot.RECORDS_IN, n)
+            if kept < n:
+                c.add(Slot.REPEATS_DROPPED, n - kept)
             if self.backoff.attempts:
-                self.backoff.reset()  # this session delivers data: the next failure starts over
+                self.backoff.reset()  # this channel delivers data: the next failure starts over
         if frames:
             c.add(Slot.FRAMES_IN, frames)
         if errors:
