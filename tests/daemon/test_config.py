@@ -176,12 +176,10 @@ def test_provider_options_reach_the_adapter(monkeypatch: pytest.MonkeyPatch) -> 
         BINANCE + "[providers.options]\nurl_streams = true\nrate_limit_pause = 2.5\n"
         '[[providers]]\nname = "kr"\nkind = "kraken"\nvenue = "KRAKEN"\nurl = "ws://y"\n'
         + KAIKO
-        + 'api_key_env = "FAIRFEED_TEST_CONFIG_KAIKO_KEY"\n'
         + "[providers.options]\nquotes = false\n"
         'codes = {"BINANCE:future:BTC-USD-250328" = "btcusd_250328"}\n'
         'amount_units = {"BINANCE:future:BTC-USD-250328" = 0.001, "BINANCE:spot:X" = "quote"}\n'
     )
-    monkeypatch.setenv("FAIRFEED_TEST_CONFIG_KAIKO_KEY", "k")
     cfg = config.loads(text)
     monkeypatch.setenv(KAIKO_KEY_ENV, "key")  # a Kaiko adapter needs its key
     b, kr, k = cfg.providers
