@@ -514,6 +514,29 @@ def _check(cfg: Config) -> None:
             for inst in s.instruments:
                 if inst not in served.prices:
                     fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")
+        if isinstance(p.options, adapter_options.KaikoOptions):
+            _check_kaiko_codes(cfg.providers.index(p), p, s, fail)
+
+
+def _check_kaiko_codes(index: int, p: ProviderConfig, s: SubscriptionConfig, fail: Any) -> None:
+    """Every Kaiko subscription whose code does not follow from its name has a `codes` entry
+    (else the adapter would subscribe a code Kaiko does not have and hear nothing)."""
+    venue, dclass = s.venue or p.venue, s.data_class or p.data_class
+    codes = p.options.codes  # type: ignore[union-attr]
+    for inst in s.instruments:
+        key = f"{venue}:{dclass}:{inst}"
+        if key not in codes and not adapter_options.kaiko_code_rule_applies(dclass, inst):
+            fail(
+                f"providers[{index}].options.codes",
+                f'no Kaiko code for {key!r}: add "{key}" = "<kaiko code>" from Kaiko\'s '
+                "reference data ("
+                + (
+                    "option codes differ by exchange"
+                    if dclass == "option"
+                    else "only futures named BASE-QUOTE-YYMMDD get a code by rule"
+                )
+                + f"; provider {p.name!r})",
+            )
 
 
 def _check_metrics(m: MetricsConfig, fail: Any) -> None:

@@ -54,6 +54,7 @@ class Slot(enum.IntEnum):
     REPEATS_DROPPED = 35  # ingest: numbered or keyed records published already (switch overlap)
     REPLAY_SENT = 36  # simulators: frames the capture replays sent (answers included)
     REPLAY_DONE = 37  # simulators: 1 once every replayed capture was played to its end
+    STREAM_RESTARTS = 38  # ingest: streams restarted alone, their connection up (Kaiko calls)
 
 
 class Counters(abc.ABC):

@@ -56,6 +56,11 @@ _SLOT_COUNTERS = (
     ("frames_in", Slot.FRAMES_IN, "Provider frames received"),
     ("reconnects", Slot.RECONNECTS, "Provider reconnections"),
     ("disconnects", Slot.DISCONNECTS, "Provider connections lost"),
+    (
+        "stream_restarts",
+        Slot.STREAM_RESTARTS,
+        "Streams restarted alone while their provider connection stayed up (Kaiko calls)",
+    ),
     ("sequence_gaps", Slot.GAPS, "Sequence gaps detected"),
     ("sequence_missed", Slot.MISSED, "Messages missed in sequence gaps"),
     (

@@ -78,9 +78,14 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
         return CoinbaseServer(p.name, s, host=host, port=port, feed=p.feed or "exchange")
     if p.kind == "kaiko":
         from fairfeed.local.kaiko import KaikoServer
+        from fairfeed.providers.kaiko.symbols import KaikoSymbols
 
         venues = tuple(dict.fromkeys(s.venue for s in cfg.streams() if s.provider == p.name))
-        return KaikoServer(s, api_key=key, venues=venues or (p.venue,), host=host, port=port)
+        # the adapter's names (its `codes` option): what it subscribes is what is served
+        symbols = KaikoSymbols.from_options(p.options)  # type: ignore[arg-type]
+        return KaikoServer(
+            s, api_key=key, venues=venues or (p.venue,), symbols=symbols, host=host, port=port
+        )
     raise KeyError(f"no local server for provider kind {p.kind!r}")
 
 

@@ -49,7 +49,7 @@ from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.faults import Fault, FaultState
 from fairfeed.local.market import Market
-from fairfeed.providers.kaiko.symbols import KaikoSymbols, guess_data_class
+from fairfeed.providers.kaiko.symbols import KaikoSymbols, exchange_code, guess_data_class
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,10 @@ class InstrumentStats:
 
 @dataclass(eq=False)
 class _Stream:
+    exchanges: frozenset[str] = frozenset()  # of the instruments it carries
     malformed: int = 0  # malformed messages still to send
     capped: bool = False  # has sent its cfg.max_events
+    end: tuple[grpc.StatusCode, str] | None = None  # set by end_calls: finish with this status
 
 
 def _serialize(msg) -> bytes:
@@ -140,6 +142,7 @@ class KaikoServer:
         api_key: str = "test-key",
         venues: tuple[str, ...] = ("COINBASE",),
         symbols: KaikoSymbols | None = None,
+        quiet: tuple[str, ...] = (),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -157,10 +160,14 @@ class KaikoServer:
                 ex, kc, code = self.symbols.criteria(venue, guess_data_class(name), name)
                 self.instruments.append(_Instrument(vi, si, ex, kc, code))
         self.faults = FaultState()
+        # venues of `quiet` never trade: their instruments can be subscribed, nothing is sent
+        self.quiet = {exchange_code(v) for v in quiet}
         self.stats: dict[str, InstrumentStats] = {
             i.key: InstrumentStats() for i in self.instruments
         }
         self.subscribes = 0  # calls accepted
+        self.subscribes_by: dict[str, int] = {}  # calls accepted per exchange code
+        self.calls_ended = 0  # calls finished by end_calls
         self.rejected = 0  # calls refused (bad key, rate limit, nothing matched)
         self.malformed_sent = 0
         self.calls_capped = 0  # calls that have sent their cfg.max_events (tests wait on it)
@@ -185,7 +192,17 @@ class KaikoServer:
         return len(self._streams)
 
     def _make_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+        # Clients may ping as often as they like, with or without data: grpc's defaults answer
+        # pings more frequent than 5 min on a silent connection with GOAWAY too_many_pings,
+        # which would turn a quiet market into a lost connection for a test's short keepalive.
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
         trades, updates = _Trades(self), _MarketUpdates(self)
         server.add_generic_rpc_handlers(
             (
@@ -269,6 +286,19 @@ class KaikoServer:
         else:  # pragma: no cover
             raise ValueError(f"unknown fault {fault!r}")
 
+    def end_calls(
+        self, venue: str, code: grpc.StatusCode = grpc.StatusCode.OK, details: str = ""
+    ) -> int:
+        """Finish every open call carrying an instrument of ``venue`` (one-shot): with OK the
+        server closes the stream, else it ends with ``code``. Returns how many were told."""
+        exchange = exchange_code(venue)
+        told = 0
+        for s in self._streams:
+            if exchange in s.exchanges and s.end is None:
+                s.end = (code, details or f"ended by the server ({code.name})")
+                told += 1
+        return told
+
     def clear(self) -> None:
         """End every persistent fault."""
         self.faults.clear()
@@ -306,17 +336,26 @@ class KaikoServer:
             self.rejected += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no instrument matches")
         self.subscribes += 1
+        for ex in {i.exchange for i in selected}:
+            self.subscribes_by[ex] = self.subscribes_by.get(ex, 0) + 1
         await context.send_initial_metadata(())
-        state = _Stream()
+        state = _Stream(exchanges=frozenset(i.exchange for i in selected))
         self._streams.add(state)
         try:
             async for msg in self._generate(state, selected, trades, quotes):
                 yield msg
         finally:
             self._streams.discard(state)
+        if state.end is not None:
+            self.calls_ended += 1
+            if state.end[0] != grpc.StatusCode.OK:
+                await context.abort(*state.end)
 
     async def _generate(self, state: _Stream, selected: list[_Instrument], trades, quotes):
         cfg = self.cfg
+        selected = [i for i in selected if i.exchange not in self.quiet]
+        while not selected and state.end is None:  # only quiet venues: the call stays silent
+            await asyncio.sleep(0.02)
         per_venue: dict[int, list[_Instrument]] = {}
         for inst in selected:
             per_venue.setdefault(inst.venue_index, []).append(inst)
@@ -326,7 +365,7 @@ class KaikoServer:
         t0 = time.monotonic()
         base = 0  # events due before t0
         kinds = 0
-        while True:
+        while state.end is None:
             f = self.faults
             if state.malformed:
                 n, state.malformed = state.malformed, 0

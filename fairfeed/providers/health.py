@@ -9,8 +9,9 @@ Used by each connection of the WebSocket base and by Kaiko's gRPC session:
   written at most once per :data:`HEARTBEAT_RECORD_INTERVAL` per connection.
 * **Connected.** Slot.CONNECTED is raised once when the connection comes up and lowered once
   when it goes down, however often either is reported.
-* **Stale.** A connection with no sign of life (data, heartbeat or ping; Kaiko: records) for
-  ``stale_after`` seconds is dead and is replaced.
+* **Stale.** A WebSocket connection with no sign of life (data, heartbeat or ping) for
+  ``stale_after`` seconds is dead and is replaced. (Kaiko's gRPC channel has no heartbeat to
+  judge by: HTTP/2 keepalive tells whether it is alive, and a quiet call is not a dead one.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,15 @@ from fairfeed.core.config import ConfigError
 
 PROVIDER = '[[providers]]\nname = "a"\nkind = "simulator"\nvenue = "V"\nurl = "ws://x"\n'
 BINANCE = '[[providers]]\nname = "b"\nkind = "binance"\nvenue = "BINANCE"\nurl = "ws://x"\n'
-KAIKO = '[[providers]]\nname = "k"\nkind = "kaiko"\nurl = "grpc://x:1"\n'
+KAIKO_KEY_ENV = "FAIRFEED_TEST_KAIKO_CFG"
+KAIKO = (
+    '[[providers]]\nname = "k"\nkind = "kaiko"\nurl = "grpc://x:1"\n'
+    f'api_key_env = "{KAIKO_KEY_ENV}"\n'
+)
+KAIKO_SUB = (
+    '[[subscriptions]]\nprovider = "k"\nvenue = "OKX"\ndata_class = "{cls}"\n'
+    'instruments = ["{inst}"]\n'
+)
 
 
 def test_embedded_default_is_valid_and_frozen() -> None:
@@ -89,6 +97,28 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             "providers[0].options.codes.BTC-USD: 'BTC-USD': expected VENUE:class:INSTRUMENT",
         ),
         (
+            KAIKO
+            + '[providers.options]\namount_units = {"OKX:future:BTC-USD-250328" = "100 coins"}\n',
+            "providers[0].options.amount_units.OKX:future:BTC-USD-250328: must be 'base', 'quote'",
+        ),
+        (
+            KAIKO + '[providers.options]\ncodes = {"OKX:option:BTC-X" = "btc-usd,eth-usd"}\n',
+            "providers[0].options.codes.OKX:option:BTC-X: 'btc-usd,eth-usd' is not a Kaiko code",
+        ),
+        (
+            KAIKO + '[providers.options]\ncodes = {"OKX:future:BTC-X" = "BTCUSD250328"}\n',
+            "providers[0].options.codes.OKX:future:BTC-X: 'BTCUSD250328' is not a Kaiko code",
+        ),
+        (
+            KAIKO + KAIKO_SUB.format(cls="option", inst="BTC-USD-250328-60000-C"),
+            "providers[0].options.codes: no Kaiko code for 'OKX:option:BTC-USD-250328-60000-C': "
+            'add "OKX:option:BTC-USD-250328-60000-C" = "<kaiko code>"',
+        ),
+        (
+            KAIKO + KAIKO_SUB.format(cls="future", inst="BTC-USD-THIS-WEEK"),
+            "providers[0].options.codes: no Kaiko code for 'OKX:future:BTC-USD-THIS-WEEK'",
+        ),
+        (
             PROVIDER.replace("simulator", "replay"),
             'providers[0].kind: "replay" is not a provider kind: give the provider the kind of '
             "the recorded protocol and a [providers.replay] table",
@@ -146,13 +176,12 @@ def test_provider_options_reach_the_adapter(monkeypatch: pytest.MonkeyPatch) -> 
         BINANCE + "[providers.options]\nurl_streams = true\nrate_limit_pause = 2.5\n"
         '[[providers]]\nname = "kr"\nkind = "kraken"\nvenue = "KRAKEN"\nurl = "ws://y"\n'
         + KAIKO
-        + 'api_key_env = "FAIRFEED_TEST_CONFIG_KAIKO_KEY"\n'
         + "[providers.options]\nquotes = false\n"
         'codes = {"BINANCE:future:BTC-USD-250328" = "btcusd_250328"}\n'
         'amount_units = {"BINANCE:future:BTC-USD-250328" = 0.001, "BINANCE:spot:X" = "quote"}\n'
     )
-    monkeypatch.setenv("FAIRFEED_TEST_CONFIG_KAIKO_KEY", "k")
     cfg = config.loads(text)
+    monkeypatch.setenv(KAIKO_KEY_ENV, "key")  # a Kaiko adapter needs its key
     b, kr, k = cfg.providers
     assert b.options == BinanceOptions(url_streams=True, rate_limit_pause=2.5)
     assert kr.options == KrakenOptions()
@@ -191,3 +220,48 @@ def test_check_config_rejects_a_bad_provider_option(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"{path}: unknown key 'providers[0].options.ping_interval'" in proc.stderr
     assert "(provider 'b', kind binance)" in proc.stderr
+    path.write_text(KAIKO + KAIKO_SUB.format(cls="option", inst="BTC-USD-250328-60000-C"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fairfeed", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert f"{path}: providers[0].options.codes: no Kaiko code for" in proc.stderr
+
+
+def test_kaiko_codes_and_units_from_the_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dated future is named by rule, an option by the `codes` table; the daemon's adapter
+    and a served provider's local server both name instruments with the table."""
+    from fairfeed.core.registry import Registry
+    from fairfeed.core.subscriptions import Subscription
+    from fairfeed.local.catalog import local_server
+    from fairfeed.providers.base import IngestContext
+    from fairfeed.providers.catalog import adapter_class
+
+    text = (
+        KAIKO + "[providers.options]\n"
+        'codes = {"OKX:option:BTC-USD-250328-60000-C" = "btc28mar2560000c"}\n'
+        'amount_units = {"OKX:future:BTC-USD-250328" = "100 quote"}\n'
+        + KAIKO_SUB.format(cls="option", inst="BTC-USD-250328-60000-C")
+        + KAIKO_SUB.format(cls="future", inst="BTC-USD-250328")
+    )
+    cfg = config.loads(text)
+    (k,) = cfg.providers
+    reg = Registry.build([("BTC-USD-250328-60000-C", 4), ("BTC-USD-250328", 2)], [("k", "OKX")])
+    subs = tuple(Subscription.resolve(reg, "k", s.venue, s.instrument, s.data_class)
+                 for s in cfg.streams())  # fmt: skip
+    ctx = IngestContext(k, k.url, subs, reg, lambda r: None, None)  # type: ignore[arg-type]
+    monkeypatch.setenv(KAIKO_KEY_ENV, "key")
+    adapter = adapter_class("kaiko")(ctx)
+    codes = {c.request.instrument_criteria.code for c in adapter.calls}
+    assert codes == {"btc28mar2560000c", "btcusd250328"}
+    assert adapter.symbols.amount_unit("OKX", "future", "BTC-USD-250328")[1] == 100.0
+    served = config.loads(
+        '[[providers]]\nname = "k"\nkind = "kaiko"\nvenue = "OKX"\n'
+        '[providers.serve]\nprices = {"BTC-USDT-PERP" = 1.0}\n'
+        '[providers.options]\ncodes = {"OKX:perpetual:BTC-USDT-PERP" = "btcusdt_perp"}\n'
+    )
+    server = local_server(served, served.providers[0], 0)
+    assert [i.key for i in server.instruments] == ["okex:perpetual-future:btcusdt_perp"]

@@ -7,7 +7,9 @@ import os
 import random
 import time
 
+import grpc
 import numpy as np
+import pytest
 from kaikosdk import sdk_pb2_grpc
 
 from fairfeed.core.config import ProviderConfig, SimulatorConfig
@@ -17,6 +19,7 @@ from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
+    KIND_GAP,
     KIND_TRADE,
     NO_INSTRUMENT,
     STATUS_CONNECTED,
@@ -27,9 +30,10 @@ from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.local.faults import Fault
 from fairfeed.local.kaiko import KaikoServer
+from fairfeed.local.tcpproxy import TcpProxy
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
-from tests.providers.harness import Sink, schedule
+from tests.providers.harness import Sink
 from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
@@ -39,8 +43,14 @@ SUBS = [
     ("BINANCE", "BTC-USDT-PERP", "perpetual"),
 ]
 REGISTRY = Registry.build(
-    [("XRP-USD", CLASS_CODES["spot"]), ("BTC-USD", 1), ("ETH-USD", 1), ("BTC-USDT-PERP", 3)],
-    [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE")],
+    [
+        ("XRP-USD", CLASS_CODES["spot"]),
+        ("BTC-USD", 1),
+        ("ETH-USD", 1),
+        ("BTC-USDT-PERP", 3),
+        ("BTC-USD-250328", CLASS_CODES["future"]),
+    ],
+    [("other", "KRAKEN"), ("kaiko", "COINBASE"), ("kaiko", "BINANCE"), ("kaiko", "KRAKEN")],
 )
 KEY = "secret-key"
 KEY_ENV = "FAIRFEED_TEST_KAIKO_KEY"
@@ -48,10 +58,15 @@ SEED = 20260801  # the reconnect jitter of tests that bound retry times
 
 
 class Harness:
+    """The adapter against a local server; ``proxy=True`` puts a :class:`TcpProxy` between."""
+
     def __init__(
-        self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, rng=None, **kw
-    ) -> None:
-        self.server = KaikoServer(cfg, api_key=KEY, venues=("COINBASE", "BINANCE"))
+        self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, rng=None,
+        venues=("COINBASE", "BINANCE"), quiet=(), proxy: bool = False, **kw,
+    ) -> None:  # fmt: skip
+        self.server = KaikoServer(cfg, api_key=KEY, venues=venues, quiet=quiet)
+        self.proxy: TcpProxy | None = None
+        self.use_proxy = proxy
         self.api_key = api_key
         self.rng = rng
         self.subs = subs
@@ -61,17 +76,21 @@ class Harness:
 
     async def __aenter__(self) -> Harness:
         await self.server.start()
+        target = self.server.target
+        if self.use_proxy:
+            self.proxy = await TcpProxy("127.0.0.1", self.server.port).start()
+            target = f"127.0.0.1:{self.proxy.port}"
         self.kw.setdefault("backoff_base", 0.05)
         self.kw.setdefault("backoff_cap", 0.2)
         stale_after = self.kw.pop("stale_after", 2.0)
         os.environ[KEY_ENV] = self.api_key
         provider = ProviderConfig(
-            name="kaiko", kind="kaiko", url=self.server.target, tls=False, api_key_env=KEY_ENV,
+            name="kaiko", kind="kaiko", url=target, tls=False, api_key_env=KEY_ENV,
             stale_after=stale_after, options=KaikoOptions(**self.kw),
         )  # fmt: skip
         subs = tuple(Subscription.resolve(REGISTRY, "kaiko", v, i, c) for v, i, c in self.subs)
         ctx = IngestContext(
-            provider, self.server.target, subs, REGISTRY, self.sink, self.counters,
+            provider, target, subs, REGISTRY, self.sink, self.counters,
             dead_letter=self.sink.dead_letter, rng=self.rng,
         )  # fmt: skip
         self.adapter = KaikoAdapter(ctx)
@@ -83,14 +102,25 @@ class Harness:
         await self.adapter.close()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+        if self.proxy is not None:
+            await self.proxy.stop()
         await self.server.stop(0)
 
     @property
     def n(self) -> int:
         return self.sink.n
 
-    def expected_records(self) -> int:
-        return sum(s.trades + 2 * s.quotes for s in self.server.stats.values())
+    def expected_records(self, exchange: str = "") -> int:
+        """Records the server's messages make (of one exchange code, or all)."""
+        return sum(
+            s.trades + 2 * s.quotes
+            for key, s in self.server.stats.items()
+            if key.startswith(exchange)
+        )
+
+    def records_of(self, venue: str) -> int:
+        """Market records received from ``venue``."""
+        return int((self.sink.records["venue"] == REGISTRY.venue_id(venue)).sum())
 
 
 def test_method_paths_match_generated_stubs():
@@ -184,14 +214,18 @@ def test_wrong_api_key_is_a_counted_subscribe_error_without_hot_loop():
         async with Harness(
             cfg, api_key="wrong", backoff_base=0.2, backoff_cap=0.4, rng=random.Random(SEED)
         ) as h:
-            await wait_for(lambda: h.counters[Slot.SUBSCRIBE_ERRORS] >= 5, what="5 refusals")
+            await wait_for(
+                lambda: all(c.backoff.attempts >= 3 for c in h.adapter.calls), what="3 refusals"
+            )
             took = time.monotonic() - t0
-            # Five refused sessions of 4 calls, each after the seeded pause: no hot loop (which
-            # would make hundreds), and the next session is at least 0.1 s away.
-            assert took >= sum(schedule(0.2, 0.4, SEED, 4))
-            assert h.server.rejected <= 4 * 5
+            # Every call is refused and retried on its own capped, half-jittered schedule:
+            # 3 refusals = 2 pauses of at least 0.1 and 0.2 s (a hot loop makes hundreds).
+            assert took >= 0.1 + 0.2
+            assert h.server.rejected <= 4 * 4
+            assert h.counters[Slot.SUBSCRIBE_ERRORS] >= 4 * 3
             assert h.server.subscribes == 0
             assert h.counters[Slot.CONNECTED] == 0
+            assert h.counters[Slot.RECONNECTS] == 0  # refusals never re-create the channel
             assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
             assert STATUS_CONNECTED not in h.sink.statuses
             assert h.n == 0
@@ -217,20 +251,110 @@ def test_disconnect_reconnects_and_resubscribes():
     asyncio.run(main())
 
 
-def test_stall_and_heartbeats_only_are_detected_as_stale():
+def test_a_quiet_call_beside_busy_ones_reconnects_nothing():
+    """Kaiko sends no heartbeat: a venue that does not trade is a quiet call, not a dead one.
+    Long past ``stale_after`` the busy calls were never re-subscribed and lost nothing."""
+
     async def main():
-        cfg = SimulatorConfig(prices=PRICES, rate=2000)
-        async with Harness(cfg, stale_after=0.4) as h:
+        cfg = SimulatorConfig(prices=PRICES, rate=1000, max_events=1500, seed=9)
+        subs = [*SUBS, ("KRAKEN", "BTC-USD", "spot")]
+        venues = ("COINBASE", "BINANCE", "KRAKEN")
+        async with Harness(cfg, subs=subs, venues=venues, quiet=("KRAKEN",), stale_after=0.3) as h:
+            t0 = time.monotonic()
+            # the busy calls (2 venues x 2 services) send 1500 events each: seconds, at 1000/s
+            await wait_for(lambda: h.server.calls_capped == 4, 30, what="the busy calls' events")
+            await wait_for(lambda: h.n == h.expected_records(), 10, what="every record")
+            assert time.monotonic() - t0 > 3 * 0.3
+            assert h.server.subscribes == 6  # each call once, the 2 quiet ones included
+            assert h.server.stats["krkn:spot:btc-usd"].trades == 0
+            assert h.counters[Slot.RECONNECTS] == h.counters[Slot.STREAM_RESTARTS] == 0
+            assert h.counters[Slot.DISCONNECTS] == 0
+            assert h.counters[Slot.CONNECTED] == 1
+            assert h.sink.statuses == [STATUS_CONNECTED] * 3  # one per venue, once
+            quiet = [c for c in h.adapter.calls if "-krkn-" in c.name]
+            assert len(quiet) == 2 and all(c.subscribed and c.end is None for c in quiet)
+
+    asyncio.run(main())
+
+
+def test_a_call_the_server_ends_restarts_alone():
+    """The server ends Binance's calls (closed, UNAVAILABLE, INTERNAL): only they restart, each
+    on its own backoff; Coinbase's calls stream on, never re-subscribed, nothing lost."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000, seed=10)
+        async with Harness(cfg) as h:
+            await wait_for(lambda: h.counters[Slot.CONNECTED] == 1 and h.n > 100)
+            by = h.server.subscribes_by
+            assert by == {"cbse": 2, "binc": 2}
+            for code in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                restarts, binc = h.counters[Slot.STREAM_RESTARTS], by["binc"]
+                assert h.server.end_calls("BINANCE", code) == 2
+                want = (restarts + 2, binc + 2)
+                await wait_for(
+                    lambda: (h.counters[Slot.STREAM_RESTARTS], by["binc"]) == want,  # noqa: B023
+                    what=f"binance's calls restarted after {code.name}",
+                )
+                n = h.records_of("BINANCE")
+                await wait_for(lambda: h.records_of("BINANCE") > n + 50)  # noqa: B023
+            h.server.inject(Fault.STALL)  # nothing more is sent: what was sent must all arrive
+            await wait_for(
+                lambda: h.records_of("COINBASE") == h.expected_records("cbse"),
+                what="every coinbase record",
+            )
+            assert h.server.calls_ended == 6
+            assert by["cbse"] == 2  # never re-subscribed
+            assert h.adapter.call_restarts == 6
+            assert h.counters[Slot.RECONNECTS] == h.counters[Slot.DISCONNECTS] == 0
+            assert h.counters[Slot.CONNECTED] == 1
+            assert h.sink.statuses == [STATUS_CONNECTED] * 2
+
+    asyncio.run(main())
+
+
+def test_keepalive_finds_a_dead_channel_and_a_stall_is_only_quiet():
+    """Through a TCP proxy: a stalled server (transport alive, pings answered) is quiet calls,
+    never a reconnect; a blackholed path is found by keepalive (time + timeout) and the whole
+    channel reconnects once the path is back."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=1000, seed=11)
+        kt, kto = 0.3, 0.3
+        async with Harness(
+            cfg, proxy=True, keepalive_time=kt, keepalive_timeout=kto, stale_after=kt,
+            subscribe_timeout=1.0,
+        ) as h:  # fmt: skip
             for fault in (Fault.STALL, Fault.HEARTBEATS_ONLY):
-                await wait_for(lambda: h.n > 100 and h.counters[Slot.CONNECTED] == 1)
-                before = h.adapter.stale_reconnects
+                await wait_for(lambda: h.counters[Slot.CONNECTED] == 1 and h.n > 100)
                 h.server.inject(fault)
-                await wait_for(lambda: h.adapter.stale_reconnects > before)  # noqa: B023
+                # quiet for many keepalive periods (pings answered in between)
+                await wait_for(
+                    lambda: all(time.monotonic() - c.last_data > 5 * kt for c in h.adapter.calls),
+                    10,
+                    what="every call quiet",
+                )
                 h.server.clear()
                 n = h.n
                 await wait_for(lambda: h.n > n + 100)  # noqa: B023
-            assert h.counters[Slot.DISCONNECTS] >= 2
-            assert h.counters[Slot.RECONNECTS] >= 2
+            assert h.server.subscribes == 4
+            assert h.counters[Slot.RECONNECTS] == h.counters[Slot.STREAM_RESTARTS] == 0
+            assert h.counters[Slot.DISCONNECTS] == 0
+            assert h.proxy is not None and h.proxy.connections == 1
+            t0 = time.monotonic()
+            h.proxy.set_mode("blackhole")
+            await wait_for(lambda: h.counters[Slot.DISCONNECTS] == 1, 10, what="keepalive")
+            # a ping after kt without a read, unanswered for kto (+ scheduling on a loaded box)
+            assert time.monotonic() - t0 < kt + kto + 1.0
+            h.proxy.set_mode("pass")
+            await wait_for(lambda: h.counters[Slot.CONNECTED] == 1, 10, what="reconnected")
+            n = h.n
+            await wait_for(lambda: h.n > n + 100)
+            assert h.counters[Slot.RECONNECTS] >= 1
+            assert h.counters[Slot.STREAM_RESTARTS] == 0
+            assert (
+                h.sink.statuses[:6]
+                == [STATUS_CONNECTED] * 2 + [STATUS_DISCONNECTED] * 2 + [STATUS_CONNECTED] * 2
+            )
 
     asyncio.run(main())
 
@@ -314,22 +438,95 @@ def test_rate_limit_backs_off_longer_without_hot_loop():
             await wait_for(lambda: h.n > 50)
             rejected, injected = h.server.rejected, time.monotonic()
             h.server.inject(Fault.REJECT_SUBSCRIBE)
-            h.server.inject(Fault.DISCONNECT)
-            await wait_for(lambda: h.adapter.rate_limits >= 1)
-            t0 = time.monotonic()
-            await wait_for(lambda: h.adapter.rate_limits >= 3, what="3 rate-limited sessions")
-            # Between the 3 rate-limited sessions, 2 pauses of at least rate_limit_pause
-            # (0.6 s); the normal schedule (<= 50 ms) would be ~10 times quicker. 4 calls a session.
+            h.server.inject(Fault.DISCONNECT)  # the new channel's calls are refused
+            await wait_for(lambda: h.adapter.rate_limits >= 4 * 3, what="3 refusals per call")
+            # 3 refusals of each call, 2 pauses of at least rate_limit_pause (0.6 s) between;
+            # the normal schedule (<= 50 ms) would be ~10 times quicker
             assert time.monotonic() - injected >= 2 * 0.6
-            assert h.server.rejected - rejected <= 4 * 3
-            assert h.adapter.rate_limits == 3
-            assert h.counters[Slot.SUBSCRIBE_ERRORS] == h.adapter.subscribe_errors >= 1
+            assert h.server.rejected - rejected <= 4 * 4
+            assert h.counters[Slot.SUBSCRIBE_ERRORS] == h.adapter.subscribe_errors >= 4 * 3
+            assert h.counters[Slot.RECONNECTS] == 1  # the disconnect; refusals are per call
             h.server.clear()
             subs = h.server.subscribes
             await wait_for(lambda: h.server.subscribes >= subs + 4, 3)
-            assert time.monotonic() - t0 >= 0.3
             n = h.n
             await wait_for(lambda: h.n > n + 50)
+            assert h.counters[Slot.CONNECTED] == 1
             assert STATUS_SUBSCRIBE_ERROR in h.sink.statuses
+
+    asyncio.run(main())
+
+
+def test_dated_future_code_and_contract_sizes_over_grpc():
+    """A dated future is subscribed by Kaiko's code (``btcusd250328``); the sizes of an inverse
+    future (contracts of 100 USD) and of a contract-sized perpetual (0.001 BTC) arrive in base
+    currency."""
+
+    async def main():
+        prices = {"BTC-USD-250328": 64100.0, "BTC-USDT-PERP": 64010.0}
+        cfg = SimulatorConfig(prices=prices, rate=2000, quote_ratio=0.0, max_events=200, seed=12)
+        subs = [("BINANCE", "BTC-USD-250328", "future"), ("BINANCE", "BTC-USDT-PERP", "perpetual")]
+        units = {
+            "BINANCE:future:BTC-USD-250328": "100 quote",
+            "BINANCE:perpetual:BTC-USDT-PERP": 0.001,
+        }
+        async with Harness(
+            cfg, subs=subs, venues=("BINANCE",), quotes=False, amount_units=units
+        ) as h:
+            assert sorted(c.request.instrument_criteria.code for c in h.adapter.calls) == [
+                "btc-usdt", "btcusd250328",
+            ]  # fmt: skip
+            await wait_for(lambda: h.server.calls_capped == 2, 10, what="both calls' events")
+            await wait_for(lambda: h.n == h.expected_records(), 10, what="every record")
+            recs = h.sink.records
+        for inst, key, size_of in (
+            ("BTC-USD-250328", "binc:future:btcusd250328", lambda a, p: a * 100 / p),
+            ("BTC-USDT-PERP", "binc:perpetual-future:btc-usdt", lambda a, p: a * 0.001),
+        ):
+            st = h.server.stats[key]
+            mine = recs[recs["instrument"] == REGISTRY.instrument_id(inst)]
+            assert len(mine) == st.trades > 0
+            price, amount = st.last_trade[:2]
+            assert mine[-1]["price"] == price
+            assert mine[-1]["size"] == pytest.approx(size_of(amount, price), rel=1e-12)
+            assert mine[-1]["size"] != amount
+
+    asyncio.run(main())
+
+
+def test_trade_id_gaps_of_gap_venues_and_no_false_gap_after_a_call_restart():
+    """With ``gap_venues`` = BINANCE, a jump of Binance's trade ids is one gap record (what a
+    restarted call missed would show so); the restart itself makes no false gap and drops
+    nothing; Coinbase (not listed) is not tracked."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000, quote_ratio=0.0, seed=13)
+        async with Harness(cfg, quotes=False, gap_venues=("BINANCE",)) as h:
+            await wait_for(lambda: h.records_of("BINANCE") > 50, what="binance trades")
+            assert h.server.end_calls("BINANCE") == 1
+            await wait_for(lambda: h.counters[Slot.STREAM_RESTARTS] == 1, what="the restart")
+            n = h.records_of("BINANCE")
+            await wait_for(lambda: h.records_of("BINANCE") > n + 50)
+            assert h.counters[Slot.GAPS] == h.counters[Slot.REPEATS_DROPPED] == 0
+            h.server.inject(Fault.SEQUENCE_GAP, 1000)  # every instrument's ids skip 1000
+            await wait_for(lambda: h.counters[Slot.GAPS] == 1, what="the gap record")
+            n = h.records_of("BINANCE")
+            await wait_for(lambda: h.records_of("BINANCE") > n + 50)
+            gaps = h.sink.kind(KIND_GAP)
+            assert len(gaps) == 1 and h.counters[Slot.MISSED] == 1000
+            assert gaps[0]["size"] == 1000
+            assert gaps[0]["instrument"] == REGISTRY.instrument_id("BTC-USDT-PERP")
+            assert gaps[0]["venue"] == REGISTRY.venue_id("BINANCE")
+
+            def coinbase_steps() -> np.ndarray:
+                r = h.sink.records
+                mine = r[(r["venue"] == REGISTRY.venue_id("COINBASE"))
+                         & (r["instrument"] == REGISTRY.instrument_id("BTC-USD"))]  # fmt: skip
+                return np.diff(mine["sequence"])
+
+            # Coinbase's jump is in its data, and untracked: no gap record
+            await wait_for(lambda: 1001 in coinbase_steps(), what="coinbase's jump")
+            assert h.counters[Slot.GAPS] == 1
+            assert h.counters[Slot.REPEATS_DROPPED] == 0
 
     asyncio.run(main())

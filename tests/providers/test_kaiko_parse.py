@@ -30,6 +30,7 @@ TABLE = {
     ("cbse", "spot", "btc-usd"): (5, 2, 1, UNIT_BASE, 1.0),
     ("bmex", "perpetual-future", "xbt-usd"): (6, 3, 3, UNIT_QUOTE, 1.0),
     ("okex", "perpetual-future", "btc-usd"): (7, 4, 3, UNIT_CONTRACTS, 0.01),
+    ("okex", "future", "btcusd250328"): (8, 4, 2, UNIT_QUOTE, 100.0),
 }
 TS_EX = 1_700_000_000_123_456_789
 TS_COL = 1_700_000_000_223_456_001
@@ -90,6 +91,9 @@ def test_amount_units_give_base_currency_sizes():
     r, rec, _ = parse(trade(exchange="okex", kclass="perpetual-future", code="btc-usd",
                             amount=30).SerializeToString())  # fmt: skip
     assert r == 1 and rec["size"] == pytest.approx(0.3)  # 30 contracts of 0.01 BTC
+    r, rec, _ = parse(trade(exchange="okex", kclass="future", code="btcusd250328",
+                            price=50000.0, amount=7).SerializeToString())  # fmt: skip
+    assert r == 1 and rec["size"] == pytest.approx(0.014)  # 7 inverse contracts of 100 USD
 
 
 def test_sell_and_unknown_sides():
@@ -201,3 +205,43 @@ def test_symbols_mapping_both_ways():
     assert o.amount_unit("OKX", "spot", "BTC-USD") == (UNIT_BASE, 1.0)
     with pytest.raises(KeyError, match="no Kaiko exchange code"):
         s.criteria("NOWHERE", "spot", "BTC-USD")
+
+
+def test_dated_futures_by_rule_options_only_by_table():
+    s = KaikoSymbols()
+    # Kaiko's derivatives reference: base, quote and YYMMDD run together (okex btcusd220624)
+    assert s.criteria("OKX", "future", "BTC-USD-250328") == ("okex", "future", "btcusd250328")
+    assert s.criteria("BINANCE", "future", "ETH-USDT-250627") == (
+        "binc", "future", "ethusdt250627",
+    )  # fmt: skip
+    for dclass, name in (("option", "BTC-USD-250328-60000-C"), ("future", "BTC-USD-THIS-WEEK")):
+        with pytest.raises(ValueError, match="give it a code in the provider's `codes` option"):
+            s.criteria("OKX", dclass, name)
+    t = KaikoSymbols(overrides={("OKX", "future", "BTC-USD-THIS-WEEK"): "btc_usd__this_week"})
+    assert t.criteria("OKX", "future", "BTC-USD-THIS-WEEK")[2] == "btc_usd__this_week"
+    assert symbols.guess_data_class("BTC-USD-250328") == "future"
+    assert symbols.guess_data_class("BTC-USDT-PERP") == "perpetual"
+    assert symbols.guess_data_class("BTC-USD") == "spot"
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        ("base", (UNIT_BASE, 1.0)),
+        ("quote", (UNIT_QUOTE, 1.0)),
+        (0.01, (UNIT_CONTRACTS, 0.01)),
+        ("0.01 base", (UNIT_CONTRACTS, 0.01)),
+        ("100 quote", (UNIT_QUOTE, 100.0)),
+        (1, (UNIT_BASE, 1.0)),
+    ],
+)
+def test_amount_units_table(unit, expected):
+    key = ("OKX", "future", "BTC-USD-250328")
+    assert KaikoSymbols(amount_units={key: unit}).amount_unit(*key) == expected
+
+
+@pytest.mark.parametrize("unit", ["coins", "100 coins", "x quote", 0, -1.0, "1 2 quote", True])
+def test_bad_amount_units_are_refused(unit):
+    key = ("OKX", "future", "BTC-USD-250328")
+    with pytest.raises(ValueError, match="must be 'base', 'quote'"):
+        KaikoSymbols(amount_units={key: unit}).amount_unit(*key)

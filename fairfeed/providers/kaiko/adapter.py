@@ -6,9 +6,21 @@ one ``StreamMarketUpdateServiceV1`` call with the top-of-book commodity; the cri
 lists that group's instruments comma-separated (Kaiko selects the cartesian product, so grouping
 by exchange and class selects exactly what was subscribed). The API key travels as
 ``authorization: Bearer <key>`` call metadata on every call; the channel is TLS unless
-``ProviderConfig.tls`` is false (the local server is plaintext). All calls form one *session*:
-when any call ends, fails or goes silent, the whole session is torn down and re-established
-after a backoff delay, and every call is re-subscribed.
+``ProviderConfig.tls`` is false (the local server is plaintext).
+
+Liveness is judged per call, and only what is dead is reconnected:
+
+* A call that ends (the server closed it, an error, a refusal, no answer within
+  ``subscribe_timeout``) is restarted alone after its own capped, jittered backoff delay; the
+  other calls stream on. Counted in Slot.STREAM_RESTARTS and logged; no status record.
+* The channel is re-created (every call re-subscribed, Slot.RECONNECTS, a DISCONNECTED then
+  CONNECTED status) only when it is dead: its connectivity is TRANSIENT_FAILURE or SHUTDOWN,
+  every call ended with UNAVAILABLE, a call ended with UNAVAILABLE while the channel lost its
+  transport (no longer READY), or HTTP/2 keepalive failed (``keepalive_time`` /
+  ``keepalive_timeout``).
+* A quiet call is not a dead one: Kaiko sends no heartbeat, and a market without trades sends
+  nothing. The transport's liveness is keepalive's job; a subscription without data is the
+  anomaly detector's (no data per subscription), not a reason to reconnect anything.
 
 Speed (bench/test_bench_kaiko.py). Python grpcio costs tens of µs per streamed message, so each
 call is read with the synchronous API in its own thread on a channel with grpc's experimental
@@ -23,14 +35,12 @@ for the loop to drain it: memory is bounded and back-pressure reaches the HTTP/2
 While the worker's ring is full (``pause_reading``) the loop leaves the buffer alone, so that is
 how a full ring pushes back on the server.
 
-Health. Reconnects use :class:`Backoff` (capped, jittered; reset only once a session delivered
-data, so a server that accepts and then fails cannot cause a hot loop). RESOURCE_EXHAUSTED (rate
-limit) waits at least the option ``rate_limit_pause`` (default 5 s), or the ``retry-after``
-trailer in seconds when the server sends a longer one, while the backoff keeps growing. Other
-refusals (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND...) count a subscribe
-error and retry on the normal schedule. Kaiko has no heartbeat,
-so a call is stale when it delivered no *record* (parse errors and empty messages do not count)
-for ``stale_after`` seconds: pick it above the quietest subscribed market's normal silence.
+Health. Backoff: the channel's (reset once it delivered data, so a server that accepts and then
+fails cannot cause a hot loop) and one per call (reset once that call delivered data).
+RESOURCE_EXHAUSTED (rate limit) delays that call at least the option ``rate_limit_pause``
+(default 5 s), or the ``retry-after`` trailer in seconds when the server sends a longer one,
+while its backoff keeps growing. Other refusals (UNAUTHENTICATED, PERMISSION_DENIED,
+INVALID_ARGUMENT, NOT_FOUND...) count a subscribe error and retry on the call's schedule.
 """
 
 from __future__ import annotations
@@ -51,14 +61,18 @@ from kaikosdk.stream.market_update_v1 import commodity_pb2
 from kaikosdk.stream.market_update_v1.request_pb2 import StreamMarketUpdateRequestV1
 from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
+from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
-from fairfeed.core.options import KaikoOptions, split_key
+from fairfeed.core.options import KaikoOptions
 from fairfeed.core.records import (
+    KIND_TRADE,
     RECORD_DTYPE,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
+from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext, required_api_key
 from fairfeed.providers.health import Health
 from fairfeed.providers.kaiko.parse import KaikoParser
@@ -75,6 +89,11 @@ def _method_path(service: str) -> str:
 
 
 _HEADERS_SETTLE = 0.03  # seconds a call must stay open after its headers to count as subscribed
+# seconds an ended call waits before it is judged alone: when a transport dies, the ends of its
+# other calls and the channel's new state arrive within this
+_END_SETTLE = 0.05
+_NO_ANSWER = grpc.StatusCode.DEADLINE_EXCEEDED  # a call unanswered for subscribe_timeout
+_DEAD_STATES = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
 _MAX_DEAD_LETTERS = 64  # malformed messages kept per hand-off; more are counted as dropped
 
 TRADES_METHOD = _method_path("StreamTradesServiceV1")
@@ -107,63 +126,91 @@ def parse_target(url: str, tls: bool) -> tuple[str, bool]:
     return url, tls
 
 
-class _Call:
-    """One streaming call, read by its own thread."""
+class _Attempt:
+    """One try of a call: its gRPC call object, reader thread and liveness flag.
 
-    def __init__(self, adapter: KaikoAdapter, name: str, method: str, request, parse) -> None:
+    ``live`` is cleared (under the adapter's lock) when the attempt is given up, so its reader
+    thread drops what it reads from then on; a restart makes a new attempt instead of reusing
+    one, so a late reader can never touch its successor."""
+
+    __slots__ = ("call", "ended", "live", "thread")
+
+    def __init__(self) -> None:
+        self.call = None
+        self.thread: threading.Thread | None = None
+        self.ended = asyncio.Event()  # its reader thread has posted its end
+        self.live = True
+
+
+class _Call:
+    """One streaming call (a service for one exchange and class), restarted on its own."""
+
+    def __init__(
+        self, adapter: KaikoAdapter, name: str, method: str, request, parse, backoff: Backoff
+    ) -> None:
         self.a = adapter
         self.name = name
         self.method = method
         self.request = request
         self.parse: Callable = parse
-        self.session = 0
-        self.call = None
-        self.thread: threading.Thread | None = None
+        self.backoff = backoff  # this call's own restart schedule
+        self.attempt: _Attempt | None = None
         self.subscribed = False  # headers arrived (loop side)
         self.headers_at = 0.0
-        self.ended: asyncio.Event | None = None
+        self.started_at = 0.0
         self.end: tuple[grpc.StatusCode, str, float | None] | None = None
+        self.ended_at = 0.0
+        self.restart_at = 0.0  # > 0: the call ended and restarts at this monotonic time
+        self.refused = False  # its last end was a refusal of the subscription
         self.last_data = 0.0  # monotonic time of the last message that gave records
-        self.data = False  # gave records in this session
+        self.data = False  # gave records in this attempt
+        self.restarts = 0
 
-    def start(self, channel: grpc.Channel, session: int, metadata) -> None:
-        self.session = session
+    def start(self, channel: grpc.Channel, metadata) -> None:
         self.subscribed = False
         self.headers_at = 0.0
         self.end = None
+        self.restart_at = 0.0
         self.data = False
-        self.last_data = time.monotonic()
-        self.ended = asyncio.Event()
+        self.started_at = self.last_data = time.monotonic()
+        attempt = self.attempt = _Attempt()
         multicallable = channel.unary_stream(
             self.method, request_serializer=type(self.request).SerializeToString
         )
-        self.thread = threading.Thread(
+        attempt.thread = threading.Thread(
             target=self._read,
-            args=(multicallable, metadata, session, asyncio.get_running_loop()),
+            args=(multicallable, metadata, attempt, asyncio.get_running_loop()),
             name=f"kaiko-{self.name}",
             daemon=True,
         )
-        self.thread.start()
+        attempt.thread.start()
 
-    def cancel(self) -> None:
-        call = self.call
+    def stop(self) -> None:
+        """Give up the current attempt: its reader drops what it reads, its call is cancelled."""
+        attempt = self.attempt
+        if attempt is None:
+            return
+        with self.a._cond:
+            attempt.live = False
+            self.a._cond.notify_all()
+        call = attempt.call
         if call is not None:
             with contextlib.suppress(Exception):
                 call.cancel()
 
-    def _read(self, multicallable, metadata, session: int, loop: asyncio.AbstractEventLoop) -> None:
+    def _read(self, multicallable, metadata, attempt: _Attempt, loop) -> None:
         a = self.a
         code, details, retry_after = grpc.StatusCode.OK, "stream ended by the server", None
         try:
             call = multicallable(self.request, metadata=metadata)
-            self.call = call
-            if a._session != session:
+            attempt.call = call
+            if not attempt.live:
                 call.cancel()
             # No call.initial_metadata() here: with SingleThreadedUnaryStream it waits while
             # holding the call's lock, so a cancel() from the loop would block the loop.
             ingest = a._ingest
             for raw in call:
-                if not ingest(self, raw, session):
+                if not ingest(self, raw, attempt):
                     break
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
@@ -174,7 +221,7 @@ class _Call:
         except Exception as exc:  # never let a reader thread die silently
             code, details = grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
             log.exception("%s: reader thread failed", self.name)
-        _post(loop, a._on_call_end, self, session, code, details, retry_after)
+        _post(loop, a._on_call_end, self, attempt, code, details, retry_after)
 
 
 def _has_headers(call) -> bool:
@@ -195,14 +242,15 @@ def _post(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
 class KaikoAdapter(Adapter):
     """Streams the context's subscriptions from Kaiko Stream (or the local :class:`KaikoServer`).
 
-    The API key is read from the environment variable named by ``provider.api_key_env``;
-    ``stale_after`` is ``provider.stale_after`` or else 30 s (5 s for a served simulator). The
-    options (:class:`~fairfeed.core.options.KaikoOptions`): the reconnect backoff and
-    ``rate_limit_pause``; ``trades`` / ``quotes`` choose the services; ``codes`` /
-    ``amount_units`` the symbol table overrides; ``buffer_records`` bounds the records waiting
-    for the loop; ``batch_delay`` (seconds) is how long the loop lets records gather after the
-    first one before it emits them (one wake-up per batch instead of one per message: the main
-    CPU saving over a plain client; 0 = emit at once).
+    The API key is read from the environment variable named by ``provider.api_key_env``
+    (``stale_after`` is not used: a quiet call is not a dead one). The options
+    (:class:`~fairfeed.core.options.KaikoOptions`): the reconnect backoff (of the channel and
+    of each call), ``rate_limit_pause``, ``keepalive_time`` / ``keepalive_timeout``;
+    ``trades`` / ``quotes`` choose the services; ``codes`` / ``amount_units`` the symbol table
+    overrides; ``buffer_records`` bounds the records waiting for the loop; ``batch_delay``
+    (seconds) is how long the loop lets records gather after the first one before it emits
+    them (one wake-up per batch instead of one per message: the main CPU saving over a plain
+    client; 0 = emit at once).
     """
 
     options: KaikoOptions
@@ -216,22 +264,22 @@ class KaikoAdapter(Adapter):
         api_key = required_api_key(p, self.api_key_service)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self.target, self.tls = parse_target(ctx.url, p.tls)
-        self.symbols = KaikoSymbols(
-            overrides={split_key(k): v for k, v in o.codes.items()},
-            amount_units={split_key(k): v for k, v in o.amount_units.items()},
-        )
-        self.backoff = ctx.backoff(o.backoff_base, o.backoff_cap)
+        self.symbols = KaikoSymbols.from_options(o)
+        self.backoff = ctx.backoff(o.backoff_base, o.backoff_cap)  # the channel's
         self.rate_limit_pause = o.rate_limit_pause
-        self.stale_after = p.stale_after or (
-            5 * p.serve.heartbeat_interval if p.serve is not None else 30.0
-        )
         self.subscribe_timeout = o.subscribe_timeout
         self.batch_delay = o.batch_delay
         trades, quotes, buffer_records = o.trades, o.quotes, o.buffer_records
         self.channel_options = [
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_time_ms", round(o.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", round(o.keepalive_timeout * 1000)),
+            # grpc sends no keepalive ping while another ping (its BDP probe) is unanswered, and
+            # waits a minute by default for that one: on a dead path keepalive would never fire
+            ("grpc.http2.ping_timeout_ms", round(o.keepalive_timeout * 1000)),
+            # a server-streaming client sends no data after its request: without this, grpc
+            # stops pinging after two pings
+            ("grpc.http2.max_pings_without_data", 0),
             ("grpc.enable_retries", 0),
             ("grpc.max_receive_message_length", 16 << 20),
         ]
@@ -250,18 +298,30 @@ class KaikoAdapter(Adapter):
             if trades:
                 req = StreamTradesRequestV1(instrument_criteria=crit)
                 self.calls.append(
-                    _Call(self, f"{label}-trades", TRADES_METHOD, req, self.parser.parse_trade)
-                )
+                    _Call(self, f"{label}-trades", TRADES_METHOD, req, self.parser.parse_trade,
+                          ctx.backoff(o.backoff_base, o.backoff_cap))
+                )  # fmt: skip
             if quotes:
                 req = StreamMarketUpdateRequestV1(
                     instrument_criteria=crit, commodities=[commodity_pb2.SMUC_TOP_OF_BOOK]
                 )
                 self.calls.append(
-                    _Call(self, f"{label}-tob", MARKET_UPDATE_METHOD, req, self.parser.parse_update)
-                )
+                    _Call(self, f"{label}-tob", MARKET_UPDATE_METHOD, req,
+                          self.parser.parse_update, ctx.backoff(o.backoff_base, o.backoff_cap))
+                )  # fmt: skip
         venues: dict[int, int] = {}
         for s in ctx.subscriptions:
             venues.setdefault(s.venue_id, s.class_code)
+        # Trade ids of `gap_venues` are contiguous per instrument: a jump is a gap record, a
+        # repeat is dropped; the last id per stream outlives calls, channels and the worker.
+        reg = ctx.registry
+        self._last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
+        self._last_ids.ensure(len(reg.instruments), len(reg.sources))
+        tracked = [s for s in ctx.subscriptions if s.venue in o.gap_venues]
+        source_of_venue = np.full(max((s.venue_id for s in tracked), default=0) + 1, -1, np.int32)
+        for s in tracked:
+            source_of_venue[s.venue_id] = reg.source_id(s.provider, s.venue)
+        self._tracker = SequenceTracker(source_of_venue, (KIND_TRADE,) if tracked else ())
         order = sorted(venues)
         # the WebSocket base's health rules, for the whole session (every venue it carries)
         self.health = Health(
@@ -280,31 +340,31 @@ class KaikoAdapter(Adapter):
         self._held = False  # a wake-up arrived while reading was paused: drain on resume
         self._cond = threading.Condition(threading.Lock())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._session = 0
+        self._channel_now: grpc.Channel | None = None
+        self._state: grpc.ChannelConnectivity | None = None  # of the current channel
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._closed = False
-        self._connected = False  # this session sent STATUS_CONNECTED
-        self._rate_limited = False
-        self._retry_after: float | None = None
-        self.connections = 0  # sessions that got every call subscribed
+        self._connected = False  # this channel sent STATUS_CONNECTED
+        self.connections = 0  # channels that got every call answered (and one subscribed)
         self.subscribe_errors = 0
         self.rate_limits = 0
-        self.stale_reconnects = 0
+        self.call_restarts = 0  # calls restarted on their own (the channel stayed up)
         self._parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
         self._conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
+        self._gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
 
     # --- reader threads -> loop ------------------------------------------------------------
 
-    def _ingest(self, c: _Call, raw: bytes, session: int) -> bool:
-        """Reader thread: parse one message into the buffer; False when the session is over."""
+    def _ingest(self, c: _Call, raw: bytes, attempt: _Attempt) -> bool:
+        """Reader thread: parse one message into the buffer; False once the attempt is over."""
         ts = time.time_ns()
         with self._cond:
             while self._n >= self._cap:
-                if self._session != session:
+                if not attempt.live:
                     return False
                 self._cond.wait(0.1)
-            if self._session != session:
+            if not attempt.live:
                 return False
             r = c.parse(raw, self._fill, self._n, ts)
             self._frames += 1
@@ -368,13 +428,23 @@ class KaikoAdapter(Adapter):
             return
         c = self.ctx.counters
         if n:
+            # the loop owns `buf` until the next swap: the tracker may compact it in place
+            kept, gaps = self._tracker.check(buf[:n], self._last_ids.table)
             try:
-                self.ctx.emit(buf[:n])
+                if kept:
+                    self.ctx.emit(buf[:kept])
+                if len(gaps):
+                    c.add(Slot.GAPS, len(gaps))
+                    c.add(Slot.MISSED, int(gaps["size"].sum()))
+                    self._gap_log(f"{len(gaps)} trade id gap(s), {int(gaps['size'].sum())} missed")
+                    self.ctx.emit(gaps)
             except Exception:
-                log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, n)
+                log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, kept)
             c.add(Slot.RECORDS_IN, n)
+            if kept < n:
+                c.add(Slot.REPEATS_DROPPED, n - kept)
             if self.backoff.attempts:
-                self.backoff.reset()  # this session delivers data: the next failure starts over
+                self.backoff.reset()  # this channel delivers data: the next failure starts over
         if frames:
             c.add(Slot.FRAMES_IN, frames)
         if errors:
@@ -384,22 +454,28 @@ class KaikoAdapter(Adapter):
         if dead_dropped:
             c.add(Slot.DEAD_LETTERS_DROPPED, dead_dropped)
 
-    def _check_subscribed(self) -> None:
-        """Loop: a call is subscribed once its response headers (or a record) arrived."""
-        now = time.monotonic()
+    def _check_subscribed(self, now: float) -> None:
+        """Loop: a call is subscribed once its response headers (or a record) arrived; the
+        channel is connected once every call has an answer and one of them is subscribed."""
         for c in self.calls:
+            if c.data and c.backoff.attempts:
+                c.backoff.reset()  # this call delivers: its next end starts the schedule over
             if c.subscribed or c.end is not None:
                 continue
             if c.data:
                 c.subscribed = True
-            elif _has_headers(c.call):
+            elif _has_headers(c.attempt.call if c.attempt else None):
                 # A refusal can also deliver (empty) headers, just before its status: a call
                 # counts as subscribed when it is still open a moment after its headers.
                 if not c.headers_at:
                     c.headers_at = now
                 elif now - c.headers_at >= _HEADERS_SETTLE:
                     c.subscribed = True
-        if not self._connected and all(x.subscribed for x in self.calls):
+        if (
+            not self._connected
+            and all(x.subscribed or x.refused for x in self.calls)
+            and any(x.subscribed for x in self.calls)
+        ):
             self._connected = True
             self.connections += 1
             self._mark_connected(True)
@@ -407,18 +483,24 @@ class KaikoAdapter(Adapter):
             log.info(
                 "%s: subscribed %d calls on %s",
                 self.ctx.provider.name,
-                len(self.calls),
+                sum(x.subscribed for x in self.calls),
                 self.target,
             )
 
-    def _on_call_end(self, c: _Call, session: int, code, details: str, retry_after) -> None:
-        c.end = (code, details, retry_after)
-        if c.ended is not None:
-            c.ended.set()
-        if session == self._session:
+    def _on_call_end(self, c: _Call, attempt: _Attempt, code, details: str, retry_after) -> None:
+        attempt.ended.set()
+        if attempt is c.attempt and attempt.live and c.end is None:
+            c.end = (code, details, retry_after)
+            c.ended_at = time.monotonic()
             self._wake.set()
 
-    # --- session loop ------------------------------------------------------------------------
+    def _on_state(self, channel: grpc.Channel, state: grpc.ChannelConnectivity) -> None:
+        if channel is self._channel_now:
+            self._state = state
+            if state in _DEAD_STATES:
+                self._wake.set()
+
+    # --- channel loop --------------------------------------------------------------------------
 
     def _channel(self) -> grpc.Channel:
         if self.tls:
@@ -434,84 +516,126 @@ class KaikoAdapter(Adapter):
             if not first:
                 self.ctx.counters.add(Slot.RECONNECTS)
             first = False
-            await self._session_once()
+            await self._channel_once()
             if not self._stop.is_set():
                 await self._pause()
 
-    async def _session_once(self) -> None:
-        self._session += 1
-        session = self._session
+    async def _channel_once(self) -> None:
+        """One channel: every call on it, restarted one by one, until the channel is dead."""
         self._connected = False
-        self._rate_limited = False
-        self._retry_after = None
         self._wake.clear()
         channel = self._channel()
+        self._channel_now, self._state = channel, None
+        loop = self._loop
+        channel.subscribe(lambda st: _post(loop, self._on_state, channel, st), try_to_connect=False)
         for c in self.calls:
-            c.start(channel, session, self._metadata)
+            c.refused = False
+            c.start(channel, self._metadata)
         reason = ""
         try:
-            reason = await self._watch(session)
+            reason = await self._watch(channel)
         finally:
-            with self._cond:
-                self._session += 1  # readers drop what they read from now on
-                self._cond.notify_all()
+            self._channel_now = None
             for c in self.calls:
-                c.cancel()
+                c.stop()
             await self._join()
             channel.close()
             self._drain()
-            self._end_session(reason)
+            self._end_channel(reason)
 
-    async def _watch(self, session: int) -> str:
+    async def _watch(self, channel: grpc.Channel) -> str:
+        """Restart what ends, one call at a time; return why the channel is dead."""
         start = time.monotonic()
-        tick = max(0.01, min(0.25, self.stale_after / 4, self.subscribe_timeout / 4))
         while True:
+            now = time.monotonic()
+            timeout = 0.25 if self._connected else 0.02
+            for c in self.calls:  # wake for the next restart (or end to judge) that is due
+                if c.end is not None:
+                    due = c.restart_at or c.ended_at + _END_SETTLE
+                    timeout = min(timeout, max(0.005, due - now))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), tick if self._connected else 0.02)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             if self._stop.is_set():
                 return ""
-            ended = [c for c in self.calls if c.end is not None]
-            if ended:
-                return self._judge(ended)
             now = time.monotonic()
-            if not self._connected:
-                self._check_subscribed()
-                if self._connected:
-                    continue
-                if now - start > self.subscribe_timeout:
-                    return "no answer to subscribe"
-                continue
+            dead = self._channel_dead(now)
+            if dead:
+                return dead
+            answered = any(c.subscribed or c.refused for c in self.calls)
             for c in self.calls:
-                if Health.stale(now, c.last_data, self.stale_after):
-                    self.stale_reconnects += 1
-                    return f"{c.name}: no data for {now - c.last_data:.1f} s"
+                if c.end is not None and not c.restart_at and now - c.ended_at >= _END_SETTLE:
+                    self._schedule_restart(c, now)
+                elif (
+                    c.end is None
+                    and not c.subscribed
+                    and answered
+                    and now - c.started_at > self.subscribe_timeout
+                ):
+                    c.stop()  # this call alone is unanswered; the others are fine
+                    c.end, c.ended_at = (_NO_ANSWER, "no answer to subscribe", None), now
+            for c in self.calls:
+                if c.restart_at and now >= c.restart_at:
+                    self.call_restarts += 1
+                    c.restarts += 1
+                    self.ctx.counters.add(Slot.STREAM_RESTARTS)
+                    c.start(channel, self._metadata)
+            self._check_subscribed(now)
+            if not answered and now - start > self.subscribe_timeout:
+                return "no answer to subscribe"  # nothing on this channel answers at all
 
-    def _judge(self, ended: list[_Call]) -> str:
-        """Classify the first call end of a session; returns the disconnect reason."""
-        c = ended[0]
+    def _channel_dead(self, now: float) -> str:
+        """Why the channel is dead ('' while it is not): its connectivity says so, keepalive
+        failed, or its calls end with UNAVAILABLE while it has no transport."""
+        if self._state in _DEAD_STATES:
+            return f"channel {self._state.name}"  # type: ignore[union-attr]
+        ends = [c.end for c in self.calls]
+        if all(e is not None and e[0] == grpc.StatusCode.UNAVAILABLE for e in ends):
+            return f"every call UNAVAILABLE: {ends[0][1]}"  # type: ignore[index]
+        for c in self.calls:
+            if c.end is None or c.restart_at or c.end[0] != grpc.StatusCode.UNAVAILABLE:
+                continue
+            details = c.end[1]
+            if "ping timeout" in details or "keepalive" in details.lower():
+                return f"{c.name}: keepalive failed ({details})"
+            # After a lost transport the channel is no longer READY; one call refused as
+            # UNAVAILABLE on a working connection leaves it READY (that call restarts alone).
+            if self._state is not grpc.ChannelConnectivity.READY and now - c.ended_at >= (
+                _END_SETTLE
+            ):
+                return (
+                    f"{c.name}: UNAVAILABLE {details} (channel {getattr(self._state, 'name', '?')})"
+                )
+        return ""
+
+    def _schedule_restart(self, c: _Call, now: float) -> None:
+        """Count and log how ``c`` ended; restart it after its own backoff delay."""
         code, details, retry_after = c.end  # type: ignore[misc]
-        if code in SUBSCRIBE_REFUSALS and not c.data:
+        delay = c.backoff.next_delay()
+        c.refused = code in SUBSCRIBE_REFUSALS and not c.data
+        if c.refused:
             self.subscribe_errors += 1
             self.ctx.counters.add(Slot.SUBSCRIBE_ERRORS)
             self._status(STATUS_SUBSCRIBE_ERROR)
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self.rate_limits += 1
-                self._rate_limited = True
-                self._retry_after = retry_after
+                delay = max(delay, self.rate_limit_pause, retry_after or 0.0)
             self._conn_log(f"{c.name}: subscription refused: {code.name} {details}")
-            return ""
-        return f"{c.name}: {code.name} {details}"
+        else:
+            self._conn_log(f"{c.name}: {code.name} {details}; restarting this call")
+        c.restart_at = now + delay
 
     async def _join(self) -> None:
         for c in self.calls:
-            if c.ended is not None and c.end is None:
+            attempt = c.attempt
+            if attempt is None or attempt.thread is None:
+                continue
+            if attempt.thread.is_alive():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(c.ended.wait(), 5.0)
-            if c.thread is not None:
-                c.thread.join(timeout=1.0)
+                    await asyncio.wait_for(attempt.ended.wait(), 5.0)
+            attempt.thread.join(timeout=1.0)
 
-    def _end_session(self, reason: str) -> None:
+    def _end_channel(self, reason: str) -> None:
         if self._connected:
             self._connected = False
             self._status(STATUS_DISCONNECTED)
@@ -523,8 +647,6 @@ class KaikoAdapter(Adapter):
 
     async def _pause(self) -> None:
         delay = self.backoff.next_delay()
-        if self._rate_limited:
-            delay = max(delay, self.rate_limit_pause, self._retry_after or 0.0)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), delay)
 
@@ -532,11 +654,8 @@ class KaikoAdapter(Adapter):
         """Stop every call, flush what is buffered; no records are emitted afterwards."""
         self._stop.set()
         self._wake.set()
-        with self._cond:
-            self._session += 1
-            self._cond.notify_all()
         for c in self.calls:
-            c.cancel()
+            c.stop()
         await self._join()
         self._drain()
         if self._connected:

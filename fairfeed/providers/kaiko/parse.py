@@ -168,8 +168,8 @@ class KaikoParser(RecordParser):
             raise _Malformed(f"bad amount {amount!r}")
         inst_id, venue, dclass, unit, csize = inst
         if unit != UNIT_BASE:
-            if unit == UNIT_QUOTE:
-                amount = amount / price
+            if unit == UNIT_QUOTE:  # quote currency, or contracts worth csize of it
+                amount = amount * csize / price
             elif unit == UNIT_CONTRACTS:
                 amount = amount * csize
         t_ex = _ts(m.ts_exchange.value) if m.HasField("ts_exchange") else 0
