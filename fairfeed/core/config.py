@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fairfeed.core import options as adapter_options
+from fairfeed.core.names import name_problem
 from fairfeed.core.options import OPTIONS, AdapterOptions
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.subscriptions import Stream
@@ -447,6 +448,10 @@ def _check(cfg: Config) -> None:
     seen: set[str] = set()
     for i, p in enumerate(cfg.providers):
         key = f"providers[{i}]"
+        if problem := name_problem("provider", p.name):
+            fail(f"{key}.name", problem)
+        if p.venue and (problem := name_problem("venue", p.venue)):
+            fail(f"{key}.venue", problem)
         if p.name in seen:
             fail(f"{key}.name", f"duplicate provider name {p.name!r}")
         seen.add(p.name)
@@ -504,6 +509,11 @@ def _check(cfg: Config) -> None:
             fail(f"{key}.provider", f"unknown provider {s.provider!r}")
         if not s.instruments:
             fail(f"{key}.instruments", "must list at least one instrument")
+        if s.venue and (problem := name_problem("venue", s.venue)):
+            fail(f"{key}.venue", problem)
+        for inst in s.instruments:
+            if problem := name_problem("instrument", inst):
+                fail(f"{key}.instruments", problem)
         p = cfg.provider(s.provider)
         if not (s.venue or p.venue):
             fail(f"{key}.venue", f"is required: provider {p.name!r} has no default venue")

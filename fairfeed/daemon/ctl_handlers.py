@@ -19,6 +19,7 @@ from typing import Any
 from fairfeed.core import config as config_mod
 from fairfeed.core.config import LOG_LEVELS, Config
 from fairfeed.core.counters import Slot
+from fairfeed.core.names import shown
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import (
     Key,
@@ -39,6 +40,10 @@ from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
 
 log = logging.getLogger(__name__)
+
+# Characters in one string argument: every name, level and class is far shorter, and nothing
+# longer is stored, sent to a child or quoted back.
+MAX_ARG = 64
 
 
 @dataclass
@@ -82,7 +87,8 @@ class ControlHandlers:
     def _args(args: dict[str, Any], allowed: set[str], required: set[str] = frozenset()) -> None:
         unknown = set(args) - allowed
         if unknown:
-            raise _invalid(f"unknown argument(s) {sorted(unknown)} (allowed: {sorted(allowed)})")
+            names = ", ".join(shown(u) for u in sorted(unknown)[:5])
+            raise _invalid(f"unknown argument(s) {names} (allowed: {sorted(allowed)})")
         missing = required - set(args)
         if missing:
             raise _invalid(f"missing argument(s) {sorted(missing)}")
@@ -92,6 +98,8 @@ class ControlHandlers:
         value = args.get(name, default)
         if not isinstance(value, str):
             raise _invalid(f"{name!r} must be a string")
+        if len(value) > MAX_ARG:
+            raise _invalid(f"{name!r} is {len(value)} characters long: at most {MAX_ARG}")
         return value
 
     def _streams(self, args: dict[str, Any]) -> list[Stream]:
@@ -307,7 +315,7 @@ class ControlHandlers:
         self._args(args, {"level"}, {"level"})
         level = self._str(args, "level").upper()
         if level not in LOG_LEVELS:
-            raise _invalid(f"unknown log level {level!r} (known: {', '.join(LOG_LEVELS)})")
+            raise _invalid(f"unknown log level {shown(level)} (known: {', '.join(LOG_LEVELS)})")
         logging.getLogger().setLevel(level)
         self._broadcast(SetLogLevel(level))
         return {"level": level}

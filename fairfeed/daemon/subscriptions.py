@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import orjson
 
 from fairfeed.core.config import Config
+from fairfeed.core.names import name_problem, shown
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Key, Stream, SubscriptionSet
@@ -35,7 +35,6 @@ from fairfeed.core.subscriptions import Key, Stream, SubscriptionSet
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-INSTRUMENT_NAME = re.compile(r"[A-Z0-9][A-Z0-9._/-]{0,47}")
 
 
 class SubscriptionError(ValueError):
@@ -84,27 +83,30 @@ class SubscriptionBook:
     def resolve(
         self, provider: str, instruments: list[str], venue: str = "", data_class: str = ""
     ) -> list[Stream]:
-        """Validated streams for a request; raises SubscriptionError."""
+        """Validated streams for a request (names by the configuration's rule,
+        :mod:`fairfeed.core.names`); raises SubscriptionError."""
         try:
             p = self.cfg.provider(provider)
         except KeyError:
             known = ", ".join(x.name for x in self.cfg.providers)
-            raise SubscriptionError(f"unknown provider {provider!r} (known: {known})") from None
+            raise SubscriptionError(
+                f"unknown provider {shown(provider)} (known: {known})"
+            ) from None
         venue = venue or p.venue
         if not venue:
             raise SubscriptionError(f"provider {provider!r} serves many venues: give a venue")
+        if problem := name_problem("venue", venue):
+            raise SubscriptionError(problem)
         dclass = data_class or p.data_class
         if dclass not in CLASS_CODES:
             raise SubscriptionError(
-                f"unknown data class {dclass!r} (known: {', '.join(CLASS_CODES)})"
+                f"unknown data class {shown(dclass)} (known: {', '.join(CLASS_CODES)})"
             )
         if not instruments:
             raise SubscriptionError("no instruments given")
         for inst in instruments:
-            if not isinstance(inst, str) or not INSTRUMENT_NAME.fullmatch(inst):
-                raise SubscriptionError(
-                    f"invalid instrument {inst!r}: use upper-case canonical names like BTC-USD"
-                )
+            if problem := name_problem("instrument", inst):
+                raise SubscriptionError(problem)
             have = self.registry.class_of(inst)
             if have is not None and have != CLASS_CODES[dclass]:
                 raise SubscriptionError(
@@ -181,7 +183,11 @@ class SubscriptionBook:
             except (KeyError, TypeError):
                 dropped += 1
                 continue
-            if s.provider not in providers or s.data_class not in CLASS_CODES:
+            bad_name = any(
+                name_problem(kind, value)
+                for kind, value in (("venue", s.venue), ("instrument", s.instrument))
+            )
+            if s.provider not in providers or s.data_class not in CLASS_CODES or bad_name:
                 dropped += 1
                 continue
             streams.append(s)

@@ -41,6 +41,10 @@ def test_resolve_validates_and_fills_defaults() -> None:
         (("sim", ["BTC-USD"], "", "swap"), "unknown data class 'swap'"),
         (("sim", []), "no instruments"),
         (("sim", ["btc-usd"]), "invalid instrument 'btc-usd'"),
+        (("sim", ["B" * 49]), "invalid instrument 'B{40}'… \\(49 characters\\): at most 48"),
+        (("sim", ["BTC-USD"], "V" * 60_000), "invalid venue 'V{40}'… \\(60000 characters\\)"),
+        (("sim", ["BTC-USD"], "A B"), "invalid venue 'A B': use letters"),
+        (("p" * 60_000, ["BTC-USD"]), "unknown provider 'p{40}'… \\(60000 characters\\)"),
         (("sim", ["BTC-USD"], "", "perpetual"), "already known with another data class"),
     ):
         with pytest.raises(SubscriptionError, match=match):
