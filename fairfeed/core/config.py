@@ -44,7 +44,8 @@ class DaemonConfig:
     control_socket: str = ""  # unix socket path; "" = $RUNTIME_DIRECTORY or $XDG_RUNTIME_DIR
     control_group: str = ""  # group owning the socket (mode 0660); "" = the daemon's group
     control_max_clients: int = 32
-    control_idle_timeout: float = 10.0  # a client silent this long is disconnected
+    control_idle_timeout: float = 10.0  # a client silent (or mid-request) this long is dropped
+    control_max_output: int = 1 << 20  # bytes of unsent answers per client before it is dropped
     state_file: str = ""  # live subscriptions; "" = $STATE_DIRECTORY or ~/.local/state/fairfeed
 
 
@@ -164,6 +165,7 @@ class MetricsConfig:
     max_series: int = 10000  # label sets per per-stream family; beyond: instrument="__overflow__"
     max_clients: int = 16  # HTTP connections served at once
     idle_timeout: float = 30.0  # seconds before an idle HTTP connection is closed
+    header_timeout: float = 5.0  # seconds from a request's first byte to the end of its head
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # While its ring is full a worker reads no socket, so pings go unanswered: a pause must stay
 # well under the shortest ping deadline we run with, our own client's pong timeout (>= 1 s).
 MAX_BLOCK_TIMEOUT_MS = 500.0
+MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT = 1 << 16, 1 << 28  # daemon.control_max_output, bytes
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -407,6 +410,12 @@ def _check(cfg: Config) -> None:
         fail("daemon", "max_instruments and max_sources must be >= 1")
     if d.control_max_clients < 1 or d.control_idle_timeout <= 0:
         fail("daemon", "control_max_clients must be >= 1 and control_idle_timeout > 0")
+    if not MIN_CONTROL_OUTPUT <= d.control_max_output <= MAX_CONTROL_OUTPUT:
+        fail(
+            "daemon.control_max_output",
+            f"must be between {MIN_CONTROL_OUTPUT} and {MAX_CONTROL_OUTPUT} bytes, got "
+            f"{d.control_max_output}",
+        )
     if d.live_view not in ("auto", "on", "off"):
         fail("daemon.live_view", f"must be auto, on or off, got {d.live_view!r}")
     if d.log_level.upper() not in LOG_LEVELS:
@@ -556,6 +565,12 @@ def _check_metrics(m: MetricsConfig, fail: Any) -> None:
             fail("metrics.listen", f"must be host:port (port 0 = any free port), got {m.listen!r}")
     if m.max_series < 1 or m.max_clients < 1 or m.idle_timeout <= 0:
         fail("metrics", "max_series and max_clients must be >= 1, idle_timeout > 0")
+    if not 0 < m.header_timeout <= m.idle_timeout:
+        fail(
+            "metrics.header_timeout",
+            f"must be > 0 and <= metrics.idle_timeout ({m.idle_timeout:g}), "
+            f"got {m.header_timeout:g}",
+        )
 
 
 def _check_anomalies(cfg: Config, fail: Any) -> None:

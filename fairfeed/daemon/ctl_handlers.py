@@ -33,6 +33,7 @@ from fairfeed.daemon.commands import Command, GrowRegistry, SetLogLevel
 from fairfeed.daemon.compute import ComputeWorker
 from fairfeed.daemon.ctl_protocol import ProtocolError
 from fairfeed.daemon.ingest import IngestWorker
+from fairfeed.daemon.sockserve import LoopServer
 from fairfeed.daemon.subscriptions import SubscriptionBook, SubscriptionError
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
 from fairfeed.ipc.control import ControlBlock
@@ -62,6 +63,7 @@ class Runtime:
     children: list[ChildSpec] = field(default_factory=list)
     supervisor: Supervisor | None = None
     socket_path: str = ""
+    served: list[LoopServer] = field(default_factory=list)  # the control socket, HTTP
     started: float = field(default_factory=time.monotonic)
 
 

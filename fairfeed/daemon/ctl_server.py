@@ -1,8 +1,10 @@
 """The supervisor's control socket: a non-blocking Unix-socket server run by the main loop.
 
-It never blocks the supervisor and never lets a client hurt it: requests are capped in size,
-silent clients are dropped after ``idle_timeout``, clients beyond ``max_clients`` are told
-``busy`` and closed, and answers are queued and written as the socket takes them. Framing and
+It never blocks the supervisor and never lets a client hurt it: requests are capped in size
+and must arrive whole within ``idle_timeout`` of their first byte, silent clients are dropped
+after ``idle_timeout``, clients beyond ``max_clients`` are told ``busy`` and closed, and answers
+are queued and written as the socket takes them, at most ``max_output`` bytes per client: one
+that asks without reading is dropped (:class:`~fairfeed.daemon.sockserve.LoopServer`). Framing and
 error codes: :mod:`fairfeed.daemon.ctl_protocol`; commands: :mod:`fairfeed.daemon.ctl_handlers`.
 """
 
@@ -40,6 +42,7 @@ class ControlServer(LoopServer):
     """Serves ``handler(cmd, args) -> result`` on a Unix socket at ``path``."""
 
     what = "control socket"
+    label = "control"
 
     def __init__(
         self,
@@ -49,13 +52,13 @@ class ControlServer(LoopServer):
         group: str = "",
         max_clients: int = 32,
         idle_timeout: float = 10.0,
+        max_output: int = 1 << 20,
     ) -> None:
-        super().__init__(max_clients=max_clients, idle_timeout=idle_timeout)
+        super().__init__(max_clients=max_clients, idle_timeout=idle_timeout, max_output=max_output)
         self.path = path
         self.handler = handler
         self.group = group
         self.served = 0
-        self.rejected = 0
 
     # -- lifetime ------------------------------------------------------------------------
     def open(self) -> None:
@@ -106,14 +109,18 @@ class ControlServer(LoopServer):
 
     # -- LoopServer hooks ----------------------------------------------------------------
     def refuse(self, c: Client) -> None:
-        self.rejected += 1
         c.outbuf += proto.error(None, "busy", f"more than {self.max_clients} clients")
 
     def on_idle(self, c: Client) -> None:
-        c.outbuf += proto.error(None, "timeout", f"idle for {self.idle_timeout:.0f}s")
+        c.outbuf += proto.error(None, "timeout", f"idle for {self.idle_timeout:g}s")
+
+    def on_slow(self, c: Client) -> None:
+        c.outbuf += proto.error(
+            None, "timeout", f"no complete request within {self.request_timeout:g}s"
+        )
 
     def on_data(self, c: Client) -> None:
-        while not c.closing:
+        while not c.closing and not self.full(c):
             nl = c.inbuf.find(b"\n")
             if nl < 0:
                 if len(c.inbuf) > proto.MAX_REQUEST:

@@ -136,6 +136,7 @@ class FairfeedCollector(Collector):
         yield from self._latency()
         yield from self._anomalies()
         yield from self._output()
+        yield from self._sockets()
         self.scrapes += 1
         g = GaugeMetricFamily(
             "fairfeed_metrics_collect_seconds", "Time the previous scrape took to collect"
@@ -185,6 +186,30 @@ class FairfeedCollector(Collector):
         )
         c.add_metric([], get(slot, Slot.SPOOL_RESENT))
         yield c
+
+    # -- the supervisor's own sockets (control, HTTP) ------------------------------------------
+    def _sockets(self) -> Iterator[Metric]:
+        drops = CounterMetricFamily(
+            "fairfeed_socket_drops",
+            "Clients the control socket or the HTTP endpoint let go, by reason",
+            labels=["socket", "reason"],
+        )
+        clients = GaugeMetricFamily(
+            "fairfeed_socket_clients", "Connections open now", labels=["socket"]
+        )
+        buffered = GaugeMetricFamily(
+            "fairfeed_socket_buffered_bytes",
+            "Bytes held for clients: requests not yet served, answers not yet sent",
+            labels=["socket"],
+        )
+        for server in self.rt.served:
+            for reason, n in server.drops.items():
+                drops.add_metric([server.label, reason], n)
+            clients.add_metric([server.label], len(server.clients))
+            buffered.add_metric([server.label], server.buffered())
+        yield drops
+        yield clients
+        yield buffered
 
     # -- per process -----------------------------------------------------------------------
     def _technical(self) -> Iterator[Metric]:
@@ -570,6 +595,8 @@ def build_endpoint(rt: Runtime, board: MetricsBoard | None, compute_slot: int):
         ready.readyz,
         max_clients=m.max_clients,
         idle_timeout=m.idle_timeout,
+        header_timeout=m.header_timeout,
     )
+    rt.served.append(server)
     server.on_tick = ready.tick
     return server, collector

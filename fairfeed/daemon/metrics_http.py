@@ -2,9 +2,12 @@
 
 A small non-blocking HTTP/1.1 server (GET and HEAD, keep-alive) served by the supervisor's
 ``select`` loop like the control socket (:class:`fairfeed.daemon.supervisor.ServedIO`): no
-thread in a process that forks. Requests are capped in size, idle connections are closed after
-``idle_timeout``, connections beyond ``max_clients`` get ``503`` and are closed. A scrape builds
-its body synchronously (the collector reads shared memory; ``docs/metrics.md`` gives its cost).
+thread in a process that forks. A request head is capped in size and must arrive within
+``header_timeout`` of its first byte (else ``408``); idle connections are closed after
+``idle_timeout``; requests on one connection are served one at a time. At ``max_clients`` the
+longest-idle connection is closed to make room, so idle connections can never keep a health
+check out; only when every connection is busy does a newcomer get ``503``. A scrape builds its
+body synchronously (the collector reads shared memory; ``docs/metrics.md`` gives its cost).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ _TEXT = "text/plain; charset=utf-8"
 Check = Callable[[], tuple[bool, str]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
 
 
@@ -39,6 +43,9 @@ class MetricsHTTPServer(LoopServer):
     """Serves ``metrics()`` (exposition bytes, content type) and two health checks."""
 
     what = "metrics endpoint"
+    label = "http"
+    serial = True
+    evict_idle = True
 
     def __init__(
         self,
@@ -49,8 +56,11 @@ class MetricsHTTPServer(LoopServer):
         *,
         max_clients: int = 16,
         idle_timeout: float = 30.0,
+        header_timeout: float = 5.0,
     ) -> None:
-        super().__init__(max_clients=max_clients, idle_timeout=idle_timeout)
+        super().__init__(
+            max_clients=max_clients, idle_timeout=idle_timeout, request_timeout=header_timeout
+        )
         self.listen = listen
         self.metrics = metrics
         self.healthz = healthz
@@ -89,12 +99,15 @@ class MetricsHTTPServer(LoopServer):
     def refuse(self, c: Client) -> None:
         self._respond(c, 503, b"too many connections\n", close=True)
 
+    def on_slow(self, c: Client) -> None:
+        self._respond(c, 408, b"request head not received in time\n", close=True)
+
     def on_data(self, c: Client) -> None:
-        while not c.closing:
-            end = c.inbuf.find(b"\r\n\r\n")
+        while not c.closing and not self.full(c):
+            end = c.inbuf.find(b"\r\n\r\n", 0, MAX_REQUEST + 4)
             if end < 0:
                 if len(c.inbuf) > MAX_REQUEST:
-                    self._respond(c, 400, b"request too large\n", close=True)
+                    self._respond(c, 431, b"request head too large\n", close=True)
                 return
             head = bytes(c.inbuf[:end]).decode("latin-1")
             del c.inbuf[: end + 4]

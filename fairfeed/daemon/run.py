@@ -266,8 +266,10 @@ def run(
             group=d.control_group,
             max_clients=d.control_max_clients,
             idle_timeout=d.control_idle_timeout,
+            max_output=d.control_max_output,
         )
         ctl.open()
+        rt.served.append(ctl)
         rt.socket_path = str(socket_path)
 
         _announce(cfg, registry, urls, broker, prefix, str(socket_path))

@@ -118,6 +118,26 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             KAIKO + KAIKO_SUB.format(cls="future", inst="BTC-USD-THIS-WEEK"),
             "providers[0].options.codes: no Kaiko code for 'OKX:future:BTC-USD-THIS-WEEK'",
         ),
+        # names follow one rule (fairfeed/core/names.py), the control socket's too
+        (
+            PROVIDER.replace('venue = "V"', f'venue = "{"V" * 60_000}"'),
+            "providers[0].venue: invalid venue 'VVVV",
+        ),
+        (
+            PROVIDER.replace('name = "a"', 'name = "a b"'),
+            "providers[0].name: invalid provider 'a b'",
+        ),
+        (PROVIDER.replace('name = "a"', 'name = ""'), "providers[0].name: invalid provider ''"),
+        (
+            PROVIDER + '[[subscriptions]]\nprovider = "a"\nvenue = "X\\n"\ninstruments = ["A"]\n',
+            "subscriptions[0].venue: invalid venue 'X\\n'",
+        ),
+        (
+            PROVIDER + '[[subscriptions]]\nprovider = "a"\ninstruments = ["btc-usd"]\n',
+            "subscriptions[0].instruments: invalid instrument 'btc-usd': use upper-case",
+        ),
+        ("[daemon]\ncontrol_max_output = 1000\n", "daemon.control_max_output: must be between"),
+        ("[metrics]\nheader_timeout = 60\n", "metrics.header_timeout: must be > 0 and <="),
         (
             PROVIDER.replace("simulator", "replay"),
             'providers[0].kind: "replay" is not a provider kind: give the provider the kind of '

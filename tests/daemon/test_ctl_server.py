@@ -174,3 +174,76 @@ def test_a_second_daemon_cannot_take_a_served_socket(served: Served, tmp_path: P
     with pytest.raises(ControlSocketError, match="no such group"):
         ControlServer(tmp_path / "g.sock", lambda c, a: None, group="no-such-group-x").open()
     assert os.path.exists(tmp_path / "file")
+
+
+@pytest.fixture
+def bounded(tmp_path: Path):
+    s = Served(tmp_path / "b.sock", max_clients=4, idle_timeout=0.5, max_output=1 << 16)
+    yield s
+    s.close()
+
+
+def _flood(path: Path, pad: int, sent: list[int]) -> None:
+    """Pipeline requests with ``pad``-byte answers and never read; stop once the server hangs up."""
+    req = proto.request(1, "list", {"pad": "x" * pad}) * 20
+    with _connect(path) as s:
+        try:
+            while sum(sent) < 64 << 20:  # failure bound: 64 MiB of requests
+                s.sendall(req)
+                sent.append(len(req))
+        except OSError:
+            return
+
+
+def test_client_that_asks_without_reading_is_dropped_and_others_are_answered(
+    bounded: Served,
+) -> None:
+    server, sent = bounded.server, []
+    flood = threading.Thread(target=_flood, args=(server.path, 4000, sent))
+    flood.start()
+    with _connect(server.path) as other:
+        n = 0
+        while flood.is_alive() and n < 200:  # answered all along, in order
+            n += 1
+            other.sendall(proto.request(n, "status"))
+            assert _answers(other, 1)[0]["id"] == n
+            # never more than the bound, one answer and one read of requests held for it
+            assert server.buffered() <= (1 << 16) + 5000 + 65536 + 200
+        flood.join(10)
+        assert not flood.is_alive(), "the flooding client was never dropped"
+    assert server.drops["overflow"] == 1 and sum(sent) < 4 << 20
+    wait_for(lambda: server.buffered() == 0, 3.0, "its buffers freed")
+
+
+def test_a_trickle_of_bytes_does_not_keep_a_slot(bounded: Served) -> None:
+    """Each byte would reset an idle timer: a request must arrive whole within the timeout."""
+    with _connect(bounded.server.path) as s:
+        s.settimeout(0.1)
+        answer = b""
+        for byte in b'{"id": 1, "cmd": "list"}' * 20:  # a byte every 0.1 s, for 48 s at most
+            try:
+                s.send(bytes([byte]))
+                answer = s.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answer:
+                break
+    assert orjson.loads(answer)["error"] == {
+        "code": "timeout",
+        "message": "no complete request within 0.5s",
+    }
+    assert bounded.server.drops["slow_request"] == 1
+
+
+def test_a_client_that_stops_reading_its_answers_is_dropped(tmp_path: Path) -> None:
+    served = Served(tmp_path / "s.sock", max_clients=4, idle_timeout=0.5, max_output=8 << 20)
+    try:
+        with _connect(served.server.path) as s:
+            # 4 MiB of answers: more than the kernel buffers, less than max_output
+            s.sendall(proto.request(1, "list", {"pad": "x" * 60_000}) * 70)
+            wait_for(lambda: served.server.drops["stalled"] == 1, 10.0, "the stalled client gone")
+            assert served.server.clients == {} and served.server.drops["overflow"] == 0
+    finally:
+        served.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,6 +24,7 @@ from fairfeed.hotpath.metrics import HOP_RING_KERNEL
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.streams import StreamBoard
+from tests.waiting import wait_for
 
 NOW = 1_700_000_000 * 10**9
 
@@ -55,6 +58,7 @@ def rt():
         children=children,
         supervisor=None,
         board=board,
+        served=[],
     )
     yield ns
     for seg in (control, streams, board):
@@ -143,3 +147,86 @@ def test_http_endpoint_serves_and_keeps_alive() -> None:
 def test_negative_values_never_break_the_board(rt) -> None:
     rt.board.observe(HOP_RING_KERNEL, np.array([1, 99]), np.array([-0.5, 0.1]))
     assert rt.board.skew[1, HOP_RING_KERNEL] == 1
+
+
+class _Looped:
+    """An HTTP endpoint driven by a select loop in a thread, as the supervisor drives it."""
+
+    def __init__(self, **kw) -> None:
+        self.server = MetricsHTTPServer(
+            "127.0.0.1:0",
+            lambda: (b"m 1\n", "text/plain"),
+            lambda: (True, "ok"),
+            lambda: (True, "ready"),
+            **kw,
+        )
+        self.server.open()
+        self.stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop:
+            r, w, _ = select.select(self.server.readers(), self.server.writers(), [], 0.02)
+            self.server.handle(r, w)
+            self.server.tick()
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join(2)
+        self.server.close()
+
+
+def _ask(address, request: bytes) -> bytes:
+    with socket.create_connection(address, timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_idle_connections_never_keep_the_health_checks_out() -> None:
+    looped = _Looped(max_clients=4, idle_timeout=30.0)
+    server = looped.server
+    idle = []
+    try:
+        for _ in range(3 * server.max_clients):  # more idle connections than allowed
+            idle.append(socket.create_connection(server.address, timeout=5))
+        wait_for(lambda: server.drops["evicted"] >= 2 * server.max_clients, 5.0, "evictions")
+        for path in (b"/healthz", b"/readyz"):
+            got = _ask(server.address, b"GET " + path + b" HTTP/1.1\r\nConnection: close\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 200 OK\r\n"), got
+        assert server.drops["busy"] == 0 and len(server.clients) <= server.max_clients
+    finally:
+        for s in idle:
+            s.close()
+        looped.close()
+
+
+def test_request_heads_are_bounded_in_time_and_size() -> None:
+    looped = _Looped(max_clients=4, idle_timeout=30.0, header_timeout=0.3)
+    server = looped.server
+    try:
+        # a head trickled byte by byte is cut off at the header timeout, not the idle one
+        with socket.create_connection(server.address, timeout=5) as s:
+            s.settimeout(0.05)
+            got = b""
+            for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 600:  # 30 s at most
+                try:
+                    s.send(bytes([byte]))
+                    got = s.recv(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if got:
+                    break
+        assert got.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), got
+        assert server.drops["slow_request"] == 1
+        big = _ask(server.address, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000)
+        assert big.startswith(b"HTTP/1.1 431 "), big[:60]
+        ok = _ask(server.address, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        looped.close()
