@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -143,6 +144,11 @@ class IngestWorker:
 
         return dead_letter
 
+    def _secrets(self) -> tuple[str, ...]:
+        """Every configured provider's API key: an error of one provider may echo another's."""
+        env = (p.api_key_env for p in self.cfg.providers if p.api_key_env)
+        return tuple(key for name in env if (key := os.environ.get(name, "")))
+
     def _start_adapter(self, provider: str, subs: tuple[Subscription, ...]) -> None:
         pcfg = self.cfg.provider(provider)
         ctx = IngestContext(
@@ -155,6 +161,7 @@ class IngestWorker:
             dead_letter=self._dead_letter_for(provider),
             last_ids=self.last_ids,
             pacer=self.pacer,
+            secrets=self._secrets(),
         )
         adapter = adapter_class(pcfg.kind)(ctx)
         if self.writer is not None and self.writer.paused:  # its connections open paused

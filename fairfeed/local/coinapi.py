@@ -20,7 +20,8 @@ Faithful to the documented protocol where the adapter depends on it:
 
 The market's instruments (``cfg.prices`` keys) are CoinAPI symbol ids, e.g.
 ``COINBASE_SPOT_BTC_USD``. Faults (:class:`~fairfeed.local.faults.Fault`) map to:
-REJECT_SUBSCRIBE → a rate-limit ``error`` and a close; MALFORMED → truncated JSON frames;
+REJECT_SUBSCRIBE → a rate-limit ``error`` and a close (``echo_requests``: every error quotes
+the request, API key included, as some providers do); MALFORMED → truncated JSON frames;
 RECONNECT_NOTICE → the ``reconnect`` message; SEQUENCE_GAP → every (type, symbol) sequence of
 each open connection skips ``amount`` numbers once; STALL, HEARTBEATS_ONLY, DISCONNECT,
 EXCHANGE_DELAY and PRICE_OFFSET as in the base.
@@ -79,6 +80,7 @@ class CoinApiServer(LocalWsServer):
         heartbeat_interval: float | None = None,
         reconnect_within: float = 10.0,
         keep_log: int = 0,
+        echo_requests: bool = False,
         **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
         super().__init__(name, cfg, **base)
@@ -89,6 +91,8 @@ class CoinApiServer(LocalWsServer):
         if heartbeat_interval is not None:
             self.heartbeat_interval = heartbeat_interval
         self.reconnect_within = reconnect_within
+        # errors quote the request they answer, API key included, as some providers' do
+        self.echo_requests = echo_requests
         self.log: deque[str] = deque(maxlen=keep_log)  # market messages sent (newest kept)
         self.keep_log = keep_log
         self.auth_failures = 0  # hellos with a wrong or missing key
@@ -103,13 +107,13 @@ class CoinApiServer(LocalWsServer):
         try:
             req = CLIENT_DECODER.decode(text)
         except msgspec.DecodeError as exc:
-            await self._fail(conn, f"Invalid request: {exc}")
+            await self._fail(conn, f"Invalid request: {exc}", text)
             return
         st = conn.state
         if not st.get("auth"):
             if req.apikey != self.api_key:
                 self.auth_failures += 1
-                await self._fail(conn, INVALID_KEY)
+                await self._fail(conn, INVALID_KEY, text)
                 return
             st["auth"] = True
         if isinstance(req, Unsubscribe):
@@ -120,7 +124,7 @@ class CoinApiServer(LocalWsServer):
                 st["types"] = st.get("types", set()) - set(req.subscribe_data_type)
             return
         if self.rejecting():
-            await self._fail(conn, RATE_LIMITED)
+            await self._fail(conn, RATE_LIMITED, text)
             return
         if isinstance(req, Hello):
             self.hellos += 1
@@ -147,9 +151,11 @@ class CoinApiServer(LocalWsServer):
             (exchanges and s.startswith(exchanges))
         ]  # fmt: skip
 
-    async def _fail(self, conn: Conn, message: str) -> None:
+    async def _fail(self, conn: Conn, message: str, request: str = "") -> None:
         """An error message, then the close (CoinAPI errors are permanent)."""
         self.errors_sent += 1
+        if self.echo_requests and request:
+            message = f"{message} (request: {request})"
         with contextlib.suppress(ConnectionClosed):
             await conn.send(msgspec.json.encode({"type": "error", "message": message}).decode())
             await conn.ws.close(1008, message[:100])

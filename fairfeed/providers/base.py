@@ -26,6 +26,7 @@ from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
+from fairfeed.providers.redact import Redactor
 
 
 @dataclass
@@ -53,6 +54,15 @@ class IngestContext:
     # the daemon's per-IP pacing of connections and subscribe messages, shared by every
     # worker; None: the adapter paces itself alone
     pacer: Pacer | None = None
+    # the API keys of every configured provider, never to be logged (a provider's error may
+    # echo any of them); the adapter's own key is added by :meth:`redactor`
+    secrets: tuple[str, ...] = ()
+
+    def redactor(self) -> Redactor:
+        """What the adapter's error logs pass provider text through."""
+        p = self.provider
+        own = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
+        return Redactor((*self.secrets, own))
 
     def backoff(self, base: float, cap: float) -> Backoff:
         """A reconnect schedule drawing its jitter from :attr:`rng`."""

@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, Self
 
 import numpy as np
 
 from fairfeed.core.records import RECORD_DTYPE
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.providers.redact import Redactor
 
 HEARTBEAT = -1  # a heartbeat: the connection is alive, no records
 CONTROL = -2  # a protocol answer (subscribed, error, reconnect notice...), in parser.control
@@ -110,12 +111,23 @@ class RecordParser:
 
 
 class ErrorLog:
-    """Logs at most one line per ``interval`` seconds, with how many were suppressed."""
+    """Logs at most one line per ``interval`` seconds, with how many were suppressed.
 
-    def __init__(self, logger: logging.Logger, what: str, interval: float = 1.0) -> None:
+    Every provider error and malformed frame is logged here, so this is where provider text is
+    redacted (``redact``: configured API keys, credential-looking values), once per line logged.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        interval: float = 1.0,
+        redact: Callable[[str], str] | None = None,
+    ) -> None:
         self.logger = logger
         self.what = what
         self.interval = interval
+        self.redact = redact or Redactor()
         self.suppressed = 0
         self._next = 0.0
 
@@ -129,8 +141,8 @@ class ErrorLog:
         self.suppressed = 0
         shown = bytes(frame[:limit]) if not isinstance(frame, str) else frame[:limit]
         more = "…" if len(frame) > limit else ""
+        line = f"{self.what}: {reason}{extra}"
         if shown:
-            self.logger.warning("%s: %s%s; frame %r%s", self.what, reason, extra, shown, more)
-        else:
-            self.logger.warning("%s: %s%s", self.what, reason, extra)
+            line += f"; frame {shown!r}{more}"
+        self.logger.warning("%s", self.redact(line))
         return True

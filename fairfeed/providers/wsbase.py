@@ -628,9 +628,10 @@ class WsAdapter(Adapter):
         self.stopping = asyncio.Event()
         self.closed = False
         self.subscribe_errors = 0
-        self.conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
-        self.parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
-        self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
+        redact = ctx.redactor()
+        self.conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval, redact)
+        self.parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval, redact)
+        self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval, redact)
         reg = ctx.registry
         self.last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
         self.pacer = ctx.pacer or Pacer.local([p.name])

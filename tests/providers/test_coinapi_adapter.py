@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 
@@ -56,7 +57,14 @@ SUBS_BY_SYMBOL = {
 }
 
 
-def make(url: str, *, stale_after: float = 0.6, rng: random.Random | None = None, **kw):
+def make(
+    url: str,
+    *,
+    stale_after: float = 0.6,
+    rng: random.Random | None = None,
+    secrets: tuple[str, ...] = (),
+    **kw,
+):
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
@@ -68,6 +76,7 @@ def make(url: str, *, stale_after: float = 0.6, rng: random.Random | None = None
     ctx = IngestContext(
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
         counters=counters, dead_letter=lambda error, frame: dead.append((error, frame)), rng=rng,
+        secrets=secrets,
     )  # fmt: skip
     return CoinApiAdapter(ctx), sink, counters, dead
 
@@ -282,6 +291,28 @@ def test_error_is_counted_backs_off_and_never_hot_loops(cause, monkeypatch) -> N
                 await stop(adapter, task)
 
     asyncio.run(main())
+
+
+def test_an_api_key_echoed_in_a_provider_error_is_never_logged(caplog) -> None:
+    """CoinAPI-style errors quoting our request carry the key; the log line must not."""
+
+    async def main() -> None:
+        async with server(echo_requests=True) as srv:
+            await srv.inject(Fault.REJECT_SUBSCRIBE)
+            adapter, _sink, counters, _ = make(srv.url, error_retry_after=0.05, error_retry_cap=0.1)
+            adapter.conn_log.interval = 0.0  # every refusal logged, none suppressed
+            task = await running(adapter)
+            try:
+                await wait_for(lambda: counters[Slot.SUBSCRIBE_ERRORS] >= 3, what="3 refusals")
+            finally:
+                await stop(adapter, task)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    refused = [r.getMessage() for r in caplog.records if "subscription refused" in r.getMessage()]
+    assert len(refused) >= 3
+    assert all("(request: {" in line and "<redacted>" in line for line in refused), refused
+    assert not [r for r in caplog.records if "k-123" in r.getMessage()]
 
 
 def test_malformed_frames_are_counted_and_dead_lettered() -> None:

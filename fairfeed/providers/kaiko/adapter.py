@@ -350,9 +350,10 @@ class KaikoAdapter(Adapter):
         self.subscribe_errors = 0
         self.rate_limits = 0
         self.call_restarts = 0  # calls restarted on their own (the channel stayed up)
-        self._parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval)
-        self._conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval)
-        self._gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval)
+        redact = ctx.redactor()
+        self._parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval, redact)
+        self._conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval, redact)
+        self._gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval, redact)
 
     # --- reader threads -> loop ------------------------------------------------------------
 
