@@ -82,10 +82,14 @@ def test_state_file_restores_live_changes_until_the_configuration_changes(tmp_pa
 
     state = orjson.loads(path.read_bytes())
     state["subscriptions"] += [{"provider": "gone", "venue": "V", "instrument": "X",
-                                "data_class": "spot"}, {"provider": "sim"}]  # fmt: skip
+                                "data_class": "spot"}, {"provider": "sim"},
+                               {"provider": "sim", "venue": "V" * 65, "instrument": "X",
+                                "data_class": "spot"},  # names by the configuration's rule
+                               {"provider": "sim", "venue": "V", "instrument": "x\n",
+                                "data_class": "spot"}]  # fmt: skip
     path.write_bytes(orjson.dumps(state))
     third = _book()
-    assert third.restore(path).endswith("2 invalid entries dropped")
+    assert third.restore(path).endswith("4 invalid entries dropped")
     assert [s.instrument for s in third.live] == ["BTC-USD", "SOL-USD"]
 
     path.write_text("{not json")
