@@ -42,6 +42,7 @@ control_max_clients = 16
 
 [kafka]
 bootstrap = "{bootstrap}"
+create_topics = true
 ticks_topic = "{tag}.ticks"
 fair_topic = "{tag}.fair"
 linger_ms = 5
