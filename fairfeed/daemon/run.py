@@ -20,6 +20,7 @@ from fairfeed.daemon.ctl_handlers import ControlHandlers, Runtime
 from fairfeed.daemon.ctl_server import ControlServer, default_socket_path
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
+from fairfeed.daemon.proctitle import set_title
 from fairfeed.daemon.simulators import SimulatorHost
 from fairfeed.daemon.subscriptions import SubscriptionBook, default_state_file
 from fairfeed.daemon.supervisor import ChildSpec, Supervisor
@@ -139,6 +140,7 @@ def run(
     the graceful stop when it returns True.
     """
     configure_logging("supervisor", cfg.daemon.log_level)
+    set_title("supervisor")
     registry = build_registry(cfg)
     for name in sweep_stale_segments(cfg.daemon.shm_prefix):
         log.warning("removed shared-memory segment %s left by a dead daemon", name)
