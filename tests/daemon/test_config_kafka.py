@@ -194,3 +194,14 @@ def test_every_key_of_the_lists_is_a_librdkafka_key() -> None:
             assert "No such configuration property" not in str(exc), key
         except (ValueError, TypeError) as exc:  # rejected by the Python wrapper: it knows it
             assert "No such configuration property" not in str(exc), key
+
+
+def test_every_kafka_key_is_documented() -> None:
+    import dataclasses
+
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    for f in dataclasses.fields(config.KafkaConfig):
+        name = "[kafka.librdkafka]" if f.name == "librdkafka" else f.name
+        assert f"`{name}`" in doc, f.name
+    for key in librdkafka.GLOBAL | librdkafka.PRODUCER:
+        assert f"`{key}`" in doc, key
