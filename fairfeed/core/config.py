@@ -571,7 +571,10 @@ def _check_kafka(k: KafkaConfig, fail: typing.Callable[[str, str], None]) -> Non
              "a client certificate and its key go together: set both or neither")  # fmt: skip
     if k.ssl_key_password_env:
         if not k.ssl_key_file:
-            fail("kafka.ssl_key_password_env", "is the passphrase of kafka.ssl_key_file: unset")
+            fail(
+                "kafka.ssl_key_password_env",
+                "is the passphrase of kafka.ssl_key_file, which is not set",
+            )
         _check_env("kafka.ssl_key_password_env", k.ssl_key_password_env, fail)
     for key, value in k.librdkafka.items():
         problem = librdkafka.check(key)

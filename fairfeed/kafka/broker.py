@@ -205,9 +205,8 @@ class LocalBroker:
                     last_error = f"connect: {exc}"
                     time.sleep(0.01)
                     continue
-                admin = AdminClient(
-                    {"bootstrap.servers": self.bootstrap, "log_level": 0, "socket.timeout.ms": 1000}
-                )
+                conf = client_config(KafkaConfig(bootstrap=self.bootstrap), "admin")
+                admin = AdminClient(conf | {"log_level": 0, "socket.timeout.ms": 1000})
             try:
                 admin.list_topics(timeout=min(1.0, max(remaining, 0.05)))
             except KafkaException as exc:

@@ -14,7 +14,6 @@ connections that fail for the right, named reason: SCRAM against Tansu's ``--aut
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -215,7 +214,10 @@ sasl_password_env = "FF_TEST_KAFKA_PASSWORD"
 
 
 def test_consumers_of_tools_use_the_same_settings(kafka_broker: LocalBroker) -> None:
-    """read_topic given a configuration reads through client_config (here: plaintext)."""
+    """read_topic given a configuration connects with its security settings: plaintext reads,
+    TLS to the same plaintext listener cannot."""
+    from confluent_kafka import KafkaException
+
     from fairfeed.kafka.broker import ensure_topics
 
     topic = "client-read-topic"
@@ -223,6 +225,10 @@ def test_consumers_of_tools_use_the_same_settings(kafka_broker: LocalBroker) -> 
     p = Producer({"bootstrap.servers": kafka_broker.bootstrap})
     p.produce(topic, b"v", b"k")
     assert p.flush(10) == 0
-    cfg = KafkaConfig(bootstrap=kafka_broker.bootstrap, client_id="reader")
-    assert [m.value() for m in read_topic(cfg, topic, group="g")] == [b"v"]
-    assert os.environ.get("FF_TEST_KAFKA_PASSWORD") is None  # nothing leaked between tests
+    plain = KafkaConfig(bootstrap=kafka_broker.bootstrap, client_id="reader")
+    assert [m.value() for m in read_topic(plain, topic, group="g")] == [b"v"]
+    tls = KafkaConfig(
+        bootstrap=kafka_broker.bootstrap, security_protocol="SSL", ssl_ca_file=str(TLS / "ca.pem")
+    )
+    with pytest.raises(KafkaException):
+        list(read_topic(tls, topic, group="g", timeout=2.0))
