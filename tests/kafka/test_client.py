@@ -14,9 +14,6 @@ connections that fail for the right, named reason: SCRAM against Tansu's ``--aut
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ from confluent_kafka import Producer
 from fairfeed.core import config
 from fairfeed.core.config import KafkaConfig
 from fairfeed.core.counters import DictCounters
-from fairfeed.kafka.broker import LocalBroker, free_port, read_topic
+from fairfeed.kafka.broker import LocalBroker, read_topic
 from fairfeed.kafka.client import client_config, describe, scrub
 from fairfeed.kafka.sink import KafkaSink, producer_config
 from fairfeed.kafka.topics import admin_config, check_topics
@@ -150,32 +147,6 @@ def test_tls_to_a_plaintext_listener_fails_with_its_reason(kafka_broker: LocalBr
     # The same listener answers a PLAINTEXT client: it is the protocol that failed.
     plain = check_topics(KafkaConfig(bootstrap=kafka_broker.bootstrap), ["fairfeed.ticks"], 5.0)
     assert not plain.error
-
-
-@pytest.fixture
-def auth_broker() -> Iterator[str]:
-    """Tansu with ``--authentication``: every client must log in with SASL first."""
-    broker = LocalBroker(port=free_port())
-    proc = subprocess.Popen(
-        [*broker.command(), "--authentication"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def accepts() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", broker.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(accepts, 10, "the authenticating broker's port")
-        yield broker.bootstrap
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def test_scram_reaches_the_brokers_login(
