@@ -170,15 +170,18 @@ sasl_password_env = "FF_TEST_KAFKA_PASSWORD"
     assert f"SASL authentication error: {scram}" in check.error, check.error
     plain = check_topics(KafkaConfig(bootstrap=auth_broker), ["fairfeed.ticks"], timeout=2.0)
     assert "SASL" not in plain.error and "Disconnected" in plain.error, plain.error
-    # The sink's producer uses the same settings and reports the same failure.
-    sink = KafkaSink(cfg, DictCounters())
+    # The sink's producer (created at start, before any topic check) logs in the same way.
+    sink = KafkaSink(cfg, DictCounters()).start()
     try:
-        sink.produce("fairfeed.ticks", b"k", b"v")
-        wait_for(
-            lambda: (sink.poll(0.05), "SASL SCRAM authentication failed" in caplog.text)[1],
-            15,
-            "the producer's authentication error",
-        )
+
+        def producer_failed() -> bool:
+            sink.poll(0.05)
+            return any(
+                r.getMessage().startswith("kafka: client error:") and scram in r.getMessage()
+                for r in caplog.records
+            )
+
+        wait_for(producer_failed, 15, "the producer's authentication error")
     finally:
         sink.close(timeout=0)
     assert SECRET not in caplog.text and SECRET not in check.error
