@@ -343,6 +343,7 @@ def _config_text(
         "",
         "[kafka]",
         f'bootstrap = "{bootstrap}"',
+        "create_topics = true",
         f'ticks_topic = "{ticks}"',
         f'fair_topic = "{fair}"',
         f'client_id = "{client}"',

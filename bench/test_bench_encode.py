@@ -83,7 +83,7 @@ def test_encode_and_produce(benchmark, broker) -> None:
     from fairfeed.kafka.sink import KafkaSink
 
     counters = DictCounters()
-    sink = KafkaSink(KafkaConfig(bootstrap=broker.bootstrap), counters)
+    sink = KafkaSink(KafkaConfig(bootstrap=broker.bootstrap, create_topics=True), counters)
     enc = TickEncoder(REGISTRY)
     batches = [make_batch(4096, seed) for seed in range(25)]
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from fairfeed.kafka.broker import LocalBroker, read_topic
+from fairfeed.kafka.broker import LocalBroker, free_port, read_topic
+from tests.waiting import wait_for
 
 _topic_ids = itertools.count()
 
@@ -20,6 +23,34 @@ def kafka_broker() -> Iterator[LocalBroker]:
         yield broker
     finally:
         broker.stop(grace=0.2)
+
+
+@pytest.fixture
+def auth_broker() -> Iterator[str]:
+    """Tansu with ``--authentication``: every client must log in with SASL first. SCRAM is
+    answered, but no user can exist on it (Tansu 0.6 creates users only through a broker that
+    does not require a login; docs/kafka-security.md)."""
+    broker = LocalBroker(port=free_port())
+    proc = subprocess.Popen(
+        [*broker.command(), "--authentication"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def accepts() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(accepts, 10, "the authenticating broker's port")
+        yield broker.bootstrap
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture

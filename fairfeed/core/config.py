@@ -8,6 +8,8 @@ daemon at start instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import tomllib
 import types
 import typing
@@ -16,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from fairfeed.core import librdkafka
 from fairfeed.core import options as adapter_options
 from fairfeed.core.names import name_problem
 from fairfeed.core.options import OPTIONS, AdapterOptions
@@ -75,8 +78,27 @@ class KafkaConfig:
     # Output waits here while the broker cannot take it ("" = "spool" next to the state file).
     spool_dir: str = ""
     spool_max_bytes: int = 1 << 30  # beyond this, output is dropped (counted, announced)
-    create_topics: bool = True  # create missing topics (at start, after a broker restart)
+    # Create missing topics (at start, after a broker restart). None (unset): true only for
+    # the embedded local broker (no bootstrap); a real cluster's topics are its operators'.
+    create_topics: bool | None = None
     topic_partitions: int = 3  # partitions of the topics fairfeed creates
+    replication_factor: int = -1  # of the topics fairfeed creates; -1 = the broker's default
+    # Security (docs/kafka-security.md). Secrets are never in the file: *_env name the
+    # environment variables holding them, read when a client is created.
+    security_protocol: str = "PLAINTEXT"  # one of SECURITY_PROTOCOLS
+    sasl_mechanism: str = ""  # one of SASL_MECHANISMS, with a SASL_* protocol
+    sasl_username: str = ""  # OAUTHBEARER: the OIDC client id
+    sasl_password_env: str = ""  # OAUTHBEARER: the OIDC client secret
+    ssl_ca_file: str = ""  # CA bundle (PEM) to verify the brokers; "" = the system's
+    ssl_certificate_file: str = ""  # client certificate (PEM), for TLS client authentication
+    ssl_key_file: str = ""  # its private key (PEM)
+    ssl_key_password_env: str = ""  # the key's passphrase, if it has one
+    # `[kafka.librdkafka]`: other client settings, checked against fairfeed/core/librdkafka.py
+    librdkafka: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.create_topics is None:  # frozen: resolved once, here
+            object.__setattr__(self, "create_topics", not self.bootstrap)
 
 
 @dataclass(frozen=True)
@@ -268,6 +290,9 @@ PROVIDER_KINDS = tuple(OPTIONS)  # every kind has an adapter, and so its options
 FAIR_METHODS = ("two_level", "median", "inverse_variance", "windowed_vwm", "trimmed_mean")
 FAIR_INPUTS = ("trades", "quotes", "both")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # While its ring is full a worker reads no socket, so pings go unanswered: a pause must stay
 # well under the shortest ping deadline we run with, our own client's pong timeout (>= 1 s).
 MAX_BLOCK_TIMEOUT_MS = 500.0
@@ -452,8 +477,7 @@ def _check(cfg: Config) -> None:
         fail(
             "kafka.spool_max_bytes", f"must be >= 1048576 (1 MiB), got {cfg.kafka.spool_max_bytes}"
         )
-    if cfg.kafka.topic_partitions < 1:
-        fail("kafka.topic_partitions", "must be >= 1")
+    _check_kafka(cfg.kafka, fail)
     seen: set[str] = set()
     for i, p in enumerate(cfg.providers):
         key = f"providers[{i}]"
@@ -556,6 +580,99 @@ def _check_kaiko_codes(index: int, p: ProviderConfig, s: SubscriptionConfig, fai
                 )
                 + f"; provider {p.name!r})",
             )
+
+
+def _check_kafka(k: KafkaConfig, fail: typing.Callable[[str, str], None]) -> None:
+    if k.topic_partitions < 1:
+        fail("kafka.topic_partitions", "must be >= 1")
+    if k.replication_factor != -1 and k.replication_factor < 1:
+        fail("kafka.replication_factor", "must be >= 1, or -1 for the broker's default")
+    proto = k.security_protocol
+    if proto not in SECURITY_PROTOCOLS:
+        fail("kafka.security_protocol", f"must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+             f"got {proto!r}")  # fmt: skip
+    if not k.bootstrap and proto != "PLAINTEXT":
+        fail("kafka.security_protocol", "the embedded local broker (kafka.bootstrap empty) "
+             "speaks PLAINTEXT only: set kafka.bootstrap to a secured cluster")  # fmt: skip
+    sasl, tls = proto.startswith("SASL_"), proto.endswith("SSL")
+    _check_sasl(k, sasl, fail)
+    files = ("ssl_ca_file", "ssl_certificate_file", "ssl_key_file")
+    for key in files:
+        path = getattr(k, key)
+        if not path:
+            continue
+        if not tls:
+            fail(f"kafka.{key}", f"is only used with security_protocol SSL or SASL_SSL, "
+                 f"not {proto}")  # fmt: skip
+        if not Path(path).is_file():
+            fail(f"kafka.{key}", f"no such file: {path}")
+        if not os.access(path, os.R_OK):
+            fail(f"kafka.{key}", f"{path} is not readable by this user (uid {os.getuid()})")
+    if bool(k.ssl_certificate_file) != bool(k.ssl_key_file):
+        fail("kafka.ssl_key_file" if k.ssl_certificate_file else "kafka.ssl_certificate_file",
+             "a client certificate and its key go together: set both or neither")  # fmt: skip
+    if k.ssl_key_password_env:
+        if not k.ssl_key_file:
+            fail(
+                "kafka.ssl_key_password_env",
+                "is the passphrase of kafka.ssl_key_file, which is not set",
+            )
+        _check_env("kafka.ssl_key_password_env", k.ssl_key_password_env, fail)
+    for key, value in k.librdkafka.items():
+        problem = librdkafka.check(key)
+        if problem:
+            fail(f"kafka.librdkafka.{key!r}", problem)
+        if key.startswith("ssl.") and not tls:
+            fail(f"kafka.librdkafka.{key!r}", f"a TLS setting, but security_protocol is {proto}")
+        if key.startswith("sasl.") and not sasl:
+            fail(f"kafka.librdkafka.{key!r}", f"a SASL setting, but security_protocol is {proto}")
+        if isinstance(value, str) and not value:
+            fail(f"kafka.librdkafka.{key!r}", "must not be empty (leave the key out instead)")
+
+
+def _check_sasl(k: KafkaConfig, sasl: bool, fail: typing.Callable[[str, str], None]) -> None:
+    given = [key for key in ("sasl_mechanism", "sasl_username", "sasl_password_env")
+             if getattr(k, key)]  # fmt: skip
+    if not sasl:
+        if given:
+            fail(f"kafka.{given[0]}", "is only used with security_protocol SASL_PLAINTEXT or "
+                 f"SASL_SSL, not {k.security_protocol}")  # fmt: skip
+        return
+    if k.sasl_mechanism not in SASL_MECHANISMS:
+        fail("kafka.sasl_mechanism", f"must be one of {', '.join(SASL_MECHANISMS)} with "
+             f"security_protocol {k.security_protocol}, got {k.sasl_mechanism!r}")  # fmt: skip
+    if k.sasl_mechanism == "OAUTHBEARER":
+        # fairfeed has no token callback of its own: librdkafka fetches tokens itself (OIDC).
+        extra = k.librdkafka
+        if extra.get("sasl.oauthbearer.method") != "oidc" and not extra.get(
+            "enable.sasl.oauthbearer.unsecure.jwt"
+        ):
+            fail("kafka.librdkafka", 'OAUTHBEARER needs "sasl.oauthbearer.method" = "oidc" '
+                 'and "sasl.oauthbearer.token.endpoint.url" in [kafka.librdkafka]')  # fmt: skip
+        if extra.get("sasl.oauthbearer.method") == "oidc":
+            if not extra.get("sasl.oauthbearer.token.endpoint.url"):
+                fail("kafka.librdkafka", 'OIDC needs "sasl.oauthbearer.token.endpoint.url"')
+            if not (k.sasl_username and k.sasl_password_env):
+                fail("kafka.sasl_username", "OIDC needs the client id (sasl_username) and the "
+                     "variable holding its secret (sasl_password_env)")  # fmt: skip
+    elif not k.sasl_username:
+        fail("kafka.sasl_username", f"is required with sasl_mechanism {k.sasl_mechanism}")
+    elif not k.sasl_password_env:
+        fail("kafka.sasl_password_env", f"is required with sasl_mechanism {k.sasl_mechanism}: "
+             "the name of the environment variable holding the password")  # fmt: skip
+    if k.sasl_password_env:
+        _check_env("kafka.sasl_password_env", k.sasl_password_env, fail)
+
+
+def _check_env(key: str, name: str, fail: typing.Callable[[str, str], None]) -> None:
+    """The variable ``name`` must be set and not empty (its value is never shown)."""
+    if not _ENV_NAME.fullmatch(name):
+        # Not echoed: it may be the secret itself, put in the file by mistake.
+        fail(key, "must name an environment variable (upper case letters, digits and _, e.g. "
+             "FAIRFEED_KAFKA_PASSWORD); the value given is not shown in case it is the secret "
+             "itself, which never goes in the file")  # fmt: skip
+    if not os.environ.get(name):
+        fail(key, f"environment variable {name} is not set (or empty)")
 
 
 def _check_metrics(m: MetricsConfig, fail: Any) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from fairfeed.core.counters import Slot
+from fairfeed.daemon.proctitle import set_title
 from fairfeed.ipc.control import ControlBlock
 
 # Exit codes with a meaning for the supervisor (gunicorn reserves such codes too).
@@ -37,6 +38,7 @@ def prepare_child(name: str, log_level: str) -> None:
     except (OSError, AttributeError):  # not Linux: the orphan check below still applies
         pass
     configure_logging(name, log_level)
+    set_title(name)
 
 
 def enter_child(name: str, log_level: str, control: ControlBlock, slot: int) -> None:

@@ -39,6 +39,7 @@ from fairfeed.daemon.supervisor import ChildSpec, Supervisor
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.streams import StreamBoard
+from fairfeed.kafka.client import describe
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,7 @@ class ControlHandlers:
             "rings": rings,
             "kafka": {
                 "bootstrap": rt.cfg.kafka.bootstrap,
+                "security": describe(rt.cfg.kafka),
                 "delivered": g(c, Slot.KAFKA_DELIVERED),
                 "errors": g(c, Slot.KAFKA_ERRORS),
                 "retries": g(c, Slot.KAFKA_RETRIES),

@@ -21,6 +21,7 @@ from fairfeed.daemon.ctl_handlers import ControlHandlers, Runtime
 from fairfeed.daemon.ctl_server import ControlServer, default_socket_path
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
+from fairfeed.daemon.proctitle import set_title
 from fairfeed.daemon.readiness import readiness_problems
 from fairfeed.daemon.sdnotify import SdNotify, watchdog_interval
 from fairfeed.daemon.service import ReadyCheck, ServiceNotifier
@@ -38,7 +39,7 @@ from fairfeed.ipc.ring import Ring
 from fairfeed.ipc.shm import SHM_DIR, list_segments
 from fairfeed.ipc.streams import StreamBoard
 from fairfeed.kafka.broker import LocalBroker, free_port
-from fairfeed.kafka.sink import producer_config
+from fairfeed.kafka.client import describe
 from fairfeed.kafka.spool import Spool, SpoolError
 from fairfeed.kafka.topics import check_topics
 from fairfeed.local.catalog import local_url, prepare_local_keys
@@ -47,21 +48,29 @@ from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed")
 
+TOPIC_KEYS = ("ticks_topic", "fair_topic", "dead_letter_topic", "anomalies_topic")
+
 
 def check_output_topics(cfg: Config) -> bool:
-    """Create the output topics (or name the missing ones); a broker that is down is not an
-    error: output waits in the spool and the compute process checks again. Returns whether the
-    broker answered."""
+    """Create the output topics when ``kafka.create_topics``, or name each missing one with its
+    key; a broker that is down is not an error: output waits in the spool and the compute
+    process checks again. Returns whether the broker answered."""
     k = cfg.kafka
-    topics = [k.ticks_topic, k.fair_topic, k.dead_letter_topic, k.anomalies_topic]
-    check = check_topics(producer_config(k), topics, k.topic_partitions, k.create_topics)
+    keys = {getattr(k, key): f"kafka.{key}" for key in TOPIC_KEYS}
+    check = check_topics(k, keys)
     if check.created:
-        log.info("created topics %s (%d partitions)", ", ".join(check.created), k.topic_partitions)
+        log.info("created topics %s (%d partitions, replication factor %s)",
+                 ", ".join(check.created), k.topic_partitions,
+                 k.replication_factor if k.replication_factor > 0 else "of the broker")  # fmt: skip
     if check.error:
-        log.warning("kafka at %s: %s; output is spooled until it answers", k.bootstrap, check.error)
+        log.warning("kafka at %s (%s): %s; output is spooled until it answers", k.bootstrap,
+                    describe(k), check.error)  # fmt: skip
     elif check.missing:
-        log.error("kafka: topic(s) %s missing on %s and kafka.create_topics is false; output is "
-                  "spooled until they exist", ", ".join(check.missing), k.bootstrap)  # fmt: skip
+        log.error("kafka: topic(s) missing on %s: %s; kafka.create_topics is false, so output "
+                  "is spooled until they exist: create them (%d partitions each, "
+                  "docs/kafka-schema.md) or set kafka.create_topics = true", k.bootstrap,
+                  ", ".join(f"{t} ({keys[t]})" for t in check.missing),
+                  k.topic_partitions)  # fmt: skip
     return not check.error
 
 
@@ -152,6 +161,7 @@ def run(
     the graceful stop when it returns True.
     """
     configure_logging("supervisor", cfg.daemon.log_level)
+    set_title("supervisor")
     service = ServiceNotifier(SdNotify.from_environment(), watchdog_interval())
     service.status("starting: loading the configuration")
     registry = build_registry(cfg)
@@ -368,7 +378,8 @@ def _announce(
     where = "local Tansu broker started for this run" if broker else "configured"
     print(
         f"fairfeed {os.getpid()}: config {cfg.source}\n"
-        f"  kafka      {cfg.kafka.bootstrap} ({where}); topics {cfg.kafka.ticks_topic}, "
+        f"  kafka      {cfg.kafka.bootstrap} ({where}, {describe(cfg.kafka)}); topics "
+        f"{cfg.kafka.ticks_topic}, "
         f"{cfg.kafka.fair_topic}, {cfg.kafka.anomalies_topic}, {cfg.kafka.dead_letter_topic}\n"
         f"  providers  "
         + ", ".join(f"{name} {url}" for name, url in urls.items())

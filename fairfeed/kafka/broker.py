@@ -43,6 +43,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from fairfeed.core.config import KafkaConfig
+from fairfeed.kafka.client import client_config
 from fairfeed.kafka.topics import check_topics
 
 STOP_GRACE = 0.5  # seconds between SIGTERM and SIGKILL
@@ -203,9 +205,8 @@ class LocalBroker:
                     last_error = f"connect: {exc}"
                     time.sleep(0.01)
                     continue
-                admin = AdminClient(
-                    {"bootstrap.servers": self.bootstrap, "log_level": 0, "socket.timeout.ms": 1000}
-                )
+                conf = client_config(KafkaConfig(bootstrap=self.bootstrap), "admin")
+                admin = AdminClient(conf | {"log_level": 0, "socket.timeout.ms": 1000})
             try:
                 admin.list_topics(timeout=min(1.0, max(remaining, 0.05)))
             except KafkaException as exc:
@@ -290,17 +291,24 @@ def ensure_topics(
 ) -> None:
     """Create ``topics`` with ``partitions`` partitions; topics that exist are left as they are.
     Raises BrokerError naming what could not be created."""
-    check = check_topics({"bootstrap.servers": bootstrap}, topics, partitions, True, timeout)
+    cfg = KafkaConfig(bootstrap=bootstrap, topic_partitions=partitions, create_topics=True)
+    check = check_topics(cfg, topics, timeout)
     if not check.ok:
         raise BrokerError(f"cannot create topics {', '.join(check.missing)} on {bootstrap}: "
                           f"{check.error}")  # fmt: skip
 
 
 def read_topic(
-    bootstrap: str, topic: str, *, group: str, timeout: float = 10.0, batch: int = 1000
+    source: str | KafkaConfig,
+    topic: str,
+    *,
+    group: str,
+    timeout: float = 10.0,
+    batch: int = 1000,
 ) -> Iterator[Message]:
     """Every message of ``topic`` from the beginning to its current end, in offset order per
     partition (partitions interleaved). For tests, benches and tools; not the daemon's path.
+    ``source`` is a bootstrap address, or a configuration whose address and security are used.
 
     Uses ``assign()`` to all partitions (no group join) and reads each until its end. The end is
     the partition-EOF event (the high watermark of the fetch response), not
@@ -308,9 +316,10 @@ def read_topic(
     last record batch + 1, which undercounts batched topics. Raises TimeoutError when a
     partition is not read to its end within ``timeout``, KafkaException on a consumer error.
     """
+    cfg = source if isinstance(source, KafkaConfig) else KafkaConfig(bootstrap=source)
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
+        client_config(cfg, "consumer")
+        | {
             "group.id": group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -45,6 +45,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.config import KafkaConfig
 from fairfeed.core.counters import Counters, Slot
+from fairfeed.kafka.client import KafkaClientError, client_config, scrub
 from fairfeed.kafka.spool import Spool
 from fairfeed.kafka.topics import TopicCheck, TopicGuard
 
@@ -124,12 +125,13 @@ class _RateLimitedLog:
 
 
 def producer_config(cfg: KafkaConfig, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """librdkafka configuration for ``cfg`` (a new dict; ``extra`` entries override)."""
-    if not cfg.bootstrap:
-        raise KafkaSinkError("kafka.bootstrap is empty: start a local broker or set it")
-    conf: dict[str, Any] = {
-        "bootstrap.servers": cfg.bootstrap,
-        "client.id": cfg.client_id,
+    """librdkafka configuration for ``cfg``: :func:`~fairfeed.kafka.client.client_config` and
+    the producer's guarantees (a new dict; ``extra`` entries override)."""
+    try:
+        conf = client_config(cfg, "producer")
+    except KafkaClientError as exc:
+        raise KafkaSinkError(str(exc)) from None
+    conf |= {
         "acks": "all",
         "enable.idempotence": True,
         "compression.type": "lz4",
@@ -216,7 +218,7 @@ class KafkaSink:
         self._missing: tuple[str, ...] = ()
         self._topic_error = ""
         self._next_topic_check = 0.0
-        self.guard = TopicGuard(self._config, cfg.topic_partitions, cfg.create_topics)
+        self.guard = TopicGuard(cfg)
         self.state = OutputState.OK
         self.state_since_ns = 0
         self._delivering_once = False  # the first start is no recovery worth a log line
@@ -247,7 +249,9 @@ class KafkaSink:
             try:
                 self._producer = Producer(conf)
             except KafkaException as exc:
-                raise KafkaSinkError(f"cannot create Kafka producer: {exc.args[0]}") from exc
+                raise KafkaSinkError(
+                    f"cannot create Kafka producer: {scrub(str(exc.args[0]), conf)}"
+                ) from None
             self.last_delivery = self._clock()
             self._inflight = 0
             self._full = False

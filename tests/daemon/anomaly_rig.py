@@ -29,7 +29,7 @@ def write_config(
     ``anomalies`` and one Kraken provider per feed."""
     lines = [
         "[daemon]\nworkers = 1\nheartbeat_interval = 0.1\nheartbeat_timeout = 3.0\n",
-        f'[kafka]\nbootstrap = "{bootstrap}"\nticks_topic = "{tag}.ticks"\n'
+        f'[kafka]\nbootstrap = "{bootstrap}"\ncreate_topics = true\nticks_topic = "{tag}.ticks"\n'
         f'fair_topic = "{tag}.fair"\nanomalies_topic = "{tag}.anomalies"\n',
         "[fair]\nstale_after = 30.0\nmin_interval = 0.05\n",
         anomalies,

@@ -58,6 +58,7 @@ def test_producer_is_recreated_after_a_broker_restart(tmp_path: Path) -> None:
 workers = 1
 [kafka]
 bootstrap = "{broker.bootstrap}"
+create_topics = true
 ticks_topic = "rst.ticks"
 fair_topic = "rst.fair"
 stall_timeout = 3.0

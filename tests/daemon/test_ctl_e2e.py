@@ -42,6 +42,7 @@ control_max_clients = 16
 
 [kafka]
 bootstrap = "{bootstrap}"
+create_topics = true
 ticks_topic = "{tag}.ticks"
 fair_topic = "{tag}.fair"
 linger_ms = 5
@@ -153,6 +154,7 @@ def test_list_and_status_tables_and_json(running) -> None:
     assert set(names) == {"ingest-0", "ingest-1", "compute"}
     assert all(p["ready"] and p["heartbeat_age"] < 2 for p in names.values())
     assert [r["worker"] for r in st["rings"]] == [0, 1] and st["kafka"]["delivered"] > 0
+    assert st["kafka"]["security"] == "PLAINTEXT"  # how the brokers are reached, no secret
     code, out, _ = ctl(daemon, "status", json_out=False)
     assert code == 0 and "PROCESS" in out and "kafka" in out
 

@@ -52,7 +52,7 @@ def _simulators(rate: float, max_events: int) -> SimulatorThread:
 def _config(tmp_path: Path, sims: SimulatorThread, bootstrap: str, tag: str) -> Path:
     lines = [
         "[daemon]\nworkers = 2\nheartbeat_interval = 0.1\nheartbeat_timeout = 3.0\n",
-        f'[kafka]\nbootstrap = "{bootstrap}"\nticks_topic = "{tag}.ticks"\n'
+        f'[kafka]\nbootstrap = "{bootstrap}"\ncreate_topics = true\nticks_topic = "{tag}.ticks"\n'
         f'fair_topic = "{tag}.fair"\n',
         '[fair]\nmethod = "median"\nstale_after = 120.0\nmin_interval = 0.05\n',
     ]

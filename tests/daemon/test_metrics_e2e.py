@@ -125,7 +125,8 @@ def _simulators() -> SimulatorThread:
 def _config(tmp_path: Path, sims: SimulatorThread, bootstrap: str) -> Path:
     lines = [
         "[daemon]\nworkers = 2\nheartbeat_interval = 0.1\nheartbeat_timeout = 3.0\n",
-        f'[kafka]\nbootstrap = "{bootstrap}"\nticks_topic = "m.ticks"\nfair_topic = "m.fair"\n'
+        f'[kafka]\nbootstrap = "{bootstrap}"\ncreate_topics = true\n'
+        'ticks_topic = "m.ticks"\nfair_topic = "m.fair"\n'
         'anomalies_topic = "m.anomalies"\n',
         '[fair]\nmethod = "median"\n',
         "[anomalies]\nno_data_after = 2.0\nfirst_data_timeout = 5.0\n",

@@ -166,6 +166,7 @@ class Rig:
 workers = 2
 [kafka]
 bootstrap = "{bootstrap}"
+create_topics = true
 ticks_topic = "{TICKS}"
 fair_topic = "outage.fair"
 {kafka}

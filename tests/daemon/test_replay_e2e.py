@@ -37,7 +37,7 @@ def _products() -> list[str]:
 def _config(tmp_path: Path, workers: int, bootstrap: str = "", tag: str = "r") -> Path:
     insts = ", ".join(f'"{p}"' for p in _products())
     kafka = (
-        f'[kafka]\nbootstrap = "{bootstrap}"\nticks_topic = "{tag}.ticks"\n'
+        f'[kafka]\nbootstrap = "{bootstrap}"\ncreate_topics = true\nticks_topic = "{tag}.ticks"\n'
         f'fair_topic = "{tag}.fair"\nanomalies_topic = "{tag}.anomalies"\n'
         if bootstrap
         else ""
@@ -147,6 +147,7 @@ def test_record_then_replay_round_trip(tmp_path, kafka_broker, kafka_topic):
     replay_cfg = tmp_path / "replay-bn.toml"
     replay_cfg.write_text(
         f'[daemon]\nworkers = 2\n[kafka]\nbootstrap = "{kafka_broker.bootstrap}"\n'
+        "create_topics = true\n"
         f'ticks_topic = "{kafka_topic}.ticks"\nfair_topic = "{kafka_topic}.fair"\n'
         f'anomalies_topic = "{kafka_topic}.anomalies"\n'
         '[[providers]]\nname = "bn"\nkind = "binance"\nvenue = "BINANCE"\n'

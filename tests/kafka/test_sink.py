@@ -45,6 +45,7 @@ def make_batch(n: int, seed: int) -> np.ndarray:
 
 
 def cfg_for(bootstrap: str, **kw) -> KafkaConfig:
+    kw.setdefault("create_topics", True)  # the tests' broker is a development broker
     return KafkaConfig(bootstrap=bootstrap, linger_ms=kw.pop("linger_ms", 2.0), **kw)
 
 
