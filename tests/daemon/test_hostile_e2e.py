@@ -42,6 +42,7 @@ control_max_output = {MAX_OUTPUT}
 
 [kafka]
 bootstrap = "{bootstrap}"
+create_topics = true
 ticks_topic = "hostile.ticks"
 fair_topic = "hostile.fair"
 

@@ -64,7 +64,7 @@ def _default_config(tmp_path: Path, bootstrap: str = "") -> Path:
     text = resources.files("fairfeed.core").joinpath("default.toml").read_text()
     if bootstrap:
         assert 'bootstrap = ""' in text
-        text = text.replace('bootstrap = ""', f'bootstrap = "{bootstrap}"', 1)
+        text = text.replace('bootstrap = ""', f'bootstrap = "{bootstrap}"\ncreate_topics = true', 1)
     path = tmp_path / "fairfeed.toml"
     path.write_text(text)
     return path
