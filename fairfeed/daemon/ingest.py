@@ -24,6 +24,7 @@ from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogL
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
+from fairfeed.ipc.doorbell import Doorbell
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.kafka.encode import encode_dead_letter
@@ -48,6 +49,7 @@ class IngestWorker:
     dead_letters: BlobRing  # malformed frames for the dead-letter topic
     pipe: CommandPipe | None = None  # commands from the supervisor
     last_ids: LastIds | None = None  # last id published per stream (outlives this process)
+    doorbell: Doorbell | None = None  # wakes compute when it sleeps on empty rings
     writer: RingWriter | None = field(default=None, init=False)  # its emit, set in the child
 
     @property
@@ -68,7 +70,12 @@ class IngestWorker:
         )
         self.adapters: dict[str, Adapter] = {}
         self.writer = writer = RingWriter(
-            self.ring, counters, policy, self._pause_reading, self._resume_reading
+            self.ring,
+            counters,
+            policy,
+            self._pause_reading,
+            self._resume_reading,
+            doorbell=self.doorbell,
         )
         self._emit = writer.emit
         self.tasks: dict[str, asyncio.Task] = {}
@@ -152,6 +159,7 @@ class IngestWorker:
             counters=self.counters,
             dead_letter=self._dead_letter_for(provider),
             last_ids=self.last_ids,
+            flush_delay=self.cfg.ring.flush_delay_ms / 1000,
         )
         adapter = adapter_class(pcfg.kind)(ctx)
         if self.writer is not None and self.writer.paused:  # its connections open paused

@@ -27,6 +27,7 @@ from fairfeed.hotpath.metrics import warm_metrics
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.doorbell import Doorbell
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
@@ -142,6 +143,7 @@ def run(
 
     broker: LocalBroker | None = None
     rings: list[Ring] = []
+    doorbell: Doorbell | None = None
     blobs: list[BlobRing] = []
     control: ControlBlock | None = None
     streams: StreamBoard | None = None
@@ -176,6 +178,7 @@ def run(
         if cfg.metrics.listen:
             board = MetricsBoard.create(f"{prefix}-metrics", d.max_instruments, d.max_sources)
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
+        doorbell = Doorbell()  # the ingest workers wake compute with it when it sleeps
         blobs = [
             BlobRing.create(f"{prefix}-dead{i}", cfg.ring.dead_letter_bytes)
             for i in range(n_workers)
@@ -203,7 +206,18 @@ def run(
         for i in range(n_workers):
             pipe = CommandPipe()
             w = IngestWorker(
-                i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe, last_ids
+                i,
+                slot,
+                cfg,
+                registry,
+                rings[i],
+                control,
+                parts[i],
+                urls,
+                blobs[i],
+                pipe,
+                last_ids,
+                doorbell=doorbell,
             )
             children.append(ChildSpec(w.name, slot, w.main, stop_phase=0, pipe=pipe))
             workers.append(w)
@@ -224,6 +238,7 @@ def run(
             spool_dir=spool_dir,
             ring_prefix=prefix,
             collect=collect if to_file else None,
+            doorbell=doorbell,
         )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 
@@ -277,6 +292,8 @@ def run(
         for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
+        if doorbell is not None:
+            doorbell.close()
         for seg in (control, streams, board, last_ids):
             if seg is not None:
                 seg.close()

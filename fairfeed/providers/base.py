@@ -48,6 +48,9 @@ class IngestContext:
     # the last id published per stream (the daemon's shared table, so a restarted worker sees
     # its predecessor's); None: the adapter keeps a private one
     last_ids: LastIds | None = None
+    # seconds a record may wait in a connection's buffer before it is emitted (a batch of the
+    # frames of several socket reads); 0: emit each read's records at once
+    flush_delay: float = 0.0
 
     def backoff(self, base: float, cap: float) -> Backoff:
         """A reconnect schedule drawing its jitter from :attr:`rng`."""

@@ -40,7 +40,11 @@ def children_of(pid: int) -> list[int]:
 class DaemonProcess:
     """``fairfeed run`` in a subprocess with its output in files under ``workdir``."""
 
-    def __init__(self, workdir: Path, config: Path | None, live: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, config: Path | None, live: bool = False, tree: Path | None = None
+    ) -> None:
+        """``tree``: run the ``fairfeed`` package of another source tree (e.g. a ``git worktree``
+        of another commit; benchmarks compare two that way)."""
         self.out_path = workdir / "daemon.out"
         self.err_path = workdir / "daemon.err"
         args = [sys.executable, "-m", "fairfeed", "run", "--live" if live else "--no-live"]
@@ -55,7 +59,11 @@ class DaemonProcess:
         env["XDG_STATE_HOME"] = str(workdir / "state")
         env.pop("RUNTIME_DIRECTORY", None)
         env.pop("STATE_DIRECTORY", None)
-        self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._err, env=env)
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
+        self.proc = subprocess.Popen(
+            args, stdout=self._out, stderr=self._err, env=env, cwd=tree or None
+        )
         self.pid = self.proc.pid
         self.seen_children: set[int] = set()
 
