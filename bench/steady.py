@@ -73,6 +73,9 @@ class Run:
     kafka_messages_per_s: float = 0.0  # ticks messages produced in the window
     records_per_message: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)  # receive -> produce()
+    # exchange time (the server's, when it generated the trade) -> produce(): includes the
+    # server's pacing and any time the frame waited in the socket before it was read
+    latency_exchange_ms: dict[str, float] = field(default_factory=dict)
     expected: int = 0  # trades the server generated
     delivered: int = 0  # distinct trades found in the ticks topic
     duplicates: int = 0
@@ -179,11 +182,17 @@ def _window(daemon: _Daemon, seconds: float) -> tuple[dict[str, float], int, flo
     return cpu, f1 - f0, t1 - t0, w0, w1
 
 
+def _percentiles(ms: np.ndarray) -> dict[str, float]:
+    pct = {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99, 99.9)}
+    return pct | {"max": float(ms.max())}
+
+
 def _read_ticks(bootstrap: str, topic: str, w0: int, w1: int, res: Run) -> None:
     """Records per message, messages/s and latency in [w0, w1] (ms); every trade id found."""
     seen: dict[str, list[np.ndarray]] = {}
     msgs = recs = 0
     lat: list[np.ndarray] = []
+    lat_x: list[np.ndarray] = []
     for msg in read_topic(bootstrap, topic, group=f"bench-{topic}", timeout=120, batch=10_000):
         v = orjson.loads(msg.value())
         kind = np.asarray(v["kind"])
@@ -193,6 +202,7 @@ def _read_ticks(bootstrap: str, topic: str, w0: int, w1: int, res: Run) -> None:
             msgs += 1
             recs += v["count"]
             lat.append(ts - np.asarray(v["ts_receive"], np.int64) / 1e6)
+            lat_x.append(ts - np.asarray(v["ts_exchange"], np.int64) / 1e6)
     res.kafka_messages_per_s = msgs / max(res.seconds, 1e-9)
     res.records_per_message = recs / max(msgs, 1)
     if lat:
@@ -207,8 +217,9 @@ def _read_ticks(bootstrap: str, topic: str, w0: int, w1: int, res: Run) -> None:
 
 
 def run_once(
-    scenario: str, tree: Path, index: int, broker: LocalBroker, a: argparse.Namespace, tmp: Path
+    scenario: str, tree: Path, index: int, broker: LocalBroker, a: Options, tmp: Path
 ) -> Run:
+    """One daemon from ``tree`` under one scenario, with a fresh load server and topics."""
     res = Run(scenario, str(tree), index, rate=a.rate if scenario == "steady" else 0.0)
     tag = f"steady-{os.getpid()}-{scenario}-{index}-{abs(hash(str(tree))) % 10000}"
     ticks, fair = f"{tag}.ticks", f"{tag}.fair"
@@ -321,11 +332,57 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class Options:
+    rate: float = 28_000.0  # trades/s over all connections
+    seconds: float = 20.0  # measured window per run
+    warmup: float = 3.0  # seconds of load before the window
+    extra: str = ""  # TOML appended to the daemon's configuration
+
+
+def run_steady(
+    opts: Options,
+    trees: list[Path] | None = None,
+    repeat: int = 1,
+    scenarios: tuple[str, ...] = ("steady", "idle"),
+    out: Path | None = None,
+    echo: bool = True,
+) -> dict:
+    """Every scenario for every tree, ``repeat`` times (trees alternate); the report (also
+    written as JSON to ``out``, default ``.benchmarks/steady-<timestamp>.json``)."""
+    trees = [t.resolve() for t in trees] if trees else [REPO]
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="fairfeed-steady-") as tmp, LocalBroker() as broker:
+        for i in range(repeat):
+            for scenario in scenarios:
+                for tree in trees:
+                    if echo:
+                        print(f"run {i}: {scenario}, {tree}", flush=True)
+                    runs.append(run_once(scenario, tree, i, broker, opts, Path(tmp)))
+    report = {
+        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
+        "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+        "options": asdict(opts) | {"trees": [str(t) for t in trees], "repeat": repeat},
+        "runs": [asdict(r) | {"total_cores": r.total_cores} for r in runs],
+        "summary": summarize(runs),
+    }
+    path = out or REPO / ".benchmarks" / f"steady-{report['timestamp']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    report["path"] = str(path)
+    if echo:
+        print()
+        print(format_table(runs))
+        print(f"\nJSON: {path}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
+    d = Options()
     ap = argparse.ArgumentParser(prog="python -m bench.steady", description=__doc__.split("\n")[0])
-    ap.add_argument("--rate", type=float, default=28_000.0, help="trades/s over all connections")
-    ap.add_argument("--seconds", type=float, default=20.0, help="measured window per run")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the window")
+    ap.add_argument("--rate", type=float, default=d.rate, help="trades/s over all connections")
+    ap.add_argument("--seconds", type=float, default=d.seconds, help="measured window per run")
+    ap.add_argument("--warmup", type=float, default=d.warmup, help="seconds of load first")
     ap.add_argument("--tree", type=Path, action="append", help="source tree(s) of the daemon")
     ap.add_argument("--repeat", type=int, default=1, help="runs per tree (trees alternate)")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle scenario")
@@ -333,30 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", default="", help="TOML appended to the daemon's configuration")
     ap.add_argument("--json", type=Path, help="write the results here")
     a = ap.parse_args(argv)
-    trees = [t.resolve() for t in a.tree] if a.tree else [REPO]
-    scenarios = ["idle"] if a.idle_only else ["steady"] + ([] if a.no_idle else ["idle"])
-    runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="fairfeed-steady-") as tmp, LocalBroker() as broker:
-        for i in range(a.repeat):
-            for scenario in scenarios:
-                for tree in trees:
-                    print(f"run {i}: {scenario}, {tree}", flush=True)
-                    runs.append(run_once(scenario, tree, i, broker, a, Path(tmp)))
-    print()
-    print(format_table(runs))
-    report = {
-        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
-        "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-        "options": {k: str(v) for k, v in vars(a).items()},
-        "runs": [asdict(r) | {"total_cores": r.total_cores} for r in runs],
-        "summary": summarize(runs),
-    }
-    out = a.json or REPO / ".benchmarks" / f"steady-{report['timestamp']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}")
+    scenarios = ("idle",) if a.idle_only else ("steady",) + (() if a.no_idle else ("idle",))
+    opts = Options(a.rate, a.seconds, a.warmup, a.extra)
+    report = run_steady(opts, a.tree, a.repeat, scenarios, a.json)
     bad = [
-        r for r in runs if any(n.startswith(("SHORTFALL", "DUPL", "daemon exit")) for n in r.notes)
+        r
+        for r in report["runs"]
+        if any(n.startswith(("SHORTFALL", "DUPL", "daemon exit", "left")) for n in r["notes"])
     ]
     return 1 if bad else 0
 
