@@ -109,6 +109,7 @@ class WsConnection:
         self.buf = np.zeros(adapter.buffer_records, RECORD_DTYPE)
         self.u8 = self.buf.view(np.uint8)
         self.cap = adapter.buffer_records
+        self.min_record_bytes = adapter.min_record_bytes
         self.n = 0  # records buffered
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
@@ -338,14 +339,14 @@ class WsConnection:
         if not self.ts:
             self.ts = time.time_ns()
         n = self.n
-        if n and n + len(payload) // self.adapter.min_record_bytes + _HEADROOM > self.cap:
+        if n and n + len(payload) // self.min_record_bytes + _HEADROOM > self.cap:
+            self.last_data = self.last_alive = time.monotonic()
             self.flush()
             n = 0
         r = self.parser.parse(payload, self.buf, n, self.ts)
         self.frames += 1
         if r > 0:
-            self.n = n + r
-            self.last_data = self.last_alive = time.monotonic()
+            self.n = n + r  # last_data: at the end of the read (one clock call per read)
             if not self.subscribed and self.sent_subscriptions:
                 self.acknowledge()
         elif r < 0:
@@ -358,6 +359,8 @@ class WsConnection:
         stop reading for ``flush_delay`` so that the next read takes all that arrived
         meanwhile (the loop's, the read's and the flush's costs paid once per batch)."""
         had_data = self.n or self.frames
+        if self.n:
+            self.last_data = self.last_alive = time.monotonic()
         self.flush()
         delay = self.adapter.ctx.flush_delay
         if delay > 0 and had_data and self.timer is None:
