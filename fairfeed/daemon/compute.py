@@ -109,6 +109,7 @@ class ComputeWorker:
         commands = True
         parts: list[tuple[Ring, int]] = []
         while True:
+            started = clock()
             if not heartbeat.beat():
                 log.error("supervisor is gone: stopping")
                 break
@@ -157,9 +158,11 @@ class ComputeWorker:
                 # first, so nothing more arrives after SIGTERM reached us.
                 break
             if got and delay > 0:
-                # Records are flowing: let the next ones gather for flush_delay (commands
-                # still wake us), then read them all in one pass.
-                commands = waiter.pause(delay)
+                # Records are flowing: passes start at most every flush_delay, so the next
+                # pass reads what gathered meanwhile at once (commands still wake us). A pass
+                # that took longer goes on at once: it was big enough to pay its overhead.
+                left = started + delay - clock()
+                commands = waiter.pause(left) if left > 0 else True
                 continue
             if got:
                 commands = True
