@@ -172,6 +172,10 @@ class ComputeWorker:
             if det is not None:
                 due.append(now + (det.next_ns - time.time_ns()) / 1e9)
             commands = waiter.sleep(min(due) - clock())
+            if delay > 0 and any(r.unread() for r in self.rings):
+                # Woken by the first records: give the other rings flush_delay to publish
+                # theirs too, so that one pass (one message per group) takes them all.
+                commands = waiter.pause(delay) or commands
         for blobs in self.dead_letters:
             pipeline.dead_letters(blobs.read(1 << 30))
         pipeline.emit_fair(time.time_ns(), final=True)
