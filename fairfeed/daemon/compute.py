@@ -133,24 +133,29 @@ class ComputeWorker:
             for blobs in self.dead_letters:
                 if blobs.used():
                     pipeline.dead_letters(blobs.read())
+            # Write the pass's output to the spool, then release the records it came from:
+            # a crash now loses nothing that reached a ring (the spool has it, or the ring).
+            # Before the periodic work below, which must not hold the ticks back.
+            if got:
+                sink.commit(marker, np.array([r.cursor for r in self.rings], np.int64))
+                for ring, _k in parts:
+                    ring.commit()
             now = clock()
+            periodic = False
             if now >= next_fair and (fresh or recent or now >= next_fair_idle):
                 # Each instrument is throttled to min_interval by the kernel anyway; one more
                 # run after the last records emits what that throttle held back.
                 pipeline.emit_fair(time.time_ns())
                 recent, fresh = fresh, False
                 next_fair, next_fair_idle = now + fair_every, now + fair_idle
-            pipeline.check_anomalies(time.time_ns(), self.rings)
-            # Write the pass's output to the spool, then release the records it came from:
-            # a crash now loses nothing that reached a ring (the spool has it, or the ring).
-            if got:
-                sink.commit(marker, np.array([r.cursor for r in self.rings], np.int64))
-                for ring, _k in parts:
-                    ring.commit()
+                periodic = True
+            periodic = pipeline.check_anomalies(time.time_ns(), self.rings) or periodic
             if now >= next_poll:
-                sink.poll()
+                sink.poll()  # commits what the periodic work produced too
                 pipeline.output_events()
                 next_poll = now + (SINK_IDLE_POLL if sink.idle() else SINK_BUSY_POLL)
+            elif periodic:
+                sink.commit()
             if full:
                 continue  # behind: no waiting
             if not got and stopping:
@@ -369,11 +374,12 @@ class Pipeline:
             a += k
         return seen[0] if len(seen) == 1 else np.concatenate(seen)
 
-    def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> None:
-        """Evaluate the anomaly detectors when due (or ``force``) and publish their events."""
+    def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> bool:
+        """Evaluate the anomaly detectors when due (or ``force``) and publish their events;
+        whether it evaluated."""
         det = self.anomalies
         if det is None or not (force or det.due(now_ns)):
-            return
+            return False
         dropped = np.array([r.dropped for r in rings], np.int64)
         topic = self.cfg.kafka.anomalies_topic
         ev_i, ev_f = det.evaluate(now_ns, self.control.fair_price, dropped)
@@ -386,6 +392,7 @@ class Pipeline:
                 self.metrics.anomaly_event(kind, provider, phase == PHASE_START)
         self.counters.set(Slot.ANOMALIES_OPEN, det.open_count())
         self.counters.set(Slot.ANOMALIES_TOTAL, det.total)
+        return True
 
     def output_events(self) -> None:
         """Announce the output spool's overflow episodes on the anomalies topic."""
