@@ -25,10 +25,11 @@ test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-## bench: micro-benchmarks and the end-to-end daemon-vs-baseline run
+## bench: micro-benchmarks, the end-to-end daemon-vs-baseline run, the fixed-rate and idle run
 bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 	$(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.steady
 
 ## outage: Kafka outages (10 s and 60 s), process kills, a full spool at the reference load, 28k trades/s
 outage: $(STAMP)

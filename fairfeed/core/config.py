@@ -60,6 +60,11 @@ class RingConfig:
     block_timeout_ms: float = 50.0
     pending_records: int = 16384  # records a worker may hold back while its ring is full
     read_batch: int = 4096  # compute reads at most this many records per ring per pass
+    # Records wait at most this long in a connection's buffer before they are published to the
+    # ring (and gap-checked), and in the rings before compute reads them: each stage's work is
+    # paid per batch, not per frame. 0 = publish every socket read, read as soon as woken.
+    # <= MAX_FLUSH_DELAY_MS.
+    flush_delay_ms: float = 1.0
     dead_letter_bytes: int = 1 << 20  # per worker ring of malformed frames (power of two)
 
 
@@ -297,6 +302,9 @@ _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # well under the shortest ping deadline we run with, our own client's pong timeout (>= 1 s).
 MAX_BLOCK_TIMEOUT_MS = 500.0
 MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT = 1 << 16, 1 << 28  # daemon.control_max_output, bytes
+# A record may wait flush_delay_ms in ingest and again in compute: keep the sum well inside the
+# 5 ms receive -> produce() budget (docs/configuration.md).
+MAX_FLUSH_DELAY_MS = 2.0
 
 
 def load(path: str | Path | None = None) -> Config:
@@ -460,6 +468,13 @@ def _check(cfg: Config) -> None:
             f"must be between 0 and {MAX_BLOCK_TIMEOUT_MS:.0f}, got {bt:g}: reading (pings "
             "included) is paused that long when the ring is full, and the WebSocket client's "
             "pong deadline is 1 s",
+        )
+    fd = cfg.ring.flush_delay_ms
+    if not 0 <= fd <= MAX_FLUSH_DELAY_MS:
+        fail(
+            "ring.flush_delay_ms",
+            f"must be between 0 and {MAX_FLUSH_DELAY_MS:g}, got {fd:g}: a record waits up to "
+            "this long in ingest and again in compute before it is produced",
         )
     if cfg.ring.pending_records < 1:
         fail("ring.pending_records", f"must be >= 1, got {cfg.ring.pending_records}")

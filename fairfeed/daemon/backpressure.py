@@ -29,6 +29,7 @@ import numpy as np
 
 from fairfeed.core.counters import Counters, Slot
 from fairfeed.daemon.pending import PendingRecords
+from fairfeed.ipc.doorbell import Doorbell
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 
 log = logging.getLogger("fairfeed.ingest")
@@ -52,8 +53,10 @@ class RingWriter:
         pause_reading: Callable[[], None],
         resume_reading: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        doorbell: Doorbell | None = None,
     ) -> None:
         self.ring = ring
+        self.doorbell = doorbell  # rung when the consumer sleeps waiting for records
         self.counters = counters
         self.policy = policy
         self.pending = PendingRecords(max(1, policy.pending_records))
@@ -87,6 +90,7 @@ class RingWriter:
             k = self.ring.write(records)
             if k:
                 self.counters.add(Slot.RECORDS_OUT, k)
+                self._wake()
             if k == n:
                 if self.shedding_since:
                     self._end_shedding()
@@ -119,6 +123,12 @@ class RingWriter:
         k = self.pending.write_to(self.ring)
         if k:
             self.counters.add(Slot.RECORDS_OUT, k)
+            self._wake()
+
+    def _wake(self) -> None:
+        """Records were published: wake the consumer if it sleeps on an empty ring."""
+        if self.doorbell is not None and self.ring.wake_wanted():
+            self.doorbell.ring()
 
     def _pause(self) -> None:
         if self.paused_at:

@@ -100,6 +100,11 @@ class Heartbeat:
             return not self.orphaned()
         return True
 
+    @property
+    def due_at(self) -> float:
+        """Clock time of the next beat (the caller may sleep until then)."""
+        return self._next
+
     def orphaned(self) -> bool:
         """Whether the supervisor is gone (this process was re-parented)."""
         return os.getppid() != self._ppid

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from fairfeed.hotpath.fairmethods import FairBook
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
+from fairfeed.ipc.doorbell import Doorbell, RingWaiter
 from fairfeed.ipc.metricsboard import KafkaHop as _KafkaHop
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.ring import Ring
@@ -33,7 +35,11 @@ from fairfeed.kafka.sink import KafkaSink
 
 log = logging.getLogger("fairfeed.compute")
 
-IDLE_SLEEP = 0.0005  # seconds to sleep when every ring was empty
+# How often the periodic work runs when it has nothing new to look at (seconds).
+SINK_IDLE_POLL = 0.5  # the sink with nothing in flight: its topic checks and state
+SINK_BUSY_POLL = 0.005  # messages in flight: serve the delivery reports this often
+FAIR_IDLE = 0.5  # no new records: fair-price heartbeats and staleness (at most this late)
+NO_DOORBELL_SLEEP = 0.0005  # without a doorbell (tests building a worker by hand): poll
 
 
 @dataclass
@@ -55,16 +61,20 @@ class ComputeWorker:
     ring_prefix: str = ""  # the rings' name prefix: ties a spool position marker to them
     # `fairfeed replay` without a broker: fair prices and anomalies go to this JSON-lines file
     collect: Path | None = None
+    doorbell: Doorbell | None = None  # the ingest workers ring it when compute sleeps
     name: str = "compute"
 
     def main(self) -> int:
         """Child entry point (runs after fork)."""
         enter_child(self.name, self.cfg.daemon.log_level, self.control, self.slot)
         stopping = False
+        doorbell = self.doorbell
 
         def on_term(_sig: int, _frame: object) -> None:
             nonlocal stopping
             stopping = True
+            if doorbell is not None:
+                doorbell.ring()  # out of the wait at once
 
         signal.signal(signal.SIGTERM, on_term)
         counters = SlotCounters(self.control, self.slot)
@@ -82,42 +92,95 @@ class ComputeWorker:
         )
         reader = self.pipe.child_side() if self.pipe is not None else None
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
+        waiter = RingWaiter(self.rings, doorbell, reader.fd if reader is not None else -1)
         self.control.set(self.slot, Slot.READY, 1)
         log.info("reading %d rings, publishing to %s", len(self.rings), self.cfg.kafka.bootstrap)
-        buf = np.empty(self.cfg.ring.read_batch, dtype=RECORD_DTYPE)
+        batch = self.cfg.ring.read_batch
+        buf = np.empty(batch * len(self.rings), dtype=RECORD_DTYPE)
         marker = self.ring_prefix.encode()
+        delay = self.cfg.ring.flush_delay_ms / 1000
+        fair_every = self.cfg.fair.min_interval
+        fair_idle = FAIR_IDLE
+        if self.cfg.fair.heartbeat_interval > 0:
+            fair_idle = min(fair_idle, self.cfg.fair.heartbeat_interval / 4)
+        clock = time.monotonic
+        next_fair = next_fair_idle = next_poll = 0.0
+        fresh = recent = False  # records since the last fair-price run / the one before
+        commands = True
+        parts: list[tuple[Ring, int]] = []
         while True:
+            started = clock()
             if not heartbeat.beat():
                 log.error("supervisor is gone: stopping")
                 break
-            if reader is not None:
+            if commands and reader is not None:
                 for cmd in reader.read():
                     pipeline.command(cmd)
+            # One pass: what every ring holds, read together, so the kernels, the encoder and
+            # the producer each run once over all of it (few, larger Kafka messages).
             got = 0
+            full = False
+            parts.clear()
             for ring in self.rings:
-                k = ring.read_into(buf, commit=False)
+                k = ring.read_into(buf[got : got + batch], commit=False)
                 if k:
-                    pipeline.process(buf[:k], ring)
+                    parts.append((ring, k))
                     got += k
+                    full = full or k == batch
+            if got:
+                pipeline.process(buf[:got], parts)
+                fresh = True
             for blobs in self.dead_letters:
                 if blobs.used():
                     pipeline.dead_letters(blobs.read())
-            pipeline.emit_fair(time.time_ns())
-            pipeline.check_anomalies(time.time_ns(), self.rings)
-            pipeline.output_events()
             # Write the pass's output to the spool, then release the records it came from:
             # a crash now loses nothing that reached a ring (the spool has it, or the ring).
+            # Before the periodic work below, which must not hold the ticks back.
             if got:
                 sink.commit(marker, np.array([r.cursor for r in self.rings], np.int64))
-                for ring in self.rings:
+                for ring, _k in parts:
                     ring.commit()
-            sink.poll()
-            if not got:
+            now = clock()
+            periodic = False
+            if now >= next_fair and (fresh or recent or now >= next_fair_idle):
+                # Each instrument is throttled to min_interval by the kernel anyway; one more
+                # run after the last records emits what that throttle held back.
+                pipeline.emit_fair(time.time_ns())
+                recent, fresh = fresh, False
+                next_fair, next_fair_idle = now + fair_every, now + fair_idle
+                periodic = True
+            periodic = pipeline.check_anomalies(time.time_ns(), self.rings) or periodic
+            if now >= next_poll:
+                sink.poll()  # commits what the periodic work produced too
+                pipeline.output_events()
+                next_poll = now + (SINK_IDLE_POLL if sink.idle() else SINK_BUSY_POLL)
+            elif periodic:
+                sink.commit()
+            if full:
+                continue  # behind: no waiting
+            if not got and stopping:
                 # Stop only once the rings are empty: the supervisor stops the ingest workers
                 # first, so nothing more arrives after SIGTERM reached us.
-                if stopping:
-                    break
-                time.sleep(IDLE_SLEEP)
+                break
+            if got and delay > 0:
+                # Records are flowing: passes start at most every flush_delay, so the next
+                # pass reads what gathered meanwhile at once (commands still wake us). A pass
+                # that took longer goes on at once: it was big enough to pay its overhead.
+                left = started + delay - clock()
+                commands = waiter.pause(left) if left > 0 else True
+                continue
+            if got:
+                commands = True
+                continue
+            due = [heartbeat.due_at, next_poll, next_fair if (fresh or recent) else next_fair_idle]
+            det = pipeline.anomalies
+            if det is not None:
+                due.append(now + (det.next_ns - time.time_ns()) / 1e9)
+            commands = waiter.sleep(min(due) - clock())
+            if delay > 0 and any(r.unread() for r in self.rings):
+                # Woken by the first records: give the other rings flush_delay to publish
+                # theirs too, so that one pass (one message per group) takes them all.
+                commands = waiter.pause(delay) or commands
         for blobs in self.dead_letters:
             pipeline.dead_letters(blobs.read(1 << 30))
         pipeline.emit_fair(time.time_ns(), final=True)
@@ -128,6 +191,7 @@ class ComputeWorker:
         # Orphaned, the broker may well have died with the supervisor: do not linger.
         flush = min(2.0, self.cfg.kafka.flush_timeout) if heartbeat.orphaned() else None
         sink.close(self.cfg.kafka.flush_timeout if flush is None else flush)
+        waiter.close()
         log.info(
             "stopped: %d records in, %d fair prices, %d Kafka messages delivered",
             counters[Slot.RECORDS_IN],
@@ -258,9 +322,10 @@ class Pipeline:
         else:
             log.error("unknown command %r from the supervisor", cmd)
 
-    def process(self, records: np.ndarray, ring: Ring | None = None) -> None:
-        """Update the fair-price state and publish the records as ticks (``ring``: where they
-        were read from, for the latency metrics)."""
+    def process(self, records: np.ndarray, parts: Sequence[tuple[Ring, int]] = ()) -> None:
+        """Update the fair-price state and publish the records as ticks. ``parts``: the rings
+        they were read from, in order, and how many came from each (for the latency metrics;
+        the records of a ring follow each other)."""
         metrics = self.metrics
         if metrics is not None:
             t0 = time.perf_counter_ns()
@@ -272,8 +337,7 @@ class Pipeline:
         if self.streams is not None:
             self.streams.update(records, self.source_table)
         if metrics is not None:
-            tail0 = ring.cursor - len(records) if ring is not None else 0
-            seen = metrics.update(records, self.source_table, wall0, ring, tail0)
+            seen = self._metrics(metrics, records, parts, wall0)
             metrics.batch_done(time.perf_counter_ns() - t0)
         kinds = records["kind"]
         if kinds.max() > MAX_MARKET_KIND:
@@ -292,11 +356,30 @@ class Pipeline:
             produce(topic, key, value, hop if i == last else None, counts[i])
         self.counters.add(Slot.RECORDS_OUT, len(records))
 
-    def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> None:
-        """Evaluate the anomaly detectors when due (or ``force``) and publish their events."""
+    def _metrics(
+        self,
+        metrics: MetricsBoard,
+        records: np.ndarray,
+        parts: Sequence[tuple[Ring, int]],
+        wall0: int,
+    ) -> np.ndarray:
+        """The metrics kernel over each ring's part (its publish stamps); the sources seen."""
+        if not parts:
+            return metrics.update(records, self.source_table, wall0, None, 0)
+        seen = []
+        a = 0
+        for ring, k in parts:
+            seen.append(metrics.update(records[a : a + k], self.source_table, wall0, ring,
+                                       ring.cursor - k))  # fmt: skip
+            a += k
+        return seen[0] if len(seen) == 1 else np.concatenate(seen)
+
+    def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> bool:
+        """Evaluate the anomaly detectors when due (or ``force``) and publish their events;
+        whether it evaluated."""
         det = self.anomalies
         if det is None or not (force or det.due(now_ns)):
-            return
+            return False
         dropped = np.array([r.dropped for r in rings], np.int64)
         topic = self.cfg.kafka.anomalies_topic
         ev_i, ev_f = det.evaluate(now_ns, self.control.fair_price, dropped)
@@ -309,6 +392,7 @@ class Pipeline:
                 self.metrics.anomaly_event(kind, provider, phase == PHASE_START)
         self.counters.set(Slot.ANOMALIES_OPEN, det.open_count())
         self.counters.set(Slot.ANOMALIES_TOTAL, det.total)
+        return True
 
     def output_events(self) -> None:
         """Announce the output spool's overflow episodes on the anomalies topic."""

@@ -25,6 +25,7 @@ from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogL
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
+from fairfeed.ipc.doorbell import Doorbell
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
 from fairfeed.ipc.ring import OverflowPolicy, Ring
@@ -51,6 +52,7 @@ class IngestWorker:
     pipe: CommandPipe | None = None  # commands from the supervisor
     last_ids: LastIds | None = None  # last id published per stream (outlives this process)
     pacer: Pacer | None = None  # per-IP pacing of connections and messages, shared by workers
+    doorbell: Doorbell | None = None  # wakes compute when it sleeps on empty rings
     writer: RingWriter | None = field(default=None, init=False)  # its emit, set in the child
 
     @property
@@ -71,10 +73,16 @@ class IngestWorker:
         )
         self.adapters: dict[str, Adapter] = {}
         self.writer = writer = RingWriter(
-            self.ring, counters, policy, self._pause_reading, self._resume_reading
+            self.ring,
+            counters,
+            policy,
+            self._pause_reading,
+            self._resume_reading,
+            doorbell=self.doorbell,
         )
         self._emit = writer.emit
         self.tasks: dict[str, asyncio.Task] = {}
+        self._ended = asyncio.Event()  # an adapter's task ended on its own
         self._pending: set[asyncio.Future] = set()
         for provider in self.subs.providers():
             self._start_adapter(provider, self.subs.resolve(self.registry, provider))
@@ -91,23 +99,20 @@ class IngestWorker:
             or "nothing",
         )
         status = EXIT_OK
+        orphaned = self._beat(heartbeat, stop)
+        # Nothing to do but wait: the beats are a timer, an adapter that ends wakes us.
         stop_wait = asyncio.create_task(stop.wait())
-        while not stop.is_set():
-            if not heartbeat.beat():
-                log.error("supervisor is gone: stopping")
-                break
-            done, _ = await asyncio.wait(
-                [stop_wait, *self.tasks.values()],
-                timeout=self.cfg.daemon.heartbeat_interval / 2,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            failed = [t for t in done if t is not stop_wait and t in self.tasks.values()]
-            if failed:
-                for t in failed:
-                    exc = t.exception() if not t.cancelled() else None
-                    log.error("adapter %s ended unexpectedly: %r", t.get_name(), exc)
-                status = EXIT_ERROR
-                break
+        ended_wait = asyncio.create_task(self._ended.wait())
+        await asyncio.wait([stop_wait, ended_wait], return_when=asyncio.FIRST_COMPLETED)
+        if orphaned.done():
+            log.error("supervisor is gone: stopping")
+        failed = [t for t in self.tasks.values() if t.done()]
+        if failed and not stop.is_set():
+            for t in failed:
+                exc = t.exception() if not t.cancelled() else None
+                log.error("adapter %s ended unexpectedly: %r", t.get_name(), exc)
+            status = EXIT_ERROR
+        ended_wait.cancel()
         for adapter in self.adapters.values():
             try:
                 await asyncio.wait_for(adapter.close(), timeout=5)
@@ -118,9 +123,32 @@ class IngestWorker:
         tasks = list(self.tasks.values())
         for t in (*tasks, stop_wait):
             t.cancel()
-        await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+        await asyncio.gather(*tasks, stop_wait, ended_wait, return_exceptions=True)
         log.info("stopped: %d records written to the ring", counters[Slot.RECORDS_OUT])
         return status
+
+    def _beat(self, heartbeat: Heartbeat, stop: asyncio.Event) -> asyncio.Future:
+        """Beat every heartbeat interval on a loop timer; the future is set (and ``stop``) once
+        the supervisor is gone."""
+        loop = asyncio.get_running_loop()
+        orphaned = loop.create_future()
+        every = self.cfg.daemon.heartbeat_interval
+
+        def beat() -> None:
+            if stop.is_set():
+                return
+            if not heartbeat.beat():
+                orphaned.set_result(True)
+                stop.set()
+                return
+            loop.call_at(max(heartbeat.due_at, loop.time() + every / 10), beat)
+
+        beat()
+        return orphaned
+
+    def _adapter_done(self, task: asyncio.Task) -> None:
+        if task in self.tasks.values():  # not one we stopped
+            self._ended.set()
 
     # -- adapters ----------------------------------------------------------------------------
     def _pause_reading(self) -> None:
@@ -162,12 +190,15 @@ class IngestWorker:
             last_ids=self.last_ids,
             pacer=self.pacer,
             secrets=self._secrets(),
+            flush_delay=self.cfg.ring.flush_delay_ms / 1000,
         )
         adapter = adapter_class(pcfg.kind)(ctx)
         if self.writer is not None and self.writer.paused:  # its connections open paused
             adapter.pause_reading()
         self.adapters[provider] = adapter
-        self.tasks[provider] = asyncio.create_task(adapter.run(), name=f"{self.name}:{provider}")
+        task = asyncio.create_task(adapter.run(), name=f"{self.name}:{provider}")
+        task.add_done_callback(self._adapter_done)
+        self.tasks[provider] = task
 
     async def _stop_adapter(self, provider: str) -> None:
         adapter = self.adapters.pop(provider)

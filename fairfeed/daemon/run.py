@@ -32,6 +32,7 @@ from fairfeed.hotpath.metrics import warm_metrics
 from fairfeed.hotpath.warmup import warm_up
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
+from fairfeed.ipc.doorbell import Doorbell
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.pacer import Pacer
@@ -179,6 +180,7 @@ def run(
 
     broker: LocalBroker | None = None
     rings: list[Ring] = []
+    doorbell: Doorbell | None = None
     blobs: list[BlobRing] = []
     control: ControlBlock | None = None
     streams: StreamBoard | None = None
@@ -214,6 +216,7 @@ def run(
         if cfg.metrics.listen:
             board = MetricsBoard.create(f"{prefix}-metrics", d.max_instruments, d.max_sources)
         rings = [Ring.create(f"{prefix}-ring{i}", cfg.ring.capacity) for i in range(n_workers)]
+        doorbell = Doorbell()  # the ingest workers wake compute with it when it sleeps
         blobs = [
             BlobRing.create(f"{prefix}-dead{i}", cfg.ring.dead_letter_bytes)
             for i in range(n_workers)
@@ -242,7 +245,7 @@ def run(
             pipe = CommandPipe()
             w = IngestWorker(
                 i, slot, cfg, registry, rings[i], control, parts[i], urls, blobs[i], pipe, last_ids,
-                pacer,
+                pacer, doorbell=doorbell,
             )  # fmt: skip
             children.append(ChildSpec(w.name, slot, w.main, stop_phase=0, pipe=pipe))
             workers.append(w)
@@ -263,6 +266,7 @@ def run(
             spool_dir=spool_dir,
             ring_prefix=prefix,
             collect=collect if to_file else None,
+            doorbell=doorbell,
         )
         children.append(ChildSpec(comp.name, slot, comp.main, stop_phase=2, pipe=pipe))
 
@@ -322,6 +326,8 @@ def run(
         for ring in [*rings, *blobs]:
             ring.close()
             ring.unlink()
+        if doorbell is not None:
+            doorbell.close()
         for seg in (control, streams, board, last_ids, pacer):
             if seg is not None:
                 seg.close()

@@ -8,6 +8,7 @@ line  counter                                                 written by
 ====  ======================================================  ========
 0     ``head``: records ever published (= records written)    producer
 1     ``tail``: records ever consumed (= records read)        consumer
+      ``waiting`` (word 1): the consumer sleeps, wake it      both (below)
 2     ``dropped``: records refused for good (ring full)       producer
 3     ``capacity`` and a magic number, set at creation        creator
 ====  ======================================================  ========
@@ -24,6 +25,14 @@ the consumer reads ``head``, copies records out, then stores ``tail``. Each coun
 8-byte store by a single writer, and x86-64 keeps stores (and loads) in program order, so no
 lock is needed. (On weakly ordered CPUs this needs release/acquire fences: not supported yet.)
 
+**Waking the consumer.** A consumer with nothing to read sleeps on a doorbell (an eventfd,
+:mod:`fairfeed.ipc.doorbell`) instead of polling: it sets ``waiting`` on each of its rings,
+fences, looks at every ring once more (a write that came meanwhile cancels the sleep), then
+waits. A producer calls :meth:`Ring.wake_wanted` after publishing (a fence, then it takes the
+``waiting`` flag) and rings the bell when it took it: one system call per sleep of the
+consumer, none while the consumer is busy. Each side stores, fences, then loads the other
+side's word (Dekker), so at least one of them sees the other: no wake-up is lost.
+
 :meth:`Ring.write` never waits: it publishes what fits and returns the count. What to do with
 the rest is the producer's decision (:class:`OverflowPolicy`; the ingest worker holds it back,
 pauses its sockets and retries, ``fairfeed.daemon.backpressure``); records it gives up on are
@@ -39,6 +48,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from fairfeed.core.records import RECORD_DTYPE, RECORD_SIZE
+from fairfeed.ipc.doorbell import fence
 from fairfeed.ipc.shm import attach_segment, create_segment
 
 HEADER_BYTES = 256
@@ -46,6 +56,7 @@ _U64_PER_LINE = 8  # 64-byte cache line / 8-byte counters
 _HEAD = 0
 _STAMP_COUNT = 1  # publish stamps ever written (producer's line)
 _TAIL = 1 * _U64_PER_LINE
+_WAITING = _TAIL + 1  # the consumer sleeps until a producer rings its doorbell
 _DROPPED = 2 * _U64_PER_LINE
 _CAPACITY = 3 * _U64_PER_LINE
 _MAGIC = _CAPACITY + 1
@@ -183,6 +194,16 @@ class Ring:
             hdr[_HEAD] = head + k
         return k
 
+    def wake_wanted(self) -> bool:
+        """Producer, after a write: whether the consumer sleeps waiting for records (it then
+        needs its doorbell rung). Takes the request: one wake-up per sleep."""
+        fence()
+        hdr = self._hdr
+        if hdr[_WAITING]:
+            hdr[_WAITING] = 0
+            return True
+        return False
+
     def count_dropped(self, n: int) -> None:
         """Count ``n`` records the producer gave up on (the ``dropped`` counter)."""
         if n > 0:
@@ -227,6 +248,15 @@ class Ring:
         if commit:
             hdr[_TAIL] = tail + k
         return k
+
+    def unread(self) -> int:
+        """Records published that this consumer has not read yet."""
+        return int(self._hdr[_HEAD]) - self.cursor
+
+    def set_waiting(self, on: bool) -> None:
+        """Consumer: ask the producer for a wake-up at its next write (``on``), or stop asking.
+        Call :func:`fence` after asking and before the last look at :meth:`unread`."""
+        self._hdr[_WAITING] = 1 if on else 0
 
     def commit(self, position: int | None = None) -> None:
         """Release what was read up to ``position`` (default: everything read) to the

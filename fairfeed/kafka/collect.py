@@ -56,6 +56,9 @@ class CollectSink:
     def poll(self, timeout: float = 0.0) -> int:
         return 0
 
+    def idle(self) -> bool:
+        return True  # nothing is ever in flight
+
     def overflow_events(self) -> list:
         return []  # nothing is ever dropped: the file takes everything
 

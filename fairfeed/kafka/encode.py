@@ -53,6 +53,17 @@ TICK_COLUMNS: tuple[str, ...] = (
 DEFAULT_MAX_RECORDS = 4096
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY
+# The record's instrument (u32), provider (u16) and venue (u16) as one little-endian uint64.
+_GROUP_VIEW = np.dtype(
+    {"names": ["group"], "formats": ["<u8"], "offsets": [RECORD_DTYPE.fields["instrument"][1]],
+     "itemsize": RECORD_DTYPE.itemsize}
+)  # fmt: skip
+assert (
+    RECORD_DTYPE.fields["provider"][1] == RECORD_DTYPE.fields["instrument"][1] + 4
+    and RECORD_DTYPE.fields["venue"][1] == RECORD_DTYPE.fields["instrument"][1] + 6
+), "the group view needs instrument, provider, venue adjacent"
+_U16, _U32, _U48 = np.uint64(16), np.uint64(32), np.uint64(48)
+_PROVIDER_BITS = np.uint64(0xFFFF << 16)
 
 Message = tuple[bytes, bytes]  # (key, value)
 
@@ -66,6 +77,7 @@ class TickEncoder:
         self.registry = registry
         self.max_records = max_records
         self._keys = [name.encode() for name in registry.instruments]
+        self._heads: dict[tuple[int, int], bytes] = {}  # (group key, data class) -> JSON head
         self._source_names: list[str] = []  # "provider/venue" per source id, built when needed
         self.counts: list[int] = []  # records in each message of the last ticks() call
 
@@ -85,54 +97,62 @@ class TickEncoder:
             return []
         if batch.dtype != RECORD_DTYPE:
             raise TypeError(f"expected RECORD_DTYPE records, got {batch.dtype}")
-        key = (
-            (batch["instrument"].astype(np.uint64) << np.uint64(32))
-            | (batch["provider"].astype(np.uint64) << np.uint64(16))
-            | batch["venue"].astype(np.uint64)
-        )
+        # instrument, provider and venue are 8 adjacent bytes of a record: read as one uint64
+        # they are the group key as they are (a view, no arithmetic)
+        key = batch.view(_GROUP_VIEW)["group"]
         if n == 1 or not np.any(key[1:] != key[:-1]):
             order = None  # one group: no gather needed
             skey = key
         else:
-            order = np.argsort(key, kind="stable")
+            # messages in (instrument, provider, venue) order: the view's key rearranged
+            by = (key << _U32) | ((key >> _U16) & _PROVIDER_BITS) | (key >> _U48)
+            order = np.argsort(by, kind="stable")
             skey = key[order]
         dclass = batch["data_class"] if order is None else batch["data_class"][order]
         # Group boundaries: where the key changes; a data class changing inside a group (it
         # should not: it belongs to the instrument) splits it too, so nothing is lost.
         change = (skey[1:] != skey[:-1]) | (dclass[1:] != dclass[:-1])
-        starts = np.concatenate(([0], np.flatnonzero(change) + 1, [n]))
-        cols = {
-            name: np.ascontiguousarray(batch[name] if order is None else batch[name][order])
+        starts = np.flatnonzero(change).tolist()
+        starts = [0, *(i + 1 for i in starts), n]
+        cols = [
+            np.ascontiguousarray(batch[name] if order is None else batch[name][order])
             for name in TICK_COLUMNS
-        }
-        reg = self.registry
+        ]
         out: list[Message] = []
         counts = self.counts = []
         step = self.max_records
-        starts_l = starts.tolist()
-        for g in range(len(starts_l) - 1):
-            a, end = starts_l[g], starts_l[g + 1]
-            k = int(skey[a])
-            inst, prov, venue = k >> 32, (k >> 16) & 0xFFFF, k & 0xFFFF
-            head: dict[str, Any] = {
-                "schema": SCHEMA_VERSION,
-                "type": "ticks",
-                "instrument": reg.instruments[inst],
-                "provider": reg.providers[prov],
-                "venue": reg.venues[venue],
-                "data_class": CLASS_NAMES.get(int(dclass[a]), "unknown"),
-            }
-            kb = self._keys[inst]
+        heads = self._heads
+        groups = skey[starts[:-1]].tolist()
+        classes = dclass[starts[:-1]].tolist()
+        for g, k in enumerate(groups):
+            a, end = starts[g], starts[g + 1]
+            head = heads.get((k, classes[g]))
+            if head is None:
+                head = heads[(k, classes[g])] = self._head(k, classes[g])
+            kb = self._keys[k & 0xFFFFFFFF]
             while a < end:
                 b = min(end, a + step)
-                msg = dict(head)
-                msg["count"] = b - a
-                for name in TICK_COLUMNS:
-                    msg[name] = cols[name][a:b]
-                out.append((kb, orjson.dumps(msg, option=_OPTS)))
+                # the head's JSON ends with '"count":', the columns' object gives the rest
+                body = orjson.dumps(dict(zip(TICK_COLUMNS, [c[a:b] for c in cols], strict=True)),
+                                    option=_OPTS)  # fmt: skip
+                out.append((kb, b"".join((head, str(b - a).encode(), b",", body[1:]))))
                 counts.append(b - a)
                 a = b
         return out
+
+    def _head(self, key: int, data_class: int) -> bytes:
+        """The JSON of a ticks message up to its count, for group ``key`` (instrument in the
+        low 32 bits, provider, venue) and ``data_class``."""
+        reg = self.registry
+        head: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "type": "ticks",
+            "instrument": reg.instruments[key & 0xFFFFFFFF],
+            "provider": reg.providers[(key >> 32) & 0xFFFF],
+            "venue": reg.venues[key >> 48],
+            "data_class": CLASS_NAMES.get(data_class, "unknown"),
+        }
+        return orjson.dumps(head)[:-1] + b',"count":'
 
     # -- fair prices -------------------------------------------------------------------------
     def fair(

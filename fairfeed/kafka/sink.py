@@ -262,6 +262,13 @@ class KafkaSink:
         _ = self.producer
         return self
 
+    def idle(self) -> bool:
+        """Nothing in flight or waiting, nothing broken: :meth:`poll` has nothing to serve
+        and may wait (its caller still calls it now and then, for the topic checks)."""
+        return not (
+            self._inflight or self.spool.pending or self._fresh or self._broken or self.overflows
+        )
+
     def __len__(self) -> int:
         """Messages handed to the producer and not yet reported."""
         return self._inflight

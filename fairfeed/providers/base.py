@@ -57,6 +57,9 @@ class IngestContext:
     # the API keys of every configured provider, never to be logged (a provider's error may
     # echo any of them); the adapter's own key is added by :meth:`redactor`
     secrets: tuple[str, ...] = ()
+    # seconds a record may wait in a connection's buffer before it is emitted (a batch of the
+    # frames of several socket reads); 0: emit each read's records at once
+    flush_delay: float = 0.0
 
     def redactor(self) -> Redactor:
         """What the adapter's error logs pass provider text through."""

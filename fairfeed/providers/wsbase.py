@@ -8,7 +8,12 @@ every provider:
   per-connection stream limit needs; each connection runs its own reconnect loop (a picows
   client: about 20x cheaper per frame than ``websockets``).
 * **Batching.** Records parsed from every frame of one socket read are handed to ``ctx.emit``
-  once, when picows marks the read's last frame (``frame.last_in_buffer``).
+  (and sequence-checked) once, when picows marks the read's last frame
+  (``frame.last_in_buffer``). A read that brought data then stops reading that socket for
+  ``ctx.flush_delay`` (the worker's ``ring.flush_delay_ms``): what arrives meanwhile waits in
+  the kernel and comes in one read, so at a high rate of small frames the event loop's, the
+  read's and the flush's costs are paid once per delay, not per frame. No record waits longer
+  than the delay; ``ts_receive`` is the time of the read. Health records flush at once.
 * **Reconnects** with capped, jittered backoff (:class:`~fairfeed.core.backoff.Backoff`, reset only
   once a subscription is acknowledged), re-subscription on every connect, subscribe requests
   staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
@@ -108,10 +113,12 @@ class WsConnection:
         self.buf = np.zeros(adapter.buffer_records, RECORD_DTYPE)
         self.u8 = self.buf.view(np.uint8)
         self.cap = adapter.buffer_records
+        self.min_record_bytes = adapter.min_record_bytes
         self.n = 0  # records buffered
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
         self.frag: bytearray | None = None
+        self.timer: asyncio.TimerHandle | None = None  # ends a batching pause of the reading
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(adapter.sources_by_venue(subs), adapter.gap_kinds)
@@ -332,7 +339,7 @@ class WsConnection:
             payload = self._fragment(frame)
             if payload is None:
                 if frame.last_in_buffer:
-                    self.flush()
+                    self._read_done()
                 return
         else:  # pong
             self.last_alive = time.monotonic()
@@ -340,20 +347,41 @@ class WsConnection:
         if not self.ts:
             self.ts = time.time_ns()
         n = self.n
-        if n and n + len(payload) // self.adapter.min_record_bytes + _HEADROOM > self.cap:
+        if n and n + len(payload) // self.min_record_bytes + _HEADROOM > self.cap:
+            self.last_data = self.last_alive = time.monotonic()
             self.flush()
             n = 0
         r = self.parser.parse(payload, self.buf, n, self.ts)
         self.frames += 1
         if r > 0:
-            self.n = n + r
-            self.last_data = self.last_alive = time.monotonic()
+            self.n = n + r  # last_data: at the end of the read (one clock call per read)
             if not self.subscribed and self.sent_subscriptions:
                 self.acknowledge()
         elif r < 0:
             self._special(r, payload)
         if frame.last_in_buffer:
-            self.flush()
+            self._read_done()
+
+    def _read_done(self) -> None:
+        """The socket read's last frame: publish what it brought, then, if it brought data,
+        stop reading for ``flush_delay`` so that the next read takes all that arrived
+        meanwhile (the loop's, the read's and the flush's costs paid once per batch)."""
+        had_data = self.n or self.frames
+        if self.n:
+            self.last_data = self.last_alive = time.monotonic()
+        self.flush()
+        delay = self.adapter.ctx.flush_delay
+        if delay > 0 and had_data and self.timer is None:
+            t = self.transport
+            if t is not None and not t.is_disconnected:
+                t.underlying_transport.pause_reading()
+                self.timer = asyncio.get_running_loop().call_later(delay, self._read_again)
+
+    def _read_again(self) -> None:
+        """End of the batching pause (unless the worker's ring is full: its own pause goes on)."""
+        self.timer = None
+        if not self.adapter.reading_paused:
+            self.resume_reading()
 
     def _special(self, r: int, payload: bytes | memoryview) -> None:
         a = self.adapter
@@ -413,6 +441,9 @@ class WsConnection:
         self.health.connected(True)
 
     def on_disconnected(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.flush()
         self.transport = None
         self.health.connected(False)

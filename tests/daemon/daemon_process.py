@@ -46,8 +46,11 @@ class DaemonProcess:
         config: Path | None,
         live: bool = False,
         env: dict[str, str] | None = None,
+        tree: Path | None = None,
     ) -> None:
-        """``env``: extra environment variables for the daemon (e.g. ``NOTIFY_SOCKET``)."""
+        """``env``: extra environment variables for the daemon (e.g. ``NOTIFY_SOCKET``);
+        ``tree``: run the ``fairfeed`` package of another source tree (e.g. a ``git worktree``
+        of another commit; benchmarks compare two that way)."""
         self.out_path = workdir / "daemon.out"
         self.err_path = workdir / "daemon.err"
         args = [sys.executable, "-m", "fairfeed", "run", "--live" if live else "--no-live"]
@@ -66,7 +69,11 @@ class DaemonProcess:
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             env.pop(key, None)  # a test runner started by systemd must not lend its socket
         env.update(extra_env or {})
-        self.proc = subprocess.Popen(args, stdout=self._out, stderr=self._err, env=env)
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
+        self.proc = subprocess.Popen(
+            args, stdout=self._out, stderr=self._err, env=env, cwd=tree or None
+        )
         self.pid = self.proc.pid
         self.seen_children: set[int] = set()
 

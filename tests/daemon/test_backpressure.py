@@ -17,6 +17,7 @@ from fairfeed.core.counters import DictCounters, Slot
 from fairfeed.core.records import RECORD_DTYPE
 from fairfeed.daemon.backpressure import RingWriter
 from fairfeed.daemon.pending import PendingRecords
+from fairfeed.ipc.doorbell import Doorbell
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from tests.waiting import wait_for_async
 
@@ -110,6 +111,23 @@ def test_a_batch_that_fits_goes_straight_to_the_ring(ring: Ring) -> None:
         assert (counters[Slot.RECORDS_OUT], len(writer.pending), reading.calls) == (16, 0, [])
 
     asyncio.run(main())
+
+
+def test_the_doorbell_rings_once_for_a_consumer_that_sleeps(ring: Ring) -> None:
+    bell = Doorbell()
+    reading, counters = Reading(), DictCounters()
+    writer = RingWriter(ring, counters, OverflowPolicy(), reading.pause, reading.resume,
+                        doorbell=bell)  # fmt: skip
+    try:
+        writer.emit(_records(0, 2))  # the consumer is awake: no system call
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(bell.fd)
+        ring.set_waiting(True)
+        writer.emit(_records(2, 2))
+        writer.emit(_records(4, 2))
+        assert os.eventfd_read(bell.fd) == 1  # one wake-up for the sleep, not one per batch
+    finally:
+        bell.close()
 
 
 def test_full_ring_holds_back_in_order_pauses_and_resumes_when_drained(ring: Ring) -> None:

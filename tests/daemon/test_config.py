@@ -51,6 +51,8 @@ def test_embedded_default_is_valid_and_frozen() -> None:
         ),
         ("[ring]\nblock_timeout_ms = -1\n", "ring.block_timeout_ms: must be between 0 and 500"),
         ("[ring]\npending_records = 0\n", "ring.pending_records: must be >= 1, got 0"),
+        ("[ring]\nflush_delay_ms = 3\n", "ring.flush_delay_ms: must be between 0 and 2, got 3"),
+        ("[ring]\nflush_delay_ms = -1\n", "ring.flush_delay_ms: must be between 0 and 2"),
         (
             "[ring]\nblock_timeout_ms = 300\n" + PROVIDER + "stale_after = 0.5\n",
             "providers[0].stale_after: 0.5 s is less than twice ring.block_timeout_ms (300 ms)",

@@ -12,15 +12,12 @@ size the scenario; ``make outage`` runs it at the reference load for 10 s and 60
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
 import os
 import signal
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +25,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fairfeed.core.config import SimulatorConfig
 from fairfeed.core.records import KIND_TRADE
 from fairfeed.kafka.broker import LocalBroker, free_port, read_topic
-from fairfeed.local.binance import BinanceServer
+from fairfeed.local.loadserver import SYMBOLS as LOAD_SYMBOLS
+from fairfeed.local.loadserver import LoadServer
 from fairfeed.local.tcpproxy import TcpProxy
 from fairfeed.local.thread import LoopThread
 from tests.daemon.daemon_process import DaemonProcess
@@ -41,8 +38,7 @@ pytestmark = pytest.mark.slow
 
 OUTAGE = float(os.environ.get("FAIRFEED_OUTAGE_SECONDS", "10"))
 RATE = float(os.environ.get("FAIRFEED_OUTAGE_RATE", "3000"))
-SYMBOLS = ["BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT", "ADA-USDT", "DOGE-USDT", "LTC-USDT",
-           "BNB-USDT"]  # fmt: skip
+SYMBOLS = list(LOAD_SYMBOLS)
 TICKS = "outage.ticks"
 
 
@@ -83,58 +79,6 @@ class Metrics:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
-
-
-def _serve(pipe: Connection, rate: float, tape: bool) -> None:  # pragma: no cover - spawned
-    """The load server's process: a Binance server, driven through ``pipe``."""
-    prices = {s: 100.0 * (i + 1) for i, s in enumerate(SYMBOLS)}
-    cfg = SimulatorConfig(prices, rate, quote_ratio=0.0, heartbeat_interval=0.5, seed=7)
-    server = BinanceServer("binance", cfg, tape=tape)
-    with LoopThread(server).start() as loop:
-        pipe.send(server.url)
-        while True:
-            cmd, arg = pipe.recv()
-            if cmd == "pause":
-                loop.call(lambda on=arg: setattr(server.faults, "heartbeats_only", on), timeout=60)
-                pipe.send(None)
-            elif cmd == "ids":
-                ids = loop.call(lambda: server.market.trade_id.tolist(), timeout=60)
-                pipe.send(dict(zip(server.market.symbols, ids, strict=True)))
-            else:
-                return
-
-
-class LoadServer:
-    """The Binance-protocol server with numbered trades, in a process of its own (at the
-    reference rate it needs a core; a thread would fight the test for the GIL)."""
-
-    def __init__(self, rate: float, tape: bool = False) -> None:
-        ctx = mp.get_context("spawn")
-        self._pipe, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, rate, tape), daemon=True)
-        self.proc.start()
-        child.close()
-        self.url = self._ask(None)
-
-    def _ask(self, msg: tuple[str, object] | None) -> Any:
-        if msg is not None:
-            self._pipe.send(msg)
-        if not self._pipe.poll(60):
-            raise AssertionError("the load server did not answer within 60 s")
-        return self._pipe.recv()
-
-    def pause(self, on: bool) -> None:
-        self._ask(("pause", on))
-
-    def ids(self) -> dict[str, int]:
-        return self._ask(("ids", None))
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._pipe.send(("stop", None))
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
 
 
 class Rig:

@@ -1,0 +1,37 @@
+"""Keeps the fixed-rate benchmark from rotting: a tiny load, then idle, on this tree."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `bench` is a top-level package of the repository, not installed
+    sys.path.insert(0, str(REPO))
+
+from bench.steady import Options, run_steady  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_steady_tiny_load(tmp_path):
+    opts = Options(rate=2000.0, seconds=2.0, warmup=0.5)
+    report = run_steady(opts, out=tmp_path / "steady.json", echo=False)
+
+    assert Path(report["path"]).is_file()
+    by = {r["scenario"]: r for r in report["runs"]}
+    assert set(by) == {"steady", "idle"}
+    s = by["steady"]
+    assert s["expected"] > 0 and s["delivered"] == s["expected"], s["notes"]
+    assert s["duplicates"] == 0, s["notes"]
+    assert s["messages"] > 0 and s["seconds"] > 0
+    assert s["cpu_us_per_message"]["total"] > 0
+    assert {"supervisor", "ingest-0", "ingest-1", "compute"} <= set(s["cpu_s"])
+    assert s["kafka_messages_per_s"] > 0 and s["records_per_message"] >= 1
+    assert s["latency_ms"]["p99"] >= s["latency_ms"]["p50"]
+    i = by["idle"]
+    assert i["total_cores"] >= 0 and {"supervisor", "compute"} <= set(i["cpu_s"])
+    for r in report["runs"]:
+        assert r["notes"] == [], r["notes"]
