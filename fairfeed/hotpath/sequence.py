@@ -11,6 +11,12 @@ worker, so the first number after a reconnect or a worker restart reports what w
 meanwhile. A record numbered below the stream's last one, or a trade numbered equal to it, was
 published already (a planned reconnect's two sessions overlap): it is dropped. Quotes may share
 their number (bid and ask), so only a lower one drops them.
+
+A jump by more than ``max_jump`` either way is not believed: one absurd number (a trade id of
+9e18) would otherwise count 9e18 messages missed and, becoming the stream's last number, make
+every later record look published already, blind to the gaps after it. Such a jump gives one
+gap record of unknown size (``size`` = -1, counted as a gap with nothing missed: see
+:func:`missed`) and restarts the stream: the next record sets its number afresh.
 """
 
 from __future__ import annotations
@@ -20,17 +26,25 @@ from numba import njit
 
 from fairfeed.core.records import KIND_GAP, KIND_TRADE, RECORD_DTYPE
 
+# More than this many numbers between two records of one stream, either way, is not a gap but a
+# broken (or restarted) numbering. Ten million trades of one instrument is days of the busiest
+# pair on any venue we read.
+MAX_JUMP = 10_000_000
+UNKNOWN_MISSED = -1.0  # ``size`` of the gap record of an implausible jump
+
 
 @njit(cache=True)
-def track_sequences_nb(records, n, last_ids, source_of_venue, tracked, gaps):  # pragma: no cover
+def track_sequences_nb(records, n, last_ids, source_of_venue, tracked, gaps,
+                       max_jump):  # fmt: skip  # pragma: no cover
     """Check ``records[:n]``, compacting the records kept to the front; write gap records.
 
     ``last_ids[instrument, source]`` is the last number published per stream (-1 = none),
     updated in place; ``source_of_venue[venue]`` is the source id of the caller's provider at
     that venue (-1 = not tracked); ``tracked[kind]`` is 1 for kinds whose ``sequence`` is
     contiguous per stream. A gap record copies the record after the gap with kind KIND_GAP,
-    price 0 and ``size`` = the number of messages missed. Returns (records kept, gap records
-    written); gaps beyond ``len(gaps)`` update the state but are not written.
+    price 0 and ``size`` = the number of messages missed (UNKNOWN_MISSED after a jump by more
+    than ``max_jump``, which restarts the stream). Returns (records kept, gap records written);
+    gaps beyond ``len(gaps)`` update the state but are not written.
     Reference: :func:`track_sequences_reference`.
     """
     m = 0
@@ -47,7 +61,15 @@ def track_sequences_nb(records, n, last_ids, source_of_venue, tracked, gaps):  #
             inst = r.instrument
             if src >= 0 and src < n_src and inst < n_inst:
                 last = last_ids[inst, src]
-                if last >= 0 and (seq < last or (seq == last and r.kind == KIND_TRADE)):
+                if last >= 0 and (seq - last > max_jump or last - seq > max_jump):
+                    if m < gaps.shape[0]:
+                        gaps[m] = r
+                        gaps[m].kind = KIND_GAP
+                        gaps[m].price = 0.0
+                        gaps[m].size = UNKNOWN_MISSED
+                        m += 1
+                    last_ids[inst, src] = -1
+                elif last >= 0 and (seq < last or (seq == last and r.kind == KIND_TRADE)):
                     keep = False
                 else:
                     if last >= 0 and seq > last + 1 and m < gaps.shape[0]:
@@ -65,14 +87,20 @@ def track_sequences_nb(records, n, last_ids, source_of_venue, tracked, gaps):  #
     return k, m
 
 
+def missed(gaps: np.ndarray) -> int:
+    """Messages missed in gap records (a gap of unknown size counts none)."""
+    return int(np.maximum(gaps["size"], 0.0).sum())
+
+
 def track_sequences_reference(
     records: np.ndarray,
     last_ids: np.ndarray,
     source_of_venue: np.ndarray,
     tracked: np.ndarray,
+    max_jump: int = MAX_JUMP,
 ) -> tuple[list[int], list[tuple[int, int, int, int]]]:
     """Plain-Python oracle: indexes of the records kept, and ``(instrument, source, sequence
-    after the gap, missed)`` per gap; ``last_ids`` is updated in place."""
+    after the gap, missed)`` per gap (-1 = unknown); ``last_ids`` is updated in place."""
     kept, gaps = [], []
     for i, r in enumerate(records):
         seq, inst, venue, kind = (int(r[f]) for f in ("sequence", "instrument", "venue", "kind"))
@@ -82,6 +110,11 @@ def track_sequences_reference(
             kept.append(i)
             continue
         last = int(last_ids[inst, src])
+        if last >= 0 and abs(seq - last) > max_jump:
+            kept.append(i)
+            gaps.append((inst, src, seq, -1))
+            last_ids[inst, src] = -1
+            continue
         if last >= 0 and (seq < last or (seq == last and kind == KIND_TRADE)):
             continue  # published already
         kept.append(i)
@@ -99,8 +132,13 @@ class SequenceTracker:
     """
 
     def __init__(
-        self, source_of_venue: np.ndarray, kinds: tuple[int, ...], max_gaps: int = 1024
+        self,
+        source_of_venue: np.ndarray,
+        kinds: tuple[int, ...],
+        max_gaps: int = 1024,
+        max_jump: int = MAX_JUMP,
     ) -> None:
+        self.max_jump = np.int64(max_jump)
         self.source_of_venue = np.asarray(source_of_venue, np.int32)
         self.tracked = np.zeros(256, np.uint8)
         self.tracked[list(kinds)] = 1
@@ -114,6 +152,6 @@ class SequenceTracker:
         if not self.enabled or n == 0:
             return n, self.gaps[:0]
         kept, m = track_sequences_nb(
-            records, n, last_ids, self.source_of_venue, self.tracked, self.gaps
+            records, n, last_ids, self.source_of_venue, self.tracked, self.gaps, self.max_jump
         )
         return kept, self.gaps[:m]

@@ -72,7 +72,7 @@ from fairfeed.core.records import (
     STATUS_SUBSCRIBE_ERROR,
 )
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.hotpath.sequence import UNKNOWN_MISSED, SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
 from fairfeed.providers.base import Adapter, IngestContext
@@ -293,9 +293,10 @@ class WsConnection:
                     a.ctx.emit(batch)
                 if len(gaps):
                     c.add(Slot.GAPS, len(gaps))
-                    c.add(Slot.MISSED, int(gaps["size"].sum()))
-                    a.gap_log(f"{self.name}: {len(gaps)} sequence gap(s), "
-                              f"{int(gaps['size'].sum())} messages missed")  # fmt: skip
+                    lost = missed(gaps)
+                    c.add(Slot.MISSED, lost)
+                    a.gap_log(f"{self.name}: {len(gaps)} sequence gap(s), {lost} messages missed"
+                              + _unknown(gaps))  # fmt: skip
                     a.ctx.emit(gaps)
             except Exception:
                 log.exception("%s: emit failed, %d records lost", self.name, n)
@@ -572,6 +573,12 @@ class WsConnection:
             await done
         finally:
             done.cancel()
+
+
+def _unknown(gaps: np.ndarray) -> str:
+    """The log's word on implausible jumps among ``gaps`` (gaps of unknown size)."""
+    n = int((gaps["size"] == UNKNOWN_MISSED).sum())
+    return f" ({n} implausible jump(s): size unknown, tracking restarted)" if n else ""
 
 
 def _stream_keys(records: np.ndarray) -> np.ndarray:

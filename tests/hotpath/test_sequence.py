@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_GAP, KIND_TRADE, RECORD_DTYPE
-from fairfeed.hotpath.sequence import SequenceTracker, track_sequences_reference
+from fairfeed.hotpath.sequence import SequenceTracker, missed, track_sequences_reference
 
 ALL = (KIND_TRADE, KIND_BID, KIND_ASK)
 
@@ -102,7 +102,7 @@ def test_kernel_equals_reference(rows: list[tuple[int, int, int, int]], split: i
         recs[i]["venue"], recs[i]["price"] = venue, i
     split = min(split, len(recs))
     venues = np.array([0, 1])  # venue 2 has no source; instrument 3 is out of range
-    t = SequenceTracker(venues, (KIND_TRADE, KIND_BID))
+    t = SequenceTracker(venues, (KIND_TRADE, KIND_BID), max_jump=15)  # reached by the ids
     last, ref_last = _table(3, 2), _table(3, 2)
     got, want = [], []
     for a, b in ((0, split), (split, len(recs))):
@@ -111,8 +111,23 @@ def test_kernel_equals_reference(rows: list[tuple[int, int, int, int]], split: i
         got += [float(p) for p in part["price"][:kept]]
         got += [(int(g["instrument"]), int(g["venue"]), int(g["sequence"]), int(g["size"]))
                 for g in gaps]  # fmt: skip
-        idx, ref_gaps = track_sequences_reference(recs[a:b], ref_last, venues, t.tracked)
+        idx, ref_gaps = track_sequences_reference(recs[a:b], ref_last, venues, t.tracked, 15)
         want += [float(recs[a + i]["price"]) for i in idx]
         want += [(inst, int(venues.tolist().index(src)), seq, n) for inst, src, seq, n in ref_gaps]
     assert got == want
     assert np.array_equal(last, ref_last)
+
+
+def test_an_absurd_id_is_a_gap_of_unknown_size_and_does_not_blind_the_stream() -> None:
+    """A trade id of 9e18 between 101 and 102: one gap of unknown size (not 9e18 missed), every
+    record kept, and the real 10-id gap after it still seen."""
+    t = SequenceTracker(np.array([0]), (KIND_TRADE,))
+    last = _table(1, 1)
+    ids = [100, 101, 9_000_000_000_000_000_000, 102, 103, 114]
+    recs = _recs([(0, KIND_TRADE, s) for s in ids])
+    kept, gaps = t.check(recs, last)
+    assert kept == len(ids)
+    assert gaps["size"].tolist() == [-1.0, 10.0]
+    assert gaps["sequence"].tolist() == [9_000_000_000_000_000_000, 114]
+    assert missed(gaps) == 10
+    assert last[0, 0] == 114

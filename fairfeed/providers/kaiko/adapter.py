@@ -71,7 +71,7 @@ from fairfeed.core.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.hotpath.sequence import SequenceTracker
+from fairfeed.hotpath.sequence import SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext, required_api_key
 from fairfeed.providers.health import Health
@@ -436,8 +436,9 @@ class KaikoAdapter(Adapter):
                     self.ctx.emit(buf[:kept])
                 if len(gaps):
                     c.add(Slot.GAPS, len(gaps))
-                    c.add(Slot.MISSED, int(gaps["size"].sum()))
-                    self._gap_log(f"{len(gaps)} trade id gap(s), {int(gaps['size'].sum())} missed")
+                    lost = missed(gaps)
+                    c.add(Slot.MISSED, lost)
+                    self._gap_log(f"{len(gaps)} trade id gap(s), {lost} missed")
                     self.ctx.emit(gaps)
             except Exception:
                 log.exception("%s: emit failed, %d records lost", self.ctx.provider.name, kept)
