@@ -55,6 +55,7 @@ class Slot(enum.IntEnum):
     REPLAY_SENT = 36  # simulators: frames the capture replays sent (answers included)
     REPLAY_DONE = 37  # simulators: 1 once every replayed capture was played to its end
     STREAM_RESTARTS = 38  # ingest: streams restarted alone, their connection up (Kaiko calls)
+    TIME_ERRORS = 39  # ingest: records whose venue time was implausible (set to 0, kept)
 
 
 class Counters(abc.ABC):

@@ -61,6 +61,11 @@ _SLOT_COUNTERS = (
         Slot.STREAM_RESTARTS,
         "Streams restarted alone while their provider connection stayed up (Kaiko calls)",
     ),
+    (
+        "time_errors",
+        Slot.TIME_ERRORS,
+        "Records whose venue time was over a day ahead of ours or before 2010 (cleared, kept)",
+    ),
     ("sequence_gaps", Slot.GAPS, "Sequence gaps detected"),
     ("sequence_missed", Slot.MISSED, "Messages missed in sequence gaps"),
     (

@@ -72,6 +72,7 @@ from fairfeed.core.records import (
     STATUS_SUBSCRIBE_ERROR,
 )
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.hotpath.plausible import clear_implausible_times
 from fairfeed.hotpath.sequence import UNKNOWN_MISSED, SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
@@ -284,6 +285,11 @@ class WsConnection:
                     before = len(batch)
                     batch = ov.filter(batch)
                     c.add(Slot.REPEATS_DROPPED, before - len(batch))
+            bad_times = clear_implausible_times(batch)
+            if bad_times:
+                c.add(Slot.TIME_ERRORS, bad_times)
+                a.parse_log(f"{self.name}: {bad_times} record(s) with an implausible venue time "
+                            "(over a day ahead of ours, or before 2010): cleared")  # fmt: skip
             kept, gaps = self.gaps.check(batch, a.last_ids.table)
             if kept < len(batch):
                 c.add(Slot.REPEATS_DROPPED, len(batch) - kept)

@@ -381,6 +381,33 @@ def test_malformed_frames_counted_and_dead_lettered():
     asyncio.run(main())
 
 
+def test_an_absurd_venue_time_is_cleared_and_counted():
+    """``"T": "2024"`` decodes to a trade in 1970: the record is kept (price, size) with its
+    exchange time cleared to unknown and counted, so no latency detector sees 56 years."""
+    cfg = SimulatorConfig(prices=PRICES, rate=300)
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            adapter, sink, counters, _ = make(server.url)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.n > 10)
+            e_ms = time.time_ns() // 1_000_000
+            server.inject_frame(json.dumps({"stream": "btcusdt@trade", "data": {
+                "e": "trade", "E": e_ms, "s": "BTCUSDT", "t": 5_000_000, "p": "12345.5",
+                "q": "0.5", "T": "2024", "m": True, "M": True}}))  # fmt: skip
+            await wait_for(lambda: counters[Slot.TIME_ERRORS] == 1, what="the time error")
+            await wait_for(lambda: (sink.parsed["price"] == 12345.5).any(), what="the record")
+            r = sink.parsed[sink.parsed["price"] == 12345.5][0]
+            assert (r["ts_exchange"], r["ts_provider"]) == (0, e_ms * 1_000_000)
+            assert counters[Slot.PARSE_ERRORS] == 0
+            good = sink.parsed[sink.parsed["price"] != 12345.5]
+            assert (good["ts_exchange"][good["kind"] == KIND_TRADE] > 0).all()
+            await adapter.close()
+            await task
+
+    asyncio.run(main())
+
+
 def test_staggered_subscribe_requests():
     cfg = SimulatorConfig(prices=PRICES, rate=1000)
 

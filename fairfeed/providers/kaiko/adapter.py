@@ -71,6 +71,7 @@ from fairfeed.core.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
+from fairfeed.hotpath.plausible import clear_implausible_times
 from fairfeed.hotpath.sequence import SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext, required_api_key
@@ -430,6 +431,9 @@ class KaikoAdapter(Adapter):
         c = self.ctx.counters
         if n:
             # the loop owns `buf` until the next swap: the tracker may compact it in place
+            bad_times = clear_implausible_times(buf[:n])
+            if bad_times:
+                c.add(Slot.TIME_ERRORS, bad_times)
             kept, gaps = self._tracker.check(buf[:n], self._last_ids.table)
             try:
                 if kept:

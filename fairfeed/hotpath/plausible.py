@@ -1,0 +1,48 @@
+"""Plausibility of the venue clocks in records: one absurd time stamp must not feed the latency
+and clock-skew detectors (a Binance trade with ``"T": "2024"`` decodes to a time in 1970).
+
+A record's ``ts_exchange`` or ``ts_provider`` more than ``bound`` ahead of its ``ts_receive``
+(our own clock at the socket read), or before 2010, is not believed: it is set to 0 (unknown),
+as for a venue that sends no time, and counted. The record itself, its price and size, is kept.
+Times in the past are only floored, not bounded by ``ts_receive``: a replayed recording
+legitimately carries yesterday's (or 2021's) venue times with today's receive times.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# A venue clock this far from ours is broken, not late: a day covers any backlog or snapshot
+# we publish and any clock error worth a clock_skew event instead.
+MAX_CLOCK_DISTANCE_NS = 24 * 3600 * 1_000_000_000
+EARLIEST_NS = 1_262_304_000 * 1_000_000_000  # 2010-01-01: before any venue we read traded
+
+
+@njit(cache=True)
+def clear_implausible_times_nb(records, n, bound):  # pragma: no cover
+    """Zero the venue times of ``records[:n]`` more than ``bound`` ns ahead of ``ts_receive``
+    or before EARLIEST_NS; returns how many records had one."""
+    bad = 0
+    for i in range(n):
+        r = records[i]
+        latest = r.ts_receive + bound
+        hit = False
+        t = r.ts_exchange
+        if t != 0 and (t > latest or t < EARLIEST_NS):
+            records[i].ts_exchange = 0
+            hit = True
+        t = r.ts_provider
+        if t != 0 and (t > latest or t < EARLIEST_NS):
+            records[i].ts_provider = 0
+            hit = True
+        if hit:
+            bad += 1
+    return bad
+
+
+def clear_implausible_times(records: np.ndarray, bound: int = MAX_CLOCK_DISTANCE_NS) -> int:
+    """:func:`clear_implausible_times_nb` over the whole array."""
+    if not len(records):
+        return 0
+    return int(clear_implausible_times_nb(records, len(records), np.int64(bound)))
