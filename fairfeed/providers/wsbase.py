@@ -148,6 +148,7 @@ class WsConnection:
         self.frag: bytearray | None = None
         self.frag_size = 0  # bytes of the fragmented message so far (``frag`` stops at the limit)
         self.frag_peak = 0  # the largest ``frag`` ever held (tests: reassembly stays bounded)
+        self.oversize_reported = False  # this session's too-big frame is counted already
         self.timer: asyncio.TimerHandle | None = None  # ends a batching pause of the reading
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
@@ -356,6 +357,9 @@ class WsConnection:
         mt = frame.msg_type
         if (mt is _TEXT or mt is _BINARY) and frame.fin and self.frag is None:
             payload = frame.get_payload_as_memoryview()
+            if len(payload) > self.adapter.max_message_bytes:  # picows let one through
+                self._refuse_frame(transport, payload)
+                return
         elif mt is _PING:
             transport.send_pong(frame.get_payload_as_bytes())
             self.last_alive = time.monotonic()
@@ -471,6 +475,7 @@ class WsConnection:
         now = time.monotonic()
         self.transport = transport
         self.frag = None
+        self.oversize_reported = False
         self.subscribed = False
         self.sent_subscriptions = False
         self.planned = ""
@@ -547,6 +552,7 @@ class WsConnection:
                     extra_headers=a.extra_headers(),
                     # refused from the frame header, before picows buffers the payload
                     max_frame_size=a.max_message_bytes,
+                    logger_name=_PicowsLog(self),
                 )
             except Exception as exc:
                 if isinstance(exc, TimeoutError | OSError | WSError):
@@ -594,6 +600,18 @@ class WsConnection:
             a.conn_log(f"{self.name}: disconnected from {url}")
             await a.pause(max(self.retry_after, self.backoff.next_delay()))
 
+    def _refuse_frame(self, transport: WSTransport, payload: memoryview) -> None:
+        """A whole frame over the limit reached us (picows refuses it from its header, but
+        reads on for a moment before it disconnects): drop it, dead-letter its head, close."""
+        self.oversize_reported = True
+        self.adapter.oversized(self, bytes(payload[:DEAD_LETTER_HEAD]), len(payload))
+        transport.disconnect()
+
+    def too_big(self) -> None:
+        """picows just refused a frame from its header and disconnects in a moment: stop
+        reading now, or it goes on buffering the frame meanwhile."""
+        self.pause_reading()
+
     def _protocol_error(self, exc: WSProtocolError) -> None:
         """picows closed the session on a protocol error: an oversized frame is counted and
         dead-lettered (its size from picows' message; the payload was never read)."""
@@ -601,6 +619,8 @@ class WsConnection:
         text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
         if exc.code != WSCloseCode.MESSAGE_TOO_BIG:
             a.conn_log(f"{self.name}: protocol error from the provider: {text}")
+            return
+        if self.oversize_reported:  # its payload reached on_frame and was counted there
             return
         m = _TOO_BIG.search(text)
         a.oversized(self, b"", int(m.group(1)) if m else a.max_message_bytes + 1)
@@ -668,6 +688,22 @@ def _stream_keys(records: np.ndarray) -> np.ndarray:
 
 def _sub_keys(subs: Sequence[Subscription]) -> np.ndarray:
     return np.array([(s.instrument_id << 16) | s.venue_id for s in subs], np.int64)
+
+
+class _PicowsLog(logging.LoggerAdapter):
+    """picows' logger for one connection, and the one synchronous hook picows offers when it
+    refuses a frame over ``max_frame_size``: it only logs the error, then keeps reading for
+    10 ms before it disconnects, long enough on a fast link to buffer the whole frame."""
+
+    def __init__(self, conn: WsConnection) -> None:
+        super().__init__(logging.getLogger("picows.client"), {})
+        self.conn = conn
+
+    def error(self, msg: object, *args: object, **kwargs: object) -> None:
+        info = args[0] if args else None
+        if isinstance(info, tuple) and info and info[0] == WSCloseCode.MESSAGE_TOO_BIG:
+            self.conn.too_big()
+        super().error(msg, *args, **kwargs)  # type: ignore[arg-type]
 
 
 class _Listener(WSListener):
