@@ -95,7 +95,9 @@ def test_oversized_single_frame_is_refused_counted_and_dead_lettered():
             await streaming(adapter, sink, server)
             hit, other = hit_and_other(adapter, server)
             assert await server.send_oversized(size, index=0) == 1
-            await wait_for(lambda: counters[Slot.OVERSIZED] == 1, what="the oversized count")
+            await wait_for(lambda: counters[Slot.OVERSIZED] or task.done(), what="the count")
+            assert not task.done(), f"the adapter's run ended: {task.exception()!r}"
+            assert counters[Slot.OVERSIZED] == 1
             await wait_for(lambda: hit.opened == 2 and hit.subscribed, what="the reconnect")
             await still_flowing(sink, hit)
             await still_flowing(sink, other)
@@ -212,7 +214,11 @@ def test_an_exception_in_a_frame_callback_reconnects_only_that_connection(caplog
             bomb = _Exploding(hit.parser)
             hit.parser = bomb  # type: ignore[assignment]
             bomb.armed = True
-            await wait_for(lambda: counters[Slot.ADAPTER_FAILURES] == 1, what="the failure")
+            await wait_for(
+                lambda: counters[Slot.ADAPTER_FAILURES] or task.done(), what="the failure"
+            )
+            assert not task.done(), f"the adapter's run ended: {task.exception()!r}"
+            assert counters[Slot.ADAPTER_FAILURES] == 1
             await wait_for(lambda: hit.opened == 2 and hit.subscribed, what="the reconnect")
             await still_flowing(sink, hit)
             await still_flowing(sink, other)
