@@ -55,8 +55,9 @@ class Slot(enum.IntEnum):
     REPLAY_SENT = 36  # simulators: frames the capture replays sent (answers included)
     REPLAY_DONE = 37  # simulators: 1 once every replayed capture was played to its end
     STREAM_RESTARTS = 38  # ingest: streams restarted alone, their connection up (Kaiko calls)
-    OVERSIZED = 39  # ingest: provider messages over max_message_bytes, dropped (also PARSE_ERRORS)
-    ADAPTER_FAILURES = 40  # ingest: unexpected exceptions in a connection; it was reopened
+    # 39 is taken on main (TIME_ERRORS, after this branch forked)
+    OVERSIZED = 40  # ingest: provider messages over max_message_bytes, dropped (also PARSE_ERRORS)
+    ADAPTER_FAILURES = 41  # ingest: unexpected exceptions in a connection; it was reopened
 
 
 class Counters(abc.ABC):
