@@ -237,6 +237,9 @@ class ProviderConfig:
     subscribe_batch: int = 0  # streams per subscribe request (0 = protocol default)
     subscribe_interval: float = 0.25  # seconds between two subscribe requests (staggering)
     max_connection_age: float = 0.0  # reconnect proactively after this long (0 = protocol default)
+    # largest WebSocket message accepted, bytes (0 = the adapter's default, sized to the
+    # provider's biggest legitimate message); a bigger one is dropped and dead-lettered
+    max_message_bytes: int = 0
     # `[providers.options]`: the adapter's own settings (fairfeed/core/options.py); None only
     # for a kind without an adapter (rejected at load)
     options: AdapterOptions | None = None
@@ -301,6 +304,9 @@ _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # While its ring is full a worker reads no socket, so pings go unanswered: a pause must stay
 # well under the shortest ping deadline we run with, our own client's pong timeout (>= 1 s).
 MAX_BLOCK_TIMEOUT_MS = 500.0
+# providers.max_message_bytes: below 4 KiB a subscription answer may not fit; above 64 MiB one
+# hostile message costs a worker more memory than every ring of a large daemon together.
+MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES = 1 << 12, 1 << 26
 MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT = 1 << 16, 1 << 28  # daemon.control_max_output, bytes
 # A record may wait flush_delay_ms in ingest and again in compute: keep the sum well inside the
 # 5 ms receive -> produce() budget (docs/configuration.md).
@@ -528,6 +534,13 @@ def _check(cfg: Config) -> None:
                 f"{key}.stale_after",
                 f"{p.stale_after:g} s is less than twice ring.block_timeout_ms ({bt:g} ms): "
                 f"a connection paused by a full ring would be judged dead (provider {p.name!r})",
+            )
+        mm = p.max_message_bytes
+        if mm and not MIN_MESSAGE_BYTES <= mm <= MAX_MESSAGE_BYTES:
+            fail(
+                f"{key}.max_message_bytes",
+                f"must be 0 (the adapter's default) or between {MIN_MESSAGE_BYTES} and "
+                f"{MAX_MESSAGE_BYTES} (64 MiB), got {mm} (provider {p.name!r})",
             )
         if p.max_streams_per_connection < 0 or p.subscribe_batch < 0:
             fail(key, "max_streams_per_connection and subscribe_batch must be >= 0")

@@ -56,6 +56,8 @@ class Slot(enum.IntEnum):
     REPLAY_DONE = 37  # simulators: 1 once every replayed capture was played to its end
     STREAM_RESTARTS = 38  # ingest: streams restarted alone, their connection up (Kaiko calls)
     TIME_ERRORS = 39  # ingest: records whose venue time was implausible (set to 0, kept)
+    OVERSIZED = 40  # ingest: provider messages over max_message_bytes, dropped (also PARSE_ERRORS)
+    ADAPTER_FAILURES = 41  # ingest: unexpected exceptions in a connection; it was reopened
 
 
 class Counters(abc.ABC):

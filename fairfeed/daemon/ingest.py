@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.kafka.encode import encode_dead_letter
-from fairfeed.providers.base import Adapter, IngestContext
+from fairfeed.providers.base import Adapter, DeadLetter, IngestContext
 from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed.ingest")
@@ -159,12 +159,12 @@ class IngestWorker:
         for adapter in self.adapters.values():
             adapter.resume_reading()
 
-    def _dead_letter_for(self, provider: str) -> Callable[[str, bytes], None]:
+    def _dead_letter_for(self, provider: str) -> DeadLetter:
         key = provider.encode() + b"\0"
         counters = self.counters
 
-        def dead_letter(error: str, frame: bytes) -> None:
-            value = encode_dead_letter(provider, error, frame, time.time_ns())
+        def dead_letter(error: str, frame: bytes, size: int | None = None) -> None:
+            value = encode_dead_letter(provider, error, frame, time.time_ns(), size)
             if self.dead_letters.write(key + value):
                 counters.add(Slot.DEAD_LETTERS)
             else:

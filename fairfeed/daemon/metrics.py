@@ -54,6 +54,16 @@ _SLOT_COUNTERS = (
     ("records_out", Slot.RECORDS_OUT, "Records out: ingest = written to its ring, compute = ticks"),
     ("parse_errors", Slot.PARSE_ERRORS, "Malformed provider messages"),
     ("frames_in", Slot.FRAMES_IN, "Provider frames received"),
+    (
+        "oversized_messages",
+        Slot.OVERSIZED,
+        "Provider messages over max_message_bytes, dropped and dead-lettered",
+    ),
+    (
+        "adapter_failures",
+        Slot.ADAPTER_FAILURES,
+        "Unexpected exceptions in a provider connection (it was closed and reopened)",
+    ),
     ("reconnects", Slot.RECONNECTS, "Provider reconnections"),
     ("disconnects", Slot.DISCONNECTS, "Provider connections lost"),
     (

@@ -302,17 +302,24 @@ def decode_fair(value: bytes) -> dict[str, Any]:
 DEAD_LETTER_MAX_FRAME = 64 * 1024  # bytes of the frame kept in a dead letter
 
 
-def encode_dead_letter(provider: str, error: str, frame: bytes, ts_receive: int) -> bytes:
-    """The dead-letter value for one malformed provider message (docs/kafka-schema.md)."""
+def encode_dead_letter(
+    provider: str, error: str, frame: bytes, ts_receive: int, size: int | None = None
+) -> bytes:
+    """The dead-letter value for one malformed provider message (docs/kafka-schema.md).
+
+    ``size``: the message's real size when ``frame`` is only its head (an oversized message
+    is never held whole: the adapter keeps its first bytes, or none of a single frame).
+    """
     kept = frame[:DEAD_LETTER_MAX_FRAME]
+    real = len(frame) if size is None else max(size, len(frame))
     msg: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "type": "dead_letter",
         "provider": provider,
         "error": error,
         "ts_receive": ts_receive,
-        "size": len(frame),
-        "truncated": len(kept) < len(frame),
+        "size": real,
+        "truncated": len(kept) < real,
     }
     try:
         msg["frame"] = kept.decode()

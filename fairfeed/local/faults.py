@@ -22,6 +22,10 @@ class Fault(enum.Enum):
     MALFORMED = "malformed"  # `amount` malformed frames are written (one-shot)
     RECONNECT_NOTICE = "reconnect_notice"  # the protocol's "please reconnect" message (one-shot)
     REJECT_SUBSCRIBE = "reject_subscribe"  # subscribe requests get a rate-limit error
+    # one text message of `amount` bytes to every connection (one-shot): hostile input a client
+    # must refuse without holding it whole
+    OVERSIZED_FRAME = "oversized_frame"  # as one frame
+    OVERSIZED_FRAGMENTED = "oversized_fragmented"  # in fragments of 64 KiB
 
 
 @dataclass

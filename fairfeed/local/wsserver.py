@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -289,6 +290,31 @@ class LocalWsServer(abc.ABC):
         self.stats.injected += n
         return n
 
+    async def send_oversized(self, size: int, fragment: int = 0, index: int | None = None) -> int:
+        """Send one text message of ``size`` bytes (a JSON object padded with ``x``) to every
+        connection, or to the ``index``-th accepted one: as a single frame, or in fragments of
+        ``fragment`` bytes (the message is produced piece by piece, never held whole). Returns
+        how many connections got it."""
+        conns = [c for c in list(self._conns.values()) if index is None or c.index == index]
+        head, tail = '{"pad":"', '"}'
+        pad = size - len(head) - len(tail)
+        if pad < 0:
+            raise ValueError(f"an oversized message needs at least {len(head) + len(tail)} bytes")
+        n = 0
+        for c in conns:
+            # a client that refuses the message may close or reset while it is being written
+            with contextlib.suppress(ConnectionClosed, ConnectionError):
+                if fragment <= 0:
+                    if not c.write(ws_text_frame((head + "x" * pad + tail).encode())):
+                        continue
+                    n += 1
+                    await c.drain()
+                else:  # websockets sends an iterable as one fragmented message
+                    n += 1
+                    await c.ws.send(_padded(head, pad, tail, fragment))
+        self.stats.injected += n
+        return n
+
     # -- faults --------------------------------------------------------------------------------
     async def inject(self, fault: Fault, amount: float = 0.0) -> int:
         """Apply ``fault`` now; returns how many connections it touched (or 1 if global)."""
@@ -318,6 +344,10 @@ class LocalWsServer(abc.ABC):
             self.market.extra_offset_bps = amount
         elif fault is Fault.REJECT_SUBSCRIBE:
             f.reject_subscribe = True
+        elif fault is Fault.OVERSIZED_FRAME:
+            return await self.send_oversized(int(amount))
+        elif fault is Fault.OVERSIZED_FRAGMENTED:
+            return await self.send_oversized(int(amount), fragment=1 << 16)
         elif fault is Fault.MALFORMED:
             for c in conns:
                 for _ in range(int(amount or 1)):
@@ -544,6 +574,16 @@ class LocalWsServer(abc.ABC):
                 )  # fmt: skip
         if self.log_events:
             st.log.extend(event_tuples(ev, names))
+
+
+def _padded(head: str, pad: int, tail: str, fragment: int) -> Iterator[str]:
+    """``head + "x" * pad + tail`` in pieces of ``fragment`` characters (head and tail apart)."""
+    yield head
+    while pad > 0:
+        k = min(fragment, pad)
+        yield "x" * k
+        pad -= k
+    yield tail
 
 
 def event_tuples(ev: EventBatch, names: list[str]) -> list[tuple]:

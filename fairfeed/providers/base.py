@@ -15,6 +15,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -27,6 +28,13 @@ from fairfeed.core.subscriptions import Subscription
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
 from fairfeed.providers.redact import Redactor
+
+
+class DeadLetter(Protocol):
+    """Forwards one bad provider message to the dead-letter topic: ``frame`` is the message,
+    or only its head when ``size`` (its real size in bytes) says it was bigger."""
+
+    def __call__(self, error: str, frame: bytes, size: int | None = None) -> None: ...
 
 
 @dataclass
@@ -44,8 +52,9 @@ class IngestContext:
     registry: Registry
     emit: Callable[[np.ndarray], None]  # publish a batch of records (copied before return)
     counters: Counters
-    # forward a malformed message with its error to the dead-letter topic (bounded, may drop)
-    dead_letter: Callable[[str, bytes], None] = lambda error, frame: None
+    # forward a malformed message with its error to the dead-letter topic (bounded, may drop);
+    # an oversized message is passed as its head with its real size (DeadLetter)
+    dead_letter: DeadLetter = lambda error, frame, size=None: None
     # the source of the reconnect jitter (None: a fresh one); tests seed it to know the schedule
     rng: random.Random | None = None
     # the last id published per stream (the daemon's shared table, so a restarted worker sees

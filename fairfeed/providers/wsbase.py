@@ -49,6 +49,18 @@ every provider:
   pushes back on the provider; the pause is bounded by ``ring.block_timeout_ms``.
 * **Bad input** never stops anything: a malformed frame is counted (Slot.PARSE_ERRORS), logged at
   a bounded rate and forwarded to the dead-letter channel with its error.
+* **Oversized messages** (over ``max_message_bytes``: the provider's ``max_message_bytes``, or
+  the protocol's default sized to its biggest legitimate message) are never held whole. A
+  single frame is refused by picows' ``max_frame_size`` before its payload is buffered: picows
+  closes the connection, which reconnects with backoff, and the dead letter carries the size
+  picows read from the frame header (no payload: none was kept). A fragmented message stops
+  growing at the limit: its first bytes are kept for the dead letter, the rest is read and
+  dropped, and the connection carries on. Both are counted in Slot.OVERSIZED and
+  Slot.PARSE_ERRORS and logged at a bounded rate.
+* **Failures** of our own code or of the transport library (an exception in a picows callback,
+  in connecting, or re-raised by picows when it ended a session) never leave the connection:
+  it is closed and reconnected with backoff, the exception counted (Slot.ADAPTER_FAILURES) and
+  logged with its traceback at a bounded rate. The adapter's other connections go on.
 """
 
 from __future__ import annotations
@@ -57,12 +69,23 @@ import abc
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
+import traceback
 from collections.abc import Sequence
 
 import numpy as np
-from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSProtocolError,
+    WSTransport,
+    ws_connect,
+)
 
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import (
@@ -97,6 +120,11 @@ _CLOSE = WSMsgType.CLOSE
 _CONT = WSMsgType.CONTINUATION
 _PING = WSMsgType.PING
 _HEADROOM = 4  # records kept free after a flush threshold so one more small frame fits
+# Bytes of an oversized message kept for its dead letter (the dead-letter topic keeps 64 KiB).
+DEAD_LETTER_HEAD = 1 << 16
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+# picows' MESSAGE_TOO_BIG text: "... exceeding max allowed size, <payload> > <limit>"
+_TOO_BIG = re.compile(r"(\d+) > \d+")
 
 
 class WsConnection:
@@ -119,6 +147,9 @@ class WsConnection:
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
         self.frag: bytearray | None = None
+        self.frag_size = 0  # bytes of the fragmented message so far (``frag`` stops at the limit)
+        self.frag_peak = 0  # the largest ``frag`` ever held (tests: reassembly stays bounded)
+        self.oversize_reported = False  # this session's too-big frame is counted already
         self.timer: asyncio.TimerHandle | None = None  # ends a batching pause of the reading
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
@@ -333,6 +364,9 @@ class WsConnection:
         mt = frame.msg_type
         if (mt is _TEXT or mt is _BINARY) and frame.fin and self.frag is None:
             payload = frame.get_payload_as_memoryview()
+            if len(payload) > self.adapter.max_message_bytes:  # picows let one through
+                self._refuse_frame(transport, payload)
+                return
         elif mt is _PING:
             transport.send_pong(frame.get_payload_as_bytes())
             self.last_alive = time.monotonic()
@@ -415,22 +449,40 @@ class WsConnection:
                 a.malformed(self, self.parser.error, bytes(payload))
 
     def _fragment(self, frame: WSFrame) -> bytes | None:
-        """Reassemble a fragmented message; the whole payload once its last part arrived."""
+        """Reassemble a fragmented message; the whole payload once its last part arrived.
+
+        The buffer never grows past ``max_message_bytes``: once a message is over it, only its
+        head is kept (for the dead letter) and the rest is counted and dropped as it comes.
+        """
         if frame.msg_type is not _CONT:
             self.frag = bytearray()
+            self.frag_size = 0
         elif self.frag is None:  # a continuation without a start: ignore it
             return None
-        self.frag += frame.get_payload_as_memoryview()
+        part = frame.get_payload_as_memoryview()
+        limit = self.adapter.max_message_bytes
+        self.frag_size += len(part)
+        if self.frag_size <= limit:
+            self.frag += part
+            self.frag_peak = max(self.frag_peak, len(self.frag))
+        elif len(self.frag) > DEAD_LETTER_HEAD:  # just went over: free all but the head
+            self.frag = self.frag[:DEAD_LETTER_HEAD]
+        elif len(self.frag) < DEAD_LETTER_HEAD:
+            self.frag += part[: DEAD_LETTER_HEAD - len(self.frag)]
         if not frame.fin:
             return None
-        payload, self.frag = bytes(self.frag), None
-        return payload
+        frag, size, self.frag = self.frag, self.frag_size, None
+        if size > limit:
+            self.adapter.oversized(self, bytes(frag[:DEAD_LETTER_HEAD]), size)
+            return None
+        return bytes(frag)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_connected(self, transport: WSTransport) -> None:
         now = time.monotonic()
         self.transport = transport
         self.frag = None
+        self.oversize_reported = False
         self.subscribed = False
         self.sent_subscriptions = False
         self.planned = ""
@@ -463,7 +515,27 @@ class WsConnection:
             self.overlap = None
 
     async def run(self) -> None:
-        """Connect, subscribe and stream until the adapter closes; reconnect on any failure."""
+        """Connect, subscribe and stream until the adapter closes; reconnect on any failure.
+
+        Whatever escapes a session's own handling (a bug of ours, or of a library) is counted
+        and logged, and the connection starts over after a backoff: an exception leaving this
+        task would end the adapter, the worker and every connection it holds.
+        """
+        a = self.adapter
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception as exc:
+                a.failed(self, "in its run loop", exc)
+                if self.transport is not None:
+                    with contextlib.suppress(Exception):
+                        self.transport.disconnect()
+                if a.stopping.is_set() or self.closing:
+                    return
+                await a.pause(self.backoff.next_delay())
+
+    async def _run(self) -> None:
         a = self.adapter
         ctx = a.ctx
         while not a.stopping.is_set() and not self.closing:
@@ -485,9 +557,15 @@ class WsConnection:
                     auto_ping_reply_timeout=max(1.0, a.stale_after / 2),
                     enable_auto_pong=False,
                     extra_headers=a.extra_headers(),
+                    # refused from the frame header, before picows buffers the payload
+                    max_frame_size=a.max_message_bytes,
+                    logger_name=_PicowsLog(self),
                 )
-            except (TimeoutError, OSError, WSError) as exc:
-                a.conn_log(f"{self.name}: cannot connect to {url}: {exc!r}")
+            except Exception as exc:
+                if isinstance(exc, TimeoutError | OSError | WSError):
+                    a.conn_log(f"{self.name}: cannot connect to {url}: {exc!r}")
+                else:  # not a network failure: ours or picows'; it must not end the worker
+                    a.failed(self, f"connecting to {url}", exc)
                 if self.predecessor is not None:
                     self._give_up_switch()
                     break
@@ -496,8 +574,13 @@ class WsConnection:
             sender = asyncio.create_task(self._subscribe())
             try:
                 await self._watch(transport)
+            except WSProtocolError as exc:  # picows ended the session, e.g. a frame too big
+                self._protocol_error(exc)
+            except Exception as exc:  # re-raised by picows from one of our callbacks, or ours
+                a.failed(self, "streaming", exc)
             finally:
                 sender.cancel()
+                transport.disconnect()
                 self.on_disconnected()
             if sender.done() and not sender.cancelled() and sender.exception() is not None:
                 log.error("%s: subscribing failed", self.name, exc_info=sender.exception())
@@ -523,6 +606,31 @@ class WsConnection:
             ctx.counters.add(Slot.DISCONNECTS)
             a.conn_log(f"{self.name}: disconnected from {url}")
             await a.pause(max(self.retry_after, self.backoff.next_delay()))
+
+    def _refuse_frame(self, transport: WSTransport, payload: memoryview) -> None:
+        """A whole frame over the limit reached us (picows refuses it from its header, but
+        reads on for a moment before it disconnects): drop it, dead-letter its head, close."""
+        self.oversize_reported = True
+        self.adapter.oversized(self, bytes(payload[:DEAD_LETTER_HEAD]), len(payload))
+        transport.disconnect()
+
+    def too_big(self) -> None:
+        """picows just refused a frame from its header and disconnects in a moment: stop
+        reading now, or it goes on buffering the frame meanwhile."""
+        self.pause_reading()
+
+    def _protocol_error(self, exc: WSProtocolError) -> None:
+        """picows closed the session on a protocol error: an oversized frame is counted and
+        dead-lettered (its size from picows' message; the payload was never read)."""
+        a = self.adapter
+        text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+        if exc.code != WSCloseCode.MESSAGE_TOO_BIG:
+            a.conn_log(f"{self.name}: protocol error from the provider: {text}")
+            return
+        if self.oversize_reported:  # its payload reached on_frame and was counted there
+            return
+        m = _TOO_BIG.search(text)
+        a.oversized(self, b"", int(m.group(1)) if m else a.max_message_bytes + 1)
 
     async def _subscribe(self) -> None:
         """Send the protocol's subscribe messages, ``subscribe_interval`` apart."""
@@ -595,23 +703,57 @@ def _sub_keys(subs: Sequence[Subscription]) -> np.ndarray:
     return np.array([(s.instrument_id << 16) | s.venue_id for s in subs], np.int64)
 
 
+class _PicowsLog(logging.LoggerAdapter):
+    """picows' logger for one connection, and the one synchronous hook picows offers when it
+    refuses a frame over ``max_frame_size``: it only logs the error, then keeps reading for
+    10 ms before it disconnects, long enough on a fast link to buffer the whole frame."""
+
+    def __init__(self, conn: WsConnection) -> None:
+        super().__init__(logging.getLogger("picows.client"), {})
+        self.conn = conn
+
+    def error(self, msg: object, *args: object, **kwargs: object) -> None:
+        info = args[0] if args else None
+        if isinstance(info, tuple) and info and info[0] == WSCloseCode.MESSAGE_TOO_BIG:
+            self.conn.too_big()
+        super().error(msg, *args, **kwargs)  # type: ignore[arg-type]
+
+
 class _Listener(WSListener):
     def __init__(self, conn: WsConnection) -> None:
         super().__init__()
         self.conn = conn
 
+    # An exception must not reach picows: it would close the session itself and re-raise the
+    # exception from ``wait_disconnected``. Each callback reports it and closes the session;
+    # the connection's run loop reconnects with backoff.
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self.conn.on_connected(transport)
-        if self.conn.adapter.reading_paused:  # opened while the worker's ring is full
-            self.conn.pause_reading()
-        self.conn.adapter.on_open(self.conn)
+        try:
+            self.conn.on_connected(transport)
+            if self.conn.adapter.reading_paused:  # opened while the worker's ring is full
+                self.conn.pause_reading()
+            self.conn.adapter.on_open(self.conn)
+        except Exception as exc:
+            self._fail(transport, "on connect", exc)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.conn.flush()
+        try:
+            self.conn.flush()
+        except Exception as exc:
+            self._fail(transport, "on disconnect", exc)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if not self.conn.adapter.closed:
-            self.conn.on_frame(transport, frame)
+            try:
+                self.conn.on_frame(transport, frame)
+            except Exception as exc:
+                self._fail(transport, "handling a frame", exc)
+
+    def _fail(self, transport: WSTransport, what: str, exc: Exception) -> None:
+        self.conn.frag = None  # a half-reassembled message is lost with the session
+        self.conn.adapter.failed(self.conn, what, exc)
+        with contextlib.suppress(Exception):
+            transport.disconnect()
 
 
 class WsAdapter(Adapter):
@@ -650,6 +792,10 @@ class WsAdapter(Adapter):
     # planned switch both sessions deliver such records, the first arrival of each key wins.
     overlap_key: str | None = None
     min_record_bytes = 30  # wire bytes per record at least (sizes the flush-before-parse check)
+    # The largest message accepted (bytes; the provider's max_message_bytes overrides it). The
+    # default fits any single update of an exchange feed many times over; a protocol whose
+    # legitimate messages are bigger (snapshots) raises it.
+    max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
     buffer_records = 8192
     log_interval = 1.0
 
@@ -668,6 +814,8 @@ class WsAdapter(Adapter):
             self.subscribe_batch = p.subscribe_batch
         if p.max_connection_age:
             self.max_connection_age = p.max_connection_age
+        if p.max_message_bytes:
+            self.max_message_bytes = p.max_message_bytes
         self.subscribe_interval = p.subscribe_interval
         self.stopping = asyncio.Event()
         self.closed = False
@@ -676,6 +824,7 @@ class WsAdapter(Adapter):
         self.conn_log = ErrorLog(log, f"{p.name}: connection", self.log_interval, redact)
         self.parse_log = ErrorLog(log, f"{p.name}: malformed message", self.log_interval, redact)
         self.gap_log = ErrorLog(log, f"{p.name}: gaps", self.log_interval, redact)
+        self.failure_log = ErrorLog(log, f"{p.name}: connection failure", self.log_interval, redact)
         reg = ctx.registry
         self.last_ids = ctx.last_ids or LastIds.local(len(reg.instruments), len(reg.sources))
         self.pacer = ctx.pacer or Pacer.local([p.name])
@@ -761,6 +910,25 @@ class WsAdapter(Adapter):
         self.ctx.counters.add(Slot.PARSE_ERRORS)
         self.parse_log(f"{conn.name}: {error}", frame)
         self.ctx.dead_letter(error, frame)
+
+    def oversized(self, conn: WsConnection, head: bytes, size: int) -> None:
+        """Count, log (bounded) and dead-letter one message over ``max_message_bytes``:
+        ``head`` is what was kept of it (possibly nothing), ``size`` its real size."""
+        c = self.ctx.counters
+        c.add(Slot.OVERSIZED)
+        c.add(Slot.PARSE_ERRORS)
+        error = f"message of {size} bytes over max_message_bytes ({self.max_message_bytes})"
+        self.parse_log(f"{conn.name}: {error}", head)
+        self.ctx.dead_letter(error, head, size)
+
+    def failed(self, conn: WsConnection, what: str, exc: BaseException) -> None:
+        """An unexpected exception on ``conn`` (the caller closes it; it reconnects with
+        backoff): counted, and logged with its traceback at a bounded rate."""
+        self.ctx.counters.add(Slot.ADAPTER_FAILURES)
+        if self.failure_log(f"{conn.name}: {what}: {exc!r}; reconnecting"):
+            tb = "".join(traceback.format_exception(exc))  # redacted: it may quote a frame
+            log.warning("%s: traceback of the failure %s:\n%s", conn.name, what,
+                        self.failure_log.redact(tb))  # fmt: skip
 
     def pause_reading(self) -> None:
         """Stop reading every connection's socket (the worker's ring is full)."""

@@ -57,6 +57,13 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             "[ring]\nblock_timeout_ms = 300\n" + PROVIDER + "stale_after = 0.5\n",
             "providers[0].stale_after: 0.5 s is less than twice ring.block_timeout_ms (300 ms)",
         ),
+        (
+            PROVIDER + "max_message_bytes = -1\n",
+            "providers[0].max_message_bytes: must be 0 (the adapter's default) or between 4096",
+        ),
+        (PROVIDER + "max_message_bytes = 100\n", "between 4096 and 67108864 (64 MiB), got 100"),
+        (PROVIDER + "max_message_bytes = 67108865\n", "got 67108865 (provider 'a')"),
+        (PROVIDER + "max_message_bytes = 1.5\n", "max_message_bytes: expected an integer"),
         ("[daemon]\nworkers = 0\n", "daemon.workers: must be >= 1"),
         ("[fair]\nmethod = 'mean'\n", "fair.method: must be one of two_level, median"),
         ("[fair]\noutlier_readmit = 0.06\n", "fair.outlier_readmit: must be between 0 and"),

@@ -27,6 +27,7 @@ from fairfeed.kafka.encode import (
     decode_fair,
     decode_ticks,
     decode_ticks_records,
+    encode_dead_letter,
     encode_ticks,
 )
 
@@ -264,3 +265,14 @@ def test_fair_methodology_fields(registry: Registry) -> None:
     assert second["status"] == "stale" and second["excluded"] == []
     assert orjson.loads(msgs[1][1])["dispersion"] is None
     assert second["schema"] == 1
+
+
+def test_dead_letter_of_an_oversized_message_records_its_real_size() -> None:
+    """An oversized message is never held whole: its dead letter carries the head the adapter
+    kept (or nothing) and the real size it was told."""
+    whole = orjson.loads(encode_dead_letter("p", "bad", b"abc", 7))
+    assert (whole["size"], whole["truncated"], whole["frame"]) == (3, False, "abc")
+    head = orjson.loads(encode_dead_letter("p", "too big", b'{"pad":"xx', 7, size=50 << 20))
+    assert (head["size"], head["truncated"], head["frame"]) == (50 << 20, True, '{"pad":"xx')
+    none = orjson.loads(encode_dead_letter("p", "too big", b"", 7, size=11 << 20))
+    assert (none["size"], none["truncated"], none["frame"]) == (11 << 20, True, "")

@@ -23,6 +23,9 @@ class Sink:
         self.batches: list[np.ndarray] = []
         self.health: list[np.ndarray] = []
         self.dead: list[tuple[str, bytes]] = []
+        self.dead_sizes: list[
+            int
+        ] = []  # the real size of each dead letter (its frame may be a head)
 
     def __call__(self, records: np.ndarray) -> None:
         assert records.dtype == RECORD_DTYPE
@@ -33,9 +36,10 @@ class Sink:
         if market.any():
             self.batches.append(records[market].copy())
 
-    def dead_letter(self, error: str, frame: bytes) -> None:
-        """``ctx.dead_letter``: keeps (error, frame)."""
+    def dead_letter(self, error: str, frame: bytes, size: int | None = None) -> None:
+        """``ctx.dead_letter``: keeps (error, frame) and the real size."""
         self.dead.append((error, frame))
+        self.dead_sizes.append(len(frame) if size is None else size)
 
     @property
     def n(self) -> int:

@@ -74,6 +74,10 @@ class CoinbaseAdapter(WsAdapter):
     subscribe_batch = 100
     stale_after = 10.0  # heartbeats arrive every second on both feeds
     min_record_bytes = 100  # the smallest data message (an AT heartbeat) is ~170 bytes
+    # Advanced Trade answers a market_trades subscription with one snapshot message of the
+    # recent trades of every product in the request (up to 100 products per connection, a few
+    # hundred trades each at ~150 bytes): several MiB, where the base's 1 MiB would refuse it.
+    max_message_bytes = 8 << 20
     options: CoinbaseOptions
 
     def __init__(self, ctx: IngestContext) -> None:

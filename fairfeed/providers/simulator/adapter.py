@@ -23,6 +23,9 @@ class SimulatorAdapter(WsAdapter):
     gap_kinds = (KIND_TRADE, KIND_BID, KIND_ASK)
     max_streams_per_connection = 100_000
     subscribe_batch = 100_000
+    # Our own local server: a frame carries `serve.batch` events (no upper bound) and its
+    # subscribe answer may list 100_000 streams, so the limit only guards against runaways.
+    max_message_bytes = 16 << 20
     parser_class = FrameParser
 
     def __init__(self, ctx: IngestContext) -> None:
