@@ -8,6 +8,7 @@ daemon at start instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 import re
 import tomllib
@@ -320,9 +321,13 @@ def load(path: str | Path | None = None) -> Config:
         return loads(text, "<embedded default>")
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text
+        raise ConfigError(
+            f"{p}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+        ) from None
     return loads(text, str(p))
 
 
@@ -455,6 +460,11 @@ def _check(cfg: Config) -> None:
             f"must be between {MIN_CONTROL_OUTPUT} and {MAX_CONTROL_OUTPUT} bytes, got "
             f"{d.control_max_output}",
         )
+    if d.control_group:
+        try:
+            grp.getgrnam(d.control_group)
+        except KeyError:
+            fail("daemon.control_group", f"no group {d.control_group!r} on this machine")
     if d.live_view not in ("auto", "on", "off"):
         fail("daemon.live_view", f"must be auto, on or off, got {d.live_view!r}")
     if d.log_level.upper() not in LOG_LEVELS:

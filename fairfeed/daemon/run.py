@@ -230,7 +230,12 @@ def run(
         if not to_file:
             check_spool(spool_dir, cfg.kafka.spool_max_bytes)
         log.info("%s", book.restore(state_path))
-        book.save(state_path)
+        try:
+            book.save(state_path)  # proves the state file writable before anything starts
+        except OSError as exc:
+            raise ConfigError(
+                f"daemon.state_file: cannot write {state_path}: {exc.strerror or exc}"
+            ) from None
         parts = book.partition()
         children: list[ChildSpec] = []
         slot = 0
