@@ -111,6 +111,20 @@ class DaemonProcess:
         self._err.close()
         return code
 
+    def exits(self, timeout: float = 60.0) -> int:
+        """The exit status of a daemon expected to stop by itself (a start-up failure); killed
+        and a failure if it is still running after ``timeout`` seconds."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"daemon still running after {timeout}s:\n{self.stderr()}"
+            ) from None
+        self._out.close()
+        self._err.close()
+        return code
+
     def kill(self) -> None:
         for pid in [*self.note_children(), self.pid]:
             try:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.daemon_process import DaemonProcess
-from tests.waiting import wait_for
 
 MISSING = "FAIRFEED_TEST_NO_SUCH_KEY"
 URLS = {"kaiko": "grpc://127.0.0.1:9", "coinapi": "ws://127.0.0.1:9/v1/"}
@@ -28,11 +27,7 @@ def test_a_missing_api_key_stops_the_start_naming_the_variable(
         '[[subscriptions]]\nprovider = "p"\ninstruments = ["BTC-USD"]\n'
     )
     daemon = DaemonProcess(tmp_path, config)
-    try:
-        code = wait_for(lambda: daemon.proc.poll(), 60, "the daemon to stop", interval=0.2)
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.kill()
+    code = daemon.exits()
     err = daemon.stderr()
     assert code == 2, err  # a configuration error, found before anything started
     assert f"environment variable {MISSING} is not set" in err

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.daemon_process import DaemonProcess
-from tests.waiting import wait_for
 
 CASES = {
     "not-utf8": (b"[daemon]\nworkers = 1\n\xff\xfe\n", "not UTF-8 text: byte 0xff"),
@@ -31,11 +30,7 @@ def test_a_start_failure_is_one_line_and_exit_2(tmp_path: Path, kafka_broker, ca
     kafka = f'[kafka]\nbootstrap = "{kafka_broker.bootstrap}"\nspool_dir = "{tmp_path}/spool"\n'
     config.write_bytes(body + kafka.encode())
     daemon = DaemonProcess(tmp_path, config)
-    try:
-        code = wait_for(lambda: daemon.proc.poll(), 60, "the daemon to stop", interval=0.2)
-    finally:
-        if daemon.proc.poll() is None:
-            daemon.kill()
+    code = daemon.exits()
     err = daemon.stderr()
     assert code == 2, err
     assert message in err
