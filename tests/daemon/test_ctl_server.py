@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time
@@ -14,6 +13,7 @@ import pytest
 
 from fairfeed.daemon import ctl_protocol as proto
 from fairfeed.daemon.ctl_server import ControlServer, ControlSocketError
+from tests.daemon.socket_loop import SelectLoop, trickle
 from tests.waiting import wait_for
 
 
@@ -36,7 +36,7 @@ def test_bad_requests_are_named(line: bytes, code: str, text: str) -> None:
     assert err.value.code == code and text in err.value.message
 
 
-class Served:
+class Served(SelectLoop):
     """A ControlServer driven by a select loop in a thread, as the supervisor drives it."""
 
     def __init__(self, path: Path, **kw) -> None:
@@ -48,22 +48,7 @@ class Served:
                 raise RuntimeError("boom")
             return {"echo": args}
 
-        self.server = ControlServer(path, handler, **kw)
-        self.server.open()
-        self.stop = False
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop:
-            r, w, _ = select.select(self.server.readers(), self.server.writers(), [], 0.02)
-            self.server.handle(r, w)
-            self.server.tick()
-
-    def close(self) -> None:
-        self.stop = True
-        self.thread.join(2)
-        self.server.close()
+        super().__init__(ControlServer(path, handler, **kw))
 
 
 @pytest.fixture
@@ -219,18 +204,7 @@ def test_client_that_asks_without_reading_is_dropped_and_others_are_answered(
 def test_a_trickle_of_bytes_does_not_keep_a_slot(bounded: Served) -> None:
     """Each byte would reset an idle timer: a request must arrive whole within the timeout."""
     with _connect(bounded.server.path) as s:
-        s.settimeout(0.1)
-        answer = b""
-        for byte in b'{"id": 1, "cmd": "list"}' * 20:  # a byte every 0.1 s, for 48 s at most
-            try:
-                s.send(bytes([byte]))
-                answer = s.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if answer:
-                break
+        answer = trickle(s, b'{"id": 1, "cmd": "list"}' * 20, 0.1)  # 48 s at most
     assert orjson.loads(answer)["error"] == {
         "code": "timeout",
         "message": "no complete request within 0.5s",

@@ -22,6 +22,7 @@ from fairfeed.core.config import SimulatorConfig
 from fairfeed.daemon import ctl_protocol as proto
 from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.daemon.daemon_process import DaemonProcess
+from tests.daemon.socket_loop import trickle
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -178,20 +179,10 @@ def test_clients_that_ask_without_reading_are_dropped_and_memory_stays_bounded(r
 def test_a_client_trickling_bytes_is_dropped_within_the_timeout(running) -> None:
     daemon, base = running
     request = proto.request(1, "list")
-    answer = b""
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(daemon.socket))
-        s.settimeout(0.25)
-        for byte in request * 5:  # a byte every 0.25 s, each well within the 2 s idle timeout
-            try:
-                s.send(bytes([byte]))
-                answer = s.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if answer:
-                break
+        # a byte every 0.25 s, each well within the 2 s idle timeout
+        answer = trickle(s, request * 5, 0.25)
     assert orjson.loads(answer)["error"] == {
         "code": "timeout",
         "message": "no complete request within 2s",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import select
 import socket
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,6 +22,7 @@ from fairfeed.hotpath.metrics import HOP_RING_KERNEL
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.ipc.streams import StreamBoard
+from tests.daemon.socket_loop import SelectLoop
 from tests.waiting import wait_for
 
 NOW = 1_700_000_000 * 10**9
@@ -149,32 +148,19 @@ def test_negative_values_never_break_the_board(rt) -> None:
     assert rt.board.skew[1, HOP_RING_KERNEL] == 1
 
 
-class _Looped:
+class _Looped(SelectLoop):
     """An HTTP endpoint driven by a select loop in a thread, as the supervisor drives it."""
 
     def __init__(self, **kw) -> None:
-        self.server = MetricsHTTPServer(
-            "127.0.0.1:0",
-            lambda: (b"m 1\n", "text/plain"),
-            lambda: (True, "ok"),
-            lambda: (True, "ready"),
-            **kw,
+        super().__init__(
+            MetricsHTTPServer(
+                "127.0.0.1:0",
+                lambda: (b"m 1\n", "text/plain"),
+                lambda: (True, "ok"),
+                lambda: (True, "ready"),
+                **kw,
+            )
         )
-        self.server.open()
-        self.stop = False
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop:
-            r, w, _ = select.select(self.server.readers(), self.server.writers(), [], 0.02)
-            self.server.handle(r, w)
-            self.server.tick()
-
-    def close(self) -> None:
-        self.stop = True
-        self.thread.join(2)
-        self.server.close()
 
 
 def _ask(address, request: bytes) -> bytes:
