@@ -396,9 +396,11 @@ class AdvancedTradeParser(_Base):
         which = np.flatnonzero(np.isin(inst, self._twin_ids))
         n = len(which)
         if n:
-            out[end : end + n] = written[which]
-            twins = self._twins
-            out["instrument"][end : end + n] = [twins[int(i)] for i in inst[which]]
+            copies = out[end : end + n]
+            copies[:] = written[which]
+            ids = copies["instrument"].copy()
+            for usd, usdc in self._twins.items():  # a few products: one pass each, not per record
+                copies["instrument"][ids == usd] = usdc
         return end + n
 
     def _advance(self, seq: int, gap: tuple[int, int] | None) -> None:
