@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
 from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.kafka.encode import encode_dead_letter
-from fairfeed.providers.base import Adapter, DeadLetter, IngestContext
+from fairfeed.providers.base import Adapter, DeadLetter, IngestContext, api_key
 from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed.ingest")
@@ -174,8 +173,7 @@ class IngestWorker:
 
     def _secrets(self) -> tuple[str, ...]:
         """Every configured provider's API key: an error of one provider may echo another's."""
-        env = (p.api_key_env for p in self.cfg.providers if p.api_key_env)
-        return tuple(key for name in env if (key := os.environ.get(name, "")))
+        return tuple(key for p in self.cfg.providers if (key := api_key(p)))
 
     def _start_adapter(self, provider: str, subs: tuple[Subscription, ...]) -> None:
         pcfg = self.cfg.provider(provider)

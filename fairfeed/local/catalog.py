@@ -6,7 +6,7 @@ import os
 from typing import Any, Protocol
 
 from fairfeed.core.config import Config, ProviderConfig
-from fairfeed.providers.catalog import api_key
+from fairfeed.providers.base import api_key
 
 LOCAL_API_KEY = "fairfeed-local-key"  # what served providers accept when no key is configured
 

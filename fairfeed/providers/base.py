@@ -73,8 +73,7 @@ class IngestContext:
     def redactor(self) -> Redactor:
         """What the adapter's error logs pass provider text through."""
         p = self.provider
-        own = os.environ.get(p.api_key_env, "") if p.api_key_env else ""
-        return Redactor((*self.secrets, own))
+        return Redactor((*self.secrets, api_key(p)))
 
     def backoff(self, base: float, cap: float) -> Backoff:
         """A reconnect schedule drawing its jitter from :attr:`rng`."""
@@ -105,6 +104,12 @@ class IngestContext:
         return tuple(dict.fromkeys(s.instrument for s in self.subscriptions))
 
 
+def api_key(p: ProviderConfig) -> str:
+    """The key a provider's adapter will send: the value of the environment variable its
+    ``api_key_env`` names ("" when unnamed or unset)."""
+    return os.environ.get(p.api_key_env, "") if p.api_key_env else ""
+
+
 def required_api_key(p: ProviderConfig, service: str) -> str:
     """The API key of ``p`` from the environment variable its ``api_key_env`` names; a
     ValueError naming the variable if there is none (a provider without a key only loops on
@@ -114,7 +119,7 @@ def required_api_key(p: ProviderConfig, service: str) -> str:
             f"provider {p.name!r} ({p.kind}): set api_key_env to the name of the environment "
             f"variable holding the {service} API key"
         )
-    key = os.environ.get(p.api_key_env, "")
+    key = api_key(p)
     if not key:
         raise ValueError(
             f"provider {p.name!r} ({p.kind}): environment variable {p.api_key_env} is not set "

@@ -6,9 +6,6 @@ in for each kind are in ``fairfeed.local.catalog``.
 
 from __future__ import annotations
 
-import os
-
-from fairfeed.core.config import ProviderConfig
 from fairfeed.providers.base import Adapter
 
 
@@ -39,8 +36,3 @@ def adapter_class(kind: str) -> type[Adapter]:
 
         return CoinbaseAdapter
     raise KeyError(f"no adapter for provider kind {kind!r}")
-
-
-def api_key(p: ProviderConfig) -> str:
-    """The key a provider's adapter will send: from ``api_key_env``, else the local key."""
-    return os.environ.get(p.api_key_env, "") if p.api_key_env else ""
