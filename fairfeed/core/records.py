@@ -16,6 +16,17 @@ import numpy as np
 KIND_TRADE = 1
 KIND_BID = 2
 KIND_ASK = 3
+# Derivatives data (docs/kafka-schema.md, "Derivatives"). Fields as for a trade unless said:
+# sizes in base units (contracts x multiplier; inverse contracts: notional / price).
+KIND_MARK = 4  # mark price: `price`
+KIND_INDEX = 5  # index (spot reference) price: `price`
+# funding: `price` = rate per funding interval (0.0001 = 1 bp), `size` = predicted next rate
+# (NaN if not published), `reserved` = next funding time, seconds since epoch (0 = unknown)
+KIND_FUNDING = 6
+KIND_OPEN_INTEREST = 7  # open interest: `size` (base units), `price` = 0
+# liquidation print: `price`, `size`, `side` = the side of the forced order (SELL: a long closed)
+KIND_LIQUIDATION = 8
+DERIVATIVE_KINDS = (KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_OPEN_INTEREST, KIND_LIQUIDATION)
 # Health events travel through the rings too, so ordering against the data is kept:
 KIND_GAP = 16  # sequence gap: `sequence` = first number after the gap, `size` = numbers missed
 KIND_HEARTBEAT = 17  # provider heartbeat (liveness without data); `ts_provider` = its time
@@ -24,11 +35,17 @@ KIND_NAMES = {
     KIND_TRADE: "trade",
     KIND_BID: "bid",
     KIND_ASK: "ask",
+    KIND_MARK: "mark",
+    KIND_INDEX: "index",
+    KIND_FUNDING: "funding",
+    KIND_OPEN_INTEREST: "open_interest",
+    KIND_LIQUIDATION: "liquidation",
     KIND_GAP: "gap",
     KIND_HEARTBEAT: "heartbeat",
     KIND_STATUS: "status",
 }
 MAX_MARKET_KIND = KIND_ASK  # kinds <= this are market data (published as ticks)
+MAX_DATA_KIND = KIND_LIQUIDATION  # kinds <= this are data of an instrument; above: health
 
 # STATUS record codes (in `flags`).
 STATUS_CONNECTED = 1  # connected and subscribed: data may flow
