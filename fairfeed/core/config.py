@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -18,11 +20,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fairfeed.core import librdkafka
 from fairfeed.core import options as adapter_options
 from fairfeed.core.names import name_problem
 from fairfeed.core.options import OPTIONS, AdapterOptions
+from fairfeed.core.ranges import DAY, HOUR, WEEK, Range
 from fairfeed.core.records import CLASS_CODES
 from fairfeed.core.subscriptions import Stream
 
@@ -190,6 +194,7 @@ class MetricsConfig:
     """Prometheus endpoint (`[metrics]`, docs/metrics.md)."""
 
     listen: str = "127.0.0.1:9464"  # host:port of /metrics, /healthz, /readyz; "" = no metrics
+    public: bool = False  # allow a `listen` address that is not loopback (reachable from outside)
     max_series: int = 10000  # label sets per per-stream family; beyond: instrument="__overflow__"
     max_clients: int = 16  # HTTP connections served at once
     idle_timeout: float = 30.0  # seconds before an idle HTTP connection is closed
@@ -314,6 +319,157 @@ MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT = 1 << 16, 1 << 28  # daemon.control_max_
 MAX_FLUSH_DELAY_MS = 2.0
 
 
+# Instrument x source cells of the shared state (stream board, last ids, metrics, fair state):
+# 8 x the default capacity, a few GiB of shared memory and compute state at most.
+MAX_STATE_CELLS = 1 << 22
+
+_R = Range
+_SECONDS = _R(0, DAY, lo_open=True)  # a duration that must be positive
+_SECONDS_OR_OFF = _R(0, DAY)  # a duration where 0 means off / the protocol default
+_SHARE = _R(0, 1)  # a fraction
+_THRESHOLDS = {
+    "no_data_after": _R(0, WEEK),
+    "no_data_factor": _R(0, 1000),
+    "no_data_floor": _R(0, WEEK),
+    "no_data_cap": _R(0, WEEK),
+    "first_data_timeout": _R(0, WEEK),
+    "divergence": _R(0, 10),
+    "divergence_for": _SECONDS_OR_OFF,
+    "divergence_clear": _R(0, 10),
+    "latency_exchange_provider_ms": _R(0, HOUR * 1000),
+    "latency_provider_local_ms": _R(0, HOUR * 1000),
+    "clock_skew_ms": _R(0, HOUR * 1000),
+    "latency_for": _SECONDS_OR_OFF,
+    "rate_drop_ratio": _SHARE,
+    "rate_drop_clear": _SHARE,
+    "rate_floor": _R(0, 1e9),
+    "rate_drop_for": _SECONDS_OR_OFF,
+}
+# The allowed range of every numeric setting, per configuration class (and its subclasses).
+RANGES: dict[type, dict[str, Range]] = {
+    DaemonConfig: {
+        "workers": _R(1, 256),
+        "heartbeat_interval": _R(0, 60, lo_open=True),
+        "heartbeat_timeout": _R(0, HOUR, lo_open=True),
+        "stop_timeout": _R(0, HOUR, lo_open=True),
+        "max_boot_failures": _R(1, 1000),
+        "restart_backoff_base": _R(0, HOUR, lo_open=True),
+        "restart_backoff_cap": _R(0, DAY, lo_open=True),
+        "max_instruments": _R(1, 1 << 20),
+        "max_sources": _R(1, 1 << 12),
+        "control_max_clients": _R(1, 1024),
+        "control_idle_timeout": _R(0, HOUR, lo_open=True),
+        "control_max_output": _R(MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT),
+    },
+    RingConfig: {
+        "capacity": _R(64, 1 << 24, power_of_two=True),
+        "block_timeout_ms": _R(
+            0,
+            MAX_BLOCK_TIMEOUT_MS,
+            why="reading (pings included) is paused that long when the ring is full, and the "
+            "WebSocket client's pong deadline is 1 s",
+        ),
+        "pending_records": _R(1, 1 << 22),
+        "read_batch": _R(1, 1 << 20),
+        "flush_delay_ms": _R(
+            0,
+            MAX_FLUSH_DELAY_MS,
+            why="a record waits up to this long in ingest and again in compute before it is "
+            "produced",
+        ),
+        "dead_letter_bytes": _R(1 << 12, 1 << 30, power_of_two=True),
+    },
+    KafkaConfig: {
+        "linger_ms": _R(0, 1000),
+        "queue_max_messages": _R(1, 10_000_000),
+        "flush_timeout": _R(0, HOUR, lo_open=True),
+        "stall_timeout": _R(1, HOUR),
+        "spool_max_bytes": _R(1 << 20, 1 << 40),
+        "topic_partitions": _R(1, 10_000),
+        "replication_factor": _R(1, 32, off=-1),
+    },
+    FairConfig: {
+        "stale_after": _SECONDS,
+        "min_interval": _R(0, HOUR),
+        "heartbeat_interval": _R(0, HOUR),
+        "outlier_exclude": _SHARE,
+        "outlier_readmit": _SHARE,
+        "volume_halflife": _R(0, WEEK, lo_open=True),
+        "freshness_tau": _SECONDS,
+        "venue_cap": _R(0, 1, lo_open=True),
+        "min_venues": _R(1, 1 << 12),
+        "window_bucket": _R(0, HOUR, lo_open=True),
+        "window_buckets": _R(1, 256),
+        "trim": _R(0, 0.49),
+    },
+    AnomalyThresholds: _THRESHOLDS,
+    AnomalyConfig: {
+        **_THRESHOLDS,
+        "evaluate_interval": _R(0, 60, lo_open=True),
+        "heartbeat_timeout": _R(0, HOUR, lo_open=True),
+        "latency_clear": _R(0, 1, lo_open=True),
+        "rate_drop_alpha": _R(0, 0.49, lo_open=True),
+        "rate_fast": _SECONDS,
+        "rate_baseline": _R(0, WEEK, lo_open=True),
+        "gap_quiet": _SECONDS,
+        "max_events": _R(16, 1 << 20),
+    },
+    MetricsConfig: {
+        "max_series": _R(1, 1_000_000),
+        "max_clients": _R(1, 1024),
+        "idle_timeout": _R(0, HOUR, lo_open=True),
+        "header_timeout": _R(0, HOUR, lo_open=True),
+    },
+    SimulatorConfig: {
+        "prices": _R(0, 1e12, lo_open=True),  # each start price
+        "rate": _R(0, 1e7),
+        "batch": _R(1, 10_000),
+        "quote_ratio": _SHARE,
+        "price_offset_bps": _R(-10_000, 10_000),
+        "volatility_bps": _R(0, 10_000),
+        "heartbeat_interval": _R(0, HOUR, lo_open=True),
+        "max_events": _R(0, 1e15),
+        "seed": _R(0, 2**32 - 1),
+    },
+    ReplayConfig: {"speed": _R(0, 1e6)},
+    ProviderConfig: {
+        "stale_after": _SECONDS_OR_OFF,
+        "max_streams_per_connection": _R(0, 100_000),
+        "subscribe_batch": _R(0, 100_000),
+        "subscribe_interval": _R(0, HOUR),
+        "max_connection_age": _R(0, 30 * DAY),
+        "max_message_bytes": _R(MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES, off=0),
+    },
+    **adapter_options.RANGES,
+}
+
+
+def range_of(cls: type, key: str) -> Range | None:
+    """The range of setting ``key`` of configuration class ``cls`` (or of a base class)."""
+    for klass in cls.__mro__:
+        r = RANGES.get(klass, {}).get(key)
+        if r is not None:
+            return r
+    return None
+
+
+def ranges_markdown() -> str:
+    """The table of every numeric setting's range that docs/configuration.md carries."""
+    sections = [
+        ("daemon", DaemonConfig), ("ring", RingConfig), ("kafka", KafkaConfig),
+        ("fair", FairConfig), ("anomalies", AnomalyConfig), ("metrics", MetricsConfig),
+        ("providers", ProviderConfig), ("providers.serve", SimulatorConfig),
+        ("providers.replay", ReplayConfig),
+    ] + [(f"providers.options ({kind})", cls) for kind, cls in OPTIONS.items()]  # fmt: skip
+    rows = ["| setting | allowed |", "|---|---|"]
+    for where, cls in sections:
+        for f in dataclasses.fields(cls):
+            r = range_of(cls, f.name)
+            if r is not None:
+                rows.append(f"| `{where}.{f.name}` | {r.text()} |")
+    return "\n".join(rows) + "\n"
+
+
 def load(path: str | Path | None = None) -> Config:
     """Load and validate ``path``, or the embedded default when ``path`` is None."""
     if path is None:
@@ -359,6 +515,8 @@ def _build(cls: type, data: Any, source: str, where: str) -> Any:
     kwargs = {
         key: _value(hints[key], value, source, _join(where, key)) for key, value in data.items()
     }
+    for key, value in kwargs.items():
+        _check_range(cls, key, value, source, _join(where, key))
     try:
         return cls(**kwargs)
     except TypeError as exc:  # a required key is missing
@@ -389,6 +547,17 @@ def _build_provider(data: dict, source: str, where: str) -> ProviderConfig:
     return dataclasses.replace(p, options=opts)
 
 
+def _check_range(cls: type, key: str, value: Any, source: str, where: str) -> None:
+    r = range_of(cls, key)
+    if r is None or value is None:
+        return
+    items = value.items() if isinstance(value, dict) else [(None, value)]
+    for name, v in items:
+        if isinstance(v, int | float) and (problem := r.problem(v)):
+            key = where if name is None else f"{where}.{name}"
+            raise ConfigError(f"{source}: {key}: {problem}")
+
+
 def _value(hint: Any, value: Any, source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -417,6 +586,8 @@ def _value(hint: Any, value: Any, source: str, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{source}: {key}: expected a number, got {_tname(value)}")
+        if not math.isfinite(value):  # TOML has nan and inf; no setting means either
+            raise ConfigError(f"{source}: {key}: must be a finite number, got {value}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -441,24 +612,15 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"{src}: {key}: {msg}")
 
     d = cfg.daemon
-    if d.workers < 1:
-        fail("daemon.workers", f"must be >= 1, got {d.workers}")
-    for key in ("heartbeat_interval", "heartbeat_timeout", "stop_timeout"):
-        if getattr(d, key) <= 0:
-            fail(f"daemon.{key}", "must be > 0")
     if d.heartbeat_timeout <= 2 * d.heartbeat_interval:
         fail("daemon.heartbeat_timeout", "must exceed twice daemon.heartbeat_interval")
-    if d.max_boot_failures < 1:
-        fail("daemon.max_boot_failures", "must be >= 1")
-    if d.max_instruments < 1 or d.max_sources < 1:
-        fail("daemon", "max_instruments and max_sources must be >= 1")
-    if d.control_max_clients < 1 or d.control_idle_timeout <= 0:
-        fail("daemon", "control_max_clients must be >= 1 and control_idle_timeout > 0")
-    if not MIN_CONTROL_OUTPUT <= d.control_max_output <= MAX_CONTROL_OUTPUT:
+    if d.restart_backoff_cap < d.restart_backoff_base:
+        fail("daemon.restart_backoff_cap", "must be at least daemon.restart_backoff_base")
+    if d.max_instruments * d.max_sources > MAX_STATE_CELLS:
         fail(
-            "daemon.control_max_output",
-            f"must be between {MIN_CONTROL_OUTPUT} and {MAX_CONTROL_OUTPUT} bytes, got "
-            f"{d.control_max_output}",
+            "daemon.max_instruments",
+            f"max_instruments x max_sources ({d.max_instruments} x {d.max_sources}) must be at "
+            f"most {MAX_STATE_CELLS}: the shared state is sized for every pair at start",
         )
     if d.control_group:
         try:
@@ -469,31 +631,7 @@ def _check(cfg: Config) -> None:
         fail("daemon.live_view", f"must be auto, on or off, got {d.live_view!r}")
     if d.log_level.upper() not in LOG_LEVELS:
         fail("daemon.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
-    cap = cfg.ring.capacity
-    if cap < 64 or cap & (cap - 1):
-        fail("ring.capacity", f"must be a power of two >= 64, got {cap}")
-    dl = cfg.ring.dead_letter_bytes
-    if dl < 4096 or dl & (dl - 1):
-        fail("ring.dead_letter_bytes", f"must be a power of two >= 4096, got {dl}")
-    if cfg.ring.read_batch < 1:
-        fail("ring.read_batch", "must be >= 1")
     bt = cfg.ring.block_timeout_ms
-    if not 0 <= bt <= MAX_BLOCK_TIMEOUT_MS:
-        fail(
-            "ring.block_timeout_ms",
-            f"must be between 0 and {MAX_BLOCK_TIMEOUT_MS:.0f}, got {bt:g}: reading (pings "
-            "included) is paused that long when the ring is full, and the WebSocket client's "
-            "pong deadline is 1 s",
-        )
-    fd = cfg.ring.flush_delay_ms
-    if not 0 <= fd <= MAX_FLUSH_DELAY_MS:
-        fail(
-            "ring.flush_delay_ms",
-            f"must be between 0 and {MAX_FLUSH_DELAY_MS:g}, got {fd:g}: a record waits up to "
-            "this long in ingest and again in compute before it is produced",
-        )
-    if cfg.ring.pending_records < 1:
-        fail("ring.pending_records", f"must be >= 1, got {cfg.ring.pending_records}")
     if cfg.fair.method not in FAIR_METHODS:
         fail("fair.method", f"must be one of {', '.join(FAIR_METHODS)}, got {cfg.fair.method!r}")
     if cfg.fair.inputs not in FAIR_INPUTS:
@@ -504,10 +642,6 @@ def _check(cfg: Config) -> None:
     if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
             and cfg.kafka.anomalies_topic):  # fmt: skip
         fail("kafka", "topic names must not be empty")
-    if cfg.kafka.spool_max_bytes < 1 << 20:
-        fail(
-            "kafka.spool_max_bytes", f"must be >= 1048576 (1 MiB), got {cfg.kafka.spool_max_bytes}"
-        )
     _check_kafka(cfg.kafka, fail)
     seen: set[str] = set()
     for i, p in enumerate(cfg.providers):
@@ -534,26 +668,15 @@ def _check(cfg: Config) -> None:
             fail(f"{key}.options.{option}", f"{problem} (provider {p.name!r})")
         if p.data_class not in CLASS_CODES:
             fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
+        _check_kind_rules(key, p, fail)
         if p.kind == "simulator" and not p.venue:
             fail(f"{key}.venue", "must name the venue this provider's data comes from")
-        for num in ("stale_after", "subscribe_interval", "max_connection_age"):
-            if getattr(p, num) < 0:
-                fail(f"{key}.{num}", "must be >= 0")
         if p.stale_after and bt / 1000 > p.stale_after / 2:
             fail(
                 f"{key}.stale_after",
                 f"{p.stale_after:g} s is less than twice ring.block_timeout_ms ({bt:g} ms): "
                 f"a connection paused by a full ring would be judged dead (provider {p.name!r})",
             )
-        mm = p.max_message_bytes
-        if mm and not MIN_MESSAGE_BYTES <= mm <= MAX_MESSAGE_BYTES:
-            fail(
-                f"{key}.max_message_bytes",
-                f"must be 0 (the adapter's default) or between {MIN_MESSAGE_BYTES} and "
-                f"{MAX_MESSAGE_BYTES} (64 MiB), got {mm} (provider {p.name!r})",
-            )
-        if p.max_streams_per_connection < 0 or p.subscribe_batch < 0:
-            fail(key, "max_streams_per_connection and subscribe_batch must be >= 0")
         if p.serve is not None and p.replay is not None:
             fail(key, "[providers.serve] and [providers.replay] exclude each other")
         if not p.url and p.serve is None and p.replay is None:
@@ -561,19 +684,11 @@ def _check(cfg: Config) -> None:
                 f"{key}.url",
                 "is required unless [providers.serve] or [providers.replay] starts a local server",
             )
-        if p.replay is not None:
-            if p.replay.speed < 0:
-                fail(f"{key}.replay.speed", "must be >= 0")
-            if not Path(p.replay.capture).is_file():
-                fail(f"{key}.replay.capture", f"no such file: {p.replay.capture}")
-        if p.serve is not None:
-            s = p.serve
-            if s.rate < 0 or s.batch < 1 or not 0 <= s.quote_ratio <= 1 or s.max_events < 0:
-                fail(
-                    f"{key}.serve", "rate >= 0, batch >= 1, 0 <= quote_ratio <= 1, max_events >= 0"
-                )
-            if not s.prices:
-                fail(f"{key}.serve.prices", "must give a start price for at least one instrument")
+        if p.replay is not None and not Path(p.replay.capture).is_file():
+            fail(f"{key}.replay.capture", f"no such file: {p.replay.capture}")
+        if p.serve is not None and not p.serve.prices:
+            fail(f"{key}.serve.prices", "must give a start price for at least one instrument")
+    classes: dict[str, tuple[str, str]] = {}  # instrument -> (data class, where it was set)
     for i, s in enumerate(cfg.subscriptions):
         key = f"subscriptions[{i}]"
         if s.provider not in seen:
@@ -590,6 +705,22 @@ def _check(cfg: Config) -> None:
             fail(f"{key}.venue", f"is required: provider {p.name!r} has no default venue")
         if s.data_class and s.data_class not in CLASS_CODES:
             fail(f"{key}.data_class", f"must be one of {', '.join(CLASS_CODES)}")
+        dclass = s.data_class or p.data_class
+        allowed = p.options.data_classes()  # type: ignore[union-attr]
+        if dclass not in allowed:
+            fail(
+                f"{key}.data_class",
+                f"{dclass} cannot be subscribed from provider {p.name!r} (kind {p.kind}"
+                f"{_market(p)}: {', '.join(allowed)})",
+            )
+        for inst in s.instruments:
+            first = classes.setdefault(inst, (dclass, key))
+            if first[0] != dclass:
+                fail(
+                    f"{key}.instruments",
+                    f"{inst!r} is {dclass} here but {first[0]} in {first[1]}: an instrument "
+                    "name has one data class (name the other one differently, e.g. BTC-USD-PERP)",
+                )
         served = p.serve
         if served is not None and p.kind == "simulator":  # other servers name symbols their way
             for inst in s.instruments:
@@ -597,6 +728,38 @@ def _check(cfg: Config) -> None:
                     fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")
         if isinstance(p.options, adapter_options.KaikoOptions):
             _check_kaiko_codes(cfg.providers.index(p), p, s, fail)
+
+
+def _check_kind_rules(key: str, p: ProviderConfig, fail: Any) -> None:
+    """The provider's feed, url and default data class fit its kind."""
+    opts = p.options
+    assert opts is not None  # an unknown kind was reported before
+    if p.feed not in opts.FEEDS:
+        known = ", ".join(repr(f) for f in opts.FEEDS)
+        fail(f"{key}.feed", f"kind {p.kind} has no feed {p.feed!r} (known: {known})")
+    if p.url:
+        scheme = p.url.split("://", 1)[0] if "://" in p.url else ""
+        try:
+            parts = urlsplit(p.url if scheme else f"//{p.url}")
+            host, _ = parts.hostname, parts.port  # .port raises on a bad port
+        except ValueError as exc:
+            fail(f"{key}.url", f"not a valid URL ({exc}): {p.url!r}")
+        schemes = ", ".join(f"{s}://" if s else "host:port" for s in opts.URL_SCHEMES)
+        if scheme not in opts.URL_SCHEMES:
+            fail(f"{key}.url", f"kind {p.kind} connects to {schemes}, not {p.url!r}")
+        if not host:
+            fail(f"{key}.url", f"has no host: {p.url!r}")
+    if p.data_class not in opts.data_classes():
+        fail(
+            f"{key}.data_class",
+            f"kind {p.kind}{_market(p)} carries {', '.join(opts.data_classes())}, "
+            f"not {p.data_class}",
+        )
+
+
+def _market(p: ProviderConfig) -> str:
+    market = getattr(p.options, "market", "")
+    return f", market {market}" if market else ""
 
 
 def _check_kaiko_codes(index: int, p: ProviderConfig, s: SubscriptionConfig, fail: Any) -> None:
@@ -718,9 +881,13 @@ def _check_metrics(m: MetricsConfig, fail: Any) -> None:
         host, sep, port = m.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             fail("metrics.listen", f"must be host:port (port 0 = any free port), got {m.listen!r}")
-    if m.max_series < 1 or m.max_clients < 1 or m.idle_timeout <= 0:
-        fail("metrics", "max_series and max_clients must be >= 1, idle_timeout > 0")
-    if not 0 < m.header_timeout <= m.idle_timeout:
+        if not m.public and not _loopback(host.strip("[]")):
+            fail(
+                "metrics.listen",
+                f"{host} is not a loopback address: /metrics and the health checks would be "
+                "reachable from the network; set metrics.public = true to mean it",
+            )
+    if m.header_timeout > m.idle_timeout:
         fail(
             "metrics.header_timeout",
             f"must be > 0 and <= metrics.idle_timeout ({m.idle_timeout:g}), "
@@ -728,24 +895,17 @@ def _check_metrics(m: MetricsConfig, fail: Any) -> None:
         )
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def _check_anomalies(cfg: Config, fail: Any) -> None:
     an = cfg.anomalies
-    if an.evaluate_interval <= 0 or an.max_events < 16:
-        fail("anomalies", "evaluate_interval must be > 0 and max_events >= 16")
-    for key in ("heartbeat_timeout", "gap_quiet", "rate_fast", "rate_baseline"):
-        if getattr(an, key) <= 0:
-            fail(f"anomalies.{key}", "must be > 0")
-    if not 0 < an.latency_clear <= 1:
-        fail("anomalies.latency_clear", "must be in (0, 1]")
-    if not 0 < an.rate_drop_alpha < 0.5:
-        fail("anomalies.rate_drop_alpha", "must be in (0, 0.5)")
-    for where, over in [("anomalies", an)] + [
-        (f"anomalies.classes.{c}", t) for c, t in an.classes.items()
-    ] + [(f"anomalies.instruments.{i}", t) for i, t in an.instruments.items()]:  # fmt: skip
-        for f in dataclasses.fields(AnomalyThresholds):
-            v = getattr(over, f.name)
-            if v is not None and v < 0:
-                fail(f"{where}.{f.name}", "must be >= 0")
     for c in an.classes:
         if c not in CLASS_CODES:
             fail(f"anomalies.classes.{c}", f"unknown data class (known: {', '.join(CLASS_CODES)})")
@@ -785,27 +945,10 @@ def anomaly_thresholds(an: AnomalyConfig, data_class: str, instrument: str) -> d
 
 
 def _check_fair(f: FairConfig, fail: typing.Callable[[str, str], None]) -> None:
-    if f.stale_after <= 0:
-        fail("fair.stale_after", "must be > 0")
-    if f.min_interval < 0:
-        fail("fair.min_interval", "must be >= 0")
-    if f.heartbeat_interval < 0 or 0 < f.heartbeat_interval < f.min_interval:
+    if 0 < f.heartbeat_interval < f.min_interval:
         fail("fair.heartbeat_interval", "must be 0 (off) or >= fair.min_interval")
-    if f.outlier_exclude < 0:
-        fail("fair.outlier_exclude", "must be >= 0 (0 turns the gate off)")
-    if not 0 <= f.outlier_readmit <= f.outlier_exclude:
+    if f.outlier_readmit > f.outlier_exclude:
         fail("fair.outlier_readmit", "must be between 0 and fair.outlier_exclude")
-    for key in ("volume_halflife", "freshness_tau", "window_bucket"):
-        if getattr(f, key) <= 0:
-            fail(f"fair.{key}", "must be > 0")
-    if not 0 < f.venue_cap <= 1:
-        fail("fair.venue_cap", f"must be in (0, 1], got {f.venue_cap}")
-    if f.min_venues < 1:
-        fail("fair.min_venues", "must be >= 1")
-    if not 1 <= f.window_buckets <= 256:
-        fail("fair.window_buckets", f"must be between 1 and 256, got {f.window_buckets}")
-    if not 0 <= f.trim < 0.5:
-        fail("fair.trim", f"must be in [0, 0.5), got {f.trim}")
 
 
 def _join(where: str, key: str) -> str:

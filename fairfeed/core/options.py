@@ -8,10 +8,11 @@ from ``ctx.provider.options`` and takes no other settings.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from fairfeed.core.ranges import DAY, HOUR, Range
 from fairfeed.core.records import CLASS_CODES
 
 
@@ -19,10 +20,18 @@ from fairfeed.core.records import CLASS_CODES
 class AdapterOptions:
     """What every adapter accepts; seconds unless said otherwise."""
 
+    # What the kind accepts as the provider's `feed` ("" = its default) and `url` scheme.
+    FEEDS: ClassVar[tuple[str, ...]] = ("",)
+    URL_SCHEMES: ClassVar[tuple[str, ...]] = ("ws", "wss")
+
     backoff_base: float = 0.25  # first reconnect delay (capped, jittered, doubling per failure)
     backoff_cap: float = 30.0  # the longest reconnect delay
     subscribe_timeout: float = 10.0  # a subscription unanswered this long: reconnect
     rate_limit_pause: float = 1.0  # least wait after a rate-limit refusal (the backoff still grows)
+
+    def data_classes(self) -> tuple[str, ...]:
+        """The data classes this kind (with these options) can subscribe."""
+        return tuple(CLASS_CODES)
 
 
 @dataclass(frozen=True)
@@ -32,18 +41,31 @@ class SimulatorOptions(AdapterOptions):
 
 @dataclass(frozen=True)
 class BinanceOptions(AdapterOptions):
+    FEEDS: ClassVar[tuple[str, ...]] = ("", "trade", "aggTrade")
+
     url_streams: bool = False  # streams in the URL (`/stream?streams=…`) instead of SUBSCRIBE
     market: str = "spot"  # "spot" (stream.binance.com) or "usdm" (USD-M futures, fstream)
+
+    def data_classes(self) -> tuple[str, ...]:
+        return ("perpetual", "future") if self.market == "usdm" else ("spot",)
 
 
 @dataclass(frozen=True)
 class KrakenOptions(AdapterOptions):
     ping_interval: float = 10.0  # application ping per connection; 0 = none
 
+    def data_classes(self) -> tuple[str, ...]:
+        return ("spot",)  # Kraken spot v2; futures are another service
+
 
 @dataclass(frozen=True)
 class CoinbaseOptions(AdapterOptions):
+    FEEDS: ClassVar[tuple[str, ...]] = ("", "exchange", "advanced")
+
     snapshot_trades: bool = False  # Advanced Trade: the recent trades sent on subscribe as TRADEs
+
+    def data_classes(self) -> tuple[str, ...]:
+        return ("spot",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,8 @@ class CoinApiOptions(AdapterOptions):
 
 @dataclass(frozen=True)
 class KaikoOptions(AdapterOptions):
+    URL_SCHEMES: ClassVar[tuple[str, ...]] = ("grpc", "grpcs", "")  # "" = host:port, `tls` decides
+
     rate_limit_pause: float = 5.0
     trades: bool = True  # subscribe the trades service
     quotes: bool = True  # subscribe the top-of-book market-update service
@@ -82,6 +106,26 @@ OPTIONS: dict[str, type[AdapterOptions]] = {
     "coinbase": CoinbaseOptions,
     "coinapi": CoinApiOptions,
     "kaiko": KaikoOptions,
+}
+
+
+# The allowed range of every numeric option (see fairfeed/core/ranges.py); merged into the
+# configuration's table, so options are checked at load like every other setting.
+RANGES: dict[type, dict[str, Range]] = {
+    AdapterOptions: {
+        "backoff_base": Range(0, HOUR, lo_open=True),
+        "backoff_cap": Range(0, DAY, lo_open=True),
+        "subscribe_timeout": Range(0, HOUR, lo_open=True),
+        "rate_limit_pause": Range(0, HOUR),
+    },
+    KrakenOptions: {"ping_interval": Range(0, HOUR)},
+    CoinApiOptions: {"error_retry_after": Range(0, DAY), "error_retry_cap": Range(0, DAY)},
+    KaikoOptions: {
+        "buffer_records": Range(1, 1 << 22),
+        "keepalive_time": Range(0.001, HOUR),
+        "keepalive_timeout": Range(0.001, HOUR),
+        "batch_delay": Range(0, 0.1),
+    },
 }
 
 
@@ -134,27 +178,14 @@ def amount_unit(value: str | float) -> tuple[str, float]:
 
 def check(options: AdapterOptions) -> list[tuple[str, str]]:
     """Rules a type cannot express: ``[(option, problem), ...]``, empty when valid."""
-    bad = [
-        (f.name, "must be >= 0")
-        for f in dataclasses.fields(options)
-        if isinstance(v := getattr(options, f.name), int | float)
-        and not isinstance(v, bool)
-        and v < 0
-    ]
-    if options.backoff_base <= 0 or options.backoff_cap < options.backoff_base:
-        bad.append(("backoff_base", "must be > 0 and at most backoff_cap"))
-    if options.subscribe_timeout <= 0:
-        bad.append(("subscribe_timeout", "must be > 0"))
+    bad = []
+    if options.backoff_cap < options.backoff_base:
+        bad.append(("backoff_base", "must be at most backoff_cap"))
     if isinstance(options, CoinApiOptions) and options.error_retry_cap < options.error_retry_after:
         bad.append(("error_retry_cap", "must be >= error_retry_after"))
     if isinstance(options, BinanceOptions) and options.market not in ("spot", "usdm"):
         bad.append(("market", f"must be 'spot' or 'usdm', not {options.market!r}"))
     if isinstance(options, KaikoOptions):
-        if options.buffer_records < 1:
-            bad.append(("buffer_records", "must be >= 1"))
-        for name in ("keepalive_time", "keepalive_timeout"):
-            if getattr(options, name) < 0.001:
-                bad.append((name, "must be >= 0.001 (seconds)"))
         for name in ("codes", "amount_units"):
             for key in getattr(options, name):
                 try:

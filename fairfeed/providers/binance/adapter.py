@@ -40,7 +40,7 @@ from fairfeed.providers.binance.symbols import USDM_ROUTES, stream_name
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, Ack, Error, subscribe
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
-FEEDS = ("trade", "aggTrade")
+FEEDS = BinanceOptions.FEEDS[1:]  # "" is the default
 MAX_STREAMS = 1024  # Binance's limit per connection
 USDM_MAX_STREAMS = 200  # USD-M futures' limit per connection
 MAX_AGE = 24 * 3600.0  # Binance closes a connection after 24 hours

@@ -51,7 +51,7 @@ from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
 log = logging.getLogger(__name__)
 
-FEEDS = ("exchange", "advanced")
+FEEDS = CoinbaseOptions.FEEDS[1:]  # "" is the default
 URLS = {
     "exchange": "wss://ws-feed.exchange.coinbase.com",
     "advanced": "wss://advanced-trade-ws.coinbase.com",
