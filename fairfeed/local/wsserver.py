@@ -48,7 +48,7 @@ from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.faults import Fault, FaultState
 from fairfeed.local.market import EventBatch, Market
 from fairfeed.local.thread import LoopThread
-from fairfeed.providers.simulator.wire import ws_text_frame
+from fairfeed.providers.simulator.wire import OP_BINARY, ws_frame, ws_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +282,11 @@ class LocalWsServer(abc.ABC):
             c.ws.transport.abort()
         return len(conns)
 
-    def inject_frame(self, raw: bytes | str) -> int:
-        """Write ``raw`` verbatim (even invalid UTF-8) as one text frame to every connection;
-        returns how many got it."""
-        frame = ws_text_frame(raw.encode() if isinstance(raw, str) else bytes(raw))
+    def inject_frame(self, raw: bytes | str, binary: bool = False) -> int:
+        """Write ``raw`` verbatim (even invalid UTF-8) as one text frame (or a binary one) to
+        every connection; returns how many got it."""
+        data = raw.encode() if isinstance(raw, str) else bytes(raw)
+        frame = ws_frame(data, OP_BINARY) if binary else ws_text_frame(data)
         n = sum(c.write(frame) for c in list(self._conns.values()))
         self.stats.injected += n
         return n

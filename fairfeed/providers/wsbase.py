@@ -149,6 +149,7 @@ class WsConnection:
         self.frag: bytearray | None = None
         self.frag_size = 0  # bytes of the fragmented message so far (``frag`` stops at the limit)
         self.frag_peak = 0  # the largest ``frag`` ever held (tests: reassembly stays bounded)
+        self.frag_binary = False  # the fragmented message is a binary one
         self.oversize_reported = False  # this session's too-big frame is counted already
         self.timer: asyncio.TimerHandle | None = None  # ends a batching pause of the reading
         # the parser's running totals already added to the counters
@@ -367,6 +368,9 @@ class WsConnection:
             if len(payload) > self.adapter.max_message_bytes:  # picows let one through
                 self._refuse_frame(transport, payload)
                 return
+            if mt is _BINARY:
+                self._binary(payload, frame.last_in_buffer)
+                return
         elif mt is _PING:
             transport.send_pong(frame.get_payload_as_bytes())
             self.last_alive = time.monotonic()
@@ -378,7 +382,9 @@ class WsConnection:
             return
         elif mt is _TEXT or mt is _BINARY or mt is _CONT:
             payload = self._fragment(frame)
-            if payload is None:
+            if payload is None or self.frag_binary:
+                if payload is not None:
+                    self._binary(payload, False)
                 if frame.last_in_buffer:
                     self._read_done()
                 return
@@ -424,6 +430,14 @@ class WsConnection:
         if not self.adapter.reading_paused:
             self.resume_reading()
 
+    def _binary(self, payload: bytes | memoryview, last_in_buffer: bool) -> None:
+        """Every provider we read speaks JSON text: a binary message is not data, even if it
+        holds JSON (a proxy or a broken server), so it is refused like a malformed one."""
+        self.frames += 1
+        self.adapter.malformed(self, "a binary message: the protocol sends text", bytes(payload))
+        if last_in_buffer:
+            self._read_done()
+
     def _special(self, r: int, payload: bytes | memoryview) -> None:
         a = self.adapter
         if r == HEARTBEAT:
@@ -457,6 +471,7 @@ class WsConnection:
         if frame.msg_type is not _CONT:
             self.frag = bytearray()
             self.frag_size = 0
+            self.frag_binary = frame.msg_type is _BINARY
         elif self.frag is None:  # a continuation without a start: ignore it
             return None
         part = frame.get_payload_as_memoryview()

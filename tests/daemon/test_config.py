@@ -50,7 +50,10 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             "ring.block_timeout_ms: must be between 0 and 500, got 600: reading (pings included)",
         ),
         ("[ring]\nblock_timeout_ms = -1\n", "ring.block_timeout_ms: must be between 0 and 500"),
-        ("[ring]\npending_records = 0\n", "ring.pending_records: must be between 1 and 4194304, got 0"),
+        (
+            "[ring]\npending_records = 0\n",
+            "ring.pending_records: must be between 1 and 4194304, got 0",
+        ),
         ("[ring]\nflush_delay_ms = 3\n", "ring.flush_delay_ms: must be between 0 and 2, got 3"),
         ("[ring]\nflush_delay_ms = -1\n", "ring.flush_delay_ms: must be between 0 and 2"),
         (
@@ -62,7 +65,10 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             "providers[0].max_message_bytes: must be 0 or between 4096",
         ),
         (PROVIDER + "max_message_bytes = 100\n", "between 4096 and 67108864, got 100"),
-        (PROVIDER + "max_message_bytes = 67108865\n", "providers[0].max_message_bytes: must be 0 or between 4096 and 67108864, got 67108865"),
+        (
+            PROVIDER + "max_message_bytes = 67108865\n",
+            "providers[0].max_message_bytes: must be 0 or between 4096 and 67108864, got 67108865",
+        ),
         (PROVIDER + "max_message_bytes = 1.5\n", "max_message_bytes: expected an integer"),
         ("[daemon]\nworkers = 0\n", "daemon.workers: must be between 1 and 256, got 0"),
         ("[fair]\nmethod = 'mean'\n", "fair.method: must be one of two_level, median"),
@@ -95,7 +101,8 @@ def test_embedded_default_is_valid_and_frozen() -> None:
         ),
         (
             BINANCE + "[providers.options]\nrate_limit_pause = -1\n",
-            "providers[0].options.rate_limit_pause: must be between 0 and 3600, got -1 (provider 'b'",
+            "providers[0].options.rate_limit_pause: must be between 0 and 3600, got -1 "
+            "(provider 'b'",
         ),
         (
             KAIKO + '[providers.options]\namount_units = {"BINANCE:spot:BTC-USD" = "coins"}\n',

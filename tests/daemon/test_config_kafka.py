@@ -59,8 +59,14 @@ def test_create_topics_defaults_to_the_embedded_broker_only() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[kafka]\nreplication_factor = 0\n", "kafka.replication_factor: must be -1 or between 1 and 32, got 0"),
-        ("[kafka]\ntopic_partitions = 0\n", "kafka.topic_partitions: must be between 1 and 10000, got 0"),
+        (
+            "[kafka]\nreplication_factor = 0\n",
+            "kafka.replication_factor: must be -1 or between 1 and 32, got 0",
+        ),
+        (
+            "[kafka]\ntopic_partitions = 0\n",
+            "kafka.topic_partitions: must be between 1 and 10000, got 0",
+        ),
         (
             '[kafka]\nbootstrap = "k:1"\nsecurity_protocol = "TLS"\n',
             "kafka.security_protocol: must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, "

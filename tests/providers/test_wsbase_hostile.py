@@ -185,6 +185,39 @@ def test_fragmented_message_within_the_limit_is_still_parsed():
     assert counters[Slot.PARSE_ERRORS] == counters[Slot.OVERSIZED] == 0 and not sink.dead
 
 
+def test_a_binary_message_holding_json_is_refused_not_taken_as_data():
+    """Every provider we read sends text: a binary message, even holding a valid trade (one
+    frame, or fragments), is counted and dead-lettered, and the connection goes on."""
+    cfg = SimulatorConfig(prices=PRICES, rate=50, quote_ratio=0.5)
+    seq = 987_654_322
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            adapter, sink, counters = make(server.url)
+            task = asyncio.create_task(adapter.run())
+            await streaming(adapter, sink, server)
+            hit, _ = hit_and_other(adapter, server)
+            sym = hit.subs[0].instrument.replace("-", "")
+            msg = (
+                f'{{"stream":"{sym.lower()}@trade","data":{{"e":"trade","E":1700000000001,'
+                f'"s":"{sym}","t":{seq},"p":"64000.5","q":"0.25","T":1700000000000,"m":false}}}}'
+            ).encode()
+            conn = next(iter(server._conns.values()))
+            await conn.ws.send(msg)  # bytes: one binary frame
+            await conn.ws.send([msg[:40], msg[40:]])  # a fragmented binary message
+            await wait_for(lambda: len(sink.dead) == 2, what="two dead letters")
+            await still_flowing(sink, hit)
+            await adapter.close()
+            await task
+            return sink, counters, msg
+
+    sink, counters, msg = asyncio.run(main())
+    assert not (sink.records["sequence"] == seq).any()
+    assert counters[Slot.PARSE_ERRORS] == 2 and counters[Slot.OVERSIZED] == 0
+    assert [d[0] for d in sink.dead] == ["a binary message: the protocol sends text"] * 2
+    assert [bytes(d[1]) for d in sink.dead] == [msg, msg]
+
+
 class _Exploding:
     """A parser that raises once armed (a bug, or a library error inside the frame callback)."""
 

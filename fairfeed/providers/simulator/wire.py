@@ -94,6 +94,7 @@ def encode(msg: msgspec.Struct) -> bytes:
 # --- raw WebSocket framing (server side: frames are never masked) -----------------------------
 
 OP_TEXT = 0x1
+OP_BINARY = 0x2
 _H2 = struct.Struct("!BB")
 _H4 = struct.Struct("!BBH")
 _H10 = struct.Struct("!BBQ")
