@@ -10,18 +10,16 @@ import re
 import select
 import socket
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.daemon import ctl_protocol as proto
 from fairfeed.local.simulator import SimulatorServer, SimulatorThread
 from tests.daemon.daemon_process import DaemonProcess
+from tests.daemon.http_probe import get, rss, sample
 from tests.daemon.socket_loop import trickle
 from tests.waiting import wait_for
 
@@ -65,21 +63,6 @@ instruments = ["BTC-USD"]
     return path
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _rss(pid: int) -> int:
-    """Resident set size of ``pid`` in bytes (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(line.split()[1] for line in f if line.startswith("VmRSS:"))
-    return int(kb) * 1024
-
-
 def _ask(daemon: DaemonProcess, cmd: str, args: dict | None = None) -> dict:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
@@ -91,15 +74,6 @@ def _ask(daemon: DaemonProcess, cmd: str, args: dict | None = None) -> dict:
             assert chunk, "closed without an answer"
             buf += chunk
     return orjson.loads(buf)
-
-
-def _sample(base: str, name: str, **labels: str) -> float:
-    _, body = _get(f"{base}/metrics")
-    for fam in text_string_to_metric_families(body.decode()):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +88,7 @@ def running(tmp_path_factory, kafka_broker):
             lambda: re.search(r"metrics +(http://\S+)/metrics", daemon.stdout()), 60, "metrics"
         )
         base = found[1]
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "/readyz = 200", interval=0.2)
+        wait_for(lambda: get(f"{base}/readyz")[0] == 200, 60, "/readyz = 200", interval=0.2)
         yield daemon, base
     finally:
         code = daemon.stop()
@@ -148,7 +122,7 @@ def _flood(path: Path, outcome: list[str]) -> None:
 
 def test_clients_that_ask_without_reading_are_dropped_and_memory_stays_bounded(running) -> None:
     daemon, base = running
-    before = _rss(daemon.pid)
+    before = rss(daemon.pid)
     outcome: list[str] = []
     floods = [
         threading.Thread(target=_flood, args=(daemon.socket, outcome)) for _ in range(ATTACKERS)
@@ -163,17 +137,17 @@ def test_clients_that_ask_without_reading_are_dropped_and_memory_stays_bounded(r
         t.join(60)
     assert outcome == ["dropped"] * ATTACKERS, outcome
     # each cost at most its bound, an answer and a read of requests, and was freed
-    grown = _rss(daemon.pid) - before
+    grown = rss(daemon.pid) - before
     assert grown < 64 << 20, f"supervisor RSS grew {grown >> 20} MiB"
-    drops = _sample(base, "fairfeed_socket_drops_total", socket="control", reason="overflow")
+    drops = sample(base, "fairfeed_socket_drops_total", socket="control", reason="overflow")
     assert drops == ATTACKERS
     wait_for(
-        lambda: _sample(base, "fairfeed_socket_buffered_bytes", socket="control") == 0,
+        lambda: sample(base, "fairfeed_socket_buffered_bytes", socket="control") == 0,
         10,
         "the dropped clients' buffers freed",
     )
     assert daemon.stderr().count("control socket: dropped client pid ") == ATTACKERS
-    assert _get(f"{base}/healthz")[0] == 200
+    assert get(f"{base}/healthz")[0] == 200
 
 
 def test_a_client_trickling_bytes_is_dropped_within_the_timeout(running) -> None:
@@ -187,7 +161,7 @@ def test_a_client_trickling_bytes_is_dropped_within_the_timeout(running) -> None
         "code": "timeout",
         "message": "no complete request within 2s",
     }
-    assert _sample(base, "fairfeed_socket_drops_total", socket="control", reason="slow_request")
+    assert sample(base, "fairfeed_socket_drops_total", socket="control", reason="slow_request")
 
 
 def test_idle_http_connections_never_keep_the_health_checks_out(running) -> None:
@@ -196,10 +170,10 @@ def test_idle_http_connections_never_keep_the_health_checks_out(running) -> None
     idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
     try:
         for path in ("/healthz", "/readyz", "/metrics"):
-            status, body = _get(f"{base}{path}")
+            status, body = get(f"{base}{path}")
             assert status == 200, (path, body[:200])
-        assert _sample(base, "fairfeed_socket_drops_total", socket="http", reason="evicted") > 0
-        assert _sample(base, "fairfeed_socket_drops_total", socket="http", reason="busy") == 0
+        assert sample(base, "fairfeed_socket_drops_total", socket="http", reason="evicted") > 0
+        assert sample(base, "fairfeed_socket_drops_total", socket="http", reason="busy") == 0
     finally:
         for s in idle:
             s.close()
