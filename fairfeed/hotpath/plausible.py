@@ -1,5 +1,6 @@
-"""Plausibility of the venue clocks in records: one absurd time stamp must not feed the latency
-and clock-skew detectors (a Binance trade with ``"T": "2024"`` decodes to a time in 1970).
+"""Plausibility of records: one absurd time stamp must not feed the latency and clock-skew
+detectors (a Binance trade with ``"T": "2024"`` decodes to a time in 1970), one absurd price or
+size must not move a fair price or a volume (a size of 9e18 outweighs every real trade).
 
 A record's ``ts_exchange`` or ``ts_provider`` more than ``bound`` ahead of its ``ts_receive``
 (our own clock at the socket read), or before 2010, is not believed: it is set to 0 (unknown),
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from fairfeed.core.records import KIND_FUNDING, KIND_TRADE, MAX_DATA_KIND
 
 # A venue clock this far from ours is broken, not late: a day covers any backlog or snapshot
 # we publish and any clock error worth a clock_skew event instead.
@@ -46,3 +49,44 @@ def clear_implausible_times(records: np.ndarray, bound: int = MAX_CLOCK_DISTANCE
     if not len(records):
         return 0
     return int(clear_implausible_times_nb(records, len(records), np.int64(bound)))
+
+
+# Beyond these no market we read has traded: BTC costs ~2.5e9 in VND, the largest meme-token
+# supplies are ~4e17 units; one trade worth 1e15 quote units is more than a year of any venue.
+MAX_PRICE = 1e12
+MAX_SIZE = 1e18
+MAX_NOTIONAL = 1e15
+MAX_FUNDING_RATE = 1.0  # per funding interval: 100 %
+
+
+@njit(cache=True)
+def drop_implausible_values_nb(records, n):  # pragma: no cover
+    """Drop the data records of ``records[:n]`` whose price or size is not finite, negative or
+    beyond the bounds above, compacting the rest to the front; returns how many were kept.
+    Health records (kinds above MAX_DATA_KIND) are always kept. The parsers already refuse
+    what is not a number or not positive; this catches the absurd but well-formed."""
+    m = 0
+    for i in range(n):
+        r = records[i]
+        k = r.kind
+        ok = True
+        if KIND_TRADE <= k <= MAX_DATA_KIND:
+            p = r.price
+            q = r.size
+            if k == KIND_FUNDING:  # price is a rate (may be negative), size the next one or NaN
+                ok = abs(p) <= MAX_FUNDING_RATE and (q != q or abs(q) <= MAX_FUNDING_RATE)
+            else:
+                ok = 0.0 <= p <= MAX_PRICE and 0.0 <= q <= MAX_SIZE and p * q <= MAX_NOTIONAL
+        if ok:
+            if m != i:
+                records[m] = records[i]
+            m += 1
+    return m
+
+
+def drop_implausible_values(records: np.ndarray) -> int:
+    """:func:`drop_implausible_values_nb` over the whole array: the records kept are
+    ``records[:returned]``."""
+    if not len(records):
+        return 0
+    return int(drop_implausible_values_nb(records, len(records)))
