@@ -31,6 +31,7 @@ from fairfeed.ipc.ring import OverflowPolicy, Ring
 from fairfeed.kafka.encode import encode_dead_letter
 from fairfeed.providers.base import Adapter, DeadLetter, IngestContext, api_key
 from fairfeed.providers.catalog import adapter_class
+from fairfeed.providers.redact import Redactor
 
 log = logging.getLogger("fairfeed.ingest")
 
@@ -161,9 +162,12 @@ class IngestWorker:
     def _dead_letter_for(self, provider: str) -> DeadLetter:
         key = provider.encode() + b"\0"
         counters = self.counters
+        redact = Redactor(self._secrets())  # a refused frame may echo our request, key included
 
         def dead_letter(error: str, frame: bytes, size: int | None = None) -> None:
-            value = encode_dead_letter(provider, error, frame, time.time_ns(), size)
+            value = encode_dead_letter(
+                provider, redact(error), redact.frame(bytes(frame)), time.time_ns(), size
+            )
             if self.dead_letters.write(key + value):
                 counters.add(Slot.DEAD_LETTERS)
             else:

@@ -18,12 +18,14 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.local.kraken import KrakenServer
 from fairfeed.local.wsserver import ServerThread
+from tests.conftest import consume_all
 from tests.daemon.daemon_process import DaemonProcess
 from tests.daemon.http_probe import get, rss, sample
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
+KEY_ENV, KEY = "FAIRFEED_TEST_HOSTILE_KEY", "sk-test-0123456789abcdef"
 HUGE = 50 << 20  # the 50 MB message
 LIMIT = 1 << 20  # max_message_bytes of the hostile provider
 BINANCE, KRAKEN = 0, 1
@@ -52,6 +54,7 @@ name = "bn"
 kind = "binance"
 venue = "BINANCE"
 url = "{bn_url}"
+api_key_env = "{KEY_ENV}"
 max_message_bytes = {LIMIT}
 [providers.options]
 backoff_base = 0.05
@@ -85,12 +88,16 @@ def _trade(tid: int, t_ms: int | str, price: str = '"64000.5"') -> str:
     )
 
 
+def _dead_letters(bootstrap: str) -> list[bytes]:
+    return [v for _p, _k, v in consume_all(bootstrap, "hostilep.deadletter", timeout=5) if v]
+
+
 def test_a_hostile_provider_never_hurts_the_daemon(tmp_path: Path, kafka_broker) -> None:
     bn = BinanceServer("bn", SimulatorConfig(prices={"BTC-USDT": 64000.0}, rate=100))
     kr = KrakenServer("kr", SimulatorConfig(prices={"BTC-USD": 64000.0}, rate=100))
     servers = ServerThread(bn, kr).start()
     cfg = _config(tmp_path / "fairfeed.toml", kafka_broker.bootstrap, bn.url, kr.url)
-    daemon = DaemonProcess(tmp_path, cfg)
+    daemon = DaemonProcess(tmp_path, cfg, env={KEY_ENV: KEY})
     try:
         found = wait_for(
             lambda: re.search(r"metrics +(http://\S+)/metrics", daemon.stdout()), 60, "metrics"
@@ -154,6 +161,16 @@ def test_a_hostile_provider_never_hurts_the_daemon(tmp_path: Path, kafka_broker)
         wait_for(lambda: counter("fairfeed_parse_errors_total") >= errors + 2, 30, "2 refused")
         wait_for(lambda: counter("fairfeed_time_errors_total") >= time_errors + 1, 30, "T=2024")
         still_serving("wrong types, an absurd time and a binary frame")
+
+        # A refused frame echoing our key: dead-lettered with the key masked.
+        servers.call(bn.inject_frame, f'{{"error":"invalid key {KEY}","apikey":"{KEY}"}}')
+        wait_for(lambda: counter("fairfeed_parse_errors_total") >= errors + 3, 30, "the echo")
+        letters = wait_for(
+            lambda: [v for v in _dead_letters(kafka_broker.bootstrap) if b"invalid key" in v],
+            30,
+            "the echo's dead letter",
+        )
+        assert KEY.encode() not in letters[0] and letters[0].count(b"<redacted>") == 2
 
         # The same worker throughout, its memory bounded (the 50 MB were never held).
         assert daemon.pid_of("ingest-0") == worker

@@ -37,3 +37,11 @@ def test_error_log_redacts_reason_and_frame(caplog) -> None:
         elog("refused: s3cr3t", b'{"apikey": "s3cr3t"}')
     (line,) = [r.getMessage() for r in caplog.records]
     assert "s3cr3t" not in line and line.count(MASK) == 2
+
+
+def test_frames_are_redacted_as_bytes_even_when_not_utf8() -> None:
+    redact = Redactor(["sk-live-123456"])
+    frame = b'\xff{"error":"bad key sk-live-123456","apikey":"other-1"}\xfe'
+    out = redact.frame(frame)
+    assert b"sk-live-123456" not in out and b"other-1" not in out
+    assert out == b'\xff{"error":"bad key <redacted>","apikey":"<redacted>"}\xfe'
