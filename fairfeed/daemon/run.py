@@ -18,7 +18,7 @@ from fairfeed.daemon.child import configure_logging
 from fairfeed.daemon.commands import CommandPipe
 from fairfeed.daemon.compute import ComputeWorker
 from fairfeed.daemon.ctl_handlers import ControlHandlers, Runtime
-from fairfeed.daemon.ctl_server import ControlServer, default_socket_path
+from fairfeed.daemon.ctl_server import ControlServer, ControlSocketError, default_socket_path
 from fairfeed.daemon.ingest import IngestWorker
 from fairfeed.daemon.liveview import LiveView
 from fairfeed.daemon.proctitle import set_title
@@ -287,7 +287,11 @@ def run(
             idle_timeout=d.control_idle_timeout,
             max_output=d.control_max_output,
         )
-        ctl.open()
+        try:
+            ctl.open()
+        except ControlSocketError as exc:  # another daemon on this path, permissions, group
+            key = "daemon.control_group" if "control_group" in str(exc) else "daemon.control_socket"
+            raise ConfigError(f"{key}: {exc}") from None
         rt.served.append(ctl)
         rt.socket_path = str(socket_path)
 
