@@ -728,6 +728,28 @@ def _check(cfg: Config) -> None:
                     fail(f"{key}.instruments", f"{inst!r} has no start price in the simulator")
         if isinstance(p.options, adapter_options.KaikoOptions):
             _check_kaiko_codes(cfg.providers.index(p), p, s, fail)
+        if isinstance(p.options, adapter_options.KrakenFuturesOptions):
+            _check_kraken_futures(i, p, s, fail)
+
+
+def _check_kraken_futures(index: int, p: ProviderConfig, s: SubscriptionConfig, fail: Any) -> None:
+    """Every Kraken Futures subscription names a product (by rule or the `products` option)
+    of its own data class (the product id says perpetual or future)."""
+    dclass = s.data_class or p.data_class
+    products = p.options.products  # type: ignore[union-attr]
+    for inst in s.instruments:
+        try:
+            pid = adapter_options.kraken_futures_product(inst, products)
+        except ValueError as exc:
+            fail(f"subscriptions[{index}].instruments", f"{exc} (provider {p.name!r})")
+            continue
+        if adapter_options.kraken_futures_class(pid) != dclass:
+            fail(
+                f"subscriptions[{index}].data_class",
+                f"{inst!r} is Kraken Futures' {pid}, a "
+                f"{adapter_options.kraken_futures_class(pid)}, subscribed as {dclass} "
+                f"(provider {p.name!r})",
+            )
 
 
 def _check_kind_rules(key: str, p: ProviderConfig, fail: Any) -> None:

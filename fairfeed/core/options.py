@@ -99,6 +99,19 @@ class KaikoOptions(AdapterOptions):
     batch_delay: float = 0.0005  # let records gather this long before one emit; 0 = at once
 
 
+@dataclass(frozen=True)
+class KrakenFuturesOptions(AdapterOptions):
+    ping_interval: float = 30.0  # WebSocket ping per connection (Kraken: at least every 60 s)
+    # canonical instrument -> Kraken Futures product id, where the rule (BASE-QUOTE-PERP ->
+    # PF_BASEQUOTE, BASE-QUOTE-YYMMDD -> FF_BASEQUOTE_YYMMDD, BTC as XBT) gives the wrong one:
+    # inverse contracts (PI_ / FI_) and other names; docs/providers/kraken_futures.md
+    products: dict[str, str] = field(default_factory=dict)
+    # product id -> what one contract is (an `amount_unit`: "1 base", "1 quote", 0.001), from
+    # Kraken's instrument list (/derivatives/api/v3/instruments: type and contractSize);
+    # default by family: PF_ / FF_ one base unit, PI_ / FI_ one quote unit (1 USD)
+    contracts: dict[str, str | float] = field(default_factory=dict)
+
+
 OPTIONS: dict[str, type[AdapterOptions]] = {
     "simulator": SimulatorOptions,
     "binance": BinanceOptions,
@@ -106,6 +119,7 @@ OPTIONS: dict[str, type[AdapterOptions]] = {
     "coinbase": CoinbaseOptions,
     "coinapi": CoinApiOptions,
     "kaiko": KaikoOptions,
+    "kraken_futures": KrakenFuturesOptions,
 }
 
 
@@ -154,6 +168,41 @@ def kaiko_code_rule_applies(data_class: str, instrument: str) -> bool:
     return data_class != "future" or _DATED_FUTURE.fullmatch(instrument) is not None
 
 
+# Kraken Futures products: PF_ / PI_ perpetuals (linear / inverse), FF_ / FI_ dated futures
+_KF_PRODUCT = re.compile(r"(P[FI])_([A-Z0-9]+)|(F[FI])_([A-Z0-9]+)_(\d{6})")
+_KF_NAME = re.compile(r"([A-Z0-9]+)-([A-Z0-9]+)-(PERP|\d{6})")
+_KF_ASSETS = {"BTC": "XBT"}  # canonical asset -> Kraken's code
+
+
+def kraken_futures_product(instrument: str, products: dict[str, str] | None = None) -> str:
+    """Kraken Futures product id of a canonical instrument: ``products`` first, else the rule
+    ``BTC-USD-PERP`` → ``PF_XBTUSD``, ``BTC-USD-250328`` → ``FF_XBTUSD_250328`` (linear);
+    ValueError if neither gives a valid product id."""
+    if products and instrument in products:
+        pid = products[instrument].upper()
+        kraken_futures_class(pid)
+        return pid
+    m = _KF_NAME.fullmatch(instrument)
+    if m is None:
+        raise ValueError(
+            f"no Kraken Futures product for {instrument!r}: name it BASE-QUOTE-PERP or "
+            "BASE-QUOTE-YYMMDD, or map it in the provider's `products` option"
+        )
+    base, quote, expiry = (_KF_ASSETS.get(g, g) for g in m.groups())
+    return f"PF_{base}{quote}" if expiry == "PERP" else f"FF_{base}{quote}_{expiry}"
+
+
+def kraken_futures_class(product: str) -> str:
+    """``"perpetual"`` (PF_, PI_) or ``"future"`` (FF_, FI_); ValueError for another id."""
+    m = _KF_PRODUCT.fullmatch(product.upper())
+    if m is None:
+        raise ValueError(
+            f"{product!r} is not a Kraken Futures product id (PF_XBTUSD, PI_XBTUSD, "
+            "FF_XBTUSD_YYMMDD, FI_XBTUSD_YYMMDD)"
+        )
+    return "perpetual" if m.group(1) else "future"
+
+
 def amount_unit(value: str | float) -> tuple[str, float]:
     """``(unit, contract size)`` of an ``amount_units`` value: ``"base"`` / ``"quote"`` (size
     1), a number (contracts of that many base units), ``"N base"`` / ``"N quote"``; ValueError
@@ -185,6 +234,18 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
         bad.append(("error_retry_cap", "must be >= error_retry_after"))
     if isinstance(options, BinanceOptions) and options.market not in ("spot", "usdm"):
         bad.append(("market", f"must be 'spot' or 'usdm', not {options.market!r}"))
+    if isinstance(options, KrakenFuturesOptions):
+        for inst, pid in options.products.items():
+            try:
+                kraken_futures_class(pid)
+            except ValueError as exc:
+                bad.append((f"products.{inst}", str(exc)))
+        for pid, unit in options.contracts.items():
+            try:
+                kraken_futures_class(pid)
+                amount_unit(unit)
+            except ValueError as exc:
+                bad.append((f"contracts.{pid}", str(exc)))
     if isinstance(options, KaikoOptions):
         for name in ("codes", "amount_units"):
             for key in getattr(options, name):

@@ -35,4 +35,8 @@ def adapter_class(kind: str) -> type[Adapter]:
         from fairfeed.providers.coinbase.adapter import CoinbaseAdapter
 
         return CoinbaseAdapter
+    if kind == "kraken_futures":
+        from fairfeed.providers.kraken_futures.adapter import KrakenFuturesAdapter
+
+        return KrakenFuturesAdapter
     raise KeyError(f"no adapter for provider kind {kind!r}")
