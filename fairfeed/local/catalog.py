@@ -72,6 +72,18 @@ def local_server(cfg: Config, p: ProviderConfig, port: int) -> LocalServer:
         from fairfeed.local.kraken import KrakenServer
 
         return KrakenServer(p.name, s, host=host, port=port)
+    if p.kind == "kraken_futures":
+        from fairfeed.local.kraken_futures import KrakenFuturesServer
+
+        o = p.options
+        return KrakenFuturesServer(
+            p.name,
+            s,
+            products=o.products,
+            contracts=o.contracts,
+            host=host,
+            port=port,  # type: ignore[attr-defined]
+        )
     if p.kind == "coinbase":
         from fairfeed.local.coinbase import CoinbaseServer
 
@@ -106,6 +118,11 @@ def wire_symbols(cfg: Config, p: ProviderConfig) -> set[str]:
         from fairfeed.providers.kraken.symbols import to_symbol as kraken_symbol
 
         return {kraken_symbol(s.instrument) for s in streams}
+    if p.kind == "kraken_futures":
+        from fairfeed.providers.kraken_futures.symbols import product_id
+
+        products = p.options.products  # type: ignore[attr-defined]
+        return {product_id(s.instrument, products) for s in streams}
     if p.kind == "coinapi":
         from fairfeed.providers.coinapi.symbols import to_symbol_id
 

@@ -7,7 +7,8 @@ Per protocol, three things:
   status), or that it is the venue's answer to the *recording's* client (dropped: the replay
   answers its own client instead);
 * which symbols a client's message subscribes to, and the answers the venue gives to it —
-  Binance ``{"result":null,"id":n}``, Kraken v2 one ``subscribe`` answer per symbol, Coinbase
+  Binance ``{"result":null,"id":n}``, Kraken v2 one ``subscribe`` answer per symbol, Kraken
+  Futures one ``subscribed`` per product, Coinbase
   ``subscriptions``, CoinAPI none;
 * an optional per-connection rewrite of a frame (Coinbase Advanced Trade numbers a
   connection's messages in ``sequence_num``: a filtered connection is renumbered, or its
@@ -200,6 +201,33 @@ class Kraken(ReplayProtocol):
         ]
 
 
+class KrakenFutures(ReplayProtocol):
+    kind = "kraken_futures"
+    _ANSWERS = ("subscribed", "unsubscribed", "subscribed_failed", "unsubscribed_failed", "error")
+
+    def frame_symbols(self, msg: dict) -> frozenset[str] | None:
+        if msg.get("event") in self._ANSWERS:
+            return ANSWER
+        pid = msg.get("product_id")
+        return frozenset((pid.upper(),)) if isinstance(pid, str) else frozenset()
+
+    def on_client(self, client: Client, msg: dict) -> list[str]:
+        event, feed = msg.get("event"), msg.get("feed", "")
+        if event not in ("subscribe", "unsubscribe"):
+            return []
+        products = [str(p).upper() for p in msg.get("product_ids") or ()]
+        if event == "subscribe":
+            client.symbols |= set(products)
+        else:
+            client.symbols -= set(products)
+        if not products:  # the heartbeat feed
+            return [orjson.dumps({"event": f"{event}d", "feed": feed}).decode()]
+        return [
+            orjson.dumps({"event": f"{event}d", "feed": feed, "product_ids": [p]}).decode()
+            for p in products
+        ]
+
+
 class CoinApi(ReplayProtocol):
     kind = "coinapi"
 
@@ -227,11 +255,12 @@ def protocol_for(kind: str, feed: str = "") -> ReplayProtocol:
     """The replay protocol of a provider kind (and feed)."""
     if kind == "coinbase":
         return CoinbaseAdvanced() if feed == "advanced" else CoinbaseExchange()
-    table = {"binance": Binance, "kraken": Kraken, "coinapi": CoinApi}
+    table = {"binance": Binance, "kraken": Kraken, "kraken_futures": KrakenFutures,
+             "coinapi": CoinApi}  # fmt: skip
     if kind not in table:
         raise ReplayProtocolError(
             f"captures of provider kind {kind!r} cannot be replayed (supported: coinbase, "
-            "binance, kraken, coinapi)"
+            "binance, kraken, kraken_futures, coinapi)"
         )
     return table[kind]()
 
@@ -242,6 +271,7 @@ _ENDPOINTS = (
     ("coinbase.com", "coinbase", "exchange"),
     ("binance", "binance", ""),
     ("kraken.com/v2", "kraken", ""),
+    ("futures.kraken.com", "kraken_futures", ""),
     ("coinapi", "coinapi", ""),
 )
 
