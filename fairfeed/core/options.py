@@ -240,12 +240,16 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
                 kraken_futures_class(pid)
             except ValueError as exc:
                 bad.append((f"products.{inst}", str(exc)))
-        for pid, unit in options.contracts.items():
+        for pid, spec in options.contracts.items():
             try:
                 kraken_futures_class(pid)
-                amount_unit(unit)
+                unit, _ = amount_unit(spec)
             except ValueError as exc:
                 bad.append((f"contracts.{pid}", str(exc)))
+                continue
+            if (unit == "quote") != (pid.upper()[1] == "I"):  # PI_ / FI_: inverse
+                bad.append((f"contracts.{pid}", "an inverse contract (PI_, FI_) is 'N quote', "
+                            f"a linear one 'N base' or a number, not {spec!r}"))  # fmt: skip
     if isinstance(options, KaikoOptions):
         for name in ("codes", "amount_units"):
             for key in getattr(options, name):
