@@ -738,18 +738,8 @@ def _check_kraken_futures(index: int, p: ProviderConfig, s: SubscriptionConfig, 
     dclass = s.data_class or p.data_class
     products = p.options.products  # type: ignore[union-attr]
     for inst in s.instruments:
-        try:
-            pid = adapter_options.kraken_futures_product(inst, products)
-        except ValueError as exc:
-            fail(f"subscriptions[{index}].instruments", f"{exc} (provider {p.name!r})")
-            continue
-        if adapter_options.kraken_futures_class(pid) != dclass:
-            fail(
-                f"subscriptions[{index}].data_class",
-                f"{inst!r} is Kraken Futures' {pid}, a "
-                f"{adapter_options.kraken_futures_class(pid)}, subscribed as {dclass} "
-                f"(provider {p.name!r})",
-            )
+        if problem := adapter_options.kraken_futures_problem(inst, dclass, products):
+            fail(f"subscriptions[{index}].instruments", f"{problem} (provider {p.name!r})")
 
 
 def _check_kind_rules(key: str, p: ProviderConfig, fail: Any) -> None:

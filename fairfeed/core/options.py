@@ -203,6 +203,20 @@ def kraken_futures_class(product: str) -> str:
     return "perpetual" if m.group(1) else "future"
 
 
+def kraken_futures_problem(
+    instrument: str, data_class: str, products: dict[str, str] | None = None
+) -> str | None:
+    """Why ``instrument`` subscribed as ``data_class`` cannot be streamed from Kraken Futures
+    (no product by rule or ``products``, or a product of another class), or None."""
+    try:
+        pid = kraken_futures_product(instrument, products)
+    except ValueError as exc:
+        return str(exc)
+    if (cls := kraken_futures_class(pid)) != data_class:
+        return f"{instrument!r} is Kraken Futures' {pid}, a {cls}, subscribed as {data_class}"
+    return None
+
+
 def amount_unit(value: str | float) -> tuple[str, float]:
     """``(unit, contract size)`` of an ``amount_units`` value: ``"base"`` / ``"quote"`` (size
     1), a number (contracts of that many base units), ``"N base"`` / ``"N quote"``; ValueError

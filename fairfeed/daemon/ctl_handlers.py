@@ -20,6 +20,7 @@ from fairfeed.core import config as config_mod
 from fairfeed.core.config import LOG_LEVELS, Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.names import shown
+from fairfeed.core.options import KrakenFuturesOptions, kraken_futures_problem
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import (
     Key,
@@ -179,6 +180,11 @@ class ControlHandlers:
             missing = [s.instrument for s in streams if s.instrument not in p.serve.prices]
             if missing:
                 raise _invalid(f"the local simulator {p.name!r} has no instrument(s) {missing}")
+        if isinstance(p.options, KrakenFuturesOptions):  # as checked at load
+            for s in streams:
+                problem = kraken_futures_problem(s.instrument, s.data_class, p.options.products)
+                if problem:
+                    raise _invalid(f"{problem} (provider {p.name!r})")
         before = (len(rt.registry.instruments), len(rt.registry.sources))
         try:
             change = rt.book.add(streams)

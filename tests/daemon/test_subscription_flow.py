@@ -80,7 +80,11 @@ class Child:
 @pytest.fixture
 def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runtime:
     monkeypatch.setenv("FAIRFEED_TEST_FLOW_KAIKO_KEY", "k")
-    cfg = config.loads(CONFIG, "<test>")
+    return _runtime(tmp_path, CONFIG)
+
+
+def _runtime(tmp_path: Path, text: str) -> Runtime:
+    cfg = config.loads(text, "<test>")
     registry = build_registry(cfg)
     book = SubscriptionBook(cfg, registry, WORKERS)
     parts = book.partition()
@@ -197,6 +201,31 @@ def test_bad_requests_change_nothing(rt: Runtime) -> None:
             handlers("subscribe", args)
         assert err.value.code == "invalid_argument"
     assert list(rt.book.live) == before and all(e.read() == [] for e in ends.values())
+
+
+def test_kraken_futures_names_are_checked_as_at_load(tmp_path: Path) -> None:
+    """A live subscription the adapter could not map (no product, or a product of another
+    data class) is refused like one in the configuration, before any worker sees it."""
+    rt = _runtime(tmp_path, (
+        '[daemon]\nworkers = 2\n[[providers]]\nname = "kf"\nkind = "kraken_futures"\n'
+        'venue = "KRAKEN_FUTURES"\nurl = "ws://127.0.0.1:9"\ndata_class = "perpetual"\n'
+        '[providers.options]\nproducts = { "BTC-USD-INV" = "PI_XBTUSD" }\n'
+        '[[subscriptions]]\nprovider = "kf"\ninstruments = ["BTC-USD-PERP"]\n'
+    ))  # fmt: skip
+    ends = _ends(rt)
+    handlers = ControlHandlers(rt)
+    refused = (
+        ("BTC-USD", "perpetual", "no Kraken Futures product"),
+        ("BTC-USD-250328", "perpetual", "a future, subscribed as perpetual"),
+        ("BTC-USD-INV", "future", "a perpetual, subscribed as future"),
+    )
+    for inst, dclass, why in refused:
+        with pytest.raises(ProtocolError, match=why) as err:
+            handlers("subscribe", {"provider": "kf", "instruments": [inst], "data_class": dclass})
+        assert err.value.code == "invalid_argument"
+    assert all(e.read() == [] for e in ends.values())
+    handlers("subscribe", {"provider": "kf", "instruments": ["BTC-USD-INV", "ETH-USD-PERP"]})
+    assert {s.instrument for s in rt.book.live} == {"BTC-USD-PERP", "BTC-USD-INV", "ETH-USD-PERP"}
 
 
 def test_reload_sends_the_difference(rt: Runtime, tmp_path: Path) -> None:
