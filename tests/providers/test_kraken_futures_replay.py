@@ -9,6 +9,7 @@ equal them field by field (all but the local receive time, which is ours).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,13 +23,17 @@ from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
     KIND_GAP,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
     KIND_TRADE,
     MAX_DATA_KIND,
     SEQ_NONE,
     SIDE_BUY,
     SIDE_SELL,
     STATUS_CONNECTED,
+    empty_records,
 )
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
@@ -42,11 +47,13 @@ from fairfeed.providers.kraken_futures.symbols import (
     data_class,
     from_product,
 )
+from fairfeed.providers.parsing import PARSE_ERROR
 from tests.providers.harness import Sink
 from tests.waiting import wait_for_async as wait_for
 
 CAPTURE = Path(__file__).resolve().parents[2] / "tests" / "data" / "captures"
 CAPTURE = CAPTURE / "KRAKEN_FUTURES.jsonl.zst"
+COLS = ("ts_exchange", "price", "size", "sequence", "instrument", "kind", "side", "reserved")
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -161,3 +168,70 @@ def test_capture_through_the_adapter_exact():
     assert not sink.dead and counters[Slot.PARSE_ERRORS] == 0
     assert not len(sink.kind(KIND_GAP))
     assert sink.status(STATUS_CONNECTED) == 1
+
+
+def test_record_a_local_server_then_replay_it_through_the_adapter(tmp_path):
+    """`fairfeed record` of the kind (the adapter's own requests to a local server), then the
+    recording replayed through the adapter: the records are those parsed from the recording."""
+    from fairfeed.core.config import SimulatorConfig, load
+    from fairfeed.daemon.record import record
+    from fairfeed.daemon.run import build_registry
+    from fairfeed.local.kraken_futures import KrakenFuturesServer
+    from fairfeed.local.recordfmt import capture_provider
+    from fairfeed.local.thread import LoopThread
+    from fairfeed.providers.kraken_futures.parse import KrakenFuturesParser
+
+    prices = {"BTC-USD-PERP": 64000.0, "ETH-USD-INV": 3000.0}
+    products = {"ETH-USD-INV": "PI_ETHUSD"}
+    server = KrakenFuturesServer("kf", SimulatorConfig(prices=prices, rate=300.0, seed=3),
+                                 products=products)  # fmt: skip
+    text = ('[[providers]]\nname = "kf"\nkind = "kraken_futures"\nvenue = "KRAKEN_FUTURES"\n'
+            'data_class = "perpetual"\nurl = "{url}"\n'
+            '[providers.options]\nproducts = {{ "ETH-USD-INV" = "PI_ETHUSD" }}\n'
+            '[[subscriptions]]\nprovider = "kf"\n'
+            'instruments = ["BTC-USD-PERP", "ETH-USD-INV"]\n')  # fmt: skip
+    live = tmp_path / "live.toml"
+    capture = tmp_path / "kf.jsonl.zst"
+    with LoopThread(server).start():
+        live.write_text(text.format(url=server.url))
+        frames = record(load(live), capture, 1.5)
+    assert frames > 50
+    assert capture_provider(capture) == ("kraken_futures", "", "KRAKEN_FUTURES",
+                                         ["BTC-USD-PERP", "ETH-USD-INV"])  # fmt: skip
+    cfg = load(live)
+    registry = build_registry(cfg)
+    [p] = cfg.providers
+    subs = tuple(Subscription.resolve(registry, "kf", s.venue, s.instrument, s.data_class)
+                 for s in cfg.streams())  # fmt: skip
+    parser = KrakenFuturesParser.for_subscriptions(subs, products=products)
+    out = empty_records(16)
+    want = []
+    for _, frame in received(capture)[1]:
+        n = parser.parse(frame.encode(), out, 0, 1)
+        assert n != PARSE_ERROR, parser.error
+        want += [tuple(r[c].item() for c in COLS) for r in out[: max(n, 0)]]
+    kinds = {w[5] for w in want}
+    assert {KIND_TRADE, KIND_BID, KIND_MARK, KIND_FUNDING, KIND_OPEN_INTEREST} <= kinds
+
+    async def main():
+        srv = ReplayServer(capture, speed=0, keep_open=True, protocol=KrakenFutures(),
+                           expect={"PF_XBTUSD", "PI_ETHUSD"})  # fmt: skip
+        async with srv:
+            sink, counters = Sink(), DictCounters()
+            ctx = IngestContext(
+                provider=dataclasses.replace(p, url=srv.url), url=srv.url, subscriptions=subs,
+                registry=registry, emit=sink, counters=counters, dead_letter=sink.dead_letter,
+            )  # fmt: skip
+            adapter = KrakenFuturesAdapter(ctx)
+            task = asyncio.create_task(adapter.run())
+            await asyncio.wait_for(srv.finished.wait(), 30)
+            await wait_for(lambda: counters[Slot.FRAMES_IN] >= srv.sent, what="all read")
+            await adapter.close()
+            await task
+            return sink
+
+    sink = asyncio.run(main())
+    r = sink.all
+    r = r[r["kind"] <= MAX_DATA_KIND]
+    assert [tuple(x[c].item() for c in COLS) for x in r] == want
+    assert not sink.dead
