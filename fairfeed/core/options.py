@@ -111,6 +111,9 @@ class KrakenFuturesOptions(AdapterOptions):
     # default by family: PF_ / FF_ one base unit, PI_ / FI_ one quote unit (1 USD)
     contracts: dict[str, str | float] = field(default_factory=dict)
 
+    def data_classes(self) -> tuple[str, ...]:
+        return ("perpetual", "future")  # PF_ / PI_ perpetuals, FF_ / FI_ dated futures
+
 
 OPTIONS: dict[str, type[AdapterOptions]] = {
     "simulator": SimulatorOptions,
@@ -133,6 +136,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "rate_limit_pause": Range(0, HOUR),
     },
     KrakenOptions: {"ping_interval": Range(0, HOUR)},
+    KrakenFuturesOptions: {"ping_interval": Range(0, HOUR)},
     CoinApiOptions: {"error_retry_after": Range(0, DAY), "error_retry_cap": Range(0, DAY)},
     KaikoOptions: {
         "buffer_records": Range(1, 1 << 22),

@@ -50,8 +50,9 @@ def _numeric(hint: typing.Any) -> bool:
 
 def _numeric_fields(cls: type) -> list[str]:
     hints = typing.get_type_hints(cls)
-    # amount_units mixes numbers and words: checked by its own parser (options.amount_unit)
-    skip = {"librdkafka", "amount_units"}
+    # amount_units (Kaiko) and contracts (Kraken Futures) mix numbers and words: checked by
+    # their own parser (options.amount_unit)
+    skip = {"librdkafka", "amount_units", "contracts"}
     return [
         f.name for f in dataclasses.fields(cls) if f.name not in skip and _numeric(hints[f.name])
     ]
