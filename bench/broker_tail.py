@@ -1,0 +1,158 @@
+"""What makes the local broker's latency tail: a plain producer against broker settings.
+
+``python -m bench.broker_tail [--rate R] [--seconds S] [--repeat N] [--only NAME ...]``
+
+Each configuration runs the plain producer of ``bench/plain.py`` (a process of its own, the
+daemon's producer settings unless the configuration overrides them) at ``--rate`` messages/s
+for ``--seconds`` into a fresh topic, with a consumer reading the topic from its end (send →
+visible) unless the configuration says not to. Configurations alternate, ``--repeat`` rounds,
+on one broker per round (``fresh broker`` rows start one of their own), so a slow phase of the
+shared machine hits them all. Printed: ack (``produce()`` → acknowledgement) p50 / p99 / p99.9 /
+max, the number of acks slower than 100 ms, send → visible p50 / p99, and the broker's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.e2e import cpu_seconds
+from bench.plain import VisibleProbe, percentiles, plain_stamp, run_plain
+from fairfeed.kafka.broker import LocalBroker, ensure_topics
+
+REPO = Path(__file__).resolve().parent.parent
+STALL_MS = 100.0
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    partitions: int = 3
+    size: int = 300  # bytes per message: a ticks message of ~4 records is ~300-400 B
+    overrides: dict[str, Any] = field(default_factory=dict)  # librdkafka producer settings
+    probe: bool = True  # a consumer reads the topic meanwhile
+    fresh_broker: bool = False  # a broker of its own (nothing stored before)
+
+
+CASES = (
+    Case("reference (3 partitions, 300 B, linger 5 ms, acks=all, idempotent)"),
+    Case("no consumer", probe=False),
+    Case("1 partition", partitions=1),
+    Case("12 partitions", partitions=12),
+    Case("100 B", size=100),
+    Case("3000 B", size=3000),
+    Case("linger 0 ms", overrides={"linger.ms": 0}),
+    Case("linger 20 ms", overrides={"linger.ms": 20}),
+    Case("acks=1, not idempotent", overrides={"acks": 1, "enable.idempotence": False}),
+    Case("no compression", overrides={"compression.type": "none"}),
+    Case("fresh broker", fresh_broker=True),
+)
+
+
+@dataclass
+class Row:
+    case: str
+    round: int
+    rate: float
+    acked: int = 0
+    errors: int = 0
+    ack_ms: dict[str, float] = field(default_factory=dict)
+    slow_acks: int = 0  # acks slower than STALL_MS
+    visible_ms: dict[str, float] = field(default_factory=dict)
+    broker_cpu_s: float = 0.0
+    stored_before: int = 0  # messages the broker held before this case
+
+
+def run_case(
+    case: Case, broker: LocalBroker, rate: float, seconds: float, r: int, held: int
+) -> Row:
+    topic = f"tail-{os.getpid()}-{r}-{abs(hash(case.name)) % 10**6}"
+    ensure_topics(broker.bootstrap, [topic], case.partitions)
+    probe = (
+        VisibleProbe(broker.bootstrap, topic, plain_stamp, case.partitions) if case.probe else None
+    )
+    cpu0 = cpu_seconds([broker.pid or 0])
+    t0 = time.time_ns()
+    try:
+        res, ack = run_plain(broker.bootstrap, topic, rate, seconds, case.size, case.overrides)
+    finally:
+        vis = probe.stop(t0) if probe is not None else np.empty(0)
+    cpu1 = cpu_seconds([broker.pid or 0])
+    row = Row(case.name, r, rate, res.acked, res.errors, res.ack_ms, int((ack > STALL_MS).sum()))
+    row.visible_ms = percentiles(vis)
+    row.broker_cpu_s = sum(cpu1.values()) - sum(cpu0.values())
+    row.stored_before = held
+    return row
+
+
+def format_table(rows: list[Row]) -> str:
+    head = (f"{'configuration':<66} {'rnd':>3} {'acked':>7} {'p50':>6} {'p99':>7} {'p99.9':>7}"
+            f" {'max':>7} {'>100ms':>6} {'vis p50':>7} {'vis p99':>7} {'brk CPU':>7}")  # fmt: skip
+    lines = ["ack and send→visible latency, ms", head, "-" * len(head)]
+    for w in rows:
+        a, v = w.ack_ms, w.visible_ms
+        lines.append(
+            f"{w.case[:66]:<66} {w.round:>3} {w.acked:>7} {a.get('p50', 0):>6.1f}"
+            f" {a.get('p99', 0):>7.1f} {a.get('p99.9', 0):>7.1f} {a.get('max', 0):>7.1f}"
+            f" {w.slow_acks:>6} {v.get('p50', 0):>7.1f} {v.get('p99', 0):>7.1f}"
+            f" {w.broker_cpu_s:>7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def run_tail(
+    rate: float, seconds: float, repeat: int, cases: tuple[Case, ...], out: Path | None = None
+) -> dict:
+    rows: list[Row] = []
+    for r in range(repeat):
+        with LocalBroker() as shared:
+            held = 0
+            for case in cases:
+                print(f"round {r}: {case.name}", flush=True)
+                if case.fresh_broker:
+                    with LocalBroker() as own:
+                        rows.append(run_case(case, own, rate, seconds, r, 0))
+                else:
+                    rows.append(run_case(case, shared, rate, seconds, r, held))
+                    held += rows[-1].acked
+    report = {
+        "timestamp": time.strftime("%Y%m%d-%H%M%S"),
+        "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+        "options": {"rate": rate, "seconds": seconds, "repeat": repeat},
+        "cases": [asdict(c) for c in cases],
+        "rows": [asdict(w) for w in rows],
+    }
+    path = out or REPO / ".benchmarks" / f"broker-tail-{report['timestamp']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(format_table(rows))
+    print(f"\nJSON: {path}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.broker_tail", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--rate", type=float, default=7400.0, help="messages/s")
+    ap.add_argument("--seconds", type=float, default=15.0, help="per configuration")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds over the configurations")
+    ap.add_argument("--only", action="append", help="configurations whose name starts so")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    a = ap.parse_args(argv)
+    cases = tuple(c for c in CASES if not a.only or any(c.name.startswith(o) for o in a.only))
+    run_tail(a.rate, a.seconds, a.repeat, cases, a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
