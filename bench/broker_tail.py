@@ -8,7 +8,8 @@ for ``--seconds`` into a fresh topic, with a consumer reading the topic from its
 visible) unless the configuration says not to. Configurations alternate, ``--repeat`` rounds,
 on one broker per round (``fresh broker`` rows start one of their own), so a slow phase of the
 shared machine hits them all. Printed: ack (``produce()`` → acknowledgement) p50 / p99 / p99.9 /
-max, the number of acks slower than 100 ms, send → visible p50 / p99, and the broker's CPU.
+max, the number of acks slower than 100 ms, send → visible p50 / p99, the broker's CPU, the time
+its threads waited for a CPU while runnable (ms per second), and the machine's load average.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +42,8 @@ class Case:
     overrides: dict[str, Any] = field(default_factory=dict)  # librdkafka producer settings
     probe: bool = True  # a consumer reads the topic meanwhile
     fresh_broker: bool = False  # a broker of its own (nothing stored before)
+    hogs: int = 0  # busy-looping processes beside it (a machine as loaded as a shared one)
+    broker_nice: int = 0  # the broker's threads at this nice value (a broker of its own)
 
 
 CASES = (
@@ -54,6 +58,8 @@ CASES = (
     Case("acks=1, not idempotent", overrides={"acks": 1, "enable.idempotence": False}),
     Case("no compression", overrides={"compression.type": "none"}),
     Case("fresh broker", fresh_broker=True),
+    Case("2 CPU hogs", hogs=2),
+    Case("2 CPU hogs, broker at nice -10", hogs=2, broker_nice=-10),
 )
 
 
@@ -68,7 +74,35 @@ class Row:
     slow_acks: int = 0  # acks slower than STALL_MS
     visible_ms: dict[str, float] = field(default_factory=dict)
     broker_cpu_s: float = 0.0
+    # time the broker's threads were runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat),
+    # ms per second of the case: CPU starvation, not the broker's own work
+    broker_wait_ms_per_s: float = 0.0
+    loadavg: float = 0.0  # 1-minute load average at the end of the case
     stored_before: int = 0  # messages the broker held before this case
+
+
+def run_delay_ns(pid: int) -> int:
+    """Time all threads of ``pid`` spent runnable, waiting for a CPU (ns, since they started)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total
+
+
+def renice(pid: int, nice: int) -> None:
+    """Every thread of ``pid`` to ``nice`` (on Linux a nice value is per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+
+
+def _hogs(n: int) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
 
 
 def run_case(
@@ -79,23 +113,32 @@ def run_case(
     probe = (
         VisibleProbe(broker.bootstrap, topic, plain_stamp, case.partitions) if case.probe else None
     )
-    cpu0 = cpu_seconds([broker.pid or 0])
+    if case.broker_nice:
+        renice(broker.pid or 0, case.broker_nice)
+    hogs = _hogs(case.hogs)
+    cpu0, wait0 = cpu_seconds([broker.pid or 0]), run_delay_ns(broker.pid or 0)
     t0 = time.time_ns()
     try:
         res, ack = run_plain(broker.bootstrap, topic, rate, seconds, case.size, case.overrides)
     finally:
         vis = probe.stop(t0) if probe is not None else np.empty(0)
-    cpu1 = cpu_seconds([broker.pid or 0])
+        for h in hogs:
+            h.kill()
+            h.wait()
+    cpu1, wait1 = cpu_seconds([broker.pid or 0]), run_delay_ns(broker.pid or 0)
     row = Row(case.name, r, rate, res.acked, res.errors, res.ack_ms, int((ack > STALL_MS).sum()))
     row.visible_ms = percentiles(vis)
     row.broker_cpu_s = sum(cpu1.values()) - sum(cpu0.values())
     row.stored_before = held
+    row.broker_wait_ms_per_s = (wait1 - wait0) / 1e6 / max((time.time_ns() - t0) / 1e9, 1e-9)
+    row.loadavg = os.getloadavg()[0]
     return row
 
 
 def format_table(rows: list[Row]) -> str:
     head = (f"{'configuration':<66} {'rnd':>3} {'acked':>7} {'p50':>6} {'p99':>7} {'p99.9':>7}"
-            f" {'max':>7} {'>100ms':>6} {'vis p50':>7} {'vis p99':>7} {'brk CPU':>7}")  # fmt: skip
+            f" {'max':>7} {'>100ms':>6} {'vis p50':>7} {'vis p99':>7} {'brk CPU':>7}"
+            f" {'brk wait':>8} {'load':>5}")  # fmt: skip
     lines = ["ack and send→visible latency, ms", head, "-" * len(head)]
     for w in rows:
         a, v = w.ack_ms, w.visible_ms
@@ -103,7 +146,7 @@ def format_table(rows: list[Row]) -> str:
             f"{w.case[:66]:<66} {w.round:>3} {w.acked:>7} {a.get('p50', 0):>6.1f}"
             f" {a.get('p99', 0):>7.1f} {a.get('p99.9', 0):>7.1f} {a.get('max', 0):>7.1f}"
             f" {w.slow_acks:>6} {v.get('p50', 0):>7.1f} {v.get('p99', 0):>7.1f}"
-            f" {w.broker_cpu_s:>7.2f}"
+            f" {w.broker_cpu_s:>7.2f} {w.broker_wait_ms_per_s:>8.1f} {w.loadavg:>5.1f}"
         )
     return "\n".join(lines)
 
@@ -117,7 +160,7 @@ def run_tail(
             held = 0
             for case in cases:
                 print(f"round {r}: {case.name}", flush=True)
-                if case.fresh_broker:
+                if case.fresh_broker or case.broker_nice:
                     with LocalBroker() as own:
                         rows.append(run_case(case, own, rate, seconds, r, 0))
                 else:
