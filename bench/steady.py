@@ -442,21 +442,15 @@ def _latency_lines(r: Run) -> list[str]:
     """The latency block of one steady run: the daemon's share, outside it, the broker's floor."""
     pl = r.plain
     ack, vis = pl.get("ack_ms", {}), pl.get("visible_ms", {})
-    lines = [
-        f"latency, ms, p50 / p99 [{_short(r.tree)} run {r.run}]",
-        f"  frame received -> produce()   (Kafka CreateTime - ts_receive)   "
-        f"{_pq(r.latency_ms)} / {_pq(r.latency_ms, 'p99')}",
+    rows = [("frame received -> produce() (CreateTime - ts_receive)", r.latency_ms)]
+    rows += [(f"daemon histogram {hop} (interpolated)", h) for hop, h in r.hops_ms.items()]
+    rows += [
+        ("send -> visible to a consumer, daemon", r.visible_ms),
+        (f"plain producer, {pl.get('rate', 0):.0f} msg/s of {pl.get('size', 0)} B: ack", ack),
+        ("plain producer: send -> visible", vis),
     ]
-    for hop, h in r.hops_ms.items():
-        lines.append(f"  daemon histogram {hop:<13} (buckets, interpolated)    "
-                     f"{_pq(h)} / {_pq(h, 'p99')}")  # fmt: skip
-    lines += [
-        f"  send -> visible to a consumer, daemon                            "
-        f"{_pq(r.visible_ms)} / {_pq(r.visible_ms, 'p99')}",
-        f"  plain producer at {pl.get('rate', 0):.0f} msg/s of {pl.get('size', 0)} B: "
-        f"produce() -> ack {_pq(ack)} / {_pq(ack, 'p99')}, send -> visible "
-        f"{_pq(vis)} / {_pq(vis, 'p99')}",
-    ]
+    lines = [f"latency, ms, p50 / p99 [{_short(r.tree)} run {r.run}]"]
+    lines += [f"  {label:<62} {_pq(d)} / {_pq(d, 'p99')}" for label, d in rows]
     kk = r.hops_ms.get("kernel_kafka", {})
     if "p99" in kk and "p99" in ack:
         lines.append(f"  daemon kernel_kafka p99 - plain producer ack p99 = "
@@ -476,12 +470,17 @@ def format_table(runs: list[Run]) -> str:
         lines += ["steady: CPU µs per message received, per process", head, "-" * len(head)]
         for r in steady:
             u = r.cpu_us_per_message
+            kafka = (
+                f" {r.kafka_messages_per_s:>7.0f} {r.records_per_message:>7.1f}"
+                f" {r.latency_ms.get('p50', 0):>6.1f} {r.latency_ms.get('p99', 0):>6.1f}"
+                if r.scenario == "steady"
+                else f" {'-':>7} {1.0:>7.1f} {'-':>6} {'-':>6}"  # one record per message
+            )
             lines.append(
                 f"{_short(r.tree):<28} {r.run:>3} {r.messages / max(r.seconds, 1e-9):>7.0f} "
                 + " ".join(f"{u.get(k, 0.0):>9.2f}" for k in ROLES_ALL)
                 + f" {u.get('total', 0.0):>7.2f} {r.total_cores:>6.3f}"
-                f" {r.kafka_messages_per_s:>7.0f} {r.records_per_message:>7.1f}"
-                f" {r.latency_ms.get('p50', 0):>6.1f} {r.latency_ms.get('p99', 0):>6.1f}"
+                + kafka
             )
         for r in (x for x in runs if x.scenario == "steady"):
             base = [b for b in runs if b.scenario == "baseline" and b.run == r.run]
@@ -495,8 +494,8 @@ def format_table(runs: list[Run]) -> str:
         for r in (x for x in runs if x.scenario == "steady"):
             lines += ["", *_latency_lines(r)]
         for b in (x for x in runs if x.scenario == "baseline"):
-            lines.append(f"  baseline send -> visible [run {b.run}]: "
-                         f"{_pq(b.visible_ms)} / {_pq(b.visible_ms, 'p99')}")  # fmt: skip
+            label = f"baseline [run {b.run}]: send -> visible"
+            lines.append(f"  {label:<62} {_pq(b.visible_ms)} / {_pq(b.visible_ms, 'p99')}")
     idle = [r for r in runs if r.scenario == "idle"]
     if idle:
         head = f"{'tree':<28} {'run':>3} " + " ".join(f"{r[:9]:>9}" for r in ROLES) + "  total"
