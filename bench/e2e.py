@@ -455,11 +455,19 @@ class _DaemonPipeline:
     def __init__(self, cfg_path: Path, workdir: Path, workers: int, n_instruments: int) -> None:
         self.workers = workers
         self.err = open(workdir / "daemon.err", "wb")  # noqa: SIM115 - closed in stop()
+        # state (spool, subscriptions) and runtime files of this run's own: the defaults under
+        # ~/.local/state are shared with every other daemon on the machine, and a spool in use
+        # stops a second daemon at start
+        own = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
+        env = dict(os.environ, XDG_STATE_HOME=str(own / "state"), XDG_RUNTIME_DIR=str(own / "run"))
+        for key in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "NOTIFY_SOCKET"):
+            env.pop(key, None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fairfeed", "run", "--config", str(cfg_path), "--no-live"],
             stdout=subprocess.DEVNULL,
             stderr=self.err,
             cwd=REPO,
+            env=env,
         )
         self.err_path = workdir / "daemon.err"
         self.control: ControlBlock | None = None
