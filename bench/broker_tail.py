@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,10 @@ class Row:
     # ms per second of the case: CPU starvation, not the broker's own work
     broker_wait_ms_per_s: float = 0.0
     loadavg: float = 0.0  # 1-minute load average at the end of the case
+    # per second of the case: (slowest ack of the messages created in it (ms), the broker's
+    # wait for a CPU in it (ms), the machine's runnable threads in it (mean of /proc/stat
+    # procs_running samples))
+    per_second: list[tuple[float, float, float]] = field(default_factory=list)
     stored_before: int = 0  # messages the broker held before this case
 
 
@@ -105,6 +110,62 @@ def _hogs(n: int) -> list[subprocess.Popen]:
     ]
 
 
+def procs_running() -> int:
+    """Threads runnable on the machine now (``procs_running`` of /proc/stat)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("procs_running"):
+                return int(line.split()[1])
+    return 0
+
+
+class Sampler:
+    """Every ``interval`` s in a thread: (wall ns, the broker's total CPU wait ns, runnable
+    threads on the machine)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.samples: list[tuple[int, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pid, interval), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.samples.append((time.time_ns(), run_delay_ns(pid), procs_running()))
+
+    def stop(self) -> np.ndarray:
+        self._stop.set()
+        self._thread.join(5)
+        return np.array(self.samples, np.int64).reshape(-1, 3)
+
+
+def per_second(
+    ack_ms: np.ndarray, created_ms: np.ndarray, samples: np.ndarray
+) -> list[tuple[float, float, float]]:
+    """Per whole second of the samples: slowest ack of the messages created in it, the broker's
+    CPU wait in it (ms) and the mean runnable threads."""
+    out: list[tuple[float, float, float]] = []
+    if len(samples) < 2 or len(ack_ms) == 0:
+        return out
+    sec = samples[:, 0] // 10**9
+    for s in np.unique(sec)[1:-1]:  # whole seconds only
+        inside = np.flatnonzero(sec == s)
+        before = inside[0] - 1
+        wait = (samples[inside[-1], 1] - samples[before, 1]) / 1e6
+        made = (created_ms // 1000) == s
+        if made.any():
+            out.append((float(ack_ms[made].max()), float(wait), float(samples[inside, 2].mean())))
+    return out
+
+
+def _corr(a: list[float], b: list[float]) -> float:
+    """Rank correlation (Spearman, no ties correction)."""
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def run_case(
     case: Case, broker: LocalBroker, rate: float, seconds: float, r: int, held: int
 ) -> Row:
@@ -117,10 +178,14 @@ def run_case(
         renice(broker.pid or 0, case.broker_nice)
     hogs = _hogs(case.hogs)
     cpu0, wait0 = cpu_seconds([broker.pid or 0]), run_delay_ns(broker.pid or 0)
+    sampler = Sampler(broker.pid or 0)
     t0 = time.time_ns()
     try:
-        res, ack = run_plain(broker.bootstrap, topic, rate, seconds, case.size, case.overrides)
+        res, ack, created = run_plain(
+            broker.bootstrap, topic, rate, seconds, case.size, case.overrides
+        )
     finally:
+        samples = sampler.stop()
         vis = probe.stop(t0) if probe is not None else np.empty(0)
         for h in hogs:
             h.kill()
@@ -132,6 +197,7 @@ def run_case(
     row.stored_before = held
     row.broker_wait_ms_per_s = (wait1 - wait0) / 1e6 / max((time.time_ns() - t0) / 1e9, 1e-9)
     row.loadavg = os.getloadavg()[0]
+    row.per_second = per_second(ack, created, samples)
     return row
 
 
@@ -175,9 +241,22 @@ def run_tail(
     }
     path = out or REPO / ".benchmarks" / f"broker-tail-{report['timestamp']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(format_table(rows))
+    secs = [x for w in rows for x in w.per_second]
+    if secs:
+        slow, wait, run = (list(c) for c in zip(*secs, strict=True))
+        report["per_second_correlation"] = {
+            "seconds": len(secs),
+            "slowest_ack_vs_broker_wait": _corr(slow, wait),
+            "slowest_ack_vs_runnable_threads": _corr(slow, run),
+        }
+        print(
+            f"per second of every case ({len(secs)} s): rank correlation of the slowest ack with "
+            f"the broker's CPU wait {_corr(slow, wait):+.2f}, with the machine's runnable "
+            f"threads {_corr(slow, run):+.2f}"
+        )
+    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {path}")
     return report
 

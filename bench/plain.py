@@ -7,7 +7,7 @@ sees what is produced.
   do, with the daemon's producer settings (``fairfeed.kafka.sink.producer_config``: acks=all,
   idempotence, lz4, linger 5 ms) unless ``overrides`` say otherwise. Each message's first 8
   bytes are its send time (ns, wall clock). Returns the per-message ``produce()`` → ack
-  latencies (librdkafka's ``msg.latency()``).
+  latencies (librdkafka's ``msg.latency()``) and create times (ms).
 - :class:`VisibleProbe` is a consumer in a thread of the harness, assigned to a topic's end:
   for every message fetched it records fetch time − send time, the send time read from the
   message by a function given to it (the plain producer's first 8 bytes; the load server's
@@ -63,16 +63,18 @@ class PlainResult:
 
 def _produce(
     bootstrap: str, topic: str, rate: float, seconds: float, size: int, overrides: dict[str, Any]
-) -> tuple[PlainResult, np.ndarray]:  # pragma: no cover - runs in the spawned process
+) -> tuple[PlainResult, np.ndarray, np.ndarray]:  # pragma: no cover - in the spawned process
     from confluent_kafka import Producer
 
     res = PlainResult(rate, size, overrides=dict(overrides))
     lat: list[float] = []
+    created: list[int] = []
 
     def on_delivery(err, msg) -> None:
         if err is None:
             res.acked += 1
             lat.append(msg.latency())
+            created.append(msg.timestamp()[1])
         else:
             res.errors += 1
 
@@ -85,6 +87,7 @@ def _produce(
         p.produce(topic, _STAMP.pack(0) + pad, key)
     p.flush(30)
     lat.clear()
+    created.clear()
     res.acked = 0
     cpu0 = time.process_time()
     t0 = time.monotonic()
@@ -108,7 +111,7 @@ def _produce(
     res.cpu_s = time.process_time() - cpu0
     ms = np.asarray(lat) * 1e3
     res.ack_ms = percentiles(ms)
-    return res, ms
+    return res, ms, np.asarray(created, np.int64)
 
 
 def run_plain(
@@ -118,8 +121,9 @@ def run_plain(
     seconds: float,
     size: int,
     overrides: dict[str, Any] | None = None,
-) -> tuple[PlainResult, np.ndarray]:
-    """The plain producer in a process of its own; its result and its ack latencies (ms)."""
+) -> tuple[PlainResult, np.ndarray, np.ndarray]:
+    """The plain producer in a process of its own: its result, and per acknowledged message its
+    ack latency (ms) and its create time (ms since the epoch)."""
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as ex:
         return ex.submit(_produce, bootstrap, topic, rate, seconds, size, overrides or {}).result()
 

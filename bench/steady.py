@@ -338,7 +338,7 @@ def run_floor(res: Run, broker: LocalBroker, a: Options) -> None:
     probe = VisibleProbe(broker.bootstrap, topic, plain_stamp, PARTITIONS)
     t0 = time.time_ns()
     try:
-        plain, _ = run_plain(broker.bootstrap, topic, rate, a.seconds, round(res.message_bytes))
+        plain, _, _ = run_plain(broker.bootstrap, topic, rate, a.seconds, round(res.message_bytes))
     finally:
         vis = probe.stop(t0)
     plain.visible_ms = percentiles(vis)
