@@ -1,7 +1,7 @@
 """Fixed-rate benchmark: what the daemon costs at a steady load, and idle.
 
 ``python -m bench.steady [--rate R] [--seconds S] [--tree PATH ...] [--idle-only | --no-idle]
-[--json OUT]``
+[--no-baseline] [--json OUT]``
 
 The reference load: Binance-format trade frames (one trade per frame) from a local Binance
 server in a process of its own (``fairfeed.local.loadserver``), paced at ``--rate`` trades/s
@@ -19,8 +19,16 @@ Scenarios, per source tree:
   percentiles (per record: the ticks message's CreateTime, set at ``produce()`` with ms
   resolution, minus the record's ``ts_receive``). Then the trades stop and every trade id the
   server generated is looked for in the topic: a shortfall or a duplicate is reported.
+  Also in the window: the daemon's own latency histograms per hop (its ``/metrics``), and
+  send → visible measured outside it by a consumer of the ticks topic (``bench/plain.py``).
+  Right after: the **floor**, a plain producer with the daemon's settings at the daemon's
+  message rate and size into the same broker (ack and send → visible percentiles).
+- **baseline**: the naive baseline (``bench/baseline.py``) fed by a fresh load server at the
+  same rate: CPU µs per trade and send → visible (``--no-baseline`` skips it).
 - **idle**: subscribed, the server sends no trades (pings only); CPU of the whole daemon over
   ``--seconds``, in % of a core.
+
+What the latency figures mean: docs/latency.md.
 
 ``--tree`` runs the daemon from another source tree (say ``git worktree add /tmp/main main``)
 with this tree's harness; give it several times (``--tree . --tree /tmp/main``) to measure the
