@@ -25,7 +25,7 @@ test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-## bench: micro-benchmarks, the end-to-end daemon-vs-baseline run, the fixed-rate and idle run
+## bench: micro-benchmarks, saturation (three frame shapes, daemon vs baseline), 28k msg/s (daemon, baseline, broker floor), idle
 bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 	$(BIN)/python -m bench.e2e

@@ -13,6 +13,10 @@ staleness: that is the naive part). Connections mirror the daemon's: one per (pr
 partition) with the same instruments (``fairfeed.core.partition``), so that simulators with a
 ``max_events`` per connection hand both pipelines the same workload.
 
+Providers of kind ``binance`` (the fixed-rate benchmark's load server) are read the same naive way:
+one ``/stream?streams=…@trade`` connection per ingest partition, ``json.loads`` per frame, one
+record and one fair price produced per trade.
+
 Run: ``python -m bench.baseline --config FILE [--status-interval S]``. It runs until SIGTERM or
 SIGINT, then flushes the producer and exits. With ``--status-interval`` it prints one JSON line
 of counters to stdout every S seconds (and a final one), which the e2e harness reads.
@@ -36,6 +40,7 @@ from fairfeed.core import config as config_mod
 from fairfeed.core.config import Config
 from fairfeed.daemon.run import assign_subscriptions, build_registry
 from fairfeed.kafka.sink import producer_config
+from fairfeed.providers.binance.symbols import stream_name
 
 
 @dataclass
@@ -105,11 +110,64 @@ class Baseline:
                 self.stats.retries += 1
                 p.poll(0.005)
 
-    async def _connection(self, provider: str, venue: str, url: str, symbols: tuple[str, ...]):
+    def _fair(self, sym: str, key: bytes, provider: str, px: float) -> None:
+        by_provider = self.last.setdefault(sym, {})
+        by_provider[provider] = px
+        fair = statistics.median(by_provider.values())
+        value = {
+            "instrument": sym,
+            "price": fair,
+            "method": "median",
+            "sources": len(by_provider),
+            "ts": time.time_ns(),
+        }
+        self._produce(self.fair_topic, key, json.dumps(value).encode())
+        self.stats.fair += 1
+
+    async def _binance(self, provider: str, venue: str, url: str, instruments: tuple[str, ...]):
         st = self.stats
-        produce = self._produce
-        ticks, fair_topic = self.ticks_topic, self.fair_topic
-        last = self.last
+        produce, fair, poll = self._produce, self._fair, self.producer.poll
+        ticks = self.ticks_topic
+        streams = "/".join(stream_name(i, "trade") for i in instruments)
+        # the wire symbol (BTCUSDT) -> our instrument (BTC-USDT)
+        names = {i.replace("-", ""): i for i in instruments}
+        full = f"{url.rstrip('/')}/stream?streams={streams}"
+        async with connect(full, compression=None, max_size=1 << 24, ping_interval=None) as ws:
+            st.connections += 1
+            async for raw in ws:
+                t_recv = time.time_ns()
+                ev = json.loads(raw)["data"]
+                st.frames += 1
+                st.events += 1
+                sym = names[ev["s"]]
+                key = sym.encode()
+                price = float(ev["p"])
+                rec = {
+                    "instrument": sym,
+                    "provider": provider,
+                    "venue": venue,
+                    "sequence": ev["t"],
+                    "ts_exchange": ev["T"] * 1_000_000,
+                    "ts_provider": ev["E"] * 1_000_000,
+                    "ts_receive": t_recv,
+                    "kind": "trade",
+                    "price": price,
+                    "size": float(ev["q"]),
+                    "side": "sell" if ev["m"] else "buy",
+                }
+                produce(ticks, key, json.dumps(rec).encode())
+                st.records += 1
+                if self.use_trades:
+                    fair(sym, key, provider, price)
+                poll(0)
+
+    async def _connection(self, provider: str, venue: str, url: str, symbols: tuple[str, ...]):
+        if self.cfg.provider(provider).kind == "binance":
+            await self._binance(provider, venue, url, symbols)
+            return
+        st = self.stats
+        produce, fair = self._produce, self._fair
+        ticks = self.ticks_topic
         use_trades, use_quotes = self.use_trades, self.use_quotes
         poll = self.producer.poll
         async with connect(url, compression=None, max_size=1 << 24, ping_interval=None) as ws:
@@ -151,20 +209,8 @@ class Baseline:
                         produce(ticks, key, json.dumps(ask).encode())
                         st.records += 2
                         px = (ev["bp"] + ev["ap"]) / 2 if use_quotes else None
-                    if px is None:
-                        continue
-                    by_provider = last.setdefault(sym, {})
-                    by_provider[provider] = px
-                    fair = statistics.median(by_provider.values())
-                    value = {
-                        "instrument": sym,
-                        "price": fair,
-                        "method": "median",
-                        "sources": len(by_provider),
-                        "ts": time.time_ns(),
-                    }
-                    produce(fair_topic, key, json.dumps(value).encode())
-                    st.fair += 1
+                    if px is not None:
+                        fair(sym, key, provider, px)
                 poll(0)
 
     async def run(self, stop: asyncio.Event, status_interval: float = 0.0) -> BaselineStats:

@@ -26,8 +26,20 @@ Measured per pipeline:
   (same provider, instrument, sequence, kind) detected, and the total compared with what the
   simulators wrote. A shortfall is reported, never hidden.
 
-The results are printed as a table with the ratio daemon/baseline, and written as JSON to
-``.benchmarks/e2e-<timestamp>.json``. See bench/README.md for the policy.
+Workload shapes (``--shape``, several allowed; default all three):
+
+- ``sim``: three simulated providers, frames of ``--batch`` (10) events, half trades half quotes;
+  daemon and baseline alternate.
+- ``binance``: the local Binance server, one trade per frame (Binance's ``@trade`` stream), four
+  instruments; daemon and baseline alternate. Target: >= 650k records/s for the daemon.
+- ``coinbase``: the local Coinbase Advanced Trade server, ``market_trades`` updates of 50 trades
+  (one product per connection, so a frame holds one product's run of trades); the daemon only
+  (the naive baseline reads no Coinbase). Target: >= 950k records/s.
+
+The servers run in one process apart from the pipeline's, on the same 2 cores.
+
+The results are printed as a table with the ratio daemon/baseline and the targets, and written
+as JSON to ``.benchmarks/e2e-<timestamp>.json``. See bench/README.md for the policy.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +72,8 @@ from fairfeed.core.partition import worker_for
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.shm import list_segments
 from fairfeed.kafka.broker import LocalBroker, ensure_topics, read_topic
+from fairfeed.local.binance import BinanceServer
+from fairfeed.local.coinbase import CoinbaseServer
 from fairfeed.local.simulator import SimulatorServer
 from tests.waiting import poll, wait_for
 
@@ -67,6 +81,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL = 0.02  # seconds between progress checks in the measured window
 REPEAT = 3  # default daemon/baseline pairs: the reported ratio is the median of the pairs
+MAX_INSTRUMENTS = 4096  # the daemon's default registry capacity (sizes the control block)
 
 INSTRUMENTS = {"BTC-USD": 64000.0, "ETH-USD": 3200.0, "SOL-USD": 150.0, "XRP-USD": 0.6}
 PROVIDERS = (  # name, venue, price offset (bps), seed
@@ -75,6 +90,14 @@ PROVIDERS = (  # name, venue, price offset (bps), seed
     ("sim-gamma", "GAMMAX", 8.0, 3),
 )
 KIND_CODES = {"trade": 1, "bid": 2, "ask": 3}
+SHAPES = ("sim", "binance", "coinbase")
+# one provider per venue shape: name, provider kind, venue, instruments
+VENUE_SHAPES = {
+    "binance": ("binance", "binance", "BINANCE", ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT")),
+    "coinbase": ("coinbase", "coinbase", "COINBASE", ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD")),
+}
+COINBASE_TRADES_PER_FRAME = 50
+TARGETS = {"binance": 650_000.0, "coinbase": 950_000.0}  # daemon records/s, issue 12
 
 
 @dataclass(frozen=True)
@@ -83,13 +106,19 @@ class Workload:
     batch: int = 10  # events per frame
     quote_ratio: float = 0.5
     workers: int = 2  # daemon ingest workers (the baseline mirrors its connections)
-    seconds: float = 60.0  # per pipeline: give up waiting for the workload after this
-
-    def subscriptions(self) -> dict[str, tuple[str, ...]]:
-        return {name: tuple(INSTRUMENTS) for name, *_ in PROVIDERS}
+    seconds: float = 120.0  # per pipeline: give up waiting for the workload after this (the
+    # naive baseline takes ~40 s for 1.2M one-trade Binance frames)
+    shape: str = "sim"  # one of SHAPES
+    extra: str = ""  # TOML appended to the daemon's configuration
 
     def connections(self) -> int:
-        """Connections either pipeline opens: one per (provider, ingest partition)."""
+        """Connections either pipeline opens: one per (provider, ingest partition); one per
+        instrument for Coinbase (``max_streams_per_connection = 1``)."""
+        if self.shape == "coinbase":
+            return len(VENUE_SHAPES["coinbase"][3])
+        if self.shape == "binance":
+            name, _, venue, insts = VENUE_SHAPES["binance"]
+            return len({worker_for(name, f"{venue}:{i}", self.workers) for i in insts})
         return len(
             {
                 (p, worker_for(p, f"{venue}:{inst}", self.workers))
@@ -98,14 +127,37 @@ class Workload:
             }
         )
 
+    def frame_events(self) -> int:
+        """Events per frame."""
+        return {"sim": self.batch, "binance": 1, "coinbase": COINBASE_TRADES_PER_FRAME}[self.shape]
+
     def per_connection(self) -> int:
         n = max(1, math.ceil(self.events / self.connections()))
-        return n + (-n % self.batch)  # whole frames
+        return n + (-n % self.frame_events())  # whole frames
 
-    def sim_specs(self) -> list[tuple[str, dict[str, Any]]]:
+    def sim_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, server kind, SimulatorConfig fields) per server."""
+        if self.shape != "sim":
+            name, kind, _venue, insts = VENUE_SHAPES[self.shape]
+            prices = {i: INSTRUMENTS.get(i.replace("-USDT", "-USD"), 100.0) for i in insts}
+            return [
+                (
+                    name,
+                    kind,
+                    {
+                        "prices": prices,
+                        "rate": 0.0,
+                        "quote_ratio": 0.0,  # trades: the shape is the trade frames
+                        "heartbeat_interval": 1.0,
+                        "max_events": self.per_connection(),
+                        "seed": 1,
+                    },
+                )
+            ]
         return [
             (
                 name,
+                "simulator",
                 {
                     "prices": dict(INSTRUMENTS),
                     "rate": 0.0,
@@ -121,10 +173,27 @@ class Workload:
         ]
 
 
+def _server(name: str, kind: str, cfg: SimulatorConfig, gate: asyncio.Event):
+    """A gated local server of ``kind`` (see :meth:`Workload.sim_specs`)."""
+    if kind == "binance":
+        server = BinanceServer(name, cfg, gate=gate)
+        # one trade per frame: the library's send() per frame would make the server the
+        # bottleneck, so the pre-generated frames are written as they are
+        server.write_frames = True
+        return server
+    if kind == "coinbase":
+        server = CoinbaseServer(name, cfg, feed="advanced", gate=gate)
+        # a gated connection is written in chunks of this many events: with one product per
+        # connection, one market_trades update of 50 trades per chunk
+        server.fast_chunk = COINBASE_TRADES_PER_FRAME
+        return server
+    return SimulatorServer(name, cfg, gate=gate)
+
+
 # --- simulators in their own process -------------------------------------------------------
 
 
-def _sims_main(pipe, specs: list[tuple[str, dict[str, Any]]]) -> None:
+def _sims_main(pipe, specs: list[tuple[str, str, dict[str, Any]]]) -> None:
     asyncio.run(_sims_async(pipe, specs))
 
 
@@ -133,7 +202,7 @@ async def _sims_async(pipe, specs) -> None:
     gate, stop = asyncio.Event(), asyncio.Event()
     # A gated simulator pre-generates each connection's max_events once it has subscribed and
     # writes them as fast as the client drains once the gate opens (see fairfeed.local.wsserver).
-    servers = [SimulatorServer(name, SimulatorConfig(**kw), gate=gate) for name, kw in specs]
+    servers = [_server(name, kind, SimulatorConfig(**kw), gate) for name, kind, kw in specs]
     for s in servers:
         await s.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -176,7 +245,7 @@ async def _sims_async(pipe, specs) -> None:
 class SimProcess:
     """The simulators of one pipeline run, in a spawned process."""
 
-    def __init__(self, specs: list[tuple[str, dict[str, Any]]], timeout: float = 30.0) -> None:
+    def __init__(self, specs: list[tuple[str, str, dict[str, Any]]], timeout: float = 30.0) -> None:
         ctx = mp.get_context("spawn")
         self._pipe, child = ctx.Pipe()
         self.proc = ctx.Process(target=_sims_main, args=(child, specs), daemon=True)
@@ -313,6 +382,7 @@ def count_messages(bootstrap: str, topic: str, timeout: float = 60.0) -> int:
 class Result:
     pipeline: str
     run: int
+    shape: str = "sim"
     expected_records: int = 0  # what the simulators wrote
     records: int = 0  # tick records read back from Kafka
     missing: int = 0  # expected - distinct records in Kafka (> 0: a shortfall)
@@ -333,7 +403,13 @@ class Result:
 
 
 def _config_text(
-    bootstrap: str, urls: dict[str, str], ticks: str, fair: str, workers: int, client: str
+    bootstrap: str,
+    urls: dict[str, str],
+    ticks: str,
+    fair: str,
+    workers: int,
+    client: str,
+    shape: str = "sim",
 ) -> str:
     lines = [
         "[daemon]",
@@ -349,6 +425,15 @@ def _config_text(
         f'client_id = "{client}"',
         "",
     ]
+    if shape != "sim":
+        name, kind, venue, insts = VENUE_SHAPES[shape]
+        lines += ["[[providers]]", f'name = "{name}"', f'kind = "{kind}"', f'venue = "{venue}"',
+                  f'url = "{urls[name]}"']  # fmt: skip
+        if shape == "coinbase":
+            lines += ['feed = "advanced"', "max_streams_per_connection = 1"]
+        quoted = ", ".join(f'"{i}"' for i in insts)
+        return "\n".join([*lines, "", "[[subscriptions]]", f'provider = "{name}"',
+                          f"instruments = [{quoted}]", ""])  # fmt: skip
     for name, venue, *_ in PROVIDERS:
         lines += [
             "[[providers]]",
@@ -370,11 +455,19 @@ class _DaemonPipeline:
     def __init__(self, cfg_path: Path, workdir: Path, workers: int, n_instruments: int) -> None:
         self.workers = workers
         self.err = open(workdir / "daemon.err", "wb")  # noqa: SIM115 - closed in stop()
+        # state (spool, subscriptions) and runtime files of this run's own: the defaults under
+        # ~/.local/state are shared with every other daemon on the machine, and a spool in use
+        # stops a second daemon at start
+        own = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
+        env = dict(os.environ, XDG_STATE_HOME=str(own / "state"), XDG_RUNTIME_DIR=str(own / "run"))
+        for key in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "NOTIFY_SOCKET"):
+            env.pop(key, None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fairfeed", "run", "--config", str(cfg_path), "--no-live"],
             stdout=subprocess.DEVNULL,
             stderr=self.err,
             cwd=REPO,
+            env=env,
         )
         self.err_path = workdir / "daemon.err"
         self.control: ControlBlock | None = None
@@ -526,8 +619,8 @@ def run_pipeline(
     kind: str, broker: LocalBroker, wl: Workload, workdir: Path, run_id: str, index: int
 ) -> Result:
     """Fresh simulators, one pipeline, the measured window, stop, read back from Kafka."""
-    res = Result(kind, index)
-    tag = f"{run_id}-{index}-{kind}"
+    res = Result(kind, index, wl.shape)
+    tag = f"{run_id}-{wl.shape}-{index}-{kind}"
     ticks, fair = f"{tag}.ticks", f"{tag}.fair"
     ensure_topics(broker.bootstrap, [ticks, fair], KafkaConfig().topic_partitions)
     sims = SimProcess(wl.sim_specs())
@@ -535,10 +628,13 @@ def run_pipeline(
     try:
         cfg_path = workdir / f"{tag}.toml"
         cfg_path.write_text(
-            _config_text(broker.bootstrap, sims.urls, ticks, fair, wl.workers, f"bench-{kind}")
+            _config_text(
+                broker.bootstrap, sims.urls, ticks, fair, wl.workers, f"bench-{kind}", wl.shape
+            )
+            + wl.extra
         )
         if kind == "daemon":
-            pipe = _DaemonPipeline(cfg_path, workdir, wl.workers, len(INSTRUMENTS))
+            pipe = _DaemonPipeline(cfg_path, workdir, wl.workers, MAX_INSTRUMENTS)
         else:
             pipe = _BaselinePipeline(cfg_path, workdir)
         n_conns = wl.connections()
@@ -632,8 +728,17 @@ def _ratio(a: float, b: float) -> float:
 
 
 def summarize(results: list[Result]) -> dict[str, Any]:
-    """Per pipeline medians over repetitions, and daemon/baseline ratios (per repetition and
-    the median of those)."""
+    """Per shape and pipeline medians over repetitions, and daemon/baseline ratios (per
+    repetition and the median of those)."""
+    out: dict[str, Any] = {}
+    for shape in dict.fromkeys(r.shape for r in results):
+        out[shape] = _summarize_shape([r for r in results if r.shape == shape])
+        if shape in TARGETS and "daemon" in out[shape]:
+            out[shape]["target_records_per_s"] = TARGETS[shape]
+    return out
+
+
+def _summarize_shape(results: list[Result]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("daemon", "baseline"):
         rs = [r for r in results if r.pipeline == kind]
@@ -661,30 +766,47 @@ def summarize(results: list[Result]) -> dict[str, Any]:
     return out
 
 
+SHAPE_TITLES = {
+    "sim": "simulated providers, frames of 10 events (half trades, half quotes)",
+    "binance": "Binance, one trade per frame",
+    "coinbase": f"Coinbase Advanced Trade, {COINBASE_TRADES_PER_FRAME} trades per frame",
+}
+
+
 def format_table(results: list[Result], summary: dict[str, Any]) -> str:
     head = (
         f"{'pipeline':<9} {'run':>3} {'records':>10} {'wall s':>7} {'records/s':>11} "
         f"{'CPU µs/rec':>10} {'sims CPU s':>10} {'broker CPU s':>12}  ok"
     )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        ok = "yes" if r.completed and not r.missing and not r.duplicates else "NO"
-        lines.append(
-            f"{r.pipeline:<9} {r.run:>3} {r.records:>10,} {r.wall_s:>7.2f} "
-            f"{r.records_per_s:>11,.0f} {r.cpu_us_per_record:>10.2f} {r.sims_cpu_s:>10.2f} "
-            f"{r.broker_cpu_s:>12.2f}  {ok}"
-        )
-    if "ratio" in summary:
-        ra = summary["ratio"]
+    lines: list[str] = []
+    for shape in dict.fromkeys(r.shape for r in results):
+        lines += ["", f"{shape}: {SHAPE_TITLES[shape]}", head, "-" * len(head)]
+        for r in (x for x in results if x.shape == shape):
+            ok = "yes" if r.completed and not r.missing and not r.duplicates else "NO"
+            lines.append(
+                f"{r.pipeline:<9} {r.run:>3} {r.records:>10,} {r.wall_s:>7.2f} "
+                f"{r.records_per_s:>11,.0f} {r.cpu_us_per_record:>10.2f} {r.sims_cpu_s:>10.2f} "
+                f"{r.broker_cpu_s:>12.2f}  {ok}"
+            )
+        sm = summary.get(shape, {})
         lines.append("-" * len(head))
-        lines.append(
-            f"daemon/baseline (median of {len(ra['records_per_s_runs'])}): "
-            f"records/s x{ra['records_per_s']:.2f} (higher is better), "
-            f"CPU µs/record x{ra['cpu_us_per_record']:.2f} (lower is better)"
-        )
+        if "target_records_per_s" in sm:
+            got = sm["daemon"]["records_per_s"]
+            want = sm["target_records_per_s"]
+            lines.append(
+                f"daemon records/s (median) {got:,.0f}, target >= {want:,.0f}: "
+                + ("met" if got >= want else "NOT met")
+            )
+        if "ratio" in sm:
+            ra = sm["ratio"]
+            lines.append(
+                f"daemon/baseline (median of {len(ra['records_per_s_runs'])}): "
+                f"records/s x{ra['records_per_s']:.2f} (higher is better), "
+                f"CPU µs/record x{ra['cpu_us_per_record']:.2f} (lower is better)"
+            )
     for r in results:
         for note in r.notes:
-            lines.append(f"note [{r.pipeline} run {r.run}]: {note}")
+            lines.append(f"note [{r.shape} {r.pipeline} run {r.run}]: {note}")
     return "\n".join(lines)
 
 
@@ -694,32 +816,41 @@ def run_e2e(
     out_dir: Path | None = None,
     pipelines: tuple[str, ...] = ("daemon", "baseline"),
     echo: bool = True,
+    shapes: tuple[str, ...] = ("sim",),
 ) -> dict[str, Any]:
-    """Run every pipeline ``repeat`` times (alternating) against one local broker; returns the
-    report (also written as JSON to ``out_dir``, default ``.benchmarks/`` in the repo)."""
-    wl = workload or Workload()
+    """Run every pipeline ``repeat`` times (alternating) per workload shape against one local
+    broker; returns the report (also written as JSON to ``out_dir``, default ``.benchmarks/``
+    in the repo). The baseline reads no Coinbase: that shape runs the daemon only."""
+    base = workload or Workload()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_id = f"bench-{stamp}-{os.getpid()}"
     results: list[Result] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fairfeed-bench-") as tmp, LocalBroker() as broker:
-        for i in range(repeat):
-            for kind in pipelines:
-                if echo:
-                    print(
-                        f"[{time.monotonic() - started:6.1f}s] run {i}: {kind}, "
-                        f"{wl.connections()} connections x {wl.per_connection():,} events",
-                        flush=True,
-                    )
-                results.append(run_pipeline(kind, broker, wl, Path(tmp), run_id, i))
+        for shape in shapes:
+            wl = replace(base, shape=shape)
+            kinds = tuple(k for k in pipelines if not (shape == "coinbase" and k == "baseline"))
+            for i in range(repeat):
+                for kind in kinds:
+                    if echo:
+                        print(
+                            f"[{time.monotonic() - started:6.1f}s] {shape} run {i}: {kind}, "
+                            f"{wl.connections()} connections x {wl.per_connection():,} events",
+                            flush=True,
+                        )
+                    results.append(run_pipeline(kind, broker, wl, Path(tmp), run_id, i))
         broker_left = broker.pid
     summary = summarize(results)
     report = {
         "timestamp": stamp,
         "duration_s": round(time.monotonic() - started, 1),
         "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-        "workload": asdict(wl)
-        | {"connections": wl.connections(), "per_connection": wl.per_connection()},
+        "workload": asdict(base)
+        | {
+            "shapes": list(shapes),
+            "connections": base.connections(),
+            "per_connection": base.per_connection(),
+        },
         "results": [asdict(r) for r in results],
         "summary": summary,
         "leftovers": [n for r in results for n in r.notes if n.startswith("left behind")]
@@ -748,10 +879,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=d.batch, help="events per simulator frame")
     ap.add_argument("--only", choices=("daemon", "baseline"), help="run one pipeline only")
     ap.add_argument("--out-dir", type=Path, help="where the JSON goes (default .benchmarks/)")
+    ap.add_argument(
+        "--shape", choices=SHAPES, action="append", help="workload shape(s) (default: all)"
+    )
+    ap.add_argument("--extra", default="", help="TOML appended to the daemon's configuration")
     a = ap.parse_args(argv)
-    wl = Workload(events=a.events, batch=a.batch, workers=a.workers, seconds=a.seconds)
+    wl = Workload(a.events, a.batch, workers=a.workers, seconds=a.seconds, extra=a.extra)
     pipelines = (a.only,) if a.only else ("daemon", "baseline")
-    report = run_e2e(wl, a.repeat, a.out_dir, pipelines)
+    report = run_e2e(wl, a.repeat, a.out_dir, pipelines, shapes=tuple(a.shape or SHAPES))
     bad = [
         r
         for r in report["results"]
