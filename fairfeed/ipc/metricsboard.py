@@ -40,13 +40,12 @@ import numpy as np
 from fairfeed.hotpath.metrics import (
     BOUNDS_NS,
     HOP_KERNEL_KAFKA,
-    M_BATCHES,
-    M_KERNEL_NS,
     M_UNTIMED,
     N_ANOMALY_KINDS,
     N_BUCKETS,
     N_HOPS,
     N_MISC,
+    batch_done_nb,
     observe_many_nb,
     update_metrics_nb,
 )
@@ -126,10 +125,7 @@ class MetricsBoard:
 
     def batch_done(self, elapsed_ns: int) -> None:
         """Kernel time of one batch."""
-        self.batch_hist[int(np.searchsorted(BOUNDS_NS, elapsed_ns, side="left"))] += np.uint64(1)
-        self.batch_sum[0] += elapsed_ns * 1e-9
-        self.misc[M_BATCHES] += np.uint64(1)
-        self.misc[M_KERNEL_NS] += np.uint64(elapsed_ns)
+        batch_done_nb(elapsed_ns, BOUNDS_NS, self.batch_hist, self.batch_sum, self.misc)
 
     def observe(self, hop: int, sources: np.ndarray, seconds: np.ndarray) -> None:
         """Latencies of one hop measured outside the kernel (Kafka delivery)."""

@@ -14,6 +14,9 @@ from fairfeed.hotpath.metrics import (
     HOP_RING_KERNEL,
     N_BUCKETS,
     N_HOPS,
+    N_MISC,
+    batch_done_nb,
+    batch_done_reference,
     update_metrics_nb,
     update_metrics_reference,
     warm_metrics,
@@ -68,6 +71,19 @@ def test_kernel_matches_reference_on_random_batches() -> None:
         for x, y in zip(a, b, strict=True):
             np.testing.assert_allclose(x, y, equal_nan=True)
         assert a[0][:, HOP_RING_KERNEL].sum() > 0 if stamp_count > 0 else a[0].sum() > 0
+
+
+def test_batch_done_kernel_matches_reference() -> None:
+    # every bucket edge, either side of it, beyond the last bound, and zero
+    times = [0, 1, *BOUNDS_NS.tolist(), *(BOUNDS_NS + 1).tolist(), 10**12]
+    got = (np.zeros(N_BUCKETS, np.uint64), np.zeros(1), np.zeros(N_MISC, np.uint64))
+    want = (np.zeros(N_BUCKETS, np.uint64), np.zeros(1), np.zeros(N_MISC, np.uint64))
+    for t in times:
+        batch_done_nb(t, BOUNDS_NS, *got)
+        batch_done_reference(t, BOUNDS_NS, *want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert got[0].sum() == len(times)
 
 
 def test_ring_stamps_time_the_ring_hops() -> None:
