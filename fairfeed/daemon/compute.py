@@ -360,14 +360,12 @@ class Pipeline:
     ) -> np.ndarray:
         """The metrics kernel over each ring's part (its publish stamps); the sources seen."""
         if not parts:
-            return metrics.update(records, self.source_table, wall0, None, 0)
-        seen = []
+            metrics.update(records, self.source_table, wall0, None, 0)
         a = 0
         for ring, k in parts:
-            seen.append(metrics.update(records[a : a + k], self.source_table, wall0, ring,
-                                       ring.cursor - k))  # fmt: skip
+            metrics.update(records[a : a + k], self.source_table, wall0, ring, ring.cursor - k)
             a += k
-        return seen[0] if len(seen) == 1 else np.concatenate(seen)
+        return metrics.take_seen()
 
     def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> bool:
         """Evaluate the anomaly detectors when due (or ``force``) and publish their events;

@@ -106,9 +106,9 @@ class MetricsBoard:
         return cls(attach_segment(name), n_instruments, n_sources, owner=False)
 
     # -- writer (compute) ------------------------------------------------------------------
-    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> np.ndarray:
-        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps.
-        Returns the source ids present in the batch."""
+    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> None:
+        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps. The
+        sources it showed are remembered for :meth:`take_seen`."""
         if ring is not None:
             end, ns, count = ring.stamp_end, ring.stamp_ns, ring.stamp_count
         else:
@@ -119,6 +119,9 @@ class MetricsBoard:
         )  # fmt: skip
         if untimed:
             self.misc[M_UNTIMED] += np.uint64(untimed)
+
+    def take_seen(self) -> np.ndarray:
+        """The source ids of the batches given to :meth:`update` since the last call."""
         seen = np.flatnonzero(self.touched)
         self.touched[seen] = 0
         return seen

@@ -103,8 +103,9 @@ def test_ring_stamps_time_the_ring_hops() -> None:
         tail0 = ring.read_count
         k = ring.read_into(buf)
         now = int(ring.stamp_ns[1]) + 5_000
-        seen = board.update(buf[:k], np.zeros((1, 1), np.int32), now, ring, tail0)
-        assert seen.tolist() == [0]
+        board.update(buf[:k], np.zeros((1, 1), np.int32), now, ring, tail0)
+        assert board.take_seen().tolist() == [0]
+        assert board.take_seen().tolist() == []
         h = board.hist[0]
         assert h[HOP_RECEIVE_RING, N_BUCKETS - 1] == 4
         assert h[HOP_RING_KERNEL].sum() == 4
