@@ -58,6 +58,7 @@ class CollectSink:
         records: Sequence[int],
         on_last_delivery: Any = None,
     ) -> bool:
+        """:meth:`produce` for each of ``messages`` (key, value)."""
         for key, value in messages:
             self.produce(topic, key, value)
         return True
