@@ -343,17 +343,12 @@ class Pipeline:
         if kinds.max() > MAX_MARKET_KIND:
             # Health events (gaps, heartbeats, status) feed the detectors, not the ticks topic.
             records = records[kinds <= MAX_MARKET_KIND]
-        produce = self.sink.produce
-        topic = self.ticks_topic
         msgs = self.encoder.ticks(records)
-        counts = self.encoder.counts
         hop = None
         if metrics is not None and msgs and len(seen):
             # kernel -> Kafka: until the broker acknowledges the batch's last tick message
             hop = _KafkaHop(metrics, seen, t0)
-        last = len(msgs) - 1
-        for i, (key, value) in enumerate(msgs):
-            produce(topic, key, value, hop if i == last else None, counts[i])
+        self.sink.produce_many(self.ticks_topic, msgs, self.encoder.counts, hop)
         self.counters.add(Slot.RECORDS_OUT, len(records))
 
     def _metrics(
@@ -365,14 +360,12 @@ class Pipeline:
     ) -> np.ndarray:
         """The metrics kernel over each ring's part (its publish stamps); the sources seen."""
         if not parts:
-            return metrics.update(records, self.source_table, wall0, None, 0)
-        seen = []
+            metrics.update(records, self.source_table, wall0, None, 0)
         a = 0
         for ring, k in parts:
-            seen.append(metrics.update(records[a : a + k], self.source_table, wall0, ring,
-                                       ring.cursor - k))  # fmt: skip
+            metrics.update(records[a : a + k], self.source_table, wall0, ring, ring.cursor - k)
             a += k
-        return seen[0] if len(seen) == 1 else np.concatenate(seen)
+        return metrics.take_seen()
 
     def check_anomalies(self, now_ns: int, rings: list[Ring], force: bool = False) -> bool:
         """Evaluate the anomaly detectors when due (or ``force``) and publish their events;

@@ -53,13 +53,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 
 from fairfeed.core.config import FairConfig
-from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE
+from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE, empty_records
+from fairfeed.hotpath.dispatch import entry_point
 
 # Methods (``FairConfig.method``). Weighted median, everywhere below: sort by price, cumulative
 # weight ``c``; the first price with ``c ≥ W/2``; when ``c = W/2`` (to 1e-12·W) the mean of it and
@@ -1512,6 +1513,8 @@ class FairBook:
         self.out = make_out(n_instruments, self.n_sources)
         self.n_instruments = self.arrays.last_price.shape[0]
         self.skipped = 0
+        # (params, arrays, update entry, compute entry, source_table, out)
+        self._bound: tuple[Any, ...] = ()
 
     def set_source_venues(self, source_venues: np.ndarray | list[int]) -> None:
         """New source → venue map (sources registered live); sizes do not change."""
@@ -1520,6 +1523,23 @@ class FairBook:
         order, starts = _venue_groups(np.asarray(source_venues, np.int64).reshape(-1))
         self.arrays = self.arrays._replace(group_src=order, group_start=starts)
         self.params = self.params._replace(n_sources=len(source_venues))
+
+    def _entries(self) -> tuple[Any, ...]:
+        """The kernels' entry points for the current state (rebound when ``params`` or
+        ``arrays`` is replaced): the dispatcher would type their NamedTuples on every call."""
+        b = self._bound
+        p, a, table, out = self.params, self.arrays, self.source_table, self.out
+        if not b or b[0] is not p or b[1] is not a or b[4] is not table or b[5] is not out:
+            recs = empty_records(1)  # any C-contiguous, writable batch has this type
+            b = self._bound = (
+                p,
+                a,
+                entry_point(update_fair_nb, recs, 1, table, p, a),
+                entry_point(compute_fair_full_nb, 0, p, a, out),
+                table,
+                out,
+            )
+        return b
 
     SETTINGS = tuple(f.name for f in dataclasses.fields(FairConfig))
 
@@ -1550,13 +1570,17 @@ class FairBook:
         if records.dtype != RECORD_DTYPE:
             raise TypeError(f"records must have RECORD_DTYPE, got {records.dtype}")
         count = len(records) if n is None else min(int(n), len(records))
-        skipped = int(update_fair_nb(records, count, self.source_table, self.params, self.arrays))
+        kernel = update_fair_nb
+        if records.flags.c_contiguous and records.flags.writeable:
+            kernel = self._entries()[2]  # the types it was bound for (see _entries)
+        skipped = int(kernel(records, count, self.source_table, self.params, self.arrays))
         self.skipped += skipped
         return skipped
 
     def compute(self, now_ns: int, final: bool = False) -> FairResult:
         """Outputs due at ``now_ns`` (``final``: ignore ``min_interval``)."""
         p = self.params._replace(min_interval_ns=0) if final else self.params
-        m = int(compute_fair_full_nb(int(now_ns), p, self.arrays, self.out))
+        kernel = compute_fair_full_nb if final else self._entries()[3]
+        m = int(kernel(int(now_ns), p, self.arrays, self.out))
         o = self.out
         return FairResult(*(x[:m] for x in o))

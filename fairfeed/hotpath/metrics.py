@@ -147,6 +147,25 @@ def observe_many_nb(sources, seconds, hop, bounds, hist, hsum, skew):  # pragma:
             _observe(np.int64(seconds[j] * 1e9), s, hop, bounds, hist, hsum, skew)
 
 
+@njit(cache=True)
+def batch_done_nb(elapsed_ns, bounds, batch_hist, batch_sum, misc):  # pragma: no cover - jitted
+    """Count one batch that took ``elapsed_ns`` in the kernels: its bucket, the sum (seconds),
+    the batch count and the total ns. One call instead of four numpy scalar updates (a few µs
+    every compute pass). Reference: ``batch_done_reference``."""
+    batch_hist[_bucket(elapsed_ns, bounds)] += 1
+    batch_sum[0] += elapsed_ns * 1e-9
+    misc[M_BATCHES] += 1
+    misc[M_KERNEL_NS] += elapsed_ns
+
+
+def batch_done_reference(elapsed_ns, bounds, batch_hist, batch_sum, misc) -> None:
+    """Slow reference of :func:`batch_done_nb`."""
+    batch_hist[int(np.searchsorted(bounds, elapsed_ns, side="left"))] += np.uint64(1)
+    batch_sum[0] += elapsed_ns * 1e-9
+    misc[M_BATCHES] += np.uint64(1)
+    misc[M_KERNEL_NS] += np.uint64(elapsed_ns)
+
+
 def update_metrics_reference(
     records, n, source_table, stamp_end, stamp_ns, stamp_count, tail0, now_ns, bounds,
     hist, hsum, skew, price, bid, ask, touched,
@@ -232,3 +251,6 @@ def warm_metrics() -> None:
         hist, hsum, skew, price, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, np.uint8),
     )  # fmt: skip
     observe_many_nb(np.zeros(1, np.int64), np.zeros(1), 4, BOUNDS_NS, hist, hsum, skew)
+    batch_done_nb(
+        1, BOUNDS_NS, np.zeros(N_BUCKETS, np.uint64), np.zeros(1), np.zeros(N_MISC, np.uint64)
+    )

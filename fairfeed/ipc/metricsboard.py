@@ -40,13 +40,12 @@ import numpy as np
 from fairfeed.hotpath.metrics import (
     BOUNDS_NS,
     HOP_KERNEL_KAFKA,
-    M_BATCHES,
-    M_KERNEL_NS,
     M_UNTIMED,
     N_ANOMALY_KINDS,
     N_BUCKETS,
     N_HOPS,
     N_MISC,
+    batch_done_nb,
     observe_many_nb,
     update_metrics_nb,
 )
@@ -107,9 +106,9 @@ class MetricsBoard:
         return cls(attach_segment(name), n_instruments, n_sources, owner=False)
 
     # -- writer (compute) ------------------------------------------------------------------
-    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> np.ndarray:
-        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps.
-        Returns the source ids present in the batch."""
+    def update(self, records, source_table, now_ns: int, ring=None, tail0: int = 0) -> None:
+        """One batch: prices and latencies; ``ring`` (it was read from) gives the stamps. The
+        sources it showed are remembered for :meth:`take_seen`."""
         if ring is not None:
             end, ns, count = ring.stamp_end, ring.stamp_ns, ring.stamp_count
         else:
@@ -120,16 +119,16 @@ class MetricsBoard:
         )  # fmt: skip
         if untimed:
             self.misc[M_UNTIMED] += np.uint64(untimed)
+
+    def take_seen(self) -> np.ndarray:
+        """The source ids of the batches given to :meth:`update` since the last call."""
         seen = np.flatnonzero(self.touched)
         self.touched[seen] = 0
         return seen
 
     def batch_done(self, elapsed_ns: int) -> None:
         """Kernel time of one batch."""
-        self.batch_hist[int(np.searchsorted(BOUNDS_NS, elapsed_ns, side="left"))] += np.uint64(1)
-        self.batch_sum[0] += elapsed_ns * 1e-9
-        self.misc[M_BATCHES] += np.uint64(1)
-        self.misc[M_KERNEL_NS] += np.uint64(elapsed_ns)
+        batch_done_nb(elapsed_ns, BOUNDS_NS, self.batch_hist, self.batch_sum, self.misc)
 
     def observe(self, hop: int, sources: np.ndarray, seconds: np.ndarray) -> None:
         """Latencies of one hop measured outside the kernel (Kafka delivery)."""

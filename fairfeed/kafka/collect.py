@@ -8,6 +8,7 @@ JSON; every other message (ticks, dead letters) is only counted, per topic, in `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,18 @@ class CollectSink:
                     "value": orjson.loads(value)}  # fmt: skip
             self._out.write(orjson.dumps(line) + b"\n")
         self.counters.add(Slot.KAFKA_DELIVERED)
+        return True
+
+    def produce_many(
+        self,
+        topic: str,
+        messages: Sequence[tuple[bytes | None, bytes]],
+        records: Sequence[int],
+        on_last_delivery: Any = None,
+    ) -> bool:
+        """:meth:`produce` for each of ``messages`` (key, value)."""
+        for key, value in messages:
+            self.produce(topic, key, value)
         return True
 
     def commit(self, prefix: bytes = b"", tails: Any = None) -> None:

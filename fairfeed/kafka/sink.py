@@ -35,7 +35,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -357,12 +357,43 @@ class KafkaSink:
         """Spool one message carrying ``records`` records (sent at the next :meth:`commit`).
         False when the spool is full: the message is dropped and counted. ``on_delivery(err,
         msg)``, if given, is called when the broker acknowledges it (first send only)."""
-        seq = self.spool.append(topic, key, value, records, reserve=topic in self.reserve_topics)
+        return self.produce_many(topic, [(key, value)], (records,), on_delivery)
+
+    def produce_many(
+        self,
+        topic: str,
+        messages: Sequence[tuple[bytes | None, bytes]],
+        records: Sequence[int],
+        on_last_delivery: Any = None,
+    ) -> bool:
+        """:meth:`produce` for several messages of one topic, in order, at once (one spool
+        append: a pass's ticks cost one bounds check, not one per message); ``records[i]`` is
+        what message ``i`` carries; ``on_last_delivery`` is the last message's ``on_delivery``.
+        False when some did not fit in the spool (those are dropped and counted)."""
+        if not messages:
+            return True
+        reserve = topic in self.reserve_topics
+        seq = self.spool.append_many(topic, messages, records, reserve=reserve)
         if seq < 0:
-            self._overflow(topic, records)
-            return False
+            if len(messages) == 1:
+                self._overflow(topic, records[0])
+                return False
+            # not all fit: one by one, so those that do are kept
+            last = len(messages) - 1
+            ok = [
+                self.produce_many(
+                    topic, [m], (records[i],), on_last_delivery if i == last else None
+                )
+                for i, m in enumerate(messages)
+            ]
+            return all(ok)
         self._topics.add(topic)
-        self._fresh.append((seq, topic, key, value, records, on_delivery))
+        fresh = self._fresh
+        for (key, value), n in zip(messages, records, strict=True):
+            fresh.append((seq, topic, key, value, n, None))
+            seq += 1
+        if on_last_delivery is not None:
+            fresh[-1] = (*fresh[-1][:5], on_last_delivery)
         return True
 
     def _overflow(self, topic: str, records: int) -> None:

@@ -33,7 +33,7 @@ import os
 import struct
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,7 @@ log = logging.getLogger("fairfeed.spool")
 
 _HEAD = struct.Struct("<IIQIHH")  # crc32, body length, sequence, records, topic len, key len
 _CRC_FROM = 4  # the crc covers the header from this byte on, and the body
+_CRC = struct.Struct("<I")
 _MARKER = b""  # the topic of a position marker (no Kafka topic is empty)
 _SUFFIX = ".seg"
 _ACKED = "acked"
@@ -111,6 +112,7 @@ class Spool:
         self.recovered = 0  # entries found on disk at open (unacknowledged ones)
         self.truncated = 0  # bytes of torn tail cut off at open
         sizes = self._recover(persisted)
+        self._disk = sum(s.size for s in self.segments)  # bytes of the segment files
         self.low = max(persisted, self.segments[0].first if self.segments else persisted)
         self.low = min(self.low, self.next)
         self.recovered = self.next - self.low
@@ -168,7 +170,7 @@ class Spool:
     @property
     def bytes(self) -> int:
         """Bytes on disk and waiting to be written."""
-        return sum(s.size for s in self.segments) + len(self._buf)
+        return self._disk + len(self._buf)
 
     @property
     def pending(self) -> int:
@@ -185,17 +187,33 @@ class Spool:
     ) -> int:
         """Queue one message for the next :meth:`write`; its sequence number, or -1 when the
         spool is full."""
+        return self.append_many(topic, [(key, value)], (records,), reserve)
+
+    def append_many(
+        self,
+        topic: str,
+        messages: Sequence[tuple[bytes | None, bytes]],
+        records: Sequence[int],
+        reserve: bool = False,
+    ) -> int:
+        """Queue ``messages`` (key, value) of one topic, carrying ``records`` records each, for
+        the next :meth:`write`: the first one's sequence number (the others follow), or -1 when
+        they do not all fit (then none is queued)."""
         t = topic.encode()
-        k = key or b""
-        if not self.room(len(t) + len(k) + len(value), reserve):
+        fixed = _HEAD.size + len(t)
+        size = sum(fixed + len(k or b"") + len(v) for k, v in messages)
+        limit = self.max_bytes + (self.reserve_bytes if reserve else 0)
+        if self._disk + len(self._buf) + size > limit:
             return -1
-        seq = self.next
-        self.next = seq + 1
-        size = self._put(seq, t, k, value, records)
-        self._flags.append(0)
-        self._sizes.append(size)
+        first = seq = self.next
+        put, sizes = self._put, self._sizes
+        for (k, v), n in zip(messages, records, strict=True):
+            sizes.append(put(seq, t, k or b"", v, n))
+            seq += 1
+        self.next = seq
+        self._flags.extend(bytes(seq - first))
         self.waiting_bytes += size
-        return seq
+        return first
 
     def mark(self, prefix: bytes, tails: np.ndarray) -> None:
         """Queue a position marker (written with the next :meth:`write`)."""
@@ -203,13 +221,11 @@ class Spool:
 
     def _put(self, seq: int, topic: bytes, key: bytes, value: bytes, records: int) -> int:
         body_len = len(topic) + len(key) + len(value)
-        head = _HEAD.pack(0, body_len, seq, records, len(topic), len(key))
-        crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(topic, zlib.crc32(head[_CRC_FROM:]))))
+        covered = _HEAD.pack(0, body_len, seq, records, len(topic), len(key))[_CRC_FROM:]
+        covered += topic + key
         buf = self._buf
-        buf += struct.pack("<I", crc)
-        buf += head[_CRC_FROM:]
-        buf += topic
-        buf += key
+        buf += _CRC.pack(zlib.crc32(value, zlib.crc32(covered)))
+        buf += covered
         buf += value
         return _HEAD.size + body_len
 
@@ -226,6 +242,7 @@ class Spool:
             while done < len(view):
                 done += os.write(self._fd, view[done:])
         seg.size += len(buf)
+        self._disk += len(buf)
         seg.last = max(seg.last, self.next - 1)
         buf.clear()
         self._buf_first = self.next
@@ -240,6 +257,7 @@ class Spool:
             return self.segments[-1]
         seg = _Segment(path, first, first - 1, size)
         self.segments.append(seg)
+        self._disk += size
         return seg
 
     # -- acknowledging -----------------------------------------------------------------------
@@ -279,7 +297,9 @@ class Spool:
                     break  # keep appending to it
                 os.close(self._fd)
                 self._fd = -1
-            segs.pop(0).path.unlink(missing_ok=True)
+            seg = segs.pop(0)
+            self._disk -= seg.size
+            seg.path.unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, start: int, max_messages: int) -> list[Entry]:

@@ -455,3 +455,30 @@ def test_sorts_match_a_stable_sort(xs, data):
     want = sorted(zip(xs, ws, strict=True), key=lambda t: t[0])  # stable: ties keep their order
     assert list(zip(x[:k].tolist(), w[:k].tolist(), strict=True)) == want
     assert (x[k], w[k]) == (7.0, 8.0)
+
+
+def test_bound_kernels_match_the_dispatcher_for_any_batch_layout():
+    """FairBook calls its kernels through entry points bound to its state's types; batches of
+    other layouts (strided, read-only) go through the dispatcher. Same state either way, also
+    after the state is replaced (sources added live)."""
+    rng = np.random.default_rng(5)
+    rows = [
+        (0, 0, int(v), KIND_TRADE, float(100 + rng.standard_normal()), 1_000 + i)
+        for i, v in enumerate(rng.integers(0, 3, 64))
+    ]
+    recs = make_records(rows)
+    strided = np.repeat(recs, 2)[::2]
+    frozen = recs.copy()
+    frozen.flags.writeable = False
+    books = [book(), book(), book()]
+    for b, batch in zip(books, (recs, strided, frozen), strict=True):
+        b.update(batch)
+        b.set_source_venues(VENUES)  # new arrays and params: rebinds
+        b.update(batch)
+    outs = [b.compute(10_000) for b in books]
+    for b, out in zip(books[1:], outs[1:], strict=True):
+        for name, want in books[0].arrays._asdict().items():
+            np.testing.assert_array_equal(getattr(b.arrays, name), want, err_msg=name)
+        for got, want in zip(out, outs[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert len(outs[0].instrument) == 1

@@ -14,6 +14,9 @@ from fairfeed.hotpath.metrics import (
     HOP_RING_KERNEL,
     N_BUCKETS,
     N_HOPS,
+    N_MISC,
+    batch_done_nb,
+    batch_done_reference,
     update_metrics_nb,
     update_metrics_reference,
     warm_metrics,
@@ -70,6 +73,19 @@ def test_kernel_matches_reference_on_random_batches() -> None:
         assert a[0][:, HOP_RING_KERNEL].sum() > 0 if stamp_count > 0 else a[0].sum() > 0
 
 
+def test_batch_done_kernel_matches_reference() -> None:
+    # every bucket edge, either side of it, beyond the last bound, and zero
+    times = [0, 1, *BOUNDS_NS.tolist(), *(BOUNDS_NS + 1).tolist(), 10**12]
+    got = (np.zeros(N_BUCKETS, np.uint64), np.zeros(1), np.zeros(N_MISC, np.uint64))
+    want = (np.zeros(N_BUCKETS, np.uint64), np.zeros(1), np.zeros(N_MISC, np.uint64))
+    for t in times:
+        batch_done_nb(t, BOUNDS_NS, *got)
+        batch_done_reference(t, BOUNDS_NS, *want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert got[0].sum() == len(times)
+
+
 def test_ring_stamps_time_the_ring_hops() -> None:
     warm_metrics()
     name = f"fftest-{os.getpid()}-mring"
@@ -87,8 +103,9 @@ def test_ring_stamps_time_the_ring_hops() -> None:
         tail0 = ring.read_count
         k = ring.read_into(buf)
         now = int(ring.stamp_ns[1]) + 5_000
-        seen = board.update(buf[:k], np.zeros((1, 1), np.int32), now, ring, tail0)
-        assert seen.tolist() == [0]
+        board.update(buf[:k], np.zeros((1, 1), np.int32), now, ring, tail0)
+        assert board.take_seen().tolist() == [0]
+        assert board.take_seen().tolist() == []
         h = board.hist[0]
         assert h[HOP_RECEIVE_RING, N_BUCKETS - 1] == 4
         assert h[HOP_RING_KERNEL].sum() == 4
