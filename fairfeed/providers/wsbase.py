@@ -146,6 +146,12 @@ class WsConnection:
         self.n = 0  # records buffered
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
+        # Whole data messages of this read not parsed yet (parsers with ``parse_batch``: one
+        # decode per read); parsed before any other message and before every flush.
+        self.pending: list[bytes] = []
+        self.batch_records = getattr(self.parser, "batch_records", 0)
+        self.pending_max = max(1, (self.cap - _HEADROOM) // max(1, self.batch_records))
+        self.max_message_bytes = adapter.max_message_bytes
         self.frag: bytearray | None = None
         self.frag_size = 0  # bytes of the fragmented message so far (``frag`` stops at the limit)
         self.frag_peak = 0  # the largest ``frag`` ever held (tests: reassembly stays bounded)
@@ -291,6 +297,8 @@ class WsConnection:
 
     def flush(self) -> None:
         """Hand the buffered burst to the ring (gap records first checked and appended)."""
+        if self.pending:
+            self._parse_pending()
         n = self.n
         a = self.adapter
         c = a.ctx.counters
@@ -364,13 +372,23 @@ class WsConnection:
     def on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         mt = frame.msg_type
         if (mt is _TEXT or mt is _BINARY) and frame.fin and self.frag is None:
-            payload = frame.get_payload_as_memoryview()
-            if len(payload) > self.adapter.max_message_bytes:  # picows let one through
-                self._refuse_frame(transport, payload)
+            if frame.payload_size > self.max_message_bytes:  # picows let one through
+                self._refuse_frame(transport, frame.get_payload_as_memoryview())
                 return
             if mt is _BINARY:
-                self._binary(payload, frame.last_in_buffer)
+                self._binary(frame.get_payload_as_memoryview(), frame.last_in_buffer)
                 return
+            if self.batch_records:  # parsed with the read's others (or before a flush)
+                if not self.ts:
+                    self.ts = time.time_ns()
+                pending = self.pending
+                pending.append(frame.get_payload_as_bytes())
+                if len(pending) >= self.pending_max:
+                    self._parse_pending()
+                if frame.last_in_buffer:
+                    self._read_done()
+                return
+            payload = frame.get_payload_as_memoryview()
         elif mt is _PING:
             transport.send_pong(frame.get_payload_as_bytes())
             self.last_alive = time.monotonic()
@@ -391,12 +409,22 @@ class WsConnection:
         else:  # pong
             self.last_alive = time.monotonic()
             return
+        if self.pending:  # the read's earlier messages first: records stay in order
+            self._parse_pending()
+        self._parse_one(payload)
+        if frame.last_in_buffer:
+            self._read_done()
+
+    def _parse_one(self, payload: bytes | memoryview) -> None:
+        """Parse one whole message into the buffer (flushed first if it may not fit)."""
         if not self.ts:
             self.ts = time.time_ns()
         n = self.n
         if n and n + len(payload) // self.min_record_bytes + _HEADROOM > self.cap:
+            ts = self.ts
             self.last_data = self.last_alive = time.monotonic()
             self.flush()
+            self.ts = ts  # the same read goes on
             n = 0
         r = self.parser.parse(payload, self.buf, n, self.ts)
         self.frames += 1
@@ -406,13 +434,35 @@ class WsConnection:
                 self.acknowledge()
         elif r < 0:
             self._special(r, payload)
-        if frame.last_in_buffer:
-            self._read_done()
+
+    def _parse_pending(self) -> None:
+        """Parse the whole data messages held back so far: in one call when they are plain
+        data throughout, else one by one (control messages, malformed ones...)."""
+        pending, self.pending = self.pending, []  # taken first: a flush below finds it empty
+        n = self.n
+        ts = self.ts
+        if n and n + len(pending) * self.batch_records + _HEADROOM > self.cap:
+            self.last_data = self.last_alive = time.monotonic()
+            self.flush()
+            self.ts = ts
+            n = 0
+        r = self.parser.parse_batch(pending, self.buf, n, ts)
+        if r >= 0:
+            self.frames += len(pending)
+            if r:
+                self.n = n + r
+                if not self.subscribed and self.sent_subscriptions:
+                    self.acknowledge()
+            return
+        for payload in pending:
+            self._parse_one(payload)
 
     def _read_done(self) -> None:
         """The socket read's last frame: publish what it brought, then, if it brought data,
         stop reading for ``flush_delay`` so that the next read takes all that arrived
         meanwhile (the loop's, the read's and the flush's costs paid once per batch)."""
+        if self.pending:
+            self._parse_pending()
         had_data = self.n or self.frames
         if self.n:
             self.last_data = self.last_alive = time.monotonic()
