@@ -33,6 +33,7 @@ import numpy as np
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.hotpath.binancescan import StreamTable, scan_binance_nb
 from fairfeed.providers.binance.symbols import split_stream, stream_name
 from fairfeed.providers.binance.wire import (
     AGG_BATCH_DECODER,
@@ -63,7 +64,7 @@ class BinanceParser(RecordParser):
     instrument ids; ``agg`` selects the ``aggTrade`` feed's decoding.
     """
 
-    __slots__ = ("_batch_decoder", "_book", "_decoder", "agg", "streams")
+    __slots__ = ("_batch_decoder", "_book", "_decoder", "_table", "agg", "streams")
     batch_records = 2  # a book ticker: bid and ask
 
     def __init__(
@@ -82,6 +83,7 @@ class BinanceParser(RecordParser):
         self.agg = agg
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
         self._batch_decoder = AGG_BATCH_DECODER if agg else TRADE_BATCH_DECODER
+        self._table: StreamTable | None = None  # built at the first batch
 
     @classmethod
     def for_subscriptions(
@@ -115,9 +117,21 @@ class BinanceParser(RecordParser):
     def parse_batch(
         self, messages: Sequence[bytes], out: np.ndarray, start: int, ts_receive: int
     ) -> int:
-        """All of one read's messages in one decode: they are joined into one JSON array, which
-        holds exactly one object per message only if each message is one object (a message
-        ``{…},{…}`` makes the count differ, and brackets cannot balance across two messages)."""
+        """All of one read's messages at once: by the Numba scanner when they have Binance's
+        exact shape (no Python object per message), else in one decode of them joined into one
+        JSON array, which holds exactly one object per message only if each message is one
+        object (a message ``{…},{…}`` makes the count differ, and brackets cannot balance
+        across two messages)."""
+        t = self._table
+        if t is None:
+            t = self._table = StreamTable(self._book)
+        data = np.frombuffer(b"".join(messages), np.uint8)
+        ends = np.fromiter(map(len, messages), np.int64, len(messages)).cumsum()
+        n = scan_binance_nb(data, ends, t.names, t.lengths, t.instrument, t.is_book, t.slots,
+                            out, start, ts_receive, self.provider, self.venue, self.data_class,
+                            self.agg)  # fmt: skip
+        if n >= 0:
+            return n
         try:
             frames = self._batch_decoder.decode(b"[" + b",".join(messages) + b"]")
         except msgspec.DecodeError:
