@@ -14,6 +14,9 @@ every provider:
   the kernel and comes in one read, so at a high rate of small frames the event loop's, the
   read's and the flush's costs are paid once per delay, not per frame. No record waits longer
   than the delay; ``ts_receive`` is the time of the read. Health records flush at once.
+  A parser with ``parse_batch`` gets the read's whole data messages in one call (held until
+  the read's last frame, any other frame, or a flush), and one by one only when they are not
+  plain data throughout.
 * **Reconnects** with capped, jittered backoff (:class:`~fairfeed.core.backoff.Backoff`, reset only
   once a subscription is acknowledged), re-subscription on every connect, subscribe requests
   staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
