@@ -9,11 +9,12 @@ every provider:
   client: about 20x cheaper per frame than ``websockets``).
 * **Batching.** Records parsed from every frame of one socket read are handed to ``ctx.emit``
   (and sequence-checked) once, when picows marks the read's last frame
-  (``frame.last_in_buffer``). A read that brought data then stops reading that socket for
-  ``ctx.flush_delay`` (the worker's ``ring.flush_delay_ms``): what arrives meanwhile waits in
-  the kernel and comes in one read, so at a high rate of small frames the event loop's, the
-  read's and the flush's costs are paid once per delay, not per frame. No record waits longer
-  than the delay; ``ts_receive`` is the time of the read. Health records flush at once.
+  (``frame.last_in_buffer``). A read that brought data then makes the event loop sleep
+  ``ctx.flush_delay`` (the worker's ``ring.flush_delay_ms``; :class:`ReadNap`, once per loop
+  iteration): what arrives meanwhile waits in the kernel and comes in one read, so at a high
+  rate of small frames the event loop's, the read's and the flush's costs are paid once per
+  delay, not per frame. No record waits longer than the delay; ``ts_receive`` is the time of
+  the read. Health records flush at once.
   A parser with ``parse_batch`` gets the read's whole data messages in one call (held until
   the read's last frame, any other frame, or a flush), and one by one only when they are not
   plain data throughout.
@@ -76,6 +77,7 @@ import re
 import ssl
 import time
 import traceback
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,6 +132,48 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 _TOO_BIG = re.compile(r"(\d+) > \d+")
 
 
+class ReadNap:
+    """The batching pause of one event loop: after an iteration whose socket reads brought
+    data, the loop sleeps ``delay`` once (whichever connections read), so the next reads take
+    all that arrived meanwhile; what arrives waits in the kernel's socket buffers.
+
+    A sleep of the whole loop, not a pause of each socket's reading: the same bound on every
+    record's wait, without the two ``epoll_ctl`` calls, the selector bookkeeping and the timer
+    each read's pause and resume cost. Timers, pings and commands wait at most ``delay`` (the
+    configuration bounds it to 2 ms).
+    """
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadNap] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.due = False  # a sleep is queued for the loop's next iteration
+        self.naps = 0  # sleeps taken (tests)
+
+    @classmethod
+    def of_loop(cls, delay: float) -> ReadNap:
+        """The running loop's nap (one per loop: two adapters must not sleep twice)."""
+        loop = asyncio.get_running_loop()
+        nap = cls._of_loop.get(loop)
+        if nap is None or nap.delay != delay:
+            nap = cls._of_loop[loop] = cls(loop, delay)
+        return nap
+
+    def request(self) -> None:
+        """Sleep once the loop's current callbacks are done (at most once per iteration)."""
+        if not self.due:
+            self.due = True
+            self.loop.call_soon(self._sleep)
+
+    def _sleep(self) -> None:
+        self.due = False
+        self.naps += 1
+        time.sleep(self.delay)
+
+
 class WsConnection:
     """One WebSocket connection of an adapter and the subscriptions it carries."""
 
@@ -160,7 +204,7 @@ class WsConnection:
         self.frag_peak = 0  # the largest ``frag`` ever held (tests: reassembly stays bounded)
         self.frag_binary = False  # the fragmented message is a binary one
         self.oversize_reported = False  # this session's too-big frame is counted already
-        self.timer: asyncio.TimerHandle | None = None  # ends a batching pause of the reading
+        self.nap: ReadNap | None = None  # the loop's batching pause, found at the first read
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(adapter.sources_by_venue(subs), adapter.gap_kinds)
@@ -462,7 +506,7 @@ class WsConnection:
 
     def _read_done(self) -> None:
         """The socket read's last frame: publish what it brought, then, if it brought data,
-        stop reading for ``flush_delay`` so that the next read takes all that arrived
+        have the event loop sleep ``flush_delay`` so that the next reads take all that arrived
         meanwhile (the loop's, the read's and the flush's costs paid once per batch)."""
         if self.pending:
             self._parse_pending()
@@ -470,18 +514,11 @@ class WsConnection:
         if self.n:
             self.last_data = self.last_alive = time.monotonic()
         self.flush()
-        delay = self.adapter.ctx.flush_delay
-        if delay > 0 and had_data and self.timer is None:
-            t = self.transport
-            if t is not None and not t.is_disconnected:
-                t.underlying_transport.pause_reading()
-                self.timer = asyncio.get_running_loop().call_later(delay, self._read_again)
-
-    def _read_again(self) -> None:
-        """End of the batching pause (unless the worker's ring is full: its own pause goes on)."""
-        self.timer = None
-        if not self.adapter.reading_paused:
-            self.resume_reading()
+        if had_data and self.adapter.ctx.flush_delay > 0:
+            nap = self.nap
+            if nap is None:
+                nap = self.nap = ReadNap.of_loop(self.adapter.ctx.flush_delay)
+            nap.request()
 
     def _binary(self, payload: bytes | memoryview, last_in_buffer: bool) -> None:
         """Every provider we read speaks JSON text: a binary message is not data, even if it
@@ -568,9 +605,6 @@ class WsConnection:
         self.health.connected(True)
 
     def on_disconnected(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.flush()
         self.transport = None
         self.health.connected(False)
