@@ -49,6 +49,7 @@ def warm_up() -> float:
     count_streams_nb(recs, len(recs), table, count, last)
     assert count.sum() == 3
     _warm_anomaly()
+    _warm_binance_scan()
     _warm_seconds = time.perf_counter() - start
     return _warm_seconds
 
@@ -67,6 +68,20 @@ def _warm_anomaly() -> None:
     recs["ts_receive"] = 1
     assert st.update(recs) == 0
     st.evaluate(2, np.full(1, 100.0), np.zeros(1, np.int64))
+
+
+def _warm_binance_scan() -> None:
+    """The ingest workers' Binance scanner, with the argument types ``parse_batch`` passes."""
+    from fairfeed.hotpath.binancescan import StreamTable, scan_binance_nb
+
+    t = StreamTable({"btcusdt@trade": (3, False)})
+    msg = b'{"stream":"btcusdt@trade","data":{"E":2,"t":7,"p":"1.5","q":"2","T":1,"m":true}}'
+    data = np.frombuffer(msg, np.uint8)  # read-only, as from bytes
+    ends = np.fromiter((len(msg),), np.int64, 1).cumsum()
+    out = empty_records(2)
+    n = scan_binance_nb(data, ends, t.names, t.lengths, t.instrument, t.is_book, t.slots, out, 0,
+                        1, 1, 2, 1, False)  # fmt: skip
+    assert n == 1 and out[0]["price"] == 1.5 and out[0]["sequence"] == 7, n
 
 
 def _warm_fair_methods(table: np.ndarray, recs: np.ndarray) -> None:

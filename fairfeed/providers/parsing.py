@@ -6,6 +6,12 @@ number of records written at ``out[start:]``; a negative result is one of the co
 parser never raises for bad input: a malformed message returns :data:`PARSE_ERROR` with the
 reason in ``parser.error`` (anything it wrote before failing is ignored by the caller).
 
+A parser may also take the messages of one socket read at once (``batch_records`` > 0, the most
+records one message gives): ``parse_batch(messages, out, start, ts_receive)`` writes the records
+of all of them and returns how many, or :data:`PER_MESSAGE` when the batch is not plain data
+throughout (a control message, a malformed one...): the caller then parses the same messages one
+by one with ``parse``, which says what each is. One decode per read instead of one per message.
+
 Every venue parser is a :class:`RecordParser` and is built the same way by its adapter:
 ``XParser.for_subscriptions(subs, **variant)`` (one connection's subscriptions; ``variant`` the
 protocol's switches, e.g. Binance ``agg``). Its plain constructor takes the wire-symbol table
@@ -30,6 +36,7 @@ HEARTBEAT = -1  # a heartbeat: the connection is alive, no records
 CONTROL = -2  # a protocol answer (subscribed, error, reconnect notice...), in parser.control
 PARSE_ERROR = -3  # malformed message; the reason is in parser.error
 NEED_SPACE = -4  # the message needs parser.needed free records from `start`
+PER_MESSAGE = -5  # parse_batch: not plain data throughout, parse these messages one by one
 
 # The record as a little-endian struct, field for field (the dtype has no padding), so a parser
 # can write a whole record with one ``RECORD_STRUCT.pack_into(buf_u8, start * 64, ...)``:
@@ -96,11 +103,21 @@ class RecordParser:
             **variant,
         )
 
+    # The most records one message gives, for parse_batch (0: the parser has none).
+    batch_records = 0
+
     def reset(self) -> None:
         """Nothing is kept across messages unless a venue says so."""
 
     def parse(self, data: bytes | memoryview, out: np.ndarray, start: int, ts_receive: int) -> int:
         raise NotImplementedError
+
+    def parse_batch(
+        self, messages: Sequence[bytes], out: np.ndarray, start: int, ts_receive: int
+    ) -> int:
+        """Parse every message of ``messages`` into ``out[start:]`` (room for
+        ``batch_records`` per message is the caller's); records written, or PER_MESSAGE."""
+        return PER_MESSAGE
 
     def _buffer(self, out: np.ndarray) -> np.ndarray:
         """``out`` as bytes (the view is cached while the caller keeps the same buffer)."""

@@ -9,11 +9,15 @@ every provider:
   client: about 20x cheaper per frame than ``websockets``).
 * **Batching.** Records parsed from every frame of one socket read are handed to ``ctx.emit``
   (and sequence-checked) once, when picows marks the read's last frame
-  (``frame.last_in_buffer``). A read that brought data then stops reading that socket for
-  ``ctx.flush_delay`` (the worker's ``ring.flush_delay_ms``): what arrives meanwhile waits in
-  the kernel and comes in one read, so at a high rate of small frames the event loop's, the
-  read's and the flush's costs are paid once per delay, not per frame. No record waits longer
-  than the delay; ``ts_receive`` is the time of the read. Health records flush at once.
+  (``frame.last_in_buffer``). A read that brought data then makes the event loop sleep
+  ``ctx.flush_delay`` (the worker's ``ring.flush_delay_ms``; :class:`ReadNap`, once per loop
+  iteration): what arrives meanwhile waits in the kernel and comes in one read, so at a high
+  rate of small frames the event loop's, the read's and the flush's costs are paid once per
+  delay, not per frame. No record waits longer than the delay; ``ts_receive`` is the time of
+  the read. Health records flush at once.
+  A parser with ``parse_batch`` gets the read's whole data messages in one call (held until
+  the read's last frame, any other frame, or a flush), and one by one only when they are not
+  plain data throughout.
 * **Reconnects** with capped, jittered backoff (:class:`~fairfeed.core.backoff.Backoff`, reset only
   once a subscription is acknowledged), re-subscription on every connect, subscribe requests
   staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
@@ -73,6 +77,7 @@ import re
 import ssl
 import time
 import traceback
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -127,6 +132,48 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 _TOO_BIG = re.compile(r"(\d+) > \d+")
 
 
+class ReadNap:
+    """The batching pause of one event loop: after an iteration whose socket reads brought
+    data, the loop sleeps ``delay`` once (whichever connections read), so the next reads take
+    all that arrived meanwhile; what arrives waits in the kernel's socket buffers.
+
+    A sleep of the whole loop, not a pause of each socket's reading: the same bound on every
+    record's wait, without the two ``epoll_ctl`` calls, the selector bookkeeping and the timer
+    each read's pause and resume cost. Timers, pings and commands wait at most ``delay`` (the
+    configuration bounds it to 2 ms).
+    """
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadNap] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.due = False  # a sleep is queued for the loop's next iteration
+        self.naps = 0  # sleeps taken (tests)
+
+    @classmethod
+    def of_loop(cls, delay: float) -> ReadNap:
+        """The running loop's nap (one per loop: two adapters must not sleep twice)."""
+        loop = asyncio.get_running_loop()
+        nap = cls._of_loop.get(loop)
+        if nap is None or nap.delay != delay:
+            nap = cls._of_loop[loop] = cls(loop, delay)
+        return nap
+
+    def request(self) -> None:
+        """Sleep once the loop's current callbacks are done (at most once per iteration)."""
+        if not self.due:
+            self.due = True
+            self.loop.call_soon(self._sleep)
+
+    def _sleep(self) -> None:
+        self.due = False
+        self.naps += 1
+        time.sleep(self.delay)
+
+
 class WsConnection:
     """One WebSocket connection of an adapter and the subscriptions it carries."""
 
@@ -146,12 +193,18 @@ class WsConnection:
         self.n = 0  # records buffered
         self.ts = 0  # ts_receive of the current read burst (0 = none yet)
         self.frames = 0  # frames not yet counted
+        # Whole data messages of this read not parsed yet (parsers with ``parse_batch``: one
+        # decode per read); parsed before any other message and before every flush.
+        self.pending: list[bytes] = []
+        self.batch_records = getattr(self.parser, "batch_records", 0)
+        self.pending_max = max(1, (self.cap - _HEADROOM) // max(1, self.batch_records))
+        self.max_message_bytes = adapter.max_message_bytes
         self.frag: bytearray | None = None
         self.frag_size = 0  # bytes of the fragmented message so far (``frag`` stops at the limit)
         self.frag_peak = 0  # the largest ``frag`` ever held (tests: reassembly stays bounded)
         self.frag_binary = False  # the fragmented message is a binary one
         self.oversize_reported = False  # this session's too-big frame is counted already
-        self.timer: asyncio.TimerHandle | None = None  # ends a batching pause of the reading
+        self.nap: ReadNap | None = None  # the loop's batching pause, found at the first read
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(adapter.sources_by_venue(subs), adapter.gap_kinds)
@@ -291,6 +344,8 @@ class WsConnection:
 
     def flush(self) -> None:
         """Hand the buffered burst to the ring (gap records first checked and appended)."""
+        if self.pending:
+            self._parse_pending()
         n = self.n
         a = self.adapter
         c = a.ctx.counters
@@ -364,13 +419,23 @@ class WsConnection:
     def on_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         mt = frame.msg_type
         if (mt is _TEXT or mt is _BINARY) and frame.fin and self.frag is None:
-            payload = frame.get_payload_as_memoryview()
-            if len(payload) > self.adapter.max_message_bytes:  # picows let one through
-                self._refuse_frame(transport, payload)
+            if frame.payload_size > self.max_message_bytes:  # picows let one through
+                self._refuse_frame(transport, frame.get_payload_as_memoryview())
                 return
             if mt is _BINARY:
-                self._binary(payload, frame.last_in_buffer)
+                self._binary(frame.get_payload_as_memoryview(), frame.last_in_buffer)
                 return
+            if self.batch_records:  # parsed with the read's others (or before a flush)
+                if not self.ts:
+                    self.ts = time.time_ns()
+                pending = self.pending
+                pending.append(frame.get_payload_as_bytes())
+                if len(pending) >= self.pending_max:
+                    self._parse_pending()
+                if frame.last_in_buffer:
+                    self._read_done()
+                return
+            payload = frame.get_payload_as_memoryview()
         elif mt is _PING:
             transport.send_pong(frame.get_payload_as_bytes())
             self.last_alive = time.monotonic()
@@ -391,12 +456,22 @@ class WsConnection:
         else:  # pong
             self.last_alive = time.monotonic()
             return
+        if self.pending:  # the read's earlier messages first: records stay in order
+            self._parse_pending()
+        self._parse_one(payload)
+        if frame.last_in_buffer:
+            self._read_done()
+
+    def _parse_one(self, payload: bytes | memoryview) -> None:
+        """Parse one whole message into the buffer (flushed first if it may not fit)."""
         if not self.ts:
             self.ts = time.time_ns()
         n = self.n
         if n and n + len(payload) // self.min_record_bytes + _HEADROOM > self.cap:
+            ts = self.ts
             self.last_data = self.last_alive = time.monotonic()
             self.flush()
+            self.ts = ts  # the same read goes on
             n = 0
         r = self.parser.parse(payload, self.buf, n, self.ts)
         self.frames += 1
@@ -406,29 +481,44 @@ class WsConnection:
                 self.acknowledge()
         elif r < 0:
             self._special(r, payload)
-        if frame.last_in_buffer:
-            self._read_done()
+
+    def _parse_pending(self) -> None:
+        """Parse the whole data messages held back so far: in one call when they are plain
+        data throughout, else one by one (control messages, malformed ones...)."""
+        pending, self.pending = self.pending, []  # taken first: a flush below finds it empty
+        n = self.n
+        ts = self.ts
+        if n and n + len(pending) * self.batch_records + _HEADROOM > self.cap:
+            self.last_data = self.last_alive = time.monotonic()
+            self.flush()
+            self.ts = ts
+            n = 0
+        r = self.parser.parse_batch(pending, self.buf, n, ts)
+        if r >= 0:
+            self.frames += len(pending)
+            if r:
+                self.n = n + r
+                if not self.subscribed and self.sent_subscriptions:
+                    self.acknowledge()
+            return
+        for payload in pending:
+            self._parse_one(payload)
 
     def _read_done(self) -> None:
         """The socket read's last frame: publish what it brought, then, if it brought data,
-        stop reading for ``flush_delay`` so that the next read takes all that arrived
+        have the event loop sleep ``flush_delay`` so that the next reads take all that arrived
         meanwhile (the loop's, the read's and the flush's costs paid once per batch)."""
+        if self.pending:
+            self._parse_pending()
         had_data = self.n or self.frames
         if self.n:
             self.last_data = self.last_alive = time.monotonic()
         self.flush()
-        delay = self.adapter.ctx.flush_delay
-        if delay > 0 and had_data and self.timer is None:
-            t = self.transport
-            if t is not None and not t.is_disconnected:
-                t.underlying_transport.pause_reading()
-                self.timer = asyncio.get_running_loop().call_later(delay, self._read_again)
-
-    def _read_again(self) -> None:
-        """End of the batching pause (unless the worker's ring is full: its own pause goes on)."""
-        self.timer = None
-        if not self.adapter.reading_paused:
-            self.resume_reading()
+        if had_data and self.adapter.ctx.flush_delay > 0:
+            nap = self.nap
+            if nap is None:
+                nap = self.nap = ReadNap.of_loop(self.adapter.ctx.flush_delay)
+            nap.request()
 
     def _binary(self, payload: bytes | memoryview, last_in_buffer: bool) -> None:
         """Every provider we read speaks JSON text: a binary message is not data, even if it
@@ -515,9 +605,6 @@ class WsConnection:
         self.health.connected(True)
 
     def on_disconnected(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.flush()
         self.transport = None
         self.health.connected(False)

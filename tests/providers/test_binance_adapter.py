@@ -33,6 +33,7 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.adapter import BinanceAdapter
+from fairfeed.providers.wsbase import ReadNap
 from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
@@ -48,7 +49,8 @@ pytestmark = pytest.mark.timeout(30)
 
 def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams: int = 0,
          batch: int = 0, interval: float = 0.0, age: float = 0.0, stale: float = 2.0,
-         url_streams: bool = False, rng: random.Random | None = None, **kw):  # fmt: skip
+         url_streams: bool = False, rng: random.Random | None = None, flush_delay: float = 0.0,
+         **kw):  # fmt: skip
     kw.setdefault("backoff_base", 0.02)
     kw.setdefault("backoff_cap", 0.1)
     provider = ProviderConfig(
@@ -64,6 +66,7 @@ def make(url: str, instruments=tuple(PRICES)[:3], *, feed: str = "", max_streams
     ctx = IngestContext(
         provider=provider, url=url, subscriptions=subs, registry=REGISTRY, emit=sink,
         counters=counters, dead_letter=lambda err, frame: dead.append((err, frame)), rng=rng,
+        flush_delay=flush_delay,
     )  # fmt: skip
     adapter = BinanceAdapter(ctx)
     return adapter, sink, counters, dead
@@ -513,3 +516,43 @@ def test_usdm_server_pushes_each_stream_on_its_route_only():
 
     got = asyncio.run(main())
     assert {json.loads(t)["stream"] for t in got} == {"btcusdt@bookTicker"}
+
+
+def test_reads_batched_over_the_flush_delay_lose_and_reorder_nothing():
+    """With a flush delay, a read that brought data makes the loop sleep (ReadNap); the frames
+    of a read are parsed together (the Numba scanner, or msgspec): every record is there,
+    exact and in order."""
+    cfg = SimulatorConfig(prices=PRICES, rate=0, max_events=6000, quote_ratio=0.4, seed=2)
+
+    async def main():
+        async with BinanceServer("binance", cfg, keep_log=True) as server:
+            adapter, sink, counters, dead = make(server.url, flush_delay=0.002)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.stats.events == 6000, what="all events")
+            want = expected(server.sent)
+            await wait_for(lambda: sink.n >= len(want), what="all records")
+            nap = adapter.connections[0].nap
+            await adapter.close()
+            await task
+            return want, sink, counters, dead, nap
+
+    want, sink, counters, dead, nap = asyncio.run(main())
+    assert as_tuples(sink.records) == want
+    assert nap is not None and nap.naps >= 1
+    assert counters[Slot.PARSE_ERRORS] == 0 and not dead
+    assert len(sink.batches) < counters[Slot.FRAMES_IN]  # frames share their reads' emits
+
+
+def test_read_nap_sleeps_once_per_loop_iteration():
+    async def main():
+        nap = ReadNap.of_loop(0.001)
+        assert ReadNap.of_loop(0.001) is nap  # one per loop
+        nap.request()
+        nap.request()  # the same iteration: still one sleep
+        t0 = time.monotonic()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return nap.naps, time.monotonic() - t0
+
+    naps, slept = asyncio.run(main())
+    assert naps == 1 and slept >= 0.001

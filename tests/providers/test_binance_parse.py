@@ -25,7 +25,7 @@ from fairfeed.providers.binance.symbols import (
     to_symbol,
 )
 from fairfeed.providers.binance.wire import Ack, Error
-from fairfeed.providers.parsing import CONTROL, NEED_SPACE, PARSE_ERROR
+from fairfeed.providers.parsing import CONTROL, NEED_SPACE, PARSE_ERROR, PER_MESSAGE
 
 TS = 1_700_000_000_123_456_789
 STREAMS = {"btcusdt@trade": 3, "btcusdt@bookTicker": 3, "ethusdt@trade": 4, "ethusdt@bookTicker": 4}
@@ -211,3 +211,67 @@ def test_fuzz_never_raises(stream, data, junk, raw, agg):
             assert np.isfinite(got["price"]).all() and (got["price"] >= 0).all()
             assert np.isfinite(got["size"]).all() and (got["size"] >= 0).all()
             assert (got["ts_receive"] == TS).all() and (got["sequence"] >= 0).all()
+
+
+def book(u=400900217, b="25.35190000", B="31.21000000", a="25.36520000", A="40.66000000"):
+    return json.dumps({"stream": "ethusdt@bookTicker", "data": {
+        "u": u, "s": "ETHUSDT", "b": b, "B": B, "a": a, "A": A,
+    }}).encode()  # fmt: skip
+
+
+def one_by_one(p: BinanceParser, messages: list[bytes]) -> tuple[list[int], np.ndarray]:
+    out = empty_records(2 * len(messages) + 1)
+    n, results = 1, []
+    for m in messages:
+        r = p.parse(m, out, n, TS)
+        results.append(r)
+        n += max(r, 0)
+    return results, out[1:n]
+
+
+def test_batch_equals_one_by_one():
+    p = parser()
+    messages = [trade(t=1), book(), trade(t=2, m=False), book(u=7, b="0"), trade(t=3)]
+    out = empty_records(16)
+    assert p.parse_batch(messages, out, 3, TS) == 7
+    results, want = one_by_one(parser(), messages)
+    assert results == [1, 2, 1, 2, 1]
+    assert out[3:10].tobytes() == want.tobytes()
+    assert p.parse_batch([], out, 0, TS) == 0
+
+
+def test_batch_declines_what_is_not_plain_data():
+    """Anything but data throughout is left to ``parse``, message by message: an answer, a
+    malformed message, an unknown stream, and two objects in one message (valid once joined)."""
+    out = empty_records(16)
+    ack = b'{"result":null,"id":1}'
+    for odd in (ack, trade(p="nan"), b"{", trade().replace(b"btcusdt@", b"x@"),
+                trade(t=5) + b"," + trade(t=6), b"", b" "):  # fmt: skip
+        assert parser().parse_batch([trade(t=1), odd, trade(t=2)], out, 0, TS) == PER_MESSAGE
+    # brackets cannot balance across messages into the same count
+    assert parser().parse_batch([trade(t=1) + b"]", b"[" + trade(t=2)], out, 0, TS) == PER_MESSAGE
+
+
+_message = st.one_of(
+    st.builds(trade, t=st.integers(0, 2**40), p=_dec.map(str), q=_dec.map(str), m=st.booleans()),
+    st.builds(book, u=st.integers(0, 2**40), b=_dec.map(str), a=_dec.map(str)),
+    st.just(b'{"result":null,"id":3}'),
+    st.builds(lambda j: json.dumps(j).encode(), _json),
+    st.binary(max_size=24),
+    st.sampled_from([b",", b"]", b"[", b"},{", b'"', b"{}", b"null"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages=st.lists(_message, max_size=6), agg=st.booleans())
+def test_batch_oracle(messages, agg):
+    """parse_batch writes exactly what parse writes message by message, or declines (then, and
+    only then, some message is not plain data)."""
+    out = empty_records(2 * len(messages) + 2)
+    r = parser(agg).parse_batch(messages, out, 1, TS)
+    results, want = one_by_one(parser(agg), messages)
+    if r == PER_MESSAGE:
+        assert any(x <= 0 for x in results)
+    else:
+        assert all(x > 0 for x in results)
+        assert r == len(want) and out[1 : 1 + r].tobytes() == want.tobytes()

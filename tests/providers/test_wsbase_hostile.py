@@ -231,6 +231,12 @@ class _Exploding:
             raise RuntimeError("boom inside on_frame")
         return self.inner.parse(payload, buf, n, ts)
 
+    def parse_batch(self, messages, buf, n, ts):
+        if self.armed:
+            self.armed = False
+            raise RuntimeError("boom inside on_frame")
+        return self.inner.parse_batch(messages, buf, n, ts)
+
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 

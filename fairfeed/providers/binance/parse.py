@@ -33,9 +33,12 @@ import numpy as np
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.hotpath.binancescan import StreamTable, scan_binance_nb
 from fairfeed.providers.binance.symbols import split_stream, stream_name
 from fairfeed.providers.binance.wire import (
+    AGG_BATCH_DECODER,
     AGG_FRAME_DECODER,
+    TRADE_BATCH_DECODER,
     TRADE_FRAME_DECODER,
     Ack,
     Error,
@@ -44,6 +47,7 @@ from fairfeed.providers.parsing import (
     CONTROL,
     NEED_SPACE,
     PARSE_ERROR,
+    PER_MESSAGE,
     RECORD_STRUCT,
     RecordParser,
 )
@@ -60,7 +64,8 @@ class BinanceParser(RecordParser):
     instrument ids; ``agg`` selects the ``aggTrade`` feed's decoding.
     """
 
-    __slots__ = ("_book", "_decoder", "agg", "streams")
+    __slots__ = ("_batch_decoder", "_book", "_decoder", "_table", "agg", "streams")
+    batch_records = 2  # a book ticker: bid and ask
 
     def __init__(
         self,
@@ -77,6 +82,8 @@ class BinanceParser(RecordParser):
         self._book = {s: (i, split_stream(s)[1] == "bookTicker") for s, i in self.streams.items()}
         self.agg = agg
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
+        self._batch_decoder = AGG_BATCH_DECODER if agg else TRADE_BATCH_DECODER
+        self._table: StreamTable | None = None  # built at the first batch
 
     @classmethod
     def for_subscriptions(
@@ -100,21 +107,58 @@ class BinanceParser(RecordParser):
         except msgspec.DecodeError as exc:
             self.error = str(exc)
             return PARSE_ERROR
-        d = f.data
-        if d is None:
+        if f.data is None:
             return self._control(f)
+        if start + 2 > len(out):
+            self.needed = 2
+            return NEED_SPACE
+        return self._write(f, self._buffer(out), start << 6, ts_receive)
+
+    def parse_batch(
+        self, messages: Sequence[bytes], out: np.ndarray, start: int, ts_receive: int
+    ) -> int:
+        """All of one read's messages at once: by the Numba scanner when they have Binance's
+        exact shape (no Python object per message), else in one decode of them joined into one
+        JSON array, which holds exactly one object per message only if each message is one
+        object (a message ``{…},{…}`` makes the count differ, and brackets cannot balance
+        across two messages)."""
+        t = self._table
+        if t is None:
+            t = self._table = StreamTable(self._book)
+        data = np.frombuffer(b"".join(messages), np.uint8)
+        ends = np.fromiter(map(len, messages), np.int64, len(messages)).cumsum()
+        n = scan_binance_nb(data, ends, t.names, t.lengths, t.instrument, t.is_book, t.slots,
+                            out, start, ts_receive, self.provider, self.venue, self.data_class,
+                            self.agg)  # fmt: skip
+        if n >= 0:
+            return n
+        try:
+            frames = self._batch_decoder.decode(b"[" + b",".join(messages) + b"]")
+        except msgspec.DecodeError:
+            return PER_MESSAGE
+        if len(frames) != len(messages):
+            return PER_MESSAGE
+        u8 = self._buffer(out)
+        off = start << 6
+        write = self._write
+        for f in frames:
+            if f.data is None:
+                return PER_MESSAGE
+            r = write(f, u8, off, ts_receive)
+            if r < 0:
+                return PER_MESSAGE
+            off += r << 6
+        return (off >> 6) - start
+
+    def _write(self, f, u8: np.ndarray, off: int, ts_receive: int) -> int:
+        """The records of one decoded data message at byte ``off`` of ``u8``: how many, or
+        PARSE_ERROR."""
         entry = self._book.get(f.stream)
         if entry is None:
             self.error = f"unknown stream {f.stream!r}"
             return PARSE_ERROR
         inst, book = entry
-        if start + 2 > len(out):
-            self.needed = 2
-            return NEED_SPACE
-        if out is not self._out:
-            self._out = out
-            self._u8 = out.view(np.uint8)
-        off = start << 6
+        d = f.data
         try:
             if book:
                 b, bq, bs, aq = d.b, d.B, d.a, d.A
@@ -131,7 +175,6 @@ class BinanceParser(RecordParser):
                 ):
                     self.error = "book ticker without valid b/B/a/A/u"
                     return PARSE_ERROR
-                u8 = self._u8
                 seq = d.u
                 # futures book tickers carry T (transaction) and E (event) times; spot's none
                 t_ex, t_pr = d.T * _MS, d.E * _MS
@@ -146,7 +189,7 @@ class BinanceParser(RecordParser):
             if not (0.0 < p < _INF and 0.0 <= q < _INF) or type(seq) is not int or seq < 0:
                 self.error = "trade without valid p/q/id"
                 return PARSE_ERROR
-            _pack(self._u8, off, d.T * _MS, d.E * _MS, ts_receive, p, q, seq, inst,
+            _pack(u8, off, d.T * _MS, d.E * _MS, ts_receive, p, q, seq, inst,
                   self.provider, self.venue, KIND_TRADE, self.data_class,
                   SIDE_SELL if d.m else SIDE_BUY, 0, 0)  # fmt: skip
             return 1

@@ -16,7 +16,8 @@ Answers to requests: ``{"result":null,"id":n}`` (SUBSCRIBE / UNSUBSCRIBE accepte
 "id":n}`` (the documented stream errors are also seen flat, ``{"code":c,"msg":"…","id":n}``;
 both decode). Rate limiting is code -1003 (HTTP 429 in the REST and WebSocket APIs).
 
-One msgspec decode per frame: every field a feed can carry sits in one Struct with defaults, so
+One msgspec decode per frame (or per socket read: its frames joined into one array): every
+field a feed can carry sits in one Struct with defaults, so
 trades and book tickers (which have no ``"e"`` tag to dispatch on) decode in one pass;
 ``strict=False`` turns Binance's string numbers into floats in C (exactly ``float(str)``).
 In the ``aggTrade`` feed ``a`` is the aggregate id on trades but the ask price (a string) on
@@ -90,6 +91,9 @@ class AggTradeFrame(msgspec.Struct, gc=False):
 
 TRADE_FRAME_DECODER = msgspec.json.Decoder(TradeFrame, strict=False)
 AGG_FRAME_DECODER = msgspec.json.Decoder(AggTradeFrame, strict=False)
+# The frames of one socket read joined into one JSON array (BinanceParser.parse_batch).
+TRADE_BATCH_DECODER = msgspec.json.Decoder(list[TradeFrame], strict=False)
+AGG_BATCH_DECODER = msgspec.json.Decoder(list[AggTradeFrame], strict=False)
 
 
 # --- control messages the parser hands to the adapter ---------------------------------------
