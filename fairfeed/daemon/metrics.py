@@ -76,6 +76,11 @@ _SLOT_COUNTERS = (
         Slot.TIME_ERRORS,
         "Records whose venue time was over a day ahead of ours or before 2010 (cleared, kept)",
     ),
+    (
+        "value_errors",
+        Slot.VALUE_ERRORS,
+        "Records whose price or size was beyond any market (dropped)",
+    ),
     ("sequence_gaps", Slot.GAPS, "Sequence gaps detected"),
     ("sequence_missed", Slot.MISSED, "Messages missed in sequence gaps"),
     (

@@ -16,7 +16,7 @@ import numpy as np
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, empty_records
 from fairfeed.hotpath import fairmethods
-from fairfeed.hotpath.plausible import clear_implausible_times
+from fairfeed.hotpath.plausible import check_plausible
 from fairfeed.hotpath.sequence import SequenceTracker
 from fairfeed.hotpath.streams import count_streams_nb
 
@@ -43,7 +43,7 @@ def warm_up() -> float:
     tracker = SequenceTracker(np.array([0, 0], np.int32), (KIND_TRADE, KIND_BID, KIND_ASK), 4)
     last_ids = np.full((1, 1), -1, np.int64)
     assert len(tracker.check(recs.copy(), last_ids)[1]) == 1
-    assert clear_implausible_times(recs.copy()) == 0
+    assert check_plausible(recs.copy())[1:] == (0, 0)
     count = np.zeros((2, 2), np.uint64)
     last = np.zeros((2, 2), np.int64)
     count_streams_nb(recs, len(recs), table, count, last)

@@ -100,7 +100,7 @@ from fairfeed.core.records import (
     STATUS_SUBSCRIBE_ERROR,
 )
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.hotpath.plausible import clear_implausible_times
+from fairfeed.hotpath.plausible import check_plausible
 from fairfeed.hotpath.sequence import UNKNOWN_MISSED, SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.ipc.pacer import Pacer
@@ -372,11 +372,16 @@ class WsConnection:
                     before = len(batch)
                     batch = ov.filter(batch)
                     c.add(Slot.REPEATS_DROPPED, before - len(batch))
-            bad_times = clear_implausible_times(batch)
+            good, bad_times, bad_values = check_plausible(batch)
             if bad_times:
                 c.add(Slot.TIME_ERRORS, bad_times)
                 a.parse_log(f"{self.name}: {bad_times} record(s) with an implausible venue time "
                             "(over a day ahead of ours, or before 2010): cleared")  # fmt: skip
+            if bad_values:
+                batch = batch[:good]
+                c.add(Slot.VALUE_ERRORS, bad_values)
+                a.parse_log(f"{self.name}: {bad_values} record(s) with a price or size beyond "
+                            "any market (fairfeed/hotpath/plausible.py): dropped")  # fmt: skip
             kept, gaps = self.gaps.check(batch, a.last_ids.table)
             if kept < len(batch):
                 c.add(Slot.REPEATS_DROPPED, len(batch) - kept)

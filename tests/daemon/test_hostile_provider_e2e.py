@@ -78,13 +78,13 @@ instruments = ["BTC-USD"]
     return path
 
 
-def _trade(tid: int, t_ms: int | str, price: str = '"64000.5"') -> str:
+def _trade(tid: int, t_ms: int | str, price: str = '"64000.5"', size: str = '"0.25"') -> str:
     """One Binance combined-stream trade of BTCUSDT, fields as given (verbatim JSON values)."""
     t = f'"{t_ms}"' if isinstance(t_ms, str) else t_ms
     now = int(time.time() * 1000)
     return (
         f'{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{now},"s":"BTCUSDT","t":{tid},'
-        f'"p":{price},"q":"0.25","T":{t},"m":false}}}}'
+        f'"p":{price},"q":{size},"T":{t},"m":false}}}}'
     )
 
 
@@ -149,6 +149,10 @@ def test_a_hostile_provider_never_hurts_the_daemon(tmp_path: Path, kafka_broker)
         wait_for(lambda: counter("fairfeed_sequence_missed_total") >= missed + 10, 30, "10 missed")
         assert counter("fairfeed_sequence_missed_total") < missed + 1000, "not 9e18 missed"
         assert counter("fairfeed_sequence_gaps_total") >= gaps + 2
+
+        # A well-formed trade of 9e18 BTC: dropped, counted, never in a volume.
+        servers.call(bn.inject_frame, _trade(4, int(time.time() * 1000), size='"9e18"'))
+        wait_for(lambda: counter("fairfeed_value_errors_total") == 1, 30, "the absurd size")
 
         # Wrong types, a time stamp of "2024" (1970 as milliseconds), JSON in a binary frame.
         errors, time_errors = (

@@ -18,8 +18,7 @@ from fairfeed.core.records import (
 from fairfeed.hotpath.plausible import (
     EARLIEST_NS,
     MAX_CLOCK_DISTANCE_NS,
-    clear_implausible_times,
-    drop_implausible_values,
+    check_plausible,
 )
 
 
@@ -50,8 +49,8 @@ def _records(rows: list[tuple[int, float, float]]) -> np.ndarray:
 )
 def test_implausible_values_are_dropped(kind: int, price: float, size: float, kept: bool) -> None:
     r = _records([(KIND_TRADE, 1.0, 1.0), (kind, price, size), (KIND_TRADE, 2.0, 1.0)])
-    n = drop_implausible_values(r)
-    assert n == (3 if kept else 2)
+    n, times, dropped = check_plausible(r)
+    assert (n, times, dropped) == ((3, 0, 0) if kept else (2, 0, 1))
     # the good ones stay, in order, compacted to the front
     assert r["sequence"][:n].tolist() == ([0, 1, 2] if kept else [0, 2])
 
@@ -62,6 +61,6 @@ def test_implausible_times_are_cleared_and_counted() -> None:
     r["ts_receive"] = now
     r["ts_exchange"] = [now - 10**9, now + 2 * MAX_CLOCK_DISTANCE_NS, 2024 * 10**6, 0]
     r["ts_provider"] = [now, now, now, EARLIEST_NS - 1]
-    assert clear_implausible_times(r) == 3
+    assert check_plausible(r) == (4, 3, 0)  # cleared, and kept
     assert r["ts_exchange"].tolist() == [now - 10**9, 0, 0, 0]
     assert r["ts_provider"].tolist() == [now, now, now, 0]
