@@ -71,7 +71,7 @@ from fairfeed.core.records import (
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
 )
-from fairfeed.hotpath.plausible import clear_implausible_times
+from fairfeed.hotpath.plausible import check_plausible
 from fairfeed.hotpath.sequence import SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext, required_api_key
@@ -431,9 +431,11 @@ class KaikoAdapter(Adapter):
         c = self.ctx.counters
         if n:
             # the loop owns `buf` until the next swap: the tracker may compact it in place
-            bad_times = clear_implausible_times(buf[:n])
+            n, bad_times, bad_values = check_plausible(buf[:n])
             if bad_times:
                 c.add(Slot.TIME_ERRORS, bad_times)
+            if bad_values:
+                c.add(Slot.VALUE_ERRORS, bad_values)
             kept, gaps = self._tracker.check(buf[:n], self._last_ids.table)
             try:
                 if kept:
