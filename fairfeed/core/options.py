@@ -34,6 +34,9 @@ class SimulatorOptions(AdapterOptions):
 class BinanceOptions(AdapterOptions):
     url_streams: bool = False  # streams in the URL (`/stream?streams=…`) instead of SUBSCRIBE
     market: str = "spot"  # "spot" (stream.binance.com) or "usdm" (USD-M futures, fstream)
+    # USD-M: also stream every instrument's markPrice@1s (mark, index, funding) and forceOrder
+    # (liquidations), published on kafka.derivatives_topic
+    derivatives: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,8 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
         bad.append(("error_retry_cap", "must be >= error_retry_after"))
     if isinstance(options, BinanceOptions) and options.market not in ("spot", "usdm"):
         bad.append(("market", f"must be 'spot' or 'usdm', not {options.market!r}"))
+    if isinstance(options, BinanceOptions) and options.derivatives and options.market != "usdm":
+        bad.append(("derivatives", "needs market = 'usdm' (spot has no derivatives streams)"))
     if isinstance(options, KaikoOptions):
         if options.buffer_records < 1:
             bad.append(("buffer_records", "must be >= 1"))

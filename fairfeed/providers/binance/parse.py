@@ -16,6 +16,14 @@ Mapping (details in docs/providers/binance.md):
 * ``bookTicker`` → BID + ASK with ``sequence`` = update id ``u`` (not contiguous: it numbers
   every book change, the ticker shows only top-of-book ones, so it is not gap-tracked); spot
   book tickers carry no time: ``ts_exchange`` = ``ts_provider`` = 0 (unknown).
+* ``markPrice@1s`` (USD-M, derivatives option) → MARK (``p``) + INDEX (``i``) + FUNDING (rate
+  ``r``, ``size`` NaN: Binance publishes no predicted rate, ``reserved`` = next funding time
+  ``T`` in seconds); a dated contract (``"r":""``, ``"T":0``) has no FUNDING record. No
+  sequence; ``ts_exchange`` = ``ts_provider`` = ``E`` (the exchange computes the mark).
+* ``forceOrder`` → one LIQUIDATION: price ``o.ap`` (average fill price), size ``o.z`` (filled,
+  base asset: USD-M contracts are linear), ``side`` = ``o.S``, ``ts_exchange`` = ``o.T``,
+  ``ts_provider`` = ``E``. A forced order with nothing filled yet (``z`` 0) is no print: no
+  record.
 * ``{"result":…,"id":n}`` → CONTROL :class:`~.wire.Ack`; errors → CONTROL :class:`~.wire.Error`.
 
 Prices must be finite and > 0 (book prices >= 0), sizes finite and >= 0: anything else (a
@@ -31,9 +39,20 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import numpy as np
 
-from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from fairfeed.core.records import (
+    KIND_ASK,
+    KIND_BID,
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
+    KIND_TRADE,
+    SEQ_NONE,
+    SIDE_BUY,
+    SIDE_SELL,
+)
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.binance.symbols import split_stream, stream_name
+from fairfeed.providers.binance.symbols import DERIVATIVE_STREAMS, split_stream, stream_name
 from fairfeed.providers.binance.wire import (
     AGG_FRAME_DECODER,
     TRADE_FRAME_DECODER,
@@ -49,7 +68,19 @@ from fairfeed.providers.parsing import (
 )
 
 _INF = math.inf
+_NAN = math.nan
 _MS = 1_000_000
+# What a stream's messages are, by the kind part of its name.
+_TRADE, _BOOK, _MARK, _FORCE = range(4)
+_STREAM_CODES = {
+    "trade": _TRADE,
+    "aggTrade": _TRADE,
+    "bookTicker": _BOOK,
+    "markPrice@1s": _MARK,
+    "forceOrder": _FORCE,
+}
+_NEED = (2, 2, 3, 1)  # records a message may write, by code (a mark: mark, index, funding)
+_SIDES = {"BUY": SIDE_BUY, "SELL": SIDE_SELL}
 _pack = RECORD_STRUCT.pack_into
 
 
@@ -73,19 +104,29 @@ class BinanceParser(RecordParser):
     ) -> None:
         super().__init__(provider, venue, data_class)
         self.streams = {s: int(i) for s, i in streams.items()}
-        # stream -> (instrument id, is a book ticker): one lookup per message
-        self._book = {s: (i, split_stream(s)[1] == "bookTicker") for s, i in self.streams.items()}
+        # stream -> (instrument id, what its messages are): one lookup per message
+        self._book = {s: (i, _STREAM_CODES[split_stream(s)[1]]) for s, i in self.streams.items()}
         self.agg = agg
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
+        if not agg and any(what >= _MARK for _i, what in self._book.values()):
+            raise ValueError("derivatives streams are USD-M's: they need the aggTrade feed")
 
     @classmethod
     def for_subscriptions(
-        cls, subs: Sequence[Subscription], *, agg: bool = False, market: str = "spot"
+        cls,
+        subs: Sequence[Subscription],
+        *,
+        agg: bool = False,
+        market: str = "spot",
+        derivatives: bool = False,
     ) -> BinanceParser:
         """Two streams per subscription: its trade feed (``aggTrade`` with ``agg``) and
-        ``bookTicker``, named for ``market`` (``"spot"``, ``"usdm"``)."""
+        ``bookTicker``, named for ``market`` (``"spot"``, ``"usdm"``); with ``derivatives``
+        also ``markPrice@1s`` and ``forceOrder`` (USD-M)."""
         first = subs[0] if subs else None
         kinds = ("aggTrade" if agg else "trade", "bookTicker")
+        if derivatives:
+            kinds += DERIVATIVE_STREAMS
         return cls(
             {stream_name(s.instrument, k, market): s.instrument_id for s in subs for k in kinds},
             first.provider_id if first else 0,
@@ -107,16 +148,19 @@ class BinanceParser(RecordParser):
         if entry is None:
             self.error = f"unknown stream {f.stream!r}"
             return PARSE_ERROR
-        inst, book = entry
-        if start + 2 > len(out):
-            self.needed = 2
+        inst, what = entry
+        need = _NEED[what]
+        if start + need > len(out):
+            self.needed = need
             return NEED_SPACE
         if out is not self._out:
             self._out = out
             self._u8 = out.view(np.uint8)
         off = start << 6
         try:
-            if book:
+            if what >= _MARK:
+                return self._derivative(d, what, inst, off, ts_receive)
+            if what == _BOOK:
                 b, bq, bs, aq = d.b, d.B, d.a, d.A
                 if type(bs) is str:  # the aggTrade feed's Struct keeps `a` as text
                     bs = float(bs)
@@ -156,6 +200,41 @@ class BinanceParser(RecordParser):
         except struct.error as exc:  # a timestamp or id outside int64
             self.error = f"value out of range: {exc}"
             return PARSE_ERROR
+
+    def _derivative(self, d, what: int, inst: int, off: int, ts_receive: int) -> int:
+        """A mark-price or liquidation message at ``out`` byte offset ``off``."""
+        u8 = self._u8
+        head = (inst, self.provider, self.venue)
+        if what == _MARK:
+            mark, index, rate = d.p, d.i, d.r
+            if not (0.0 < mark < _INF and 0.0 < index < _INF) or d.E <= 0:
+                self.error = "mark price without valid p/i/E"
+                return PARSE_ERROR
+            t = d.E * _MS
+            _pack(u8, off, t, t, ts_receive, mark, 0.0, SEQ_NONE, *head, KIND_MARK,
+                  self.data_class, 0, 0, 0)  # fmt: skip
+            _pack(u8, off + 64, t, t, ts_receive, index, 0.0, SEQ_NONE, *head, KIND_INDEX,
+                  self.data_class, 0, 0, 0)  # fmt: skip
+            if rate == "":  # a dated contract: no funding
+                return 2
+            if type(rate) is str:
+                rate = float(rate)
+            if not (-_INF < rate < _INF) or d.T <= 0:
+                self.error = "mark price without valid r/T"
+                return PARSE_ERROR
+            _pack(u8, off + 128, t, t, ts_receive, rate, _NAN, SEQ_NONE, *head, KIND_FUNDING,
+                  self.data_class, 0, 0, d.T // 1000)  # fmt: skip
+            return 3
+        o = d.o
+        side = _SIDES.get(o.S, 0) if o is not None else 0
+        if not side or not (0.0 < o.ap < _INF and 0.0 <= o.z < _INF) or o.T <= 0 or d.E <= 0:
+            self.error = "liquidation without valid o.S/o.ap/o.z/o.T/E"
+            return PARSE_ERROR
+        if o.z == 0.0:
+            return 0
+        _pack(u8, off, o.T * _MS, d.E * _MS, ts_receive, o.ap, o.z, SEQ_NONE, *head,
+              KIND_LIQUIDATION, self.data_class, side, 0, 0)  # fmt: skip
+        return 1
 
     def _control(self, f) -> int:
         if f.stream:

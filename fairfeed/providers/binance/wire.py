@@ -9,7 +9,13 @@ Server → client, on ``/stream`` (combined streams) every market message is wra
   "l":last trade id,"T":…,"m":…,"M":true}``;
 * ``bookTicker`` (spot: no event type, no timestamps): ``{"u":update id,"s":…,"b":"bid",
   "B":"bid qty","a":"ask","A":"ask qty"}``; on USD-M futures with ``"e":"bookTicker"``,
-  ``"E"`` (event ms) and ``"T"`` (transaction ms).
+  ``"E"`` (event ms) and ``"T"`` (transaction ms);
+* USD-M ``markPrice@1s``: ``{"e":"markPriceUpdate","E":event ms,"s":…,"p":"mark","i":"index",
+  "P":"estimated settle price","r":"funding rate","T":next funding ms}`` (a dated contract:
+  ``"r":""`` and ``"T":0``);
+* USD-M ``forceOrder``: ``{"e":"forceOrder","E":…,"o":{"s":…,"S":"SELL","o":"LIMIT","f":"IOC",
+  "q":"original qty","p":"price","ap":"average price","X":"FILLED","l":"last filled qty",
+  "z":"filled accumulated qty","T":trade ms}}``.
 
 Answers to requests: ``{"result":null,"id":n}`` (SUBSCRIBE / UNSUBSCRIBE accepted),
 ``{"result":[…],"id":n}`` (LIST_SUBSCRIPTIONS) and errors ``{"error":{"code":c,"msg":"…"},
@@ -48,8 +54,20 @@ class TradeData(msgspec.Struct, gc=False):
     A: float = _NAN
 
 
+class ForceOrder(msgspec.Struct, gc=False):
+    """``o`` of a USD-M ``forceOrder`` message: the liquidation order."""
+
+    S: str = ""  # side of the forced order: "SELL" closes a long
+    q: float = _NAN  # original quantity
+    p: float = _NAN  # order price
+    ap: float = _NAN  # average fill price
+    z: float = _NAN  # filled quantity, accumulated
+    T: int = 0  # trade time, ms
+
+
 class AggTradeData(msgspec.Struct, gc=False):
-    """``data`` of the ``aggTrade`` feed's streams: an aggregate trade or a book ticker."""
+    """``data`` of the ``aggTrade`` feed's streams: an aggregate trade or a book ticker, and on
+    USD-M a mark price (``p`` mark, ``i``, ``r``, ``T`` next funding) or a liquidation (``o``)."""
 
     E: int = 0
     T: int = 0
@@ -63,6 +81,9 @@ class AggTradeData(msgspec.Struct, gc=False):
     b: float = _NAN
     B: float = _NAN
     A: float = _NAN
+    i: float = _NAN  # index price (markPrice)
+    r: float | str = _NAN  # funding rate (markPrice); "" on a dated contract
+    o: ForceOrder | None = None  # the liquidation order (forceOrder)
 
 
 class ErrorBody(msgspec.Struct, gc=False):
