@@ -23,11 +23,11 @@ Faithful to what the adapter depends on (docs/providers/binance.md):
   connection) is accepted and never pushes anything, as there. Defaults there: 200 streams and
   10 messages per second per connection. ``/market/...`` also pushes ``<symbol>@markPrice@1s``
   (at most one per symbol every ``mark_interval`` seconds of market time, with the first event
-  of the symbol after it: mark = that event's trade price or quote mid, index = mark x (1 -
-  2 bp), funding rate 0.0001 with the next 8-hour boundary; a dated contract shows ``"r":""``
-  and ``"T":0``) and ``<symbol>@forceOrder`` (every ``liquidation_every``-th trade of a symbol
-  is also sent as a filled forced order of its size at its price, side = the taker's), shaped
-  as Binance's documentation shows them.
+  of the symbol after it: mark = that event's trade price or quote mid x (1 +
+  ``mark_premium``), index = mark x (1 - 2 bp), funding rate 0.0001 with the next 8-hour
+  boundary; a dated contract shows ``"r":""`` and ``"T":0``) and ``<symbol>@forceOrder``
+  (every ``liquidation_every``-th trade of a symbol is also sent as a filled forced order of
+  its size at its price, side = the taker's), shaped as Binance's documentation shows them.
 
 Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, requests and
 pings unread, so not even a WebSocket pong leaves), HEARTBEATS_ONLY (no data; pings go on:
@@ -79,6 +79,7 @@ class BinanceServer(LocalWsServer):
         max_connection_age: float = 24 * 3600.0,
         max_messages_per_second: int = 0,
         mark_interval: float = 1.0,
+        mark_premium: float = 0.0005,
         liquidation_every: int = 50,
         keep_log: bool = False,
         **base: Any,  # the shared server's (host, port, ...)
@@ -92,6 +93,7 @@ class BinanceServer(LocalWsServer):
         self.max_connection_age = max_connection_age
         self.max_messages_per_second = max_messages_per_second or (10 if usdm else 5)
         self.mark_interval_ms = round(mark_interval * 1000)
+        self.mark_premium = mark_premium
         self.liquidation_every = liquidation_every
         self.keep_log = keep_log
         self.sent: list[str] = []  # every market message sent (keep_log), in order
@@ -329,7 +331,7 @@ class BinanceServer(LocalWsServer):
                 continue
             due[sym[i]] = ts_p[i] + self.mark_interval_ms
             upper = self.symbols_upper[sym[i]]
-            mark = mid[i]
+            mark = mid[i] * (1 + self.mark_premium)
             if "_" in upper:  # a dated contract: no funding
                 rate, nxt = '""', 0
             else:
