@@ -35,8 +35,8 @@ from prometheus_client.utils import floatToGoString
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import CLASS_NAMES
 from fairfeed.daemon.readiness import readiness_problems
-from fairfeed.hotpath.metrics import BOUNDS_S, HOPS, M_UNTIMED
-from fairfeed.ipc.metricsboard import D_INDEX, D_MARK, MetricsBoard
+from fairfeed.hotpath.metrics import BOUNDS_S, D_INDEX, D_MARK, HOPS, M_UNTIMED
+from fairfeed.ipc.metricsboard import MetricsBoard
 
 if TYPE_CHECKING:
     from fairfeed.daemon.ctl_handlers import Runtime

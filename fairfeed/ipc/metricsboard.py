@@ -23,10 +23,10 @@ Python), read by the supervisor's collector at scrape time (``fairfeed/daemon/me
   lowest bucket and in ``skew[source, hop]``.
 - ``batch_hist[bucket]`` / ``misc``: kernel time per batch (all of ``Pipeline.process``'s
   kernels) and scalar counters (``M_*``);
-- ``deriv[field, instrument, source]``: the latest derivatives values per stream (``D_*``: mark,
-  index, funding rate, next funding time in seconds since epoch, open interest in base units;
-  NaN = none yet), ``liquidations`` / ``liquidated[instrument, source]``: liquidation prints and
-  their size (base units) so far;
+- ``deriv[field, instrument, source]``: the latest derivatives values per stream (``D_*`` of
+  ``fairfeed.hotpath.metrics``: mark, index, funding rate, next funding time in seconds since
+  epoch, open interest in base units; NaN = none yet), ``liquidations`` /
+  ``liquidated[instrument, source]``: liquidation prints and their size (base units) so far;
 - ``anomaly_events[kind, provider]`` / ``anomaly_open[kind, provider]``: anomaly episodes
   started and open now per kind and provider (last column: no provider, e.g. venue or ring
   level).
@@ -41,13 +41,6 @@ import time
 
 import numpy as np
 
-from fairfeed.core.records import (
-    KIND_FUNDING,
-    KIND_INDEX,
-    KIND_LIQUIDATION,
-    KIND_MARK,
-    KIND_OPEN_INTEREST,
-)
 from fairfeed.hotpath.metrics import (
     BOUNDS_NS,
     HOP_KERNEL_KAFKA,
@@ -56,23 +49,14 @@ from fairfeed.hotpath.metrics import (
     M_UNTIMED,
     N_ANOMALY_KINDS,
     N_BUCKETS,
+    N_DERIV,
     N_HOPS,
     N_MISC,
     observe_many_nb,
+    update_derivatives_nb,
     update_metrics_nb,
 )
 from fairfeed.ipc.shm import attach_segment, create_segment
-
-# Rows of ``MetricsBoard.deriv``: (record kind, field it is read from) per row.
-D_MARK, D_INDEX, D_FUNDING_RATE, D_NEXT_FUNDING, D_OPEN_INTEREST = range(5)
-N_DERIV = 5
-_DERIV_SOURCES = (
-    (D_MARK, KIND_MARK, "price"),
-    (D_INDEX, KIND_INDEX, "price"),
-    (D_FUNDING_RATE, KIND_FUNDING, "price"),
-    (D_NEXT_FUNDING, KIND_FUNDING, "reserved"),
-    (D_OPEN_INTEREST, KIND_OPEN_INTEREST, "size"),
-)
 
 
 class MetricsBoard:
@@ -152,35 +136,10 @@ class MetricsBoard:
         return seen
 
     def derivatives(self, records: np.ndarray, source_table: np.ndarray) -> None:
-        """The latest derivatives values and the liquidations of ``records`` (derivatives
-        kinds only; others and unknown streams are ignored). Vectorised: these records are
-        few (about one per second and instrument), their cost is the call's."""
-        ok = (records["provider"] < source_table.shape[0]) & (
-            records["venue"] < source_table.shape[1]
-        )
-        ok &= records["instrument"] < self.n_instruments
-        recs = records[ok] if not ok.all() else records
-        src = source_table[recs["provider"].astype(np.intp), recs["venue"].astype(np.intp)]
-        known = (src >= 0) & (src < self.n_sources)
-        if not known.all():
-            recs, src = recs[known], src[known]
-        if not len(recs):
-            return
-        cell = recs["instrument"].astype(np.intp) * self.n_sources + src
-        kinds = recs["kind"]
-        for row, kind, field in _DERIV_SOURCES:
-            sel = np.flatnonzero(kinds == kind)
-            if not len(sel):
-                continue
-            # the last record of each cell wins (fancy assignment does not promise an order)
-            rev = sel[::-1]
-            _, first = np.unique(cell[rev], return_index=True)
-            last = rev[first]
-            self.deriv[row].reshape(-1)[cell[last]] = recs[field][last]
-        sel = kinds == KIND_LIQUIDATION
-        if sel.any():
-            np.add.at(self.liquidations.reshape(-1), cell[sel], np.uint64(1))
-            np.add.at(self.liquidated.reshape(-1), cell[sel], recs["size"][sel])
+        """The latest derivatives values and the liquidations of ``records`` (other kinds and
+        unknown streams are skipped), one kernel call."""
+        update_derivatives_nb(records, len(records), source_table, self.deriv,
+                              self.liquidations, self.liquidated)  # fmt: skip
 
     def batch_done(self, elapsed_ns: int) -> None:
         """Kernel time of one batch."""

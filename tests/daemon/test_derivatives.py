@@ -31,15 +31,10 @@ from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Stream, SubscriptionSet
 from fairfeed.daemon.compute import Pipeline
 from fairfeed.daemon.derivatives import derivatives_of
+from fairfeed.hotpath.metrics import D_INDEX, D_MARK, D_NEXT_FUNDING, D_OPEN_INTEREST
 from fairfeed.ipc.control import ControlBlock
 from fairfeed.ipc.counters import SlotCounters
-from fairfeed.ipc.metricsboard import (
-    D_INDEX,
-    D_MARK,
-    D_NEXT_FUNDING,
-    D_OPEN_INTEREST,
-    MetricsBoard,
-)
+from fairfeed.ipc.metricsboard import MetricsBoard
 from fairfeed.kafka.collect import CollectSink
 from fairfeed.kafka.encode import decode_derivatives, decode_ticks
 

@@ -219,7 +219,7 @@ def test_request_heads_are_bounded_in_time_and_size() -> None:
 
 
 def test_derivatives_families_per_stream_within_the_budget(rt) -> None:
-    from fairfeed.ipc.metricsboard import D_FUNDING_RATE, D_INDEX, D_MARK, D_NEXT_FUNDING
+    from fairfeed.hotpath.metrics import D_FUNDING_RATE, D_INDEX, D_MARK, D_NEXT_FUNDING
 
     b = rt.board
     b.deriv[D_MARK, :3, 0] = 110.0
