@@ -20,7 +20,7 @@ for breaking changes (added fields keep it).
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,7 @@ TICK_COLUMNS: tuple[str, ...] = (
     "ts_receive",
 )
 
-# Columns of a derivatives message (docs/kafka-schema.md, "Derivatives"): the record's fields
+# Columns of a derivatives message (docs/kafka-schema.md, `derivatives`): the record's fields
 # but `sequence` (derivatives data carries none), plus the next funding time of a funding record.
 DERIVATIVE_COLUMNS: tuple[str, ...] = (
     "kind",
@@ -83,6 +83,8 @@ _U16, _U32, _U48 = np.uint64(16), np.uint64(32), np.uint64(48)
 _PROVIDER_BITS = np.uint64(0xFFFF << 16)
 
 Message = tuple[bytes, bytes]  # (key, value)
+# (batch, its group order or None, column names) -> the columns' arrays in that order
+_Columns = Callable[[np.ndarray, np.ndarray | None, tuple[str, ...]], list[np.ndarray]]
 
 
 class TickEncoder:
@@ -97,7 +99,7 @@ class TickEncoder:
         # (message type, group key, data class) -> JSON head
         self._heads: dict[tuple[str, int, int], bytes] = {}
         self._source_names: list[str] = []  # "provider/venue" per source id, built when needed
-        self.counts: list[int] = []  # records in each message of the last ticks() call
+        self.counts: list[int] = []  # records per message of the last ticks() / derivatives()
 
     def refresh(self) -> None:
         """Pick up instruments the registry gained since."""
@@ -119,7 +121,7 @@ class TickEncoder:
         return self._grouped(batch, "derivatives", DERIVATIVE_COLUMNS, _derivative_columns)
 
     def _grouped(
-        self, batch: np.ndarray, kind: str, names: tuple[str, ...], columns
+        self, batch: np.ndarray, kind: str, names: tuple[str, ...], columns: _Columns
     ) -> list[Message]:
         """Messages of type ``kind``: ``columns(ordered batch)`` gives the arrays of ``names``."""
         n = len(batch)
