@@ -281,13 +281,17 @@ def test_force_order_as_documented_is_one_liquidation():
     assert p.parse(json.dumps(msg).encode(), out, 1, TS) == PARSE_ERROR
 
 
-def test_derivatives_streams_need_the_agg_feed():
-    try:
-        BinanceParser(DERIV, 1, 2, CLASS_PERPETUAL, agg=False)
-    except ValueError as exc:
-        assert "aggTrade" in str(exc)
-    else:
-        raise AssertionError("accepted")
+def test_derivatives_frames_parse_alike_whatever_the_trade_feed():
+    msg = json.dumps({"stream": "btcusdt@markPrice@1s", "data": {
+        "e": "markPriceUpdate", "E": 1562305380000, "s": "BTCUSDT", "p": "11794.15000000",
+        "i": "11784.62659091", "P": "11784.25641265", "r": "-0.00038167",
+        "T": 1562306400000}}).encode()  # fmt: skip
+    got = []
+    for agg in (False, True):
+        out = empty_records(3)
+        assert BinanceParser(DERIV, 1, 2, CLASS_PERPETUAL, agg=agg).parse(msg, out, 0, TS) == 3
+        got.append(out)
+    assert got[0].tobytes() == got[1].tobytes() and got[0]["price"][2] == -0.00038167
 
 
 _order = st.dictionaries(st.sampled_from(["s", "S", "o", "q", "p", "ap", "X", "z", "T"]), _field,

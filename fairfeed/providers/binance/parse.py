@@ -55,6 +55,7 @@ from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.binance.symbols import DERIVATIVE_STREAMS, split_stream, stream_name
 from fairfeed.providers.binance.wire import (
     AGG_FRAME_DECODER,
+    DERIVATIVE_FRAME_DECODER,
     TRADE_FRAME_DECODER,
     Ack,
     Error,
@@ -104,12 +105,13 @@ class BinanceParser(RecordParser):
     ) -> None:
         super().__init__(provider, venue, data_class)
         self.streams = {s: int(i) for s, i in streams.items()}
-        # stream -> (instrument id, what its messages are): one lookup per message
-        self._book = {s: (i, _STREAM_CODES[split_stream(s)[1]]) for s, i in self.streams.items()}
+        # stream -> (instrument id, what its messages are, records they may need): one lookup
+        self._book = {}
+        for s, i in self.streams.items():
+            what = _STREAM_CODES[split_stream(s)[1]]
+            self._book[s] = (i, what, _NEED[what])
         self.agg = agg
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
-        if not agg and any(what >= _MARK for _i, what in self._book.values()):
-            raise ValueError("derivatives streams are USD-M's: they need the aggTrade feed")
 
     @classmethod
     def for_subscriptions(
@@ -148,8 +150,7 @@ class BinanceParser(RecordParser):
         if entry is None:
             self.error = f"unknown stream {f.stream!r}"
             return PARSE_ERROR
-        inst, what = entry
-        need = _NEED[what]
+        inst, what, need = entry
         if start + need > len(out):
             self.needed = need
             return NEED_SPACE
@@ -158,8 +159,6 @@ class BinanceParser(RecordParser):
             self._u8 = out.view(np.uint8)
         off = start << 6
         try:
-            if what >= _MARK:
-                return self._derivative(d, what, inst, off, ts_receive)
             if what == _BOOK:
                 b, bq, bs, aq = d.b, d.B, d.a, d.A
                 if type(bs) is str:  # the aggTrade feed's Struct keeps `a` as text
@@ -184,6 +183,8 @@ class BinanceParser(RecordParser):
                 _pack(u8, off + 64, t_ex, t_pr, ts_receive, bs, aq, seq, inst, self.provider,
                       self.venue, KIND_ASK, self.data_class, 0, 0, 0)  # fmt: skip
                 return 2
+            if what != _TRADE:
+                return self._derivative(data, what, inst, off, ts_receive)
             p = d.p
             q = d.q
             seq = d.a if self.agg else d.t
@@ -201,8 +202,13 @@ class BinanceParser(RecordParser):
             self.error = f"value out of range: {exc}"
             return PARSE_ERROR
 
-    def _derivative(self, d, what: int, inst: int, off: int, ts_receive: int) -> int:
+    def _derivative(self, data, what: int, inst: int, off: int, ts_receive: int) -> int:
         """A mark-price or liquidation message at ``out`` byte offset ``off``."""
+        try:
+            d = DERIVATIVE_FRAME_DECODER.decode(data).data
+        except msgspec.DecodeError as exc:
+            self.error = str(exc)
+            return PARSE_ERROR
         u8 = self._u8
         head = (inst, self.provider, self.venue)
         if what == _MARK:

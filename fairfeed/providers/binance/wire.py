@@ -66,8 +66,7 @@ class ForceOrder(msgspec.Struct, gc=False):
 
 
 class AggTradeData(msgspec.Struct, gc=False):
-    """``data`` of the ``aggTrade`` feed's streams: an aggregate trade or a book ticker, and on
-    USD-M a mark price (``p`` mark, ``i``, ``r``, ``T`` next funding) or a liquidation (``o``)."""
+    """``data`` of the ``aggTrade`` feed's streams: an aggregate trade or a book ticker."""
 
     E: int = 0
     T: int = 0
@@ -81,9 +80,6 @@ class AggTradeData(msgspec.Struct, gc=False):
     b: float = _NAN
     B: float = _NAN
     A: float = _NAN
-    i: float = _NAN  # index price (markPrice)
-    r: float | str = _NAN  # funding rate (markPrice); "" on a dated contract
-    o: ForceOrder | None = None  # the liquidation order (forceOrder)
 
 
 class ErrorBody(msgspec.Struct, gc=False):
@@ -109,8 +105,28 @@ class AggTradeFrame(msgspec.Struct, gc=False):
     msg: str | None = None
 
 
+class DerivativeData(msgspec.Struct, gc=False):
+    """``data`` of a USD-M ``markPrice@1s`` (``p`` mark, ``i`` index, ``r`` funding rate, ``T``
+    next funding time) or ``forceOrder`` (``o``) message."""
+
+    E: int = 0  # event time, ms
+    T: int = 0  # next funding time, ms (0 on a dated contract)
+    p: float = _NAN
+    i: float = _NAN
+    r: float | str = _NAN  # "" on a dated contract
+    o: ForceOrder | None = None
+
+
+class DerivativeFrame(msgspec.Struct, gc=False):
+    stream: str = ""
+    data: DerivativeData | None = None
+
+
 TRADE_FRAME_DECODER = msgspec.json.Decoder(TradeFrame, strict=False)
 AGG_FRAME_DECODER = msgspec.json.Decoder(AggTradeFrame, strict=False)
+# Derivatives messages come about once per second and symbol: the parser decodes them a second
+# time with their own Struct, so the trade and book Structs (every other message) stay as small.
+DERIVATIVE_FRAME_DECODER = msgspec.json.Decoder(DerivativeFrame, strict=False)
 
 
 # --- control messages the parser hands to the adapter ---------------------------------------
