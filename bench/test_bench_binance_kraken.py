@@ -36,7 +36,9 @@ def _binance(feed: str, mix: str) -> tuple[list[bytes], BinanceParser]:
     cfg = SimulatorConfig(prices=PRICES, quote_ratio=RATIO[mix], seed=7)
     server = BinanceServer("b", cfg)
     streams = {stream_name(s, k) for s in PRICES for k in (feed, "bookTicker")}
-    conn = SimpleNamespace(state={"streams": streams, "combined": True})
+    # the local server's per-connection state: what it serves (every stream kind on spot)
+    state = {"streams": streams, "combined": True, "pushed": frozenset((feed, "bookTicker"))}
+    conn = SimpleNamespace(state=state)
     msgs = server.format_events(conn, server.market.events(list(range(len(PRICES))), N))
     ids = {stream_name(s, k): i for i, s in enumerate(PRICES) for k in (feed, "bookTicker")}
     return [m.encode() for m in msgs], BinanceParser(ids, 1, 2, CLASS_SPOT, agg=feed == "aggTrade")

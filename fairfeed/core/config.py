@@ -80,6 +80,8 @@ class KafkaConfig:
     fair_topic: str = "fairfeed.fair"
     dead_letter_topic: str = "fairfeed.deadletter"  # malformed provider messages, with errors
     anomalies_topic: str = "fairfeed.anomalies"  # anomaly episodes (start and end events)
+    # mark / index prices, funding, open interest, liquidations (kinds 4-8 of the record)
+    derivatives_topic: str = "fairfeed.derivatives"
     linger_ms: float = 5.0
     queue_max_messages: int = 100_000
     flush_timeout: float = 10.0  # seconds to flush at stop (the rest stays in the spool)
@@ -640,7 +642,7 @@ def _check(cfg: Config) -> None:
     _check_anomalies(cfg, fail)
     _check_metrics(cfg.metrics, fail)
     if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
-            and cfg.kafka.anomalies_topic):  # fmt: skip
+            and cfg.kafka.anomalies_topic and cfg.kafka.derivatives_topic):  # fmt: skip
         fail("kafka", "topic names must not be empty")
     _check_kafka(cfg.kafka, fail)
     seen: set[str] = set()

@@ -58,6 +58,7 @@ class Slot(enum.IntEnum):
     TIME_ERRORS = 39  # ingest: records whose venue time was implausible (set to 0, kept)
     OVERSIZED = 40  # ingest: provider messages over max_message_bytes, dropped (also PARSE_ERRORS)
     ADAPTER_FAILURES = 41  # ingest: unexpected exceptions in a connection; it was reopened
+    DROPPED_DERIVATIVES = 42  # records dropped because the spool was full (derivatives topic)
     VALUE_ERRORS = 43  # ingest: records whose price or size was implausible (dropped)
 
 

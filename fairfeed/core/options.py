@@ -45,6 +45,9 @@ class BinanceOptions(AdapterOptions):
 
     url_streams: bool = False  # streams in the URL (`/stream?streams=…`) instead of SUBSCRIBE
     market: str = "spot"  # "spot" (stream.binance.com) or "usdm" (USD-M futures, fstream)
+    # USD-M: also stream every instrument's markPrice@1s (mark, index, funding) and forceOrder
+    # (liquidations), published on kafka.derivatives_topic
+    derivatives: bool = False
 
     def data_classes(self) -> tuple[str, ...]:
         return ("perpetual", "future") if self.market == "usdm" else ("spot",)
@@ -268,6 +271,8 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
             if (unit == "quote") != (pid.upper()[1] == "I"):  # PI_ / FI_: inverse
                 bad.append((f"contracts.{pid}", "an inverse contract (PI_, FI_) is 'N quote', "
                             f"a linear one 'N base' or a number, not {spec!r}"))  # fmt: skip
+    if isinstance(options, BinanceOptions) and options.derivatives and options.market != "usdm":
+        bad.append(("derivatives", "needs market = 'usdm' (spot has no derivatives streams)"))
     if isinstance(options, KaikoOptions):
         for name in ("codes", "amount_units"):
             for key in getattr(options, name):

@@ -19,6 +19,7 @@ from fairfeed.core.subscriptions import Subscribe, SubscriptionSet, Unsubscribe
 from fairfeed.daemon.anomalies import AnomalyDetector
 from fairfeed.daemon.child import EXIT_OK, Heartbeat, enter_child
 from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
+from fairfeed.daemon.derivatives import DerivativesPath
 from fairfeed.hotpath.anomaly import E_KIND, E_PHASE, E_PROVIDER, PHASE_START
 from fairfeed.hotpath.fairmethods import FairBook
 from fairfeed.ipc.blobring import BlobRing
@@ -231,6 +232,7 @@ def output_sink(
             k.fair_topic: Slot.DROPPED_FAIR,
             k.anomalies_topic: Slot.DROPPED_ANOMALIES,
             k.dead_letter_topic: Slot.DROPPED_DEAD_LETTERS,
+            k.derivatives_topic: Slot.DROPPED_DERIVATIVES,
         },
         reserve_topics=frozenset({k.anomalies_topic}),
     )
@@ -272,6 +274,9 @@ class Pipeline:
             dispute=cfg.anomalies.divergence,
         )
         self.ticks_topic = cfg.kafka.ticks_topic
+        self.derivatives = DerivativesPath(
+            self.encoder, sink, cfg.kafka.derivatives_topic, metrics, self.source_table
+        )
         self.fair_topic = cfg.kafka.fair_topic
         # The live subscription set (the supervisor's book when this process was forked, then
         # kept current by its subscribe / unsubscribe commands).
@@ -341,7 +346,9 @@ class Pipeline:
             metrics.batch_done(time.perf_counter_ns() - t0)
         kinds = records["kind"]
         if kinds.max() > MAX_MARKET_KIND:
-            # Health events (gaps, heartbeats, status) feed the detectors, not the ticks topic.
+            # Derivatives data goes to its own topic; health events (gaps, heartbeats,
+            # status) feed the detectors. Neither is a tick.
+            self.derivatives.process(records)
             records = records[kinds <= MAX_MARKET_KIND]
         msgs = self.encoder.ticks(records)
         hop = None

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 from fairfeed.core.counters import Slot
 from fairfeed.core.records import CLASS_NAMES
 from fairfeed.daemon.readiness import readiness_problems
-from fairfeed.hotpath.metrics import BOUNDS_S, HOPS, M_UNTIMED
+from fairfeed.hotpath.metrics import BOUNDS_S, D_INDEX, D_MARK, HOPS, M_UNTIMED
 from fairfeed.ipc.metricsboard import MetricsBoard
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ class FairfeedCollector(Collector):
         for topic, field in ((k.ticks_topic, Slot.DROPPED_TICKS), (k.fair_topic, Slot.DROPPED_FAIR),
                              (k.anomalies_topic, Slot.DROPPED_ANOMALIES),
                              (k.dead_letter_topic, Slot.DROPPED_DEAD_LETTERS),
+                             (k.derivatives_topic, Slot.DROPPED_DERIVATIVES),
                              ("other", Slot.DROPPED_OTHER)):  # fmt: skip
             dropped.add_metric([topic], get(slot, field))
         yield dropped
@@ -419,6 +420,8 @@ class FairfeedCollector(Collector):
             m_age.add_metric(labels, a)
             m_rate.add_metric(labels, r)
         yield from (m_msgs, m_age, m_rate, m_price, m_ratio)
+        if board is not None:
+            n_folded += yield from self._derivatives(board, n_inst, n_src, classes, src_names)
 
         m_fair = GaugeMetricFamily(
             "fairfeed_fair_price", "Latest fair price", labels=["data_class", "instrument"]
@@ -472,6 +475,70 @@ class FairfeedCollector(Collector):
         )
         m_budget.add_metric([], budget)
         yield m_budget
+
+    def _derivatives(
+        self,
+        board: MetricsBoard,
+        n_inst: int,
+        n_src: int,
+        classes: list[str],
+        src_names: list[tuple[str, str]],
+    ) -> Generator[Metric, None, int]:
+        """Per stream with derivatives data: mark, index, basis, funding, open interest,
+        liquidations. Returns the label sets folded beyond the budget."""
+        deriv = board.deriv[:, :n_inst, :n_src]
+        liq = board.liquidations[:n_inst, :n_src]
+        ii, ss = np.nonzero(~np.isnan(deriv).all(axis=0) | (liq > 0))
+        vals = deriv[:, ii, ss]
+        mark, index, rate, nxt, oi = vals.tolist()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            basis = (vals[D_MARK] / vals[D_INDEX] - 1.0).tolist()
+        n_liq = liq[ii, ss].tolist()
+        size_liq = board.liquidated[:n_inst, :n_src][ii, ss].tolist()
+        gauges = [
+            GaugeMetricFamily(name, doc, labels=_STREAM_LABELS)
+            for name, doc in (
+                ("fairfeed_mark_price", "Latest mark price per stream"),
+                ("fairfeed_index_price", "Latest index price per stream"),
+                ("fairfeed_basis", "Latest mark price / index price - 1 per stream"),
+                ("fairfeed_funding_rate", "Latest funding rate per funding interval"),
+                ("fairfeed_next_funding_time_seconds", "Next funding time, Unix seconds"),
+                ("fairfeed_open_interest", "Latest open interest, base units"),
+            )
+        ]
+        series = (mark, index, basis, rate, nxt, oi)
+        m_liq = CounterMetricFamily(
+            "fairfeed_liquidations", "Liquidation prints per stream", labels=_STREAM_LABELS
+        )
+        m_liq_size = CounterMetricFamily(
+            "fairfeed_liquidation_size", "Size of the liquidation prints, base units",
+            labels=_STREAM_LABELS,
+        )  # fmt: skip
+        insts = self.rt.registry.instruments
+        folded: dict[tuple[str, str, str], list[float]] = {}
+        n_folded = 0
+        for k, (i, s) in enumerate(zip(ii.tolist(), ss.tolist(), strict=True)):
+            prov, venue = src_names[s]
+            if k >= self.max_series:
+                n_folded += 1
+                f = folded.setdefault((prov, venue, classes[i]), [0, 0.0])
+                f[0] += n_liq[k]
+                f[1] += size_liq[k]
+                continue
+            labels = [prov, venue, classes[i], insts[i]]
+            for g, values in zip(gauges, series, strict=True):
+                if values[k] == values[k]:
+                    g.add_metric(labels, values[k])
+            if n_liq[k]:
+                m_liq.add_metric(labels, n_liq[k])
+                m_liq_size.add_metric(labels, size_liq[k])
+        for (prov, venue, dclass), (n, size) in folded.items():
+            if n:
+                m_liq.add_metric([prov, venue, dclass, OVERFLOW], n)
+                m_liq_size.add_metric([prov, venue, dclass, OVERFLOW], size)
+        yield from gauges
+        yield from (m_liq, m_liq_size)
+        return n_folded
 
     # -- latency ---------------------------------------------------------------------------
     def _latency(self) -> Iterator[Metric]:

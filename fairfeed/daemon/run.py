@@ -49,7 +49,13 @@ from fairfeed.providers.catalog import adapter_class
 
 log = logging.getLogger("fairfeed")
 
-TOPIC_KEYS = ("ticks_topic", "fair_topic", "dead_letter_topic", "anomalies_topic")
+TOPIC_KEYS = (
+    "ticks_topic",
+    "fair_topic",
+    "dead_letter_topic",
+    "anomalies_topic",
+    "derivatives_topic",
+)
 
 
 def check_output_topics(cfg: Config) -> bool:
@@ -395,7 +401,8 @@ def _announce(
         f"fairfeed {os.getpid()}: config {cfg.source}\n"
         f"  kafka      {cfg.kafka.bootstrap} ({where}, {describe(cfg.kafka)}); topics "
         f"{cfg.kafka.ticks_topic}, "
-        f"{cfg.kafka.fair_topic}, {cfg.kafka.anomalies_topic}, {cfg.kafka.dead_letter_topic}\n"
+        f"{cfg.kafka.fair_topic}, {cfg.kafka.anomalies_topic}, {cfg.kafka.dead_letter_topic}, "
+        f"{cfg.kafka.derivatives_topic}\n"
         f"  providers  "
         + ", ".join(f"{name} {url}" for name, url in urls.items())
         + f"\n  instruments {', '.join(registry.instruments)}\n"

@@ -1,4 +1,5 @@
-"""Metrics kernels: latency histograms per source and hop, latest price per stream.
+"""Metrics kernels: latency histograms per source and hop, latest price per stream, latest
+derivatives values and liquidations per stream.
 
 The arrays they fill live in shared memory (``fairfeed.ipc.metricsboard``, where the hops and
 buckets are described); the supervisor exports them at scrape time.
@@ -9,7 +10,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, MAX_MARKET_KIND, empty_records
+from fairfeed.core.records import (
+    KIND_ASK,
+    KIND_BID,
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
+    KIND_TRADE,
+    MAX_MARKET_KIND,
+    empty_records,
+)
 
 HOPS = ("exchange_provider", "provider_receive", "receive_ring", "ring_kernel", "kernel_kafka")
 HOP_EXCHANGE_PROVIDER, HOP_PROVIDER_RECEIVE, HOP_RECEIVE_RING, HOP_RING_KERNEL, HOP_KERNEL_KAFKA = (
@@ -29,6 +41,10 @@ M_BATCHES = 0  # batches processed
 M_KERNEL_NS = 1  # ns spent in the kernels, total
 M_UNTIMED = 2  # records read whose publish stamp was already overwritten
 N_MISC = 8
+
+# Rows of the derivatives values array ``deriv[row, instrument, source]`` (NaN = none yet).
+D_MARK, D_INDEX, D_FUNDING_RATE, D_NEXT_FUNDING, D_OPEN_INTEREST = range(5)
+N_DERIV = 5
 
 
 @njit(cache=True, inline="always")
@@ -225,6 +241,69 @@ def update_metrics_reference(
     return untimed
 
 
+@njit(cache=True)
+def update_derivatives_nb(
+    records, n, source_table, deriv, liquidations, liquidated
+):  # pragma: no cover - jitted
+    """Latest derivatives values and liquidation counts of ``records[:n]``, in order (the last
+    record of a stream wins): mark and index ``price``, funding rate ``price`` and next funding
+    time ``reserved`` (seconds), open interest ``size``; a liquidation adds 1 and its ``size``.
+    Other kinds and unknown streams are skipped. Reference: :func:`update_derivatives_reference`.
+    """
+    n_inst = deriv.shape[1]
+    n_src = deriv.shape[2]
+    for j in range(n):
+        r = records[j]
+        kind = r.kind
+        if kind < KIND_MARK or kind > KIND_LIQUIDATION:
+            continue
+        p = r.provider
+        v = r.venue
+        i = r.instrument
+        if p >= source_table.shape[0] or v >= source_table.shape[1] or i >= n_inst:
+            continue
+        s = source_table[p, v]
+        if s < 0 or s >= n_src:
+            continue
+        if kind == KIND_MARK:
+            deriv[D_MARK, i, s] = r.price
+        elif kind == KIND_INDEX:
+            deriv[D_INDEX, i, s] = r.price
+        elif kind == KIND_FUNDING:
+            deriv[D_FUNDING_RATE, i, s] = r.price
+            deriv[D_NEXT_FUNDING, i, s] = r.reserved
+        elif kind == KIND_OPEN_INTEREST:
+            deriv[D_OPEN_INTEREST, i, s] = r.size
+        else:
+            liquidations[i, s] += 1
+            liquidated[i, s] += r.size
+
+
+def update_derivatives_reference(records, n, source_table, deriv, liquidations, liquidated):
+    """Plain-Python twin of :func:`update_derivatives_nb` (the test oracle)."""
+    rows = {KIND_MARK: (D_MARK, "price"), KIND_INDEX: (D_INDEX, "price"),
+            KIND_OPEN_INTEREST: (D_OPEN_INTEREST, "size")}  # fmt: skip
+    for r in records[:n]:
+        kind = int(r["kind"])
+        p, v, i = int(r["provider"]), int(r["venue"]), int(r["instrument"])
+        if not KIND_MARK <= kind <= KIND_LIQUIDATION:
+            continue
+        if p >= source_table.shape[0] or v >= source_table.shape[1] or i >= deriv.shape[1]:
+            continue
+        s = int(source_table[p, v])
+        if not 0 <= s < deriv.shape[2]:
+            continue
+        if kind in rows:
+            row, field = rows[kind]
+            deriv[row, i, s] = r[field]
+        elif kind == KIND_FUNDING:
+            deriv[D_FUNDING_RATE, i, s] = r["price"]
+            deriv[D_NEXT_FUNDING, i, s] = r["reserved"]
+        else:
+            liquidations[i, s] += 1
+            liquidated[i, s] += r["size"]
+
+
 _NO_STAMPS = np.zeros(1, np.int64)
 
 
@@ -254,3 +333,8 @@ def warm_metrics() -> None:
     batch_done_nb(
         1, BOUNDS_NS, np.zeros(N_BUCKETS, np.uint64), np.zeros(1), np.zeros(N_MISC, np.uint64)
     )
+    recs["kind"] = (KIND_MARK, KIND_FUNDING, KIND_LIQUIDATION)
+    deriv = np.full((N_DERIV, 1, 1), np.nan)
+    liq = np.zeros((1, 1), np.uint64)
+    update_derivatives_nb(recs, 3, table, deriv, liq, np.zeros((1, 1)))
+    assert liq[0, 0] == 1 and deriv[D_MARK, 0, 0] == 100.0

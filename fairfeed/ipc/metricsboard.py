@@ -23,6 +23,10 @@ Python), read by the supervisor's collector at scrape time (``fairfeed/daemon/me
   lowest bucket and in ``skew[source, hop]``.
 - ``batch_hist[bucket]`` / ``misc``: kernel time per batch (all of ``Pipeline.process``'s
   kernels) and scalar counters (``M_*``);
+- ``deriv[field, instrument, source]``: the latest derivatives values per stream (``D_*`` of
+  ``fairfeed.hotpath.metrics``: mark, index, funding rate, next funding time in seconds since
+  epoch, open interest in base units; NaN = none yet), ``liquidations`` /
+  ``liquidated[instrument, source]``: liquidation prints and their size (base units) so far;
 - ``anomaly_events[kind, provider]`` / ``anomaly_open[kind, provider]``: anomaly episodes
   started and open now per kind and provider (last column: no provider, e.g. venue or ring
   level).
@@ -43,10 +47,12 @@ from fairfeed.hotpath.metrics import (
     M_UNTIMED,
     N_ANOMALY_KINDS,
     N_BUCKETS,
+    N_DERIV,
     N_HOPS,
     N_MISC,
     batch_done_nb,
     observe_many_nb,
+    update_derivatives_nb,
     update_metrics_nb,
 )
 from fairfeed.ipc.shm import attach_segment, create_segment
@@ -81,6 +87,9 @@ class MetricsBoard:
         self.misc = arr((N_MISC,), np.uint64)
         self.anomaly_events = arr((N_ANOMALY_KINDS, n_sources + 1), np.uint64)
         self.anomaly_open = arr((N_ANOMALY_KINDS, n_sources + 1), np.int64)
+        self.deriv = arr((N_DERIV, *ns), np.float64)
+        self.liquidations = arr(ns, np.uint64)
+        self.liquidated = arr(ns, np.float64)
         self.touched = np.zeros(n_sources, np.uint8)  # private: sources of the last batch
 
     @staticmethod
@@ -90,6 +99,7 @@ class MetricsBoard:
             + n_sources * N_HOPS * (N_BUCKETS + 2) * 8
             + (N_BUCKETS + 1 + N_MISC) * 8
             + N_ANOMALY_KINDS * (n_sources + 1) * 16
+            + n_instruments * n_sources * (N_DERIV + 2) * 8
         )
 
     @classmethod
@@ -99,6 +109,7 @@ class MetricsBoard:
         board.price[:] = np.nan
         board.bid[:] = 0.0
         board.ask[:] = 0.0
+        board.deriv[:] = np.nan
         return board  # the rest of a new segment is zero
 
     @classmethod
@@ -126,6 +137,12 @@ class MetricsBoard:
         self.touched[seen] = 0
         return seen
 
+    def derivatives(self, records: np.ndarray, source_table: np.ndarray) -> None:
+        """The latest derivatives values and the liquidations of ``records`` (other kinds and
+        unknown streams are skipped), one kernel call."""
+        update_derivatives_nb(records, len(records), source_table, self.deriv,
+                              self.liquidations, self.liquidated)  # fmt: skip
+
     def batch_done(self, elapsed_ns: int) -> None:
         """Kernel time of one batch."""
         batch_done_nb(elapsed_ns, BOUNDS_NS, self.batch_hist, self.batch_sum, self.misc)
@@ -148,7 +165,8 @@ class MetricsBoard:
     def close(self) -> None:
         self.touched = None  # type: ignore[assignment]
         for name in ("price", "bid", "ask", "hist", "hsum", "skew", "batch_hist", "batch_sum",
-                     "misc", "anomaly_events", "anomaly_open"):  # fmt: skip
+                     "misc", "anomaly_events", "anomaly_open", "deriv", "liquidations",
+                     "liquidated"):  # fmt: skip
             setattr(self, name, None)
         self._shm.close()
 

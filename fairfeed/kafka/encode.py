@@ -7,6 +7,9 @@ group's columns as JSON arrays (``orjson`` serializes the contiguous numpy slice
 Order inside a group is the order in the batch, and groups of one instrument are emitted in
 batch order, so per-instrument order holds end to end (same key → same partition).
 
+Derivatives (mark, index, funding, open interest, liquidations): grouped and columnar as ticks,
+on a topic of their own, with their own columns.
+
 Fair prices: one message per output, keyed by instrument, with how it was made (method, sources
 and venues used, excluded sources and why, dispersion, oldest input age, status).
 
@@ -17,13 +20,13 @@ for breaking changes (added fields keep it).
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from fairfeed.core.records import CLASS_CODES, CLASS_NAMES, RECORD_DTYPE
+from fairfeed.core.records import CLASS_CODES, CLASS_NAMES, KIND_FUNDING, RECORD_DTYPE
 from fairfeed.core.registry import Registry
 from fairfeed.hotpath import anomaly as an
 from fairfeed.hotpath.fairmethods import (
@@ -48,6 +51,20 @@ TICK_COLUMNS: tuple[str, ...] = (
     "ts_receive",
 )
 
+# Columns of a derivatives message (docs/kafka-schema.md, `derivatives`): the record's fields
+# but `sequence` (derivatives data carries none), plus the next funding time of a funding record.
+DERIVATIVE_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "price",
+    "size",
+    "side",
+    "ts_exchange",
+    "ts_provider",
+    "ts_receive",
+    "next_funding_time",
+)
+_NS = np.int64(1_000_000_000)
+
 # A ticks value stays well under Kafka's default 1 MB message limit: about 100 bytes of JSON
 # per tick, so at most ~400 kB. Larger groups are split into consecutive messages, in order.
 DEFAULT_MAX_RECORDS = 4096
@@ -66,6 +83,8 @@ _U16, _U32, _U48 = np.uint64(16), np.uint64(32), np.uint64(48)
 _PROVIDER_BITS = np.uint64(0xFFFF << 16)
 
 Message = tuple[bytes, bytes]  # (key, value)
+# (batch, its group order or None, column names) -> the columns' arrays in that order
+_Columns = Callable[[np.ndarray, np.ndarray | None, tuple[str, ...]], list[np.ndarray]]
 
 
 class TickEncoder:
@@ -77,9 +96,10 @@ class TickEncoder:
         self.registry = registry
         self.max_records = max_records
         self._keys = [name.encode() for name in registry.instruments]
-        self._heads: dict[tuple[int, int], bytes] = {}  # (group key, data class) -> JSON head
+        # (message type, group key, data class) -> JSON head
+        self._heads: dict[tuple[str, int, int], bytes] = {}
         self._source_names: list[str] = []  # "provider/venue" per source id, built when needed
-        self.counts: list[int] = []  # records in each message of the last ticks() call
+        self.counts: list[int] = []  # records per message of the last ticks() / derivatives()
 
     def refresh(self) -> None:
         """Pick up instruments the registry gained since."""
@@ -91,6 +111,19 @@ class TickEncoder:
     # -- ticks -------------------------------------------------------------------------------
     def ticks(self, batch: np.ndarray) -> list[Message]:
         """One ``(key, value)`` per (instrument, provider, venue) group of ``batch``."""
+        return self._grouped(batch, "ticks", TICK_COLUMNS, _record_columns)
+
+    def derivatives(self, batch: np.ndarray) -> list[Message]:
+        """Derivatives records (kinds ``DERIVATIVE_KINDS``) as ticks are: one ``(key, value)``
+        per (instrument, provider, venue) group, type ``"derivatives"``, the columns
+        ``DERIVATIVE_COLUMNS`` (``next_funding_time``: ns, from a funding record's
+        ``reserved`` seconds; 0 on other kinds)."""
+        return self._grouped(batch, "derivatives", DERIVATIVE_COLUMNS, _derivative_columns)
+
+    def _grouped(
+        self, batch: np.ndarray, kind: str, names: tuple[str, ...], columns: _Columns
+    ) -> list[Message]:
+        """Messages of type ``kind``: ``columns(ordered batch)`` gives the arrays of ``names``."""
         n = len(batch)
         if n == 0:
             self.counts = []
@@ -114,10 +147,7 @@ class TickEncoder:
         change = (skey[1:] != skey[:-1]) | (dclass[1:] != dclass[:-1])
         starts = np.flatnonzero(change).tolist()
         starts = [0, *(i + 1 for i in starts), n]
-        cols = [
-            np.ascontiguousarray(batch[name] if order is None else batch[name][order])
-            for name in TICK_COLUMNS
-        ]
+        cols = columns(batch, order, names)
         out: list[Message] = []
         counts = self.counts = []
         step = self.max_records
@@ -126,27 +156,27 @@ class TickEncoder:
         classes = dclass[starts[:-1]].tolist()
         for g, k in enumerate(groups):
             a, end = starts[g], starts[g + 1]
-            head = heads.get((k, classes[g]))
+            head = heads.get((kind, k, classes[g]))
             if head is None:
-                head = heads[(k, classes[g])] = self._head(k, classes[g])
+                head = heads[(kind, k, classes[g])] = self._head(kind, k, classes[g])
             kb = self._keys[k & 0xFFFFFFFF]
             while a < end:
                 b = min(end, a + step)
                 # the head's JSON ends with '"count":', the columns' object gives the rest
-                body = orjson.dumps(dict(zip(TICK_COLUMNS, [c[a:b] for c in cols], strict=True)),
+                body = orjson.dumps(dict(zip(names, [c[a:b] for c in cols], strict=True)),
                                     option=_OPTS)  # fmt: skip
                 out.append((kb, b"".join((head, str(b - a).encode(), b",", body[1:]))))
                 counts.append(b - a)
                 a = b
         return out
 
-    def _head(self, key: int, data_class: int) -> bytes:
-        """The JSON of a ticks message up to its count, for group ``key`` (instrument in the
-        low 32 bits, provider, venue) and ``data_class``."""
+    def _head(self, kind: str, key: int, data_class: int) -> bytes:
+        """The JSON of a ``kind`` message up to its count, for group ``key`` (instrument in
+        the low 32 bits, provider, venue) and ``data_class``."""
         reg = self.registry
         head: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
-            "type": "ticks",
+            "type": kind,
             "instrument": reg.instruments[key & 0xFFFFFFFF],
             "provider": reg.providers[(key >> 32) & 0xFFFF],
             "venue": reg.venues[key >> 48],
@@ -238,6 +268,22 @@ class TickEncoder:
         return rows
 
 
+def _record_columns(batch: np.ndarray, order: np.ndarray | None, names: tuple[str, ...]) -> list:
+    """The record fields ``names`` of ``batch`` in ``order`` (None: as they are), contiguous."""
+    return [np.ascontiguousarray(batch[n] if order is None else batch[n][order]) for n in names]
+
+
+def _derivative_columns(
+    batch: np.ndarray, order: np.ndarray | None, names: tuple[str, ...]
+) -> list:
+    """``DERIVATIVE_COLUMNS``: record fields, and the next funding time in ns."""
+    cols = _record_columns(batch, order, names[:-1])
+    kind = cols[0]
+    reserved = batch["reserved"] if order is None else batch["reserved"][order]
+    cols.append(np.where(kind == KIND_FUNDING, reserved.astype(np.int64) * _NS, np.int64(0)))
+    return cols
+
+
 def _finite(x: float) -> float | None:
     return x if x == x and abs(x) != float("inf") else None
 
@@ -284,6 +330,26 @@ def ticks_to_records(msg: dict[str, Any], registry: Registry) -> np.ndarray:
 def decode_ticks_records(value: bytes, registry: Registry) -> np.ndarray:
     """``ticks_to_records(decode_ticks(value), registry)``."""
     return ticks_to_records(decode_ticks(value), registry)
+
+
+_DERIVATIVE_DTYPES = {
+    **{n: RECORD_DTYPE.fields[n][0] for n in DERIVATIVE_COLUMNS[:-1]},
+    "next_funding_time": np.dtype(np.int64),
+}
+
+
+def decode_derivatives(value: bytes) -> dict[str, Any]:
+    """Parse a derivatives value as :func:`decode_ticks` does a ticks value."""
+    msg = orjson.loads(value)
+    if msg.get("type") != "derivatives":
+        raise ValueError(f"not a derivatives message: type={msg.get('type')!r}")
+    if msg.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"unsupported derivatives schema {msg.get('schema')!r}")
+    for name, dtype in _DERIVATIVE_DTYPES.items():
+        msg[name] = np.array(msg[name], dtype=np.float64 if dtype.kind == "f" else dtype)
+        if len(msg[name]) != msg["count"]:
+            raise ValueError(f"column {name} has {len(msg[name])} values, count={msg['count']}")
+    return msg
 
 
 def decode_fair(value: bytes) -> dict[str, Any]:

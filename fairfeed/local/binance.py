@@ -21,7 +21,13 @@ Faithful to what the adapter depends on (docs/providers/binance.md):
   ``/public/...`` pushes ``bookTicker`` (with ``"e"``, ``"E"`` and ``"T"``), ``/market/...``
   pushes ``aggTrade``; a stream subscribed on the other route (or ``aggTrade`` on an unrouted
   connection) is accepted and never pushes anything, as there. Defaults there: 200 streams and
-  10 messages per second per connection.
+  10 messages per second per connection. ``/market/...`` also pushes ``<symbol>@markPrice@1s``
+  (at most one per symbol every ``mark_interval`` seconds of market time, with the first event
+  of the symbol after it: mark = that event's trade price or quote mid x (1 +
+  ``mark_premium``), index = mark x (1 - 2 bp), funding rate 0.0001 with the next 8-hour
+  boundary; a dated contract shows ``"r":""`` and ``"T":0``) and ``<symbol>@forceOrder``
+  (every ``liquidation_every``-th trade of a symbol is also sent as a filled forced order of
+  its size at its price, side = the taker's), shaped as Binance's documentation shows them.
 
 Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL (nothing sent, requests and
 pings unread, so not even a WebSocket pong leaves), HEARTBEATS_ONLY (no data; pings go on:
@@ -38,6 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from fairfeed.core.config import SimulatorConfig
@@ -50,6 +57,8 @@ from fairfeed.providers.binance.symbols import (
     to_symbol,
 )
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, REQUEST_DECODER, encode
+
+_FUNDING_MS = 8 * 3600 * 1000  # USD-M funding every 8 hours (00:00, 08:00, 16:00 UTC)
 
 
 class BinanceServer(LocalWsServer):
@@ -69,6 +78,9 @@ class BinanceServer(LocalWsServer):
         ping_timeout: float = 60.0,
         max_connection_age: float = 24 * 3600.0,
         max_messages_per_second: int = 0,
+        mark_interval: float = 1.0,
+        mark_premium: float = 0.0005,
+        liquidation_every: int = 50,
         keep_log: bool = False,
         **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
@@ -80,6 +92,9 @@ class BinanceServer(LocalWsServer):
         self.ping_timeout = ping_timeout
         self.max_connection_age = max_connection_age
         self.max_messages_per_second = max_messages_per_second or (10 if usdm else 5)
+        self.mark_interval_ms = round(mark_interval * 1000)
+        self.mark_premium = mark_premium
+        self.liquidation_every = liquidation_every
         self.keep_log = keep_log
         self.sent: list[str] = []  # every market message sent (keep_log), in order
         self.requests: list[tuple[float, int, str, int]] = []  # (monotonic, conn, method, n)
@@ -105,6 +120,7 @@ class BinanceServer(LocalWsServer):
         conn.state.update(
             streams=set(), combined=not path.startswith("/ws"), window=(0.0, 0),
             pushed=self._pushed(route), keeper=asyncio.create_task(self._keep(conn)),
+            next_mark={},
         )  # fmt: skip
         names = [s for v in parse_qs(url.query).get("streams", []) for s in v.split("/") if s]
         if not names:
@@ -275,6 +291,16 @@ class BinanceServer(LocalWsServer):
                     f'"p":"{price[i]:.8f}","q":"{size[i]:.8f}","T":{ts_e[i]},"m":{m},"M":true}}'
                 )
                 out.append(f'{{"stream":"{stream}","data":{data}}}' if combined else data)
+            stream = f"{s}@forceOrder"
+            if stream in streams and tid[i] % self.liquidation_every == 0:
+                side = "BUY" if buy[i] else "SELL"
+                data = (
+                    f'{{"e":"forceOrder","E":{ts_p[i]},"o":{{"s":"{upper[sym[i]]}","S":"{side}",'
+                    f'"o":"LIMIT","f":"IOC","q":"{size[i]:.8f}","p":"{price[i]:.8f}",'
+                    f'"ap":"{price[i]:.8f}","X":"FILLED","l":"{size[i]:.8f}",'
+                    f'"z":"{size[i]:.8f}","T":{ts_e[i]}}}}}'
+                )
+                out.append(f'{{"stream":"{stream}","data":{data}}}' if combined else data)
             stream = f"{s}@aggTrade"
             if stream in streams:  # one aggregate per trade, of three underlying trades
                 t = tid[i]
@@ -284,8 +310,37 @@ class BinanceServer(LocalWsServer):
                     f'"T":{ts_e[i]},"m":{m}' + ("}" if usdm else ',"M":true}')
                 )
                 out.append(f'{{"stream":"{stream}","data":{data}}}' if combined else data)
+        if usdm:
+            out += self._marks(conn, streams, ev, combined)
         if self.keep_log:
             self.sent.extend(out)
+        return out
+
+    def _marks(self, conn: Conn, streams: set[str], ev: EventBatch, combined: bool) -> list[str]:
+        """markPrice@1s messages due with ``ev``: one per subscribed symbol whose last one is
+        ``mark_interval`` of market time old, at the first of its events after that."""
+        due: dict[int, int] = conn.state["next_mark"]
+        out = []
+        ts_p = (ev.ts_provider // 1_000_000).tolist()
+        sym = ev.symbol.tolist()
+        mid = np.where(ev.is_quote, (ev.bid + ev.ask) / 2, ev.price).tolist()
+        for i in range(len(sym)):
+            s = self.stream_symbols[sym[i]]
+            stream = f"{s}@markPrice@1s"
+            if stream not in streams or ts_p[i] < due.get(sym[i], 0):
+                continue
+            due[sym[i]] = ts_p[i] + self.mark_interval_ms
+            upper = self.symbols_upper[sym[i]]
+            mark = mid[i] * (1 + self.mark_premium)
+            if "_" in upper:  # a dated contract: no funding
+                rate, nxt = '""', 0
+            else:
+                rate, nxt = '"0.00010000"', (ts_p[i] // _FUNDING_MS + 1) * _FUNDING_MS
+            data = (
+                f'{{"e":"markPriceUpdate","E":{ts_p[i]},"s":"{upper}","p":"{mark:.8f}",'
+                f'"i":"{mark * (1 - 0.0002):.8f}","P":"{mark:.8f}","r":{rate},"T":{nxt}}}'
+            )
+            out.append(f'{{"stream":"{stream}","data":{data}}}' if combined else data)
         return out
 
     def malformed_message(self) -> str:

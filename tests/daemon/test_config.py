@@ -87,9 +87,15 @@ def test_embedded_default_is_valid_and_frozen() -> None:
         (
             BINANCE + "[providers.options]\nurl_stream = true\n",
             "unknown key 'providers[0].options.url_stream' (allowed here: backoff_base, "
-            "backoff_cap, market, rate_limit_pause, subscribe_timeout, url_streams) "
+            "backoff_cap, derivatives, market, rate_limit_pause, subscribe_timeout, url_streams) "
             "(provider 'b', kind binance)",
         ),
+        (
+            BINANCE + "[providers.options]\nderivatives = true\n",
+            "providers[0].options.derivatives: needs market = 'usdm' (spot has no derivatives "
+            "streams)",
+        ),
+        ("[kafka]\nderivatives_topic = ''\n", "kafka: topic names must not be empty"),
         (
             BINANCE + "[providers.options]\nurl_streams = 1\n",
             "providers[0].options.url_streams: expected true or false, got an integer "

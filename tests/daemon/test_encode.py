@@ -11,6 +11,11 @@ from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
     KIND_TRADE,
     RECORD_DTYPE,
     SEQ_NONE,
@@ -24,6 +29,7 @@ from fairfeed.kafka.encode import (
     SCHEMA_VERSION,
     TICK_COLUMNS,
     TickEncoder,
+    decode_derivatives,
     decode_fair,
     decode_ticks,
     decode_ticks_records,
@@ -175,6 +181,31 @@ def test_large_group_split_in_order(registry: Registry) -> None:
     assert [decode_ticks(v)["count"] for _, v in msgs] == [16, 16, 16, 2]
     seq = np.concatenate([decode_ticks(v)["sequence"] for _, v in msgs])
     np.testing.assert_array_equal(seq, rec["sequence"])
+
+
+def test_derivatives_group_split_and_round_trip_like_ticks(registry: Registry) -> None:
+    rec = random_batch(registry, 40, seed=5)
+    rec["kind"] = np.resize([KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_OPEN_INTEREST,
+                             KIND_LIQUIDATION], 40)  # fmt: skip
+    rec["reserved"] = 1_800_000_000
+    enc = TickEncoder(registry, max_records=4)
+    msgs = enc.derivatives(rec)
+    assert enc.counts == [decode_derivatives(v)["count"] for _, v in msgs]
+    decoded = [decode_derivatives(v) for _, v in msgs]
+    assert all(d["type"] == "derivatives" and "sequence" not in d for d in decoded)
+    with pytest.raises(ValueError, match="not a derivatives message"):
+        decode_derivatives(enc.ticks(rec[:1])[0][1])
+    # per group, in batch order; every record once; prices exact
+    for inst, prov, venue in {group_key(r) for r in rec}:
+        mine = rec[(rec["instrument"] == inst) & (rec["provider"] == prov)
+                   & (rec["venue"] == venue)]  # fmt: skip
+        name = registry.instruments[inst]
+        got = [d for d in decoded if d["instrument"] == name
+               and d["provider"] == registry.providers[prov]]  # fmt: skip
+        np.testing.assert_array_equal(np.concatenate([d["price"] for d in got]), mine["price"])
+        funding = np.concatenate([d["next_funding_time"] for d in got])
+        want = np.where(mine["kind"] == KIND_FUNDING, 1_800_000_000 * 10**9, 0)
+        np.testing.assert_array_equal(funding, want)
 
 
 def test_mixed_data_class_in_group_is_split_not_lost(registry: Registry) -> None:

@@ -216,3 +216,31 @@ def test_request_heads_are_bounded_in_time_and_size() -> None:
         assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         looped.close()
+
+
+def test_derivatives_families_per_stream_within_the_budget(rt) -> None:
+    from fairfeed.hotpath.metrics import D_FUNDING_RATE, D_INDEX, D_MARK, D_NEXT_FUNDING
+
+    b = rt.board
+    b.deriv[D_MARK, :3, 0] = 110.0
+    b.deriv[D_INDEX, :3, 0] = 100.0
+    b.deriv[D_FUNDING_RATE, 0, 0] = 0.0001
+    b.deriv[D_NEXT_FUNDING, 0, 0] = 1_700_003_600
+    b.liquidations[:3, 0] = [2, 0, 5]
+    b.liquidated[:3, 0] = [0.5, 0.0, 1.5]
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(FairfeedCollector(rt, b, 2))  # budget: the third stream is folded
+    got = _samples(render_text(reg))
+
+    def series(name: str) -> dict[str, float]:
+        return {dict(k)["instrument"]: v for (n, k), v in got.items() if n == name}
+
+    assert series("fairfeed_mark_price") == {'I0-"x"': 110.0, 'I1-"x"': 110.0}
+    assert series("fairfeed_basis") == pytest.approx({'I0-"x"': 0.1, 'I1-"x"': 0.1})
+    assert series("fairfeed_funding_rate") == {'I0-"x"': 0.0001}
+    assert series("fairfeed_next_funding_time_seconds") == {'I0-"x"': 1_700_003_600}
+    assert series("fairfeed_open_interest") == {}
+    assert series("fairfeed_liquidations_total") == {'I0-"x"': 2, OVERFLOW: 5}
+    assert series("fairfeed_liquidation_size_total") == {'I0-"x"': 0.5, OVERFLOW: 1.5}
+    labels = next(dict(k) for (n, k) in got if n == "fairfeed_mark_price")
+    assert (labels["provider"], labels["venue"], labels["data_class"]) == ("p0", "V0", "spot")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.core.records import CLASS_SPOT, empty_records
-from fairfeed.hotpath.binancescan import StreamTable, scan_binance_nb
+from fairfeed.hotpath.binancescan import scan_binance_nb
 from fairfeed.local.binance import BinanceServer
 from fairfeed.providers.binance.parse import BinanceParser
 from fairfeed.providers.binance.symbols import stream_name
@@ -38,7 +38,7 @@ def parser(agg: bool) -> BinanceParser:
 def scan(agg: bool, messages: list[bytes]) -> tuple[int, np.ndarray]:
     """The scanner alone (no fallback): records written or -1, and the records."""
     p = parser(agg)
-    t = StreamTable(p._book)
+    t = p.stream_table()
     out = empty_records(2 * len(messages) + 2)
     data = np.frombuffer(b"".join(messages), np.uint8)
     ends = np.cumsum([len(m) for m in messages], dtype=np.int64)

@@ -44,9 +44,12 @@ def test_required_fields_present():
 
 
 def test_codes_are_distinct_and_named():
-    kinds = [r.KIND_TRADE, r.KIND_BID, r.KIND_ASK, r.KIND_GAP, r.KIND_HEARTBEAT, r.KIND_STATUS]
+    health = [r.KIND_GAP, r.KIND_HEARTBEAT, r.KIND_STATUS]
+    kinds = [r.KIND_TRADE, r.KIND_BID, r.KIND_ASK, *r.DERIVATIVE_KINDS, *health]
     assert all(k <= r.MAX_MARKET_KIND for k in kinds[:3])
-    assert all(k > r.MAX_MARKET_KIND for k in kinds[3:])
+    # derivatives data: an instrument's data, but no market data (no ticks, no fair price)
+    assert all(r.MAX_MARKET_KIND < k <= r.MAX_DATA_KIND for k in r.DERIVATIVE_KINDS)
+    assert all(k > r.MAX_DATA_KIND for k in health)
     statuses = list(r.STATUS_NAMES)
     assert len(set(statuses)) == len(statuses) and 0 not in statuses
     classes = [r.CLASS_SPOT, r.CLASS_FUTURE, r.CLASS_PERPETUAL, r.CLASS_OPTION]

@@ -6,17 +6,29 @@ import os
 
 import numpy as np
 
-from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_HEARTBEAT, KIND_TRADE, empty_records
+from fairfeed.core.records import (
+    KIND_ASK,
+    KIND_BID,
+    KIND_HEARTBEAT,
+    KIND_LIQUIDATION,
+    KIND_MARK,
+    KIND_TRADE,
+    empty_records,
+)
 from fairfeed.hotpath.metrics import (
     BOUNDS_NS,
+    D_MARK,
     HOP_KERNEL_KAFKA,
     HOP_RECEIVE_RING,
     HOP_RING_KERNEL,
     N_BUCKETS,
+    N_DERIV,
     N_HOPS,
     N_MISC,
     batch_done_nb,
     batch_done_reference,
+    update_derivatives_nb,
+    update_derivatives_reference,
     update_metrics_nb,
     update_metrics_reference,
     warm_metrics,
@@ -84,6 +96,40 @@ def test_batch_done_kernel_matches_reference() -> None:
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
     assert got[0].sum() == len(times)
+
+
+def test_derivatives_kernel_matches_reference_and_the_last_record_wins() -> None:
+    rng = np.random.default_rng(11)
+    table = np.array([[0, 1, -1], [2, -1, 3]], np.int32)
+    n = 600
+    recs = empty_records(n)
+    recs["kind"] = rng.choice([KIND_TRADE, KIND_HEARTBEAT, *range(KIND_MARK, KIND_LIQUIDATION + 1)],
+                              n)  # fmt: skip
+    recs["provider"] = rng.integers(0, 3, n)
+    recs["venue"] = rng.integers(0, 3, n)
+    recs["instrument"] = rng.integers(0, 4, n)
+    recs["price"] = rng.uniform(90, 110, n)
+    recs["size"] = rng.uniform(0, 5, n)
+    recs["reserved"] = rng.integers(1_700_000_000, 1_800_000_000, n)
+
+    def arrays():
+        return np.full((N_DERIV, 3, 4), np.nan), np.zeros((3, 4), np.uint64), np.zeros((3, 4))
+
+    a, b = arrays(), arrays()
+    update_derivatives_nb(recs, n, table, *a)
+    update_derivatives_reference(recs, n, table, *b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert a[1].sum() > 0 and not np.isnan(a[0][D_MARK]).all()
+    # the last mark of a stream is the one kept
+    i, p, v = 1, 0, 1
+    mine = recs[(recs["kind"] == KIND_MARK) & (recs["instrument"] == i) & (recs["provider"] == p)
+                & (recs["venue"] == v)]  # fmt: skip
+    assert a[0][D_MARK, i, table[p, v]] == mine["price"][-1]
+    # market and health records leave everything as it was
+    c = arrays()
+    update_derivatives_nb(recs[np.isin(recs["kind"], (KIND_TRADE, KIND_HEARTBEAT))], 0, table, *c)
+    assert np.isnan(c[0]).all() and c[1].sum() == 0
 
 
 def test_ring_stamps_time_the_ring_hops() -> None:

@@ -42,7 +42,8 @@ def test_a_configured_cluster_gets_no_topics_and_each_missing_one_is_named(
     )
     assert cfg.kafka.create_topics is False  # the default for a configured bootstrap
     check_topics(cfg.kafka.__class__(bootstrap=kafka_broker.bootstrap, create_topics=True),
-                 ["fairfeed.anomalies", "fairfeed.deadletter"])  # fmt: skip
+                 ["fairfeed.anomalies", "fairfeed.deadletter",
+                  "fairfeed.derivatives"])  # fmt: skip
     caplog.set_level(logging.INFO)
     check_output_topics(cfg)
     assert (

@@ -159,7 +159,13 @@ def test_topics_are_the_daemons_topics_on_the_configured_cluster(
     docs = rendered(target)
     k = daemon_config(docs, tmp_path).kafka
     topics = [d for d in docs if d["kind"] == "KafkaTopic"]
-    wanted = {k.ticks_topic, k.fair_topic, k.anomalies_topic, k.dead_letter_topic}
+    wanted = {
+        k.ticks_topic,
+        k.fair_topic,
+        k.anomalies_topic,
+        k.dead_letter_topic,
+        k.derivatives_topic,
+    }
     assert {t["spec"].get("topicName", t["metadata"]["name"]) for t in topics} == wanted
     assert not k.create_topics  # the topic operator owns them
     host = k.bootstrap.split(":")[0]

@@ -20,7 +20,11 @@ from fairfeed.core.records import (
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
     KIND_GAP,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
     KIND_TRADE,
     SIDE_BUY,
     SIDE_SELL,
@@ -556,3 +560,77 @@ def test_read_nap_sleeps_once_per_loop_iteration():
 
     naps, slept = asyncio.run(main())
     assert naps == 1 and slept >= 0.001
+
+
+def _derivatives_expected(sent: list[dict]) -> list[tuple]:
+    """Records implied by the server's markPrice / forceOrder messages, decoded with json."""
+    out = []
+    for m in sent:
+        d = m["data"]
+        inst = FUT_REGISTRY.instrument_id(
+            "BTC-USDT-PERP" if m["stream"].startswith("btcusdt@") else "ETH-USDT-250328"
+        )
+        if m["stream"].endswith("@markPrice@1s"):
+            t = d["E"] * 1_000_000
+            out.append((inst, KIND_MARK, 0, float(d["p"]), 0.0, t, t, 0))
+            out.append((inst, KIND_INDEX, 0, float(d["i"]), 0.0, t, t, 0))
+            if d["r"] != "":
+                out.append((inst, KIND_FUNDING, 0, float(d["r"]), None, t, t, d["T"] // 1000))
+        elif m["stream"].endswith("@forceOrder"):
+            o = d["o"]
+            side = SIDE_SELL if o["S"] == "SELL" else SIDE_BUY
+            out.append((inst, KIND_LIQUIDATION, side, float(o["ap"]), float(o["z"]),
+                        o["T"] * 1_000_000, d["E"] * 1_000_000, 0))  # fmt: skip
+    return out
+
+
+def test_usdm_derivatives_streams_on_the_market_route_exact():
+    """With ``derivatives = true`` the /market connection also carries markPrice@1s and
+    forceOrder of every instrument: mark, index, funding (perpetual only) and liquidation
+    records, exactly as the server sent them; the book tickers stay on /public."""
+    cfg = SimulatorConfig(prices=FUTURES, rate=0, max_events=1000, quote_ratio=0.5, seed=6)
+
+    async def main():
+        async with BinanceServer("binance-f", cfg, market="usdm", keep_log=True,
+                                 mark_interval=0.001, liquidation_every=7) as server:  # fmt: skip
+            provider = ProviderConfig(
+                name="binance-f", kind="binance", venue="binance", url=server.url,
+                stale_after=2.0, options=BinanceOptions(market="usdm", derivatives=True,
+                                                        backoff_base=0.02, backoff_cap=0.1),
+            )  # fmt: skip
+            sink, counters = Sink(), DictCounters()
+            subs = tuple(Subscription.resolve(FUT_REGISTRY, "binance-f", "binance", i,
+                                              FUT_CLASS[i]) for i in FUTURES)  # fmt: skip
+            adapter = BinanceAdapter(IngestContext(provider, server.url, subs, FUT_REGISTRY,
+                                                   sink, counters))  # fmt: skip
+            market = next(c for c in adapter.connections if c.route == "market")
+            assert adapter.streams(market.subs, "market") == [
+                "btcusdt@aggTrade", "btcusdt@markPrice@1s", "btcusdt@forceOrder",
+                "ethusdt_250328@aggTrade", "ethusdt_250328@markPrice@1s",
+                "ethusdt_250328@forceOrder",
+            ]  # fmt: skip
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: server.stats.finished == 2, what="both connections served")
+            want = _derivatives_expected([json.loads(t) for t in server.sent])
+            await wait_for(
+                lambda: (sink.parsed["kind"] >= KIND_MARK).sum() >= len(want), what="records"
+            )
+            await adapter.close()
+            await task
+            return sink, counters, want
+
+    sink, counters, want = asyncio.run(main())
+    r = sink.parsed
+    d = r[(r["kind"] >= KIND_MARK) & (r["kind"] <= KIND_LIQUIDATION)]
+    cols = ("instrument", "kind", "side", "price", "size", "ts_exchange", "ts_provider", "reserved")
+    got = list(zip(*(d[c].tolist() for c in cols), strict=True))
+    got = [(*g[:4], None if g[1] == KIND_FUNDING else g[4], *g[5:]) for g in got]
+    kinds = {k for _, k, *_ in want}
+    assert kinds == {KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_LIQUIDATION}
+    assert got == want
+    assert np.isnan(d[d["kind"] == KIND_FUNDING]["size"]).all()
+    assert (d["sequence"] == -1).all()
+    dated = FUT_REGISTRY.instrument_id("ETH-USDT-250328")
+    assert not ((d["kind"] == KIND_FUNDING) & (d["instrument"] == dated)).any()
+    assert ((d["kind"] == KIND_MARK) & (d["instrument"] == dated)).any()
+    assert counters[Slot.PARSE_ERRORS] == 0

@@ -9,10 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairfeed.core.records import (
+    CLASS_PERPETUAL,
     CLASS_SPOT,
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
     KIND_TRADE,
+    SEQ_NONE,
     SIDE_BUY,
     SIDE_SELL,
     empty_records,
@@ -275,3 +281,132 @@ def test_batch_oracle(messages, agg):
     else:
         assert all(x > 0 for x in results)
         assert r == len(want) and out[1 : 1 + r].tobytes() == want.tobytes()
+
+
+# -- USD-M derivatives streams ----------------------------------------------------------------
+DERIV = {"btcusdt@markPrice@1s": 8, "btcusdt@forceOrder": 8, "btcusdt_250328@markPrice@1s": 9}
+
+
+def deriv_parser() -> BinanceParser:
+    return BinanceParser({**DERIV, "btcusdt@aggTrade": 8}, 1, 2, CLASS_PERPETUAL, agg=True)
+
+
+def test_mark_price_as_documented_is_mark_index_and_funding():
+    """Binance's documented ``markPriceUpdate`` payload, exactly."""
+    out = empty_records(4)
+    msg = {"stream": "btcusdt@markPrice@1s", "data": {
+        "e": "markPriceUpdate", "E": 1562305380000, "s": "BTCUSDT", "p": "11794.15000000",
+        "i": "11784.62659091", "P": "11784.25641265", "r": "0.00038167",
+        "T": 1562306400000}}  # fmt: skip
+    p = deriv_parser()
+    assert p.parse(json.dumps(msg).encode(), out, 1, TS) == 3, p.error
+    r = out[1:4]
+    assert r["kind"].tolist() == [KIND_MARK, KIND_INDEX, KIND_FUNDING]
+    assert r["price"].tolist() == [11794.15, 11784.62659091, 0.00038167]
+    assert r["size"][:2].tolist() == [0.0, 0.0] and np.isnan(r["size"][2])
+    assert r["reserved"].tolist() == [0, 0, 1562306400]
+    assert (r["ts_exchange"] == 1562305380000 * 10**6).all()
+    assert (r["ts_provider"] == 1562305380000 * 10**6).all()
+    assert (r["sequence"] == SEQ_NONE).all() and (r["ts_receive"] == TS).all()
+    assert (r["instrument"] == 8).all() and (r["data_class"] == CLASS_PERPETUAL).all()
+
+
+def test_mark_price_of_a_dated_contract_has_no_funding():
+    out = empty_records(3)
+    msg = {"stream": "btcusdt_250328@markPrice@1s", "data": {
+        "e": "markPriceUpdate", "E": 1596095725000, "s": "BTCUSDT_250328",
+        "p": "10934.62615417", "P": "10962.17178236", "i": "10933.62615417", "r": "",
+        "T": 0}}  # fmt: skip
+    p = deriv_parser()
+    assert p.parse(json.dumps(msg).encode(), out, 0, TS) == 2, p.error
+    assert out["kind"][:2].tolist() == [KIND_MARK, KIND_INDEX]
+    assert out["price"][:2].tolist() == [10934.62615417, 10933.62615417]
+    assert (out["instrument"][:2] == 9).all()
+
+
+def test_force_order_as_documented_is_one_liquidation():
+    """Binance's documented USD-M ``forceOrder`` payload, exactly."""
+    out = empty_records(2)
+    msg = {"stream": "btcusdt@forceOrder", "data": {
+        "e": "forceOrder", "E": 1568014460893, "o": {
+            "s": "BTCUSDT", "S": "SELL", "o": "LIMIT", "f": "IOC", "q": "0.014", "p": "9910",
+            "ap": "9910", "X": "FILLED", "l": "0.014", "z": "0.014",
+            "T": 1568014460893}}}  # fmt: skip
+    p = deriv_parser()
+    assert p.parse(json.dumps(msg).encode(), out, 0, TS) == 1, p.error
+    r = out[0]
+    assert (r["kind"], r["price"], r["size"], r["side"]) == (KIND_LIQUIDATION, 9910.0, 0.014,
+                                                             SIDE_SELL)  # fmt: skip
+    assert r["ts_exchange"] == r["ts_provider"] == 1568014460893 * 10**6
+    assert r["sequence"] == SEQ_NONE and r["instrument"] == 8
+    msg["data"]["o"].update(S="BUY", z="0")  # nothing filled yet: no print, no error
+    assert p.parse(json.dumps(msg).encode(), out, 1, TS) == 0
+    msg["data"]["o"].update(S="SIDEWAYS", z="1")
+    assert p.parse(json.dumps(msg).encode(), out, 1, TS) == PARSE_ERROR
+
+
+def test_derivatives_frames_parse_alike_whatever_the_trade_feed():
+    msg = json.dumps({"stream": "btcusdt@markPrice@1s", "data": {
+        "e": "markPriceUpdate", "E": 1562305380000, "s": "BTCUSDT", "p": "11794.15000000",
+        "i": "11784.62659091", "P": "11784.25641265", "r": "-0.00038167",
+        "T": 1562306400000}}).encode()  # fmt: skip
+    got = []
+    for agg in (False, True):
+        out = empty_records(3)
+        assert BinanceParser(DERIV, 1, 2, CLASS_PERPETUAL, agg=agg).parse(msg, out, 0, TS) == 3
+        got.append(out)
+    assert got[0].tobytes() == got[1].tobytes() and got[0]["price"][2] == -0.00038167
+
+
+_order = st.dictionaries(st.sampled_from(["s", "S", "o", "q", "p", "ap", "X", "z", "T"]), _field,
+                         max_size=9)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    stream=st.sampled_from([*DERIV, "btcusdt@aggTrade"]),
+    data=st.dictionaries(st.sampled_from(["e", "E", "s", "p", "i", "P", "r", "T", "o"]),
+                         _field | _order, max_size=9),
+)  # fmt: skip
+def test_fuzz_derivatives_never_raise(stream, data):
+    p = deriv_parser()
+    out = empty_records(4)
+    r = p.parse(json.dumps({"stream": stream, "data": data}).encode(), out, 1, TS)
+    assert r in (PARSE_ERROR, 0, 1, 2, 3), r
+    if r > 0:
+        got = out[1 : 1 + r]
+        assert np.isfinite(got["price"]).all()
+        marks = got[got["kind"] != KIND_FUNDING]
+        assert (marks["price"] > 0).all() and (got["ts_receive"] == TS).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(mark=_dec, index=_dec, rate=st.decimals(-1, 1, places=8), E=st.integers(1, 2**43),
+       T=st.integers(1000, 2**41))  # fmt: skip
+def test_valid_mark_prices_are_exact(mark, index, rate, E, T):
+    p = deriv_parser()
+    out = empty_records(3)
+    data = {"e": "markPriceUpdate", "E": E, "s": "BTCUSDT", "p": str(mark), "i": str(index),
+            "P": str(mark), "r": str(rate), "T": T}  # fmt: skip
+    msg = json.dumps({"stream": "btcusdt@markPrice@1s", "data": data}).encode()
+    assert p.parse(msg, out, 0, TS) == 3, p.error
+    assert out["price"].tolist() == [float(str(mark)), float(str(index)), float(str(rate))]
+    assert out["reserved"][2] == T // 1000 and (out["ts_exchange"] == E * 10**6).all()
+
+
+def test_a_read_holding_a_derivatives_message_goes_message_by_message():
+    """The scanner and the batch decode know trades and book tickers only: a read with a mark
+    price is declined, and message by message it gives the same records as ever."""
+    p = deriv_parser()
+    mark = json.dumps({"stream": "btcusdt@markPrice@1s", "data": {
+        "e": "markPriceUpdate", "E": 1562305380000, "s": "BTCUSDT", "p": "11794.15000000",
+        "i": "11784.62659091", "P": "11784.25641265", "r": "0.00038167",
+        "T": 1562306400000}}).encode()  # fmt: skip
+    agg = json.dumps({"stream": "btcusdt@aggTrade", "data": {
+        "e": "aggTrade", "E": 1562305380001, "s": "BTCUSDT", "a": 5, "p": "11794.1",
+        "q": "0.5", "f": 1, "l": 2, "T": 1562305380000, "m": True}}).encode()  # fmt: skip
+    out = empty_records(8)
+    assert p.parse_batch([agg, mark], out, 0, TS) == PER_MESSAGE
+    assert p.parse_batch([agg], out, 0, TS) == 1
+    assert p.parse(mark, out, 1, TS) == 3
+    assert out["kind"][:4].tolist() == [KIND_TRADE, KIND_MARK, KIND_INDEX, KIND_FUNDING]

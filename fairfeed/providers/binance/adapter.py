@@ -7,11 +7,14 @@ and ``<symbol>@bookTicker``. With the option ``market = "usdm"`` (USD-M futures,
 ``BASE-QUOTE-YYMMDD``) the two streams live on different routed endpoints since Binance split
 them (2026): ``bookTicker`` on ``<url>/public``, ``aggTrade`` on ``<url>/market`` (there is no
 raw ``@trade`` stream); a connection without a route only gets public data, so every group of
-instruments gets one connection per route. USD-M allows 200 streams and 10 incoming
-messages per second per connection. By default the adapter connects to ``<url>/stream`` and sends
-``SUBSCRIBE`` requests (``subscribe_batch`` streams each, ``subscribe_interval`` apart: Binance
-drops a connection that sends more than 5 messages per second) and waits for every request's
-``{"result":null,"id":n}``; with the option ``url_streams = true`` the streams go in the URL instead
+instruments gets one connection per route. With the option ``derivatives = true`` (USD-M only)
+every instrument also gets ``<symbol>@markPrice@1s`` (mark, index, funding) and
+``<symbol>@forceOrder`` (liquidations), both on ``/market``. USD-M allows 200 streams and 10
+incoming messages per second per connection. By default the adapter connects to
+``<url>/stream`` and sends ``SUBSCRIBE`` requests (``subscribe_batch`` streams each,
+``subscribe_interval`` apart: Binance drops a connection that sends more than 5 messages per
+second) and waits for every request's ``{"result":null,"id":n}``; with the option
+``url_streams = true`` the streams go in the URL instead
 (``/stream?streams=a/b/c``, nothing to acknowledge).
 
 Binance-specific behaviour, the rest being :mod:`fairfeed.providers.wsbase`:
@@ -36,7 +39,7 @@ from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.parse import BinanceParser
-from fairfeed.providers.binance.symbols import USDM_ROUTES, stream_name
+from fairfeed.providers.binance.symbols import DERIVATIVE_STREAMS, USDM_ROUTES, stream_name
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, Ack, Error, subscribe
 from fairfeed.providers.wsbase import WsAdapter, WsConnection
 
@@ -69,9 +72,13 @@ class BinanceAdapter(WsAdapter):
             raise ValueError(f"{p.name}: USD-M futures have no raw {feed!r} stream: use aggTrade")
         self.feed = feed
         self.market = market
-        if market == "usdm":  # one connection per route, each carrying one stream per instrument
-            self.routes = tuple(USDM_ROUTES[k] for k in (feed, "bookTicker"))
-            self.streams_per_subscription = 1
+        self.derivatives = isinstance(p.options, BinanceOptions) and p.options.derivatives
+        self.stream_kinds: tuple[str, ...] = (feed, "bookTicker")
+        if self.derivatives:
+            self.stream_kinds += DERIVATIVE_STREAMS
+        if market == "usdm":  # one connection per route, each carrying its streams
+            self.routes = tuple(dict.fromkeys(USDM_ROUTES[k] for k in self.stream_kinds))
+            self.streams_per_subscription = max(len(self.kinds(r)) for r in self.routes)
             self.max_streams_per_connection = USDM_MAX_STREAMS
         super().__init__(ctx)
         self.url_streams = self.options.url_streams
@@ -82,18 +89,19 @@ class BinanceAdapter(WsAdapter):
 
     def kinds(self, route: str = "") -> tuple[str, ...]:
         """The stream kinds a connection of ``route`` carries per instrument."""
-        both = (self.feed, "bookTicker")
-        return tuple(k for k in both if USDM_ROUTES[k] == route) if route else both
+        kinds = self.stream_kinds
+        return tuple(k for k in kinds if USDM_ROUTES[k] == route) if route else kinds
 
     def streams(self, subs: tuple[Subscription, ...], route: str = "") -> list[str]:
         """Stream names of ``subs`` on ``route``, in order (per instrument: the trade stream,
-        then the book ticker)."""
+        the book ticker, then the derivatives streams)."""
         kinds = self.kinds(route)
         return [stream_name(s.instrument, k, self.market) for s in subs for k in kinds]
 
     # -- protocol hooks ------------------------------------------------------------------------
     def parser_variant(self) -> dict[str, object]:
-        return {"agg": self.feed == "aggTrade", "market": self.market}
+        return {"agg": self.feed == "aggTrade", "market": self.market,
+                "derivatives": self.derivatives}  # fmt: skip
 
     def url_for(self, conn: WsConnection) -> str:
         scheme, netloc, path, _, _ = urlsplit(self.ctx.url)

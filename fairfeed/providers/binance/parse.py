@@ -16,6 +16,14 @@ Mapping (details in docs/providers/binance.md):
 * ``bookTicker`` → BID + ASK with ``sequence`` = update id ``u`` (not contiguous: it numbers
   every book change, the ticker shows only top-of-book ones, so it is not gap-tracked); spot
   book tickers carry no time: ``ts_exchange`` = ``ts_provider`` = 0 (unknown).
+* ``markPrice@1s`` (USD-M, derivatives option) → MARK (``p``) + INDEX (``i``) + FUNDING (rate
+  ``r``, ``size`` NaN: Binance publishes no predicted rate, ``reserved`` = next funding time
+  ``T`` in seconds); a dated contract (``"r":""``, ``"T":0``) has no FUNDING record. No
+  sequence; ``ts_exchange`` = ``ts_provider`` = ``E`` (the exchange computes the mark).
+* ``forceOrder`` → one LIQUIDATION: price ``o.ap`` (average fill price), size ``o.z`` (filled,
+  base asset: USD-M contracts are linear), ``side`` = ``o.S``, ``ts_exchange`` = ``o.T``,
+  ``ts_provider`` = ``E``. A forced order with nothing filled yet (``z`` 0) is no print: no
+  record.
 * ``{"result":…,"id":n}`` → CONTROL :class:`~.wire.Ack`; errors → CONTROL :class:`~.wire.Error`.
 
 Prices must be finite and > 0 (book prices >= 0), sizes finite and >= 0: anything else (a
@@ -31,13 +39,25 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import numpy as np
 
-from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from fairfeed.core.records import (
+    KIND_ASK,
+    KIND_BID,
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
+    KIND_TRADE,
+    SEQ_NONE,
+    SIDE_BUY,
+    SIDE_SELL,
+)
 from fairfeed.core.subscriptions import Subscription
 from fairfeed.hotpath.binancescan import StreamTable, scan_binance_nb
-from fairfeed.providers.binance.symbols import split_stream, stream_name
+from fairfeed.providers.binance.symbols import DERIVATIVE_STREAMS, split_stream, stream_name
 from fairfeed.providers.binance.wire import (
     AGG_BATCH_DECODER,
     AGG_FRAME_DECODER,
+    DERIVATIVE_FRAME_DECODER,
     TRADE_BATCH_DECODER,
     TRADE_FRAME_DECODER,
     Ack,
@@ -53,7 +73,19 @@ from fairfeed.providers.parsing import (
 )
 
 _INF = math.inf
+_NAN = math.nan
 _MS = 1_000_000
+# What a stream's messages are, by the kind part of its name.
+_TRADE, _BOOK, _MARK, _FORCE = range(4)
+_STREAM_CODES = {
+    "trade": _TRADE,
+    "aggTrade": _TRADE,
+    "bookTicker": _BOOK,
+    "markPrice@1s": _MARK,
+    "forceOrder": _FORCE,
+}
+_NEED = (2, 2, 3, 1)  # records a message may write, by code (a mark: mark, index, funding)
+_SIDES = {"BUY": SIDE_BUY, "SELL": SIDE_SELL}
 _pack = RECORD_STRUCT.pack_into
 
 
@@ -78,8 +110,11 @@ class BinanceParser(RecordParser):
     ) -> None:
         super().__init__(provider, venue, data_class)
         self.streams = {s: int(i) for s, i in streams.items()}
-        # stream -> (instrument id, is a book ticker): one lookup per message
-        self._book = {s: (i, split_stream(s)[1] == "bookTicker") for s, i in self.streams.items()}
+        # stream -> (instrument id, what its messages are, records they may need): one lookup
+        self._book = {}
+        for s, i in self.streams.items():
+            what = _STREAM_CODES[split_stream(s)[1]]
+            self._book[s] = (i, what, _NEED[what])
         self.agg = agg
         self._decoder = AGG_FRAME_DECODER if agg else TRADE_FRAME_DECODER
         self._batch_decoder = AGG_BATCH_DECODER if agg else TRADE_BATCH_DECODER
@@ -87,12 +122,20 @@ class BinanceParser(RecordParser):
 
     @classmethod
     def for_subscriptions(
-        cls, subs: Sequence[Subscription], *, agg: bool = False, market: str = "spot"
+        cls,
+        subs: Sequence[Subscription],
+        *,
+        agg: bool = False,
+        market: str = "spot",
+        derivatives: bool = False,
     ) -> BinanceParser:
         """Two streams per subscription: its trade feed (``aggTrade`` with ``agg``) and
-        ``bookTicker``, named for ``market`` (``"spot"``, ``"usdm"``)."""
+        ``bookTicker``, named for ``market`` (``"spot"``, ``"usdm"``); with ``derivatives``
+        also ``markPrice@1s`` and ``forceOrder`` (USD-M)."""
         first = subs[0] if subs else None
         kinds = ("aggTrade" if agg else "trade", "bookTicker")
+        if derivatives:
+            kinds += DERIVATIVE_STREAMS
         return cls(
             {stream_name(s.instrument, k, market): s.instrument_id for s in subs for k in kinds},
             first.provider_id if first else 0,
@@ -109,10 +152,17 @@ class BinanceParser(RecordParser):
             return PARSE_ERROR
         if f.data is None:
             return self._control(f)
-        if start + 2 > len(out):
-            self.needed = 2
+        entry = self._book.get(f.stream)
+        if entry is None:
+            self.error = f"unknown stream {f.stream!r}"
+            return PARSE_ERROR
+        inst, what, need = entry
+        if start + need > len(out):
+            self.needed = need
             return NEED_SPACE
-        return self._write(f, self._buffer(out), start << 6, ts_receive)
+        if what >= _MARK:
+            return self._derivative(data, what, inst, self._buffer(out), start << 6, ts_receive)
+        return self._write(f.data, inst, what, self._buffer(out), start << 6, ts_receive)
 
     def parse_batch(
         self, messages: Sequence[bytes], out: np.ndarray, start: int, ts_receive: int
@@ -121,10 +171,9 @@ class BinanceParser(RecordParser):
         exact shape (no Python object per message), else in one decode of them joined into one
         JSON array, which holds exactly one object per message only if each message is one
         object (a message ``{…},{…}`` makes the count differ, and brackets cannot balance
-        across two messages)."""
-        t = self._table
-        if t is None:
-            t = self._table = StreamTable(self._book)
+        across two messages). Derivatives messages (about one per second and symbol) are not
+        in the scanner's table: a read holding one goes message by message."""
+        t = self.stream_table()
         data = np.frombuffer(b"".join(messages), np.uint8)
         ends = np.fromiter(map(len, messages), np.int64, len(messages)).cumsum()
         n = scan_binance_nb(data, ends, t.names, t.lengths, t.instrument, t.is_book, t.slots,
@@ -140,27 +189,31 @@ class BinanceParser(RecordParser):
             return PER_MESSAGE
         u8 = self._buffer(out)
         off = start << 6
+        book = self._book
         write = self._write
         for f in frames:
-            if f.data is None:
+            entry = book.get(f.stream) if f.data is not None else None
+            if entry is None or entry[1] >= _MARK:
                 return PER_MESSAGE
-            r = write(f, u8, off, ts_receive)
+            r = write(f.data, entry[0], entry[1], u8, off, ts_receive)
             if r < 0:
                 return PER_MESSAGE
             off += r << 6
         return (off >> 6) - start
 
-    def _write(self, f, u8: np.ndarray, off: int, ts_receive: int) -> int:
-        """The records of one decoded data message at byte ``off`` of ``u8``: how many, or
-        PARSE_ERROR."""
-        entry = self._book.get(f.stream)
-        if entry is None:
-            self.error = f"unknown stream {f.stream!r}"
-            return PARSE_ERROR
-        inst, book = entry
-        d = f.data
+    def stream_table(self) -> StreamTable:
+        """The scanner's table of this parser's trade and book-ticker streams (built once)."""
+        if self._table is None:
+            market = {s: (i, what == _BOOK) for s, (i, what, _) in self._book.items()
+                      if what < _MARK}  # fmt: skip
+            self._table = StreamTable(market)
+        return self._table
+
+    def _write(self, d, inst: int, what: int, u8: np.ndarray, off: int, ts_receive: int) -> int:
+        """The records of one decoded trade or book-ticker message ``d`` of instrument
+        ``inst`` at byte ``off`` of ``u8``: how many, or PARSE_ERROR."""
         try:
-            if book:
+            if what == _BOOK:
                 b, bq, bs, aq = d.b, d.B, d.a, d.A
                 if type(bs) is str:  # the aggTrade feed's Struct keeps `a` as text
                     bs = float(bs)
@@ -199,6 +252,47 @@ class BinanceParser(RecordParser):
         except struct.error as exc:  # a timestamp or id outside int64
             self.error = f"value out of range: {exc}"
             return PARSE_ERROR
+
+    def _derivative(
+        self, data, what: int, inst: int, u8: np.ndarray, off: int, ts_receive: int
+    ) -> int:
+        """A mark-price or liquidation message at byte ``off`` of ``u8``."""
+        try:
+            d = DERIVATIVE_FRAME_DECODER.decode(data).data
+        except msgspec.DecodeError as exc:
+            self.error = str(exc)
+            return PARSE_ERROR
+        head = (inst, self.provider, self.venue)
+        if what == _MARK:
+            mark, index, rate = d.p, d.i, d.r
+            if not (0.0 < mark < _INF and 0.0 < index < _INF) or d.E <= 0:
+                self.error = "mark price without valid p/i/E"
+                return PARSE_ERROR
+            t = d.E * _MS
+            _pack(u8, off, t, t, ts_receive, mark, 0.0, SEQ_NONE, *head, KIND_MARK,
+                  self.data_class, 0, 0, 0)  # fmt: skip
+            _pack(u8, off + 64, t, t, ts_receive, index, 0.0, SEQ_NONE, *head, KIND_INDEX,
+                  self.data_class, 0, 0, 0)  # fmt: skip
+            if rate == "":  # a dated contract: no funding
+                return 2
+            if type(rate) is str:
+                rate = float(rate)
+            if not (-_INF < rate < _INF) or d.T <= 0:
+                self.error = "mark price without valid r/T"
+                return PARSE_ERROR
+            _pack(u8, off + 128, t, t, ts_receive, rate, _NAN, SEQ_NONE, *head, KIND_FUNDING,
+                  self.data_class, 0, 0, d.T // 1000)  # fmt: skip
+            return 3
+        o = d.o
+        side = _SIDES.get(o.S, 0) if o is not None else 0
+        if not side or not (0.0 < o.ap < _INF and 0.0 <= o.z < _INF) or o.T <= 0 or d.E <= 0:
+            self.error = "liquidation without valid o.S/o.ap/o.z/o.T/E"
+            return PARSE_ERROR
+        if o.z == 0.0:
+            return 0
+        _pack(u8, off, o.T * _MS, d.E * _MS, ts_receive, o.ap, o.z, SEQ_NONE, *head,
+              KIND_LIQUIDATION, self.data_class, side, 0, 0)  # fmt: skip
+        return 1
 
     def _control(self, f) -> int:
         if f.stream:

@@ -9,7 +9,9 @@ exchange's asset list, so the reverse direction is a lookup built from what we s
 
 from __future__ import annotations
 
-STREAM_KINDS = ("trade", "aggTrade", "bookTicker")
+# USD-M futures only: mark / index price and funding every second, liquidation snapshots
+DERIVATIVE_STREAMS = ("markPrice@1s", "forceOrder")
+STREAM_KINDS = ("trade", "aggTrade", "bookTicker", *DERIVATIVE_STREAMS)
 MARKETS = ("spot", "usdm")  # spot (stream.binance.com), USD-M futures (fstream.binance.com)
 
 
@@ -68,4 +70,9 @@ def split_stream(stream: str) -> tuple[str, str]:
 # USD-M futures serve each stream on one routed endpoint only ("Important WebSocket Change
 # Notice", 2026): book tickers and depth on /public, trades, mark prices and klines on /market;
 # a connection without a route gets public data only. There is no raw @trade stream.
-USDM_ROUTES = {"bookTicker": "public", "aggTrade": "market"}
+USDM_ROUTES = {
+    "bookTicker": "public",
+    "aggTrade": "market",
+    "markPrice@1s": "market",
+    "forceOrder": "market",
+}

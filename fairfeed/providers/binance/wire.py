@@ -9,7 +9,13 @@ Server → client, on ``/stream`` (combined streams) every market message is wra
   "l":last trade id,"T":…,"m":…,"M":true}``;
 * ``bookTicker`` (spot: no event type, no timestamps): ``{"u":update id,"s":…,"b":"bid",
   "B":"bid qty","a":"ask","A":"ask qty"}``; on USD-M futures with ``"e":"bookTicker"``,
-  ``"E"`` (event ms) and ``"T"`` (transaction ms).
+  ``"E"`` (event ms) and ``"T"`` (transaction ms);
+* USD-M ``markPrice@1s``: ``{"e":"markPriceUpdate","E":event ms,"s":…,"p":"mark","i":"index",
+  "P":"estimated settle price","r":"funding rate","T":next funding ms}`` (a dated contract:
+  ``"r":""`` and ``"T":0``);
+* USD-M ``forceOrder``: ``{"e":"forceOrder","E":…,"o":{"s":…,"S":"SELL","o":"LIMIT","f":"IOC",
+  "q":"original qty","p":"price","ap":"average price","X":"FILLED","l":"last filled qty",
+  "z":"filled accumulated qty","T":trade ms}}``.
 
 Answers to requests: ``{"result":null,"id":n}`` (SUBSCRIBE / UNSUBSCRIBE accepted),
 ``{"result":[…],"id":n}`` (LIST_SUBSCRIPTIONS) and errors ``{"error":{"code":c,"msg":"…"},
@@ -47,6 +53,17 @@ class TradeData(msgspec.Struct, gc=False):
     B: float = _NAN
     a: float = _NAN
     A: float = _NAN
+
+
+class ForceOrder(msgspec.Struct, gc=False):
+    """``o`` of a USD-M ``forceOrder`` message: the liquidation order."""
+
+    S: str = ""  # side of the forced order: "SELL" closes a long
+    q: float = _NAN  # original quantity
+    p: float = _NAN  # order price
+    ap: float = _NAN  # average fill price
+    z: float = _NAN  # filled quantity, accumulated
+    T: int = 0  # trade time, ms
 
 
 class AggTradeData(msgspec.Struct, gc=False):
@@ -89,11 +106,31 @@ class AggTradeFrame(msgspec.Struct, gc=False):
     msg: str | None = None
 
 
+class DerivativeData(msgspec.Struct, gc=False):
+    """``data`` of a USD-M ``markPrice@1s`` (``p`` mark, ``i`` index, ``r`` funding rate, ``T``
+    next funding time) or ``forceOrder`` (``o``) message."""
+
+    E: int = 0  # event time, ms
+    T: int = 0  # next funding time, ms (0 on a dated contract)
+    p: float = _NAN
+    i: float = _NAN
+    r: float | str = _NAN  # "" on a dated contract
+    o: ForceOrder | None = None
+
+
+class DerivativeFrame(msgspec.Struct, gc=False):
+    stream: str = ""
+    data: DerivativeData | None = None
+
+
 TRADE_FRAME_DECODER = msgspec.json.Decoder(TradeFrame, strict=False)
 AGG_FRAME_DECODER = msgspec.json.Decoder(AggTradeFrame, strict=False)
 # The frames of one socket read joined into one JSON array (BinanceParser.parse_batch).
 TRADE_BATCH_DECODER = msgspec.json.Decoder(list[TradeFrame], strict=False)
 AGG_BATCH_DECODER = msgspec.json.Decoder(list[AggTradeFrame], strict=False)
+# Derivatives messages come about once per second and symbol: the parser decodes them a second
+# time with their own Struct, so the trade and book Structs (every other message) stay as small.
+DERIVATIVE_FRAME_DECODER = msgspec.json.Decoder(DerivativeFrame, strict=False)
 
 
 # --- control messages the parser hands to the adapter ---------------------------------------

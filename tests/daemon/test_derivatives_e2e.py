@@ -1,0 +1,194 @@
+"""Binance USD-M derivatives through the whole daemon: the local Binance server's markPrice@1s
+and forceOrder messages reach the derivatives topic of a real broker with their exact values,
+and /metrics; the ticks topic and the fair prices never see them."""
+
+from __future__ import annotations
+
+import signal
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from prometheus_client.parser import text_string_to_metric_families
+
+from fairfeed.core.config import SimulatorConfig
+from fairfeed.core.records import (
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_LIQUIDATION,
+    KIND_MARK,
+    MAX_MARKET_KIND,
+    SIDE_BUY,
+    SIDE_SELL,
+)
+from fairfeed.kafka.broker import free_port
+from fairfeed.kafka.encode import decode_derivatives, decode_fair, decode_ticks
+from fairfeed.local.binance import BinanceServer
+from fairfeed.local.thread import LoopThread
+from tests.conftest import consume_all
+from tests.daemon.daemon_process import DaemonProcess
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+PRICES = {"BTC-USDT-PERP": 64000.0, "ETH-USDT-PERP": 3000.0}
+SYMBOLS = {"btcusdt": "BTC-USDT-PERP", "ethusdt": "ETH-USDT-PERP"}
+TAG = "deriv"
+
+
+def _config(tmp_path: Path, url: str, bootstrap: str, metrics_port: int) -> Path:
+    insts = orjson.dumps(list(PRICES)).decode()
+    path = tmp_path / "fairfeed.toml"
+    path.write_text(f"""
+[daemon]
+workers = 1
+[kafka]
+bootstrap = "{bootstrap}"
+create_topics = true
+ticks_topic = "{TAG}.ticks"
+fair_topic = "{TAG}.fair"
+anomalies_topic = "{TAG}.anomalies"
+derivatives_topic = "{TAG}.derivatives"
+[fair]
+min_interval = 0.01
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[[providers]]
+name = "binance-f"
+kind = "binance"
+venue = "BINANCE"
+url = "{url}"
+[providers.options]
+market = "usdm"
+derivatives = true
+[[subscriptions]]
+provider = "binance-f"
+data_class = "perpetual"
+instruments = {insts}
+""")
+    return path
+
+
+def _values(bootstrap: str, topic: str) -> list[bytes]:
+    try:
+        return [v for _p, _k, v in consume_all(bootstrap, topic, timeout=20)]
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return []
+        raise
+
+
+def _expected(sent: list[str]) -> dict[str, list[tuple]]:
+    """Per instrument, the derivatives rows the server's messages imply, in order:
+    (kind, price, size or None, side, next funding ns, ts_exchange, ts_provider)."""
+    out: dict[str, list[tuple]] = defaultdict(list)
+    for text in sent:
+        m = orjson.loads(text)
+        sym, _, kind = m["stream"].partition("@")
+        d = m["data"]
+        rows = out[SYMBOLS[sym]]
+        if kind == "markPrice@1s":
+            t = d["E"] * 10**6
+            rows.append((KIND_MARK, float(d["p"]), 0.0, 0, 0, t, t))
+            rows.append((KIND_INDEX, float(d["i"]), 0.0, 0, 0, t, t))
+            rows.append((KIND_FUNDING, float(d["r"]), None, 0, d["T"] // 1000 * 10**9, t, t))
+        elif kind == "forceOrder":
+            o = d["o"]
+            side = SIDE_SELL if o["S"] == "SELL" else SIDE_BUY
+            rows.append((KIND_LIQUIDATION, float(o["ap"]), float(o["z"]), side, 0,
+                         o["T"] * 10**6, d["E"] * 10**6))  # fmt: skip
+    return out
+
+
+def _published(bootstrap: str) -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = defaultdict(list)
+    for value in _values(bootstrap, f"{TAG}.derivatives"):
+        m = decode_derivatives(value)
+        assert (m["provider"], m["venue"], m["data_class"]) == ("binance-f", "BINANCE", "perpetual")
+        cols = [m[c].tolist() for c in ("kind", "price", "size", "side", "next_funding_time",
+                                        "ts_exchange", "ts_provider")]  # fmt: skip
+        for k, p, s, side, nxt, te, tp in zip(*cols, strict=True):
+            out[m["instrument"]].append((k, p, None if k == KIND_FUNDING else s, side, nxt, te, tp))
+    return out
+
+
+def _scrape(port: int) -> dict[tuple[str, str], float]:
+    """(metric, instrument) → value of the per-stream derivatives samples."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except urllib.error.URLError:
+        return {}
+    return {
+        (s.name, s.labels["instrument"]): s.value
+        for fam in text_string_to_metric_families(body.decode())
+        for s in fam.samples
+        if "instrument" in s.labels and s.labels.get("provider") == "binance-f"
+    }
+
+
+def test_mark_prices_and_liquidations_reach_their_topic_and_metrics_exactly(
+    tmp_path: Path, kafka_broker
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    cfg = SimulatorConfig(prices=PRICES, rate=400, max_events=1200, quote_ratio=0.5, seed=14)
+    server = BinanceServer("binance-f", cfg, market="usdm", keep_log=True, mark_interval=0.2,
+                           liquidation_every=9)  # fmt: skip
+    thread = LoopThread(server).start()
+    port = free_port()
+    daemon = None
+    try:
+        daemon = DaemonProcess(tmp_path, _config(tmp_path, server.url, bootstrap, port))
+        # two connections (/public and /market), each served its max_events
+        wait_for(lambda: thread.call(lambda: server.stats.finished) == 2, 90,
+                 "the server to finish both connections")  # fmt: skip
+        sent = thread.call(lambda: list(server.sent))
+        want = _expected(sent)
+        n_want = sum(map(len, want.values()))
+        assert n_want > 20 and set(want) == set(PRICES)
+        assert {r[0] for rows in want.values() for r in rows} == {
+            KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_LIQUIDATION
+        }  # fmt: skip
+        got = wait_for(
+            lambda: (g := _published(bootstrap)) and sum(map(len, g.values())) >= n_want and g,
+            60, f"{n_want} derivatives records in Kafka", interval=0.5,
+        )  # fmt: skip
+        assert dict(got) == dict(want)
+
+        # /metrics: the latest values per stream and every liquidation
+        def latest(kind: int, inst: str) -> tuple:
+            return next(r for r in reversed(want[inst]) if r[0] == kind)
+
+        for inst in PRICES:
+            mark, index = latest(KIND_MARK, inst)[1], latest(KIND_INDEX, inst)[1]
+            funding = latest(KIND_FUNDING, inst)
+            liqs = [r for r in want[inst] if r[0] == KIND_LIQUIDATION]
+            expect = {
+                ("fairfeed_mark_price", inst): mark,
+                ("fairfeed_index_price", inst): index,
+                ("fairfeed_basis", inst): mark / index - 1.0,
+                ("fairfeed_funding_rate", inst): funding[1],
+                ("fairfeed_next_funding_time_seconds", inst): funding[4] / 1e9,
+                ("fairfeed_liquidations_total", inst): len(liqs),
+                ("fairfeed_liquidation_size_total", inst): sum(r[2] for r in liqs),
+            }
+            m = wait_for(lambda e=expect: (s := _scrape(port)) and all(k in s for k in e) and s,
+                         20, f"the derivatives metrics of {inst}")  # fmt: skip
+            for key, value in expect.items():
+                assert m[key] == pytest.approx(value, rel=1e-12), key
+            assert ("fairfeed_open_interest", inst) not in m  # Binance publishes none here
+
+        # never a tick, never a fair price: no mark or index price among the fair prices
+        ticks = [decode_ticks(v) for v in _values(bootstrap, f"{TAG}.ticks")]
+        assert ticks and all((t["kind"] <= MAX_MARKET_KIND).all() for t in ticks)
+        fair = {decode_fair(v)["price"] for v in _values(bootstrap, f"{TAG}.fair")}
+        marks = {r[1] for rows in want.values() for r in rows if r[0] in (KIND_MARK, KIND_INDEX)}
+        assert fair and not fair & marks
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()
+    finally:
+        if daemon is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        thread.stop()
