@@ -28,6 +28,8 @@ Faults (:meth:`KaikoServer.inject`), as Kaiko's protocol can express them:
   bytes that are not protobuf, NaN price, missing instrument (empty class and code), negative
   amount, missing price (0), an unknown update type (market updates only).
 * ``REJECT_SUBSCRIBE`` — new calls end at once with RESOURCE_EXHAUSTED (Kaiko's rate limit).
+* ``OVERSIZED_FRAME`` — each open stream sends one message of ``amount`` bytes (one-shot): a
+  client over its receive limit ends that call with RESOURCE_EXHAUSTED ("larger than max").
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class InstrumentStats:
 class _Stream:
     exchanges: frozenset[str] = frozenset()  # of the instruments it carries
     malformed: int = 0  # malformed messages still to send
+    oversized: int = 0  # bytes of an oversized message still to send (0 = none)
     capped: bool = False  # has sent its cfg.max_events
     end: tuple[grpc.StatusCode, str] | None = None  # set by end_calls: finish with this status
 
@@ -283,6 +286,9 @@ class KaikoServer:
                 s.malformed += int(amount) or 1
         elif fault is Fault.REJECT_SUBSCRIBE:
             f.reject_subscribe = True
+        elif fault is Fault.OVERSIZED_FRAME:
+            for s in self._streams:
+                s.oversized = int(amount)
         else:  # pragma: no cover
             raise ValueError(f"unknown fault {fault!r}")
 
@@ -373,6 +379,9 @@ class KaikoServer:
                     yield self._malformed(kinds, selected[0], trades and not quotes)
                     kinds += 1
                     self.malformed_sent += 1
+            if state.oversized:
+                size, state.oversized = state.oversized, 0
+                yield b"\x00" * size  # the size is the point: a client refuses it unread
             if cap and generated >= cap and not state.capped:
                 state.capped = True
                 self.calls_capped += 1

@@ -62,7 +62,7 @@ class Harness:
 
     def __init__(
         self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, rng=None,
-        venues=("COINBASE", "BINANCE"), quiet=(), proxy: bool = False, **kw,
+        venues=("COINBASE", "BINANCE"), quiet=(), proxy: bool = False, max_message_bytes=0, **kw,
     ) -> None:  # fmt: skip
         self.server = KaikoServer(cfg, api_key=KEY, venues=venues, quiet=quiet)
         self.proxy: TcpProxy | None = None
@@ -70,6 +70,7 @@ class Harness:
         self.api_key = api_key
         self.rng = rng
         self.subs = subs
+        self.max_message_bytes = max_message_bytes
         self.kw = kw
         self.sink = Sink()
         self.counters = DictCounters()
@@ -86,7 +87,8 @@ class Harness:
         os.environ[KEY_ENV] = self.api_key
         provider = ProviderConfig(
             name="kaiko", kind="kaiko", url=target, tls=False, api_key_env=KEY_ENV,
-            stale_after=stale_after, options=KaikoOptions(**self.kw),
+            stale_after=stale_after, max_message_bytes=self.max_message_bytes,
+            options=KaikoOptions(**self.kw),
         )  # fmt: skip
         subs = tuple(Subscription.resolve(REGISTRY, "kaiko", v, i, c) for v, i, c in self.subs)
         ctx = IngestContext(
@@ -422,6 +424,31 @@ def test_malformed_messages_are_counted_and_never_stop_the_stream():
             for reason in ("DecodeError", "bad price", "bad amount", "unnamed instrument"):
                 assert reason in errors
             assert "unknown update type" in errors
+
+    asyncio.run(main())
+
+
+def test_a_message_over_max_message_bytes_restarts_only_its_call():
+    """A 1 MiB message against a 64 KiB limit: grpc refuses it unread; each call it hit is
+    counted once as oversized, dead-lettered with the message's size, and restarted alone (not
+    as a rate limit, no reconnect of the channel); data flows again."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=PRICES, rate=2000)
+        async with Harness(cfg, max_message_bytes=64 << 10) as h:
+            await wait_for(lambda: h.n > 100)
+            calls = len(h.adapter.calls)
+            h.server.inject(Fault.OVERSIZED_FRAME, 1 << 20)
+            await wait_for(lambda: h.counters[Slot.OVERSIZED] == calls)
+            n = h.n
+            await wait_for(lambda: h.n > n + 100)
+            assert h.counters[Slot.PARSE_ERRORS] == calls
+            assert h.counters[Slot.RECONNECTS] == 0 and h.counters[Slot.SUBSCRIBE_ERRORS] == 0
+            assert h.adapter.rate_limits == 0
+            error = f"message of {1 << 20} bytes over max_message_bytes ({64 << 10})"
+            assert [e for e, _ in h.sink.dead] == [error] * calls
+            assert h.sink.dead_sizes == [1 << 20] * calls
+            assert not any(frame for _, frame in h.sink.dead)
 
     asyncio.run(main())
 

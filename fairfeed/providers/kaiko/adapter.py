@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +113,11 @@ SUBSCRIBE_REFUSALS = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
+
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
+# grpc's words for a message over the channel's receive limit: "(<size> vs. <limit>)"
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\.")
 
 
 def parse_target(url: str, tls: bool) -> tuple[str, bool]:
@@ -270,6 +276,9 @@ class KaikoAdapter(Adapter):
         self.rate_limit_pause = o.rate_limit_pause
         self.subscribe_timeout = o.subscribe_timeout
         self.batch_delay = o.batch_delay
+        # Kaiko sends one event per message, a few hundred bytes: 16 MiB is far beyond any
+        # legitimate one and bounds what one hostile message costs (grpc refuses it unread)
+        self.max_message_bytes = p.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
         trades, quotes, buffer_records = o.trades, o.quotes, o.buffer_records
         self.channel_options = [
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
@@ -282,7 +291,7 @@ class KaikoAdapter(Adapter):
             # stops pinging after two pings
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.enable_retries", 0),
-            ("grpc.max_receive_message_length", 16 << 20),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
         ]
         self.parser = KaikoParser.for_subscriptions(ctx.subscriptions, symbols=self.symbols)
         if not ctx.subscriptions:
@@ -620,6 +629,17 @@ class KaikoAdapter(Adapter):
         """Count and log how ``c`` ended; restart it after its own backoff delay."""
         code, details, retry_after = c.end  # type: ignore[misc]
         delay = c.backoff.next_delay()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (m := _TOO_LARGE.search(details)):
+            # a message over max_message_bytes, refused unread: counted and dead-lettered
+            # with its size like the WebSocket adapters' (no payload), not a rate limit
+            counters = self.ctx.counters
+            counters.add(Slot.OVERSIZED)
+            counters.add(Slot.PARSE_ERRORS)
+            error = f"message of {m[1]} bytes over max_message_bytes ({self.max_message_bytes})"
+            self.ctx.dead_letter(error, b"", int(m[1]))
+            self._conn_log(f"{c.name}: {error}; restarting this call")
+            c.restart_at = now + delay
+            return
         c.refused = code in SUBSCRIBE_REFUSALS and not c.data
         if c.refused:
             self.subscribe_errors += 1
