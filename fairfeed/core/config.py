@@ -745,7 +745,8 @@ def _check_kraken_futures(index: int, p: ProviderConfig, s: SubscriptionConfig, 
 
 
 def _check_kind_rules(key: str, p: ProviderConfig, fail: Any) -> None:
-    """The provider's feed, url and default data class fit its kind."""
+    """The provider's feed and url fit its kind (its data classes are checked per
+    subscription: a default class no subscription uses is harmless)."""
     opts = p.options
     assert opts is not None  # an unknown kind was reported before
     if p.feed not in opts.FEEDS:
@@ -763,12 +764,6 @@ def _check_kind_rules(key: str, p: ProviderConfig, fail: Any) -> None:
             fail(f"{key}.url", f"kind {p.kind} connects to {schemes}, not {p.url!r}")
         if not host:
             fail(f"{key}.url", f"has no host: {p.url!r}")
-    if p.data_class not in opts.data_classes():
-        fail(
-            f"{key}.data_class",
-            f"kind {p.kind}{_market(p)} carries {', '.join(opts.data_classes())}, "
-            f"not {p.data_class}",
-        )
 
 
 def _market(p: ProviderConfig) -> str:

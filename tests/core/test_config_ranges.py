@@ -246,9 +246,10 @@ def test_made_up_files_load_in_range_or_name_a_key(text: str) -> None:
         ),
         (
             '[[providers]]\nname = "b"\nkind = "binance"\nvenue = "BINANCE"\nurl = "wss://x"\n'
-            '[providers.options]\nmarket = "usdm"\n',
-            "providers[0].data_class: kind binance, market usdm carries perpetual, future, "
-            "not spot",
+            '[providers.options]\nmarket = "usdm"\n'
+            '[[subscriptions]]\nprovider = "b"\ninstruments = ["BTC-USDT-PERP"]\n',
+            "subscriptions[0].data_class: spot cannot be subscribed from provider 'b' "
+            "(kind binance, market usdm: perpetual, future)",
         ),
         (
             '[[providers]]\nname = "s"\nkind = "simulator"\nvenue = "V"\nurl = "ws://x"\n'
