@@ -155,8 +155,13 @@ class ComputeWorker:
                 sink.poll()  # commits what the periodic work produced too
                 pipeline.output_events()
                 next_poll = now + (SINK_IDLE_POLL if sink.idle() else SINK_BUSY_POLL)
-            elif periodic:
-                sink.commit()
+            else:
+                if periodic:
+                    sink.commit()
+                if got or periodic:
+                    # New output in flight: its delivery reports (and the spool's release) are
+                    # served within SINK_BUSY_POLL, not at an idle sink's next poll (0.5 s).
+                    next_poll = min(next_poll, now + SINK_BUSY_POLL)
             if full:
                 continue  # behind: no waiting
             if not got and stopping:
