@@ -302,12 +302,18 @@ _COLUMN_DTYPES = {name: RECORD_DTYPE.fields[name][0] for name in TICK_COLUMNS}
 def decode_ticks(value: bytes) -> dict[str, Any]:
     """Parse a ticks value: header fields as they are, tick columns as numpy arrays of the
     record dtypes (``null`` prices/sizes become NaN)."""
+    return _decode_columns(value, "ticks", _COLUMN_DTYPES)
+
+
+def _decode_columns(value: bytes, kind: str, dtypes: dict[str, np.dtype]) -> dict[str, Any]:
+    """A columnar value of message type ``kind``: its columns as numpy arrays of ``dtypes``
+    (``null`` floats become NaN), checked against its ``count``."""
     msg = orjson.loads(value)
-    if msg.get("type") != "ticks":
-        raise ValueError(f"not a ticks message: type={msg.get('type')!r}")
+    if msg.get("type") != kind:
+        raise ValueError(f"not a {kind} message: type={msg.get('type')!r}")
     if msg.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"unsupported ticks schema {msg.get('schema')!r}")
-    for name, dtype in _COLUMN_DTYPES.items():
+        raise ValueError(f"unsupported {kind} schema {msg.get('schema')!r}")
+    for name, dtype in dtypes.items():
         msg[name] = np.array(msg[name], dtype=np.float64 if dtype.kind == "f" else dtype)
         if len(msg[name]) != msg["count"]:
             raise ValueError(f"column {name} has {len(msg[name])} values, count={msg['count']}")
@@ -340,16 +346,7 @@ _DERIVATIVE_DTYPES = {
 
 def decode_derivatives(value: bytes) -> dict[str, Any]:
     """Parse a derivatives value as :func:`decode_ticks` does a ticks value."""
-    msg = orjson.loads(value)
-    if msg.get("type") != "derivatives":
-        raise ValueError(f"not a derivatives message: type={msg.get('type')!r}")
-    if msg.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"unsupported derivatives schema {msg.get('schema')!r}")
-    for name, dtype in _DERIVATIVE_DTYPES.items():
-        msg[name] = np.array(msg[name], dtype=np.float64 if dtype.kind == "f" else dtype)
-        if len(msg[name]) != msg["count"]:
-            raise ValueError(f"column {name} has {len(msg[name])} values, count={msg['count']}")
-    return msg
+    return _decode_columns(value, "derivatives", _DERIVATIVE_DTYPES)
 
 
 def decode_fair(value: bytes) -> dict[str, Any]:

@@ -149,6 +149,15 @@ def test_oversized_fragmented_message_stops_growing_and_the_connection_goes_on()
     assert len(head) == DEAD_LETTER_HEAD and head.startswith(b'{"pad":"xxx')
 
 
+def _trade_frame(conn: WsConnection, seq: int) -> str:
+    """A valid Binance trade of ``conn``'s instrument, numbered ``seq``."""
+    sym = conn.subs[0].instrument.replace("-", "")
+    return (
+        f'{{"stream":"{sym.lower()}@trade","data":{{"e":"trade","E":1700000000001,'
+        f'"s":"{sym}","t":{seq},"p":"64000.5","q":"0.25","T":1700000000000,"m":false}}}}'
+    )
+
+
 def test_fragmented_message_within_the_limit_is_still_parsed():
     """The cap does not touch legitimate fragmented messages: a valid message sent in pieces
     is reassembled and delivered (no dead letter, no error)."""
@@ -165,11 +174,7 @@ def test_fragmented_message_within_the_limit_is_still_parsed():
             task = asyncio.create_task(adapter.run())
             await streaming(adapter, sink, server)
             hit, _ = hit_and_other(adapter, server)
-            sym = hit.subs[0].instrument.replace("-", "")
-            msg = (
-                f'{{"stream":"{sym.lower()}@trade","data":{{"e":"trade","E":1700000000001,'
-                f'"s":"{sym}","t":{seq},"p":"64000.5","q":"0.25","T":1700000000000,"m":false}}}}'
-            )
+            msg = _trade_frame(hit, seq)
             conn = next(iter(server._conns.values()))
             await conn.ws.send([msg[:30], msg[30:90], msg[90:]])
             await wait_for(lambda: len(ours(sink)) == 1, what="the record")
@@ -197,11 +202,7 @@ def test_a_binary_message_holding_json_is_refused_not_taken_as_data():
             task = asyncio.create_task(adapter.run())
             await streaming(adapter, sink, server)
             hit, _ = hit_and_other(adapter, server)
-            sym = hit.subs[0].instrument.replace("-", "")
-            msg = (
-                f'{{"stream":"{sym.lower()}@trade","data":{{"e":"trade","E":1700000000001,'
-                f'"s":"{sym}","t":{seq},"p":"64000.5","q":"0.25","T":1700000000000,"m":false}}}}'
-            ).encode()
+            msg = _trade_frame(hit, seq).encode()
             conn = next(iter(server._conns.values()))
             await conn.ws.send(msg)  # bytes: one binary frame
             await conn.ws.send([msg[:40], msg[40:]])  # a fragmented binary message
