@@ -104,6 +104,48 @@ class IngestContext:
         return tuple(dict.fromkeys(s.instrument for s in self.subscriptions))
 
 
+@dataclass(frozen=True)
+class Rate:
+    """A provider's documented limit: at most ``count`` actions in any ``per`` seconds, of which
+    up to ``burst`` may go at once after a quiet while.
+
+    Paced as GCRA (:mod:`fairfeed.ipc.pacer`) with the sustained :attr:`interval` chosen so that
+    no window of ``per`` seconds, ends included, can hold more than ``count``: ``burst`` at once
+    and one every ``per / (count - burst)`` seconds after them. A window limit such as Binance's
+    300 per 5 minutes with a burst of 20 lets a normal start open its handful of connections at
+    once, and a reconnection storm still stays within the limit.
+    """
+
+    count: int
+    per: float  # seconds
+    burst: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 2 and self.per > 0 and 1 <= self.burst < self.count):
+            raise ValueError(f"{self}: needs count >= 2, per > 0 and 1 <= burst < count")
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two actions of a sustained flow."""
+        return self.per / (self.count - self.burst)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a provider documents about how fast a client may go; None where it documents none.
+
+    ``connect`` and ``message`` are per IP address: paced across every worker of the daemon
+    (new connections, and subscribe / unsubscribe messages). ``connection_messages`` is per
+    connection: the least spacing of one connection's messages (its :attr:`Rate.interval`;
+    ``subscribe_interval`` can only make it longer). Each adapter declares its provider's, with
+    the documentation page it comes from, and its provider page lists them.
+    """
+
+    connect: Rate | None = None
+    message: Rate | None = None
+    connection_messages: Rate | None = None
+
+
 def api_key(p: ProviderConfig) -> str:
     """The key a provider's adapter will send: the value of the environment variable its
     ``api_key_env`` names ("" when unnamed or unset)."""
@@ -134,6 +176,9 @@ class Adapter(abc.ABC):
     #: The service whose API key the protocol needs ("" = none): the daemon checks at start
     #: that :func:`required_api_key` finds it.
     api_key_service = ""
+
+    #: The provider's documented rate limits (none by default).
+    limits = Limits()
 
     def __init__(self, ctx: IngestContext) -> None:
         """Everything an adapter is told is in ``ctx``: its provider's configuration, with the

@@ -20,8 +20,11 @@ every provider:
   plain data throughout.
 * **Reconnects** with capped, jittered backoff (:class:`~fairfeed.core.backoff.Backoff`, reset only
   once a subscription is acknowledged), re-subscription on every connect, subscribe requests
-  staggered ``subscribe_interval`` apart, a provider's rate-limit answer honoured (its delay, and
-  the backoff keeps growing).
+  staggered ``subscribe_interval`` apart (at least the provider's per-connection message
+  spacing), a provider's rate-limit answer honoured (its delay, and the backoff keeps growing).
+  New connections and subscribe / unsubscribe messages are paced across the whole daemon under
+  the provider's declared per-IP limits (``limits``, :class:`~fairfeed.providers.base.Limits`;
+  :mod:`fairfeed.ipc.pacer`).
 * **Planned reconnects** (before a protocol's maximum connection age, or when the provider
   announces one) make before they break: a new session connects and subscribes next to the old
   one, and takes over once it is acknowledged and delivers; only then does the old one close
@@ -219,6 +222,9 @@ class WsConnection:
         # removed while this session's (paced) subscribe messages were still going out: their
         # unsubscribe follows the last of them, or it would arrive first and be undone
         self.deferred_unsubscribe: tuple[Subscription, ...] = ()
+        # Requests (subscribe, unsubscribe) go out one at a time, in order, request_spacing apart
+        self.request_lock = asyncio.Lock()
+        self.next_request = 0.0  # monotonic time the next request may go out on this connection
         self.last_data = 0.0  # monotonic time of the last data frame
         self.last_alive = 0.0  # last data, heartbeat or ping
         self.retry_after = 0.0  # the provider asked us to wait this long before reconnecting
@@ -739,20 +745,33 @@ class WsConnection:
         m = _TOO_BIG.search(text)
         a.oversized(self, b"", int(m.group(1)) if m else a.max_message_bytes + 1)
 
-    async def _subscribe(self) -> None:
-        """Send the protocol's subscribe messages, ``subscribe_interval`` apart."""
+    async def send_requests(self, msgs: Sequence[bytes | str],
+                            transport: WSTransport | None = None) -> None:  # fmt: skip
+        """Send ``msgs`` in order, each under the provider's per-IP message limit (a slot shared
+        with every worker) and at least ``request_spacing`` after this connection's previous
+        request. ``transport``: only on that session (a later one has its own subscriptions)."""
         a = self.adapter
-        requests = a.subscribe_messages(self, self.subs)
-        for i, msg in enumerate(requests):
-            if i:
-                await asyncio.sleep(a.subscribe_interval)
-            await a.pace("message")
-            self.send(msg)
+        async with self.request_lock:
+            for msg in msgs:
+                if transport is not None and self.transport is not transport:
+                    return
+                wait = self.next_request - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await a.pace("message")
+                if transport is not None and self.transport is not transport:
+                    return
+                self.send(msg)
+                self.next_request = time.monotonic() + a.request_spacing
+
+    async def _subscribe(self) -> None:
+        """Send the protocol's subscribe messages (:meth:`send_requests`)."""
+        a = self.adapter
+        await self.send_requests(a.subscribe_messages(self, self.subs))
         self.requested_at = time.monotonic()
         if self.deferred_unsubscribe:
-            for msg in a.unsubscribe_messages(self, self.deferred_unsubscribe):
-                self.send(msg)
-            self.deferred_unsubscribe = ()
+            gone, self.deferred_unsubscribe = self.deferred_unsubscribe, ()
+            await self.send_requests(a.unsubscribe_messages(self, gone))
         # Without explicit acks, the first data or heartbeat afterwards acknowledges: an error
         # answer then never resets the backoff.
         self.sent_subscriptions = not a.acknowledges_subscriptions
@@ -884,10 +903,6 @@ class WsAdapter(Adapter):
     # Endpoints a subscription's streams are split across (Binance USD-M: book tickers on one,
     # trades on another): every group of subscriptions gets one connection per route.
     routes: tuple[str, ...] = ("",)
-    # The provider's limits per IP address (per second; 0 = none), paced across the whole
-    # daemon (fairfeed.ipc.pacer): new connections, and subscribe messages.
-    connect_rate = 0.0
-    message_rate = 0.0
     subscribe_batch = 100  # streams per subscribe message
     stale_after = 30.0
     max_connection_age = 0.0  # seconds; 0 = no planned reconnect
@@ -924,6 +939,9 @@ class WsAdapter(Adapter):
         if p.max_message_bytes:
             self.max_message_bytes = p.max_message_bytes
         self.subscribe_interval = p.subscribe_interval
+        per_conn = self.limits.connection_messages
+        # A connection's requests: subscribe_interval apart, never closer than its limit allows
+        self.request_spacing = max(self.subscribe_interval, per_conn.interval if per_conn else 0.0)
         self.stopping = asyncio.Event()
         self.closed = False
         self.subscribe_errors = 0
@@ -941,6 +959,7 @@ class WsAdapter(Adapter):
         self.connections = [WsConnection(self, i, g, r) for i, (g, r) in enumerate(groups)]
         self._running = False
         self._tasks: list[asyncio.Task] = []
+        self._senders: set[asyncio.Task] = set()  # unsubscribe requests going out
 
     @property
     def subscriptions_per_connection(self) -> int:
@@ -1055,14 +1074,14 @@ class WsAdapter(Adapter):
 
     async def pace(self, action: str) -> None:
         """Wait for this provider's next ``action`` slot ("connect", "message") under its
-        per-IP rate, shared with every worker of the daemon."""
-        rate = self.connect_rate if action == "connect" else self.message_rate
-        if rate <= 0:
+        declared per-IP limit (``limits``), shared with every worker of the daemon."""
+        rate = self.limits.connect if action == "connect" else self.limits.message
+        if rate is None:
             return
-        interval = 1.0 / rate
+        interval, burst = rate.interval, rate.burst
         for _ in range(3):
             now = time.monotonic()
-            at = self.pacer.reserve(self.ctx.provider.name, action, interval, now)
+            at = self.pacer.reserve(self.ctx.provider.name, action, interval, now, burst)
             if at > now:
                 await self.pause(at - now)
             # Woken late (the loop was busy): so were the others waiting for the slots after
@@ -1106,8 +1125,13 @@ class WsAdapter(Adapter):
             elif conn.transport is not None and not conn.requested_at:
                 conn.deferred_unsubscribe += removed
             else:
-                for msg in self.unsubscribe_messages(conn, removed):
-                    conn.send(msg)
+                msgs = self.unsubscribe_messages(conn, removed)
+                if msgs and conn.transport is not None:  # paced, on this session only
+                    task = asyncio.get_running_loop().create_task(
+                        conn.send_requests(msgs, conn.transport)
+                    )
+                    self._senders.add(task)
+                    task.add_done_callback(self._senders.discard)
 
     def unsubscribe_messages(self, conn: WsConnection, subs: tuple[Subscription, ...]) -> list:
         """Messages that stop ``subs`` on an open connection ([] = the protocol cannot)."""
@@ -1134,6 +1158,8 @@ class WsAdapter(Adapter):
     async def close(self) -> None:
         """Close every connection cleanly and flush what is buffered."""
         self.stopping.set()
+        for t in list(self._senders):
+            t.cancel()
         for c in self.connections:
             if c.transport is not None:
                 with contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ from fairfeed.core.records import (
 )
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscription
+from fairfeed.ipc.pacer import Pacer
 from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.providers.base import IngestContext
@@ -416,31 +417,86 @@ def test_an_absurd_venue_time_is_cleared_and_counted():
 
 
 def test_staggered_subscribe_requests():
+    """Binance allows 5 incoming messages a second per connection, pings and pongs included:
+    the declared per-connection limit keeps our requests 1/3 s apart (4 a second) whatever
+    ``subscribe_interval`` says; without it, unstaggered requests get the connection closed."""
     cfg = SimulatorConfig(prices=PRICES, rate=1000)
 
     async def main():
         async with BinanceServer("binance", cfg) as server:
-            # 7 instruments -> 14 streams, 5 per request -> 3 requests, 0.25 s apart (< 5/s)
+            # 7 instruments -> 14 streams, 5 per request -> 3 requests, 0.25 s apart asked,
+            # 1/3 s apart by the declared limit
             adapter, sink, _, _ = make(server.url, tuple(PRICES), batch=5, interval=0.25)
+            assert adapter.request_spacing == pytest.approx(1 / 3)
             task = asyncio.create_task(adapter.run())
             await wait_for(lambda: sink.status(STATUS_CONNECTED) == 1, what="acknowledged")
             reqs = [r for r in server.requests if r[2] == "SUBSCRIBE"]
             assert [r[3] for r in reqs] == [5, 5, 4]
             gaps = np.diff([r[0] for r in reqs])
-            assert (gaps >= 0.2).all() and (gaps < 0.5).all()
+            assert (gaps >= 0.3).all() and (gaps < 1.0).all()
             assert server.rate_closes == 0
             ids = {REGISTRY.instrument_id(s) for s in PRICES}
             await wait_for(lambda: set(sink.records["instrument"].tolist()) == ids, what="all")
             await adapter.close()
             await task
-            # no stagger: 14 requests at once break the 5 messages/s limit; Binance closes
+            # subscribe_interval 0, one stream per request: still 1/3 s apart, never closed
+            n = len(server.requests)
+            adapter, sink, _, _ = make(server.url, tuple(PRICES)[:3], batch=1)
+            task = asyncio.create_task(adapter.run())
+            await wait_for(lambda: sink.status(STATUS_CONNECTED) == 1, what="acknowledged")
+            reqs = [r for r in server.requests[n:] if r[2] == "SUBSCRIBE"]
+            assert len(reqs) == 6
+            assert (np.diff([r[0] for r in reqs]) >= 0.3).all()
+            assert server.rate_closes == 0
+            await adapter.close()
+            await task
+            # without the declared limit, 14 requests at once break the 5 messages/s limit
             adapter, sink, _counters, _ = make(server.url, tuple(PRICES), batch=1)
+            adapter.request_spacing = 0.0
             task = asyncio.create_task(adapter.run())
             await wait_for(lambda: server.rate_closes >= 1, what="rate close")
             await adapter.close()
             await task
 
     asyncio.run(main())
+
+
+def test_connections_burst_then_keep_to_300_per_5_minutes():
+    """Binance allows 300 connection attempts per 5 minutes per IP: the declared limit lets two
+    workers (two adapters sharing the daemon's pacer) open 20 connections at once, then one
+    every 300/280 s, so that no 5 minutes can ever hold more than 300."""
+    names = [f"C{i}-USDT" for i in range(22)]
+    reg = Registry.build([(n, CLASS_SPOT) for n in names], [("binance", "binance")])
+    pacer = Pacer.local(["binance"])
+    cfg = SimulatorConfig(prices=dict.fromkeys(names, 10.0), rate=0)
+
+    async def main():
+        async with BinanceServer("binance", cfg) as server:
+            adapters = []
+            for half in (names[:11], names[11:]):
+                provider = ProviderConfig(
+                    name="binance", kind="binance", venue="binance", url=server.url,
+                    max_streams_per_connection=2, stale_after=10.0,
+                    options=BinanceOptions(backoff_base=0.05, backoff_cap=0.2),
+                )  # fmt: skip
+                subs = tuple(Subscription.resolve(reg, "binance", "binance", n, "spot")
+                             for n in half)  # fmt: skip
+                ctx = IngestContext(provider, server.url, subs, reg, Sink(), DictCounters(),
+                                    pacer=pacer)  # fmt: skip
+                adapters.append(BinanceAdapter(ctx))
+            t0 = time.monotonic()
+            tasks = [asyncio.create_task(a.run()) for a in adapters]
+            await wait_for(lambda: len(server.stats.connect_times) == 22, timeout=10,
+                           what="every connection")  # fmt: skip
+            for a in adapters:
+                await a.close()
+            await asyncio.gather(*tasks)
+            return np.sort(np.array(server.stats.connect_times)) - t0
+
+    times = asyncio.run(main())
+    interval = 300 / 280
+    assert times[19] < interval  # the burst: nobody waited for a slot
+    assert times[20] >= interval and times[21] >= 2 * interval  # then the sustained rate
 
 
 # --- USD-M futures ---------------------------------------------------------------------------

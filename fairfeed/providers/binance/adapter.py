@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fairfeed.core.options import BinanceOptions
 from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.base import IngestContext
+from fairfeed.providers.base import IngestContext, Limits, Rate
 from fairfeed.providers.binance.parse import BinanceParser
 from fairfeed.providers.binance.symbols import DERIVATIVE_STREAMS, USDM_ROUTES, stream_name
 from fairfeed.providers.binance.wire import RATE_LIMIT_CODE, Ack, Error, subscribe
@@ -47,6 +47,15 @@ FEEDS = BinanceOptions.FEEDS[1:]  # "" is the default
 MAX_STREAMS = 1024  # Binance's limit per connection
 USDM_MAX_STREAMS = 200  # USD-M futures' limit per connection
 MAX_AGE = 24 * 3600.0  # Binance closes a connection after 24 hours
+# Spot (developers.binance.com/docs/binance-spot-api-docs/web-socket-streams): 300 connection
+# attempts per 5 minutes per IP, paced daemon-wide with a burst of 20 (a start opens a few at
+# once; a reconnection storm goes on at one per ~1.07 s); per connection 5 incoming messages a
+# second, pings and pongs included: our requests keep to 4 (1/3 s apart), one left for a pong.
+SPOT_LIMITS = Limits(connect=Rate(300, 300.0, burst=20), connection_messages=Rate(4, 1.0))
+# USD-M (developers.binance.com/docs/derivatives/usds-margined-futures/
+# websocket-market-streams): 10 incoming messages a second per connection (9 for requests). The
+# page names no per-IP connection limit: spot's 300 per 5 minutes is applied (same edge).
+USDM_LIMITS = Limits(connect=Rate(300, 300.0, burst=20), connection_messages=Rate(9, 1.0))
 
 
 class BinanceAdapter(WsAdapter):
@@ -73,6 +82,7 @@ class BinanceAdapter(WsAdapter):
         self.feed = feed
         self.market = market
         self.derivatives = isinstance(p.options, BinanceOptions) and p.options.derivatives
+        self.limits = USDM_LIMITS if market == "usdm" else SPOT_LIMITS
         self.stream_kinds: tuple[str, ...] = (feed, "bookTicker")
         if self.derivatives:
             self.stream_kinds += DERIVATIVE_STREAMS

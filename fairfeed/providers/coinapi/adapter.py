@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from fairfeed.core.options import CoinApiOptions
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.base import IngestContext, required_api_key
+from fairfeed.providers.base import IngestContext, Limits, required_api_key
 from fairfeed.providers.coinapi.parse import CoinApiParser
 from fairfeed.providers.coinapi.symbols import to_symbol_id
 from fairfeed.providers.coinapi.wire import Error, Hello, Reconnect, Subscribe, encode, exact
@@ -35,6 +35,11 @@ class CoinApiAdapter(WsAdapter):
 
     acknowledges_subscriptions = False  # CoinAPI sends no subscription acknowledgement
     max_streams_per_connection = 100_000  # no documented limit; one connection carries all
+    # CoinAPI limits per API key and plan, not per IP: concurrent connections (a soft limit of
+    # one WebSocket connection per subscription) and data types (docs.coinapi.io, market data
+    # "API limits and billing metrics"; FAQ "restrictions on usage of real-time protocols").
+    # Nothing to pace per IP.
+    limits = Limits()
     subscribe_batch = 10_000  # symbol filters per hello / subscribe message
     stale_after = 10.0  # heartbeats come after each second of silence
     min_record_bytes = 80  # a trade message is ~250 bytes for 1 record, a quote ~280 for 2

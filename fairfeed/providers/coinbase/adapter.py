@@ -38,7 +38,7 @@ import logging
 from fairfeed.core.options import CoinbaseOptions
 from fairfeed.core.records import KIND_TRADE
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.base import IngestContext
+from fairfeed.providers.base import IngestContext, Limits, Rate
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser, ExchangeFeedParser
 from fairfeed.providers.coinbase.symbols import to_product_id
 from fairfeed.providers.coinbase.wire import (
@@ -66,10 +66,12 @@ class CoinbaseAdapter(WsAdapter):
     """
 
     gap_kinds = (KIND_TRADE,)
-    # Per IP: about 8 new connections and 8 messages a second unauthenticated (Coinbase's
-    # WebSocket rate limits), paced across every worker of the daemon
-    connect_rate = 8.0
-    message_rate = 8.0
+    # Per IP, paced across every worker of the daemon: 8 new connections a second (Exchange:
+    # "requests per second per IP: 8", bursts up to 20; Advanced Trade allows 750) and 8
+    # unauthenticated messages a second (Advanced Trade; Exchange allows 100). The stricter of
+    # the two feeds' figures, for both. Sources: docs.cdp.coinbase.com/exchange/websocket-feed/
+    # rate-limits and .../advanced-trade-apis/websocket/websocket-rate-limits
+    limits = Limits(connect=Rate(8, 1.0), message=Rate(8, 1.0))
     max_streams_per_connection = 100  # Coinbase advises spreading products over connections
     subscribe_batch = 100
     stale_after = 10.0  # heartbeats arrive every second on both feeds

@@ -29,7 +29,7 @@ from fairfeed.core.counters import Slot
 from fairfeed.core.options import KrakenOptions
 from fairfeed.core.records import KIND_TRADE, STATUS_SUBSCRIBE_ERROR
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.base import IngestContext
+from fairfeed.providers.base import IngestContext, Limits, Rate
 from fairfeed.providers.kraken.parse import KrakenParser
 from fairfeed.providers.kraken.symbols import to_symbol
 from fairfeed.providers.kraken.wire import (
@@ -53,6 +53,12 @@ class KrakenAdapter(WsAdapter):
 
     gap_kinds = (KIND_TRADE,)  # trade ids are contiguous per symbol
     max_streams_per_connection = 400  # Kraken publishes no limit: a conservative default
+    # Per IP: "approximately 150" connection attempts per rolling 10 minutes (Cloudflare; over
+    # it the IP is banned for 10 minutes): 140 declared for the "approximately", a burst of 10.
+    # Kraken documents no per-IP message limit (its per-connection rate varies with load and
+    # is answered "Exceeded msg rate"). Source: docs.kraken.com/api/docs/guides/spot-ws-intro
+    # ("General Considerations")
+    limits = Limits(connect=Rate(140, 600.0, burst=10))
     streams_per_subscription = len(CHANNELS)  # trade and ticker
     subscribe_batch = 100  # symbols (streams) per subscribe request
     stale_after = 10.0  # heartbeats every second once subscribed

@@ -28,7 +28,7 @@ from fairfeed.core.counters import Slot
 from fairfeed.core.options import KrakenFuturesOptions
 from fairfeed.core.records import KIND_TRADE, STATUS_SUBSCRIBE_ERROR
 from fairfeed.core.subscriptions import Subscription
-from fairfeed.providers.base import IngestContext
+from fairfeed.providers.base import IngestContext, Limits
 from fairfeed.providers.kraken_futures.parse import KrakenFuturesParser
 from fairfeed.providers.kraken_futures.symbols import product_id
 from fairfeed.providers.kraken_futures.wire import Alert, Answer, Error, subscribe
@@ -46,6 +46,10 @@ class KrakenFuturesAdapter(WsAdapter):
 
     gap_kinds = (KIND_TRADE,)  # trade `seq` is contiguous per product
     max_streams_per_connection = 200  # Kraken publishes no limit: a conservative default
+    # No per-IP connection or message limit is documented for the public feeds (Kraken's
+    # futures rate limits, docs.kraken.com/api/docs/guides/futures-rate-limits, are REST cost
+    # budgets): not paced; requests go out subscribe_interval apart per connection.
+    limits = Limits()
     streams_per_subscription = len(FEEDS)  # trade and ticker
     subscribe_batch = 100  # products per subscribe request
     stale_after = 15.0  # tickers every second per product, and heartbeats
