@@ -17,7 +17,9 @@ Faithful to what the adapter depends on (docs/providers/kraken_futures.md):
   rounded to whole contracts (inverse);
 * a ticker per quote event (Kraken throttles its tickers to one a second; the local server
   sends one per top-of-book change), with the mark price at the mid, the index 1 bp under it,
-  a fixed open interest and, for perpetuals, funding (next funding at the next full hour).
+  a fixed open interest and, for perpetuals, funding (next funding at the next full hour);
+* every ``liquidation_every``-th trade of a product (by its ``seq``) is a liquidation fill,
+  ``"type":"liquidation"`` (the others ``"fill"``), as Kraken marks them in the trade feed.
 
 Faults (:mod:`fairfeed.local.faults`): DISCONNECT, STALL, HEARTBEATS_ONLY, RATE_SCALE,
 SEQUENCE_GAP (trade ``seq`` skips), EXCHANGE_DELAY, PRICE_OFFSET, MALFORMED, REJECT_SUBSCRIBE
@@ -61,11 +63,13 @@ class KrakenFuturesServer(LocalWsServer):
         products: Mapping[str, str] | None = None,
         contracts: Mapping[str, str | float] | None = None,
         heartbeat_interval: float = 1.0,
+        liquidation_every: int = 50,
         keep_log: bool = False,
         **base: Any,  # the shared server's (host, port, ...)
     ) -> None:
         super().__init__(name, cfg, **base)
         self.heartbeat_interval = heartbeat_interval
+        self.liquidation_every = liquidation_every  # 0: no liquidation fills
         self.keep_log = keep_log
         self.sent: list[str] = []  # every market message sent (keep_log), in order
         self.requests: list[tuple[float, int, str, str, int]] = []  # t, conn, event, feed, n
@@ -196,9 +200,11 @@ class KrakenFuturesServer(LocalWsServer):
                     out.append(self._ticker(i, ts[k], bid[k], bsz[k], ask[k], asz[k]))
                 continue
             side = "buy" if buy[k] else "sell"
+            every = self.liquidation_every
+            kind = "liquidation" if every and tid[k] % every == 0 else "fill"
             item = (
                 f'{{"feed":"trade","product_id":"{self.wire[i]}","uid":"{uuid.uuid4()}",'
-                f'"side":"{side}","type":"fill","seq":{tid[k]},"time":{ts[k] // 1_000_000},'
+                f'"side":"{side}","type":"{kind}","seq":{tid[k]},"time":{ts[k] // 1_000_000},'
                 f'"qty":{self._contracts(i, size[k], price[k])!r},"price":{price[k]!r}}}'
             )
             self._recent[i].append(item)

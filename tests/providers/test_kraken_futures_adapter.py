@@ -22,6 +22,7 @@ from fairfeed.core.records import (
     KIND_GAP,
     KIND_HEARTBEAT,
     KIND_INDEX,
+    KIND_LIQUIDATION,
     KIND_MARK,
     KIND_OPEN_INTEREST,
     KIND_TRADE,
@@ -95,8 +96,10 @@ def expected(sent: list[str]) -> list[tuple]:
         t = m["time"] * 1_000_000
         if m["feed"] == "trade":
             side = SIDE_BUY if m["side"] == "buy" else SIDE_SELL
-            out.append((inst, KIND_TRADE, side, m["price"], base(pid, m["qty"], m["price"]),
-                        m["seq"], t, 0))  # fmt: skip
+            size = base(pid, m["qty"], m["price"])
+            out.append((inst, KIND_TRADE, side, m["price"], size, m["seq"], t, 0))
+            if m["type"] == "liquidation":  # also a liquidation print, unnumbered
+                out.append((inst, KIND_LIQUIDATION, side, m["price"], size, SEQ_NONE, t, 0))
         elif m["feed"] == "ticker":
             out.append((inst, KIND_BID, 0, m["bid"], base(pid, m["bid_size"], m["bid"]),
                         SEQ_NONE, t, 0))  # fmt: skip
@@ -143,10 +146,18 @@ def test_exact_records_of_every_kind():
     assert len(want) > 1000
     # ticker snapshots (sent while answering) may interleave: all records, trades in order
     assert sorted(got) == sorted(want)
-    assert [t for t in got if t[1] == KIND_TRADE] == [t for t in want if t[1] == KIND_TRADE]
+    for kind in (KIND_TRADE, KIND_LIQUIDATION):
+        assert [t for t in got if t[1] == kind] == [t for t in want if t[1] == kind]
     kinds = set(r["kind"].tolist())
     assert kinds == {KIND_TRADE, KIND_BID, KIND_ASK, KIND_MARK, KIND_INDEX, KIND_FUNDING,
-                     KIND_OPEN_INTEREST}  # fmt: skip
+                     KIND_OPEN_INTEREST, KIND_LIQUIDATION}  # fmt: skip
+    # every 50th trade of a product is a liquidation fill: a trade and a liquidation print
+    trades, liqs = r[r["kind"] == KIND_TRADE], r[r["kind"] == KIND_LIQUIDATION]
+    forced = trades[trades["sequence"] % 50 == 0]
+    assert len(liqs) == len(forced) > 0
+    for f in ("instrument", "side", "price", "size", "ts_exchange"):
+        assert liqs[f].tolist() == forced[f].tolist(), f
+    assert (liqs["sequence"] == SEQ_NONE).all()
     fut = REGISTRY.instrument_id("SOL-USD-270326")
     funding = r[r["kind"] == KIND_FUNDING]
     assert fut not in funding["instrument"].tolist() and len(funding)  # perpetuals only

@@ -20,6 +20,7 @@ from fairfeed.core.records import (
     KIND_BID,
     KIND_FUNDING,
     KIND_INDEX,
+    KIND_LIQUIDATION,
     KIND_MARK,
     KIND_OPEN_INTEREST,
     KIND_TRADE,
@@ -119,8 +120,14 @@ def test_trades_exact_in_base_units():
     dated = dict(linear, product_id="FF_ETHUSD_250328", qty=30.0, price=2000.0)
     assert p.parse(enc(dated), out, 0, TS) == 1
     assert out[0]["size"] == pytest.approx(3.0) and out[0]["data_class"] == CLASS_FUTURE
-    # a liquidation fill is a trade too
-    assert p.parse(enc(dict(linear, type="liquidation")), out, 0, TS) == 1
+    # a liquidation fill is a trade and a liquidation print (the forced order's side, unnumbered)
+    assert p.parse(enc(dict(linear, type="liquidation")), out, 1, TS) == 2
+    assert out[1].tolist() == r.tolist()
+    want = (1612269825817000000, 0, TS, 34893.0, 0.25, SEQ_NONE, 10, PROV, VENUE,
+            KIND_LIQUIDATION, CLASS_PERPETUAL, SIDE_SELL, 0, 0)  # fmt: skip
+    assert out[2].tolist() == want
+    for other in ("termination", "block"):  # fills of other kinds: trades only
+        assert p.parse(enc(dict(linear, type=other)), out, 0, TS) == 1
     # history: nothing
     snap = {"feed": "trade_snapshot", "product_id": "PF_XBTUSD", "trades": [linear, linear]}
     assert p.parse(enc(snap), out, 0, TS) == 0
@@ -225,18 +232,20 @@ _price = st.floats(min_value=1e-8, max_value=1e9, allow_nan=False)
 @given(
     pid=st.sampled_from(list(PRODUCTS)), buy=st.booleans(), price=_price, qty=_price,
     seq=st.integers(0, 2**63 - 1), ms=st.integers(0, 2**53),
+    kind=st.sampled_from(["fill", "liquidation", "termination", "block", "other"]),
 )  # fmt: skip
-def test_valid_trades_are_exact(pid, buy, price, qty, seq, ms):
+def test_valid_trades_are_exact(pid, buy, price, qty, seq, ms, kind):
     p = parser()
-    out = empty_records(2)
-    msg = {"feed": "trade", "product_id": pid, "side": "buy" if buy else "sell", "type": "fill",
+    out = empty_records(3)
+    msg = {"feed": "trade", "product_id": pid, "side": "buy" if buy else "sell", "type": kind,
            "seq": seq, "time": ms, "qty": qty, "price": price}  # fmt: skip
     prod = PRODUCTS[pid]
     base = qty * prod.size / price if prod.inverse else qty * prod.size
     if ms * 1_000_000 >= 2**63:
         assert p.parse(enc(msg), out, 0, TS) == PARSE_ERROR
         return
-    assert p.parse(enc(msg), out, 0, TS) == 1, p.error
+    n = 2 if kind == "liquidation" else 1  # a liquidation fill is a trade and a liquidation
+    assert p.parse(enc(msg), out, 0, TS) == n, p.error
     r = out[0]
     assert (r["instrument"], r["side"], r["price"], r["sequence"], r["ts_exchange"]) == (
         prod.instrument,
@@ -245,7 +254,26 @@ def test_valid_trades_are_exact(pid, buy, price, qty, seq, ms):
         seq,
         ms * 1_000_000,
     )
-    assert r["size"] == base
+    assert r["size"] == base and r["kind"] == KIND_TRADE
+    if n == 2:
+        liq = out[1]
+        assert liq["kind"] == KIND_LIQUIDATION and liq["sequence"] == SEQ_NONE
+        for f in ("instrument", "data_class", "side", "price", "size", "ts_exchange",
+                  "ts_receive", "provider", "venue"):  # fmt: skip
+            assert liq[f] == r[f], f
+    assert out[n]["kind"] == 0  # nothing written past what was returned
+
+
+def test_a_liquidation_fill_needs_room_for_both_records():
+    p = parser()
+    msg = {"feed": "trade", "product_id": "PI_XBTUSD", "side": "sell", "type": "liquidation",
+           "seq": 7, "time": 1_700_000_000_000, "qty": 32000, "price": 64000.0}  # fmt: skip
+    out = empty_records(2)
+    assert p.parse(enc(msg), out, 1, TS) == NEED_SPACE and p.needed == 2
+    assert p.parse(enc(msg), out, 0, TS) == 2
+    # 32000 USD contracts of the inverse perpetual at 64000: 0.5 BTC closed by a forced sale
+    assert out["kind"].tolist() == [KIND_TRADE, KIND_LIQUIDATION]
+    assert out["size"].tolist() == [0.5, 0.5] and out["side"].tolist() == [SIDE_SELL] * 2
 
 
 _field = st.one_of(
@@ -254,7 +282,7 @@ _field = st.one_of(
     st.text(max_size=10),
     st.booleans(),
     st.none(),
-    st.sampled_from([*PRODUCTS, "buy", "sell", "fill"]),
+    st.sampled_from([*PRODUCTS, "buy", "sell", "fill", "liquidation"]),
 )
 _keys = st.sampled_from(["product_id", "side", "type", "seq", "time", "qty", "price", "bid",
                          "ask", "bid_size", "ask_size", "index", "markPrice", "openInterest",

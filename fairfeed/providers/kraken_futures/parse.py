@@ -9,7 +9,11 @@ Mapping (details in docs/providers/kraken_futures.md); sizes are base units (lin
 the venue):
 
 * ``trade`` → TRADE: ``price``, ``qty``, ``sequence`` = ``seq`` (contiguous per product: gaps
-  are tracked on it), ``side`` is the taker's, ``ts_exchange`` = ``time``;
+  are tracked on it), ``side`` is the taker's, ``ts_exchange`` = ``time``; a fill of ``type``
+  ``liquidation`` is also a LIQUIDATION right after it (same price, size, side and time,
+  ``sequence`` none): Kraken's liquidation engine takes liquidity, so the taker side is the
+  forced order's (sell: a long was closed). ``fill``, ``termination`` and ``block`` fills are
+  trades only;
 * ``trade_snapshot`` → nothing: recent trades replayed on subscribing are history (their live
   copies were published, or the gap tracker reports them missed);
 * ``ticker`` → with ``ts_exchange`` = ``time``, ``sequence`` none, each where present:
@@ -42,6 +46,7 @@ from fairfeed.core.records import (
     KIND_BID,
     KIND_FUNDING,
     KIND_INDEX,
+    KIND_LIQUIDATION,
     KIND_MARK,
     KIND_OPEN_INTEREST,
     KIND_TRADE,
@@ -129,7 +134,7 @@ class KrakenFuturesParser(RecordParser):
         if f.event:
             return self._control(f)
         if feed == "trade":
-            n = 1
+            n = 2 if f.type == "liquidation" else 1
         elif feed == "ticker":
             n = 6
         elif feed == "ticker_lite":
@@ -159,9 +164,13 @@ class KrakenFuturesParser(RecordParser):
                 if not (0.0 < price < _INF and 0.0 <= qty < _INF) or f.seq < 0 or f.time < 0:
                     self.error = f"trade without valid price/qty/seq/time: {f.product_id!r}"
                     return PARSE_ERROR
-                _pack(u8, off, f.time * _MS, 0, ts_receive, price, p.base(qty, price), f.seq,
-                      inst, prov, venue, KIND_TRADE, dc, _SIDES[f.side], 0, 0)  # fmt: skip
-                return 1
+                t, size, side = f.time * _MS, p.base(qty, price), _SIDES[f.side]
+                _pack(u8, off, t, 0, ts_receive, price, size, f.seq, inst, prov, venue,
+                      KIND_TRADE, dc, side, 0, 0)  # fmt: skip
+                if n == 2:  # the liquidation print, unnumbered like every derivatives record
+                    _pack(u8, off + 64, t, 0, ts_receive, price, size, SEQ_NONE, inst, prov,
+                          venue, KIND_LIQUIDATION, dc, side, 0, 0)  # fmt: skip
+                return n
             t = f.time * _MS if f.time > 0 else 0
             b, a = f.bid, f.ask
             if not (0.0 <= b < _INF and 0.0 <= a < _INF):

@@ -8,10 +8,11 @@ messages, e.g. ``PI_XBTUSD``, ``FI_XBTUSD_210924``):
   (also ``unsubscribed``, ``subscribed_failed``, ``unsubscribed_failed``); the heartbeat feed's
   has no ``product_ids``; ``{"event":"error","message":"Invalid product id"}`` (names no
   product) and ``{"event":"alert","message":"…"}``;
-* ``{"feed":"trade","product_id":…,"uid":…,"side":"buy"|"sell","type":"fill"|"liquidation"|…,
-  "seq":n,"time":ms,"qty":contracts,"price":…}`` (``side`` is the taker's; ``seq`` is
-  contiguous per product); ``{"feed":"trade_snapshot","product_id":…,"trades":[…]}`` on
-  subscribing: the recent trades, newest first (history);
+* ``{"feed":"trade","product_id":…,"uid":…,"side":"buy"|"sell","type":"fill"|"liquidation"|
+  "termination"|"block","seq":n,"time":ms,"qty":contracts,"price":…}`` (``side`` is the
+  taker's; ``seq`` is contiguous per product);
+  ``{"feed":"trade_snapshot","product_id":…,"trades":[…]}`` on subscribing: the recent trades,
+  newest first (history);
 * ``{"feed":"ticker","product_id":…,"time":ms,"bid":…,"ask":…,"bid_size":…,"ask_size":…,
   "index":…,"markPrice":…,"openInterest":contracts,"funding_rate":…,"funding_rate_prediction":…,
   "relative_funding_rate":…,"relative_funding_rate_prediction":…,
