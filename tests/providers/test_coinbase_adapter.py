@@ -514,8 +514,12 @@ def test_live_remove_unsubscribes_and_add_opens_a_connection(feed):
             await wait_for(lambda: len(h.trades()) > 30)
             eth = Subscription.resolve(REGISTRY, "coinbase", "COINBASE", "ETH-USD", "spot")
             sol = Subscription.resolve(REGISTRY, "coinbase", "COINBASE", "SOL-USD", "spot")
+            slot = h.adapter.pacer._index[("coinbase", "message")]
+            tat = float(h.adapter.pacer.slots[slot])
             h.adapter.remove((eth,))
             await asyncio.sleep(0.2)
+            # the unsubscribe message took a per-IP message slot like a subscribe message
+            assert float(h.adapter.pacer.slots[slot]) > tat
             n = h.n
             h.adapter.add((sol,))
             await wait_for(lambda: h.server.stats.connections_total == 2)
