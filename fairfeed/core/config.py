@@ -316,9 +316,11 @@ MAX_BLOCK_TIMEOUT_MS = 500.0
 # hostile message costs a worker more memory than every ring of a large daemon together.
 MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES = 1 << 12, 1 << 26
 MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT = 1 << 16, 1 << 28  # daemon.control_max_output, bytes
-# A record may wait flush_delay_ms in ingest and again in compute: keep the sum well inside the
-# 5 ms receive -> produce() budget (docs/configuration.md).
-MAX_FLUSH_DELAY_MS = 2.0
+# A record may wait flush_delay_ms in ingest and again in compute. The default (1 ms) keeps the
+# sum inside a 5 ms receive -> produce() budget; longer delays trade latency for CPU (fewer,
+# larger Kafka messages: docs/latency.md), up to where a stage's timers (pings, heartbeats,
+# commands) would wait noticeably.
+MAX_FLUSH_DELAY_MS = 50.0
 
 
 # Instrument x source cells of the shared state (stream board, last ids, metrics, fair state):

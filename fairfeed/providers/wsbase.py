@@ -75,9 +75,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import logging
 import re
 import ssl
+import termios
 import time
 import traceback
 import weakref
@@ -142,8 +144,11 @@ class ReadNap:
 
     A sleep of the whole loop, not a pause of each socket's reading: the same bound on every
     record's wait, without the two ``epoll_ctl`` calls, the selector bookkeeping and the timer
-    each read's pause and resume cost. Timers, pings and commands wait at most ``delay`` (the
-    configuration bounds it to 2 ms).
+    each read's pause and resume cost. Timers, pings and commands wait at most ``delay``.
+
+    No sleep when a connection is behind (:meth:`behind`: its socket already holds more than
+    one read takes): a loop that naps once per read would cap a flooded connection's rate at
+    one read buffer per ``delay``.
     """
 
     _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReadNap] = (
@@ -154,7 +159,9 @@ class ReadNap:
         self.loop = loop
         self.delay = delay
         self.due = False  # a sleep is queued for the loop's next iteration
+        self.skip = False  # a connection read this iteration is behind: no sleep
         self.naps = 0  # sleeps taken (tests)
+        self.skipped = 0  # sleeps not taken because a connection was behind (tests)
 
     @classmethod
     def of_loop(cls, delay: float) -> ReadNap:
@@ -165,16 +172,38 @@ class ReadNap:
             nap = cls._of_loop[loop] = cls(loop, delay)
         return nap
 
-    def request(self) -> None:
-        """Sleep once the loop's current callbacks are done (at most once per iteration)."""
+    def request(self, fd: int = -1) -> None:
+        """Sleep once the loop's current callbacks are done (at most once per iteration),
+        unless the socket ``fd`` just read (or another's this iteration) is :meth:`behind`."""
+        if fd >= 0 and not self.skip and self.behind(fd):
+            self.skip = True
         if not self.due:
             self.due = True
             self.loop.call_soon(self._sleep)
 
+    @staticmethod
+    def behind(fd: int) -> bool:
+        """Whether socket ``fd`` holds more unread bytes than :data:`BEHIND_BYTES`."""
+        try:
+            waiting = fcntl.ioctl(fd, termios.FIONREAD, _FIONREAD_ARG)
+        except OSError:  # closed meanwhile: nothing to catch up on
+            return False
+        return int.from_bytes(waiting, "little") > BEHIND_BYTES
+
     def _sleep(self) -> None:
         self.due = False
+        if self.skip:
+            self.skip = False
+            self.skipped += 1
+            return
         self.naps += 1
         time.sleep(self.delay)
+
+
+# A socket holding more than this after a read is behind (a read takes at most picows' read
+# buffer, 64 KiB and up): the batching nap would only slow it down.
+BEHIND_BYTES = 1 << 16
+_FIONREAD_ARG = bytes(4)
 
 
 class WsConnection:
@@ -208,6 +237,7 @@ class WsConnection:
         self.frag_binary = False  # the fragmented message is a binary one
         self.oversize_reported = False  # this session's too-big frame is counted already
         self.nap: ReadNap | None = None  # the loop's batching pause, found at the first read
+        self.fd = -1  # the session's socket (whether it is behind, for the nap)
         # the parser's running totals already added to the counters
         self.parser_gaps = self.parser_missed = self.parser_heartbeats = 0
         self.gaps = SequenceTracker(adapter.sources_by_venue(subs), adapter.gap_kinds)
@@ -529,7 +559,7 @@ class WsConnection:
             nap = self.nap
             if nap is None:
                 nap = self.nap = ReadNap.of_loop(self.adapter.ctx.flush_delay)
-            nap.request()
+            nap.request(self.fd)
 
     def _binary(self, payload: bytes | memoryview, last_in_buffer: bool) -> None:
         """Every provider we read speaks JSON text: a binary message is not data, even if it
@@ -597,6 +627,8 @@ class WsConnection:
     def on_connected(self, transport: WSTransport) -> None:
         now = time.monotonic()
         self.transport = transport
+        sock = transport.underlying_transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
         self.frag = None
         self.oversize_reported = False
         self.subscribed = False
@@ -618,6 +650,7 @@ class WsConnection:
     def on_disconnected(self) -> None:
         self.flush()
         self.transport = None
+        self.fd = -1
         self.health.connected(False)
         self._leave_overlap()
 

@@ -54,8 +54,8 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             "[ring]\npending_records = 0\n",
             "ring.pending_records: must be between 1 and 4194304, got 0",
         ),
-        ("[ring]\nflush_delay_ms = 3\n", "ring.flush_delay_ms: must be between 0 and 2, got 3"),
-        ("[ring]\nflush_delay_ms = -1\n", "ring.flush_delay_ms: must be between 0 and 2"),
+        ("[ring]\nflush_delay_ms = 60\n", "ring.flush_delay_ms: must be between 0 and 50, got 60"),
+        ("[ring]\nflush_delay_ms = -1\n", "ring.flush_delay_ms: must be between 0 and 50"),
         (
             "[ring]\nblock_timeout_ms = 300\n" + PROVIDER + "stale_after = 0.5\n",
             "providers[0].stale_after: 0.5 s is less than twice ring.block_timeout_ms (300 ms)",

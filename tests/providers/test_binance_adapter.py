@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import random
+import socket
 import time
 
 import numpy as np
@@ -38,7 +39,7 @@ from fairfeed.local.binance import BinanceServer
 from fairfeed.local.faults import Fault
 from fairfeed.providers.base import IngestContext
 from fairfeed.providers.binance.adapter import BinanceAdapter
-from fairfeed.providers.wsbase import ReadNap
+from fairfeed.providers.wsbase import BEHIND_BYTES, ReadNap
 from tests.providers.harness import Sink, schedule
 from tests.waiting import wait_for_async as wait_for
 
@@ -616,6 +617,37 @@ def test_read_nap_sleeps_once_per_loop_iteration():
 
     naps, slept = asyncio.run(main())
     assert naps == 1 and slept >= 0.001
+
+
+def test_read_nap_is_skipped_while_a_socket_is_behind():
+    """A socket holding more than a read takes is behind: napping would cap its rate at one
+    read per delay, so the loop goes on at once; with little waiting it naps."""
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        a.sendall(b"x" * 100)
+
+        async def iteration(nap: ReadNap) -> None:
+            nap.request(b.fileno())
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+        async def main():
+            nap = ReadNap.of_loop(0.001)
+            await iteration(nap)  # 100 bytes waiting: not behind
+            assert (nap.naps, nap.skipped) == (1, 0)
+            a.sendall(b"x" * (BEHIND_BYTES + 1))
+            await iteration(nap)
+            assert (nap.naps, nap.skipped) == (1, 1)
+            b.recv(1 << 20)
+            await iteration(nap)  # caught up: naps again
+            return nap.naps, nap.skipped
+
+        assert asyncio.run(main()) == (2, 1)
+    finally:
+        a.close()
+        b.close()
 
 
 def _derivatives_expected(sent: list[dict]) -> list[tuple]:
