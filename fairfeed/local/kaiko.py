@@ -48,6 +48,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import grpc
@@ -90,6 +91,7 @@ INDEX_DISCOUNT = 0.0001
 OPEN_INTEREST = 1000  # contracts at update 0; update u has OPEN_INTEREST + u
 FUNDING_RATE = "0.0001"  # Kaiko's values are decimal strings
 PREDICTED_FUNDING_RATE = "-0.0000756735759807"
+METRICS_LOG = 4096  # metrics messages kept per instrument in its stats
 
 
 @dataclass
@@ -103,8 +105,10 @@ class InstrumentStats:
     # (bid, bid amount, ask, ask amount, ts_exchange ns, ts_collection ns)
     last_quote: tuple[float, float, float, float, int, int] | None = None
     metrics: int = 0  # metrics updates (each several messages)
-    # commodity -> (value, ts_collection ns) of the last metrics message of each commodity
-    last_metrics: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    # (commodity, value, ts_collection ns) of the last METRICS_LOG metrics messages, in order
+    metrics_log: deque[tuple[str, str, int]] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=METRICS_LOG)
+    )
 
 
 @dataclass(eq=False)
@@ -544,7 +548,7 @@ class KaikoServer:
             m = _METRIC(value=value, legacy_symbol=inst.code.replace("-", "").upper(),
                         exchange=inst.exchange, commodity=name, commodity_kind=kind)  # fmt: skip
             _stamp_metric(m, collected, now)
-            st.last_metrics[name] = (value, collected)
+            st.metrics_log.append((name, value, collected))
             msgs.append(m)
         return msgs
 
