@@ -44,6 +44,7 @@ from fairfeed.providers.kaiko.adapter import (
     KaikoAdapter,
 )
 from tests.providers.harness import Sink
+from tests.providers.kaiko_metrics import expected_metrics
 from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
@@ -586,27 +587,6 @@ DERIV_UNITS = {
     "BINANCE:future:BTC-USD-250328": "100 quote",
 }
 DERIV_KINDS = (KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_OPEN_INTEREST)
-_KIND_OF = {"mark_price": KIND_MARK, "index_price": KIND_INDEX, "open_interest": KIND_OPEN_INTEREST}
-
-
-def _expected_metrics(log, unit) -> list[tuple]:
-    """The derivatives records a metrics call's messages (``metrics_log``) make, in order:
-    (kind, price, size, ts_provider); ``unit(amount, mark)`` is the instrument's base size."""
-    out: list[tuple] = []
-    mark = rate = None
-    predicted = math.nan
-    for name, value, ts in log:
-        v = float(value)
-        if name in ("mark_price", "index_price"):
-            out.append((_KIND_OF[name], v, 0.0, ts))
-            mark = v if name == "mark_price" else mark
-        elif name == "open_interest":
-            out.append((KIND_OPEN_INTEREST, 0.0, unit(v, mark), ts))
-        elif name in ("funding_rate", "predicted_funding_rate"):
-            rate, predicted = (v, predicted) if name == "funding_rate" else (rate, v)
-            if rate is not None:
-                out.append((KIND_FUNDING, rate, predicted, ts))
-    return out
 
 
 def _derivatives(h: Harness, inst: str) -> list[tuple]:
@@ -639,11 +619,11 @@ def test_derivatives_metrics_arrive_as_records_with_exact_values():
             await wait_for(lambda: h.server.calls_capped == calls, 15, what="every call's events")
             await wait_for(lambda: h.n == h.expected_records(), 10, what="every market record")
             want = {
-                "BTC-USDT-PERP": _expected_metrics(
+                "BTC-USDT-PERP": expected_metrics(
                     h.server.stats["binc:perpetual-future:btc-usdt"].metrics_log,
                     lambda a, _mark: a * 0.001,
                 ),
-                "BTC-USD-250328": _expected_metrics(
+                "BTC-USD-250328": expected_metrics(
                     h.server.stats["binc:future:btcusd250328"].metrics_log,
                     lambda a, mark: a * 100 / mark,
                 ),
