@@ -672,9 +672,10 @@ def test_a_metrics_call_restarts_alone_and_bad_metrics_are_dead_letters():
         cfg = SimulatorConfig(prices=DERIV_PRICES, rate=1000, seed=16)
         subs = [*DERIV_SUBS[1:], ("COINBASE", "BTC-USDT-PERP", "perpetual")]
         server_kw = {"metrics_interval": 0.01}
+        # the smallest hand-off buffer still holds a metrics message's two records
         async with Harness(cfg, subs=subs, trades=False, quotes=False, derivatives=True,
-                           server_kw=server_kw) as h:  # fmt: skip
-            assert len(h.adapter.calls) == 3
+                           server_kw=server_kw, buffer_records=1) as h:  # fmt: skip
+            assert len(h.adapter.calls) == 3 and h.adapter._cap == 2
             assert all(c.method == METRICS_METHOD for c in h.adapter.calls)
 
             def marks(venue: str) -> int:
