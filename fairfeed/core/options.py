@@ -85,6 +85,9 @@ class KaikoOptions(AdapterOptions):
     rate_limit_pause: float = 5.0
     trades: bool = True  # subscribe the trades service
     quotes: bool = True  # subscribe the top-of-book market-update service
+    # perpetual and future subscriptions also stream Kaiko's derivatives instrument metrics
+    # (mark, index, funding, open interest), published on kafka.derivatives_topic
+    derivatives: bool = False
     # "VENUE:class:INSTRUMENT" -> Kaiko code, where the rule gives none or the wrong one
     # (options always; futures not named BASE-QUOTE-YYMMDD): docs/providers/kaiko.md
     codes: dict[str, str] = field(default_factory=dict)
@@ -100,6 +103,15 @@ class KaikoOptions(AdapterOptions):
     keepalive_time: float = 20.0
     keepalive_timeout: float = 10.0  # ... unanswered this long: the channel is dead
     batch_delay: float = 0.0005  # let records gather this long before one emit; 0 = at once
+
+    def data_classes(self) -> tuple[str, ...]:
+        if self.trades or self.quotes:
+            return tuple(CLASS_CODES)
+        return KAIKO_DERIVATIVE_CLASSES  # derivatives metrics only
+
+
+# The data classes Kaiko's derivatives instrument metrics stream is subscribed for
+KAIKO_DERIVATIVE_CLASSES = ("perpetual", "future")
 
 
 @dataclass(frozen=True)
@@ -274,6 +286,8 @@ def check(options: AdapterOptions) -> list[tuple[str, str]]:
     if isinstance(options, BinanceOptions) and options.derivatives and options.market != "usdm":
         bad.append(("derivatives", "needs market = 'usdm' (spot has no derivatives streams)"))
     if isinstance(options, KaikoOptions):
+        if not (options.trades or options.quotes or options.derivatives):
+            bad.append(("trades", "trades, quotes and derivatives are all off: nothing to stream"))
         for name in ("codes", "amount_units"):
             for key in getattr(options, name):
                 try:

@@ -491,6 +491,8 @@ class FairfeedCollector(Collector):
         ii, ss = np.nonzero(~np.isnan(deriv).all(axis=0) | (liq > 0))
         vals = deriv[:, ii, ss]
         mark, index, rate, nxt, oi = vals.tolist()
+        # a funding record's next funding time 0 is unknown (Kaiko publishes none): no sample
+        nxt = [math.nan if t == 0 else t for t in nxt]
         with np.errstate(divide="ignore", invalid="ignore"):
             basis = (vals[D_MARK] / vals[D_INDEX] - 1.0).tolist()
         n_liq = liq[ii, ss].tolist()

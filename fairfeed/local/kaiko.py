@@ -6,6 +6,14 @@ for the instruments an ``InstrumentCriteria`` selects: comma-separated lists and
 exchange, class and code, as on Kaiko (the cartesian product of the lists). Every call must carry
 ``authorization: Bearer <api key>`` metadata (Kaiko's scheme), else UNAUTHENTICATED.
 
+``StreamDerivativesInstrumentMetricsServiceV1`` serves the perpetuals and futures selected: every
+``metrics_interval`` seconds, one update per instrument, one message per value as Kaiko sends
+them (``value`` a decimal string): ``mark_price`` (the market's mid x (1 + ``MARK_PREMIUM``)),
+``index_price`` (the mark 1 bp lower), ``price`` (the mid), ``open_interest`` (``OPEN_INTEREST``
+contracts plus the update's number), ``24h_volume``, and for perpetuals ``funding_rate`` and
+``predicted_funding_rate``, for futures ``time_to_expiry``; ``SDICK_PRICE`` commodities first,
+then ``SDICK_RISK`` ones, only the kinds the request's ``commodities`` name (none = both).
+
 The servicers subclass the ``kaikosdk`` base classes but are registered with a response
 serializer that also passes raw ``bytes`` through, so the malformed-frame fault can put bytes on
 the wire that are not a valid message (the generated ``add_..._to_server`` helpers cannot).
@@ -26,7 +34,9 @@ Faults (:meth:`KaikoServer.inject`), as Kaiko's protocol can express them:
 * ``PRICE_OFFSET`` — prices move by ``amount`` basis points.
 * ``MALFORMED`` — each open stream sends ``amount`` bad messages (one-shot), cycling through:
   bytes that are not protobuf, NaN price, missing instrument (empty class and code), negative
-  amount, missing price (0), an unknown update type (market updates only).
+  amount, missing price (0), an unknown update type (market updates only). Metrics calls: bytes
+  that are not protobuf, a value that is no number, an infinite value, a negative mark price, a
+  message of another exchange.
 * ``REJECT_SUBSCRIBE`` — new calls end at once with RESOURCE_EXHAUSTED (Kaiko's rate limit).
 * ``OVERSIZED_FRAME`` — each open stream sends one message of ``amount`` bytes (one-shot): a
   client over its receive limit ends that call with RESOURCE_EXHAUSTED ("larger than max").
@@ -38,10 +48,18 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import grpc
 from kaikosdk import sdk_pb2_grpc
+from kaikosdk.stream.derivatives_instrument_metrics_v1 import commodity_kind_pb2
+from kaikosdk.stream.derivatives_instrument_metrics_v1.request_pb2 import (
+    StreamDerivativesInstrumentMetricsRequestV1,
+)
+from kaikosdk.stream.derivatives_instrument_metrics_v1.response_pb2 import (
+    StreamDerivativesInstrumentMetricsResponseV1,
+)
 from kaikosdk.stream.market_update_v1 import commodity_pb2
 from kaikosdk.stream.market_update_v1.request_pb2 import StreamMarketUpdateRequestV1
 from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
@@ -50,19 +68,30 @@ from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.faults import Fault, FaultState
-from fairfeed.local.market import Market
+from fairfeed.local.market import PROVIDER_LAG_NS, Market
 from fairfeed.providers.kaiko.symbols import KaikoSymbols, exchange_code, guess_data_class
 
 log = logging.getLogger(__name__)
 
 TRADES_SERVICE = "kaikosdk.StreamTradesServiceV1"
 MARKET_UPDATE_SERVICE = "kaikosdk.StreamMarketUpdateServiceV1"
+METRICS_SERVICE = "kaikosdk.StreamDerivativesInstrumentMetricsServiceV1"
 _FAST_CHUNK = 1024  # events generated per pass when rate = 0
 _MAX_CHUNK = 8192
 _TRADE = StreamTradesResponseV1
 _UPDATE = StreamMarketUpdateResponseV1
 _TOB = commodity_pb2.SMUC_TOP_OF_BOOK
 _TRADES = commodity_pb2.SMUC_TRADE
+_METRIC = StreamDerivativesInstrumentMetricsResponseV1
+_PRICE_KIND = commodity_kind_pb2.SDICK_PRICE
+_RISK_KIND = commodity_kind_pb2.SDICK_RISK
+_METRIC_CLASSES = ("perpetual-future", "future")  # what the metrics service serves
+MARK_PREMIUM = 0.0005  # mark = mid x (1 + this); index = mark x (1 - INDEX_DISCOUNT)
+INDEX_DISCOUNT = 0.0001
+OPEN_INTEREST = 1000  # contracts at update 0; update u has OPEN_INTEREST + u
+FUNDING_RATE = "0.0001"  # Kaiko's values are decimal strings
+PREDICTED_FUNDING_RATE = "-0.0000756735759807"
+METRICS_LOG = 4096  # metrics messages kept per instrument in its stats
 
 
 @dataclass
@@ -75,6 +104,11 @@ class InstrumentStats:
     last_trade: tuple[float, float, int, int, int, int] | None = None
     # (bid, bid amount, ask, ask amount, ts_exchange ns, ts_collection ns)
     last_quote: tuple[float, float, float, float, int, int] | None = None
+    metrics: int = 0  # metrics updates (each several messages)
+    # (commodity, value, ts_collection ns) of the last METRICS_LOG metrics messages, in order
+    metrics_log: deque[tuple[str, str, int]] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=METRICS_LOG)
+    )
 
 
 @dataclass(eq=False)
@@ -128,6 +162,16 @@ class _MarketUpdates(sdk_pb2_grpc.StreamMarketUpdateServiceV1Servicer):
             yield msg
 
 
+class _Metrics(sdk_pb2_grpc.StreamDerivativesInstrumentMetricsServiceV1Servicer):
+    def __init__(self, server: KaikoServer) -> None:
+        self.s = server
+
+    async def Subscribe(self, request, context):
+        async for msg in self.s._stream(request, context, trades=False, quotes=False,
+                                        metrics=set(request.commodities)):  # fmt: skip
+            yield msg
+
+
 class KaikoServer:
     """Kaiko Stream on ``host:port`` (0 = a free port) for the instruments of ``cfg.prices``
     (canonical names; ``-PERP`` names are perpetuals) at each venue of ``venues``.
@@ -135,7 +179,9 @@ class KaikoServer:
     ``cfg.rate`` is events per second per venue over all instruments (each instrument gets
     ``rate / len(prices)``; a call receives its instruments' share, trades and quotes split by
     ``cfg.quote_ratio``); ``rate = 0`` is as fast as possible; ``cfg.max_events`` caps the
-    events of one call. Each venue has its own random walk (seed + venue index).
+    events of one call. Each venue has its own random walk (seed + venue index). A metrics
+    call sends one update per instrument every ``metrics_interval`` seconds, at most
+    ``metrics_max`` of them (0 = no cap; a call that reached it counts in ``calls_capped``).
     """
 
     def __init__(
@@ -148,12 +194,16 @@ class KaikoServer:
         quiet: tuple[str, ...] = (),
         host: str = "127.0.0.1",
         port: int = 0,
+        metrics_interval: float = 1.0,
+        metrics_max: int = 0,
     ) -> None:
         self.cfg = cfg
         self.api_key = api_key
         self.host = host
         self._port = port
         self.symbols = symbols or KaikoSymbols()
+        self.metrics_interval = metrics_interval
+        self.metrics_max = metrics_max
         self.markets = [
             Market(dataclasses.replace(cfg, seed=cfg.seed + i)) for i in range(len(venues))
         ]
@@ -206,7 +256,7 @@ class KaikoServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
-        trades, updates = _Trades(self), _MarketUpdates(self)
+        trades, updates, metrics = _Trades(self), _MarketUpdates(self), _Metrics(self)
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -225,6 +275,18 @@ class KaikoServer:
                         "Subscribe": grpc.unary_stream_rpc_method_handler(
                             updates.Subscribe,
                             request_deserializer=StreamMarketUpdateRequestV1.FromString,
+                            response_serializer=_serialize,
+                        )
+                    },
+                ),
+                grpc.method_handlers_generic_handler(
+                    METRICS_SERVICE,
+                    {
+                        "Subscribe": grpc.unary_stream_rpc_method_handler(
+                            metrics.Subscribe,
+                            request_deserializer=(
+                                StreamDerivativesInstrumentMetricsRequestV1.FromString
+                            ),
                             response_serializer=_serialize,
                         )
                     },
@@ -329,7 +391,9 @@ class KaikoServer:
             and _match(criteria.code, i.code)
         ]
 
-    async def _stream(self, request, context, *, trades: bool, quotes: bool):
+    async def _stream(self, request, context, *, trades: bool, quotes: bool, metrics=None):
+        """One call: ``trades`` / ``quotes`` select the market services' events; ``metrics``
+        (the requested commodity kinds, a set) makes it a metrics call."""
         md = dict(context.invocation_metadata() or ())
         if md.get("authorization") != f"Bearer {self.api_key}":
             self.rejected += 1
@@ -338,7 +402,9 @@ class KaikoServer:
             self.rejected += 1
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
         selected = self._select(request.instrument_criteria)
-        if not selected or not (trades or quotes):
+        if metrics is not None:  # Kaiko: "The instrument must be a derivative class."
+            selected = [i for i in selected if i.kclass in _METRIC_CLASSES]
+        if not selected or not (trades or quotes or metrics is not None):
             self.rejected += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no instrument matches")
         self.subscribes += 1
@@ -347,8 +413,12 @@ class KaikoServer:
         await context.send_initial_metadata(())
         state = _Stream(exchanges=frozenset(i.exchange for i in selected))
         self._streams.add(state)
+        if metrics is not None:
+            gen = self._generate_metrics(state, selected, metrics or {_PRICE_KIND, _RISK_KIND})
+        else:
+            gen = self._generate(state, selected, trades, quotes)
         try:
-            async for msg in self._generate(state, selected, trades, quotes):
+            async for msg in gen:
                 yield msg
         finally:
             self._streams.discard(state)
@@ -412,6 +482,93 @@ class KaikoServer:
                     yield msg
             if not rate:
                 await asyncio.sleep(0)
+
+    async def _generate_metrics(self, state: _Stream, selected: list[_Instrument], kinds: set):
+        """A metrics call: one update of every instrument each ``metrics_interval``."""
+        selected = [i for i in selected if i.exchange not in self.quiet]
+        while not selected and state.end is None:  # only quiet venues: the call stays silent
+            await asyncio.sleep(0.02)
+        updates = 0
+        bad = 0
+        next_at = time.monotonic()
+        while state.end is None:
+            if state.malformed:
+                n, state.malformed = state.malformed, 0
+                for _ in range(n):
+                    yield self._malformed_metric(bad, selected[0])
+                    bad += 1
+                    self.malformed_sent += 1
+            if state.oversized:
+                size, state.oversized = state.oversized, 0
+                yield b"\x00" * size
+            cap = self.metrics_max
+            if cap and updates >= cap and not state.capped:
+                state.capped = True
+                self.calls_capped += 1
+            now = time.monotonic()
+            f = self.faults
+            if f.stall or f.heartbeats_only or (cap and updates >= cap) or now < next_at:
+                await asyncio.sleep(min(0.02, max(0.001, next_at - now)))
+                continue
+            next_at = max(next_at + self.metrics_interval, now)  # no burst after a stall
+            updates += 1
+            for inst in selected:
+                for msg in self._metric_messages(inst, kinds):
+                    yield msg
+
+    def _metric_messages(self, inst: _Instrument, kinds: set) -> list:
+        """One update of ``inst``'s metrics: a message per value, of the kinds in ``kinds``."""
+        st = self.stats[inst.key]
+        u = st.metrics
+        st.metrics += 1
+        market = self.markets[inst.venue_index]
+        mid = float(market.mid[inst.symbol]) * (1 + market.extra_offset_bps / 1e4)
+        mark = mid * (1 + MARK_PREMIUM)
+        values: list[tuple[int, str, str]] = []
+        if _PRICE_KIND in kinds:
+            values += [
+                (_PRICE_KIND, "mark_price", repr(mark)),
+                (_PRICE_KIND, "index_price", repr(mark * (1 - INDEX_DISCOUNT))),
+                (_PRICE_KIND, "price", repr(mid)),
+            ]
+        if _RISK_KIND in kinds:
+            values += [(_RISK_KIND, "open_interest", str(OPEN_INTEREST + u)),
+                       (_RISK_KIND, "24h_volume", "5270648")]  # fmt: skip
+            if inst.kclass == "perpetual-future":
+                values += [
+                    (_RISK_KIND, "funding_rate", FUNDING_RATE),
+                    (_RISK_KIND, "predicted_funding_rate", PREDICTED_FUNDING_RATE),
+                ]
+            else:
+                values.append((_RISK_KIND, "time_to_expiry", "41504"))
+        now = time.time_ns()
+        collected = now - PROVIDER_LAG_NS
+        msgs = []
+        for kind, name, value in values:
+            m = _METRIC(value=value, legacy_symbol=inst.code.replace("-", "").upper(),
+                        exchange=inst.exchange, commodity=name, commodity_kind=kind)  # fmt: skip
+            _stamp_metric(m, collected, now)
+            st.metrics_log.append((name, value, collected))
+            msgs.append(m)
+        return msgs
+
+    def _malformed_metric(self, i: int, inst: _Instrument):
+        v = i % 5
+        if v == 0:
+            return b"\xff\xff\xff\xff\x0f"  # not a protobuf message
+        m = _METRIC(value="100.5", exchange=inst.exchange, commodity="mark_price",
+                    commodity_kind=_PRICE_KIND)  # fmt: skip
+        now = time.time_ns()
+        _stamp_metric(m, now, now)
+        if v == 1:
+            m.value = "1O0.5"  # a letter O: no number
+        elif v == 2:
+            m.value = "inf"
+        elif v == 3:
+            m.value = "-100.5"
+        else:
+            m.exchange = "zzzz"
+        return m
 
     def _messages(self, vi: int, insts: list[_Instrument], n: int, trades: bool, quotes: bool):
         """Messages for ``n`` events of venue ``vi``'s instruments ``insts``."""
@@ -499,4 +656,10 @@ class KaikoServer:
 def _stamp(m, ts_exchange: int, ts_collection: int, ts_event: int) -> None:
     m.ts_exchange.value.FromNanoseconds(ts_exchange)
     m.ts_collection.value.FromNanoseconds(ts_collection)
+    m.ts_event.FromNanoseconds(ts_event)
+
+
+def _stamp_metric(m, ts_collection: int, ts_event: int) -> None:
+    # metrics carry plain Timestamps and no venue time (trades: nullable wrappers)
+    m.ts_collection.FromNanoseconds(ts_collection)
     m.ts_event.FromNanoseconds(ts_event)

@@ -140,6 +140,22 @@ def test_embedded_default_is_valid_and_frozen() -> None:
             KAIKO + KAIKO_SUB.format(cls="future", inst="BTC-USD-THIS-WEEK"),
             "providers[0].options.codes: no Kaiko code for 'OKX:future:BTC-USD-THIS-WEEK'",
         ),
+        (
+            KAIKO + "[providers.options]\nderivatives = 'yes'\n",
+            "providers[0].options.derivatives: expected true or false, got a string",
+        ),
+        (
+            KAIKO + "[providers.options]\ntrades = false\nquotes = false\n",
+            "providers[0].options.trades: trades, quotes and derivatives are all off: nothing to "
+            "stream (provider 'k')",
+        ),
+        (  # the derivatives metrics alone stream perpetuals and futures only
+            KAIKO
+            + "[providers.options]\ntrades = false\nquotes = false\nderivatives = true\n"
+            + KAIKO_SUB.format(cls="spot", inst="BTC-USD"),
+            "subscriptions[0].data_class: spot cannot be subscribed from provider 'k' (kind kaiko: "
+            "perpetual, future)",
+        ),
         # names follow one rule (fairfeed/core/names.py), the control socket's too
         (
             PROVIDER.replace('venue = "V"', f'venue = "{"V" * 60_000}"'),
@@ -307,3 +323,41 @@ def test_kaiko_codes_and_units_from_the_configuration(monkeypatch: pytest.Monkey
     )
     server = local_server(served, served.providers[0], 0)
     assert [i.key for i in server.instruments] == ["okex:perpetual-future:btcusdt_perp"]
+
+
+def test_kaiko_derivatives_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`derivatives = true` (default false) gives each perpetual and future subscription a
+    metrics call of its own, next to the trades and top-of-book calls; alone it is valid for
+    derivatives subscriptions."""
+    from fairfeed.core.options import KaikoOptions
+    from fairfeed.core.registry import Registry
+    from fairfeed.core.subscriptions import Subscription
+    from fairfeed.providers.base import IngestContext
+    from fairfeed.providers.catalog import adapter_class
+    from fairfeed.providers.kaiko.adapter import METRICS_METHOD
+
+    assert KaikoOptions().derivatives is False
+    monkeypatch.setenv(KAIKO_KEY_ENV, "key")
+    reg = Registry.build([("BTC-USD", 1), ("BTC-USD-250328", 2), ("BTC-USDT-PERP", 3)],
+                         [("k", "OKX")])  # fmt: skip
+    spot = KAIKO_SUB.format(cls="spot", inst="BTC-USD")
+    derivatives = KAIKO_SUB.format(cls="future", inst="BTC-USD-250328") + KAIKO_SUB.format(
+        cls="perpetual", inst="BTC-USDT-PERP"
+    )
+    for options, subscriptions, calls in (
+        ("derivatives = true\n", spot + derivatives, ["trades", "tob"] * 3 + ["metrics"] * 2),
+        ("derivatives = true\ntrades = false\nquotes = false\n", derivatives, ["metrics"] * 2),
+        ("", spot + derivatives, ["trades", "tob"] * 3),
+    ):
+        cfg = config.loads(KAIKO + "[providers.options]\n" + options + subscriptions)
+        (k,) = cfg.providers
+        subs = tuple(Subscription.resolve(reg, "k", s.venue, s.instrument, s.data_class)
+                     for s in cfg.streams())  # fmt: skip
+        ctx = IngestContext(k, k.url, subs, reg, lambda r: None, None)  # type: ignore[arg-type]
+        adapter = adapter_class("kaiko")(ctx)
+        assert [c.name.rsplit("-", 1)[1] for c in adapter.calls] == calls
+        metrics = [c.request.instrument_criteria for c in adapter.calls
+                   if c.method == METRICS_METHOD]  # fmt: skip
+        assert sorted((m.instrument_class, m.code) for m in metrics) == (
+            [("future", "btcusd250328"), ("perpetual-future", "btc-usdt")] if metrics else []
+        )

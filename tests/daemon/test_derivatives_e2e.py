@@ -1,9 +1,11 @@
-"""Binance USD-M derivatives through the whole daemon: the local Binance server's markPrice@1s
-and forceOrder messages reach the derivatives topic of a real broker with their exact values,
-and /metrics; the ticks topic and the fair prices never see them."""
+"""Derivatives through the whole daemon: the local Binance USD-M server's markPrice@1s and
+forceOrder messages, and the local Kaiko server's derivatives instrument metrics, reach the
+derivatives topic of a real broker with their exact values, and /metrics; the ticks topic and
+the fair prices never see them."""
 
 from __future__ import annotations
 
+import math
 import signal
 import urllib.error
 import urllib.request
@@ -21,6 +23,7 @@ from fairfeed.core.records import (
     KIND_INDEX,
     KIND_LIQUIDATION,
     KIND_MARK,
+    KIND_OPEN_INTEREST,
     MAX_MARKET_KIND,
     SIDE_BUY,
     SIDE_SELL,
@@ -28,9 +31,11 @@ from fairfeed.core.records import (
 from fairfeed.kafka.broker import free_port
 from fairfeed.kafka.encode import decode_derivatives, decode_fair, decode_ticks
 from fairfeed.local.binance import BinanceServer
+from fairfeed.local.kaiko import KaikoServer
 from fairfeed.local.thread import LoopThread
 from tests.conftest import consume_all
 from tests.daemon.daemon_process import DaemonProcess
+from tests.providers.kaiko_metrics import expected_metrics
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -116,8 +121,8 @@ def _published(bootstrap: str) -> dict[str, list[tuple]]:
     return out
 
 
-def _scrape(port: int) -> dict[tuple[str, str], float]:
-    """(metric, instrument) → value of the per-stream derivatives samples."""
+def _scrape(port: int, provider: str = "binance-f") -> dict[tuple[str, str], float]:
+    """(metric, instrument) → value of the per-stream derivatives samples of ``provider``."""
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     except urllib.error.URLError:
@@ -126,7 +131,7 @@ def _scrape(port: int) -> dict[tuple[str, str], float]:
         (s.name, s.labels["instrument"]): s.value
         for fam in text_string_to_metric_families(body.decode())
         for s in fam.samples
-        if "instrument" in s.labels and s.labels.get("provider") == "binance-f"
+        if "instrument" in s.labels and s.labels.get("provider") == provider
     }
 
 
@@ -187,6 +192,128 @@ def test_mark_prices_and_liquidations_reach_their_topic_and_metrics_exactly(
         fair = {decode_fair(v)["price"] for v in _values(bootstrap, f"{TAG}.fair")}
         marks = {r[1] for rows in want.values() for r in rows if r[0] in (KIND_MARK, KIND_INDEX)}
         assert fair and not fair & marks
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()
+    finally:
+        if daemon is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        thread.stop()
+
+
+KAIKO_PRICES = {"BTC-USDT-PERP": 64000.0, "ETH-USDT-PERP": 3000.0}
+KAIKO_KEY_ENV = "FAIRFEED_TEST_KAIKO_DERIV_KEY"
+KAIKO_UPDATES = 5
+KAIKO_CODES = {"BTC-USDT-PERP": "binc:perpetual-future:btc-usdt",
+               "ETH-USDT-PERP": "binc:perpetual-future:eth-usdt"}  # fmt: skip
+KAIKO_UNITS = {"BTC-USDT-PERP": 0.001, "ETH-USDT-PERP": 1.0}  # base units per contract
+KAIKO_KINDS = (KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_OPEN_INTEREST)
+
+
+def _kaiko_config(tmp_path: Path, port: int, bootstrap: str, metrics_port: int) -> Path:
+    path = tmp_path / "fairfeed.toml"
+    path.write_text(f"""
+[daemon]
+workers = 1
+[kafka]
+bootstrap = "{bootstrap}"
+create_topics = true
+ticks_topic = "{TAG}k.ticks"
+fair_topic = "{TAG}k.fair"
+anomalies_topic = "{TAG}k.anomalies"
+derivatives_topic = "{TAG}k.derivatives"
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[[providers]]
+name = "kaiko-d"
+kind = "kaiko"
+url = "grpc://127.0.0.1:{port}"
+api_key_env = "{KAIKO_KEY_ENV}"
+[providers.options]
+trades = false
+quotes = false
+derivatives = true
+amount_units = {{ "BINANCE:perpetual:BTC-USDT-PERP" = 0.001 }}
+[[subscriptions]]
+provider = "kaiko-d"
+venue = "BINANCE"
+data_class = "perpetual"
+instruments = {orjson.dumps(list(KAIKO_PRICES)).decode()}
+""")
+    return path
+
+
+def _kaiko_published(bootstrap: str) -> dict[str, list[tuple]]:
+    """(kind, price, size, ts_provider) per instrument, in order, of the derivatives topic."""
+    out: dict[str, list[tuple]] = defaultdict(list)
+    for value in _values(bootstrap, f"{TAG}k.derivatives"):
+        m = decode_derivatives(value)
+        assert (m["provider"], m["venue"], m["data_class"]) == ("kaiko-d", "BINANCE", "perpetual")
+        assert (m["ts_exchange"] == 0).all() and (m["next_funding_time"] == 0).all()
+        cols = [m[c].tolist() for c in ("kind", "price", "size", "ts_provider")]
+        out[m["instrument"]] += zip(*cols, strict=True)
+    return out
+
+
+def _same(got: list[tuple], want: list[tuple]) -> bool:
+    """Row by row equal, NaN (a predicted rate not yet published) equal to NaN."""
+    return len(got) == len(want) and all(
+        g[:2] == w[:2] and g[3] == w[3] and (g[2] == w[2] or math.isnan(g[2]) == math.isnan(w[2]))
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+def test_kaiko_derivatives_metrics_reach_their_topic_and_metrics_exactly(
+    tmp_path: Path, kafka_broker
+) -> None:
+    """Kaiko with only ``derivatives = true``: one metrics call per perpetual; its mark, index,
+    funding and open interest (0.001 BTC contracts: base units) are on the derivatives topic
+    exactly as the local Kaiko server sent them, and their latest values on /metrics (no next
+    funding time: Kaiko publishes none)."""
+    bootstrap = kafka_broker.bootstrap
+    cfg = SimulatorConfig(prices=KAIKO_PRICES, rate=100, seed=17)
+    server = KaikoServer(cfg, api_key="kaiko-e2e-key", venues=("BINANCE",), metrics_interval=0.1,
+                         metrics_max=KAIKO_UPDATES)  # fmt: skip
+    thread = LoopThread(server).start()
+    port = free_port()
+    daemon = None
+    try:
+        daemon = DaemonProcess(tmp_path, _kaiko_config(tmp_path, server.port, bootstrap, port),
+                               env={KAIKO_KEY_ENV: "kaiko-e2e-key"})  # fmt: skip
+        wait_for(lambda: thread.call(lambda: server.calls_capped) == 2, 90,
+                 "both metrics calls to send their updates")  # fmt: skip
+        assert thread.call(lambda: (server.subscribes, server.rejected)) == (2, 0)
+        want = {
+            inst: expected_metrics(
+                thread.call(lambda c=code: list(server.stats[c].metrics_log)),
+                lambda a, _mark, u=KAIKO_UNITS[inst]: a * u,
+            )
+            for inst, code in KAIKO_CODES.items()
+        }
+        for rows in want.values():  # each update: mark, index, open interest, rate, predicted
+            assert len(rows) == 5 * KAIKO_UPDATES
+            assert {r[0] for r in rows} == set(KAIKO_KINDS)
+        got = wait_for(
+            lambda: (g := _kaiko_published(bootstrap))
+            and all(len(g[i]) >= len(w) for i, w in want.items()) and g,
+            60, "every Kaiko derivatives record in Kafka", interval=0.5,
+        )  # fmt: skip
+        for inst, rows in want.items():
+            assert _same(got[inst], rows), (inst, got[inst], rows)
+
+        for inst, rows in want.items():
+            last = {k: next(r for r in reversed(rows) if r[0] == k) for k in KAIKO_KINDS}
+            mark, index = last[KIND_MARK][1], last[KIND_INDEX][1]
+            expect = {
+                ("fairfeed_mark_price", inst): mark,
+                ("fairfeed_index_price", inst): index,
+                ("fairfeed_basis", inst): mark / index - 1.0,
+                ("fairfeed_funding_rate", inst): last[KIND_FUNDING][1],
+                ("fairfeed_open_interest", inst): last[KIND_OPEN_INTEREST][2],
+            }
+            m = wait_for(lambda e=expect: (s := _scrape(port, "kaiko-d")) and all(k in s for k in e)
+                         and s, 20, f"the derivatives metrics of {inst}")  # fmt: skip
+            for key, value in expect.items():
+                assert m[key] == pytest.approx(value, rel=1e-12), key
+            assert ("fairfeed_next_funding_time_seconds", inst) not in m  # unknown: no sample
         assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()
     finally:
         if daemon is not None and daemon.proc.poll() is None:

@@ -224,8 +224,9 @@ def test_derivatives_families_per_stream_within_the_budget(rt) -> None:
     b = rt.board
     b.deriv[D_MARK, :3, 0] = 110.0
     b.deriv[D_INDEX, :3, 0] = 100.0
-    b.deriv[D_FUNDING_RATE, 0, 0] = 0.0001
+    b.deriv[D_FUNDING_RATE, :2, 0] = 0.0001
     b.deriv[D_NEXT_FUNDING, 0, 0] = 1_700_003_600
+    b.deriv[D_NEXT_FUNDING, 1, 0] = 0  # not published (Kaiko): no sample
     b.liquidations[:3, 0] = [2, 0, 5]
     b.liquidated[:3, 0] = [0.5, 0.0, 1.5]
     reg = CollectorRegistry(auto_describe=False)
@@ -237,7 +238,7 @@ def test_derivatives_families_per_stream_within_the_budget(rt) -> None:
 
     assert series("fairfeed_mark_price") == {'I0-"x"': 110.0, 'I1-"x"': 110.0}
     assert series("fairfeed_basis") == pytest.approx({'I0-"x"': 0.1, 'I1-"x"': 0.1})
-    assert series("fairfeed_funding_rate") == {'I0-"x"': 0.0001}
+    assert series("fairfeed_funding_rate") == {'I0-"x"': 0.0001, 'I1-"x"': 0.0001}
     assert series("fairfeed_next_funding_time_seconds") == {'I0-"x"': 1_700_003_600}
     assert series("fairfeed_open_interest") == {}
     assert series("fairfeed_liquidations_total") == {'I0-"x"': 2, OVERFLOW: 5}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import time
@@ -19,7 +20,11 @@ from fairfeed.core.records import (
     CLASS_CODES,
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
     KIND_GAP,
+    KIND_INDEX,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
     KIND_TRADE,
     NO_INSTRUMENT,
     STATUS_CONNECTED,
@@ -32,8 +37,14 @@ from fairfeed.local.faults import Fault
 from fairfeed.local.kaiko import KaikoServer
 from fairfeed.local.tcpproxy import TcpProxy
 from fairfeed.providers.base import IngestContext
-from fairfeed.providers.kaiko.adapter import MARKET_UPDATE_METHOD, TRADES_METHOD, KaikoAdapter
+from fairfeed.providers.kaiko.adapter import (
+    MARKET_UPDATE_METHOD,
+    METRICS_METHOD,
+    TRADES_METHOD,
+    KaikoAdapter,
+)
 from tests.providers.harness import Sink
+from tests.providers.kaiko_metrics import expected_metrics
 from tests.waiting import wait_for_async as wait_for
 
 PRICES = {"BTC-USD": 64000.0, "ETH-USD": 3000.0, "BTC-USDT-PERP": 64010.0}
@@ -62,9 +73,10 @@ class Harness:
 
     def __init__(
         self, cfg: SimulatorConfig, *, api_key: str = KEY, subs=SUBS, rng=None,
-        venues=("COINBASE", "BINANCE"), quiet=(), proxy: bool = False, max_message_bytes=0, **kw,
+        venues=("COINBASE", "BINANCE"), quiet=(), proxy: bool = False, max_message_bytes=0,
+        server_kw=None, **kw,
     ) -> None:  # fmt: skip
-        self.server = KaikoServer(cfg, api_key=KEY, venues=venues, quiet=quiet)
+        self.server = KaikoServer(cfg, api_key=KEY, venues=venues, quiet=quiet, **(server_kw or {}))
         self.proxy: TcpProxy | None = None
         self.use_proxy = proxy
         self.api_key = api_key
@@ -132,6 +144,8 @@ def test_method_paths_match_generated_stubs():
 
     assert sdk_pb2_grpc.StreamTradesServiceV1Stub(Channel()).Subscribe == TRADES_METHOD
     assert sdk_pb2_grpc.StreamMarketUpdateServiceV1Stub(Channel()).Subscribe == MARKET_UPDATE_METHOD
+    stub = sdk_pb2_grpc.StreamDerivativesInstrumentMetricsServiceV1Stub(Channel())
+    assert stub.Subscribe == METRICS_METHOD
 
 
 def test_trades_and_top_of_book_arrive_as_records():
@@ -555,5 +569,137 @@ def test_trade_id_gaps_of_gap_venues_and_no_false_gap_after_a_call_restart():
             await wait_for(lambda: 1001 in coinbase_steps(), what="coinbase's jump")
             assert h.counters[Slot.GAPS] == 1
             assert h.counters[Slot.REPEATS_DROPPED] == 0
+
+    asyncio.run(main())
+
+
+# --- derivatives instrument metrics ----------------------------------------------------------
+
+DERIV_PRICES = {"BTC-USD": 64000.0, "BTC-USDT-PERP": 64010.0, "BTC-USD-250328": 64100.0}
+DERIV_SUBS = [
+    ("COINBASE", "BTC-USD", "spot"),
+    ("BINANCE", "BTC-USDT-PERP", "perpetual"),
+    ("BINANCE", "BTC-USD-250328", "future"),
+]
+# the perpetual counts contracts of 0.001 BTC, the future is inverse (contracts of 100 USD)
+DERIV_UNITS = {
+    "BINANCE:perpetual:BTC-USDT-PERP": 0.001,
+    "BINANCE:future:BTC-USD-250328": "100 quote",
+}
+DERIV_KINDS = (KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_OPEN_INTEREST)
+
+
+def _derivatives(h: Harness, inst: str) -> list[tuple]:
+    r = h.sink.all
+    mine = r[np.isin(r["kind"], DERIV_KINDS) & (r["instrument"] == REGISTRY.instrument_id(inst))]
+    return list(zip(*(mine[f].tolist() for f in ("kind", "price", "size", "ts_provider")),
+                    strict=True))  # fmt: skip
+
+
+def test_derivatives_metrics_arrive_as_records_with_exact_values():
+    """With ``derivatives``, each perpetual and future gets a metrics call of its own (the spot
+    instrument none): mark, index, funding (rate and predicted rate) and open interest in base
+    units arrive exactly as sent; other commodities (last price, 24h volume, time to expiry)
+    give no record; trades and quotes flow as before."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=DERIV_PRICES, rate=3000, max_events=300, seed=15)
+        server_kw = {"metrics_interval": 0.02, "metrics_max": 6}
+        async with Harness(cfg, subs=DERIV_SUBS, derivatives=True, amount_units=DERIV_UNITS,
+                           server_kw=server_kw) as h:  # fmt: skip
+            metrics = [c for c in h.adapter.calls if c.method == METRICS_METHOD]
+            crits = sorted((c.request.instrument_criteria.exchange,
+                            c.request.instrument_criteria.instrument_class,
+                            c.request.instrument_criteria.code) for c in metrics)  # fmt: skip
+            assert crits == [("binc", "future", "btcusd250328"),
+                             ("binc", "perpetual-future", "btc-usdt")]  # fmt: skip
+            assert all(not c.request.commodities for c in metrics)  # none named: Kaiko sends all
+            calls = len(h.adapter.calls)
+            assert calls == 3 * 2 + 2  # (exchange, class) x (trades, top of book) + metrics
+            await wait_for(lambda: h.server.calls_capped == calls, 15, what="every call's events")
+            await wait_for(lambda: h.n == h.expected_records(), 10, what="every market record")
+            want = {
+                "BTC-USDT-PERP": expected_metrics(
+                    h.server.stats["binc:perpetual-future:btc-usdt"].metrics_log,
+                    lambda a, _mark: a * 0.001,
+                ),
+                "BTC-USD-250328": expected_metrics(
+                    h.server.stats["binc:future:btcusd250328"].metrics_log,
+                    lambda a, mark: a * 100 / mark,
+                ),
+            }
+            n_want = sum(map(len, want.values()))
+            await wait_for(lambda: sum(len(_derivatives(h, i)) for i in want) == n_want, 10,
+                           what="every derivatives record")  # fmt: skip
+            for inst, rows in want.items():
+                got = _derivatives(h, inst)
+                assert len(got) == len(rows)
+                for g, w in zip(got, rows, strict=True):
+                    assert g[0] == w[0] and g[1] == w[1] and g[3] == w[3]
+                    assert g[2] == pytest.approx(w[2], rel=1e-15, nan_ok=True)
+            assert _derivatives(h, "BTC-USD") == []
+            perp = want["BTC-USDT-PERP"]
+            assert {r[0] for r in perp} == set(DERIV_KINDS)
+            # 6 updates, each a funding rate and a predicted rate: a funding record each, the
+            # first without a predicted rate (Kaiko sends the rate first)
+            funding = [r for r in perp if r[0] == KIND_FUNDING]
+            assert len(funding) == 2 * 6 and math.isnan(funding[0][2])
+            assert perp[-1][1:3] == (0.0001, -0.0000756735759807)  # rate, predicted rate
+            assert [r[2] for r in perp if r[0] == KIND_OPEN_INTEREST] == [
+                pytest.approx((1000 + u) * 0.001, rel=1e-15) for u in range(6)
+            ]
+            fut = want["BTC-USD-250328"]
+            assert KIND_FUNDING not in {r[0] for r in fut}  # a dated future has no funding
+            recs = h.sink.all
+            deriv = recs[np.isin(recs["kind"], DERIV_KINDS)]
+            assert (deriv["ts_exchange"] == 0).all() and (deriv["sequence"] == -1).all()
+            assert (deriv["venue"] == REGISTRY.venue_id("BINANCE")).all()
+            future = deriv[deriv["instrument"] == REGISTRY.instrument_id("BTC-USD-250328")]
+            assert (future["data_class"] == CLASS_CODES["future"]).all()
+            assert h.counters[Slot.PARSE_ERRORS] == 0
+            assert h.counters[Slot.RECORDS_IN] == h.n + n_want
+            assert h.counters[Slot.CONNECTED] == 1
+
+    asyncio.run(main())
+
+
+def test_a_metrics_call_restarts_alone_and_bad_metrics_are_dead_letters():
+    """Derivatives metrics only (no trades, no quotes): a metrics call the server ends restarts
+    alone, on its own backoff, the other streams on; malformed metrics messages are counted and
+    dead-lettered and the stream goes on; nothing ever re-creates the channel."""
+
+    async def main():
+        cfg = SimulatorConfig(prices=DERIV_PRICES, rate=1000, seed=16)
+        subs = [*DERIV_SUBS[1:], ("COINBASE", "BTC-USDT-PERP", "perpetual")]
+        server_kw = {"metrics_interval": 0.01}
+        # the smallest hand-off buffer still holds a metrics message's two records
+        async with Harness(cfg, subs=subs, trades=False, quotes=False, derivatives=True,
+                           server_kw=server_kw, buffer_records=1) as h:  # fmt: skip
+            assert len(h.adapter.calls) == 3 and h.adapter._cap == 2
+            assert all(c.method == METRICS_METHOD for c in h.adapter.calls)
+
+            def marks(venue: str) -> int:
+                r = h.sink.kind(KIND_MARK)
+                return int((r["venue"] == REGISTRY.venue_id(venue)).sum())
+
+            await wait_for(lambda: h.counters[Slot.CONNECTED] == 1 and marks("COINBASE") > 5)
+            assert h.server.subscribes_by == {"binc": 2, "cbse": 1}
+            assert h.server.end_calls("COINBASE", grpc.StatusCode.INTERNAL) == 1
+            await wait_for(lambda: h.server.subscribes_by["cbse"] == 2, what="the restart")
+            n = marks("COINBASE")
+            await wait_for(lambda: marks("COINBASE") > n + 5)
+            assert h.counters[Slot.STREAM_RESTARTS] == 1
+            assert h.server.subscribes_by["binc"] == 2  # never re-subscribed
+            h.server.inject(Fault.MALFORMED, 5)  # 5 per open call: 15
+            await wait_for(lambda: h.counters[Slot.PARSE_ERRORS] == 15)
+            n = marks("BINANCE")
+            await wait_for(lambda: marks("BINANCE") > n + 5)
+            assert len(h.sink.dead) == 15
+            errors = " ".join(e for e, _ in h.sink.dead)
+            for reason in ("DecodeError", "not a decimal number", "bad mark_price",
+                           "exchange 'zzzz'"):  # fmt: skip
+                assert reason in errors
+            assert h.counters[Slot.RECONNECTS] == h.counters[Slot.DISCONNECTS] == 0
+            assert h.sink.statuses == [STATUS_CONNECTED] * 2  # one per venue, once
 
     asyncio.run(main())

@@ -1,10 +1,14 @@
-"""Kaiko Stream adapter: trades and top of book over gRPC, into records.
+"""Kaiko Stream adapter: trades, top of book and derivatives metrics over gRPC, into records.
 
 Connection model. One gRPC channel (one HTTP/2 connection) per adapter carries, for each
 ``(exchange, instrument class)`` among the subscriptions, one ``StreamTradesServiceV1`` call and
 one ``StreamMarketUpdateServiceV1`` call with the top-of-book commodity; the criteria's ``code``
 lists that group's instruments comma-separated (Kaiko selects the cartesian product, so grouping
-by exchange and class selects exactly what was subscribed). The API key travels as
+by exchange and class selects exactly what was subscribed). With the option ``derivatives``,
+each perpetual and future subscription also gets one
+``StreamDerivativesInstrumentMetricsServiceV1`` call of its own (mark, index, funding, open
+interest): its responses name the exchange but neither class nor code, so only a call per
+instrument tells whose values they are. The API key travels as
 ``authorization: Bearer <key>`` call metadata on every call; the channel is TLS unless
 ``ProviderConfig.tls`` is false (the local server is plaintext).
 
@@ -58,13 +62,16 @@ import grpc.experimental
 import numpy as np
 from kaikosdk import sdk_pb2
 from kaikosdk.core.instrument_criteria_pb2 import InstrumentCriteria
+from kaikosdk.stream.derivatives_instrument_metrics_v1.request_pb2 import (
+    StreamDerivativesInstrumentMetricsRequestV1,
+)
 from kaikosdk.stream.market_update_v1 import commodity_pb2
 from kaikosdk.stream.market_update_v1.request_pb2 import StreamMarketUpdateRequestV1
 from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
 from fairfeed.core.backoff import Backoff
 from fairfeed.core.counters import Slot
-from fairfeed.core.options import KaikoOptions
+from fairfeed.core.options import KAIKO_DERIVATIVE_CLASSES, KaikoOptions
 from fairfeed.core.records import (
     KIND_TRADE,
     RECORD_DTYPE,
@@ -77,8 +84,8 @@ from fairfeed.hotpath.sequence import SequenceTracker, missed
 from fairfeed.ipc.lastids import LastIds
 from fairfeed.providers.base import Adapter, IngestContext, required_api_key
 from fairfeed.providers.health import Health
-from fairfeed.providers.kaiko.parse import KaikoParser
-from fairfeed.providers.kaiko.symbols import KaikoSymbols
+from fairfeed.providers.kaiko.parse import METRIC_RECORDS, KaikoParser
+from fairfeed.providers.kaiko.symbols import KaikoSymbols, instrument_class
 from fairfeed.providers.parsing import ErrorLog
 
 log = logging.getLogger(__name__)
@@ -100,6 +107,9 @@ _MAX_DEAD_LETTERS = 64  # malformed messages kept per hand-off; more are counted
 
 TRADES_METHOD = _method_path("StreamTradesServiceV1")
 MARKET_UPDATE_METHOD = _method_path("StreamMarketUpdateServiceV1")
+METRICS_METHOD = _method_path("StreamDerivativesInstrumentMetricsServiceV1")
+# the Kaiko classes whose subscriptions get a metrics call with the option `derivatives`
+_METRICS_CLASSES = frozenset(instrument_class(c) for c in KAIKO_DERIVATIVE_CLASSES)
 
 # Refusals of a subscription (as opposed to a broken connection).
 SUBSCRIBE_REFUSALS = frozenset(
@@ -153,13 +163,15 @@ class _Call:
     """One streaming call (a service for one exchange and class), restarted on its own."""
 
     def __init__(
-        self, adapter: KaikoAdapter, name: str, method: str, request, parse, backoff: Backoff
-    ) -> None:
+        self, adapter: KaikoAdapter, name: str, method: str, request, parse, backoff: Backoff,
+        max_records: int = 1,
+    ) -> None:  # fmt: skip
         self.a = adapter
         self.name = name
         self.method = method
         self.request = request
         self.parse: Callable = parse
+        self.max_records = max_records  # the most records one message gives
         self.backoff = backoff  # this call's own restart schedule
         self.attempt: _Attempt | None = None
         self.subscribed = False  # headers arrived (loop side)
@@ -253,8 +265,9 @@ class KaikoAdapter(Adapter):
     (``stale_after`` is not used: a quiet call is not a dead one). The options
     (:class:`~fairfeed.core.options.KaikoOptions`): the reconnect backoff (of the channel and
     of each call), ``rate_limit_pause``, ``keepalive_time`` / ``keepalive_timeout``;
-    ``trades`` / ``quotes`` choose the services; ``codes`` / ``amount_units`` the symbol table
-    overrides; ``buffer_records`` bounds the records waiting for the loop; ``batch_delay``
+    ``trades`` / ``quotes`` / ``derivatives`` choose the services; ``codes`` /
+    ``amount_units`` the symbol table overrides; ``buffer_records`` bounds the records waiting
+    for the loop; ``batch_delay``
     (seconds) is how long the loop lets records gather after the first one before it emits
     them (one wake-up per batch instead of one per message: the main CPU saving over a plain
     client; 0 = emit at once).
@@ -279,7 +292,8 @@ class KaikoAdapter(Adapter):
         # Kaiko sends one event per message, a few hundred bytes: 16 MiB is far beyond any
         # legitimate one and bounds what one hostile message costs (grpc refuses it unread)
         self.max_message_bytes = p.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
-        trades, quotes, buffer_records = o.trades, o.quotes, o.buffer_records
+        # a metrics message may give METRIC_RECORDS records: the buffer holds at least that
+        trades, quotes, buffer_records = o.trades, o.quotes, max(o.buffer_records, METRIC_RECORDS)
         self.channel_options = [
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
             ("grpc.keepalive_time_ms", round(o.keepalive_time * 1000)),
@@ -318,6 +332,23 @@ class KaikoAdapter(Adapter):
                 self.calls.append(
                     _Call(self, f"{label}-tob", MARKET_UPDATE_METHOD, req,
                           self.parser.parse_update, ctx.backoff(o.backoff_base, o.backoff_cap))
+                )  # fmt: skip
+        if o.derivatives:
+            for key in self.parser.instruments:
+                exchange, kclass, code = key
+                if kclass not in _METRICS_CLASSES:
+                    continue  # spot has no such metrics; options' (greeks) are not published
+                # no `commodities`: Kaiko then sends both kinds, prices (mark, index) and risk
+                # (funding, open interest)
+                req = StreamDerivativesInstrumentMetricsRequestV1(
+                    instrument_criteria=InstrumentCriteria(
+                        exchange=exchange, instrument_class=kclass, code=code
+                    )
+                )
+                self.calls.append(
+                    _Call(self, f"{p.name}-{exchange}-{kclass}-{code}-metrics", METRICS_METHOD,
+                          req, self.parser.metrics_parser(key),
+                          ctx.backoff(o.backoff_base, o.backoff_cap), METRIC_RECORDS)
                 )  # fmt: skip
         venues: dict[int, int] = {}
         for s in ctx.subscriptions:
@@ -371,7 +402,7 @@ class KaikoAdapter(Adapter):
         """Reader thread: parse one message into the buffer; False once the attempt is over."""
         ts = time.time_ns()
         with self._cond:
-            while self._n >= self._cap:
+            while self._n + c.max_records > self._cap:
                 if not attempt.live:
                     return False
                 self._cond.wait(0.1)

@@ -23,20 +23,38 @@ Field by field (``kaikosdk`` 1.x):
 * Trades: ``side`` BUY / SELL / UNKNOWN → taker side. Market updates: ``BEST_BID`` / ``BEST_ASK``
   (top-of-book commodity) → one BID / ASK record; ``TRADE_*`` → a trade; order-book updates and
   snapshots (full-book commodity, not requested) are skipped without error.
+* Derivatives instrument metrics (:meth:`KaikoParser.metrics_parser`): one value per message,
+  ``commodity`` naming it and ``value`` a decimal string. ``mark_price`` → MARK,
+  ``index_price`` → INDEX, ``funding_rate`` / ``predicted_funding_rate`` → FUNDING (``price``
+  the latest rate, ``size`` the latest predicted rate or NaN, ``reserved`` 0: Kaiko publishes no
+  next funding time), ``open_interest`` (contracts) → OPEN_INTEREST in base units by the
+  instrument's amount unit (a quote unit at the latest mark price). A response names its
+  exchange but neither class nor code, so each instrument has its own call and its own parser
+  state. Other commodities (``price``, ``24h_volume``, ``time_to_expiry``, greeks...) and
+  empty or NaN values give no record; ``ts_exchange`` is 0 (the stream carries no venue time).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
+from kaikosdk.stream.derivatives_instrument_metrics_v1.response_pb2 import (
+    StreamDerivativesInstrumentMetricsResponseV1,
+)
 from kaikosdk.stream.market_update_v1.response_pb2 import StreamMarketUpdateResponseV1
 from kaikosdk.stream.trades_v1.response_pb2 import StreamTradesResponseV1
 
 from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
+    KIND_INDEX,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
     KIND_TRADE,
     SEQ_NONE,
     SIDE_BUY,
@@ -72,8 +90,55 @@ _TRADE_SIDES = {
 }
 
 
+_METRICS = StreamDerivativesInstrumentMetricsResponseV1
+# Kaiko's metric commodities that become records; any other commodity is skipped
+_MARK, _INDEX, _RATE, _PREDICTED, _OI = range(5)
+METRIC_COMMODITIES: dict[str, int] = {
+    "mark_price": _MARK,
+    "index_price": _INDEX,
+    "funding_rate": _RATE,
+    "predicted_funding_rate": _PREDICTED,
+    "open_interest": _OI,
+}
+# A decimal number as Kaiko writes values ("-0.0000756735759807", "59583.2", "1e-05"); no
+# "inf", "0x10" or "1_000", which Python's float() would take
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NAN = math.nan
+METRIC_RECORDS = 2  # the most records one metrics message gives (a mark and a held OI)
+
+
 class _Malformed(Exception):
     pass
+
+
+def metric_value(text: str) -> float | None:
+    """The number of a metrics ``value``; None when it is empty or NaN (nothing published);
+    raises _Malformed when it is no finite decimal number."""
+    if not text or text.lower() in ("nan", "+nan", "-nan"):
+        return None
+    if not _DECIMAL.fullmatch(text):
+        raise _Malformed(f"value {text[:40]!r} is not a decimal number")
+    v = float(text)
+    if not _isfinite(v):
+        raise _Malformed(f"value {text[:40]!r} out of range")
+    return v
+
+
+class MetricsState:
+    """What the parser keeps of one instrument's metrics call, between its messages: Kaiko sends
+    one value per message, so a funding record carries the latest rate and predicted rate, and
+    an open interest counted in quote units waits for a mark price to be converted (only the
+    latest waits: it is a level, a newer one supersedes it)."""
+
+    __slots__ = ("exchange", "held", "inst", "mark", "predicted", "rate")
+
+    def __init__(self, exchange: str, inst: tuple[int, int, int, int, float]) -> None:
+        self.exchange = exchange
+        self.inst = inst  # (instrument id, venue id, class code, amount unit, contract size)
+        self.mark: float | None = None
+        self.rate: float | None = None
+        self.predicted = _NAN
+        self.held: tuple[float, int] | None = None  # (open interest, ts_provider)
 
 
 def trade_sequence(trade_id: str) -> int:
@@ -183,4 +248,85 @@ class KaikoParser(RecordParser):
             self._buffer(out), start << 6, t_ex, t_pr, ts_receive, price, amount,
             trade_sequence(m.id), inst_id, self.provider, venue, kind, dclass, side, 0, 0,
         )  # fmt: skip
+        return 1
+
+    # --- derivatives instrument metrics ------------------------------------------------------
+
+    def metrics_parser(self, key: tuple[str, str, str]) -> Callable[..., int]:
+        """The parse function of the metrics call of instrument ``key`` (``(exchange, kaiko
+        class, code)``, in the table): ``parse(data, out, start, ts_receive)``, the contract of
+        :meth:`parse_trade`, giving up to METRIC_RECORDS records, with a state of its own."""
+        return partial(self.parse_metric, MetricsState(key[0], self.instruments[key]))
+
+    def parse_metric(
+        self, state: MetricsState, data: bytes, out: np.ndarray, start: int, ts_receive: int
+    ) -> int:
+        """One serialized ``StreamDerivativesInstrumentMetricsResponseV1`` of the instrument of
+        ``state`` → 0 to METRIC_RECORDS records at ``out[start:]``, or PARSE_ERROR."""
+        try:
+            m = _METRICS.FromString(data)
+            if m.exchange and m.exchange != state.exchange:
+                raise _Malformed(f"metrics of exchange {m.exchange[:20]!r} on the call of "
+                                 f"{state.exchange!r}")  # fmt: skip
+            what = METRIC_COMMODITIES.get(m.commodity)
+            if what is None:
+                return 0  # a commodity we do not publish
+            value = metric_value(m.value)
+            if value is None:
+                return 0
+            if m.HasField("ts_collection"):
+                t_pr = _ts(m.ts_collection)
+            else:
+                t_pr = _ts(m.ts_event) if m.HasField("ts_event") else 0
+            if start + METRIC_RECORDS > len(out):
+                raise _Malformed("record buffer full")  # the caller sizes its buffer
+            return self._metric(state, what, m.commodity, value, t_pr, out, start, ts_receive)
+        except _Malformed as exc:
+            self.error = str(exc)
+        except Exception as exc:  # DecodeError, struct.error, anything protobuf raises
+            self.error = f"{type(exc).__name__}: {exc}"
+        return PARSE_ERROR
+
+    def _metric(self, state: MetricsState, what: int, name: str, value: float, t_pr: int,
+                out: np.ndarray, start: int, rx: int) -> int:  # fmt: skip
+        inst_id, venue, dclass, unit, csize = state.inst
+        buf, off, prov = self._buffer(out), start << 6, self.provider
+        if what in (_MARK, _INDEX):
+            if not value > 0.0:
+                raise _Malformed(f"bad {name} {value!r}")
+            kind = KIND_MARK if what == _MARK else KIND_INDEX
+            _RECORD.pack_into(buf, off, 0, t_pr, rx, value, 0.0, SEQ_NONE, inst_id, prov, venue,
+                              kind, dclass, 0, 0, 0)  # fmt: skip
+            if what == _INDEX:
+                return 1
+            state.mark = value
+            held, state.held = state.held, None
+            if held is None:
+                return 1
+            oi, t_oi = held  # an open interest in quote units: converted at this mark
+            size = oi * csize / value
+            _RECORD.pack_into(buf, off + 64, 0, t_oi, rx, 0.0, size, SEQ_NONE, inst_id, prov,
+                              venue, KIND_OPEN_INTEREST, dclass, 0, 0, 0)  # fmt: skip
+            return 2
+        if what == _OI:
+            if value < 0.0:
+                raise _Malformed(f"bad open_interest {value!r}")
+            if unit == UNIT_QUOTE:
+                if state.mark is None:
+                    state.held = (value, t_pr)  # published with the first mark price
+                    return 0
+                size = value * csize / state.mark
+            else:
+                size = value * csize if unit == UNIT_CONTRACTS else value
+            _RECORD.pack_into(buf, off, 0, t_pr, rx, 0.0, size, SEQ_NONE, inst_id, prov, venue,
+                              KIND_OPEN_INTEREST, dclass, 0, 0, 0)  # fmt: skip
+            return 1
+        if what == _RATE:
+            state.rate = value
+        else:
+            state.predicted = value
+        if state.rate is None:
+            return 0  # a predicted rate before any rate: it comes with the first rate
+        _RECORD.pack_into(buf, off, 0, t_pr, rx, state.rate, state.predicted, SEQ_NONE, inst_id,
+                          prov, venue, KIND_FUNDING, dclass, 0, 0, 0)  # fmt: skip
         return 1
