@@ -131,6 +131,9 @@ class FairConfig:
     window_bucket: float = 5.0  # seconds per bucket of the windowed volume-weighted median
     window_buckets: int = 12  # buckets in its window
     trim: float = 0.2  # trimmed mean: share of prices dropped at each end
+    # perpetuals and dated futures: their mark prices are inputs too, one per source next to
+    # its trades / quotes (never a spot or option instrument's)
+    mark_inputs: bool = False
 
 
 @dataclass(frozen=True)
