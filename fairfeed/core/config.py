@@ -131,6 +131,9 @@ class FairConfig:
     window_bucket: float = 5.0  # seconds per bucket of the windowed volume-weighted median
     window_buckets: int = 12  # buckets in its window
     trim: float = 0.2  # trimmed mean: share of prices dropped at each end
+    # perpetuals and dated futures: their mark prices are inputs too, one per source next to
+    # its trades / quotes (never a spot or option instrument's)
+    mark_inputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -640,7 +643,7 @@ def _check(cfg: Config) -> None:
         fail("fair.method", f"must be one of {', '.join(FAIR_METHODS)}, got {cfg.fair.method!r}")
     if cfg.fair.inputs not in FAIR_INPUTS:
         fail("fair.inputs", f"must be one of {', '.join(FAIR_INPUTS)}, got {cfg.fair.inputs!r}")
-    _check_fair(cfg.fair, fail)
+    _check_fair(cfg.fair, d, fail)
     _check_anomalies(cfg, fail)
     _check_metrics(cfg.metrics, fail)
     if not (cfg.kafka.ticks_topic and cfg.kafka.fair_topic and cfg.kafka.dead_letter_topic
@@ -955,7 +958,14 @@ def anomaly_thresholds(an: AnomalyConfig, data_class: str, instrument: str) -> d
     return out
 
 
-def _check_fair(f: FairConfig, fail: typing.Callable[[str, str], None]) -> None:
+def _check_fair(f: FairConfig, d: DaemonConfig, fail: typing.Callable[[str, str], None]) -> None:
+    if f.mark_inputs and 2 * d.max_instruments * d.max_sources > MAX_STATE_CELLS:
+        fail(
+            "fair.mark_inputs",
+            f"needs 2 x max_instruments x max_sources (2 x {d.max_instruments} x "
+            f"{d.max_sources}) at most {MAX_STATE_CELLS}: the fair-price state holds a mark "
+            "slot next to every source",
+        )
     if 0 < f.heartbeat_interval < f.min_interval:
         fail("fair.heartbeat_interval", "must be 0 (off) or >= fair.min_interval")
     if f.outlier_readmit > f.outlier_exclude:

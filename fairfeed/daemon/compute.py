@@ -435,6 +435,8 @@ class Pipeline:
             dispersion=out.dispersion,
             status=out.status,
             reasons=out.reasons,
+            marks=out.marks if self.state.mark_inputs else None,  # no `marks` field when off
+            mark_reasons=out.mark_reasons,
         ):
             self.sink.produce(self.fair_topic, key, value)
         board = out.instrument.astype(np.intp)

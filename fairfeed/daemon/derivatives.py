@@ -2,9 +2,10 @@
 liquidations out of the pass's records, onto their own topic and the metrics board.
 
 They travel through the rings with the market data (same order, same ring, same spool), but
-they are no market observation: the fair-price kernel reads trades and quotes only, and the
-ticks topic carries kinds up to ``MAX_MARKET_KIND``. The compute pipeline calls
-:meth:`DerivativesPath.process` once per pass, over the whole pass.
+they are no market observation: the ticks topic carries kinds up to ``MAX_MARKET_KIND``, and
+the fair-price kernel reads trades and quotes, plus the mark prices of perpetuals and dated
+futures with ``[fair] mark_inputs`` (it reads every record and skips the rest itself). The
+compute pipeline calls :meth:`DerivativesPath.process` once per pass, over the whole pass.
 """
 
 from __future__ import annotations

@@ -1,14 +1,20 @@
 """Fair-price methodology kernels: per-source state, outlier gate, five methods, status, heartbeat.
 
 State lives per (instrument, source); a source is a (provider, venue) pair with a dense id from
-``Registry.source_table()``. Two kernels do all the work:
+``Registry.source_table()``. With ``mark_inputs`` (``FairConfig.mark_inputs``) a source's mark
+price is an input of its own: the state's columns are *slots*, two per source — slot ``2s`` its
+trades / quotes, slot ``2s + 1`` its marks (``KIND_MARK``, accepted of perpetuals and dated
+futures only) — so a mark never overwrites its provider's trade or quote state, and both count
+as inputs of the source's venue. Without it there is one slot per source (slot = source id) and
+marks are skipped. Everything below says "source" for a slot. Two kernels do all the work:
 
 ``update_fair_nb`` (O(records)) applies a record batch in order. Per source it keeps
 
-- the last price (trade price, quote mid, or whichever came last: ``inputs``) and its receive time;
+- the last price (trade price, quote mid, or whichever came last: ``inputs``; a mark slot: the
+  mark price) and its receive time;
 - a volume EWMA, time-decayed with half-life ``h``: on a trade of size ``q`` at ``t``,
   ``V ← V·2^(−(t−t_V)/h) + q`` (``t_V`` = time of the last volume update, never moves back);
-  quotes add nothing, non-finite or negative sizes count as 0;
+  quotes and marks add nothing, non-finite or negative sizes count as 0;
 - a realized-variance rate estimate of log returns (for inverse variance): when the last price
   moves from ``p0`` (set at ``t0``) to ``p`` at ``t``, with ``r = ln(p/p0)``, ``dt = max(0, t−t0)``,
   ``d = 2^(−dt/h)``: ``N ← d·N + r²``, ``D ← d·D + dt``; the variance per ns is ``N/D`` (unknown
@@ -33,15 +39,16 @@ heartbeat is due:
    excluded when ``d > outlier_exclude`` and an excluded one readmitted when
    ``d < outlier_readmit`` (hysteresis; the flag persists across passes). Excluded candidates get
    reason 2. Should the gate leave nothing, every candidate is used this pass (no consensus).
-3. The configured method over the included sources (see ``METHOD_*``).
-4. Output: price, method, number of sources and venues used, dispersion
+3. The configured method over the included sources (see ``METHOD_*``). A mark slot is weighed
+   as any source without traded volume (as a quote-only source with ``inputs = "both"``).
+4. Output: price, method, number of sources (slots) and venues used, of which marks, dispersion
    ``(max − min) / price`` of the used sources' last prices (0 for one), age of the oldest used
-   input, status, one reason code per source slot.
+   input, status, one reason code per slot.
 
 With no candidate the last emitted price is carried with status stale, zero sources and venues,
 NaN dispersion and ``oldest_age_ns`` = age of the newest input of any source (0 if none); an
 instrument that never had a price emits nothing. An unchanged result (same price, status, number
-of sources and venues) is not re-emitted except as a heartbeat, so a stale instrument is
+of sources, venues and marks) is not re-emitted except as a heartbeat, so a stale instrument is
 re-announced at most once per heartbeat interval.
 
 Every ``*_nb`` kernel has a plain-Python twin ``*_reference`` (same arguments, same in-place
@@ -59,7 +66,16 @@ import numpy as np
 from numba import njit
 
 from fairfeed.core.config import FairConfig
-from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, RECORD_DTYPE, empty_records
+from fairfeed.core.records import (
+    CLASS_FUTURE,
+    CLASS_PERPETUAL,
+    KIND_ASK,
+    KIND_BID,
+    KIND_MARK,
+    KIND_TRADE,
+    RECORD_DTYPE,
+    empty_records,
+)
 from fairfeed.hotpath.dispatch import entry_point
 
 # Methods (``FairConfig.method``). Weighted median, everywhere below: sort by price, cumulative
@@ -147,6 +163,7 @@ ROW_DTYPE = np.dtype([
     ("hi", "f8"),
     ("oldest", "i8"),  # age of the oldest used input
     ("n_ven", "i8"),  # venues of the used candidates
+    ("n_mark", "i8"),  # mark slots among the used candidates
     ("fair", "f8"),  # the method's price
 ])  # fmt: skip
 # Per candidate source of a due instrument, ascending source id (two_level: by venue group).
@@ -175,12 +192,14 @@ class FairParams(NamedTuple):
     min_venues: int
     bucket_ns: int
     trim: float
-    n_sources: int = -1  # sources >= this are not registered yet and ignored; -1 = all
+    n_sources: int = -1  # slots >= this are not registered yet and ignored; -1 = all
     dispute: float = math.inf  # max / min - 1 of two sources or venues beyond: ``disputed``
+    # 1: two slots per source, the second one its mark price (module docstring); 0: marks skipped
+    mark_inputs: int = 0
 
 
 class FairArrays(NamedTuple):
-    """Every state, scratch and layout array; shapes [instrument, source(, bucket)]."""
+    """Every state, scratch and layout array; shapes [instrument, slot(, bucket)]."""
 
     last_price: np.ndarray  # f8, NaN = none
     last_ts: np.ndarray  # i8
@@ -200,7 +219,8 @@ class FairArrays(NamedTuple):
     last_status: np.ndarray  # i8 [inst], -1 = never
     last_nsrc: np.ndarray  # i8 [inst]
     last_nven: np.ndarray  # i8 [inst]
-    group_src: np.ndarray  # i8 [src]: sources ordered by venue
+    last_nmark: np.ndarray  # i8 [inst]
+    group_src: np.ndarray  # i8 [slot]: slots ordered by venue
     group_start: np.ndarray  # i8 [groups + 1]: group g = group_src[start[g]:start[g+1]]
     work_f: np.ndarray  # f8 [8, sources × buckets] scratch of one instrument
     work_i: np.ndarray  # i8 [8, sources × buckets] scratch of one instrument
@@ -210,7 +230,7 @@ class FairArrays(NamedTuple):
 
 
 class FairOut(NamedTuple):
-    """Output buffers, one row per emitted instrument (``reasons``: [row, source])."""
+    """Output buffers, one row per emitted instrument (``reasons``: [row, slot])."""
 
     instrument: np.ndarray  # u4
     price: np.ndarray  # f8
@@ -220,7 +240,8 @@ class FairOut(NamedTuple):
     dispersion: np.ndarray  # f8
     oldest_age_ns: np.ndarray  # i8
     status: np.ndarray  # u1
-    reasons: np.ndarray  # u1 [row, source]
+    reasons: np.ndarray  # u1 [row, slot]
+    marks: np.ndarray  # i4, mark slots among ``sources``
 
 
 def make_params(
@@ -239,6 +260,7 @@ def make_params(
     window_buckets: int = _DEFAULTS.window_buckets,
     trim: float = _DEFAULTS.trim,
     dispute: float = math.inf,
+    mark_inputs: bool = _DEFAULTS.mark_inputs,
 ) -> FairParams:
     """:class:`FairParams` from ``FairConfig`` settings (seconds, names; defaults: its own)."""
     if method not in METHOD_CODES:
@@ -266,6 +288,7 @@ def make_params(
         bucket_ns=max(1, seconds_to_ns(window_bucket)),
         trim=float(trim),
         dispute=float(dispute) if dispute > 0 else math.inf,
+        mark_inputs=int(bool(mark_inputs)),
     )
 
 
@@ -275,10 +298,11 @@ def make_arrays(
     buckets: int = 1,
     n_sources: int | None = None,
 ) -> FairArrays:
-    """Fresh state for ``n_instruments`` and sources whose venue ids are ``source_venues``.
+    """Fresh state for ``n_instruments`` and slots whose venue ids are ``source_venues``.
 
-    ``n_sources`` (default: as many as venues given) is the source capacity of the arrays;
-    sources beyond the venues given have no group (see ``FairParams.n_sources``).
+    ``n_sources`` (default: as many as venues given) is the slot capacity of the arrays;
+    slots beyond the venues given have no group (see ``FairParams.n_sources``). With
+    ``mark_inputs`` give each source's venue twice (``slot_venues``).
     """
     venues = np.asarray(source_venues, np.int64).reshape(-1)
     n_src = max(len(venues), int(n_sources or 0), 1)
@@ -308,6 +332,7 @@ def make_arrays(
         last_status=np.full(n, -1, np.int64),
         last_nsrc=np.zeros(n, np.int64),
         last_nven=np.zeros(n, np.int64),
+        last_nmark=np.zeros(n, np.int64),
         group_src=order,
         group_start=starts,
         work_f=np.zeros((8, swidth)),
@@ -328,7 +353,15 @@ def _venue_groups(venues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts.astype(np.int64)
 
 
+def slot_venues(source_venues: np.ndarray | list[int], mark_inputs: bool) -> np.ndarray:
+    """The venue of each slot: a source's own, twice with ``mark_inputs`` (its mark slot is
+    in its venue's group: the venue's view, never a venue of its own)."""
+    venues = np.asarray(source_venues, np.int64).reshape(-1)
+    return np.repeat(venues, 2) if mark_inputs else venues
+
+
 def make_out(n_instruments: int, n_sources: int) -> FairOut:
+    """Output buffers for ``n_instruments`` rows of ``n_sources`` slots."""
     n = max(int(n_instruments), 0)
     return FairOut(
         instrument=np.zeros(n, np.uint32),
@@ -340,6 +373,7 @@ def make_out(n_instruments: int, n_sources: int) -> FairOut:
         oldest_age_ns=np.zeros(n, np.int64),
         status=np.zeros(n, np.uint8),
         reasons=np.zeros((n, max(int(n_sources), 1)), np.uint8),
+        marks=np.zeros(n, np.int32),
     )
 
 
@@ -352,11 +386,13 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
     """Apply ``records[:n]`` in order to the state ``a`` (FairArrays); return the skipped count.
 
     Reference: ``update_fair_reference``. Skipped (and counted): instrument out of range,
-    (provider, venue) without a source, unknown kind, non-finite price. A trade sets the last
-    price when ``inputs`` is trades or both, and adds its size to the volume EWMA and its bucket;
+    (provider, venue) without a source, unknown kind, non-finite price, a mark without
+    ``mark_inputs`` or of another class than perpetual or future. A trade sets the last price
+    when ``inputs`` is trades or both, and adds its size to the volume EWMA and its bucket;
     a bid or ask updates the source's side and, when ``inputs`` is quotes or both and both sides
-    are known, sets the last price to the mid. Writing a last price sets ``last_ts`` to the
-    record's ``ts_receive`` and marks the instrument dirty.
+    are known, sets the last price to the mid; a mark sets its source's mark slot's last price.
+    Writing a last price sets ``last_ts`` to the record's ``ts_receive`` and marks the
+    instrument dirty.
     """
     # arrays unpacked once: no reference counting per record
     last_price = a.last_price
@@ -382,6 +418,8 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
     track_vol = p.method == METHOD_TWO_LEVEL or p.method == METHOD_INVERSE_VARIANCE
     track_var = p.method == METHOD_INVERSE_VARIANCE
     track_buckets = p.method == METHOD_WINDOWED_VWM
+    mark_inputs = p.mark_inputs != 0
+    stride = 2 if mark_inputs else 1
     k_decay = -LN2 / p.halflife_ns
     skipped = 0
     for j in range(n):
@@ -395,7 +433,17 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
             skipped += 1
             continue
         src = np.int64(source_table[prov, venue])
-        if src < 0 or src >= n_src:
+        if src < 0:
+            skipped += 1
+            continue
+        src *= stride  # the source's first slot
+        if kind == KIND_MARK:
+            cls = r.data_class
+            if not mark_inputs or (cls != CLASS_PERPETUAL and cls != CLASS_FUTURE):
+                skipped += 1  # the data-class rule: a spot instrument never gets marks
+                continue
+            src += 1
+        if src >= n_src:
             skipped += 1
             continue
         ts = r.ts_receive
@@ -423,6 +471,8 @@ def update_fair_nb(records, n, source_table, p, a):  # pragma: no cover - jitted
                 ask = last_ask[inst, src]
                 if not (np.isnan(bid) or np.isnan(ask)):
                     new_price = (bid + ask) * 0.5
+        elif kind == KIND_MARK:
+            new_price = price
         else:
             skipped += 1
             continue
@@ -668,7 +718,7 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
         else:
             _plain_reference(rows, cand, ranked, n)
         _gate(p.outlier_exclude, p.outlier_readmit, a.gate_out, rows, cand, o.reasons, m, n,
-              gmark)  # fmt: skip
+              gmark, p.mark_inputs)  # fmt: skip
         if method == METHOD_MEDIAN:
             _median(rows, cand, ranked, n)
         elif method == METHOD_TRIMMED_MEAN:
@@ -682,7 +732,8 @@ def compute_fair_full_nb(now, p, a, o):  # pragma: no cover - jitted
             _windowed_vwm(now, p.bucket_ns, a.bucket_id, a.bucket_price, a.bucket_vol, rows, cand,
                           n, a.work_f, a.work_i)  # fmt: skip
         m = _emit(method, p.min_venues, p.dispute, rows, n, a.last_fair, a.last_status,
-                  a.last_nsrc, a.last_nven, a.last_emit_ns, now, n_src, o, m)  # fmt: skip
+                  a.last_nsrc, a.last_nven, a.last_nmark, a.last_emit_ns, now, n_src, o,
+                  m)  # fmt: skip
     return m
 
 
@@ -819,8 +870,8 @@ def _swap_cand(cand, r, p, q):  # pragma: no cover - jitted
 
 
 @njit(cache=True, _nrt=False)
-def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n,
-          gmark):  # fmt: skip  # pragma: no cover - jitted
+def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n, gmark,
+          mark_bit):  # fmt: skip  # pragma: no cover - jitted
     """Step 2: the outlier gate around the reference price, then a summary of the sources it
     let through (the dispersion, age and venue figures of the output)."""
     for r in range(n):
@@ -830,7 +881,7 @@ def _gate(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons, m0, n
         if outlier_exclude > 0.0 and rows[r].units >= 3 and ref > 0.0:
             _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, reasons,
                               m0 + r, r)  # fmt: skip
-        _summarize_used(rows, cand, r, gmark)
+        _summarize_used(rows, cand, r, gmark, mark_bit)
 
 
 # The per-row parts of the gate are force-inlined: a call per instrument costs more than a small
@@ -869,16 +920,20 @@ def _exclude_outliers(outlier_exclude, outlier_readmit, gate_out, rows, cand, re
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _summarize_used(rows, cand, r, gmark):  # pragma: no cover - jitted
-    """Lowest and highest price, oldest age and venues of row ``r``'s used candidates;
-    ``gmark[g] == inst`` marks a venue group already counted for the instrument."""
+def _summarize_used(rows, cand, r, gmark, mark_bit):  # pragma: no cover - jitted
+    """Lowest and highest price, oldest age, venues and marks of row ``r``'s used candidates;
+    ``gmark[g] == inst`` marks a venue group already counted for the instrument. ``mark_bit``
+    (``mark_inputs``, 0 or 1): a slot ``& mark_bit`` is 1 for a mark slot (odd), always 0
+    without marks."""
     i = rows[r].inst
     lo = np.inf
     hi = -np.inf
     oldest = np.int64(0)
     n_ven = 0
+    n_mark = 0
     for j in range(rows[r].k):
         if cand[r, j].used == 1:
+            n_mark += cand[r, j].src & mark_bit
             x = cand[r, j].price
             lo = min(lo, x)
             hi = max(hi, x)
@@ -893,6 +948,7 @@ def _summarize_used(rows, cand, r, gmark):  # pragma: no cover - jitted
     rows[r].hi = hi
     rows[r].oldest = oldest
     rows[r].n_ven = n_ven
+    rows[r].n_mark = n_mark
 
 
 @njit(cache=True, _nrt=False)
@@ -1112,7 +1168,7 @@ def _windowed_vwm(now, bucket_ns, bucket_id, bucket_price, bucket_vol, rows, can
 
 @njit(cache=True, _nrt=False)
 def _emit(method, min_venues, dispute, rows, n, last_fair, last_status, last_nsrc, last_nven,
-          last_emit_ns, now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
+          last_nmark, last_emit_ns, now, n_src, o, m):  # fmt: skip  # pragma: no cover - jitted
     """Step 4: per row the dispersion and status; written to ``o`` row ``m`` on change or
     heartbeat. Returns the rows written."""
     m0 = m
@@ -1127,12 +1183,14 @@ def _emit(method, min_venues, dispute, rows, n, last_fair, last_status, last_nsr
             status = FAIR_STALE
             n_used = 0
             n_ven = 0
+            n_mark = 0
             dispersion = np.nan
             oldest = rows[r].newest
         else:
             fair = rows[r].fair
             n_used = rows[r].n_used
             n_ven = rows[r].n_ven
+            n_mark = rows[r].n_mark
             oldest = rows[r].oldest
             spread = rows[r].hi - rows[r].lo
             dispersion = spread / fair if n_used > 1 and fair != 0.0 else 0.0
@@ -1149,6 +1207,7 @@ def _emit(method, min_venues, dispute, rows, n, last_fair, last_status, last_nsr
             or status != last_status[i]
             or n_used != last_nsrc[i]
             or n_ven != last_nven[i]
+            or n_mark != last_nmark[i]
         )
         if not (changed or rows[r].hb_due):
             continue
@@ -1163,10 +1222,12 @@ def _emit(method, min_venues, dispute, rows, n, last_fair, last_status, last_nsr
         o.dispersion[m] = dispersion
         o.oldest_age_ns[m] = oldest
         o.status[m] = status
+        o.marks[m] = n_mark
         last_fair[i] = fair
         last_status[i] = status
         last_nsrc[i] = n_used
         last_nven[i] = n_ven
+        last_nmark[i] = n_mark
         last_emit_ns[i] = now
         m += 1
     return m
@@ -1181,6 +1242,7 @@ def update_fair_reference(records, n, source_table, p: FairParams, a: FairArrays
     n_inst, n_src = a.last_price.shape
     n_bucket = a.bucket_id.shape[2]
     track_vol = p.method in (METHOD_TWO_LEVEL, METHOD_INVERSE_VARIANCE)
+    stride = 2 if p.mark_inputs else 1
     k_decay = -LN2 / p.halflife_ns
     skipped = 0
     for rec in records[:n]:
@@ -1194,8 +1256,15 @@ def update_fair_reference(records, n, source_table, p: FairParams, a: FairArrays
         ):
             skipped += 1
             continue
-        src = int(source_table[prov, venue])
-        if not 0 <= src < n_src:
+        source = int(source_table[prov, venue])
+        is_mark = kind == KIND_MARK
+        if is_mark and not (
+            p.mark_inputs and int(rec["data_class"]) in (CLASS_PERPETUAL, CLASS_FUTURE)
+        ):
+            skipped += 1
+            continue
+        src = source * stride + int(is_mark)
+        if source < 0 or src >= n_src:
             skipped += 1
             continue
         new_price = None
@@ -1215,6 +1284,8 @@ def update_fair_reference(records, n, source_table, p: FairParams, a: FairArrays
             bid, ask = a.last_bid[inst, src], a.last_ask[inst, src]
             if p.inputs_mode != INPUTS_TRADES and not (math.isnan(bid) or math.isnan(ask)):
                 new_price = (bid + ask) * 0.5
+        elif is_mark:
+            new_price = price
         else:
             skipped += 1
             continue
@@ -1344,7 +1415,7 @@ def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
             for s in range(n_src):
                 o.reasons[m, s] = reason[s]
             return False
-        fair, status, n_used, n_ven = float(a.last_fair[i]), FAIR_STALE, 0, 0
+        fair, status, n_used, n_ven, n_mark = float(a.last_fair[i]), FAIR_STALE, 0, 0, 0
         ages = [age[s] for s in range(n_src) if not math.isnan(price[s])]
         oldest = max(min(ages), 0) if ages else 0
     else:
@@ -1372,6 +1443,7 @@ def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
             else:
                 used = list(cands)
         n_used = len(used)
+        n_mark = sum(1 for s in used if p.mark_inputs and s % 2 == 1)
         venues = sorted({venue_of[s] for s in used})
         n_ven = len(venues)
         oldest = max(0, *(age[s] for s in used))
@@ -1446,6 +1518,7 @@ def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
         or status != a.last_status[i]
         or n_used != a.last_nsrc[i]
         or n_ven != a.last_nven[i]
+        or n_mark != a.last_nmark[i]
     )
     if not (changed or hb_due):
         return False
@@ -1457,10 +1530,12 @@ def _fair_one_reference(i, now, hb_due, p, a, o, m, venue_of) -> bool:
     o.dispersion[m] = dispersion
     o.oldest_age_ns[m] = oldest
     o.status[m] = status
+    o.marks[m] = n_mark
     a.last_fair[i] = fair
     a.last_status[i] = status
     a.last_nsrc[i] = n_used
     a.last_nven[i] = n_ven
+    a.last_nmark[i] = n_mark
     a.last_emit_ns[i] = now
     return True
 
@@ -1480,7 +1555,9 @@ class FairResult(NamedTuple):
     dispersion: np.ndarray
     oldest_age_ns: np.ndarray
     status: np.ndarray
-    reasons: np.ndarray  # [row, source] reason codes
+    reasons: np.ndarray  # [row, source] reason codes of the sources' trades / quotes
+    marks: np.ndarray  # mark inputs among ``sources`` (0 without ``mark_inputs``)
+    mark_reasons: np.ndarray  # [row, source] reason codes of their marks ([row, 0] without)
 
 
 class FairBook:
@@ -1488,6 +1565,9 @@ class FairBook:
 
     ``source_venues[s]`` is the venue id of source ``s``; ``source_table`` is
     ``Registry.source_table()``. Settings as in ``FairConfig`` (see :func:`make_params`).
+    Sizes and ``set_source_venues`` count sources; with ``mark_inputs`` the state has two
+    slots per source (module docstring), which ``compute`` splits back into ``reasons`` and
+    ``mark_reasons``.
     """
 
     def __init__(
@@ -1507,10 +1587,14 @@ class FairBook:
         if self.source_table.ndim != 2:
             raise ValueError("source_table must be 2-D [provider, venue]")
         self.n_sources = max(len(source_venues), int(n_sources or 0))
+        self.mark_inputs = bool(self.params.mark_inputs)
+        self.stride = 2 if self.mark_inputs else 1  # slots per source
         tracked = buckets if self.params.method == METHOD_WINDOWED_VWM else 1
-        self.arrays = make_arrays(n_instruments, source_venues, tracked, self.n_sources)
-        self.params = self.params._replace(n_sources=len(source_venues))
-        self.out = make_out(n_instruments, self.n_sources)
+        slots = slot_venues(source_venues, self.mark_inputs)
+        capacity = self.n_sources * self.stride
+        self.arrays = make_arrays(n_instruments, slots, tracked, capacity)
+        self.params = self.params._replace(n_sources=len(slots))
+        self.out = make_out(n_instruments, capacity)
         self.n_instruments = self.arrays.last_price.shape[0]
         self.skipped = 0
         # (params, arrays, update entry, compute entry, source_table, out)
@@ -1520,9 +1604,10 @@ class FairBook:
         """New source → venue map (sources registered live); sizes do not change."""
         if len(source_venues) > self.n_sources:
             raise ValueError(f"{len(source_venues)} sources, capacity {self.n_sources}")
-        order, starts = _venue_groups(np.asarray(source_venues, np.int64).reshape(-1))
+        slots = slot_venues(source_venues, self.mark_inputs)
+        order, starts = _venue_groups(slots)
         self.arrays = self.arrays._replace(group_src=order, group_start=starts)
-        self.params = self.params._replace(n_sources=len(source_venues))
+        self.params = self.params._replace(n_sources=len(slots))
 
     def _entries(self) -> tuple[Any, ...]:
         """The kernels' entry points for the current state (rebound when ``params`` or
@@ -1583,4 +1668,11 @@ class FairBook:
         kernel = compute_fair_full_nb if final else self._entries()[3]
         m = int(kernel(int(now_ns), p, self.arrays, self.out))
         o = self.out
-        return FairResult(*(x[:m] for x in o))
+        reasons = o.reasons[:m]
+        k = self.stride
+        return FairResult(
+            *(x[:m] for x in o[:-2]),
+            reasons=reasons[:, ::k],
+            marks=o.marks[:m],
+            mark_reasons=reasons[:, 1::k] if self.mark_inputs else reasons[:, :0],
+        )

@@ -198,6 +198,8 @@ class TickEncoder:
         dispersion: np.ndarray | Sequence[float] | None = None,
         status: np.ndarray | Sequence[int] | None = None,
         reasons: np.ndarray | None = None,
+        marks: np.ndarray | Sequence[int] | None = None,
+        mark_reasons: np.ndarray | None = None,
     ) -> list[Message]:
         """One ``(key, value)`` per fair-price output (arrays of equal length; ``ts`` may be one
         timestamp for all).
@@ -205,7 +207,10 @@ class TickEncoder:
         The methodology fields are written when given (the compute stage always gives them):
         ``venues``, ``dispersion``, ``status`` (codes of ``FAIR_STATUS_NAMES``) and ``reasons``
         (``[output, source]`` codes of ``REASON_NAMES``), published as ``excluded``: the sources
-        left out as stale or outlier, ``{"source": "provider/venue", "reason": ...}``.
+        left out as stale or outlier, ``{"source": "provider/venue", "reason": ...}``. With
+        ``[fair] mark_inputs`` also ``marks`` (the mark prices among ``sources``) and
+        ``mark_reasons`` (``[output, source]``, the sources' marks), in ``excluded`` with
+        ``"input": "mark"`` after their source's own entry.
         """
         inst = np.asarray(instruments).tolist()
         n = len(inst)
@@ -218,10 +223,12 @@ class TickEncoder:
         ven = None if venues is None else np.asarray(venues).tolist()
         disp = None if dispersion is None else np.asarray(dispersion, np.float64).tolist()
         stat = None if status is None else np.asarray(status).tolist()
+        mk = None if marks is None else np.asarray(marks).tolist()
         excluded: list[list[dict[str, str]]] | None = None
         if reasons is not None:
-            excluded = self._excluded(np.asarray(reasons)[:n])
-        for extra in (ven, disp, stat, excluded):
+            marked = None if mark_reasons is None else np.asarray(mark_reasons)[:n]
+            excluded = self._excluded(np.asarray(reasons)[:n], marked)
+        for extra in (ven, disp, stat, excluded, mk):
             if extra is not None and len(extra) != n:
                 raise ValueError("fair-price arrays must have the same length")
         names = self.registry.instruments
@@ -245,26 +252,38 @@ class TickEncoder:
                 msg["dispersion"] = _finite(disp[i])
             if stat is not None:
                 msg["status"] = FAIR_STATUS_NAMES.get(stat[i], "unknown")
+            if mk is not None:
+                msg["marks"] = mk[i]
             if excluded is not None:
                 msg["excluded"] = excluded[i]
             out.append((keys[inst[i]], orjson.dumps(msg)))
         return out
 
-    def _excluded(self, reasons: np.ndarray) -> list[list[dict[str, str]]]:
-        """Per output row, the sources excluded as stale or outlier (source id order)."""
-        n_src = min(reasons.shape[1], len(self.registry.sources)) if reasons.ndim == 2 else 0
+    def _excluded(
+        self, reasons: np.ndarray, mark_reasons: np.ndarray | None = None
+    ) -> list[list[dict[str, str]]]:
+        """Per output row, the sources (and their marks) excluded as stale or outlier, in
+        source id order, a source's mark after the source."""
         rows: list[list[dict[str, str]]] = [[] for _ in range(len(reasons))]
-        if n_src == 0:
+        hits = []
+        for mark, codes in enumerate((reasons, mark_reasons)):
+            if codes is None or codes.ndim != 2:
+                continue
+            r = codes[:, : min(codes.shape[1], len(self.registry.sources))]
+            hit_rows, hit_cols = np.nonzero((r == REASON_STALE) | (r == REASON_OUTLIER))
+            hits += [(row, col, mark, int(r[row, col])) for row, col in
+                     zip(hit_rows.tolist(), hit_cols.tolist(), strict=True)]  # fmt: skip
+        if not hits:
             return rows
-        r = reasons[:, :n_src]
-        hit_rows, hit_cols = np.nonzero((r == REASON_STALE) | (r == REASON_OUTLIER))
-        if len(hit_rows):
-            if len(self._source_names) != len(self.registry.sources):
-                reg = self.registry
-                self._source_names = [reg.source_name(s) for s in range(len(reg.sources))]
-            names = self._source_names
-            for row, col in zip(hit_rows.tolist(), hit_cols.tolist(), strict=True):
-                rows[row].append({"source": names[col], "reason": REASON_NAMES[int(r[row, col])]})
+        if len(self._source_names) != len(self.registry.sources):
+            reg = self.registry
+            self._source_names = [reg.source_name(s) for s in range(len(reg.sources))]
+        names = self._source_names
+        for row, col, mark, code in sorted(hits):
+            entry = {"source": names[col], "reason": REASON_NAMES[code]}
+            if mark:
+                entry["input"] = "mark"
+            rows[row].append(entry)
         return rows
 
 

@@ -79,6 +79,13 @@ def test_embedded_default_is_valid_and_frozen() -> None:
         ("[fair]\nwindow_buckets = 0\n", "fair.window_buckets: must be between 1 and 256"),
         ("[fair]\nfreshness_tau = 0\n", "fair.freshness_tau: must be > 0"),
         ("[fair]\nmin_venues = 0\n", "fair.min_venues: must be between 1 and 4096, got 0"),
+        ("[fair]\nmark_inputs = 1\n", "fair.mark_inputs: expected true or false, got an integer"),
+        ("[fair]\nmark_inputs = 'yes'\n", "fair.mark_inputs: expected true or false, got a string"),
+        (
+            "[daemon]\nmax_instruments = 65536\nmax_sources = 64\n[fair]\nmark_inputs = true\n",
+            "fair.mark_inputs: needs 2 x max_instruments x max_sources (2 x 65536 x 64) at most "
+            "4194304",
+        ),
         ('[[providers]]\nname = "a"\n', "providers[0]: missing required key(s) kind"),
         (PROVIDER.replace("simulator", "carrier-pigeon"), "unknown provider kind"),
         (PROVIDER + PROVIDER, "duplicate provider name 'a'"),
@@ -188,6 +195,14 @@ def test_bad_configuration_names_file_and_key(text: str, message: str) -> None:
         config.loads(text, "/etc/fairfeed/site.toml")
     assert str(err.value).startswith("/etc/fairfeed/site.toml: ")
     assert message in str(err.value)
+
+
+def test_mark_inputs_is_off_unless_asked_for() -> None:
+    assert config.load().fair.mark_inputs is False
+    assert config.loads("[fair]\nmark_inputs = true\n").fair.mark_inputs is True
+    # the same capacity without mark inputs is valid (the limit is the mark slots')
+    text = "[daemon]\nmax_instruments = 65536\nmax_sources = 64\n"
+    assert config.loads(text).fair.mark_inputs is False
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The compute pipeline's derivatives path: its own topic, the metrics board, never a tick and
-never an input of the fair price."""
+no input of the fair price unless ``[fair] mark_inputs`` makes a perpetual's marks one."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def _rec(kind: int, price: float, size: float = 0.0, **fields) -> np.ndarray:
 
 
 @pytest.fixture
-def pipe(tmp_path):
+def pipe(tmp_path, request):
+    cfg = getattr(request, "param", CFG)
     tag = f"fftest-{os.getpid()}-deriv"
     reg = Registry.build([(INST, CLASS_PERPETUAL)], [("binance", "binance")], 8, 4)
     control = ControlBlock.create(f"{tag}-c", 1, 8)
@@ -63,7 +64,7 @@ def pipe(tmp_path):
     out = tmp_path / "out.jsonl"
     sink = CollectSink(out, frozenset({"t", "d", "f"}), SlotCounters(control, 0))
     live = SubscriptionSet([Stream("binance", "binance", INST, "perpetual")])
-    p = Pipeline(CFG, reg, sink, control, SlotCounters(control, 0), metrics=board, live=live)
+    p = Pipeline(cfg, reg, sink, control, SlotCounters(control, 0), metrics=board, live=live)
     yield p, board, out
     sink.close()
     for seg in (control, board):
@@ -139,3 +140,31 @@ def test_derivatives_of_keeps_the_order_and_only_kinds_4_to_8() -> None:
     got = derivatives_of(recs)
     assert got["kind"].tolist() == [KIND_LIQUIDATION, KIND_MARK, KIND_FUNDING]
     assert got["price"].tolist() == [2.0, 4.0, 6.0]
+
+
+MARKS_CFG = loads('[fair]\nmin_interval = 0.0\nmark_inputs = true\n[kafka]\n'
+                  'derivatives_topic = "d"\nticks_topic = "t"\nfair_topic = "f"\n')  # fmt: skip
+
+
+@pytest.mark.parametrize("pipe", [MARKS_CFG], indirect=True)
+def test_with_mark_inputs_a_perpetual_s_mark_is_a_fair_price_input(pipe) -> None:
+    """The same records as above: the marks still reach their topic and never the ticks, and
+    the fair price now takes the last mark next to the trade (the venue's median of both)."""
+    p, _board, out = pipe
+    batch = np.concatenate([
+        _rec(KIND_TRADE, 100.0, 1.0, sequence=7),
+        _rec(KIND_MARK, 200.0),
+        _rec(KIND_INDEX, 190.0),  # an index price is no input
+        _rec(KIND_MARK, 210.0),
+    ])  # fmt: skip
+    p.process(batch)
+    p.emit_fair(T0 + 10**9, final=True)
+    p.sink.commit()
+    got = _messages(out)
+    (fair,) = got["f"]
+    v = fair["value"]
+    assert (v["price"], v["sources"], v["marks"], v["venues"]) == (155.0, 2, 1, 1)
+    (d,) = got["d"]
+    assert d["value"]["kind"] == [KIND_MARK, KIND_INDEX, KIND_MARK]
+    ticks = [decode_ticks(orjson.dumps(m["value"])) for m in got["t"]]
+    assert [k for t in ticks for k in t["kind"].tolist()] == [KIND_TRADE]

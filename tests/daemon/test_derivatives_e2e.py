@@ -1,7 +1,7 @@
 """Derivatives through the whole daemon: the local Binance USD-M server's markPrice@1s and
 forceOrder messages, and the local Kaiko server's derivatives instrument metrics, reach the
-derivatives topic of a real broker with their exact values, and /metrics; the ticks topic and
-the fair prices never see them."""
+derivatives topic of a real broker with their exact values, and /metrics; the ticks topic never
+sees them, and the fair prices only with ``[fair] mark_inputs``."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ SYMBOLS = {"btcusdt": "BTC-USDT-PERP", "ethusdt": "ETH-USDT-PERP"}
 TAG = "deriv"
 
 
-def _config(tmp_path: Path, url: str, bootstrap: str, metrics_port: int) -> Path:
+def _config(
+    tmp_path: Path, url: str, bootstrap: str, metrics_port: int, fair: str = "", tag: str = TAG
+) -> Path:
     insts = orjson.dumps(list(PRICES)).decode()
     path = tmp_path / "fairfeed.toml"
     path.write_text(f"""
@@ -54,12 +56,13 @@ workers = 1
 [kafka]
 bootstrap = "{bootstrap}"
 create_topics = true
-ticks_topic = "{TAG}.ticks"
-fair_topic = "{TAG}.fair"
-anomalies_topic = "{TAG}.anomalies"
-derivatives_topic = "{TAG}.derivatives"
+ticks_topic = "{tag}.ticks"
+fair_topic = "{tag}.fair"
+anomalies_topic = "{tag}.anomalies"
+derivatives_topic = "{tag}.derivatives"
 [fair]
 min_interval = 0.01
+{fair}
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 [[providers]]
@@ -315,6 +318,70 @@ def test_kaiko_derivatives_metrics_reach_their_topic_and_metrics_exactly(
                 assert m[key] == pytest.approx(value, rel=1e-12), key
             assert ("fairfeed_next_funding_time_seconds", inst) not in m  # unknown: no sample
         assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()
+    finally:
+        if daemon is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        thread.stop()
+
+
+def _prices(sent: list[str], stream: str) -> dict[str, set[float]]:
+    """Per instrument, the prices of the server's ``stream`` messages."""
+    out: dict[str, set[float]] = defaultdict(set)
+    for text in sent:
+        m = orjson.loads(text)
+        sym, _, kind = m["stream"].partition("@")
+        if kind == stream:
+            out[SYMBOLS[sym]].add(float(m["data"]["p"]))
+    return out
+
+
+@pytest.mark.parametrize("mark_inputs", [True, False])
+def test_fair_prices_take_the_perpetuals_marks_only_with_mark_inputs(
+    tmp_path: Path, kafka_broker, mark_inputs: bool
+) -> None:
+    """With the plain median, an instrument's fair price is its last trade's price, its last
+    mark's, or with mark inputs the mean of the two: each published price is checked against
+    the prices the server sent, and the `marks` field says which it was."""
+    bootstrap = kafka_broker.bootstrap
+    cfg = SimulatorConfig(prices=PRICES, rate=400, max_events=800, quote_ratio=0.3, seed=15)
+    server = BinanceServer("binance-f", cfg, market="usdm", keep_log=True, mark_interval=0.1)
+    thread = LoopThread(server).start()
+    fair_cfg = f'method = "median"\nmark_inputs = {"true" if mark_inputs else "false"}'
+    tag = f"marks-{'on' if mark_inputs else 'off'}"  # topics of their own on the shared broker
+    daemon = None
+    try:
+        path = _config(tmp_path, server.url, bootstrap, free_port(), fair_cfg, tag)
+        daemon = DaemonProcess(tmp_path, path)
+        wait_for(lambda: thread.call(lambda: server.stats.finished) == 2, 90,
+                 "the server to finish both connections")  # fmt: skip
+        sent = thread.call(lambda: list(server.sent))
+        trades, marks = _prices(sent, "aggTrade"), _prices(sent, "markPrice@1s")
+        assert set(trades) == set(marks) == set(PRICES)
+        assert daemon.stop(signal.SIGTERM) == 0, daemon.stderr()  # the last fair prices out
+        fair = [decode_fair(v) for v in _values(bootstrap, f"{tag}.fair")]
+        fair = [f for f in fair if f["status"] != "stale"]
+        assert fair
+        kinds: dict[str, set[str]] = defaultdict(set)
+        for f in fair:
+            inst, price, n = f["instrument"], f["price"], f["sources"]
+            if not mark_inputs:
+                assert "marks" not in f and n == 1, f
+                assert price in trades[inst], f
+                kinds[inst].add("trade")
+                continue
+            used = {(1, 0): "trade", (1, 1): "mark", (2, 1): "both"}[(n, f["marks"])]
+            kinds[inst].add(used)
+            if used == "trade":
+                assert price in trades[inst], f
+            elif used == "mark":
+                assert price in marks[inst], f
+            else:
+                assert price in {(t + m) / 2 for t in trades[inst] for m in marks[inst]}, f
+                assert price not in trades[inst], f  # a mark moved it
+        for inst in PRICES:
+            assert ("both" in kinds[inst]) == mark_inputs, (inst, kinds[inst])
+            if not mark_inputs:
+                assert kinds[inst] == {"trade"}
     finally:
         if daemon is not None and daemon.proc.poll() is None:
             daemon.kill()

@@ -307,3 +307,33 @@ def test_dead_letter_of_an_oversized_message_records_its_real_size() -> None:
     assert (head["size"], head["truncated"], head["frame"]) == (50 << 20, True, '{"pad":"xx')
     none = orjson.loads(encode_dead_letter("p", "too big", b"", 7, size=11 << 20))
     assert (none["size"], none["truncated"], none["frame"]) == (11 << 20, True, "")
+
+
+def test_fair_marks_and_excluded_marks(registry: Registry) -> None:
+    """With mark inputs: the marks used, and each excluded mark after its source's own entry."""
+    from fairfeed.hotpath import fairmethods as fm
+
+    n_src = len(registry.sources)
+    reasons = np.zeros((2, n_src), np.uint8)
+    marks = np.full((2, n_src), fm.REASON_NO_DATA, np.uint8)  # never published
+    reasons[0, 1] = fm.REASON_STALE
+    marks[0, 0] = fm.REASON_OUTLIER
+    marks[0, 1] = fm.REASON_STALE
+    marks[1, n_src - 1] = fm.REASON_INCLUDED
+    enc = TickEncoder(registry)
+    msgs = enc.fair([0, 1], [65000.5, 3000.0], [2, 1], [1, 1], 7, "median", venues=[1, 1],
+                    reasons=reasons, marks=[0, 1], mark_reasons=marks)  # fmt: skip
+    first, second = (decode_fair(v) for _, v in msgs)
+    name = registry.source_name
+    assert first["marks"] == 0 and second["marks"] == 1
+    assert first["excluded"] == [
+        {"source": name(0), "reason": "outlier", "input": "mark"},
+        {"source": name(1), "reason": "stale"},
+        {"source": name(1), "reason": "stale", "input": "mark"},
+    ]
+    assert second["excluded"] == []
+    # Without mark inputs: no `marks` field, and no mark entries (no columns)
+    [(_, plain)] = enc.fair([0], [1.0], [1], [1], 7, reasons=reasons[:1],
+                            mark_reasons=marks[:1, :0])  # fmt: skip
+    assert "marks" not in decode_fair(plain)
+    assert decode_fair(plain)["excluded"] == [{"source": name(1), "reason": "stale"}]

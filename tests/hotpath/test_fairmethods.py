@@ -9,7 +9,18 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fairfeed.core.records import CLASS_SPOT, KIND_ASK, KIND_BID, KIND_TRADE, empty_records
+from fairfeed.core.records import (
+    CLASS_FUTURE,
+    CLASS_OPTION,
+    CLASS_PERPETUAL,
+    CLASS_SPOT,
+    KIND_ASK,
+    KIND_BID,
+    KIND_INDEX,
+    KIND_MARK,
+    KIND_TRADE,
+    empty_records,
+)
 from fairfeed.core.registry import Registry
 from fairfeed.hotpath import fairmethods as fm
 from fairfeed.hotpath.fairmethods import INPUTS_BOTH, INPUTS_QUOTES, INPUTS_TRADES, NEVER_NS
@@ -19,7 +30,8 @@ METHODS = list(fm.METHOD_CODES)
 
 
 def make_records(rows: list[tuple]) -> np.ndarray:
-    """Records from ``(instrument, provider, venue, kind, price, ts_receive[, size])`` rows."""
+    """Records from ``(instrument, provider, venue, kind, price, ts_receive[, size[, data
+    class]])`` rows."""
     recs = empty_records(len(rows))
     for i, row in enumerate(rows):
         inst, prov, venue, kind, price, ts = row[:6]
@@ -30,6 +42,7 @@ def make_records(rows: list[tuple]) -> np.ndarray:
         recs[i]["price"] = price
         recs[i]["ts_receive"] = ts
         recs[i]["size"] = row[6] if len(row) > 6 else 1.0
+        recs[i]["data_class"] = row[7] if len(row) > 7 else 0
     return recs
 
 
@@ -71,6 +84,8 @@ def scenarios(draw, method: str):
     table = table.reshape(n_prov, n_venue)
     intervals = [0, 1, 5, 10, 25]
     exclude = draw(st.sampled_from([0.05, 0.05, 0.1, 0.0]))
+    marks = draw(st.booleans())
+    stride = 2 if marks else 1
     params = fm.FairParams(
         method=fm.METHOD_CODES[method],
         inputs_mode=draw(st.sampled_from([INPUTS_TRADES, INPUTS_QUOTES, INPUTS_BOTH])),
@@ -86,8 +101,11 @@ def scenarios(draw, method: str):
         bucket_ns=draw(st.sampled_from([3, 10])),
         trim=draw(st.sampled_from([0.0, 0.2, 0.34])),
         # Sources registered so far (capacity beyond them, as when the registry grows live).
-        n_sources=draw(st.sampled_from([-1, -1, len(venues), max(len(venues) - 1, 0)])),
+        n_sources=draw(
+            st.sampled_from([-1, -1, len(venues) * stride, max(len(venues) - 1, 0) * stride])
+        ),
         dispute=draw(st.sampled_from([np.inf, 0.05, 0.2])),
+        mark_inputs=int(marks),
     )
     buckets = draw(st.sampled_from([1, 3]))
     base = draw(st.sampled_from([100.0, 1e-4, 31000.0]))
@@ -100,10 +118,11 @@ def scenarios(draw, method: str):
         mostly(n_inst, [n_inst]),
         mostly(n_prov, [n_prov]),
         mostly(n_venue, [n_venue]),
-        st.sampled_from([KIND_TRADE, KIND_BID, KIND_ASK] * 4 + [0]),
+        st.sampled_from([KIND_TRADE, KIND_BID, KIND_ASK] * 4 + [KIND_MARK] * 4 + [KIND_INDEX, 0]),
         price,
         st.integers(0, 10),
         SIZES,
+        st.sampled_from([CLASS_PERPETUAL] * 3 + [CLASS_FUTURE, CLASS_SPOT, CLASS_OPTION]),
     )
     steps = draw(
         st.lists(
@@ -120,14 +139,16 @@ def scenarios(draw, method: str):
 
 def run_oracle(scenario) -> None:
     n_inst, table, venues, params, buckets, steps = scenario
-    active = venues if params.n_sources < 0 else venues[: params.n_sources]
-    a_nb = fm.make_arrays(n_inst, active, buckets, len(venues))
-    a_ref = fm.make_arrays(n_inst, active, buckets, len(venues))
-    o_nb = fm.make_out(n_inst, len(venues))
-    o_ref = fm.make_out(n_inst, len(venues))
+    stride = 2 if params.mark_inputs else 1
+    active = venues if params.n_sources < 0 else venues[: params.n_sources // stride]
+    slots = fm.slot_venues(active, bool(params.mark_inputs))
+    a_nb = fm.make_arrays(n_inst, slots, buckets, len(venues) * stride)
+    a_ref = fm.make_arrays(n_inst, slots, buckets, len(venues) * stride)
+    o_nb = fm.make_out(n_inst, len(venues) * stride)
+    o_ref = fm.make_out(n_inst, len(venues) * stride)
     now = 1_000
     for batch, advance in steps:
-        recs = make_records([(i, p, v, k, x, now + dt, q) for i, p, v, k, x, dt, q in batch])
+        recs = make_records([(i, p, v, k, x, now + dt, q, c) for i, p, v, k, x, dt, q, c in batch])
         n = len(recs)
         got = fm.update_fair_nb(recs, n, table, params, a_nb)
         assert got == fm.update_fair_reference(recs, n, table, params, a_ref)
@@ -144,6 +165,10 @@ def run_oracle(scenario) -> None:
                     event(f"status {name}")
             if (o_nb.reasons[:m] == fm.REASON_OUTLIER).any():
                 event("outlier excluded")
+            if (o_nb.marks[:m] > 0).any():
+                event("a mark used")
+                if (o_nb.marks[:m] < o_nb.sources[:m]).any():
+                    event("a mark used with trades or quotes")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -482,3 +507,120 @@ def test_bound_kernels_match_the_dispatcher_for_any_batch_layout():
         for got, want in zip(out, outs[0], strict=True):
             np.testing.assert_array_equal(got, want)
     assert len(outs[0].instrument) == 1
+
+
+# --- mark prices as inputs (``mark_inputs``) ------------------------------------------------------
+
+
+def marks(*rows, data_class: int = CLASS_PERPETUAL) -> np.ndarray:
+    """``(provider, venue, price, ts)`` mark prices of instrument 0."""
+    return make_records([(0, *r[:2], KIND_MARK, *r[2:4], 0.0, data_class) for r in rows])
+
+
+def perp_trades(*rows) -> np.ndarray:
+    """``(provider, venue, price, ts[, size])`` trades of instrument 0, a perpetual."""
+    return make_records(
+        [(0, r[0], r[1], KIND_TRADE, r[2], r[3], r[4] if len(r) > 4 else 1.0, CLASS_PERPETUAL)
+         for r in rows]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("data_class", [CLASS_PERPETUAL, CLASS_FUTURE])
+def test_a_mark_only_instrument_is_priced_at_its_mark(method, data_class):
+    b = book(method, mark_inputs=True)
+    assert b.update(marks((0, 0, 101.25, S), data_class=data_class)) == 0
+    out = b.compute(S)
+    assert out.price.tolist() == [101.25]
+    assert out.sources.tolist() == [1] and out.marks.tolist() == [1]
+    assert out.venues.tolist() == [1] and out.status.tolist() == [fm.FAIR_SINGLE_SOURCE]
+    # the mark's slot, never the source's trade / quote state
+    assert np.isnan(b.arrays.last_price[0, 0]) and b.arrays.last_price[0, 1] == 101.25
+    assert out.reasons[0].tolist() == [3, 3, 3, 3]  # no trade or quote of any source
+    assert out.mark_reasons[0].tolist() == [0, 3, 3, 3]  # source 0's mark used
+
+
+# A trade at 100 (size 1) and the same source's mark at 101. The median methods take both;
+# the volume-weighted ones weigh the mark as a source without traded volume.
+MIXED = {
+    "two_level": 100.5,  # the venue's median of its two inputs
+    "median": 100.5,
+    "trimmed_mean": 100.5,
+    "inverse_variance": 100.0,  # weights ¾ (½ volume + ¼ variance) and ¼
+    "windowed_vwm": 100.0,  # the bucket's volume-weighted median: the mark weighs 0
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_trades_and_marks_per_method(method):
+    b = book(method, mark_inputs=True)
+    b.update(perp_trades((0, 0, 100.0, S)))
+    b.update(marks((0, 0, 101.0, S)))
+    out = b.compute(S)
+    assert out.price.tolist() == [MIXED[method]]
+    assert out.sources.tolist() == [2] and out.marks.tolist() == [1]
+    assert out.venues.tolist() == [1]  # a mark is its venue's view, not a venue of its own
+    assert out.status.tolist() == [fm.FAIR_DEGRADED]  # one venue, min_venues 2
+    assert out.reasons[0].tolist() == [0, 3, 3, 3] and out.mark_reasons[0].tolist() == [0, 3, 3, 3]
+    # Neither overwrote the other: a later trade moves only the trade slot.
+    b.update(perp_trades((0, 0, 100.2, S + 1)))
+    assert b.arrays.last_price[0, :2].tolist() == [100.2, 101.0]
+    # Without mark inputs the same records give the trade alone.
+    off = book(method)
+    assert off.update(marks((0, 0, 101.0, S))) == 1  # skipped
+    off.update(perp_trades((0, 0, 100.0, S)))
+    out = off.compute(S)
+    assert out.price.tolist() == [100.0] and out.sources.tolist() == [1]
+    assert out.marks.tolist() == [0] and out.mark_reasons.shape == (1, 0)
+
+
+@pytest.mark.parametrize("data_class", [CLASS_SPOT, CLASS_OPTION, 0])
+def test_marks_of_other_data_classes_are_never_inputs(data_class):
+    b = book("median", mark_inputs=True)
+    assert b.update(marks((0, 0, 101.0, S), data_class=data_class)) == 1
+    assert len(b.compute(S).price) == 0 and np.isnan(b.arrays.last_price).all()
+    # an index price is no input either
+    index = marks((0, 0, 99.0, S))
+    index["kind"] = KIND_INDEX
+    assert b.update(index) == 1
+
+
+def test_marks_go_stale_are_gated_and_counted_as_their_own_inputs():
+    b = book("median", mark_inputs=True, stale_after=1.0, min_venues=1)
+    # three venues trade at 100; venue 2's mark is 10 % off: the gate excludes the mark alone
+    b.update(perp_trades((0, 0, 100.0, S), (0, 1, 100.0, S), (0, 2, 100.0, S)))
+    b.update(marks((0, 2, 110.0, S)))
+    out = b.compute(S)
+    assert out.price.tolist() == [100.0] and out.sources.tolist() == [3]
+    assert out.marks.tolist() == [0]
+    assert out.reasons[0].tolist() == [0, 0, 0, 3]
+    assert out.mark_reasons[0].tolist() == [3, 3, fm.REASON_OUTLIER, 3]
+    # the trades go stale, the mark (now in line) stays fresh: the mark alone prices it
+    b.update(marks((0, 2, 100.5, 3 * S)))
+    out = b.compute(3 * S)
+    assert out.price.tolist() == [100.5] and out.marks.tolist() == [1]
+    assert out.reasons[0].tolist() == [1, 1, 1, 3]
+    assert out.mark_reasons[0].tolist() == [3, 3, 0, 3]
+    # the mark stale, a trade at the same price instead: only the mark count changed, and
+    # that is a change (published at once, not at the next heartbeat)
+    b.update(perp_trades((0, 2, 100.5, 5 * S)))
+    out = b.compute(5 * S)
+    assert out.price.tolist() == [100.5] and out.sources.tolist() == [1]
+    assert out.status.tolist() == [fm.FAIR_SINGLE_SOURCE] and out.marks.tolist() == [0]
+    assert out.mark_reasons[0].tolist() == [3, 3, fm.REASON_STALE, 3]
+
+
+def test_mark_slots_follow_sources_registered_live():
+    from fairfeed.core.config import FairConfig
+
+    reg = Registry.build(
+        [("BTC-USDT-PERP", CLASS_PERPETUAL)], [("binance-f", "BINANCE"), ("kraken-f", "KRAKEN")]
+    )
+    b = fm.FairBook.from_config(reg, FairConfig(mark_inputs=True), n_instruments=4, n_sources=3)
+    assert b.arrays.last_price.shape == (4, 6) and b.params.n_sources == 4
+    assert b.arrays.group_start.tolist() == [0, 2, 4]
+    b.set_source_venues([0, 1, 0])  # a second vendor of venue 0: its two slots join it
+    assert b.params.n_sources == 6 and b.arrays.group_start.tolist() == [0, 4, 6]
+    assert sorted(b.arrays.group_src[:4].tolist()) == [0, 1, 4, 5]
+    with pytest.raises(ValueError):
+        b.set_source_venues([0, 1, 0, 1])
