@@ -1,7 +1,7 @@
 """Fixed-rate benchmark: what the daemon costs at a steady load, and idle.
 
-``python -m bench.steady [--rate R] [--seconds S] [--tree PATH ...] [--idle-only | --no-idle]
-[--no-baseline] [--json OUT]``
+``python -m bench.steady [--rate R] [--seconds S] [--tree PATH ...] [--flush-delay MS ...]
+[--idle-only | --no-idle] [--no-baseline] [--json OUT]``
 
 The reference load: Binance-format trade frames (one trade per frame) from a local Binance
 server in a process of its own (``fairfeed.local.loadserver``), paced at ``--rate`` trades/s
@@ -30,6 +30,9 @@ Scenarios, per source tree:
 
 What the latency figures mean: docs/latency.md.
 
+``--flush-delay`` runs the steady scenario once per ``ring.flush_delay_ms`` given (rows
+labelled ``tree @N ms``): the daemon's latency against its CPU at the same load, in one run.
+
 ``--tree`` runs the daemon from another source tree (say ``git worktree add /tmp/main main``)
 with this tree's harness; give it several times (``--tree . --tree /tmp/main``) to measure the
 trees alternately in one session, ``--repeat`` times. Results are printed as a table and written
@@ -46,6 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -356,12 +360,20 @@ def run_floor(res: Run, broker: LocalBroker, a: Options) -> None:
 
 
 def run_once(
-    scenario: str, tree: Path, index: int, broker: LocalBroker, a: Options, tmp: Path
+    scenario: str,
+    tree: Path,
+    index: int,
+    broker: LocalBroker,
+    a: Options,
+    tmp: Path,
+    flush_delay_ms: float | None = None,
 ) -> Run:
     """One daemon from ``tree`` under one scenario, with a fresh load server and topics; after
-    the steady scenario, the plain producer's floor (:func:`run_floor`)."""
-    res = Run(scenario, str(tree), index, rate=a.rate if scenario == "steady" else 0.0)
-    tag = f"steady-{os.getpid()}-{scenario}-{index}-{abs(hash(str(tree))) % 10000}"
+    the steady scenario, the plain producer's floor (:func:`run_floor`). ``flush_delay_ms``:
+    the daemon's ``ring.flush_delay_ms`` (its default when None), shown after the tree."""
+    label = str(tree) if flush_delay_ms is None else f"{tree} @{flush_delay_ms:g}ms"
+    res = Run(scenario, label, index, rate=a.rate if scenario == "steady" else 0.0)
+    tag = f"steady-{os.getpid()}-{scenario}-{index}-{abs(hash(label)) % 10000}"
     ticks, fair = f"{tag}.ticks", f"{tag}.fair"
     ensure_topics(broker.bootstrap, [ticks, fair], PARTITIONS)
     server = LoadServer(a.rate, tick=SERVER_TICK, paused=scenario == "idle")
@@ -369,7 +381,10 @@ def run_once(
     workdir.mkdir()
     conf = workdir / "f.toml"
     port = free_port()
-    conf.write_text(_config(broker.bootstrap, server.url, ticks, fair, a.extra, port))
+    extra = a.extra
+    if flush_delay_ms is not None:
+        extra += f"\n[ring]\nflush_delay_ms = {flush_delay_ms}\n"
+    conf.write_text(_config(broker.bootstrap, server.url, ticks, fair, extra, port))
     daemon = _Daemon(workdir, conf, tree)
     probe: VisibleProbe | None = None
     try:
@@ -564,10 +579,13 @@ def run_steady(
     scenarios: tuple[str, ...] = ("steady", "baseline", "idle"),
     out: Path | None = None,
     echo: bool = True,
+    flush_delays: Sequence[float] = (),
 ) -> dict:
     """Every scenario for every tree, ``repeat`` times (trees alternate); the report (also
-    written as JSON to ``out``, default ``.benchmarks/steady-<timestamp>.json``)."""
+    written as JSON to ``out``, default ``.benchmarks/steady-<timestamp>.json``). Each of
+    ``flush_delays`` (ms) is a variant of every tree: the latency / CPU trade-off in one run."""
     trees = [t.resolve() for t in trees] if trees else [REPO]
+    delays: list[float | None] = list(flush_delays) or [None]
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="fairfeed-steady-") as tmp, LocalBroker() as broker:
         for i in range(repeat):
@@ -578,13 +596,16 @@ def run_steady(
                     runs.append(run_baseline(i, broker, opts, Path(tmp)))
                     continue
                 for tree in trees:
-                    if echo:
-                        print(f"run {i}: {scenario}, {tree}", flush=True)
-                    runs.append(run_once(scenario, tree, i, broker, opts, Path(tmp)))
+                    for d in delays if scenario == "steady" else [None]:
+                        if echo:
+                            at = "" if d is None else f" @{d:g}ms"
+                            print(f"run {i}: {scenario}, {tree}{at}", flush=True)
+                        runs.append(run_once(scenario, tree, i, broker, opts, Path(tmp), d))
     report = {
         "timestamp": time.strftime("%Y%m%d-%H%M%S"),
         "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-        "options": asdict(opts) | {"trees": [str(t) for t in trees], "repeat": repeat},
+        "options": asdict(opts)
+        | {"trees": [str(t) for t in trees], "repeat": repeat, "flush_delays": list(flush_delays)},
         "runs": [asdict(r) | {"total_cores": r.total_cores} for r in runs],
         "summary": summarize(runs),
     }
@@ -612,6 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-only", action="store_true", help="only the idle scenario")
     ap.add_argument("--extra", default="", help="TOML appended to the daemon's configuration")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument(
+        "--flush-delay",
+        type=float,
+        action="append",
+        default=[],
+        help="ring.flush_delay_ms of the steady runs (repeatable: one run each; default: the "
+        "daemon's default)",
+    )
     a = ap.parse_args(argv)
     scenarios = (
         ("idle",)
@@ -621,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         + (() if a.no_idle else ("idle",))
     )
     opts = Options(a.rate, a.seconds, a.warmup, a.extra)
-    report = run_steady(opts, a.tree, a.repeat, scenarios, a.json)
+    report = run_steady(opts, a.tree, a.repeat, scenarios, a.json, flush_delays=a.flush_delay)
     bad = [
         r
         for r in report["runs"]

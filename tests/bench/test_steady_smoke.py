@@ -18,12 +18,14 @@ from bench.steady import Options, run_steady  # noqa: E402
 @pytest.mark.timeout(300)
 def test_steady_tiny_load(tmp_path):
     opts = Options(rate=2000.0, seconds=2.0, warmup=0.5)
-    report = run_steady(opts, out=tmp_path / "steady.json", echo=False)
+    # a flush delay of its own (the latency / CPU sweep's option), not the daemon's default
+    report = run_steady(opts, out=tmp_path / "steady.json", echo=False, flush_delays=(5.0,))
 
     assert Path(report["path"]).is_file()
     by = {r["scenario"]: r for r in report["runs"]}
     assert set(by) == {"steady", "baseline", "idle"}
     s = by["steady"]
+    assert s["tree"].endswith(" @5ms") and report["options"]["flush_delays"] == [5.0]
     assert s["expected"] > 0 and s["delivered"] == s["expected"], s["notes"]
     assert s["duplicates"] == 0, s["notes"]
     assert s["messages"] > 0 and s["seconds"] > 0
