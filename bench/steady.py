@@ -47,6 +47,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -75,7 +76,13 @@ WORKERS = 2
 MAX_INSTRUMENTS = 4096  # the daemon's default registry capacity (sizes the control block)
 SERVER_TICK = 0.001  # the load server writes what is due every millisecond
 PARTITIONS = 3  # of the run's topics (the daemon's default)
-DAEMON_HOPS = ("receive_ring", "ring_kernel", "kernel_kafka")  # the daemon's own share
+# the daemon's own share, and its messages' produce() -> ack as the Kafka client timed it
+DAEMON_HOPS = ("receive_ring", "ring_kernel", "kernel_kafka", "kafka_ack")
+# The broker probe during the window: a plain producer at this share of the daemon's message
+# rate (enough to sample the broker's acknowledgement latency all along, without doubling its
+# load), with messages of PROBE_BYTES.
+PROBE_SHARE = 0.25
+PROBE_BYTES = 1000
 
 
 @dataclass
@@ -105,6 +112,9 @@ class Run:
     message_bytes: float = 0.0  # mean ticks message value size
     # the plain producer at kafka_delivered_per_s, same broker, right after (bench/plain.py)
     plain: dict = field(default_factory=dict)
+    # a plain producer during the window, same broker, at PROBE_SHARE of the daemon's rate: the
+    # broker's acknowledgement latency at the same moments as the daemon's (bench/plain.py)
+    plain_during: dict = field(default_factory=dict)
     expected: int = 0  # trades the server generated
     delivered: int = 0  # distinct trades found in the ticks topic
     duplicates: int = 0
@@ -341,6 +351,32 @@ def run_baseline(index: int, broker: LocalBroker, a: Options, tmp: Path) -> Run:
     return res
 
 
+class _BrokerProbe:
+    """A plain producer (bench/plain.py) at ``rate`` msg/s for ``seconds``, in a thread (its
+    own process), started now: the broker's ack latency while the daemon runs beside it."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float, seconds: float) -> None:
+        ensure_topics(bootstrap, [topic], PARTITIONS)
+        self._out: dict = {}
+        self._error: BaseException | None = None
+        args = (bootstrap, topic, rate, seconds, PROBE_BYTES)
+        self._thread = threading.Thread(target=self._run, args=args, daemon=True)
+        self._thread.start()
+
+    def _run(self, *args) -> None:
+        try:
+            plain, _, _ = run_plain(*args)
+            self._out = asdict(plain)
+        except BaseException as exc:  # reported by result() in the bench's thread
+            self._error = exc
+
+    def result(self) -> dict:
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError("the broker probe failed") from self._error
+        return self._out
+
+
 def run_floor(res: Run, broker: LocalBroker, a: Options) -> None:
     """The plain producer at the daemon's message rate and size, same broker, right after the
     daemon: the broker's own ack and send → visible latency, into ``res.plain``."""
@@ -396,10 +432,21 @@ def run_once(
         if scenario == "steady":
             wait_for(lambda: daemon.get(WORKERS, Slot.KAFKA_DELIVERED) > 0, 60, "first output")
             probe = VisibleProbe(broker.bootstrap, ticks, sent_stamps, PARTITIONS)
+        kw = daemon.get(WORKERS, Slot.KAFKA_DELIVERED)
         time.sleep(a.warmup)  # warm-up: connections settled, caches and the producer warm
         hist0 = scrape_hops(port) if scenario == "steady" else {}
         k0 = daemon.get(WORKERS, Slot.KAFKA_DELIVERED)
+        during = None
+        if scenario == "steady":
+            rate = max(PROBE_SHARE * (k0 - kw) / max(a.warmup, 1e-3), 1.0)
+            during = _BrokerProbe(broker.bootstrap, f"{tag}.probe", rate, a.seconds)
         cpu, msgs, res.seconds, w0, w1 = _window(daemon, a.seconds)
+        if during is not None:
+            res.plain_during = during.result()
+            if res.plain_during.get("errors") or res.plain_during.get(
+                "acked"
+            ) != res.plain_during.get("sent"):
+                res.notes.append(f"plain producer during the run: {res.plain_during}")
         k1 = daemon.get(WORKERS, Slot.KAFKA_DELIVERED)
         res.kafka_delivered_per_s = (k1 - k0) / res.seconds
         if scenario == "steady":
@@ -467,17 +514,23 @@ def _latency_lines(r: Run) -> list[str]:
     ack, vis = pl.get("ack_ms", {}), pl.get("visible_ms", {})
     rows = [("frame received -> produce() (CreateTime - ts_receive)", r.latency_ms)]
     rows += [(f"daemon histogram {hop} (interpolated)", h) for hop, h in r.hops_ms.items()]
+    pd = r.plain_during
+    ack_during = pd.get("ack_ms", {})
     rows += [
         ("send -> visible to a consumer, daemon", r.visible_ms),
-        (f"plain producer, {pl.get('rate', 0):.0f} msg/s of {pl.get('size', 0)} B: ack", ack),
-        ("plain producer: send -> visible", vis),
+        (f"plain producer during the run, {pd.get('rate', 0):.0f} msg/s: ack", ack_during),
+        (f"plain producer after, {pl.get('rate', 0):.0f} msg/s of {pl.get('size', 0)} B: ack", ack),
+        ("plain producer after: send -> visible", vis),
     ]
     lines = [f"latency, ms, p50 / p99 [{_short(r.tree)} run {r.run}]"]
     lines += [f"  {label:<62} {_pq(d)} / {_pq(d, 'p99')}" for label, d in rows]
-    kk = r.hops_ms.get("kernel_kafka", {})
-    if "p99" in kk and "p99" in ack:
-        lines.append(f"  daemon kernel_kafka p99 - plain producer ack p99 = "
-                     f"{kk['p99'] - ack['p99']:+.1f} ms (target: <= 5)")  # fmt: skip
+    kk, ka = r.hops_ms.get("kernel_kafka", {}), r.hops_ms.get("kafka_ack", {})
+    if "p99" in ka and "p99" in ack_during:
+        lines.append(f"  daemon kafka_ack p99 - plain producer's during the run = "
+                     f"{ka['p99'] - ack_during['p99']:+.1f} ms (target: <= 5)")  # fmt: skip
+    if "p99" in kk and "p99" in ka:
+        lines.append(f"  daemon's own share: kernel_kafka p50 / p99 - kafka_ack p50 / p99 = "
+                     f"{kk['p50'] - ka['p50']:+.1f} / {kk['p99'] - ka['p99']:+.1f} ms")  # fmt: skip
     return lines
 
 
@@ -556,6 +609,12 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, float]]:
             s["latency_p99_ms"] = statistics.median(r.latency_ms.get("p99", 0.0) for r in rs)
             s["kernel_kafka_p99_ms"] = statistics.median(
                 r.hops_ms.get("kernel_kafka", {}).get("p99", 0.0) for r in rs
+            )
+            s["kafka_ack_p99_ms"] = statistics.median(
+                r.hops_ms.get("kafka_ack", {}).get("p99", 0.0) for r in rs
+            )
+            s["plain_during_ack_p99_ms"] = statistics.median(
+                r.plain_during.get("ack_ms", {}).get("p99", 0.0) for r in rs
             )
             s["plain_ack_p99_ms"] = statistics.median(
                 r.plain.get("ack_ms", {}).get("p99", 0.0) for r in rs

@@ -23,10 +23,22 @@ from fairfeed.core.records import (
     empty_records,
 )
 
-HOPS = ("exchange_provider", "provider_receive", "receive_ring", "ring_kernel", "kernel_kafka")
-HOP_EXCHANGE_PROVIDER, HOP_PROVIDER_RECEIVE, HOP_RECEIVE_RING, HOP_RING_KERNEL, HOP_KERNEL_KAFKA = (
-    range(5)
+HOPS = (
+    "exchange_provider",
+    "provider_receive",
+    "receive_ring",
+    "ring_kernel",
+    "kernel_kafka",
+    "kafka_ack",
 )
+(
+    HOP_EXCHANGE_PROVIDER,
+    HOP_PROVIDER_RECEIVE,
+    HOP_RECEIVE_RING,
+    HOP_RING_KERNEL,
+    HOP_KERNEL_KAFKA,
+    HOP_KAFKA_ACK,
+) = range(6)
 N_HOPS = len(HOPS)
 BOUNDS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

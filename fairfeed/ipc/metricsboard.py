@@ -15,8 +15,11 @@ Python), read by the supervisor's collector at scrape time (``fairfeed/daemon/me
                       adds no time of its own)
   receive_ring        ring publish time - ``ts_receive`` (the ring's publish stamps)
   ring_kernel         time the batch reached the metrics kernel - ring publish time
-  kernel_kafka        ``produce()`` right after the kernel → broker acknowledgement
-                      (librdkafka's per-message latency, one observation per tick message)
+  kernel_kafka        the batch reaching the kernel → its last tick message's broker
+                      acknowledgement served (one observation per batch and source)
+  kafka_ack           that message's ``produce()`` → broker acknowledgement as the Kafka
+                      client timed it (librdkafka's message latency): the broker's and the
+                      network's share of ``kernel_kafka``; the rest is the daemon's
   ==================  =====================================================================
 
   A negative difference (clock skew between the venue, the provider and us) counts in the
@@ -43,6 +46,7 @@ import numpy as np
 
 from fairfeed.hotpath.metrics import (
     BOUNDS_NS,
+    HOP_KAFKA_ACK,
     HOP_KERNEL_KAFKA,
     M_UNTIMED,
     N_ANOMALY_KINDS,
@@ -179,8 +183,8 @@ _NO_STAMPS = np.zeros(1, np.int64)
 
 class KafkaHop:
     """Delivery callback of a batch's last tick message: observes the kernel → Kafka hop
-    (from the batch reaching the kernels, ``perf_counter_ns`` ``t0``, to the broker's ack) once
-    for every source of the batch."""
+    (from the batch reaching the kernels, ``perf_counter_ns`` ``t0``, to the broker's ack) and
+    the message's own ``produce()`` → ack (``kafka_ack``) once for every source of the batch."""
 
     __slots__ = ("board", "sources", "t0")
 
@@ -189,8 +193,12 @@ class KafkaHop:
         self.sources = sources
         self.t0 = t0
 
-    def __call__(self, err, _msg) -> None:
+    def __call__(self, err, msg) -> None:
         if err is not None or self.board.hist is None:
             return
         dt = (time.perf_counter_ns() - self.t0) * 1e-9
-        self.board.observe(HOP_KERNEL_KAFKA, self.sources, np.full(len(self.sources), dt))
+        n = len(self.sources)
+        self.board.observe(HOP_KERNEL_KAFKA, self.sources, np.full(n, dt))
+        ack = msg.latency() if msg is not None else None
+        if ack is not None:
+            self.board.observe(HOP_KAFKA_ACK, self.sources, np.full(n, ack))

@@ -34,11 +34,14 @@ def test_steady_tiny_load(tmp_path):
     assert s["kafka_messages_per_s"] > 0 and s["records_per_message"] >= 1
     assert s["latency_ms"]["p99"] >= s["latency_ms"]["p50"]
     # the daemon's own histograms, the consumer outside it, and the plain producer's floor
-    assert {"receive_ring", "ring_kernel", "kernel_kafka"} <= set(s["hops_ms"])
+    assert {"receive_ring", "ring_kernel", "kernel_kafka", "kafka_ack"} <= set(s["hops_ms"])
     for hop in s["hops_ms"].values():
         assert hop["n"] > 0 and hop["p99"] >= hop["p50"] > 0
     assert s["visible_ms"]["p99"] >= s["visible_ms"]["p50"] > 0
     assert s["kafka_delivered_per_s"] > 0 and s["message_bytes"] > 0
+    d = s["plain_during"]  # the broker probe beside the daemon
+    assert d["sent"] > 0 and d["acked"] == d["sent"] and d["errors"] == 0
+    assert d["ack_ms"]["p99"] >= d["ack_ms"]["p50"] > 0
     p = s["plain"]
     assert p["sent"] > 0 and p["acked"] == p["sent"] and p["errors"] == 0
     assert p["ack_ms"]["p99"] >= p["ack_ms"]["p50"] > 0

@@ -40,7 +40,14 @@ PROVIDERS = (
     ("sim-b", "VENUE-B", 5.0, 0),
     ("sim-c", "VENUE-C", 0.0, 300),
 )
-HOPS = ("exchange_provider", "provider_receive", "receive_ring", "ring_kernel", "kernel_kafka")
+HOPS = (
+    "exchange_provider",
+    "provider_receive",
+    "receive_ring",
+    "ring_kernel",
+    "kernel_kafka",
+    "kafka_ack",
+)
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
