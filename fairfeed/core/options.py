@@ -33,6 +33,11 @@ class AdapterOptions:
         """The data classes this kind (with these options) can subscribe."""
         return tuple(CLASS_CODES)
 
+    def market_data(self) -> bool:
+        """Whether it streams trades or quotes; if not, its derivatives values are what the
+        anomaly detectors judge its subscriptions by (no data, rate, latency)."""
+        return True
+
 
 @dataclass(frozen=True)
 class SimulatorOptions(AdapterOptions):
@@ -108,6 +113,9 @@ class KaikoOptions(AdapterOptions):
         if self.trades or self.quotes:
             return tuple(CLASS_CODES)
         return KAIKO_DERIVATIVE_CLASSES  # derivatives metrics only
+
+    def market_data(self) -> bool:
+        return self.trades or self.quotes
 
 
 # The data classes Kaiko's derivatives instrument metrics stream is subscribed for

@@ -37,6 +37,8 @@ class AnomalyDetector:
     ) -> None:
         self.cfg = cfg.anomalies
         self.registry = registry
+        # providers whose derivatives values are their subscriptions' data (nothing else comes)
+        self.derivs_only = frozenset(p.name for p in cfg.providers if not p.options.market_data())
         self.n_rings = n_rings
         self.streams: list[Stream] = []  # monitored, in kernel order (a stream keeps its place)
         self.index: dict[Key, int] = {}
@@ -76,6 +78,8 @@ class AnomalyDetector:
         )
         if old is not None:
             self.state.carry_over(old)  # disabled rows stay disabled
+        for p, name in enumerate(registry.providers):
+            self.state.provs["derivs_data"][p] = name in self.derivs_only
 
     def extend(self, streams: Iterable[Stream], now_ns: int) -> int:
         """Monitor those of ``streams`` not yet monitored (a live subscribe); open episodes and

@@ -59,12 +59,14 @@ from numba import njit
 
 from fairfeed.core.config import AnomalyConfig, anomaly_thresholds
 from fairfeed.core.records import (
-    KIND_ASK,
     KIND_BID,
     KIND_GAP,
     KIND_HEARTBEAT,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
     KIND_STATUS,
     KIND_TRADE,
+    MAX_MARKET_KIND,
     STATUS_CONNECTED,
     STATUS_DISCONNECTED,
     STATUS_SUBSCRIBE_ERROR,
@@ -175,6 +177,9 @@ PROVIDER_STATE_DTYPE = np.dtype([
     ("blip_reason", "i8"),
     ("open", "i8"),  # start of the open disconnect episode (0 = none)
     ("open_reason", "i8"),
+    # its periodic derivatives values (mark, index, funding, open interest) are its
+    # subscriptions' data: a provider that streams nothing else (Kaiko's metrics alone)
+    ("derivs_data", "i8"),
 ])  # fmt: skip
 # bursts: gaps per source, then overflow per ring; and gaps per subscription
 BURST_DTYPE = np.dtype([
@@ -285,6 +290,8 @@ def update_nb(records, n, sub_table, source_table, subs, provs, bursts,
     provider = ts_provider - ts_exchange when both are known; provider -> us = ts_receive -
     ts_provider, or ts_receive - ts_exchange when the provider adds no time) and the last price
     (trade price, or quote mid once bid and ask are known); they also make their provider alive.
+    Mark, index, funding and open-interest records do the same but for the price when their
+    provider's ``derivs_data`` is set (it streams nothing else).
     KIND_HEARTBEAT marks the provider alive. KIND_STATUS CONNECTED ends a pending disconnect
     (kept as a blip for the evaluation); DISCONNECTED / SUBSCRIBE_ERROR start one. KIND_GAP adds
     one gap and ``size`` missed messages to its subscription's burst, or to its source's when
@@ -299,7 +306,9 @@ def update_nb(records, n, sub_table, source_table, subs, provs, bursts,
         kind = r.kind
         prov = np.int64(r.provider)
         ts = r.ts_receive
-        if kind == KIND_TRADE or kind == KIND_BID or kind == KIND_ASK:  # noqa: SIM109
+        market = KIND_TRADE <= kind <= MAX_MARKET_KIND  # trade, bid, ask
+        if market or (KIND_MARK <= kind <= KIND_OPEN_INTEREST and prov < n_prov
+                      and provs[prov].derivs_data != 0):  # fmt: skip
             inst = np.int64(r.instrument)
             venue = np.int64(r.venue)
             if (inst >= n_inst or prov >= source_table.shape[0]
@@ -341,7 +350,7 @@ def update_nb(records, n, sub_table, source_table, subs, provs, bursts,
                     subs[k].loc_min = lat
                 subs[k].n_loc += 1
             price = r.price
-            if np.isfinite(price):
+            if market and np.isfinite(price):
                 if kind == KIND_TRADE:
                     subs[k].price = price
                 else:

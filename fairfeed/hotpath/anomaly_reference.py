@@ -14,8 +14,12 @@ import numpy as np
 from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
     KIND_GAP,
     KIND_HEARTBEAT,
+    KIND_INDEX,
+    KIND_MARK,
+    KIND_OPEN_INTEREST,
     KIND_STATUS,
     KIND_TRADE,
     STATUS_CONNECTED,
@@ -38,7 +42,9 @@ def update_reference(records, n, sub_table, source_table, subs, provs, bursts, s
             src = int(source_table[prov, venue])
             if src >= sub_table.shape[1]:
                 src = -1
-        if kind in (KIND_TRADE, KIND_BID, KIND_ASK):
+        market = kind in (KIND_TRADE, KIND_BID, KIND_ASK)
+        derivs = kind in (KIND_MARK, KIND_INDEX, KIND_FUNDING, KIND_OPEN_INTEREST)
+        if market or (derivs and prov < n_prov and provs[prov]["derivs_data"]):
             if inst >= sub_table.shape[0] or src < 0 or sub_table[inst, src] < 0:
                 ignored += 1
                 continue
@@ -64,7 +70,7 @@ def update_reference(records, n, sub_table, source_table, subs, provs, bursts, s
                 s[lo] = lat if first else min(int(s[lo]), lat)
                 s[cnt] += 1
             price = float(rec["price"])
-            if math.isfinite(price):
+            if market and math.isfinite(price):
                 f = subs[k]
                 if kind == KIND_TRADE:
                     f["price"] = price

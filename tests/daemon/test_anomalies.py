@@ -8,6 +8,7 @@ from fairfeed.core.config import AnomalyConfig, loads
 from fairfeed.core.records import (
     CLASS_CODES,
     KIND_HEARTBEAT,
+    KIND_MARK,
     KIND_TRADE,
     NO_INSTRUMENT,
     RECORD_DTYPE,
@@ -92,3 +93,45 @@ def test_kernel_defaults_are_the_configuration_defaults() -> None:
     acfg = AnomalyConfig()
     assert np.array_equal(threshold_row(acfg, "spot", "BTC-USD"), an.default_thresholds())
     assert np.array_equal(global_row(acfg), an.default_globals())
+
+
+def test_a_provider_streaming_derivatives_values_only_is_judged_by_them(monkeypatch) -> None:
+    """A Kaiko provider with only `derivatives = true` sends marks, funding and open interest:
+    they are its subscriptions' data. A Binance USD-M provider's marks are not (it streams
+    trades: a dead trade stream must not hide behind its marks)."""
+    monkeypatch.setenv("FAIRFEED_TEST_KAIKO_ANOMALY", "key")
+    cfg = loads(
+        "[anomalies]\nno_data_after = 2.0\nfirst_data_timeout = 2.0\n"
+        '[[providers]]\nname = "k"\nkind = "kaiko"\nurl = "grpc://x:1"\n'
+        'api_key_env = "FAIRFEED_TEST_KAIKO_ANOMALY"\n'
+        "[providers.options]\ntrades = false\nquotes = false\nderivatives = true\n"
+        '[[providers]]\nname = "b"\nkind = "binance"\nvenue = "BINANCE"\nurl = "ws://x"\n'
+        '[providers.options]\nmarket = "usdm"\nderivatives = true\n'
+        '[[subscriptions]]\nprovider = "k"\nvenue = "BINANCE"\ndata_class = "perpetual"\n'
+        'instruments = ["BTC-USDT-PERP"]\n'
+        '[[subscriptions]]\nprovider = "b"\ndata_class = "perpetual"\n'
+        'instruments = ["BTC-USDT-PERP"]\n'
+    )
+    reg = Registry.build(
+        [("BTC-USDT-PERP", CLASS_CODES["perpetual"])], [("k", "BINANCE"), ("b", "BINANCE")], 64, 8
+    )
+    det = AnomalyDetector(cfg, reg, 1, T0)
+    flags = det.state.provs["derivs_data"]
+    assert flags[reg.provider_id("k")] == 1 and flags[reg.provider_id("b")] == 0
+    marks = np.zeros(2, RECORD_DTYPE)
+    marks["kind"], marks["instrument"] = KIND_MARK, reg.instrument_id("BTC-USDT-PERP")
+    marks["provider"] = [reg.provider_id("k"), reg.provider_id("b")]
+    marks["venue"], marks["price"] = reg.venue_id("BINANCE"), 64000.0
+    quiet = set()
+    t = T0
+    for _ in range(40):  # 10 s of marks every 0.25 s
+        t += S // 4
+        marks["ts_receive"] = t
+        det.update(marks)
+        rows = det.evaluate(t, np.full(1, np.nan), np.zeros(1, np.int64))
+        quiet |= {
+            e["subject"]["provider"]
+            for e in (decode_anomaly(v) for _k, v in encode_anomalies(*rows, reg))
+            if e["kind"] in ("no_data", "no_first_data")
+        }
+    assert quiet == {"b"}

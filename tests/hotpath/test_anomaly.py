@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 from fairfeed.core.records import (
     KIND_ASK,
     KIND_BID,
+    KIND_FUNDING,
     KIND_GAP,
     KIND_HEARTBEAT,
+    KIND_LIQUIDATION,
+    KIND_MARK,
     KIND_STATUS,
     KIND_TRADE,
     NO_INSTRUMENT,
@@ -39,7 +42,9 @@ def make_state(thr_scale: float = 1.0, max_events: int = 256, n_rings: int = 2) 
         thr[name] = 2 * S * thr_scale
     thr["lat_ex"] = thr["lat_local"] = 200e6
     g = an.default_globals()._replace(hb_timeout=3.0 * S, gap_quiet=2.0 * S, rate_base=20.0 * S)
-    return an.AnomalyState(CLASSES, SOURCES, 4, 3, SUBS, thr, g, n_rings, T0, max_events)
+    state = an.AnomalyState(CLASSES, SOURCES, 4, 3, SUBS, thr, g, n_rings, T0, max_events)
+    state.provs["derivs_data"][3] = 1  # provider 3 streams derivatives values only
+    return state
 
 
 def rec(kind, inst, src, ts, price=100.0, flags=0, size=1.0, tex=0, tpr=0) -> np.ndarray:
@@ -92,7 +97,8 @@ def assert_same(got: np.ndarray, want: np.ndarray, name: str) -> None:
             np.testing.assert_array_equal(g, w, err_msg=what)
 
 
-KINDS = [KIND_TRADE, KIND_BID, KIND_ASK, KIND_HEARTBEAT, KIND_STATUS, KIND_GAP, 99]
+KINDS = [KIND_TRADE, KIND_BID, KIND_ASK, KIND_HEARTBEAT, KIND_STATUS, KIND_GAP, KIND_MARK,
+         KIND_FUNDING, KIND_LIQUIDATION, 99]  # fmt: skip
 _record = st.tuples(
     st.sampled_from(KINDS),
     st.integers(0, 3),  # instrument (3 = unknown)
@@ -589,3 +595,22 @@ def test_source_pair_roll_up_matches_the_oracle(steps, cap) -> None:
         now += wait * S // 4
         plan.append((now, np.zeros(0, np.int64)))
     run_both(state, plan, lambda t: np.full(3, 100.0 + (t // S) % 3))
+
+
+def test_derivatives_values_are_data_only_for_a_provider_that_streams_nothing_else() -> None:
+    """Source 3's provider streams derivatives values only (Kaiko's metrics alone): its marks
+    keep its subscriptions out of no-data and leave their price alone. Source 0's marks (its
+    provider streams trades) are not data: its subscriptions go quiet."""
+    state = make_state()
+    subs = [(i, s) for i, s in SUBS if s in (0, 3)]
+    events = []
+    for step in range(1, 11):  # 5 s of marks every 0.5 s, evaluated each time
+        now = T0 + step * S // 2
+        state.update(np.concatenate([rec(KIND_MARK, i, s, now, price=50.0) for i, s in subs]))
+        ei, _ = state.evaluate(now, np.full(3, np.nan), np.zeros(2, np.int64))
+        events += ei[:, [an.E_KIND, an.E_PROVIDER]].tolist()
+    k0, k3 = int(state.sub_table[0, 0]), int(state.sub_table[0, 3])
+    assert state.subs["last_data"][k3] == T0 + 10 * S // 2 and state.subs["last_data"][k0] == 0
+    assert np.isnan(state.subs["price"][k3])  # a mark is not a traded price
+    quiet = {p for kind, p in events if kind in (an.A_NO_DATA, an.A_NO_FIRST_DATA)}
+    assert 0 in quiet and 3 not in quiet, events
