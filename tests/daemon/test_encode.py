@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fairfeed.core.records import (
     CLASS_PERPETUAL,
@@ -337,3 +339,40 @@ def test_fair_marks_and_excluded_marks(registry: Registry) -> None:
                             mark_reasons=marks[:1, :0])  # fmt: skip
     assert "marks" not in decode_fair(plain)
     assert decode_fair(plain)["excluded"] == [{"source": name(1), "reason": "stale"}]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 300),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 64),
+    st.lists(st.sampled_from([0.0, -0.0, 1e-310, 1e300, float("nan"), float("inf")]), max_size=5),
+)
+def test_messages_equal_one_json_object_per_group(registry, n, seed, max_records, odd) -> None:
+    """Each message is its head and the JSON object of its group's columns, byte for byte as
+    orjson writes it (the encoder slices each column's JSON of the whole batch instead)."""
+    batch = random_batch(registry, n, seed)
+    batch["price"][: len(odd)] = odd[:n]
+    enc = TickEncoder(registry, max_records)
+    msgs = enc.ticks(batch)
+    packed = [(int(r["instrument"]) << 32) | (int(r["provider"]) << 16) | int(r["venue"])
+              for r in batch]  # fmt: skip
+    order = np.argsort(np.array(packed), kind="stable")
+    want = []
+    ordered = batch[order]
+    keys = [group_key(r) for r in ordered]
+    a = 0
+    while a < n:
+        end = a
+        while end < n and keys[end] == keys[a]:
+            end += 1
+        for lo in range(a, end, max_records):
+            part = ordered[lo : min(end, lo + max_records)]
+            cols = {c: np.ascontiguousarray(part[c]) for c in TICK_COLUMNS}
+            want.append(orjson.dumps(cols, option=orjson.OPT_SERIALIZE_NUMPY)[1:])
+        a = end
+    assert len(msgs) == len(want) == len(enc.counts)
+    for (_key, value), body, count in zip(msgs, want, enc.counts, strict=True):
+        _head, _, rest = value.partition(b'"count":')
+        assert rest == str(count).encode() + b"," + body
+        assert orjson.loads(value)["count"] == count
