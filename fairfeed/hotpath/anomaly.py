@@ -614,8 +614,8 @@ def evaluate_nb(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_f):  # 
                  layout.group_size, st.subs, st.onset, st.active, st.sub_open, st.meas,
                  st.group_open, down, busy, mask, clock, ev_i, ev_f, m)  # fmt: skip
     _name_peers(ev_i, m0, m, layout.sub_meta, layout.in_offsets, layout.in_subs, st.subs)
-    m = _gaps(now, glob.gap_quiet, st.bursts, st.sub_bursts, layout.sub_meta, layout.src_meta,
-              clock, ev_i, ev_f, m)  # fmt: skip
+    m = _gaps(now, last, glob.gap_quiet, st.bursts, st.sub_bursts, layout.sub_meta,
+              layout.src_meta, clock, ev_i, ev_f, m)  # fmt: skip
     return _overflows(now, glob.gap_quiet, st.bursts, layout.src_meta.shape[0], ring_dropped,
                       clock, ev_i, ev_f, m)  # fmt: skip
 
@@ -1228,10 +1228,14 @@ def _name_peers(ev_i, m0, m, sub_meta, in_offsets, in_subs, subs):  # pragma: no
 
 
 @njit(cache=True)
-def _gaps(now, quiet, bursts, sub_bursts, sub_meta, src_meta, clock, ev_i, ev_f,
+def _gaps(now, last, quiet, bursts, sub_bursts, sub_meta, src_meta, clock, ev_i, ev_f,
           m):  # fmt: skip  # pragma: no cover
     """Phase 5: sequence-gap episodes, per source (its own sequence, and the roll-up of its
-    subscriptions' gaps), then per subscription. Returns the event count."""
+    subscriptions' gaps), then per subscription. Returns the event count.
+
+    A subscription's new gap starts its own episode only at the evaluation after the one that
+    first saw it (``first`` after ``last``, the previous evaluation): gaps of two instruments of
+    a source that straddle an evaluation are still one source episode."""
     n_src = src_meta.shape[0]
     cap = ev_i.shape[0]
     pending = np.zeros(n_src, np.int64)
@@ -1277,8 +1281,8 @@ def _gaps(now, quiet, bursts, sub_bursts, sub_meta, src_meta, clock, ev_i, ev_f,
         b = sub_bursts[k]
         if b.open > 0 and now - b.last < quiet:
             continue
-        if b.open == 0 and b.count == b.base_count:
-            continue
+        if b.open == 0 and (b.count == b.base_count or b.first > last):
+            continue  # no new gap, or one held for the next evaluation
         if m >= cap:
             clock[0].deferred += 1
             continue

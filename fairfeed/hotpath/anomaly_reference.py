@@ -454,7 +454,7 @@ def evaluate_reference(now, thr, glob, layout, st, ring_dropped, fair, ev_i, ev_
 
     quiet = float(glob.gap_quiet)
     n_src = src_meta.shape[0]
-    _gaps_reference(now, quiet, bursts, sub_bursts, sub_meta, src_meta, out)
+    _gaps_reference(now, last, quiet, bursts, sub_bursts, sub_meta, src_meta, out)
     for r, total in enumerate(ring_dropped):
         b = bursts[n_src + r]
         if total > b["count"]:
@@ -483,7 +483,7 @@ def _episode(b, now, quiet, out, kind, level, subject, count) -> None:
         b["open"] = b["first"]
 
 
-def _gaps_reference(now, quiet, bursts, sub_bursts, sub_meta, src_meta, out) -> None:
+def _gaps_reference(now, last, quiet, bursts, sub_bursts, sub_meta, src_meta, out) -> None:
     """Twin of ``anomaly._gaps``."""
 
     def pending(b):
@@ -517,6 +517,8 @@ def _gaps_reference(now, quiet, bursts, sub_bursts, sub_meta, src_meta, out) -> 
             for k in members.get(s, []):
                 sub_bursts[k]["covered"] = 0
     for k in range(len(sub_meta)):
+        if pending(sub_bursts[k]) and sub_bursts[k]["first"] > last:
+            continue  # seen since the last evaluation: held for the next one
         sm = sub_meta[k]
         subject = (int(sm["provider"]), int(sm["venue"]), int(sm["data_class"]),
                    int(sm["instrument"]))  # fmt: skip

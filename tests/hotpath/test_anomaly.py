@@ -294,6 +294,29 @@ def test_gaps_of_many_instruments_at_once_are_one_event_of_their_source() -> Non
     assert _gap_rows(ev) == [(an.PHASE_START, an.LV_SUB, 2, 1)]
 
 
+def test_gaps_of_two_instruments_straddling_an_evaluation_are_one_source_event() -> None:
+    """Instrument 0's gap arrives just before an evaluation, instrument 1's just after it (the
+    same fault; records of two streams reach the kernels a few ms apart): one source episode,
+    not two subscription episodes. A lone gap still gets its own, one evaluation later."""
+    state = make_state()
+    _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
+    t = int(state.clock[0]["last_eval"])
+    state.update(rec(KIND_GAP, 0, 1, t + S // 4 - 1, size=2.0))
+    ev = _events(state, t + S // 4, feed=lambda t: _feed(state, t))  # sees instrument 0's only
+    assert _gap_rows(ev) == []  # held for one evaluation
+    state.update(rec(KIND_GAP, 1, 1, t + S // 4 + 1, size=3.0))
+    ev += _events(state, t + 8 * S, feed=lambda t: _feed(state, t))
+    assert _gap_rows(ev) == [
+        (an.PHASE_START, an.LV_SOURCE, -1, 2),
+        (an.PHASE_END, an.LV_SOURCE, -1, 2),
+    ]
+    t = int(state.clock[0]["last_eval"])
+    state.update(rec(KIND_GAP, 2, 1, t + 1, size=1.0))
+    first = _events(state, t + S // 4, feed=lambda t: _feed(state, t))
+    then = _events(state, t + S // 2, feed=lambda t: _feed(state, t))
+    assert _gap_rows(first) == [] and _gap_rows(then) == [(an.PHASE_START, an.LV_SUB, 2, 1)]
+
+
 def test_a_gap_in_a_connection_sequence_is_an_event_of_its_source() -> None:
     state = make_state()
     _events(state, T0 + 3 * S, feed=lambda t: _feed(state, t))
