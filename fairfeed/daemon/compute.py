@@ -17,7 +17,7 @@ from fairfeed.core.records import MAX_MARKET_KIND, RECORD_DTYPE
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscribe, SubscriptionSet, Unsubscribe
 from fairfeed.daemon.anomalies import AnomalyDetector
-from fairfeed.daemon.child import EXIT_OK, Heartbeat, enter_child
+from fairfeed.daemon.child import EXIT_OK, Heartbeat, enter_child, settle_heap
 from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.daemon.derivatives import DerivativesPath
 from fairfeed.hotpath.anomaly import E_KIND, E_PHASE, E_PROVIDER, PHASE_START
@@ -94,6 +94,7 @@ class ComputeWorker:
         reader = self.pipe.child_side() if self.pipe is not None else None
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
         waiter = RingWaiter(self.rings, doorbell, reader.fd if reader is not None else -1)
+        settle_heap()
         self.control.set(self.slot, Slot.READY, 1)
         log.info("reading %d rings, publishing to %s", len(self.rings), self.cfg.kafka.bootstrap)
         batch = self.cfg.ring.read_batch

@@ -19,7 +19,14 @@ from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscribe, Subscription, SubscriptionSet, Unsubscribe
 from fairfeed.daemon.backpressure import RingWriter
-from fairfeed.daemon.child import EXIT_ERROR, EXIT_OK, Heartbeat, enter_child, sigterm_event
+from fairfeed.daemon.child import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Heartbeat,
+    enter_child,
+    settle_heap,
+    sigterm_event,
+)
 from fairfeed.daemon.commands import Command, CommandPipe, GrowRegistry, SetLogLevel
 from fairfeed.ipc.blobring import BlobRing
 from fairfeed.ipc.control import ControlBlock
@@ -90,6 +97,7 @@ class IngestWorker:
             reader = self.pipe.child_side()
             asyncio.get_running_loop().add_reader(reader.fd, lambda: self._apply_all(reader.read()))
         heartbeat = Heartbeat(self.control, self.slot, self.cfg.daemon.heartbeat_interval)
+        settle_heap()
         self.control.set(self.slot, Slot.READY, 1)
         log.info(
             "serving %s",
