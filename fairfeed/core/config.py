@@ -69,7 +69,7 @@ class RingConfig:
     # ring (and gap-checked), and in the rings before compute reads them: each stage's work is
     # paid per batch, not per frame. 0 = publish every socket read, read as soon as woken.
     # <= MAX_FLUSH_DELAY_MS.
-    flush_delay_ms: float = 1.0
+    flush_delay_ms: float = 2.0
     dead_letter_bytes: int = 1 << 20  # per worker ring of malformed frames (power of two)
 
 
@@ -319,7 +319,7 @@ MAX_BLOCK_TIMEOUT_MS = 500.0
 # hostile message costs a worker more memory than every ring of a large daemon together.
 MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES = 1 << 12, 1 << 26
 MIN_CONTROL_OUTPUT, MAX_CONTROL_OUTPUT = 1 << 16, 1 << 28  # daemon.control_max_output, bytes
-# A record may wait flush_delay_ms in ingest and again in compute. The default (1 ms) keeps the
+# A record may wait flush_delay_ms in ingest and again in compute. The default (2 ms) keeps the
 # sum inside a 5 ms receive -> produce() budget; longer delays trade latency for CPU (fewer,
 # larger Kafka messages: docs/latency.md), up to where a stage's timers (pings, heartbeats,
 # commands) would wait noticeably.
