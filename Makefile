@@ -29,7 +29,7 @@ test: $(STAMP) tools
 bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 	$(BIN)/python -m bench.e2e
-	$(BIN)/python -m bench.steady --flush-delay 1 --flush-delay 20
+	$(BIN)/python -m bench.steady --flush-delay 2 --flush-delay 20
 
 ## outage: Kafka outages (10 s and 60 s), process kills, a full spool at the reference load, 28k trades/s
 outage: $(STAMP)
