@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing as mp
 import struct
 import time
@@ -60,6 +61,8 @@ from fairfeed.local.kaiko import KaikoServer
 from fairfeed.local.thread import LoopThread
 from fairfeed.providers.kaiko.adapter import TRADES_METHOD
 
+log = logging.getLogger(__name__)
+
 _PREFIX = struct.Struct(">BI")  # gRPC message prefix: compressed flag, length
 _OK, _INVALID_ARGUMENT, _UNIMPLEMENTED, _UNAUTHENTICATED = 0, 3, 12, 16
 _FLUSH_BYTES = 256 << 10  # hand the socket what is framed at least this often
@@ -85,7 +88,8 @@ class _Call:
     """One accepted call: how far its bytes are sent and what it is paced at."""
 
     stream_id: int
-    end: int  # bytes of the call (its `count` messages)
+    count: int  # messages of the call
+    end: int  # bytes of the call
     rate: float  # messages/s, 0 = flat out
     t0: float = 0.0
     sent: int = 0  # bytes handed to h2 (complete messages and a split one's head)
@@ -212,7 +216,8 @@ class KaikoFlood:
 
     def _new_call(self, stream_id: int) -> _Call:
         n = min(self.count, len(self.ends)) if self.count > 0 else len(self.ends)
-        call = _Call(stream_id, int(self.ends[n - 1]) if n else 0, self.rate, time.monotonic())
+        end = int(self.ends[n - 1]) if n else 0
+        call = _Call(stream_id, n, end, self.rate, time.monotonic())
         self.calls += 1
         self._open.add(call)
         return call
@@ -227,8 +232,8 @@ class KaikoFlood:
         """Bytes of ``call`` that may be sent by ``now``."""
         if call.rate <= 0:
             return call.end
-        n = int((now - call.t0) * call.rate)
-        return min(call.end, int(self.ends[n - 1])) if n > 0 else 0
+        n = min(call.count, int((now - call.t0) * call.rate))
+        return int(self.ends[n - 1]) if n > 0 else 0
 
 
 def _covers(pattern: tuple[str, str, str], inst: tuple[str, str, str]) -> bool:
@@ -337,6 +342,10 @@ class _Conn(asyncio.Protocol):
                 self._write_due()
             except H2Error:  # a stream the client closed meanwhile: its reset event follows
                 pass
+            except Exception:  # a bug here must not leave the client waiting on a live socket
+                log.exception("kaiko flood: send loop failed, connection dropped")
+                self.abort()
+                return
             self.flush()
             if any(c.rate > 0 for c in self.calls.values()):
                 await asyncio.sleep(self.s.tick)
