@@ -25,9 +25,10 @@ test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-## bench: micro-benchmarks, saturation (three frame shapes, daemon vs baseline), 28k msg/s (daemon, baseline, broker floor), idle
+## bench: micro-benchmarks, Kaiko's gRPC path, saturation (three frame shapes, daemon vs baseline), 28k msg/s (daemon, baseline, broker floor), idle
 bench: $(STAMP)
 	$(BIN)/pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(BIN)/python -m bench.kaiko_path
 	$(BIN)/python -m bench.e2e
 	$(BIN)/python -m bench.steady --flush-delay 2 --flush-delay 20
 

@@ -382,7 +382,8 @@ class KaikoServer:
 
     # --- streaming ---------------------------------------------------------------------------
 
-    def _select(self, criteria) -> list[_Instrument]:
+    def select(self, criteria) -> list[_Instrument]:
+        """The instruments an ``InstrumentCriteria`` selects (lists and ``*``, as on Kaiko)."""
         return [
             i
             for i in self.instruments
@@ -401,7 +402,7 @@ class KaikoServer:
         if self.faults.reject_subscribe:
             self.rejected += 1
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
-        selected = self._select(request.instrument_criteria)
+        selected = self.select(request.instrument_criteria)
         if metrics is not None:  # Kaiko: "The instrument must be a derivative class."
             selected = [i for i in selected if i.kclass in _METRIC_CLASSES]
         if not selected or not (trades or quotes or metrics is not None):
@@ -515,6 +516,17 @@ class KaikoServer:
             for inst in selected:
                 for msg in self._metric_messages(inst, kinds):
                     yield msg
+
+    def trade_messages(self, n: int, venue_index: int = 0) -> list[bytes]:
+        """``n`` serialized ``StreamTradesResponseV1`` messages of venue ``venue_index``'s
+        instruments, as a trades call streams them (counted in :attr:`stats` the same way):
+        for servers that send pre-serialized messages (:mod:`fairfeed.local.kaikoflood`)."""
+        insts = [i for i in self.instruments if i.venue_index == venue_index]
+        out: list[bytes] = []
+        while len(out) < n:  # quote events (cfg.quote_ratio) give no trade message
+            msgs = self._messages(venue_index, insts, min(n - len(out), _MAX_CHUNK), True, False)
+            out += [m.SerializeToString() for m in msgs]
+        return out
 
     def _metric_messages(self, inst: _Instrument, kinds: set) -> list:
         """One update of ``inst``'s metrics: a message per value, of the kinds in ``kinds``."""

@@ -379,7 +379,11 @@ class KaikoAdapter(Adapter):
         self._dead_dropped = 0
         self._signaled = False
         self._held = False  # a wake-up arrived while reading was paused: drain on resume
-        self._cond = threading.Condition(threading.Lock())
+        # the hot paths take the bare lock (`with self._lock`: C code) rather than the
+        # condition (`with self._cond`: two Python calls per message); same lock, so waiting on
+        # and notifying the condition inside them is as before
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channel_now: grpc.Channel | None = None
         self._state: grpc.ChannelConnectivity | None = None  # of the current channel
@@ -401,7 +405,7 @@ class KaikoAdapter(Adapter):
     def _ingest(self, c: _Call, raw: bytes, attempt: _Attempt) -> bool:
         """Reader thread: parse one message into the buffer; False once the attempt is over."""
         ts = time.time_ns()
-        with self._cond:
+        with self._lock:
             while self._n + c.max_records > self._cap:
                 if not attempt.live:
                     return False
@@ -457,7 +461,7 @@ class KaikoAdapter(Adapter):
 
     def _drain(self) -> None:
         """Loop: emit what the readers buffered."""
-        with self._cond:
+        with self._lock:
             buf, n = self._fill, self._n
             frames, errors = self._frames, self._errors
             dead, dead_dropped = self._dead, self._dead_dropped
