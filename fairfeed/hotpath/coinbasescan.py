@@ -10,7 +10,8 @@ message straight into records, for the shape Advanced Trade sends::
      "price":"…","size":"…","time":"…","side":"BUY"},…]}]}
 
 ``channel`` first (the caller checks that prefix before calling), then the other header keys in
-any order before ``events``, keys of events and trades in any order; no whitespace, no escapes,
+any order before ``events``, an event's ``type`` before its ``trades``, a trade's keys in any
+order; no whitespace, no escapes,
 ASCII only; prices and sizes plain decimal strings, ``trade_id`` a digit string, times
 ``YYYY-MM-DDTHH:MM:SS[.f…]Z`` with 0 to 9 fraction digits (exact ns, years 1970–2261).
 
@@ -20,6 +21,8 @@ a key twice, an escape, an exponent, a number too long to convert exactly, a nes
 it expects a plain one, a field msgspec would type-check that it does not read (``tickers``,
 ``type`` at the top), a missing or invalid field, an unknown product, a bad time, too little room
 in ``out`` — makes it decline the message (-1), which the caller then parses with the reference.
+On success it writes nothing past the records it returns; a declined message may leave records
+there (the caller's free space, which the reference then writes as it does).
 """
 
 from __future__ import annotations
@@ -186,9 +189,10 @@ def _string(data, i, e):  # pragma: no cover
 
 
 @njit(cache=True)
-def _trade(data, i, e, names, lengths, slots, instrument, out, w, ts_prov, ts_receive,
+def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov, ts_receive,
            provider, venue, data_class, side_is_maker):  # fmt: skip  # pragma: no cover
-    """Read the trade object at ``i`` into ``out[w]``; the index after it, or -1."""
+    """Read the trade object at ``i`` into ``out[w]`` (only checked unless ``keep``); the index
+    after it, or -1."""
     if data[i] != 123:  # {
         return -1
     i += 1
@@ -269,7 +273,11 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, ts_prov, ts_re
         if data[i] == 125:  # }
             break
         return -1
-    if seen != _F_TRADE or not price > 0.0 or w >= out.shape[0]:
+    if seen != _F_TRADE or not price > 0.0:
+        return -1
+    if not keep:
+        return i + 1
+    if w >= out.shape[0]:
         return -1
     r = out[w]
     r.ts_exchange = t_ex
@@ -398,12 +406,13 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                         if k < 0:
                             return -1
                         if _is(data, k, kj, _TYPE):
-                            if ev_seen & _F_TYPE:
+                            if ev_seen:  # twice, or after the trades it says whether to keep
                                 return -1
                             ev_seen |= _F_TYPE
                             j = _string(data, i, e)
                             if j < 0:
                                 return -1
+                            # history sent on subscribe: read (so it is valid), not kept
                             skip = not snapshot and _is(data, i + 1, j, _SNAPSHOT)
                             i = j + 1
                         elif _is(data, k, kj, _TRADES):
@@ -418,11 +427,12 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                             else:
                                 while True:  # {trade}, … ]
                                     i = _trade(data, i, e, names, lengths, slots, instrument,
-                                               out, w, ts_prov, ts_receive, provider, venue,
-                                               data_class, side_is_maker)  # fmt: skip
+                                               out, w, not skip, ts_prov, ts_receive, provider,
+                                               venue, data_class, side_is_maker)  # fmt: skip
                                     if i < 0 or i >= e:
                                         return -1
-                                    w += 1
+                                    if not skip:
+                                        w += 1
                                     if data[i] == 44:  # ,
                                         i += 1
                                         continue
@@ -446,10 +456,7 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                             i += 1
                             break
                         return -1
-                    if skip:  # history sent on subscribe: read (so it is valid), not kept
-                        w = first
-                    else:
-                        _reverse(words, first, w)
+                    _reverse(words, first, w)
                     if i >= e:
                         return -1
                     if data[i] == 44:  # ,

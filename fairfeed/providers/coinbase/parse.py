@@ -276,6 +276,11 @@ class AdvancedTradeParser(_Base):
             n = self._scan(data, out, start, ts_receive)
             if n >= 0:
                 return n
+        return self.parse_msgspec(data, out, start, ts_receive)
+
+    def parse_msgspec(self, data, out: np.ndarray, start: int, ts_receive: int) -> int:
+        """:meth:`parse` by the msgspec decode alone: every message, and the scanner's
+        reference."""
         try:
             m = ADVANCED_DECODER.decode(data)
         except msgspec.DecodeError as exc:
