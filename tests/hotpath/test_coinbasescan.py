@@ -409,3 +409,17 @@ def test_what_is_not_market_trades_never_reaches_the_scanner():
     assert p.parse(hb, out, 0, TS) == 1
     assert p.parse(_UPDATE.replace(b"market_trades", b"ticker"), out, 0, TS) == 1  # a gap
     assert (p.taken, p.declined) == (0, 0)
+
+
+def test_warm_up_compiles_what_the_parser_calls():
+    """The supervisor's warm-up compiles the scanner for the argument types the parser passes
+    (a read-only frame view), so no ingest worker compiles it."""
+    from fairfeed.hotpath.coinbasescan import scan_market_trades_nb
+    from fairfeed.hotpath.warmup import warm_up
+
+    warm_up()
+    compiled = len(scan_market_trades_nb.signatures)
+    p = Counting(SYMS, 2, 5, CLASS_SPOT)
+    assert p.parse(memoryview(_UPDATE), empty_records(8), 0, TS) == 4
+    assert p.taken == 1
+    assert len(scan_market_trades_nb.signatures) == compiled
