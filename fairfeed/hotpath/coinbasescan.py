@@ -58,9 +58,10 @@ _CHANNEL, _TYPE, _MESSAGE = _word("channel"), _word("type"), _word("message")
 _TRADES, _TICKERS = _word("trades"), _word("tickers")
 _CURRENT_TIME, _HEARTBEAT_COUNTER = _word("current_time"), _word("heartbeat_counter")
 _SNAPSHOT = _word("snapshot")
-# trade keys
-_PRODUCT_ID, _TRADE_ID, _PRICE = _word("product_id"), _word("trade_id"), _word("price")
-_SIZE, _TIME, _SIDE = _word("size"), _word("time"), _word("side")
+# trade keys, quoted, with their colon
+_K_PRODUCT_ID, _K_TRADE_ID = _word('"product_id":'), _word('"trade_id":')
+_K_PRICE, _K_SIZE = _word('"price":'), _word('"size":')
+_K_TIME, _K_SIDE = _word('"time":'), _word('"side":')
 _BUY, _SELL = _word("BUY"), _word("SELL")
 
 # field bits (``seen``): a known key twice declines
@@ -82,6 +83,18 @@ def _is(data, i, j, word):  # pragma: no cover
     if j - i != word.shape[0]:
         return False
     for k in range(word.shape[0]):  # noqa: SIM110 - a loop Numba compiles, not a generator
+        if data[i + k] != word[k]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _at(data, i, e, word):  # pragma: no cover
+    """Whether ``word`` is at ``data[i:]`` with something after it before ``e``."""
+    n = word.shape[0]
+    if i + n >= e:
+        return False
+    for k in range(n):  # noqa: SIM110 - a loop Numba compiles, not a generator
         if data[i + k] != word[k]:
             return False
     return True
@@ -203,12 +216,11 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov,
     price = size = -1.0
     side = SIDE_UNKNOWN
     while True:
-        k, kj, i = _key(data, i, e)
-        if k < 0:
-            return -1
+        # The keys as a whole ("key": included) compared in place: no scan for the key's end.
         bit = 0
-        if _is(data, k, kj, _PRODUCT_ID):
+        if _at(data, i, e, _K_PRODUCT_ID):
             bit = _F_PRODUCT
+            i += _K_PRODUCT_ID.shape[0]
             j = _string(data, i, e)
             if j < 0:
                 return -1
@@ -216,15 +228,17 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov,
             if row < 0:
                 return -1
             i = j + 1
-        elif _is(data, k, kj, _TRADE_ID):
+        elif _at(data, i, e, _K_TRADE_ID):
             bit = _F_ID
+            i += _K_TRADE_ID.shape[0]
             j = _string(data, i, e)
             if j < 0 or int_end(data, i + 1, j) != j:
                 return -1
             tid = int_value(data, i + 1, j)
             i = j + 1
-        elif _is(data, k, kj, _PRICE) or _is(data, k, kj, _SIZE):
-            bit = _F_PRICE if kj - k == 5 else _F_SIZE
+        elif _at(data, i, e, _K_PRICE) or _at(data, i, e, _K_SIZE):
+            bit = _F_PRICE if data[i + 1] == 112 else _F_SIZE  # p
+            i += _K_PRICE.shape[0] if bit == _F_PRICE else _K_SIZE.shape[0]
             j = _string(data, i, e)
             if j < 0:
                 return -1
@@ -236,8 +250,9 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov,
             else:
                 size = x
             i = j + 1
-        elif _is(data, k, kj, _TIME):
+        elif _at(data, i, e, _K_TIME):
             bit = _F_TIME
+            i += _K_TIME.shape[0]
             j = _string(data, i, e)
             if j < 0:
                 return -1
@@ -245,8 +260,9 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov,
             if t_ex < 0:
                 return -1
             i = j + 1
-        elif _is(data, k, kj, _SIDE):
+        elif _at(data, i, e, _K_SIDE):
             bit = _F_SIDE
+            i += _K_SIDE.shape[0]
             j = _string(data, i, e)
             if j < 0:
                 return -1
@@ -257,7 +273,10 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov,
             else:
                 return -1
             i = j + 1
-        else:
+        else:  # another key (none of the above, or it would have matched): skipped
+            k, _, i = _key(data, i, e)
+            if k < 0:
+                return -1
             i = _skip_value(data, i, e)
             if i < 0:
                 return -1
