@@ -423,3 +423,19 @@ def test_warm_up_compiles_what_the_parser_calls():
     assert p.parse(memoryview(_UPDATE), empty_records(8), 0, TS) == 4
     assert p.taken == 1
     assert len(scan_market_trades_nb.signatures) == compiled
+
+
+def test_a_byte_view_the_scanners_entry_cannot_take_is_declined():
+    """The scanner is called through a typed machine-code entry: a strided byte view never
+    reaches it (declined, nothing raised), a contiguous one of any writability does."""
+    p = Counting(SYMS, 2, 5, CLASS_SPOT)
+    want = empty_records(8)
+    assert AdvancedTradeParser(SYMS, 2, 5, CLASS_SPOT).parse_msgspec(_UPDATE, want, 0, TS) == 4
+    doubled = bytes(b for c in _UPDATE for b in (c, 32))
+    out = empty_records(8)
+    assert p._scan(memoryview(doubled)[::2], out, 0, TS) == -1
+    for data in (_UPDATE, memoryview(bytearray(_UPDATE))):
+        p.reset()
+        assert p.parse(data, out, 0, TS) == 4
+        assert out[:4].tobytes() == want[:4].tobytes()
+    assert p.taken == 2
