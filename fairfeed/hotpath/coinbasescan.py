@@ -332,64 +332,66 @@ def _reverse(words, a, b):  # pragma: no cover
 @njit(cache=True)
 def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, start, ts_receive,
                           provider, venue, data_class, snapshot, side_is_maker, last_seq,
-                          gap_seq, gap_missed, head):  # fmt: skip  # pragma: no cover
+                          gap_seq, gap_missed):  # fmt: skip  # pragma: no cover
     """Write the records of the ``market_trades`` message ``data`` at ``out[start:]``; returns
-    how many, or -1 (declined: parse it with the reference). ``u8`` is ``out`` as bytes.
+    (records written, the message's ``sequence_num``, numbers missed by the gap record written
+    or -1 if none), or (-1, 0, -1): declined, parse it with the reference. ``u8`` is ``out`` as
+    bytes.
 
     The connection's numbering: ``last_seq`` (-1: none yet) and the gap not yet written
     (``gap_seq`` -1: none); a gap record is written ahead of the trades as the reference does.
-    ``head`` gets the message's ``sequence_num`` and the numbers missed by the gap record
-    written (-1: none). Trades are written in trade order (the wire lists the newest first);
-    ``snapshot`` events are skipped unless ``snapshot``.
+    Trades are written in trade order (the wire lists the newest first); ``snapshot`` events are
+    skipped unless ``snapshot``.
     Reference: :meth:`fairfeed.providers.coinbase.parse.AdvancedTradeParser.parse`."""
+    declined = (np.int64(-1), np.int64(0), np.int64(-1))
     e = data.shape[0]
     p = _PREFIX.shape[0]
     if e < p + 2:
-        return -1
+        return declined
     for k in range(p):
         if data[k] != _PREFIX[k]:
-            return -1
+            return declined
     words = u8.view(np.int64)
     i = p
     w = start
     seen = 0
     ts_prov = np.int64(-1)
     seq = np.int64(-1)
-    head[1] = -1
+    written_gap = np.int64(-1)
     while True:  # "key":value, … }
         k, kj, i = _key(data, i, e)
         if k < 0:
-            return -1
+            return declined
         if _is(data, k, kj, _TIMESTAMP):
             if seen & _F_TS:
-                return -1
+                return declined
             seen |= _F_TS
             j = _string(data, i, e)
             if j < 0:
-                return -1
+                return declined
             ts_prov = iso_ns(data, i + 1, j)
             if ts_prov < 0:
-                return -1
+                return declined
             i = j + 1
         elif _is(data, k, kj, _SEQUENCE_NUM):
             if seen & _F_SEQ:
-                return -1
+                return declined
             seen |= _F_SEQ
             j = int_end(data, i, e)
             if j < 0:
-                return -1
+                return declined
             seq = int_value(data, i, j)
             i = j
         elif _is(data, k, kj, _EVENTS):
             if seen != _F_TS | _F_SEQ:  # the header first (the gap record goes first), once
-                return -1
+                return declined
             seen |= _F_EVENTS
             if last_seq >= 0 and seq > last_seq + 1:  # numbers skipped since the last message
                 gap_missed = seq - last_seq - 1 + (gap_missed if gap_seq >= 0 else 0)
                 gap_seq = seq
             if gap_seq >= 0:
                 if w >= out.shape[0]:
-                    return -1
+                    return declined
                 r = out[w]
                 r.ts_exchange = 0
                 r.ts_provider = ts_prov
@@ -406,16 +408,16 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                 r.flags = 0
                 r.reserved = 0
                 w += 1
-                head[1] = gap_missed
+                written_gap = gap_missed
             if data[i] != 91:  # [
-                return -1
+                return declined
             i += 1
             if i < e and data[i] == 93:  # ]
                 i += 1
             else:
                 while True:  # {event}, … ]
                     if i >= e or data[i] != 123:
-                        return -1
+                        return declined
                     i += 1
                     first = w
                     ev_seen = 0
@@ -423,23 +425,23 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                     while True:  # the event's "key":value, … }
                         k, kj, i = _key(data, i, e)
                         if k < 0:
-                            return -1
+                            return declined
                         if _is(data, k, kj, _TYPE):
                             if ev_seen:  # twice, or after the trades it says whether to keep
-                                return -1
+                                return declined
                             ev_seen |= _F_TYPE
                             j = _string(data, i, e)
                             if j < 0:
-                                return -1
+                                return declined
                             # history sent on subscribe: read (so it is valid), not kept
                             skip = not snapshot and _is(data, i + 1, j, _SNAPSHOT)
                             i = j + 1
                         elif _is(data, k, kj, _TRADES):
                             if ev_seen & _F_TRADES:
-                                return -1
+                                return declined
                             ev_seen |= _F_TRADES
                             if data[i] != 91:  # [
-                                return -1
+                                return declined
                             i += 1
                             if i < e and data[i] == 93:  # ]
                                 i += 1
@@ -449,7 +451,7 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                                                out, w, not skip, ts_prov, ts_receive, provider,
                                                venue, data_class, side_is_maker)  # fmt: skip
                                     if i < 0 or i >= e:
-                                        return -1
+                                        return declined
                                     if not skip:
                                         w += 1
                                     if data[i] == 44:  # ,
@@ -458,48 +460,47 @@ def scan_market_trades_nb(data, names, lengths, instrument, slots, out, u8, star
                                     if data[i] == 93:  # ]
                                         i += 1
                                         break
-                                    return -1
+                                    return declined
                         elif (_is(data, k, kj, _TICKERS) or _is(data, k, kj, _CURRENT_TIME)
                               or _is(data, k, kj, _HEARTBEAT_COUNTER)):  # fmt: skip
-                            return -1  # typed by the reference: not ours to judge
+                            return declined  # typed by the reference: not ours to judge
                         else:
                             i = _skip_value(data, i, e)
                             if i < 0:
-                                return -1
+                                return declined
                         if i >= e:
-                            return -1
+                            return declined
                         if data[i] == 44:  # ,
                             i += 1
                             continue
                         if data[i] == 125:  # }
                             i += 1
                             break
-                        return -1
+                        return declined
                     _reverse(words, first, w)
                     if i >= e:
-                        return -1
+                        return declined
                     if data[i] == 44:  # ,
                         i += 1
                         continue
                     if data[i] == 93:  # ]
                         i += 1
                         break
-                    return -1
+                    return declined
         elif _is(data, k, kj, _CHANNEL) or _is(data, k, kj, _TYPE) or _is(data, k, kj, _MESSAGE):
-            return -1  # the channel twice, or typed fields of other messages
+            return declined  # the channel twice, or typed fields of other messages
         else:
             i = _skip_value(data, i, e)
             if i < 0:
-                return -1
+                return declined
         if i >= e:
-            return -1
+            return declined
         if data[i] == 44:  # ,
             i += 1
             continue
         if data[i] == 125 and i + 1 == e:  # } and the message ends there
             break
-        return -1
+        return declined
     if not seen & _F_EVENTS:
-        return -1
-    head[0] = seq
-    return w - start
+        return declined
+    return w - start, seq, written_gap

@@ -97,11 +97,10 @@ def _warm_coinbase_scan() -> None:
                     b'"size":"2","time":"2026-08-09T21:05:48.1Z","side":"BUY"}]}]}')  # fmt: skip
     data = np.frombuffer(memoryview(msg), np.uint8)  # read-only, as from a frame's memoryview
     out = empty_records(2)
-    head = np.zeros(2, np.int64)
-    n = scan_market_trades_nb(data, t.names, t.lengths, t.instrument, t.slots, out,
-                              out.view(np.uint8), 0, 1, 1, 2, 1, False, True, 0, -1, 0,
-                              head)  # fmt: skip
-    assert n == 2 and out[1]["price"] == 1.5 and out[1]["sequence"] == 7 and head[0] == 2, n
+    n, seq, missed = scan_market_trades_nb(data, t.names, t.lengths, t.instrument, t.slots, out,
+                                           out.view(np.uint8), 0, 1, 1, 2, 1, False, True, 0,
+                                           -1, 0)  # fmt: skip
+    assert (n, seq, missed) == (2, 2, 1) and out[1]["price"] == 1.5 and out[1]["sequence"] == 7
 
 
 def _warm_fair_methods(table: np.ndarray, recs: np.ndarray) -> None:

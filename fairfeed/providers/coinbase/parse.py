@@ -232,7 +232,7 @@ class AdvancedTradeParser(_Base):
     instrument, or, when the -USD product is subscribed too, written for both.
     """
 
-    __slots__ = ("_checked", "_entry", "_head", "_last_seq", "_out_ok", "_pending",
+    __slots__ = ("_checked", "_entry", "_last_seq", "_out_ok", "_pending",
                  "_side_is_maker", "_sides", "_table", "_twin_ids", "_twins",
                  "snapshot_trades")  # fmt: skip
 
@@ -264,7 +264,6 @@ class AdvancedTradeParser(_Base):
         self._entry: Callable[..., int] | None = None  # the scanner's entry, made at first use
         self._checked: np.ndarray | None = None  # the last buffer checked for the entry...
         self._out_ok = False  # ... and whether it has the layout the entry takes
-        self._head = np.zeros(2, np.int64)  # the scanner's sequence_num and gap written
         self._last_seq = -1  # last sequence_num of this connection, -1 = none yet
         self._pending: tuple[int, int] | None = None  # (seq after, missed) not yet written
 
@@ -419,7 +418,7 @@ class AdvancedTradeParser(_Base):
         connection's numbering advances as :meth:`parse` would.
 
         Called through its machine-code entry (:func:`~fairfeed.hotpath.dispatch.entry_point`):
-        the dispatcher's typing of its 18 arguments cost ~0.4 µs a message, as much as the
+        the dispatcher's typing of its 17 arguments cost ~0.4 µs a message, as much as the
         scan of a one-trade message. That entry converts without checking, so only the types it
         was made for reach it: a read-only byte view and a contiguous record buffer."""
         if out is not self._checked:  # a new buffer: checked once
@@ -438,25 +437,24 @@ class AdvancedTradeParser(_Base):
         t = self._table
         if t is None:
             t = self._table = StreamTable({p: (i, False) for p, i in self.symbols.items()})
-        head = self._head
         scan = self._entry
         if scan is None:
             scan = self._entry = entry_point(scan_market_trades_nb, arr, t.names, t.lengths,
                                              t.instrument, t.slots, out, u8, 0, 0, 0, 0,
-                                             0, False, False, 0, 0, 0, head)  # fmt: skip
+                                             0, False, False, 0, 0, 0)  # fmt: skip
         gap = self._pending
-        n = scan(arr, t.names, t.lengths, t.instrument, t.slots, out, u8, start,
-                 ts_receive, self.provider, self.venue, self.data_class, self.snapshot_trades,
-                 self._side_is_maker, self._last_seq, gap[0] if gap else -1,
-                 gap[1] if gap else 0, head)  # fmt: skip
+        n, seq, missed = scan(arr, t.names, t.lengths, t.instrument, t.slots, out, u8, start,
+                              ts_receive, self.provider, self.venue, self.data_class,
+                              self.snapshot_trades, self._side_is_maker, self._last_seq,
+                              gap[0] if gap else -1, gap[1] if gap else 0)  # fmt: skip
         if n < 0:
             return n
         if self._twins:
             if start + 2 * n > len(out):  # the reference's room rule: every record twice
                 return -1
             n = self._write_twins(out, start, start + n) - start
-        missed = int(head[1])
-        self._advance(int(head[0]), None)
+        self._last_seq = seq  # as _advance(seq, None): seq >= 0 here
+        self._pending = None
         if missed >= 0:  # a gap record written
             self.gaps += 1
             self.missed += missed
