@@ -206,7 +206,7 @@ def _trade(data, i, e, names, lengths, slots, instrument, out, w, keep, ts_prov,
            provider, venue, data_class, side_is_maker):  # fmt: skip  # pragma: no cover
     """Read the trade object at ``i`` into ``out[w]`` (only checked unless ``keep``); the index
     after it, or -1."""
-    if data[i] != 123:  # {
+    if i >= e or data[i] != 123:  # {
         return -1
     i += 1
     seen = 0

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.core.records import CLASS_SPOT, KIND_GAP, KIND_TRADE, empty_records
-from fairfeed.hotpath.coinbasescan import iso_ns
+from fairfeed.hotpath.coinbasescan import PREFIX, iso_ns
 from fairfeed.local.capture import received
 from fairfeed.local.coinbase import SEQ_MARK, CoinbaseServer
 from fairfeed.providers.coinbase.parse import AdvancedTradeParser
@@ -439,3 +439,16 @@ def test_a_byte_view_the_scanners_entry_cannot_take_is_declined():
         assert p.parse(data, out, 0, TS) == 4
         assert out[:4].tobytes() == want[:4].tobytes()
     assert p.taken == 2
+
+
+def test_every_truncation_declines():
+    """Each prefix of a message is declined (the reference's error follows). Run with
+    NUMBA_BOUNDSCHECK=1 (and a fresh NUMBA_CACHE_DIR) this also shows that no prefix makes the
+    scanner read past the end of its bytes."""
+    whole = message([update(trade("2"), trade("1")), update(trade("0"), kind="snapshot")])
+    p = Counting(SYMS, 2, 5, CLASS_SPOT)
+    out = empty_records(16)
+    for cut in range(len(PREFIX), len(whole)):
+        p.reset()
+        assert p._scan(whole[:cut], out, 0, TS) == -1, whole[:cut]
+    assert p._scan(whole, out, 0, TS) == 4  # two trades and their -USDC twins
