@@ -90,3 +90,46 @@ def test_parse_capture(benchmark, kind, capture, mix):
         f"\n{kind:8s} {mix:4s}: {len(frames)} msgs, {records} records, "
         f"{per_pass / len(frames) * 1e6:.2f} µs/msg"
     )
+
+
+def _frames_of_50() -> list[bytes]:
+    """The local Advanced Trade server's market_trades messages of 50 trades each (one
+    product: each frame is one run of its trades), bench/e2e.py's coinbase shape."""
+    from fairfeed.core.config import SimulatorConfig
+    from fairfeed.local.coinbase import SEQ_MARK, CoinbaseServer
+
+    srv = CoinbaseServer("c", SimulatorConfig(prices={"BTC-USD": 64000.0}, quote_ratio=0.0,
+                                              seed=1), feed="advanced")  # fmt: skip
+    conn = type("C", (), {"state": {"channels": {"market_trades": {0}}}})()
+    texts = []
+    for _ in range(40):
+        texts += srv.format_events(conn, srv.market.events([0], 50))
+    return [t.replace(SEQ_MARK, str(i), 1).encode() for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("path", ["scanner", "msgspec"])
+def test_parse_50_trade_frames(benchmark, path):
+    """One ``market_trades`` frame of 50 trades at a time: the parser as the ingest worker
+    calls it (the Numba scanner first) against the msgspec decode alone (its reference)."""
+    frames = _frames_of_50()
+    parser = AdvancedTradeParser({"BTC-USD": 1}, 1, 2, CLASS_SPOT)
+    parse = parser.parse if path == "scanner" else parser.parse_msgspec
+    out = empty_records(64)
+
+    def run():
+        parser.reset()
+        n = 0
+        for f in frames:
+            r = parse(f, out, 0, TS)
+            assert r == 50, parser.error
+            n += r
+        return n
+
+    records = benchmark(run)
+    per_pass = benchmark.stats.stats.median
+    benchmark.extra_info["messages"] = len(frames)
+    benchmark.extra_info["records"] = records
+    benchmark.extra_info["us_per_msg"] = per_pass / len(frames) * 1e6
+    benchmark.extra_info["us_per_record"] = per_pass / records * 1e6
+    print(f"\n{path:8s} 50-trade frames: {per_pass / records * 1e9:.0f} ns/record, "
+          f"{per_pass / len(frames) * 1e6:.2f} µs/msg")  # fmt: skip

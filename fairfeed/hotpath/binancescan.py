@@ -11,9 +11,7 @@ It is a fast path, never a second parser: anything it is not sure to read exactl
 parser (:class:`~fairfeed.providers.binance.parse.BinanceParser`, its reference) would — another
 shape, a key twice, an escape, an exponent, a number too long to convert exactly, a missing or
 invalid field, an unknown stream — makes it decline the whole batch (-1), which the caller then
-parses with the reference. Decimal strings convert exactly (correctly rounded, as ``float(str)``)
-because only the fast case is taken: an integer mantissa below 2**53 divided by a power of ten
-up to 1e22, both exact doubles, in one correctly rounded division.
+parses with the reference. Decimal strings convert exactly (:func:`.jsonscan.decimal`).
 """
 
 from __future__ import annotations
@@ -22,136 +20,18 @@ import numpy as np
 from numba import njit
 
 from fairfeed.core.records import KIND_ASK, KIND_BID, KIND_TRADE, SIDE_BUY, SIDE_SELL
+from fairfeed.hotpath.jsonscan import StreamTable, decimal, int_end, int_value, lookup, string_end
 
-_POW10 = np.array([10.0**k for k in range(23)])  # exact doubles
-_MANTISSA_LIMIT = 1 << 53
+__all__ = ["StreamTable", "scan_binance_nb"]
+
 _MS = 1_000_000
 _MAX_MS = (2**63 - 1) // _MS  # a time in ms beyond this overflows ns in int64
-_INT_DIGITS = 18  # more digits may not fit int64
 
 _PREFIX = np.frombuffer(b'{"stream":"', np.uint8)
 _MIDDLE = np.frombuffer(b'","data":{', np.uint8)
 
 # field bits (``seen``): a known key twice declines
 _E, _T, _ID, _P, _Q, _M, _U, _B, _BQ, _A, _AQ, _F, _L = (1 << k for k in range(13))
-
-
-class StreamTable:
-    """The stream names of one parser, hashed for :func:`scan_binance_nb`."""
-
-    def __init__(self, book: dict[str, tuple[int, bool]]) -> None:
-        names = [s.encode() for s in book]
-        width = max((len(n) for n in names), default=1)
-        self.names = np.zeros((max(1, len(names)), width), np.uint8)
-        self.lengths = np.zeros(max(1, len(names)), np.int32)
-        self.instrument = np.zeros(max(1, len(names)), np.uint32)
-        self.is_book = np.zeros(max(1, len(names)), np.uint8)
-        size = 8
-        while size < 4 * len(names):
-            size *= 2
-        self.slots = np.full(size, -1, np.int32)
-        for i, (name, (inst, is_book)) in enumerate(zip(names, book.values(), strict=True)):
-            self.names[i, : len(name)] = np.frombuffer(name, np.uint8)
-            self.lengths[i] = len(name)
-            self.instrument[i] = inst
-            self.is_book[i] = is_book
-            h = _hash_py(name) & (size - 1)
-            while self.slots[h] >= 0:
-                h = (h + 1) & (size - 1)
-            self.slots[h] = i
-
-
-def _hash_py(name: bytes) -> int:
-    h = 2166136261
-    for c in name:
-        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
-    return h
-
-
-@njit(cache=True)
-def _lookup(data, i, j, names, lengths, slots):  # pragma: no cover
-    """The table row of the stream name ``data[i:j]``, or -1."""
-    h = np.uint32(2166136261)
-    for k in range(i, j):
-        h = (h ^ np.uint32(data[k])) * np.uint32(16777619)
-    mask = slots.shape[0] - 1
-    s = np.int64(h) & mask
-    n = j - i
-    while slots[s] >= 0:
-        row = slots[s]
-        if lengths[row] == n:
-            same = True
-            for k in range(n):
-                if names[row, k] != data[i + k]:
-                    same = False
-                    break
-            if same:
-                return row
-        s = (s + 1) & mask
-    return -1
-
-
-@njit(cache=True)
-def _string_end(data, i, e):  # pragma: no cover
-    """Index of the quote closing the string whose content starts at ``i``; -1 if it has an
-    escape, a control or non-ASCII byte, or does not close before ``e``."""
-    while i < e:
-        c = data[i]
-        if c == 34:  # "
-            return i
-        if c == 92 or c < 32 or c > 126:
-            return -1
-        i += 1
-    return -1
-
-
-@njit(cache=True)
-def _int_end(data, i, e):  # pragma: no cover
-    """End of the plain JSON integer (digits, no sign, no leading zero) at ``i``; -1 if none."""
-    j = i
-    while j < e and 48 <= data[j] <= 57:
-        j += 1
-    n = j - i
-    if n == 0 or n > _INT_DIGITS or (n > 1 and data[i] == 48):
-        return -1
-    return j
-
-
-@njit(cache=True)
-def _int_value(data, i, j):  # pragma: no cover
-    v = np.int64(0)
-    for k in range(i, j):
-        v = v * 10 + (data[k] - 48)
-    return v
-
-
-@njit(cache=True)
-def _decimal(data, i, j):  # pragma: no cover
-    """The value of the decimal text ``data[i:j]`` (digits, optionally ``.`` and digits), or -1.0
-    when it is not one or not exactly convertible by the fast path."""
-    if i >= j:
-        return -1.0
-    if data[i] == 48 and i + 1 < j and data[i + 1] != 46:  # a leading zero
-        return -1.0
-    m = np.int64(0)
-    frac = -1  # digits after the point (-1: no point yet)
-    for k in range(i, j):
-        c = data[k]
-        if 48 <= c <= 57:
-            m = m * 10 + (c - 48)
-            if m >= _MANTISSA_LIMIT:
-                return -1.0
-            if frac >= 0:
-                frac += 1
-        elif c == 46 and frac < 0 and k > i:
-            frac = 0
-        else:
-            return -1.0
-    if frac == 0 or frac > 22:  # "1." or too many decimals for the exact path
-        return -1.0
-    if frac > 0:
-        return m / _POW10[frac]
-    return float(m)
 
 
 @njit(cache=True)
@@ -173,10 +53,10 @@ def scan_binance_nb(data, ends, names, lengths, instrument, is_book, slots, out,
             if data[i + k] != _PREFIX[k]:
                 return -1
         i += _PREFIX.shape[0]
-        j = _string_end(data, i, e)
+        j = string_end(data, i, e)
         if j < 0:
             return -1
-        row = _lookup(data, i, j, names, lengths, slots)
+        row = lookup(data, i, j, names, lengths, slots)
         if row < 0:
             return -1
         book = is_book[row] != 0
@@ -198,7 +78,7 @@ def scan_binance_nb(data, ends, names, lengths, instrument, is_book, slots, out,
         while True:  # "key":value, … }
             if i >= e or data[i] != 34:
                 return -1
-            j = _string_end(data, i + 1, e)
+            j = string_end(data, i + 1, e)
             if j < 0 or j + 1 >= e or data[j + 1] != 58:  # :
                 return -1
             key = data[i + 1] if j == i + 2 else 0  # every field we read has a 1-letter key
@@ -239,10 +119,10 @@ def scan_binance_nb(data, ends, names, lengths, instrument, is_book, slots, out,
                     return -1
                 seen |= bit
             if kind == 1:
-                j = _int_end(data, i, e)
+                j = int_end(data, i, e)
                 if j < 0:
                     return -1
-                v = _int_value(data, i, j)
+                v = int_value(data, i, j)
                 if key == 69:
                     ev = v
                 elif key == 84:
@@ -255,10 +135,10 @@ def scan_binance_nb(data, ends, names, lengths, instrument, is_book, slots, out,
             elif kind == 2:
                 if c != 34:
                     return -1
-                j = _string_end(data, i + 1, e)
+                j = string_end(data, i + 1, e)
                 if j < 0:
                     return -1
-                x = _decimal(data, i + 1, j)
+                x = decimal(data, i + 1, j)
                 if x < 0.0:
                     return -1
                 if key == 112:
@@ -292,14 +172,14 @@ def scan_binance_nb(data, ends, names, lengths, instrument, is_book, slots, out,
                 if kind == 3:
                     maker = v_bool
             elif c == 34:  # a string we do not read
-                j = _string_end(data, i + 1, e)
+                j = string_end(data, i + 1, e)
                 if j < 0:
                     return -1
                 i = j + 1
             else:  # an integer we do not read; anything else declines
                 if c == 45:  # -
                     i += 1
-                j = _int_end(data, i, e)
+                j = int_end(data, i, e)
                 if j < 0:
                     return -1
                 i = j

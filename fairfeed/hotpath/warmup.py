@@ -50,6 +50,7 @@ def warm_up() -> float:
     assert count.sum() == 3
     _warm_anomaly()
     _warm_binance_scan()
+    _warm_coinbase_scan()
     _warm_seconds = time.perf_counter() - start
     return _warm_seconds
 
@@ -82,6 +83,24 @@ def _warm_binance_scan() -> None:
     n = scan_binance_nb(data, ends, t.names, t.lengths, t.instrument, t.is_book, t.slots, out, 0,
                         1, 1, 2, 1, False)  # fmt: skip
     assert n == 1 and out[0]["price"] == 1.5 and out[0]["sequence"] == 7, n
+
+
+def _warm_coinbase_scan() -> None:
+    """The ingest workers' Coinbase Advanced Trade scanner, with the argument types
+    ``AdvancedTradeParser.parse`` passes."""
+    from fairfeed.hotpath.coinbasescan import PREFIX, scan_market_trades_nb
+    from fairfeed.hotpath.jsonscan import StreamTable
+
+    t = StreamTable({"BTC-USD": (3, False)})
+    msg = PREFIX + (b'"timestamp":"2026-08-09T21:05:48.2Z","sequence_num":2,"events":[{"type":'
+                    b'"update","trades":[{"product_id":"BTC-USD","trade_id":"7","price":"1.5",'
+                    b'"size":"2","time":"2026-08-09T21:05:48.1Z","side":"BUY"}]}]}')  # fmt: skip
+    data = np.frombuffer(memoryview(msg), np.uint8)  # read-only, as from a frame's memoryview
+    out = empty_records(2)
+    n, seq, missed = scan_market_trades_nb(data, t.names, t.lengths, t.instrument, t.slots, out,
+                                           out.view(np.uint8), 0, 1, 1, 2, 1, False, True, 0,
+                                           -1, 0)  # fmt: skip
+    assert (n, seq, missed) == (2, 2, 1) and out[1]["price"] == 1.5 and out[1]["sequence"] == 7
 
 
 def _warm_fair_methods(table: np.ndarray, recs: np.ndarray) -> None:
