@@ -63,7 +63,10 @@ class RingConfig:
     # A full ring: the worker holds records back and pauses reading its sockets (pings too) at
     # most this long, then drops them (counted). <= MAX_BLOCK_TIMEOUT_MS; 0 drops at once.
     block_timeout_ms: float = 50.0
-    pending_records: int = 16384  # records a worker may hold back while its ring is full
+    # Records a worker may hold back while its ring is full: what its connections had already
+    # read when reading paused (picows' read buffer grows to MBs under a flood: ~22k records
+    # of 50-trade frames were seen), 8 MiB per worker.
+    pending_records: int = 1 << 17
     read_batch: int = 4096  # compute reads at most this many records per ring per pass
     # Records wait at most this long in a connection's buffer before they are published to the
     # ring (and gap-checked), and in the rings before compute reads them: each stage's work is

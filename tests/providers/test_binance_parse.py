@@ -380,6 +380,16 @@ def test_fuzz_derivatives_never_raise(stream, data):
         assert (marks["price"] > 0).all() and (got["ts_receive"] == TS).all()
 
 
+def test_derivatives_times_beyond_int64_nanoseconds_are_parse_errors():
+    """E = 9223372036855 ms is valid JSON and an int64, but not in ns: refused, not raised."""
+    p = deriv_parser()
+    out = empty_records(4)
+    mark = {"e": "markPriceUpdate", "E": 9223372036855, "s": "BTCUSDT", "p": "1.0", "i": "1.0",
+            "P": "1.0", "r": "0.0001", "T": 1}  # fmt: skip
+    msg = json.dumps({"stream": "btcusdt@markPrice@1s", "data": mark}).encode()
+    assert p.parse(msg, out, 0, TS) == PARSE_ERROR and "out of range" in p.error
+
+
 @settings(max_examples=200, deadline=None)
 @given(mark=_dec, index=_dec, rate=st.decimals(-1, 1, places=8), E=st.integers(1, 2**43),
        T=st.integers(1000, 2**41))  # fmt: skip

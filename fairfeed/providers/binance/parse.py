@@ -161,7 +161,14 @@ class BinanceParser(RecordParser):
             self.needed = need
             return NEED_SPACE
         if what >= _MARK:
-            return self._derivative(data, what, inst, self._buffer(out), start << 6, ts_receive)
+            try:
+                return self._derivative(data, what, inst, self._buffer(out), start << 6, ts_receive)
+            except ValueError as exc:  # a non-numeric funding rate text
+                self.error = f"bad number: {exc}"
+                return PARSE_ERROR
+            except struct.error as exc:  # a time outside int64 once in ns (E = 9.3e12 ms)
+                self.error = f"value out of range: {exc}"
+                return PARSE_ERROR
         return self._write(f.data, inst, what, self._buffer(out), start << 6, ts_receive)
 
     def parse_batch(
