@@ -7,11 +7,15 @@ Policy (``[ring] block_timeout_ms``, docs/architecture.md "Data path"):
   (TCP then pushes back on the provider). A timer retries every ``retry_interval`` while
   something is held — nothing runs when nothing is held — and resumes reading once all of it is
   in the ring. Newer records queue behind the held ones.
-* If reading has been paused ``block_timeout`` without the ring taking everything, compute cannot
-  keep up: the held records are dropped and counted (the worker's ``RING_DROPPED`` and the
-  ring's ``dropped``), reading resumes, and until one batch fits the ring whole again what does
-  not fit is dropped at once (no new pause), so a stalled consumer never keeps the sockets
-  paused: control frames (pings) and fresh data keep being read.
+* If the ring has taken nothing of them for ``block_timeout`` (compute is stuck), or reading has
+  been paused ``max_pause`` in all (compute is alive but slower than the input for that long),
+  the held records are dropped and counted (the worker's ``RING_DROPPED`` and the ring's
+  ``dropped``), reading resumes, and until one batch fits the ring whole again what does not
+  fit is dropped at once (no new pause), so a stalled consumer never keeps the sockets paused:
+  control frames (pings) and fresh data keep being read. While compute makes progress the
+  pause goes on: what a flooded worker had already read when it paused (its connections' read
+  buffers: tens of thousands of records) drains into the ring at compute's pace, and TCP holds
+  back the rest, instead of being dropped 50 ms into the pause.
 * The event loop is never blocked: every other connection, pong and timer keeps running.
 
 A pause must stay well under the providers' ping deadlines: while reading is paused, pings are
@@ -64,9 +68,11 @@ class RingWriter:
         self._resume_reading = resume_reading
         self._clock = clock
         self.paused_at = 0.0  # clock time reading was paused (0 = reading)
+        self.progress_at = 0.0  # clock time the ring last took held records
         self.shedding_since = 0.0  # a pause timed out: drop at once until a batch fits whole
         self.pauses = 0  # times reading was paused
         self.timeouts = 0  # pauses that ended by dropping the held records
+        self.retries = 0  # retry timer runs (tests)
         self._timer: asyncio.TimerHandle | None = None
         self._reading = asyncio.Event()
         self._reading.set()
@@ -123,6 +129,7 @@ class RingWriter:
         k = self.pending.write_to(self.ring)
         if k:
             self.counters.add(Slot.RECORDS_OUT, k)
+            self.progress_at = self._clock()
             self._wake()
 
     def _wake(self) -> None:
@@ -133,7 +140,7 @@ class RingWriter:
     def _pause(self) -> None:
         if self.paused_at:
             return
-        self.paused_at = self._clock()
+        self.paused_at = self.progress_at = self._clock()
         self.pauses += 1
         self._reading.clear()
         self._pause_reading()
@@ -145,19 +152,23 @@ class RingWriter:
     def _retry(self) -> None:
         """Timer: move held records into the ring; resume, or give up after block_timeout."""
         self._timer = None
+        self.retries += 1
         self._write_pending()
         if not len(self.pending):
             self._resume()
             return
         now = self._clock()
-        left = self.paused_at + self.policy.block_timeout - now
+        p = self.policy
+        stuck_at = self.progress_at + p.block_timeout
+        left = min(stuck_at, self.paused_at + max(p.max_pause, p.block_timeout)) - now
         if left > 0:
-            self._schedule(min(self.policy.retry_interval, left))
+            self._schedule(min(p.retry_interval, left))
             return
         self.timeouts += 1
         self.shedding_since = now
         held_for = now - self.paused_at
-        self._drop(self.pending.clear(), f"held back {held_for * 1000:.0f} ms without room")
+        why = "without room" if now >= stuck_at else "while compute fell further behind"
+        self._drop(self.pending.clear(), f"held back {held_for * 1000:.0f} ms {why}")
         self._resume()
 
     def _resume(self) -> None:

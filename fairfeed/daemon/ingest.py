@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from fairfeed.core.config import Config
+from fairfeed.core.config import MAX_BLOCK_TIMEOUT_MS, Config
 from fairfeed.core.counters import Slot
 from fairfeed.core.registry import Registry
 from fairfeed.core.subscriptions import Subscribe, Subscription, SubscriptionSet, Unsubscribe
@@ -77,6 +77,7 @@ class IngestWorker:
         policy = OverflowPolicy(
             block_timeout=self.cfg.ring.block_timeout_ms / 1000,
             pending_records=self.cfg.ring.pending_records,
+            max_pause=MAX_BLOCK_TIMEOUT_MS / 1000,  # the longest any pause may last (pings)
         )
         self.adapters: dict[str, Adapter] = {}
         self.writer = writer = RingWriter(

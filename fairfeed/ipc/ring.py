@@ -77,13 +77,16 @@ class OverflowPolicy:
 
     It holds up to ``pending_records`` of them back (in order, ahead of newer ones), stops
     reading its input and retries every ``retry_interval`` seconds without blocking; once the
-    input has been paused ``block_timeout`` seconds the held records are dropped and counted.
-    ``block_timeout=0`` drops at once. Applied by ``fairfeed.daemon.backpressure.RingWriter``.
+    ring has taken nothing for ``block_timeout`` seconds (the consumer is stuck), or the input
+    has been paused ``max_pause`` seconds in all (its pings wait too), the held records are
+    dropped and counted. ``block_timeout=0`` drops at once. Applied by
+    ``fairfeed.daemon.backpressure.RingWriter``.
     """
 
     block_timeout: float = 0.05
     retry_interval: float = 0.0005
-    pending_records: int = 16384
+    pending_records: int = 1 << 17
+    max_pause: float = 0.5
 
 
 def segment_size(capacity: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections import deque
 
@@ -52,10 +53,23 @@ class Reading:
         self.calls.append("resume")
 
 
-def _writer(ring: Ring, block_timeout: float = 5.0, pending: int = 1024):
+def _writer(ring: Ring, block_timeout: float = 5.0, pending: int = 1024, clock=time.monotonic,
+            max_pause: float = 10.0):  # fmt: skip
     reading, counters = Reading(), DictCounters()
-    policy = OverflowPolicy(block_timeout=block_timeout, pending_records=pending)
-    return RingWriter(ring, counters, policy, reading.pause, reading.resume), reading, counters
+    policy = OverflowPolicy(block_timeout=block_timeout, pending_records=pending,
+                            max_pause=max_pause)  # fmt: skip
+    writer = RingWriter(ring, counters, policy, reading.pause, reading.resume, clock=clock)
+    return writer, reading, counters
+
+
+class StepClock:
+    """A clock the test moves (the writer's timeouts), apart from the loop's retry timer."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 # -- the pending buffer ------------------------------------------------------------------------
@@ -177,6 +191,58 @@ def test_a_pause_that_lasts_block_timeout_drops_the_held_records_then_sheds(ring
         writer.close()  # stopping: what is still held is dropped and counted
         assert counters[Slot.RING_DROPPED] == ring.dropped == 16
         assert ring.read(16)["sequence"].tolist() == list(range(28, 44))
+
+    asyncio.run(main())
+
+
+def test_a_pause_lasts_while_compute_makes_progress_and_ends_when_it_stops(ring: Ring) -> None:
+    """A slow consumer that keeps taking records: the held ones wait past block_timeout and
+    none is lost. A consumer that takes nothing for block_timeout: they are dropped."""
+
+    async def main() -> None:
+        clock = StepClock()
+        writer, reading, counters = _writer(ring, block_timeout=0.05, clock=clock)
+        writer.emit(_records(0, 26))  # 16 in the ring, 10 held
+        got: list[int] = []
+        for _ in range(5):  # 2 records per 30 ms: 150 ms in all, 3 x block_timeout
+            clock.t += 0.03
+            got += ring.read(2)["sequence"].tolist()
+            left = len(writer.pending) - 2
+            await wait_for_async(lambda left=left: len(writer.pending) == left, what="a retry")
+        await wait_for_async(lambda: not writer.paused, what="the pause ended")
+        got += ring.read(16)["sequence"].tolist()
+        assert got == list(range(26)) and reading.calls == ["pause", "resume"]
+        assert counters[Slot.RING_DROPPED] == ring.dropped == 0 and writer.timeouts == 0
+        writer.emit(_records(26, 20))  # 16 in the ring, 4 held; nothing is read any more
+        clock.t += 0.049
+        r0 = writer.retries
+        await wait_for_async(lambda: writer.retries >= r0 + 3, what="three retries")
+        assert writer.paused and len(writer.pending) == 4  # within block_timeout of the pause
+        clock.t += 0.002
+        await wait_for_async(lambda: not writer.paused, what="the stuck pause ended")
+        assert writer.timeouts == 1 and counters[Slot.RING_DROPPED] == ring.dropped == 4
+
+    asyncio.run(main())
+
+
+def test_a_pause_ends_at_max_pause_however_much_compute_progresses(ring: Ring) -> None:
+    """Pings are not read while reading is paused: a consumer slower than the input does not
+    keep the sockets paused longer than max_pause."""
+
+    async def main() -> None:
+        clock = StepClock()
+        writer, reading, counters = _writer(ring, block_timeout=0.05, clock=clock, max_pause=0.1)
+        writer.emit(_records(0, 30))  # 16 in the ring, 14 held
+        for left in (13, 12):  # 1 record per 40 ms: progress
+            clock.t += 0.04
+            ring.read(1)
+            await wait_for_async(lambda left=left: len(writer.pending) == left, what="a retry")
+        assert writer.paused and writer.timeouts == 0
+        clock.t += 0.04  # 120 ms > max_pause, progress or not
+        ring.read(1)
+        await wait_for_async(lambda: not writer.paused, what="the pause ended at max_pause")
+        assert writer.timeouts == 1 and counters[Slot.RING_DROPPED] == ring.dropped == 11
+        assert reading.calls == ["pause", "resume"]
 
     asyncio.run(main())
 
