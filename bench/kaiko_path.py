@@ -114,6 +114,9 @@ def run_adapter(target: str, count: int, warm: int) -> dict:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         (n0, t0, c0), (n1, t1, c1) = marks
+        if n1 <= n0:
+            raise RuntimeError(f"the warm-up and the end came in one hand-off of {got} records: "
+                               "nothing left to measure, give more --messages")  # fmt: skip
         return {
             "messages": n1 - n0, "wall": t1 - t0, "cpu": c1 - c0, "records": got,
             "frames_in": counters[Slot.FRAMES_IN], "parse_errors": counters[Slot.PARSE_ERRORS],

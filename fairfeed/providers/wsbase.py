@@ -1112,14 +1112,18 @@ class WsAdapter(Adapter):
         if rate is None:
             return
         interval, burst = rate.interval, rate.burst
+        # Woken late (the loop was busy), so were the others waiting for the slots after this
+        # one, and all would go at once: beyond this lateness a fresh slot spaces them out
+        # again. A limit with a burst absorbs half a burst of such bunching (Binance: 10 s of
+        # a busy loop after 20 connections opened at once, instead of re-queueing each late
+        # connection behind the others, ~1 s further every time).
+        late_ok = max(interval / 2, (burst - 1) * interval / 2)
         for _ in range(3):
             now = time.monotonic()
             at = self.pacer.reserve(self.ctx.provider.name, action, interval, now, burst)
             if at > now:
                 await self.pause(at - now)
-            # Woken late (the loop was busy): so were the others waiting for the slots after
-            # this one, and all would go at once. A fresh slot spaces them out again.
-            if self.stopping.is_set() or time.monotonic() - at <= interval / 2:
+            if self.stopping.is_set() or time.monotonic() - at <= late_ok:
                 return
 
     # -- live subscription changes -----------------------------------------------------------

@@ -119,7 +119,10 @@ def test_a_hostile_provider_never_hurts_the_daemon(tmp_path: Path, kafka_broker)
             wait_for(lambda: kraken_data() > k + 20, 30, f"Kraken's data after {what}")
             wait_for(lambda: binance_data() > b + 20, 30, f"Binance's data again after {what}")
             assert get(f"{base}/healthz")[0] == 200, what
-            assert get(f"{base}/readyz")[0] == 200, what
+            # Readiness also needs the Kafka output flowing: a stall of the shared machine's
+            # broker may flag it for a moment, so wait for it rather than sample it once.
+            wait_for(lambda: get(f"{base}/readyz")[0] == 200, 30, f"/readyz 200 after {what}",
+                     interval=0.2)  # fmt: skip
 
         wait_for(lambda: get(f"{base}/readyz")[0] == 200, 60, "/readyz = 200", interval=0.2)
         wait_for(lambda: kraken_data() > 0 and binance_data() > 0, 60, "data from both")
