@@ -31,9 +31,7 @@ GIL or its CPU account).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing as mp
 import struct
 import time
 from collections.abc import Sequence
@@ -58,6 +56,7 @@ from kaikosdk.stream.trades_v1.request_pb2 import StreamTradesRequestV1
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.kaiko import KaikoServer
+from fairfeed.local.serverprocess import ServerProcess
 from fairfeed.local.thread import LoopThread
 from fairfeed.providers.kaiko.adapter import TRADES_METHOD
 
@@ -419,29 +418,16 @@ def flood_stats(flood: KaikoFlood) -> dict[str, int]:
     }
 
 
-class FloodProcess:
+class FloodProcess(ServerProcess):
     """:class:`KaikoFlood` of ``n`` trade messages of ``prices`` at Coinbase, in a process of
     its own; :meth:`set` changes the rate and count of the calls that start afterwards."""
 
+    what = "the Kaiko flood server"
+    answer_timeout = 120.0  # it generates and serializes the n messages first
+
     def __init__(self, prices: dict[str, float], n: int, api_key: str = "test-key") -> None:
-        ctx = mp.get_context("spawn")
-        self._pipe, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, dict(prices), n, api_key), daemon=True)
-        self.proc.start()
-        child.close()
-        self.target: str = self._ask(None)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc.pid is not None
-        return self.proc.pid
-
-    def _ask(self, msg: tuple[str, object] | None) -> Any:
-        if msg is not None:
-            self._pipe.send(msg)
-        if not self._pipe.poll(120):
-            raise TimeoutError("the Kaiko flood server did not answer within 120 s")
-        return self._pipe.recv()
+        super().__init__(_serve, (dict(prices), n, api_key))
+        self.target = self.address
 
     def set(self, rate: float, count: int = 0) -> None:
         """Pace the next calls at ``rate`` messages/s (0 = flat out), ``count`` messages each
@@ -451,11 +437,3 @@ class FloodProcess:
     def stats(self) -> dict[str, int]:
         """:func:`flood_stats` of the server."""
         return self._ask(("stats", None))
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._pipe.send(("stop", None))
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)

@@ -8,13 +8,11 @@ pings) while the trades are paused. Used by the output-outage tests and ``bench/
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
 from multiprocessing.connection import Connection
-from typing import Any
 
 from fairfeed.core.config import SimulatorConfig
 from fairfeed.local.binance import BinanceServer
+from fairfeed.local.serverprocess import ServerProcess
 from fairfeed.local.thread import LoopThread
 
 # The eight instruments of the reference load.
@@ -46,9 +44,11 @@ def _serve(
                 return
 
 
-class LoadServer:
+class LoadServer(ServerProcess):
     """The server process. ``tick``: least wait between two paced writes (None: the server's
     default, 10 ms; smaller spreads the frames more evenly, as a venue's feed is)."""
+
+    what = "the load server"
 
     def __init__(
         self,
@@ -58,28 +58,10 @@ class LoadServer:
         tick: float | None = None,
         paused: bool = False,
     ) -> None:
-        ctx = mp.get_context("spawn")
-        self._pipe, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_serve, args=(child, rate, tape, tuple(symbols), tick), daemon=True
-        )
-        self.proc.start()
-        child.close()
-        self.url: str = self._ask(None)
+        super().__init__(_serve, (rate, tape, tuple(symbols), tick))
+        self.url = self.address
         if paused:
             self.pause(True)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc.pid is not None
-        return self.proc.pid
-
-    def _ask(self, msg: tuple[str, object] | None) -> Any:
-        if msg is not None:
-            self._pipe.send(msg)
-        if not self._pipe.poll(60):
-            raise TimeoutError("the load server did not answer within 60 s")
-        return self._pipe.recv()
 
     def pause(self, on: bool) -> None:
         """Stop (or resume) the trades; pings go on, the connections stay."""
@@ -92,11 +74,3 @@ class LoadServer:
     def connections(self) -> int:
         """Client connections open now."""
         return self._ask(("connections", None))
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._pipe.send(("stop", None))
-        self.proc.join(10)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(5)
